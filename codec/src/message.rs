@@ -1,0 +1,94 @@
+//! The message catalogue: every message either framing can carry.
+//!
+//! One serde enum tagged by `"type"` serves both framings, so a handler is written once. In the
+//! text framing a message is one JSON object on one line; in the binary framing it is the same
+//! object encoded as a MessagePack map. The human commands of the text framing (`PING`, `HELP`,
+//! …) are parsed into these same messages by [`crate::text`].
+
+use serde::{Deserialize, Serialize};
+
+/// A message of the data-plane protocol, in either direction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Message {
+    /// Liveness probe; answered with [`Message::Pong`].
+    Ping,
+    /// The answer to [`Message::Ping`].
+    Pong,
+    /// Asks for the list of commands; answered with [`Message::HelpReply`].
+    Help,
+    /// The commands this server understands.
+    HelpReply {
+        /// One entry per command or message type.
+        commands: Vec<String>,
+    },
+    /// Asks for the server's counters; answered with [`Message::StatsReply`].
+    Stats,
+    /// The server's counters at the moment of the request.
+    StatsReply(StatsSnapshot),
+    /// Asks the server to send the payload back unchanged (used to measure binary throughput).
+    Echo {
+        /// Opaque bytes, returned as they came.
+        #[serde(with = "serde_bytes")]
+        payload: Vec<u8>,
+    },
+    /// The answer to [`Message::Echo`].
+    EchoReply {
+        /// The request's payload.
+        #[serde(with = "serde_bytes")]
+        payload: Vec<u8>,
+    },
+    /// A request could not be served. `code` is a stable machine-readable word; `message` says
+    /// why in words a person can act on.
+    Error {
+        /// Stable identifier of the failure, e.g. `line_too_long`.
+        code: String,
+        /// Human-readable cause.
+        message: String,
+    },
+}
+
+impl Message {
+    /// The `"type"` tags of every message a client may send, in the order `HELP` lists them.
+    pub const REQUEST_TYPES: &'static [&'static str] = &["ping", "help", "stats", "echo"];
+
+    /// Every `"type"` tag of the catalogue, requests and replies.
+    pub const ALL_TYPES: &'static [&'static str] = &[
+        "ping",
+        "pong",
+        "help",
+        "help_reply",
+        "stats",
+        "stats_reply",
+        "echo",
+        "echo_reply",
+        "error",
+    ];
+
+    /// Builds an [`Message::Error`].
+    pub fn error(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Message::Error {
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Server counters reported by `STATS`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatsSnapshot {
+    /// Connections open now.
+    pub connections: u64,
+    /// Connections accepted since start.
+    pub connections_total: u64,
+    /// Connections turned away because the limit was reached.
+    pub connections_refused: u64,
+    /// Requests decoded, valid or not.
+    pub frames_in: u64,
+    /// Responses written.
+    pub frames_out: u64,
+    /// Requests answered with an error, plus connections closed on a framing error.
+    pub errors: u64,
+    /// Seconds since the server started.
+    pub uptime_secs: u64,
+}

@@ -1,0 +1,12 @@
+//! Colony's shared domain: node addresses, the cluster registry, topology, init tokens and the
+//! cluster secret, the simulation kernel, and process plumbing (tracing, shutdown signals).
+//!
+//! Nothing here opens a listener; the servers live in `dataplane` and `controlplane`.
+
+pub mod address;
+pub mod registry;
+pub mod signal;
+pub mod sim;
+pub mod telemetry;
+
+pub use address::NodeAddress;

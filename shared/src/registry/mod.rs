@@ -1,0 +1,1 @@
+//! The ClusterRegistry (in progress).
