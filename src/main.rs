@@ -1,1 +1,37 @@
-fn main() {}
+//! `colony`: the one binary. Parses the command line, starts tracing, and hands typed
+//! configuration to the subcommand; everything else lives in the library crates.
+
+mod cli;
+mod node;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    shared::telemetry::init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("colony: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Backend(args) => node::run_backend(args).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("colony: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -149,7 +149,9 @@ impl ColonyCodec {
                         }));
                     }
                     match text::parse_line(body) {
-                        Ok(Some((message, style))) => return Some(Decoded::Message(message, style)),
+                        Ok(Some((message, style))) => {
+                            return Some(Decoded::Message(message, style))
+                        }
                         Ok(None) => continue,
                         Err(e) => return Some(Decoded::Invalid(e)),
                     }
@@ -286,7 +288,11 @@ impl Encoder<&Message> for ColonyCodec {
 ///
 /// # Errors
 /// [`CodecError::FrameTooLarge`] if the body exceeds `max_frame` (nothing is appended then).
-pub fn encode_frame(message: &Message, max_frame: usize, dst: &mut BytesMut) -> Result<(), CodecError> {
+pub fn encode_frame(
+    message: &Message,
+    max_frame: usize,
+    dst: &mut BytesMut,
+) -> Result<(), CodecError> {
     let start = dst.len();
     dst.put_u32(0);
     if let Err(e) = rmp_serde::encode::write_named(&mut dst.writer(), message) {

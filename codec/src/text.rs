@@ -33,13 +33,14 @@ pub fn parse_line(line: &[u8]) -> Result<Option<(Message, Style)>, ProtocolError
 fn parse_command(line: &str) -> Result<Message, ProtocolError> {
     let mut words = line.split_ascii_whitespace();
     let verb = words.next().unwrap_or_default();
-    let no_args = |msg: Message, usage: &'static str, words: &mut std::str::SplitAsciiWhitespace| {
-        if words.next().is_some() {
-            Err(ProtocolError::Usage(usage))
-        } else {
-            Ok(msg)
-        }
-    };
+    let no_args =
+        |msg: Message, usage: &'static str, words: &mut std::str::SplitAsciiWhitespace| {
+            if words.next().is_some() {
+                Err(ProtocolError::Usage(usage))
+            } else {
+                Ok(msg)
+            }
+        };
     if verb.eq_ignore_ascii_case("PING") {
         no_args(Message::Ping, "PING", &mut words)
     } else if verb.eq_ignore_ascii_case("HELP") {
@@ -148,10 +149,7 @@ mod tests {
             parse_line(b"FLY me"),
             Err(ProtocolError::UnknownCommand(c)) if c == "FLY"
         ));
-        assert_eq!(
-            parse_line(b"PING twice"),
-            Err(ProtocolError::Usage("PING"))
-        );
+        assert_eq!(parse_line(b"PING twice"), Err(ProtocolError::Usage("PING")));
         assert!(matches!(
             parse_line(b"\xff\xfe"),
             Err(ProtocolError::InvalidUtf8 { valid_up_to: 0 })

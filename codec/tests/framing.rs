@@ -1,5 +1,7 @@
 //! Frame-level behaviour of `ColonyCodec`: both framings, split input, limits and bad bytes.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use bytes::{BufMut, BytesMut};
 use codec::{
     CodecError, ColonyCodec, Decoded, Framing, Limits, Message, ProtocolError, Reply,
@@ -176,7 +178,8 @@ fn any_message() -> impl Strategy<Value = Message> {
             errors: v[5],
             uptime_secs: v[6],
         })),
-        proptest::collection::vec(any::<u8>(), 0..300).prop_map(|payload| Message::Echo { payload }),
+        proptest::collection::vec(any::<u8>(), 0..300)
+            .prop_map(|payload| Message::Echo { payload }),
         proptest::collection::vec(any::<u8>(), 0..300)
             .prop_map(|payload| Message::EchoReply { payload }),
         (".{0,20}", ".{0,40}").prop_map(|(code, message)| Message::Error { code, message }),

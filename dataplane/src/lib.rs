@@ -1,1 +1,17 @@
-//! placeholder
+//! Colony's data plane: the framed TCP server every node runs, and the binary client.
+//!
+//! Owns sockets and connection policy (limits, idle timeout, connection cap, graceful drain);
+//! the bytes-to-messages work is `codec`'s. One task per connection; each connection answers
+//! its requests in order, batching the answers of a pipelined burst into one write.
+
+mod client;
+mod cmd;
+mod config;
+mod connection;
+mod server;
+mod stats;
+
+pub use client::{Client, ClientError};
+pub use config::{ConfigError, DataPlaneConfig};
+pub use server::DataPlane;
+pub use stats::Stats;

@@ -1,5 +1,7 @@
 //! Tracing initialisation for the binaries.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::{fmt, EnvFilter};
 
 /// Installs the global subscriber: human-readable lines on stderr, filtered by `RUST_LOG`
@@ -9,6 +11,7 @@ pub fn init_tracing() {
     let _ = fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .try_init();
 }

@@ -1,0 +1,114 @@
+//! [`Client`]: a data-plane client speaking the binary framing (tests, benches, nodes).
+
+use bytes::BytesMut;
+use codec::{CodecError, ColonyCodec, Decoded, Framing, Limits, Message};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, ToSocketAddrs};
+use tokio_util::codec::{Decoder, Encoder};
+
+/// Why a client call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Connecting, reading or writing failed.
+    #[error("data plane I/O: {0}")]
+    Io(#[from] std::io::Error),
+    /// The server's bytes did not decode, or a request did not encode.
+    #[error("data plane framing: {0}")]
+    Codec(#[from] CodecError),
+    /// The server closed the connection before answering.
+    #[error("server closed the connection")]
+    Closed,
+}
+
+/// A binary-framing connection to a data plane.
+#[derive(Debug)]
+pub struct Client {
+    socket: TcpStream,
+    codec: ColonyCodec,
+    read_buf: BytesMut,
+    write_buf: BytesMut,
+}
+
+impl Client {
+    /// Connects with the default limits.
+    ///
+    /// # Errors
+    /// [`ClientError::Io`] if the connection fails.
+    pub async fn connect(addr: impl ToSocketAddrs) -> Result<Self, ClientError> {
+        Client::connect_with(addr, Limits::default()).await
+    }
+
+    /// Connects with explicit limits (they bound the answers this client accepts).
+    ///
+    /// # Errors
+    /// [`ClientError::Io`] if the connection fails.
+    pub async fn connect_with(
+        addr: impl ToSocketAddrs,
+        limits: Limits,
+    ) -> Result<Self, ClientError> {
+        let socket = TcpStream::connect(addr).await?;
+        socket.set_nodelay(true)?;
+        Ok(Client {
+            socket,
+            codec: ColonyCodec::with_framing(limits, Framing::Binary),
+            read_buf: BytesMut::with_capacity(8 * 1024),
+            write_buf: BytesMut::with_capacity(8 * 1024),
+        })
+    }
+
+    /// Queues a request without sending it; [`Client::flush`] sends the queue.
+    ///
+    /// # Errors
+    /// [`ClientError::Codec`] if the message exceeds the frame limit.
+    pub fn queue(&mut self, message: &Message) -> Result<(), ClientError> {
+        self.codec.encode(message, &mut self.write_buf)?;
+        Ok(())
+    }
+
+    /// Sends every queued request.
+    ///
+    /// # Errors
+    /// [`ClientError::Io`] if the write fails.
+    pub async fn flush(&mut self) -> Result<(), ClientError> {
+        self.socket.write_all(&self.write_buf).await?;
+        self.write_buf.clear();
+        Ok(())
+    }
+
+    /// Waits for the next message from the server.
+    ///
+    /// # Errors
+    /// [`ClientError::Closed`] at end of stream, or an I/O or framing failure.
+    pub async fn recv(&mut self) -> Result<Message, ClientError> {
+        loop {
+            if let Some(Decoded::Message(message, _)) = self.codec.decode(&mut self.read_buf)? {
+                return Ok(message);
+            }
+            if self.socket.read_buf(&mut self.read_buf).await? == 0 {
+                return match self.codec.decode_eof(&mut self.read_buf)? {
+                    Some(Decoded::Message(message, _)) => Ok(message),
+                    _ => Err(ClientError::Closed),
+                };
+            }
+        }
+    }
+
+    /// Sends one request and waits for its answer.
+    ///
+    /// # Errors
+    /// As [`Client::queue`], [`Client::flush`] and [`Client::recv`].
+    pub async fn request(&mut self, message: &Message) -> Result<Message, ClientError> {
+        self.queue(message)?;
+        self.flush().await?;
+        self.recv().await
+    }
+
+    /// Sends raw bytes as they are (for tests of malformed input).
+    ///
+    /// # Errors
+    /// [`ClientError::Io`] if the write fails.
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+        self.socket.write_all(bytes).await?;
+        Ok(())
+    }
+}

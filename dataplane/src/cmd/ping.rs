@@ -1,0 +1,7 @@
+//! `PING` / `{"type":"ping"}`: answers `PONG`.
+
+use codec::Message;
+
+pub(crate) fn apply() -> Message {
+    Message::Pong
+}

@@ -1,0 +1,9 @@
+//! `STATS` / `{"type":"stats"}`: the server's counters as one JSON line.
+
+use codec::Message;
+
+use crate::server::Shared;
+
+pub(crate) fn apply(shared: &Shared) -> Message {
+    Message::StatsReply(shared.stats.snapshot())
+}

@@ -1,0 +1,139 @@
+//! The accept loop: connection cap, accept back-off, graceful drain.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use codec::{Limits, Message};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::connection::Connection;
+use crate::{DataPlaneConfig, Stats};
+
+/// Longest pause between failed `accept` calls (e.g. when out of file descriptors).
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+/// How long a refused client gets to receive its error line before the socket is dropped.
+const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// State every connection of one server shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: DataPlaneConfig,
+    pub(crate) stats: Stats,
+}
+
+/// A data-plane server. Cheap to clone; clones share counters.
+#[derive(Debug, Clone)]
+pub struct DataPlane {
+    shared: Arc<Shared>,
+}
+
+impl DataPlane {
+    /// A server with the given (already validated) configuration.
+    pub fn new(config: DataPlaneConfig) -> Self {
+        DataPlane {
+            shared: Arc::new(Shared {
+                config,
+                stats: Stats::new(),
+            }),
+        }
+    }
+
+    /// The server's live counters.
+    pub fn stats(&self) -> &Stats {
+        &self.shared.stats
+    }
+
+    /// The codec limits connections use.
+    pub fn limits(&self) -> Limits {
+        self.shared.config.limits
+    }
+
+    /// Serves `listener` until `shutdown` is cancelled, then waits up to the grace period for
+    /// open connections to finish the request they are on.
+    ///
+    /// Accept errors never end the loop: they are logged and retried with back-off.
+    pub async fn serve(&self, listener: TcpListener, shutdown: CancellationToken) {
+        let config = self.shared.config;
+        let permits = Arc::new(Semaphore::new(config.max_connections));
+        let tracker = TaskTracker::new();
+        let mut backoff = Duration::from_millis(5);
+        loop {
+            let accepted = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                accepted = listener.accept() => accepted,
+            };
+            let (socket, peer) = match accepted {
+                Ok(pair) => {
+                    backoff = Duration::from_millis(5);
+                    pair
+                }
+                Err(e) => {
+                    warn!(error = %e, retry_in = ?backoff, "data plane accept failed");
+                    tokio::select! {
+                        biased;
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
+                    continue;
+                }
+            };
+            // Small request/response exchanges: never let Nagle hold an answer back.
+            if let Err(e) = socket.set_nodelay(true) {
+                debug!(%peer, error = %e, "cannot set TCP_NODELAY");
+            }
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                self.shared.stats.refused();
+                warn!(%peer, limit = config.max_connections, "connection refused: limit reached");
+                tracker.spawn(refuse(socket, config.max_connections));
+                continue;
+            };
+            let shared = self.shared.clone();
+            let token = shutdown.child_token();
+            let span = tracing::info_span!("conn", %peer);
+            tracker.spawn(
+                async move {
+                    shared.stats.opened();
+                    Connection::new(socket, shared.clone()).run(token).await;
+                    shared.stats.closed();
+                    drop(permit);
+                }
+                .instrument(span),
+            );
+        }
+        tracker.close();
+        if tokio::time::timeout(config.grace, tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                open = tracker.len(),
+                grace = ?config.grace,
+                "data plane grace period ran out with connections still open"
+            );
+        } else {
+            info!("data plane drained");
+        }
+    }
+}
+
+/// Tells an over-the-limit client why it is turned away, then closes.
+async fn refuse(mut socket: TcpStream, limit: usize) {
+    let message = Message::error(
+        "too_many_connections",
+        format!("server is at its limit of {limit} connections; try again later"),
+    );
+    let mut line = serde_json::to_vec(&message).unwrap_or_default();
+    line.push(b'\n');
+    let _ = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, async {
+        socket.write_all(&line).await?;
+        socket.shutdown().await
+    })
+    .await;
+}
