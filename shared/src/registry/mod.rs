@@ -1,1 +1,89 @@
-//! The ClusterRegistry (in progress).
+//! The ClusterRegistry: where nodes publish their [`NodeAddress`] and find each other (DESIGN §2).
+//!
+//! This module owns the [`ClusterRegistry`] trait, its implementations ([`FileClusterRegistry`]
+//! for localhost, [`InMemoryClusterRegistry`] for unit tests; the SSM one is a later issue), the
+//! factory that picks one from configuration, instance-id rules, the background registration
+//! task, and the [`contract`] suite every implementation must pass.
+//!
+//! It does not read environment variables or flags (the binary parses them and passes values
+//! in), and it holds addresses only: no topology, no secrets.
+
+pub mod contract;
+mod error;
+mod factory;
+mod file;
+mod instance_id;
+mod memory;
+mod registration;
+
+use async_trait::async_trait;
+
+use crate::NodeAddress;
+
+pub use error::RegistryError;
+pub use factory::{
+    build_registry, kind_from_env_value, resolve_kind, RegistryConfig, RegistryKind,
+    DEFAULT_SSM_PREFIX,
+};
+pub use file::FileClusterRegistry;
+pub use instance_id::{default_backend_id, validate_instance_id, MAX_INSTANCE_ID_LEN};
+pub use memory::InMemoryClusterRegistry;
+pub use registration::{spawn_registration, Role};
+
+/// Registration and discovery of the coordinator and the backends.
+///
+/// Every implementation stores the same thing: the [`NodeAddress`] in its exact JSON form,
+/// once for the coordinator and once per backend instance id. Writes replace any previous
+/// value; unregistering something that is absent succeeds. Instance ids are checked with
+/// [`validate_instance_id`] before anything is written or removed.
+///
+/// Implementations must pass [`contract`] unchanged.
+#[async_trait]
+pub trait ClusterRegistry: Send + Sync {
+    /// Publishes the coordinator's address, replacing any previous one.
+    ///
+    /// # Errors
+    /// The store could not be written.
+    async fn register_coordinator(&self, address: NodeAddress) -> Result<(), RegistryError>;
+
+    /// Removes the coordinator's address; succeeds if there was none.
+    ///
+    /// # Errors
+    /// The store could not be written.
+    async fn unregister_coordinator(&self) -> Result<(), RegistryError>;
+
+    /// Publishes a backend's address under `instance_id`, replacing any previous one.
+    ///
+    /// # Errors
+    /// [`RegistryError::InvalidInstanceId`] if the id breaks [`validate_instance_id`]; otherwise
+    /// the store could not be written.
+    async fn register_backend(
+        &self,
+        instance_id: &str,
+        address: NodeAddress,
+    ) -> Result<(), RegistryError>;
+
+    /// Removes the backend registered under `instance_id`; succeeds if there was none.
+    ///
+    /// # Errors
+    /// [`RegistryError::InvalidInstanceId`] if the id breaks [`validate_instance_id`]; otherwise
+    /// the store could not be written.
+    async fn unregister_backend(&self, instance_id: &str) -> Result<(), RegistryError>;
+
+    /// The coordinator's address, or `None` if none is registered (or its entry is unreadable,
+    /// which is logged).
+    ///
+    /// # Errors
+    /// The store itself could not be read.
+    async fn discover_coordinator(&self) -> Result<Option<NodeAddress>, RegistryError>;
+
+    /// Every registered backend as `(instance_id, address)`, sorted by instance id (byte order).
+    /// Entries that cannot be read or parsed are skipped with a warning naming them.
+    ///
+    /// # Errors
+    /// The store itself could not be read.
+    async fn discover_backends(&self) -> Result<Vec<(String, NodeAddress)>, RegistryError>;
+
+    /// What and where this registry is, for log lines, e.g. `file registry at /srv/output/ssm`.
+    fn describe(&self) -> String;
+}
