@@ -20,7 +20,7 @@ fn encode_many(message: &Message, style: Style, n: usize) -> BytesMut {
     } else {
         Framing::Text
     };
-    let mut codec = ColonyCodec::with_framing(Limits::default(), framing);
+    let mut codec = ColonyCodec::with_framing(LIMITS, framing);
     let mut buf = BytesMut::new();
     for _ in 0..n {
         codec.encode(Reply { message, style }, &mut buf).unwrap();
@@ -28,12 +28,18 @@ fn encode_many(message: &Message, style: Style, n: usize) -> BytesMut {
     buf
 }
 
+/// Lines long enough for a 32 KiB payload as a JSON array of numbers (~130 KiB).
+const LIMITS: Limits = Limits {
+    max_line: 1 << 20,
+    max_frame: codec::DEFAULT_MAX_FRAME,
+};
+
 fn decode_all(mut buf: BytesMut) -> usize {
-    let mut codec = ColonyCodec::new(Limits::default());
+    let mut codec = ColonyCodec::new(LIMITS);
     let mut n = 0;
     while let Some(item) = codec.decode(&mut buf).unwrap() {
+        assert!(matches!(item, Decoded::Message(..)), "{item:?}");
         black_box(&item);
-        debug_assert!(matches!(item, Decoded::Message(..)));
         n += 1;
     }
     n
@@ -103,7 +109,7 @@ fn bench_encode(c: &mut Criterion) {
         group.bench_function(format!("{name}/bytes"), |b| {
             b.iter(|| {
                 buf.clear();
-                let mut codec = ColonyCodec::with_framing(Limits::default(), Framing::Binary);
+                let mut codec = ColonyCodec::with_framing(LIMITS, Framing::Binary);
                 for _ in 0..n {
                     codec.encode(Reply { message, style }, &mut buf).unwrap();
                 }
@@ -114,7 +120,7 @@ fn bench_encode(c: &mut Criterion) {
         group.bench_function(format!("{name}/frames"), |b| {
             b.iter(|| {
                 buf.clear();
-                let mut codec = ColonyCodec::with_framing(Limits::default(), Framing::Binary);
+                let mut codec = ColonyCodec::with_framing(LIMITS, Framing::Binary);
                 for _ in 0..n {
                     codec.encode(Reply { message, style }, &mut buf).unwrap();
                 }
