@@ -261,6 +261,8 @@ impl ShardGrid {
         match side {
             Direction::North => self.row_edge(1),
             Direction::South => self.row_edge(h),
+            Direction::West => self.column_edge(1),
+            Direction::East => self.column_edge(w),
             _ => {
                 let span = Span::edge(side, w, h);
                 Edge::from_fn(span.len as u32, |i| {
@@ -279,6 +281,20 @@ impl ShardGrid {
             .map(|k| (row[k] >> 1) | row.get(k + 1).map_or(0, |next| next << 63))
             .collect();
         Edge::from_words(self.width, &words)
+    }
+
+    /// Bit `p` of every interior row, north to south.
+    fn column_edge(&self, p: usize) -> Edge {
+        let h = self.height as usize;
+        let shift = p % 64;
+        let mut words = vec![0u64; h.div_ceil(64)];
+        let column = self.cells[self.row_index(1) + p / 64..]
+            .iter()
+            .step_by(self.stride);
+        for (y, &word) in column.take(h).enumerate() {
+            words[y / 64] |= (word >> shift & 1) << (y % 64);
+        }
+        Edge::from_words(self.height, &words)
     }
 
     /// All eight edges, for neighbours in the same process.
@@ -334,6 +350,8 @@ impl ShardGrid {
         match side {
             Direction::North => self.fill_row_halo(0, edge),
             Direction::South => self.fill_row_halo(h + 1, edge),
+            Direction::West => self.fill_column_halo(0, edge),
+            Direction::East => self.fill_column_halo(w + 1, edge),
             _ => {
                 let span = Span::halo(side, w, h);
                 for i in 0..span.len {
@@ -341,6 +359,18 @@ impl ShardGrid {
                     self.put_bit(p, r, edge.get(i as u32));
                 }
             }
+        }
+    }
+
+    /// Sets bit `p` of interior rows `1..=h` to cells `0..h` of `edge`.
+    fn fill_column_halo(&mut self, p: usize, edge: &Edge) {
+        let (h, stride, shift) = (self.height as usize, self.stride, p % 64);
+        let first = self.row_index(1) + p / 64;
+        let bytes = edge.as_bytes();
+        let column = self.cells[first..].iter_mut().step_by(stride);
+        for (y, word) in column.take(h).enumerate() {
+            let bit = u64::from(bytes.get(y / 8).map_or(0, |b| b >> (y % 8) & 1));
+            *word = (*word & !(1 << shift)) | (bit << shift);
         }
     }
 
