@@ -295,3 +295,58 @@ fn read_backends(dir: &Path) -> Result<Vec<(String, NodeAddress)>, RegistryError
     found.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     Ok(found)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    #[test]
+    fn temp_names_are_unique_hidden_and_never_json() {
+        let names: HashSet<String> = (0..10_000).map(|_| temp_name("backend_1.json")).collect();
+        assert_eq!(names.len(), 10_000);
+        for name in &names {
+            assert!(is_temp_name(name), "{name}");
+            assert!(!name.ends_with(".json"), "{name}");
+            assert!(name.starts_with(".backend_1.json."), "{name}");
+            assert!(
+                name.contains(&format!(".{}.", std::process::id())),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_our_temp_names_count_as_temp() {
+        assert!(!is_temp_name("backend_1.json"));
+        assert!(!is_temp_name("notes.tmp"));
+        assert!(!is_temp_name(".backend_1.json"));
+    }
+
+    #[test]
+    #[cfg(unix)] // Unix path syntax.
+    fn backend_paths_stay_inside_the_backends_directory() {
+        let registry = FileClusterRegistry::new(PathBuf::from("/srv/colony"));
+        assert_eq!(
+            registry.backend_path("backend_9000").unwrap(),
+            Path::new("/srv/colony/output/ssm/backends/backend_9000.json")
+        );
+        assert_eq!(
+            registry.coordinator_path(),
+            Path::new("/srv/colony/output/ssm/coordinator.json")
+        );
+        for id in ["..", "../x", "a/b", "/etc/passwd", ""] {
+            assert!(registry.backend_path(id).is_err(), "{id:?}");
+        }
+    }
+
+    #[test]
+    #[cfg(unix)] // Unix path syntax.
+    fn relative_roots_are_made_absolute_for_the_logs() {
+        let registry = FileClusterRegistry::new(PathBuf::from("runs/a"));
+        assert!(registry.dir().is_absolute(), "{}", registry.dir().display());
+        assert!(registry.dir().ends_with("runs/a/output/ssm"));
+        assert!(registry.describe().starts_with("file registry at /"));
+    }
+}
