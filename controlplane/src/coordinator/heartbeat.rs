@@ -1,0 +1,905 @@
+//! Node health from heartbeats: the ACTIVE → STALE → DOWN state machine, LEFT on goodbye,
+//! alerts, flap counting, and a sweeper that does not blame nodes for its own stalls.
+//!
+//! All timing uses `tokio::time::Instant`, so tests drive it with paused time. Wall-clock
+//! times are kept only to show people when something happened.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use dashmap::DashMap;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use shared::NodeAddress;
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// Most metrics one heartbeat may carry.
+pub const MAX_HEARTBEAT_METRICS: usize = 64;
+/// Longest metric name.
+pub const MAX_METRIC_NAME: usize = 64;
+/// Resolved alerts kept for `GET /alerts`; older ones are forgotten.
+const RESOLVED_ALERTS_KEPT: usize = 1000;
+/// Sweeper lateness below this is scheduling noise, not a stall.
+const STALL_TOLERANCE: Duration = Duration::from_millis(10);
+
+/// What kind of node sent a heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeType {
+    /// A backend holding shards.
+    Backend,
+    /// The coordinator.
+    Coordinator,
+}
+
+/// The body of `POST /heartbeat`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// The sender's instance id (e.g. `backend_9000`).
+    pub instance_id: String,
+    /// The sender's role.
+    pub node_type: NodeType,
+    /// Where the sender's listeners are.
+    pub address: NodeAddress,
+    /// The sender's heartbeat counter (starts again at 1 when it restarts).
+    pub seq: u64,
+    /// Numeric gauges the sender wants shown (at most [`MAX_HEARTBEAT_METRICS`]).
+    #[serde(default)]
+    pub metrics: BTreeMap<String, f64>,
+    /// True on the goodbye a node sends when it shuts down gracefully.
+    #[serde(default)]
+    pub leaving: bool,
+}
+
+impl Heartbeat {
+    /// Checks what serde cannot: id syntax and metric bounds.
+    ///
+    /// # Errors
+    /// A sentence naming the offending field.
+    pub fn validate(&self) -> Result<(), String> {
+        shared::registry::validate_instance_id(&self.instance_id)
+            .map_err(|e| format!("instance_id: {e}"))?;
+        if self.metrics.len() > MAX_HEARTBEAT_METRICS {
+            return Err(format!(
+                "metrics: {} entries, at most {MAX_HEARTBEAT_METRICS} allowed",
+                self.metrics.len()
+            ));
+        }
+        for (name, value) in &self.metrics {
+            if name.is_empty() || name.len() > MAX_METRIC_NAME {
+                return Err(format!(
+                    "metrics: name {name:?} must be 1 to {MAX_METRIC_NAME} bytes"
+                ));
+            }
+            if !value.is_finite() {
+                return Err(format!("metrics.{name}: must be a finite number"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A node's health state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum NodeState {
+    /// Heartbeats arrive on time.
+    Active,
+    /// No heartbeat for `stale_after`.
+    Stale,
+    /// No heartbeat for `down_after`.
+    Down,
+    /// The node said goodbye on a graceful shutdown.
+    Left,
+}
+
+impl NodeState {
+    /// The state as shown to people and in metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Active => "ACTIVE",
+            NodeState::Stale => "STALE",
+            NodeState::Down => "DOWN",
+            NodeState::Left => "LEFT",
+        }
+    }
+
+    fn is_failure(self) -> bool {
+        matches!(self, NodeState::Stale | NodeState::Down)
+    }
+}
+
+/// Failure-detector thresholds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthConfig {
+    /// Silence after which a node is STALE.
+    pub stale_after: Duration,
+    /// Silence after which a node is DOWN.
+    pub down_after: Duration,
+    /// A recovery this soon after a failure began counts as a flap.
+    pub flap_window: Duration,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            stale_after: Duration::from_secs(3),
+            down_after: Duration::from_secs(10),
+            flap_window: Duration::from_secs(60),
+        }
+    }
+}
+
+impl HealthConfig {
+    /// Smallest threshold accepted.
+    pub const MIN_THRESHOLD: Duration = Duration::from_millis(100);
+
+    /// Checks the thresholds' ranges and order.
+    ///
+    /// # Errors
+    /// A sentence naming the flag.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.stale_after < Self::MIN_THRESHOLD {
+            return Err("--stale-after must be at least 100ms".into());
+        }
+        if self.down_after <= self.stale_after {
+            return Err("--down-after must be longer than --stale-after".into());
+        }
+        Ok(())
+    }
+
+    /// How often the sweeper looks: a fraction of the shortest threshold, so a state change
+    /// is noticed well within it.
+    pub fn sweep_period(&self) -> Duration {
+        let shortest = self.stale_after.min(self.down_after - self.stale_after);
+        (shortest / 8).clamp(Duration::from_millis(5), Duration::from_millis(250))
+    }
+}
+
+/// A state change, as recorded and as pushed to subscribers.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Transition {
+    /// The previous state; `None` when the node was first seen.
+    pub from: Option<NodeState>,
+    /// The new state.
+    pub to: NodeState,
+    /// When it happened (RFC 3339).
+    pub at: String,
+}
+
+/// Something the health tracker tells subscribers (the WebSocket, the dashboard).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum HealthEvent {
+    /// A node changed state.
+    ServiceStateChanged {
+        /// The node.
+        node_id: String,
+        /// Its role.
+        node_type: NodeType,
+        /// The change.
+        #[serde(flatten)]
+        transition: Transition,
+    },
+    /// A node appeared with a new address.
+    EndpointUpdated {
+        /// The node.
+        node_id: String,
+        /// Its new address.
+        address: NodeAddress,
+    },
+}
+
+/// An alert about a node.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Alert {
+    /// Increasing id.
+    pub id: u64,
+    /// The node it is about.
+    pub node_id: String,
+    /// `node_stale` or `node_down`.
+    pub kind: &'static str,
+    /// `warning` or `critical`.
+    pub severity: &'static str,
+    /// What happened, in words.
+    pub message: String,
+    /// When it was raised (RFC 3339).
+    pub raised_at: String,
+    /// When it was resolved (RFC 3339), if it was.
+    pub resolved_at: Option<String>,
+}
+
+/// `GET /alerts`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AlertsView {
+    /// Alerts still open, oldest first.
+    pub open: Vec<Alert>,
+    /// Recently resolved alerts, newest first.
+    pub resolved: Vec<Alert>,
+}
+
+#[derive(Debug, Default)]
+struct AlertLog {
+    next_id: u64,
+    open: Vec<Alert>,
+    resolved: VecDeque<Alert>,
+}
+
+impl AlertLog {
+    fn raise(
+        &mut self,
+        node_id: &str,
+        kind: &'static str,
+        severity: &'static str,
+        message: String,
+    ) {
+        if self
+            .open
+            .iter()
+            .any(|a| a.node_id == node_id && a.kind == kind)
+        {
+            return;
+        }
+        self.next_id += 1;
+        self.open.push(Alert {
+            id: self.next_id,
+            node_id: node_id.to_owned(),
+            kind,
+            severity,
+            message,
+            raised_at: rfc3339(SystemTime::now()),
+            resolved_at: None,
+        });
+    }
+
+    fn resolve_all(&mut self, node_id: &str) {
+        let now = rfc3339(SystemTime::now());
+        let (done, open): (Vec<_>, Vec<_>) = std::mem::take(&mut self.open)
+            .into_iter()
+            .partition(|a| a.node_id == node_id);
+        self.open = open;
+        for mut alert in done {
+            alert.resolved_at = Some(now.clone());
+            self.resolved.push_front(alert);
+        }
+        self.resolved.truncate(RESOLVED_ALERTS_KEPT);
+    }
+}
+
+/// One component of `GET /health/status`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Component {
+    /// The node's instance id.
+    pub node_id: String,
+    /// Its role.
+    #[serde(rename = "type")]
+    pub node_type: NodeType,
+    /// Its health state.
+    pub status: NodeState,
+    /// Its advertised address.
+    pub address: NodeAddress,
+    /// When it was first seen (RFC 3339).
+    pub first_seen: String,
+    /// When it was last heard from (RFC 3339).
+    pub last_seen: String,
+    /// Milliseconds since its last heartbeat.
+    pub heartbeat_age_ms: u64,
+    /// Seconds since it was first seen in this run of it.
+    pub uptime_seconds: u64,
+    /// Heartbeats received.
+    pub heartbeats: u64,
+    /// Its last heartbeat sequence number.
+    pub seq: u64,
+    /// Recoveries soon after a failure.
+    pub flaps: u32,
+    /// The last state change.
+    pub last_transition: Option<Transition>,
+    /// Its last reported metrics.
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// `GET /health/status`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HealthStatus {
+    /// `HEALTHY` when no node is STALE or DOWN, else `DEGRADED`.
+    pub overall_status: &'static str,
+    /// Components listed.
+    pub total_components: usize,
+    /// Components ACTIVE.
+    pub active: usize,
+    /// Components STALE.
+    pub stale: usize,
+    /// Components DOWN.
+    pub down: usize,
+    /// Components LEFT.
+    pub left: usize,
+    /// Every component, the coordinator first, then by node id.
+    pub components: Vec<Component>,
+}
+
+/// Counts for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Nodes per state: active, stale, down, left.
+    pub states: [usize; 4],
+    /// Flaps summed over nodes.
+    pub flaps: u64,
+    /// Alerts open.
+    pub open_alerts: usize,
+}
+
+impl Counts {
+    /// `(state label, count)` pairs.
+    pub fn by_state(&self) -> [(&'static str, usize); 4] {
+        [
+            ("ACTIVE", self.states[0]),
+            ("STALE", self.states[1]),
+            ("DOWN", self.states[2]),
+            ("LEFT", self.states[3]),
+        ]
+    }
+}
+
+#[derive(Debug)]
+struct NodeRecord {
+    node_type: NodeType,
+    address: NodeAddress,
+    state: NodeState,
+    first_seen: SystemTime,
+    first_seen_at: Instant,
+    last_seen: SystemTime,
+    /// Last heartbeat, pushed forward by the sweeper's own stalls.
+    last_heard: Instant,
+    heartbeats: u64,
+    seq: u64,
+    flaps: u32,
+    failed_since: Option<Instant>,
+    last_transition: Option<Transition>,
+    metrics: BTreeMap<String, f64>,
+}
+
+/// The coordinator's own entry in the component list.
+#[derive(Debug, Clone)]
+struct SelfComponent {
+    node_id: String,
+    address: NodeAddress,
+    started: SystemTime,
+    started_at: Instant,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: HealthConfig,
+    nodes: DashMap<String, NodeRecord>,
+    alerts: Mutex<AlertLog>,
+    events: broadcast::Sender<HealthEvent>,
+    me: Option<SelfComponent>,
+}
+
+/// Per-node health, shared by the heartbeat handler, the sweeper and the read endpoints.
+#[derive(Debug, Clone)]
+pub struct HealthTracker {
+    inner: Arc<Inner>,
+}
+
+/// What became of a heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recorded {
+    /// The node's state after it.
+    pub state: NodeState,
+}
+
+impl HealthTracker {
+    /// A tracker; `me` lists the coordinator itself as an always-ACTIVE component.
+    pub fn new(config: HealthConfig, me: Option<(String, NodeAddress)>) -> Self {
+        let (events, _) = broadcast::channel(1024);
+        HealthTracker {
+            inner: Arc::new(Inner {
+                config,
+                nodes: DashMap::new(),
+                alerts: Mutex::new(AlertLog::default()),
+                events,
+                me: me.map(|(node_id, address)| SelfComponent {
+                    node_id,
+                    address,
+                    started: SystemTime::now(),
+                    started_at: Instant::now(),
+                }),
+            }),
+        }
+    }
+
+    /// The thresholds in force.
+    pub fn config(&self) -> HealthConfig {
+        self.inner.config
+    }
+
+    /// Events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<HealthEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// Records a (validated) heartbeat received at `now`.
+    pub fn record(&self, hb: Heartbeat, now: Instant) -> Recorded {
+        let wall = SystemTime::now();
+        let target = if hb.leaving {
+            NodeState::Left
+        } else {
+            NodeState::Active
+        };
+        let mut changed = None;
+        let mut moved = false;
+        let mut flapped = false;
+        match self.inner.nodes.get_mut(hb.instance_id.as_str()) {
+            Some(mut record) => {
+                let record = &mut *record;
+                if record.state == NodeState::Left && target == NodeState::Active {
+                    // Back after a goodbye: a new run of the node.
+                    record.first_seen = wall;
+                    record.first_seen_at = now;
+                }
+                if record.address != hb.address {
+                    record.address = hb.address;
+                    moved = true;
+                }
+                if record.state != target {
+                    if target == NodeState::Active && record.state.is_failure() {
+                        if let Some(since) = record.failed_since {
+                            if now.saturating_duration_since(since) <= self.inner.config.flap_window
+                            {
+                                record.flaps += 1;
+                                flapped = true;
+                            }
+                        }
+                    }
+                    record.failed_since = None;
+                    changed = Some(transition(record, target, wall));
+                }
+                record.node_type = hb.node_type;
+                record.last_seen = wall;
+                record.last_heard = now;
+                record.heartbeats += 1;
+                record.seq = hb.seq;
+                record.metrics = hb.metrics;
+            }
+            None => {
+                let first = Transition {
+                    from: None,
+                    to: target,
+                    at: rfc3339(wall),
+                };
+                self.inner.nodes.insert(
+                    hb.instance_id.clone(),
+                    NodeRecord {
+                        node_type: hb.node_type,
+                        address: hb.address,
+                        state: target,
+                        first_seen: wall,
+                        first_seen_at: now,
+                        last_seen: wall,
+                        last_heard: now,
+                        heartbeats: 1,
+                        seq: hb.seq,
+                        flaps: 0,
+                        failed_since: None,
+                        last_transition: Some(first.clone()),
+                        metrics: hb.metrics,
+                    },
+                );
+                moved = true;
+                changed = Some(first);
+            }
+        }
+        if moved {
+            let _ = self.inner.events.send(HealthEvent::EndpointUpdated {
+                node_id: hb.instance_id.clone(),
+                address: hb.address,
+            });
+        }
+        if let Some(t) = changed {
+            match t.from {
+                Some(from) if from.is_failure() => {
+                    info!(node = %hb.instance_id, from = from.as_str(), to = t.to.as_str(), flap = flapped, "node recovered");
+                    self.inner.alerts.lock().resolve_all(&hb.instance_id);
+                }
+                _ => {
+                    info!(node = %hb.instance_id, to = t.to.as_str(), address = %hb.address, "node state")
+                }
+            }
+            if t.to == NodeState::Left {
+                self.inner.alerts.lock().resolve_all(&hb.instance_id);
+            }
+            self.emit(&hb.instance_id, hb.node_type, t);
+        }
+        Recorded { state: target }
+    }
+
+    /// Moves every node whose silence passed a threshold, raising alerts.
+    pub fn sweep(&self, now: Instant) {
+        let config = self.inner.config;
+        let mut changes = Vec::new();
+        for mut entry in self.inner.nodes.iter_mut() {
+            let silence = now.saturating_duration_since(entry.last_heard);
+            let target = match entry.state {
+                NodeState::Active | NodeState::Stale if silence >= config.down_after => {
+                    NodeState::Down
+                }
+                NodeState::Active if silence >= config.stale_after => NodeState::Stale,
+                _ => continue,
+            };
+            let record = entry.value_mut();
+            if record.failed_since.is_none() {
+                record.failed_since = Some(now);
+            }
+            let t = transition(record, target, SystemTime::now());
+            changes.push((entry.key().clone(), entry.node_type, silence, t));
+        }
+        for (node_id, node_type, silence, t) in changes {
+            let (kind, severity) = match t.to {
+                NodeState::Down => ("node_down", "critical"),
+                _ => ("node_stale", "warning"),
+            };
+            warn!(node = %node_id, to = t.to.as_str(), silence = ?silence, "node missed heartbeats");
+            self.inner.alerts.lock().raise(
+                &node_id,
+                kind,
+                severity,
+                format!(
+                    "{node_id} is {}: no heartbeat for {silence:?}",
+                    t.to.as_str()
+                ),
+            );
+            self.emit(&node_id, node_type, t);
+        }
+    }
+
+    /// Forgives `stall` of silence for every node: the coordinator itself was not running
+    /// (paused, starved) for that long, so it could not have heard them.
+    pub fn credit_stall(&self, stall: Duration, now: Instant) {
+        for mut entry in self.inner.nodes.iter_mut() {
+            entry.last_heard = (entry.last_heard + stall).min(now);
+        }
+    }
+
+    /// Runs the sweeper until `shutdown`. If a sweep wakes later than planned by more than
+    /// scheduling noise, the lateness is first credited to every node (Lifeguard's idea:
+    /// distrust your own timeliness before blaming others).
+    pub fn spawn_sweeper(&self, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let tracker = self.clone();
+        let period = self.inner.config.sweep_period();
+        tokio::spawn(async move {
+            let mut due = Instant::now() + period;
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep_until(due) => {}
+                }
+                let now = Instant::now();
+                let late = now.saturating_duration_since(due);
+                if late > STALL_TOLERANCE {
+                    warn!(stall = ?late, "health sweep ran late; that silence is not counted against nodes");
+                    tracker.credit_stall(late, now);
+                }
+                tracker.sweep(now);
+                due = now + period;
+            }
+        })
+    }
+
+    fn emit(&self, node_id: &str, node_type: NodeType, transition: Transition) {
+        // No subscriber is fine: events are a live feed, the state is the record.
+        let _ = self.inner.events.send(HealthEvent::ServiceStateChanged {
+            node_id: node_id.to_owned(),
+            node_type,
+            transition,
+        });
+    }
+
+    fn component(&self, node_id: &str, r: &NodeRecord, now: Instant) -> Component {
+        Component {
+            node_id: node_id.to_owned(),
+            node_type: r.node_type,
+            status: r.state,
+            address: r.address,
+            first_seen: rfc3339(r.first_seen),
+            last_seen: rfc3339(r.last_seen),
+            heartbeat_age_ms: millis(now.saturating_duration_since(r.last_heard)),
+            uptime_seconds: now.saturating_duration_since(r.first_seen_at).as_secs(),
+            heartbeats: r.heartbeats,
+            seq: r.seq,
+            flaps: r.flaps,
+            last_transition: r.last_transition.clone(),
+            metrics: r.metrics.clone(),
+        }
+    }
+
+    fn self_component(&self, now: Instant) -> Option<Component> {
+        let me = self.inner.me.as_ref()?;
+        Some(Component {
+            node_id: me.node_id.clone(),
+            node_type: NodeType::Coordinator,
+            status: NodeState::Active,
+            address: me.address,
+            first_seen: rfc3339(me.started),
+            last_seen: rfc3339(SystemTime::now()),
+            heartbeat_age_ms: 0,
+            uptime_seconds: now.saturating_duration_since(me.started_at).as_secs(),
+            heartbeats: 0,
+            seq: 0,
+            flaps: 0,
+            last_transition: None,
+            metrics: BTreeMap::new(),
+        })
+    }
+
+    /// One node's component, if known.
+    pub fn node(&self, node_id: &str) -> Option<Component> {
+        let now = Instant::now();
+        self.inner
+            .nodes
+            .get(node_id)
+            .map(|r| self.component(node_id, &r, now))
+    }
+
+    /// `GET /health/status`.
+    pub fn status(&self) -> HealthStatus {
+        let now = Instant::now();
+        let mut nodes: Vec<Component> = self
+            .inner
+            .nodes
+            .iter()
+            .map(|e| self.component(e.key(), e.value(), now))
+            .collect();
+        nodes.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        let mut components: Vec<Component> = self.self_component(now).into_iter().collect();
+        components.extend(nodes);
+        let count = |s| components.iter().filter(|c| c.status == s).count();
+        let (active, stale, down, left) = (
+            count(NodeState::Active),
+            count(NodeState::Stale),
+            count(NodeState::Down),
+            count(NodeState::Left),
+        );
+        HealthStatus {
+            overall_status: if stale + down == 0 {
+                "HEALTHY"
+            } else {
+                "DEGRADED"
+            },
+            total_components: components.len(),
+            active,
+            stale,
+            down,
+            left,
+            components,
+        }
+    }
+
+    /// Nodes that are STALE or DOWN.
+    pub fn stale(&self) -> Vec<Component> {
+        self.status()
+            .components
+            .into_iter()
+            .filter(|c| c.status.is_failure())
+            .collect()
+    }
+
+    /// Instance ids of the nodes ACTIVE now.
+    pub fn active_nodes(&self) -> Vec<String> {
+        self.inner
+            .nodes
+            .iter()
+            .filter(|e| e.state == NodeState::Active)
+            .map(|e| e.key().clone())
+            .collect()
+    }
+
+    /// `GET /alerts`.
+    pub fn alerts(&self) -> AlertsView {
+        let log = self.inner.alerts.lock();
+        AlertsView {
+            open: log.open.clone(),
+            resolved: log.resolved.iter().cloned().collect(),
+        }
+    }
+
+    /// Counts for metrics.
+    pub fn counts(&self) -> Counts {
+        let mut counts = Counts::default();
+        for e in self.inner.nodes.iter() {
+            let i = match e.state {
+                NodeState::Active => 0,
+                NodeState::Stale => 1,
+                NodeState::Down => 2,
+                NodeState::Left => 3,
+            };
+            counts.states[i] += 1;
+            counts.flaps += u64::from(e.flaps);
+        }
+        counts.open_alerts = self.inner.alerts.lock().open.len();
+        counts
+    }
+}
+
+fn transition(record: &mut NodeRecord, to: NodeState, wall: SystemTime) -> Transition {
+    let t = Transition {
+        from: Some(record.state),
+        to,
+        at: rfc3339(wall),
+    };
+    record.state = to;
+    record.last_transition = Some(t.clone());
+    t
+}
+
+/// RFC 3339 with milliseconds, UTC.
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hb(id: &str, seq: u64) -> Heartbeat {
+        Heartbeat {
+            instance_id: id.into(),
+            node_type: NodeType::Backend,
+            address: NodeAddress::new([127, 0, 0, 1].into(), 9000, 9001, 9002),
+            seq,
+            metrics: BTreeMap::new(),
+            leaving: false,
+        }
+    }
+
+    fn config() -> HealthConfig {
+        HealthConfig {
+            stale_after: Duration::from_millis(300),
+            down_after: Duration::from_secs(1),
+            flap_window: Duration::from_secs(60),
+        }
+    }
+
+    fn state(t: &HealthTracker, id: &str) -> NodeState {
+        t.node(id).unwrap().status
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silence_walks_active_stale_down_and_a_heartbeat_recovers() {
+        let t = HealthTracker::new(config(), None);
+        let mut events = t.subscribe();
+        let start = Instant::now();
+        t.record(hb("b1", 1), start);
+        assert_eq!(state(&t, "b1"), NodeState::Active);
+        t.sweep(start + Duration::from_millis(299));
+        assert_eq!(state(&t, "b1"), NodeState::Active);
+        t.sweep(start + Duration::from_millis(300));
+        assert_eq!(state(&t, "b1"), NodeState::Stale);
+        assert_eq!(t.alerts().open.len(), 1);
+        t.sweep(start + Duration::from_secs(1));
+        assert_eq!(state(&t, "b1"), NodeState::Down);
+        assert_eq!(t.alerts().open.len(), 2);
+        assert_eq!(t.status().overall_status, "DEGRADED");
+
+        t.record(hb("b1", 2), start + Duration::from_secs(2));
+        assert_eq!(state(&t, "b1"), NodeState::Active);
+        let alerts = t.alerts();
+        assert!(alerts.open.is_empty());
+        assert_eq!(alerts.resolved.len(), 2);
+        assert!(alerts.resolved.iter().all(|a| a.resolved_at.is_some()));
+        assert_eq!(t.node("b1").unwrap().flaps, 1);
+        assert_eq!(t.status().overall_status, "HEALTHY");
+
+        let mut seen = Vec::new();
+        while let Ok(e) = events.try_recv() {
+            if let HealthEvent::ServiceStateChanged { transition, .. } = e {
+                seen.push(transition.to);
+            }
+        }
+        assert_eq!(
+            seen,
+            [
+                NodeState::Active,
+                NodeState::Stale,
+                NodeState::Down,
+                NodeState::Active
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn goodbye_is_left_without_an_alert() {
+        let t = HealthTracker::new(config(), None);
+        let now = Instant::now();
+        t.record(hb("b1", 1), now);
+        let mut bye = hb("b1", 2);
+        bye.leaving = true;
+        assert_eq!(t.record(bye, now).state, NodeState::Left);
+        t.sweep(now + Duration::from_secs(30));
+        assert_eq!(state(&t, "b1"), NodeState::Left);
+        assert!(t.alerts().open.is_empty());
+        assert!(t.alerts().resolved.is_empty());
+        assert_eq!(t.status().overall_status, "HEALTHY");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_recovery_is_not_a_flap() {
+        let t = HealthTracker::new(
+            HealthConfig {
+                flap_window: Duration::from_secs(5),
+                ..config()
+            },
+            None,
+        );
+        let start = Instant::now();
+        t.record(hb("b1", 1), start);
+        t.sweep(start + Duration::from_secs(2));
+        t.record(hb("b1", 2), start + Duration::from_secs(20));
+        assert_eq!(t.node("b1").unwrap().flaps, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_sweeper_forgives_its_own_stall() {
+        let t = HealthTracker::new(config(), None);
+        let start = Instant::now();
+        t.record(hb("b1", 1), start);
+        // The coordinator was frozen for 5 s right after the heartbeat.
+        t.credit_stall(Duration::from_secs(5), start + Duration::from_secs(5));
+        t.sweep(start + Duration::from_secs(5));
+        assert_eq!(state(&t, "b1"), NodeState::Active);
+        // Silence after the stall still counts.
+        t.sweep(start + Duration::from_millis(5300));
+        assert_eq!(state(&t, "b1"), NodeState::Stale);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_running_sweeper_detects_silence() {
+        let t = HealthTracker::new(config(), Some(("coordinator".into(), hb("x", 0).address)));
+        let token = CancellationToken::new();
+        let task = t.spawn_sweeper(token.clone());
+        t.record(hb("b1", 1), Instant::now());
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(state(&t, "b1"), NodeState::Stale);
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert_eq!(state(&t, "b1"), NodeState::Down);
+        let status = t.status();
+        assert_eq!(status.components[0].node_type, NodeType::Coordinator);
+        assert_eq!(
+            (status.total_components, status.active, status.down),
+            (2, 1, 1)
+        );
+        token.cancel();
+        task.await.unwrap();
+    }
+
+    #[test]
+    fn heartbeat_validation_names_the_field() {
+        let mut bad = hb("../etc", 1);
+        assert!(bad.validate().unwrap_err().starts_with("instance_id"));
+        bad = hb("b1", 1);
+        bad.metrics.insert("x".into(), f64::NAN);
+        assert!(bad.validate().unwrap_err().starts_with("metrics.x"));
+        bad.metrics = (0..65).map(|i| (format!("m{i}"), 1.0)).collect();
+        assert!(bad.validate().unwrap_err().starts_with("metrics"));
+    }
+
+    #[test]
+    fn config_order_is_checked() {
+        assert!(config().validate().is_ok());
+        let bad = HealthConfig {
+            down_after: Duration::from_millis(300),
+            ..config()
+        };
+        assert!(bad.validate().unwrap_err().contains("--down-after"));
+        assert!(config().sweep_period() <= Duration::from_millis(40));
+    }
+}

@@ -1,0 +1,3 @@
+//! Coordinator-only state: node health from heartbeats (and, later, the colony).
+
+pub mod heartbeat;

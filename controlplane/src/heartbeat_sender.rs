@@ -1,0 +1,159 @@
+//! The backend's side of heartbeats: find the coordinator through the registry, then `POST`
+//! a heartbeat to its management port every interval; say goodbye on shutdown.
+//!
+//! Start order does not matter: until the coordinator is registered the sender waits,
+//! logging that it does. After repeated failures it looks the coordinator up again, since a
+//! restarted coordinator may have new ports.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shared::registry::ClusterRegistry;
+use shared::NodeAddress;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::coordinator::heartbeat::{Heartbeat, NodeType};
+
+/// Failed posts in a row after which the coordinator is looked up again.
+const REDISCOVER_AFTER: u32 = 3;
+/// Longest wait for the goodbye to be delivered on shutdown.
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Produces the metrics a heartbeat carries.
+pub type MetricsSource = Arc<dyn Fn() -> BTreeMap<String, f64> + Send + Sync>;
+
+/// A node's heartbeat loop.
+pub struct HeartbeatSender {
+    registry: Arc<dyn ClusterRegistry>,
+    client: reqwest::Client,
+    instance_id: String,
+    node_type: NodeType,
+    address: NodeAddress,
+    interval: Duration,
+    metrics: MetricsSource,
+}
+
+impl HeartbeatSender {
+    /// A sender for the node `instance_id` at `address`.
+    pub fn new(
+        registry: Arc<dyn ClusterRegistry>,
+        instance_id: String,
+        node_type: NodeType,
+        address: NodeAddress,
+        interval: Duration,
+        metrics: MetricsSource,
+    ) -> Self {
+        let client = reqwest::Client::builder()
+            .timeout(interval.max(Duration::from_secs(1)))
+            .no_proxy()
+            .build()
+            .unwrap_or_default();
+        HeartbeatSender {
+            registry,
+            client,
+            instance_id,
+            node_type,
+            address,
+            interval,
+            metrics,
+        }
+    }
+
+    /// Runs until `shutdown`, then sends a goodbye to the coordinator it last reached.
+    pub fn spawn(self, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move { self.run(shutdown).await })
+    }
+
+    async fn run(self, shutdown: CancellationToken) {
+        let mut coordinator: Option<NodeAddress> = None;
+        let mut seq = 0u64;
+        let mut waits = 0u64;
+        let mut failures = 0u32;
+        loop {
+            if coordinator.is_none() {
+                match self.registry.discover_coordinator().await {
+                    Ok(Some(found)) => {
+                        info!(coordinator = %found.to_mgmt_address(), "found the coordinator; sending heartbeats");
+                        coordinator = Some(found);
+                        waits = 0;
+                    }
+                    Ok(None) => {
+                        if waits.is_multiple_of(10) {
+                            info!(registry = %self.registry.describe(), attempt = waits + 1, "waiting for the coordinator to register");
+                        }
+                        waits += 1;
+                    }
+                    Err(e) => {
+                        if waits.is_multiple_of(10) {
+                            warn!(error = %e, "cannot read the registry to find the coordinator; retrying");
+                        }
+                        waits += 1;
+                    }
+                }
+            }
+            if let Some(target) = coordinator {
+                seq += 1;
+                match self.post(target, seq, false).await {
+                    Ok(()) => {
+                        if failures > 0 {
+                            info!(failed = failures, "heartbeats reach the coordinator again");
+                        }
+                        failures = 0;
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        if failures == 1 || failures.is_multiple_of(10) {
+                            warn!(coordinator = %target.to_mgmt_address(), error = %e, failures, "heartbeat failed");
+                        }
+                        if failures >= REDISCOVER_AFTER {
+                            coordinator = None;
+                        }
+                    }
+                }
+            }
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(self.interval) => {}
+            }
+        }
+        if let Some(target) = coordinator {
+            match tokio::time::timeout(GOODBYE_TIMEOUT, self.post(target, seq + 1, true)).await {
+                Ok(Ok(())) => info!("told the coordinator we are leaving"),
+                Ok(Err(e)) => {
+                    warn!(error = %e, "goodbye not delivered; the coordinator will see us go STALE")
+                }
+                Err(_) => warn!("goodbye timed out; the coordinator will see us go STALE"),
+            }
+        }
+    }
+
+    async fn post(&self, target: NodeAddress, seq: u64, leaving: bool) -> Result<(), String> {
+        let heartbeat = Heartbeat {
+            instance_id: self.instance_id.clone(),
+            node_type: self.node_type,
+            address: self.address,
+            seq,
+            metrics: (self.metrics)(),
+            leaving,
+        };
+        let url = format!("http://{}/heartbeat", target.to_mgmt_address());
+        let response = self
+            .client
+            .post(&url)
+            .json(&heartbeat)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status();
+        if status.is_success() {
+            debug!(seq, "heartbeat accepted");
+            Ok(())
+        } else {
+            let body = response.text().await.unwrap_or_default();
+            Err(format!("coordinator answered {status}: {body}"))
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! The management port (DESIGN §1, §9). Routes:
+//!
+//! | route | node | answer |
+//! |---|---|---|
+//! | `GET /health` | every node | this node's own liveness |
+//! | `GET /metrics` | every node | Prometheus text |
+//! | `POST /heartbeat` | coordinator | records a node's heartbeat (or goodbye) |
+//! | `GET /health/status` | coordinator | every component's state |
+//! | `GET /health/stale` | coordinator | components STALE or DOWN |
+//! | `GET /alerts` | coordinator | open and resolved alerts |
+
+mod health;
+mod heartbeat;
+
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::coordinator::heartbeat::HealthTracker;
+use crate::metrics::Metrics;
+use crate::state::NodeInfo;
+
+/// State of the management routers.
+#[derive(Debug, Clone)]
+pub struct MgmtState {
+    /// This node.
+    pub node: NodeInfo,
+    /// Its metrics.
+    pub metrics: Metrics,
+    /// Node health (coordinator only).
+    pub health: Option<HealthTracker>,
+}
+
+/// The coordinator's management routes.
+pub fn coordinator_router(state: MgmtState) -> Router {
+    Router::new()
+        .route("/health", get(health::own))
+        .route("/metrics", get(health::metrics))
+        .route("/heartbeat", post(heartbeat::receive))
+        .route("/health/status", get(health::status))
+        .route("/health/stale", get(health::stale))
+        .route("/alerts", get(health::alerts))
+        .with_state(state)
+}
+
+/// A backend's management routes.
+pub fn backend_router(state: MgmtState) -> Router {
+    Router::new()
+        .route("/health", get(health::own))
+        .route("/metrics", get(health::metrics))
+        .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use http_body_util::BodyExt;
+    use serde_json::{json, Value};
+    use shared::NodeAddress;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::coordinator::heartbeat::{HealthConfig, NodeType};
+    use crate::http::{harden, HttpLimits};
+
+    fn app() -> (Router, HealthTracker) {
+        let address = NodeAddress::new([127, 0, 0, 1].into(), 8082, 8083, 8084);
+        let health = HealthTracker::new(
+            HealthConfig::default(),
+            Some(("coordinator".into(), address)),
+        );
+        let metrics = Metrics::new(
+            dataplane::DataPlane::new(dataplane::DataPlaneConfig::default()),
+            Some(health.clone()),
+        );
+        let state = MgmtState {
+            node: NodeInfo::new("coordinator", NodeType::Coordinator, address),
+            metrics: metrics.clone(),
+            health: Some(health.clone()),
+        };
+        let limits = HttpLimits {
+            max_body: 4096,
+            request_timeout: Duration::from_secs(5),
+        };
+        (
+            harden(coordinator_router(state), limits, metrics.http, "mgmt"),
+            health,
+        )
+    }
+
+    async fn call(
+        app: &Router,
+        method: &str,
+        uri: &str,
+        body: Option<Vec<u8>>,
+    ) -> (StatusCode, Value) {
+        let mut req = Request::builder().method(method).uri(uri);
+        if body.is_some() {
+            req = req.header("content-type", "application/json");
+        }
+        let req = req.body(body.map_or_else(Body::empty, Body::from)).unwrap();
+        let res = app.clone().oneshot(req).await.unwrap();
+        let status = res.status();
+        let bytes = res.into_body().collect().await.unwrap().to_bytes();
+        let value = serde_json::from_slice(&bytes)
+            .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        (status, value)
+    }
+
+    fn good() -> Value {
+        json!({"instance_id":"backend_9000","node_type":"backend",
+               "address":{"ip":"127.0.0.1","internal_port":9000,"http_port":9001,"mgmt_port":9002},
+               "seq":1,"metrics":{"connections":2}})
+    }
+
+    #[tokio::test]
+    async fn a_good_heartbeat_is_recorded() {
+        let (app, health) = app();
+        let (status, body) = call(
+            &app,
+            "POST",
+            "/heartbeat",
+            Some(good().to_string().into_bytes()),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["status"], "ACTIVE");
+        let (_, status_body) = call(&app, "GET", "/health/status", None).await;
+        assert_eq!(status_body["total_components"], 2);
+        assert_eq!(status_body["active"], 2);
+        assert_eq!(status_body["components"][1]["node_id"], "backend_9000");
+        assert_eq!(status_body["components"][1]["metrics"]["connections"], 2.0);
+        assert!(health.node("backend_9000").is_some());
+        let (_, metrics) = call(&app, "GET", "/metrics", None).await;
+        let text = metrics.as_str().unwrap();
+        assert!(
+            text.contains("colony_heartbeats_received_total 1"),
+            "{text}"
+        );
+        assert!(text.contains("colony_nodes{state=\"ACTIVE\"} 1"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn bad_heartbeats_are_refused_and_change_nothing() {
+        let (app, health) = app();
+        let mut missing = good();
+        missing.as_object_mut().unwrap().remove("address");
+        let mut wrong_type = good();
+        wrong_type["seq"] = json!("one");
+        let mut unknown_node = good();
+        unknown_node["node_type"] = json!("toaster");
+        let mut bad_metric = good();
+        bad_metric["metrics"] = json!({"x": "high"});
+        let mut bad_id = good();
+        bad_id["instance_id"] = json!("../../etc/passwd");
+        let huge = format!("{{\"pad\":\"{}\"}}", "x".repeat(10_000)).into_bytes();
+        let cases: Vec<(Vec<u8>, StatusCode, &str)> = vec![
+            (
+                missing.to_string().into_bytes(),
+                StatusCode::BAD_REQUEST,
+                "address",
+            ),
+            (
+                wrong_type.to_string().into_bytes(),
+                StatusCode::BAD_REQUEST,
+                "seq",
+            ),
+            (
+                unknown_node.to_string().into_bytes(),
+                StatusCode::BAD_REQUEST,
+                "toaster",
+            ),
+            (
+                bad_metric.to_string().into_bytes(),
+                StatusCode::BAD_REQUEST,
+                "metrics",
+            ),
+            (
+                bad_id.to_string().into_bytes(),
+                StatusCode::BAD_REQUEST,
+                "instance_id",
+            ),
+            (b"{not json".to_vec(), StatusCode::BAD_REQUEST, "malformed"),
+            (huge, StatusCode::PAYLOAD_TOO_LARGE, "limit"),
+        ];
+        for (body, expected, needle) in cases {
+            let (status, answer) = call(&app, "POST", "/heartbeat", Some(body)).await;
+            assert_eq!(status, expected, "{answer}");
+            let message = answer["error"].as_str().unwrap_or_default();
+            assert!(message.contains(needle), "{needle:?} not in {message:?}");
+        }
+        let req = Request::post("/heartbeat")
+            .body(Body::from(good().to_string()))
+            .unwrap();
+        let res = app.clone().oneshot(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        assert_eq!(health.status().total_components, 1, "state changed");
+    }
+
+    #[tokio::test]
+    async fn unknown_routes_are_json_404s() {
+        let (app, _) = app();
+        let (status, body) = call(&app, "GET", "/nope", None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(body["error"], "no route for /nope");
+        let (status, body) = call(&app, "GET", "/health", None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["node_type"], "coordinator");
+    }
+}

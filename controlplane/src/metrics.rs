@@ -1,0 +1,184 @@
+//! Prometheus metrics (`GET /metrics`) through `prometheus-client`, the Prometheus project's
+//! own Rust client: HTTP requests and heartbeats as live counters, and node states and
+//! data-plane counters collected from their owners at scrape time, so nothing is counted twice.
+
+use std::sync::Arc;
+
+use dataplane::DataPlane;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{text::encode, DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+use crate::coordinator::heartbeat::HealthTracker;
+
+/// Labels of the HTTP request counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HttpLabels {
+    plane: &'static str,
+    method: String,
+    route: String,
+    status: u16,
+}
+
+/// The HTTP request counter, shared by every listener of a node.
+#[derive(Debug, Clone, Default)]
+pub struct HttpMetrics {
+    requests: Family<HttpLabels, Counter>,
+}
+
+impl HttpMetrics {
+    /// Counts one answered request.
+    pub fn observe(&self, plane: &'static str, method: &str, route: &str, status: u16) {
+        self.requests
+            .get_or_create(&HttpLabels {
+                plane,
+                method: method.to_owned(),
+                route: route.to_owned(),
+                status,
+            })
+            .inc();
+    }
+}
+
+/// A node's metric registry.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    /// HTTP requests by plane, route and status.
+    pub http: HttpMetrics,
+    /// Heartbeats accepted by the coordinator.
+    pub heartbeats: Counter,
+}
+
+impl Metrics {
+    /// A registry with this node's data-plane counters and, on the coordinator, its health
+    /// tracker.
+    pub fn new(data_plane: DataPlane, health: Option<HealthTracker>) -> Self {
+        let mut registry = Registry::with_prefix("colony");
+        let http = HttpMetrics::default();
+        let heartbeats = Counter::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by plane, method, route and status",
+            http.requests.clone(),
+        );
+        registry.register(
+            "heartbeats_received",
+            "Heartbeats accepted from nodes",
+            heartbeats.clone(),
+        );
+        registry.register_collector(Box::new(DataPlaneCollector(data_plane)));
+        if let Some(health) = health {
+            registry.register_collector(Box::new(HealthCollector(health)));
+        }
+        Metrics {
+            registry: Arc::new(registry),
+            http,
+            heartbeats,
+        }
+    }
+
+    /// The metrics in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        out
+    }
+}
+
+#[derive(Debug)]
+struct DataPlaneCollector(DataPlane);
+
+impl Collector for DataPlaneCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = self.0.stats().snapshot();
+        let counters = [
+            (
+                "dataplane_frames_in",
+                "Data-plane requests decoded",
+                s.frames_in,
+            ),
+            (
+                "dataplane_frames_out",
+                "Data-plane responses written",
+                s.frames_out,
+            ),
+            (
+                "dataplane_errors",
+                "Data-plane requests answered with an error, and framing failures",
+                s.errors,
+            ),
+            (
+                "dataplane_connections_accepted",
+                "Data-plane connections accepted",
+                s.connections_total,
+            ),
+            (
+                "dataplane_connections_refused",
+                "Data-plane connections refused at the limit",
+                s.connections_refused,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let counter = ConstCounter::new(value);
+            counter.encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                counter.metric_type(),
+            )?)?;
+        }
+        let open = ConstGauge::new(s.connections as i64);
+        open.encode(encoder.encode_descriptor(
+            "dataplane_connections",
+            "Data-plane connections open now",
+            None,
+            open.metric_type(),
+        )?)?;
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct HealthCollector(HealthTracker);
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: &'static str,
+}
+
+impl Collector for HealthCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let counts = self.0.counts();
+        let mut family = encoder.encode_descriptor(
+            "nodes",
+            "Nodes known to the coordinator, by health state",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (state, n) in counts.by_state() {
+            let gauge = ConstGauge::new(n as i64);
+            gauge.encode(family.encode_family(&StateLabel { state })?)?;
+        }
+        let flaps = ConstCounter::new(counts.flaps);
+        flaps.encode(encoder.encode_descriptor(
+            "node_flaps",
+            "Returns to ACTIVE soon after a failure, summed over nodes",
+            None,
+            flaps.metric_type(),
+        )?)?;
+        let open = ConstGauge::new(counts.open_alerts as i64);
+        open.encode(encoder.encode_descriptor(
+            "alerts_open",
+            "Alerts not yet resolved",
+            None,
+            open.metric_type(),
+        )?)?;
+        Ok(())
+    }
+}
