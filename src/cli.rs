@@ -1,18 +1,26 @@
-//! The command line: every flag, its `COLONY_*` environment twin and its default.
+//! The command line: every flag, its environment twin and its default.
 //!
 //! Parsing and validation happen here, before anything binds; the subcommands receive typed
 //! configuration.
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use codec::Limits;
+use controlplane::coordinator::heartbeat::HealthConfig;
+use controlplane::http::HttpLimits;
 use dataplane::DataPlaneConfig;
+use shared::registry::{RegistryConfig, RegistryKind};
 
 /// Colony: a cluster runtime for a sharded cellular simulation.
+///
+/// Every node runs three listeners: a framed TCP data plane, an HTTP control plane and an
+/// HTTP management port. Nodes find each other through the cluster registry (files under
+/// --registry-dir by default).
 #[derive(Debug, Parser)]
-#[command(name = "colony", version, about, long_about = None, propagate_version = true)]
+#[command(name = "colony", version, about, long_about, propagate_version = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -20,25 +28,202 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run a backend node: a data plane that holds and ticks shards.
+    /// Run the coordinator: owns the topology, tracks node health from heartbeats.
     ///
-    /// Each listener binds port 0 (any free port) unless a port is given.
+    /// Listens on 8082 (data), 8083 (control) and 8084 (management) unless told otherwise,
+    /// and registers itself in the cluster registry.
+    Coordinator(CoordinatorArgs),
+    /// Run a backend: holds and ticks shards, sends heartbeats to the coordinator.
+    ///
+    /// Each listener binds port 0 (any free port) unless a port is given; the ports actually
+    /// bound are registered. Start order does not matter: a backend waits for the coordinator.
     Backend(BackendArgs),
+    /// Show every node: what the registry lists and what the coordinator's health says.
+    Status(StatusArgs),
+}
+
+/// Flags of `colony coordinator`.
+#[derive(Debug, Args)]
+pub struct CoordinatorArgs {
+    #[command(flatten)]
+    pub bind: BindArgs,
+
+    /// Data-plane (framed TCP) port.
+    #[arg(long, env = "COLONY_INTERNAL_PORT", default_value_t = 8082)]
+    pub internal_port: u16,
+
+    /// Control-plane (HTTP) port.
+    #[arg(long, env = "COLONY_HTTP_PORT", default_value_t = 8083)]
+    pub http_port: u16,
+
+    /// Management (HTTP: heartbeats, health, metrics) port.
+    #[arg(long, env = "COLONY_MGMT_PORT", default_value_t = 8084)]
+    pub mgmt_port: u16,
+
+    #[command(flatten)]
+    pub health: HealthArgs,
+
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+
+    #[command(flatten)]
+    pub data_plane: DataPlaneArgs,
+
+    #[command(flatten)]
+    pub http: HttpArgs,
 }
 
 /// Flags of `colony backend`.
 #[derive(Debug, Args)]
 pub struct BackendArgs {
-    /// IP address the listeners bind to.
-    #[arg(long, env = "COLONY_BIND_IP", default_value = "127.0.0.1")]
-    pub bind_ip: IpAddr,
+    #[command(flatten)]
+    pub bind: BindArgs,
 
     /// Data-plane (framed TCP) port; 0 picks a free port.
     #[arg(long, env = "COLONY_INTERNAL_PORT", default_value_t = 0)]
     pub internal_port: u16,
 
+    /// Control-plane (HTTP) port; 0 picks a free port.
+    #[arg(long, env = "COLONY_HTTP_PORT", default_value_t = 0)]
+    pub http_port: u16,
+
+    /// Management (HTTP) port; 0 picks a free port.
+    #[arg(long, env = "COLONY_MGMT_PORT", default_value_t = 0)]
+    pub mgmt_port: u16,
+
+    /// Instance id in the registry and in health reports [default: backend_{internal port}].
+    #[arg(long, env = "COLONY_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+
+    /// How often to send a heartbeat to the coordinator (e.g. 1s, 100ms).
+    #[arg(long, env = "COLONY_HEARTBEAT_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub heartbeat_interval: Duration,
+
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+
     #[command(flatten)]
     pub data_plane: DataPlaneArgs,
+
+    #[command(flatten)]
+    pub http: HttpArgs,
+}
+
+/// Flags of `colony status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Where a node listens and what address it tells others.
+#[derive(Debug, Args, Clone)]
+pub struct BindArgs {
+    /// IP address the listeners bind to.
+    #[arg(long, env = "COLONY_BIND_IP", default_value = "127.0.0.1")]
+    pub bind_ip: IpAddr,
+
+    /// IP address other nodes should use to reach this one (registered in the registry).
+    #[arg(long, env = "COLONY_ADVERTISE_IP", default_value = "127.0.0.1")]
+    pub advertise_ip: IpAddr,
+}
+
+/// Which cluster registry to use and where it is.
+#[derive(Debug, Args, Clone)]
+pub struct RegistryArgs {
+    /// Cluster registry: `file` (files under --registry-dir) or `ssm` (AWS SSM Parameter
+    /// Store) [default: from DEPLOYMENT_MODE: localhost → file, aws → ssm].
+    #[arg(long, env = "COLONY_REGISTRY")]
+    pub registry: Option<RegistryKind>,
+
+    /// `localhost` (the default) or `aws`; chooses the registry when --registry is not given.
+    #[arg(long, env = "DEPLOYMENT_MODE", hide = true)]
+    pub deployment_mode: Option<String>,
+
+    /// Root of the file registry: entries live in DIR/output/ssm/.
+    #[arg(long, env = "COLONY_REGISTRY_DIR", default_value = ".")]
+    pub registry_dir: PathBuf,
+
+    /// Parameter-name prefix of the SSM registry.
+    #[arg(long, env = "COLONY_SSM_PREFIX", default_value = shared::registry::DEFAULT_SSM_PREFIX)]
+    pub ssm_prefix: String,
+}
+
+impl RegistryArgs {
+    /// The registry kind and its configuration.
+    ///
+    /// # Errors
+    /// An unknown DEPLOYMENT_MODE.
+    pub fn resolve(
+        &self,
+    ) -> Result<(RegistryKind, RegistryConfig), shared::registry::RegistryError> {
+        let kind = shared::registry::resolve_kind(self.registry, self.deployment_mode.as_deref())?;
+        Ok((
+            kind,
+            RegistryConfig {
+                registry_dir: self.registry_dir.clone(),
+                ssm_prefix: self.ssm_prefix.clone(),
+            },
+        ))
+    }
+}
+
+/// Failure-detector thresholds (coordinator).
+#[derive(Debug, Args, Clone)]
+pub struct HealthArgs {
+    /// A node with no heartbeat for this long is STALE (at least 100ms).
+    #[arg(long, env = "COLONY_STALE_AFTER", default_value = "3s", value_parser = parse_duration)]
+    pub stale_after: Duration,
+
+    /// A node with no heartbeat for this long is DOWN (longer than --stale-after).
+    #[arg(long, env = "COLONY_DOWN_AFTER", default_value = "10s", value_parser = parse_duration)]
+    pub down_after: Duration,
+
+    /// A return to ACTIVE within this long after a failure began counts as a flap.
+    #[arg(long, env = "COLONY_FLAP_WINDOW", default_value = "60s", value_parser = parse_duration)]
+    pub flap_window: Duration,
+}
+
+impl HealthArgs {
+    /// The validated thresholds.
+    ///
+    /// # Errors
+    /// Names the flag out of range.
+    pub fn config(&self) -> Result<HealthConfig, String> {
+        let config = HealthConfig {
+            stale_after: self.stale_after,
+            down_after: self.down_after,
+            flap_window: self.flap_window,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// Limits of the HTTP listeners.
+#[derive(Debug, Args, Clone)]
+pub struct HttpArgs {
+    /// Largest HTTP request body accepted, in bytes.
+    #[arg(long, env = "COLONY_MAX_BODY", default_value_t = 1024 * 1024)]
+    pub max_body: usize,
+
+    /// HTTP requests taking longer than this are answered 408.
+    #[arg(long, env = "COLONY_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+}
+
+impl HttpArgs {
+    /// The HTTP limits.
+    pub fn limits(&self) -> HttpLimits {
+        HttpLimits {
+            max_body: self.max_body,
+            request_timeout: self.request_timeout,
+        }
+    }
 }
 
 /// Limits of the data-plane listener, shared by every node command.
@@ -56,15 +241,15 @@ pub struct DataPlaneArgs {
 
     /// Close a data-plane connection that sends no complete request for this long
     /// (e.g. 300s, 1m, 500ms).
-    #[arg(long, env = "COLONY_IDLE_TIMEOUT", default_value = "300s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "COLONY_IDLE_TIMEOUT", default_value = "300s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
 
     /// Data-plane connections served at once; more are refused with an error line.
     #[arg(long, env = "COLONY_MAX_CONNECTIONS", default_value_t = 1024)]
     pub max_connections: usize,
 
-    /// On shutdown, how long open connections get to finish before the process exits.
-    #[arg(long, env = "COLONY_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
+    /// On shutdown, how long open connections and requests get to finish.
+    #[arg(long, env = "COLONY_GRACE", default_value = "5s", value_parser = parse_duration)]
     pub grace: Duration,
 }
 
@@ -86,6 +271,10 @@ impl DataPlaneArgs {
         config.validate()?;
         Ok(config)
     }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 3s, 1m)"))
 }
 
 #[cfg(test)]

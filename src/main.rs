@@ -3,6 +3,7 @@
 
 mod cli;
 mod node;
+mod status;
 
 use clap::Parser;
 
@@ -23,13 +24,14 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
+            Command::Coordinator(args) => node::run_coordinator(args).await,
             Command::Backend(args) => node::run_backend(args).await,
+            Command::Status(args) => status::run(args).await,
         }
     });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
             eprintln!("colony: {e:#}");
             std::process::ExitCode::FAILURE
         }

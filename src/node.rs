@@ -1,38 +1,330 @@
-//! Running a node: bind every listener, serve until a signal, then drain.
+//! Running a node: bind its three listeners, serve them, register, and on SIGINT/SIGTERM
+//! unregister, say goodbye and drain within the grace period.
 
+use std::collections::BTreeMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
+use axum::Router;
+use controlplane::control;
+use controlplane::coordinator::heartbeat::{HealthTracker, NodeType};
+use controlplane::heartbeat_sender::HeartbeatSender;
+use controlplane::http::{harden, HttpLimits};
+use controlplane::management::{self, MgmtState};
+use controlplane::metrics::Metrics;
+use controlplane::state::NodeInfo;
 use dataplane::DataPlane;
+use shared::registry::{build_registry, spawn_registration, ClusterRegistry, Role};
+use shared::NodeAddress;
 use tokio::net::TcpListener;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
-use crate::cli::BackendArgs;
+use crate::cli::{BackendArgs, BindArgs, CoordinatorArgs, RegistryArgs};
 
-/// `colony backend`.
-pub async fn run_backend(args: BackendArgs) -> anyhow::Result<()> {
-    let config = args.data_plane.config()?;
-    let addr = SocketAddr::new(args.bind_ip, args.internal_port);
-    let listener = TcpListener::bind(addr)
+/// The three bound listeners of a node.
+struct Listeners {
+    data: TcpListener,
+    control: TcpListener,
+    mgmt: TcpListener,
+}
+
+impl Listeners {
+    async fn bind(bind: &BindArgs, ports: [u16; 3]) -> anyhow::Result<Listeners> {
+        let one = |port, what: &'static str| {
+            let addr = SocketAddr::new(bind.bind_ip, port);
+            async move {
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot bind the {what} listener on {addr}"))
+            }
+        };
+        Ok(Listeners {
+            data: one(ports[0], "data-plane").await?,
+            control: one(ports[1], "control-plane").await?,
+            mgmt: one(ports[2], "management").await?,
+        })
+    }
+
+    /// The address to advertise: the advertised IP and the ports actually bound.
+    fn address(&self, advertise_ip: std::net::IpAddr) -> anyhow::Result<NodeAddress> {
+        let port = |l: &TcpListener| -> anyhow::Result<u16> {
+            Ok(l.local_addr()
+                .context("listener has no local address")?
+                .port())
+        };
+        Ok(NodeAddress::new(
+            advertise_ip,
+            port(&self.data)?,
+            port(&self.control)?,
+            port(&self.mgmt)?,
+        ))
+    }
+}
+
+fn open_registry(args: &RegistryArgs) -> anyhow::Result<Arc<dyn ClusterRegistry>> {
+    let (kind, config) = args.resolve()?;
+    let registry = build_registry(kind, config)?;
+    info!(registry = %registry.describe(), "using the cluster registry");
+    Ok(registry)
+}
+
+/// Background work of a node, stopped together.
+struct Tasks {
+    set: JoinSet<()>,
+    shutdown: CancellationToken,
+}
+
+impl Tasks {
+    fn new() -> Self {
+        Tasks {
+            set: JoinSet::new(),
+            shutdown: CancellationToken::new(),
+        }
+    }
+
+    fn spawn(&mut self, task: impl Future<Output = ()> + Send + 'static) {
+        self.set.spawn(task);
+    }
+
+    fn serve_http(&mut self, listener: TcpListener, router: Router, what: &'static str) {
+        let shutdown = self.shutdown.clone();
+        self.set.spawn(async move {
+            let served = axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await;
+            if let Err(e) = served {
+                warn!(listener = what, error = %e, "HTTP listener failed");
+            }
+        });
+    }
+
+    async fn stop(mut self, grace: Duration) {
+        self.shutdown.cancel();
+        let drained = tokio::time::timeout(grace, async {
+            while self.set.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            warn!(grace = ?grace, "grace period ran out; dropping what is still running");
+            self.set.abort_all();
+        }
+    }
+}
+
+fn data_plane_metrics(data_plane: &DataPlane) -> controlplane::heartbeat_sender::MetricsSource {
+    let data_plane = data_plane.clone();
+    Arc::new(move || {
+        let s = data_plane.stats().snapshot();
+        BTreeMap::from([
+            ("connections".to_owned(), s.connections as f64),
+            ("frames_in".to_owned(), s.frames_in as f64),
+            ("frames_out".to_owned(), s.frames_out as f64),
+            ("errors".to_owned(), s.errors as f64),
+            ("uptime_secs".to_owned(), s.uptime_secs as f64),
+        ])
+    })
+}
+
+fn log_listening(role: &str, id: &str, address: &NodeAddress) {
+    info!(
+        role,
+        instance_id = id,
+        internal = %address.to_internal_address(),
+        http = %address.to_http_address(),
+        mgmt = %address.to_mgmt_address(),
+        "node listening"
+    );
+}
+
+/// Waits for the registration task to settle, then removes the entry, so a late write
+/// cannot undo the removal.
+async fn unregister(
+    registry: &dyn ClusterRegistry,
+    role: &Role,
+    registration: tokio::task::JoinHandle<()>,
+    token: CancellationToken,
+) {
+    token.cancel();
+    if tokio::time::timeout(Duration::from_secs(2), registration)
         .await
-        .with_context(|| format!("cannot bind the data plane on {addr}"))?;
-    let local = listener
-        .local_addr()
-        .context("data plane has no local address")?;
-    info!(internal = %local, "backend data plane listening");
+        .is_err()
+    {
+        warn!("registration still in flight at shutdown");
+    }
+    let result = match role {
+        Role::Coordinator => registry.unregister_coordinator().await,
+        Role::Backend(id) => registry.unregister_backend(id).await,
+    };
+    match result {
+        Ok(()) => info!(registry = %registry.describe(), "unregistered from the cluster registry"),
+        Err(e) => warn!(error = %e, "could not unregister; the entry may linger"),
+    }
+}
 
-    let shutdown = CancellationToken::new();
-    let data_plane = DataPlane::new(config);
-    let server = tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move { data_plane.serve(listener, shutdown).await }
+/// `colony coordinator`.
+pub async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
+    let data_config = args.data_plane.config()?;
+    let health_config = args.health.config().map_err(anyhow::Error::msg)?;
+    let limits: HttpLimits = args.http.limits();
+    let registry = open_registry(&args.registry)?;
+    let listeners = Listeners::bind(
+        &args.bind,
+        [args.internal_port, args.http_port, args.mgmt_port],
+    )
+    .await?;
+    let address = listeners.address(args.bind.advertise_ip)?;
+    let node_id = "coordinator";
+
+    let data_plane = DataPlane::new(data_config);
+    let health = HealthTracker::new(health_config, Some((node_id.to_owned(), address)));
+    let metrics = Metrics::new(data_plane.clone(), Some(health.clone()));
+    let mgmt = MgmtState {
+        node: NodeInfo::new(node_id, NodeType::Coordinator, address),
+        metrics: metrics.clone(),
+        health: Some(health.clone()),
+    };
+
+    let mut tasks = Tasks::new();
+    let (dp, token) = (data_plane.clone(), tasks.shutdown.clone());
+    tasks.spawn(async move { dp.serve(listeners.data, token).await });
+    tasks.serve_http(
+        listeners.control,
+        harden(
+            control::coordinator_router(),
+            limits,
+            metrics.http.clone(),
+            "control",
+        ),
+        "control",
+    );
+    tasks.serve_http(
+        listeners.mgmt,
+        harden(
+            management::coordinator_router(mgmt),
+            limits,
+            metrics.http.clone(),
+            "mgmt",
+        ),
+        "mgmt",
+    );
+    let sweeper = health.spawn_sweeper(tasks.shutdown.clone());
+    tasks.spawn(async move {
+        let _ = sweeper.await;
     });
+    log_listening("coordinator", node_id, &address);
+
+    let registration_token = CancellationToken::new();
+    let registration = spawn_registration(
+        registry.clone(),
+        Role::Coordinator,
+        address,
+        registration_token.clone(),
+    );
 
     let signal = shared::signal::shutdown_signal().await;
     info!(signal, "shutting down");
-    shutdown.cancel();
-    server.await.context("data plane task failed")?;
+    unregister(
+        registry.as_ref(),
+        &Role::Coordinator,
+        registration,
+        registration_token,
+    )
+    .await;
+    tasks.stop(data_config.grace).await;
+    info!("coordinator stopped");
+    Ok(())
+}
+
+/// `colony backend`.
+pub async fn run_backend(args: BackendArgs) -> anyhow::Result<()> {
+    let data_config = args.data_plane.config()?;
+    if args.heartbeat_interval < Duration::from_millis(10) {
+        anyhow::bail!("--heartbeat-interval must be at least 10ms");
+    }
+    if let Some(id) = &args.instance_id {
+        shared::registry::validate_instance_id(id).context("--instance-id")?;
+    }
+    let limits = args.http.limits();
+    let registry = open_registry(&args.registry)?;
+    let listeners = Listeners::bind(
+        &args.bind,
+        [args.internal_port, args.http_port, args.mgmt_port],
+    )
+    .await?;
+    let address = listeners.address(args.bind.advertise_ip)?;
+    let instance_id = args
+        .instance_id
+        .clone()
+        .unwrap_or_else(|| shared::registry::default_backend_id(address.internal_port));
+
+    let data_plane = DataPlane::new(data_config);
+    let metrics = Metrics::new(data_plane.clone(), None);
+    let mgmt = MgmtState {
+        node: NodeInfo::new(instance_id.clone(), NodeType::Backend, address),
+        metrics: metrics.clone(),
+        health: None,
+    };
+
+    let mut tasks = Tasks::new();
+    let (dp, token) = (data_plane.clone(), tasks.shutdown.clone());
+    tasks.spawn(async move { dp.serve(listeners.data, token).await });
+    tasks.serve_http(
+        listeners.control,
+        harden(
+            control::backend_router(),
+            limits,
+            metrics.http.clone(),
+            "control",
+        ),
+        "control",
+    );
+    tasks.serve_http(
+        listeners.mgmt,
+        harden(
+            management::backend_router(mgmt),
+            limits,
+            metrics.http.clone(),
+            "mgmt",
+        ),
+        "mgmt",
+    );
+    log_listening("backend", &instance_id, &address);
+
+    let role = Role::Backend(instance_id.clone());
+    let registration_token = CancellationToken::new();
+    let registration = spawn_registration(
+        registry.clone(),
+        role.clone(),
+        address,
+        registration_token.clone(),
+    );
+    let heartbeat_token = CancellationToken::new();
+    let heartbeats = HeartbeatSender::new(
+        registry.clone(),
+        instance_id.clone(),
+        NodeType::Backend,
+        address,
+        args.heartbeat_interval,
+        data_plane_metrics(&data_plane),
+    )
+    .spawn(heartbeat_token.clone());
+
+    let signal = shared::signal::shutdown_signal().await;
+    info!(signal, "shutting down");
+    unregister(registry.as_ref(), &role, registration, registration_token).await;
+    heartbeat_token.cancel();
+    if tokio::time::timeout(Duration::from_secs(2), heartbeats)
+        .await
+        .is_err()
+    {
+        warn!("heartbeat sender did not stop in time");
+    }
+    tasks.stop(data_config.grace).await;
     info!("backend stopped");
     Ok(())
 }
