@@ -5,8 +5,11 @@
 
 pub mod address;
 pub mod registry;
+pub mod secret;
 pub mod signal;
 pub mod sim;
 pub mod telemetry;
+pub mod token;
+pub mod topology;
 
 pub use address::NodeAddress;
