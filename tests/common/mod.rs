@@ -98,6 +98,8 @@ pub fn colony_bin() -> &'static str {
 pub struct Proc {
     pub child: Child,
     pub lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+    /// Every line received so far, so a later wait can find an earlier line.
+    pub seen: Vec<String>,
 }
 
 impl Proc {
@@ -134,13 +136,21 @@ impl Proc {
                 }
             });
         }
-        Proc { child, lines }
+        Proc {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
     }
 
     /// Waits for an output line containing `needle` and returns it.
     pub async fn wait_for(&mut self, needle: &str) -> String {
+        if let Some(line) = self.seen.iter().find(|l| l.contains(needle)) {
+            return line.clone();
+        }
         tokio::time::timeout(DEADLINE, async {
             while let Some(line) = self.lines.recv().await {
+                self.seen.push(line.clone());
                 if line.contains(needle) {
                     return line;
                 }
@@ -174,4 +184,134 @@ pub fn field(line: &str, key: &str) -> String {
         .unwrap()
         .trim_matches('"')
         .to_owned()
+}
+
+/// Polls `check` every 10 ms until it returns `Some`, or panics after `within`.
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("{what}: not within {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A coordinator and backends as real processes on free ports, sharing a temporary
+/// file registry.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub coordinator: Option<Proc>,
+    pub backends: Vec<Proc>,
+    pub http: reqwest::Client,
+}
+
+impl Cluster {
+    pub fn new() -> Cluster {
+        Cluster {
+            dir: tempfile::tempdir().unwrap(),
+            coordinator: None,
+            backends: Vec::new(),
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap(),
+        }
+    }
+
+    pub fn registry_dir(&self) -> String {
+        self.dir.path().display().to_string()
+    }
+
+    pub fn ssm_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("output/ssm")
+    }
+
+    pub fn start_coordinator(&mut self, extra: &[&str]) {
+        let dir = self.registry_dir();
+        let mut args = vec![
+            "coordinator",
+            "--internal-port",
+            "0",
+            "--http-port",
+            "0",
+            "--mgmt-port",
+            "0",
+            "--registry-dir",
+            &dir,
+        ];
+        args.extend_from_slice(extra);
+        self.coordinator = Some(Proc::spawn(&args, &[]));
+    }
+
+    pub fn start_backend(&mut self, extra: &[&str]) -> usize {
+        let dir = self.registry_dir();
+        let mut args = vec!["backend", "--registry-dir", &dir];
+        args.extend_from_slice(extra);
+        self.backends.push(Proc::spawn(&args, &[]));
+        self.backends.len() - 1
+    }
+
+    /// The coordinator's address from the registry, once it is there.
+    pub async fn coordinator_address(&self) -> serde_json::Value {
+        let path = self.ssm_dir().join("coordinator.json");
+        eventually(DEADLINE, "coordinator registered", || {
+            let path = path.clone();
+            async move {
+                let text = tokio::fs::read_to_string(&path).await.ok()?;
+                serde_json::from_str(&text).ok()
+            }
+        })
+        .await
+    }
+
+    pub async fn mgmt_url(&self, path: &str) -> String {
+        let a = self.coordinator_address().await;
+        format!(
+            "http://{}:{}{}",
+            a["ip"].as_str().unwrap(),
+            a["mgmt_port"],
+            path
+        )
+    }
+
+    pub async fn get_json(&self, url: &str) -> serde_json::Value {
+        self.http
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    pub async fn health(&self) -> serde_json::Value {
+        let url = self.mgmt_url("/health/status").await;
+        self.get_json(&url).await
+    }
+
+    /// The health component of `node_id`, if the coordinator knows it.
+    pub async fn component(&self, node_id: &str) -> Option<serde_json::Value> {
+        let health = self.health().await;
+        health["components"]
+            .as_array()?
+            .iter()
+            .find(|c| c["node_id"] == node_id)
+            .cloned()
+    }
+
+    /// The instance id and address a backend registered, from its log.
+    pub async fn backend_identity(&mut self, index: usize) -> (String, String) {
+        let line = self.backends[index].wait_for("node listening").await;
+        (field(&line, "instance_id"), field(&line, "internal"))
+    }
 }
