@@ -22,6 +22,10 @@ use shared::registry::{RegistryConfig, RegistryKind};
 #[derive(Debug, Parser)]
 #[command(name = "colony", version, about, long_about, propagate_version = true)]
 pub struct Cli {
+    /// Async worker threads [default: one per CPU core].
+    #[arg(long, global = true, env = "COLONY_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub worker_threads: Option<u16>,
+
     #[command(subcommand)]
     pub command: Command,
 }
