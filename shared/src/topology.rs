@@ -13,6 +13,7 @@
 //! {"colony_id":"9f3c…","coordinator":{"ip":"127.0.0.1","internal_port":8082,"http_port":8083,"mgmt_port":8084},
 //!  "backends":[{"instance_id":"backend_9000","address":{…}}],
 //!  "width_in_shards":8,"height_in_shards":5,"shard_width":250,"shard_height":250,
+//!  "simulation":{"rule":"B3/S23","seed":42,"density":0.35},
 //!  "placement":[{"shard":{"x":0,"y":0},"instance_id":"backend_9000"}, …]}
 //! ```
 //!
@@ -28,6 +29,7 @@ use serde::ser::SerializeStruct;
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::address::NodeAddress;
+use crate::sim::{Rule, WorldParams};
 
 /// Most shards a world may have. Placement and validation are linear in this, and the
 /// topology JSON stays a few MiB at worst.
@@ -56,6 +58,14 @@ pub enum TopologyError {
     /// No backend to place shards on.
     #[error("no backends to place shards on")]
     NoBackends,
+    /// A simulation setting is out of range; `field` names it as it appears in JSON.
+    #[error("invalid {field}: {reason}")]
+    InvalidSimulation {
+        /// The offending field.
+        field: &'static str,
+        /// Why it was refused.
+        reason: String,
+    },
     /// The colony id is empty, too long or contains control characters.
     #[error("invalid colony_id: {0}")]
     InvalidColonyId(&'static str),
@@ -328,12 +338,54 @@ impl BackendEntry {
     }
 }
 
+// === impl Simulation ===
+
+/// How every shard is simulated: the Life-like rule, the seed and density of the initial
+/// soup (DESIGN §6). Travels inside the topology so backends need nothing else.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Simulation {
+    /// The rule, e.g. `B3/S23`.
+    pub rule: Rule,
+    /// Seed of the initial soup.
+    pub seed: u64,
+    /// Fraction of cells alive at tick 0, in `[0, 1]`.
+    pub density: f64,
+}
+
+impl Default for Simulation {
+    /// `B3/S23`, seed 42, density 0.35 (DESIGN §3).
+    fn default() -> Self {
+        Simulation {
+            rule: Rule::CONWAY,
+            seed: 42,
+            density: 0.35,
+        }
+    }
+}
+
+impl Simulation {
+    /// Checks the density range.
+    ///
+    /// # Errors
+    /// [`TopologyError::InvalidSimulation`] naming the field.
+    pub fn validate(&self) -> Result<(), TopologyError> {
+        if !(0.0..=1.0).contains(&self.density) {
+            return Err(TopologyError::InvalidSimulation {
+                field: "density",
+                reason: format!("{} is outside [0, 1]", self.density),
+            });
+        }
+        Ok(())
+    }
+}
+
 // === impl ClusterTopology ===
 
 /// The coordinator's picture of a running colony: its id, the coordinator, the backends, the
 /// dimensions and the backend of every shard. Immutable once built; every value is valid
 /// (construction and deserialization check the invariants listed at [`ClusterTopology::validate`]).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(try_from = "TopologyWire")]
 pub struct ClusterTopology {
     colony_id: String,
@@ -341,6 +393,7 @@ pub struct ClusterTopology {
     /// Sorted by instance id by [`ClusterTopology::place`]; kept as sent when deserialized.
     backends: Vec<BackendEntry>,
     dims: Dimensions,
+    simulation: Simulation,
     /// Index into `backends` of the backend hosting each shard, row-major (`y * width + x`).
     owner: Vec<u32>,
 }
@@ -391,8 +444,37 @@ impl ClusterTopology {
             coordinator,
             backends,
             dims,
+            simulation: Simulation::default(),
             owner,
         })
+    }
+
+    /// The same topology with the given simulation settings.
+    ///
+    /// # Errors
+    /// [`TopologyError::InvalidSimulation`] if the density is outside `[0, 1]`.
+    pub fn with_simulation(mut self, simulation: Simulation) -> Result<Self, TopologyError> {
+        simulation.validate()?;
+        self.simulation = simulation;
+        Ok(self)
+    }
+
+    /// The rule, seed and density every shard is simulated with.
+    pub fn simulation(&self) -> Simulation {
+        self.simulation
+    }
+
+    /// Everything the simulation kernel needs: dimensions plus simulation settings.
+    pub fn world_params(&self) -> WorldParams {
+        WorldParams {
+            width_in_shards: self.dims.width_in_shards,
+            height_in_shards: self.dims.height_in_shards,
+            shard_width: self.dims.shard_width,
+            shard_height: self.dims.shard_height,
+            rule: self.simulation.rule,
+            seed: self.simulation.seed,
+            density: self.simulation.density,
+        }
     }
 
     /// This colony's id (new on every start).
@@ -638,6 +720,7 @@ struct TopologyWire {
     height_in_shards: u32,
     shard_width: u32,
     shard_height: u32,
+    simulation: Simulation,
     placement: Vec<PlacementWire>,
 }
 
@@ -659,6 +742,7 @@ impl TryFrom<TopologyWire> for ClusterTopology {
             shard_height: wire.shard_height,
         };
         dims.validate()?;
+        wire.simulation.validate()?;
         check_members(&wire.colony_id, &wire.coordinator, &wire.backends)?;
         let index: HashMap<&str, u32> = wire
             .backends
@@ -697,6 +781,7 @@ impl TryFrom<TopologyWire> for ClusterTopology {
             coordinator: wire.coordinator,
             backends: wire.backends,
             dims,
+            simulation: wire.simulation,
             owner,
         })
     }
@@ -705,7 +790,7 @@ impl TryFrom<TopologyWire> for ClusterTopology {
 /// Serializes straight from the compact form, without building the wire struct.
 impl Serialize for ClusterTopology {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut st = serializer.serialize_struct("ClusterTopology", 8)?;
+        let mut st = serializer.serialize_struct("ClusterTopology", 9)?;
         st.serialize_field("colony_id", &self.colony_id)?;
         st.serialize_field("coordinator", &self.coordinator)?;
         st.serialize_field("backends", &self.backends)?;
@@ -713,6 +798,7 @@ impl Serialize for ClusterTopology {
         st.serialize_field("height_in_shards", &self.dims.height_in_shards)?;
         st.serialize_field("shard_width", &self.dims.shard_width)?;
         st.serialize_field("shard_height", &self.dims.shard_height)?;
+        st.serialize_field("simulation", &self.simulation)?;
         st.serialize_field("placement", &PlacementList(self))?;
         st.end()
     }
@@ -1301,8 +1387,16 @@ mod tests {
         assert_eq!(v["placement"][0]["shard"], serde_json::json!({"x":0,"y":0}));
         assert_eq!(v["placement"][1]["shard"], serde_json::json!({"x":1,"y":0}));
         assert!(v["placement"][0]["instance_id"].is_string());
+        assert_eq!(
+            v["simulation"],
+            serde_json::json!({"rule":"B3/S23","seed":42,"density":0.35})
+        );
         let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
-        assert_eq!(keys.len(), 8);
+        assert_eq!(keys.len(), 9);
+        let mut bad = v.clone();
+        bad["simulation"]["density"] = serde_json::json!(1.5);
+        let err = serde_json::from_value::<ClusterTopology>(bad).unwrap_err();
+        assert!(err.to_string().contains("density"), "{err}");
         assert_eq!(
             serde_json::to_string(&ShardCoord::new(3, 4)).unwrap(),
             r#"{"x":3,"y":4}"#
