@@ -71,6 +71,9 @@ pub struct CoordinatorArgs {
     pub registry: RegistryArgs,
 
     #[command(flatten)]
+    pub secret: SecretArgs,
+
+    #[command(flatten)]
     pub data_plane: DataPlaneArgs,
 
     #[command(flatten)]
@@ -105,6 +108,9 @@ pub struct BackendArgs {
 
     #[command(flatten)]
     pub registry: RegistryArgs,
+
+    #[command(flatten)]
+    pub secret: SecretArgs,
 
     #[command(flatten)]
     pub data_plane: DataPlaneArgs,
@@ -174,6 +180,16 @@ impl RegistryArgs {
             },
         ))
     }
+}
+
+/// Where the cluster secret comes from (it signs init tokens and data-plane HELLOs).
+#[derive(Debug, Args, Clone)]
+pub struct SecretArgs {
+    /// File holding the cluster secret (at least 16 bytes). Without it, and without the
+    /// COLONY_CLUSTER_SECRET variable, the file registry's DIR/output/cluster.key is used,
+    /// created (mode 0600) by the first node that needs it.
+    #[arg(long, env = "COLONY_SECRET_FILE")]
+    pub secret_file: Option<PathBuf>,
 }
 
 /// Failure-detector thresholds (coordinator).

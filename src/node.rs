@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use controlplane::control;
+use controlplane::control::{self, BackendControl};
+use controlplane::coordinator::colony::{ColonyConfig, ColonyManager};
 use controlplane::coordinator::heartbeat::{HealthTracker, NodeType};
 use controlplane::heartbeat_sender::HeartbeatSender;
 use controlplane::http::{harden, HttpLimits};
@@ -17,14 +18,16 @@ use controlplane::management::{self, MgmtState};
 use controlplane::metrics::Metrics;
 use controlplane::state::NodeInfo;
 use dataplane::DataPlane;
-use shared::registry::{build_registry, spawn_registration, ClusterRegistry, Role};
+use shared::registry::{build_registry, spawn_registration, ClusterRegistry, RegistryKind, Role};
+use shared::secret::ClusterSecret;
+use shared::token::{TokenIssuer, TokenVerifier};
 use shared::NodeAddress;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::cli::{BackendArgs, BindArgs, CoordinatorArgs, RegistryArgs};
+use crate::cli::{BackendArgs, BindArgs, CoordinatorArgs, RegistryArgs, SecretArgs};
 
 /// The three bound listeners of a node.
 struct Listeners {
@@ -64,6 +67,33 @@ impl Listeners {
             port(&self.mgmt)?,
         ))
     }
+}
+
+/// The cluster secret: COLONY_CLUSTER_SECRET, else --secret-file, else (file registry only)
+/// DIR/output/cluster.key, created on first use.
+fn load_secret(secret: &SecretArgs, registry: &RegistryArgs) -> anyhow::Result<ClusterSecret> {
+    let env = std::env::var(ClusterSecret::ENV_VAR).ok();
+    let (kind, config) = registry.resolve()?;
+    let localhost_key = (kind == RegistryKind::File)
+        .then(|| config.registry_dir.join("output").join("cluster.key"));
+    let secret = ClusterSecret::resolve(
+        env.as_deref(),
+        secret.secret_file.as_deref(),
+        localhost_key.as_deref(),
+    )
+    .with_context(|| {
+        format!(
+            "no usable cluster secret: set {} or --secret-file{}",
+            ClusterSecret::ENV_VAR,
+            if kind == RegistryKind::File {
+                ""
+            } else {
+                " (the SSM registry never stores secrets)"
+            }
+        )
+    })?;
+    info!(key_id = secret.key_id(), "cluster secret loaded");
+    Ok(secret)
 }
 
 fn open_registry(args: &RegistryArgs) -> anyhow::Result<Arc<dyn ClusterRegistry>> {
@@ -172,6 +202,7 @@ pub async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     let health_config = args.health.config().map_err(anyhow::Error::msg)?;
     let limits: HttpLimits = args.http.limits();
     let registry = open_registry(&args.registry)?;
+    let secret = load_secret(&args.secret, &args.registry)?;
     let listeners = Listeners::bind(
         &args.bind,
         [args.internal_port, args.http_port, args.mgmt_port],
@@ -179,6 +210,12 @@ pub async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     .await?;
     let address = listeners.address(args.bind.advertise_ip)?;
     let node_id = "coordinator";
+    let colony = ColonyManager::new(
+        registry.clone(),
+        address,
+        TokenIssuer::new(&secret),
+        ColonyConfig::default(),
+    );
 
     let data_plane = DataPlane::new(data_config);
     let health = HealthTracker::new(health_config, Some((node_id.to_owned(), address)));
@@ -195,7 +232,7 @@ pub async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     tasks.serve_http(
         listeners.control,
         harden(
-            control::coordinator_router(),
+            control::coordinator_router(colony),
             limits,
             metrics.http.clone(),
             "control",
@@ -251,6 +288,7 @@ pub async fn run_backend(args: BackendArgs) -> anyhow::Result<()> {
     }
     let limits = args.http.limits();
     let registry = open_registry(&args.registry)?;
+    let secret = load_secret(&args.secret, &args.registry)?;
     let listeners = Listeners::bind(
         &args.bind,
         [args.internal_port, args.http_port, args.mgmt_port],
@@ -263,6 +301,12 @@ pub async fn run_backend(args: BackendArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| shared::registry::default_backend_id(address.internal_port));
 
     let data_plane = DataPlane::new(data_config);
+    let control_state = BackendControl {
+        instance_id: instance_id.clone(),
+        address,
+        verifier: Arc::new(TokenVerifier::new(&secret)),
+        store: data_plane.store().clone(),
+    };
     let metrics = Metrics::new(data_plane.clone(), None);
     let mgmt = MgmtState {
         node: NodeInfo::new(instance_id.clone(), NodeType::Backend, address),
@@ -276,7 +320,7 @@ pub async fn run_backend(args: BackendArgs) -> anyhow::Result<()> {
     tasks.serve_http(
         listeners.control,
         harden(
-            control::backend_router(),
+            control::backend_router(control_state),
             limits,
             metrics.http.clone(),
             "control",

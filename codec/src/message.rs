@@ -38,6 +38,41 @@ pub enum Message {
         #[serde(with = "serde_bytes")]
         payload: Vec<u8>,
     },
+    /// Asks which shards this node holds; answered with [`Message::ShardsReply`].
+    Shards,
+    /// The shards this node holds.
+    ShardsReply {
+        /// The colony they belong to; `None` before any colony was started here.
+        colony_id: Option<String>,
+        /// One entry per shard, in `(y, x)` order.
+        shards: Vec<ShardSummary>,
+    },
+    /// Asks for one shard's cells; answered with [`Message::ShardView`].
+    Shard {
+        /// Shard column.
+        x: u32,
+        /// Shard row.
+        y: u32,
+    },
+    /// One shard's cells at its current tick.
+    ShardView {
+        /// The colony.
+        colony_id: String,
+        /// Shard column.
+        x: u32,
+        /// Shard row.
+        y: u32,
+        /// The tick the cells belong to.
+        tick: u64,
+        /// Cells per row.
+        width: u32,
+        /// Rows.
+        height: u32,
+        /// Live cells.
+        population: u64,
+        /// One string per row, `#` alive and `.` dead.
+        rows: Vec<String>,
+    },
     /// A request could not be served. `code` is a stable machine-readable word; `message` says
     /// why in words a person can act on.
     Error {
@@ -50,7 +85,8 @@ pub enum Message {
 
 impl Message {
     /// The `"type"` tags of every message a client may send, in the order `HELP` lists them.
-    pub const REQUEST_TYPES: &'static [&'static str] = &["ping", "help", "stats", "echo"];
+    pub const REQUEST_TYPES: &'static [&'static str] =
+        &["ping", "help", "stats", "echo", "shards", "shard"];
 
     /// Every `"type"` tag of the catalogue, requests and replies.
     pub const ALL_TYPES: &'static [&'static str] = &[
@@ -62,6 +98,10 @@ impl Message {
         "stats_reply",
         "echo",
         "echo_reply",
+        "shards",
+        "shards_reply",
+        "shard",
+        "shard_view",
         "error",
     ];
 
@@ -91,4 +131,17 @@ pub struct StatsSnapshot {
     pub errors: u64,
     /// Seconds since the server started.
     pub uptime_secs: u64,
+}
+
+/// One line of `SHARDS`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardSummary {
+    /// Shard column.
+    pub x: u32,
+    /// Shard row.
+    pub y: u32,
+    /// Its current tick.
+    pub tick: u64,
+    /// Its live cells.
+    pub population: u64,
 }

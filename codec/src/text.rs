@@ -9,8 +9,9 @@ use bytes::{BufMut, BytesMut};
 use crate::{Message, ProtocolError, Style};
 
 /// The one-line answer to `HELP` in the text framing.
-pub const HELP_LINE: &str = "commands: PING | HELP | STATS | or a JSON message \
-{\"type\":\"ping\"|\"help\"|\"stats\"|\"echo\",...} (one response line per request line)";
+pub const HELP_LINE: &str = "commands: PING | HELP | STATS | SHARDS | SHARD <x> <y> | or a JSON \
+message {\"type\":\"ping\"|\"help\"|\"stats\"|\"shards\"|\"shard\"|\"echo\",...} \
+(one response per request line; SHARD answers a header line then one line per row)";
 
 /// Parses one line. `Ok(None)` means the line was blank and needs no answer.
 ///
@@ -47,6 +48,15 @@ fn parse_command(line: &str) -> Result<Message, ProtocolError> {
         no_args(Message::Help, "HELP", &mut words)
     } else if verb.eq_ignore_ascii_case("STATS") {
         no_args(Message::Stats, "STATS", &mut words)
+    } else if verb.eq_ignore_ascii_case("SHARDS") {
+        no_args(Message::Shards, "SHARDS", &mut words)
+    } else if verb.eq_ignore_ascii_case("SHARD") {
+        const USAGE: &str = "SHARD <x> <y> (shard column and row, from 0)";
+        let mut number = || words.next().and_then(|w| w.parse::<u32>().ok());
+        match (number(), number(), words.next()) {
+            (Some(x), Some(y), None) => Ok(Message::Shard { x, y }),
+            _ => Err(ProtocolError::Usage(USAGE)),
+        }
     } else {
         // Echo back a bounded prefix only: the line may be up to the line limit long.
         let shown: String = verb.chars().take(64).collect();
@@ -89,6 +99,31 @@ pub fn write_line(message: &Message, style: Style, dst: &mut BytesMut) -> Result
     match (style, message) {
         (Style::Command, Message::Pong) => dst.put_slice(b"PONG"),
         (Style::Command, Message::HelpReply { .. }) => dst.put_slice(HELP_LINE.as_bytes()),
+        (
+            Style::Command,
+            Message::ShardView {
+                colony_id,
+                x,
+                y,
+                tick,
+                width,
+                height,
+                population,
+                rows,
+            },
+        ) => {
+            // A header giving the row count, then one line per row (DESIGN §7).
+            let header = format!(
+                "SHARD {x} {y} rows={height} width={width} tick={tick} population={population} colony={colony_id}\n"
+            );
+            dst.put_slice(header.as_bytes());
+            for (i, row) in rows.iter().enumerate() {
+                dst.put_slice(row.as_bytes());
+                if i + 1 < rows.len() {
+                    dst.put_u8(b'\n');
+                }
+            }
+        }
         _ => serde_json::to_writer(dst.writer(), message).map_err(|e| e.to_string())?,
     }
     dst.put_u8(b'\n');
@@ -141,6 +176,50 @@ mod tests {
             parse_line(b"{\"type\":7}"),
             Err(ProtocolError::MissingType)
         ));
+    }
+
+    #[test]
+    fn shard_commands_take_two_numbers() {
+        assert_eq!(
+            parse_line(b"shard 3 4").unwrap(),
+            Some((Message::Shard { x: 3, y: 4 }, Style::Command))
+        );
+        for bad in [
+            &b"SHARD"[..],
+            b"SHARD 1",
+            b"SHARD 1 2 3",
+            b"SHARD -1 2",
+            b"SHARD x y",
+        ] {
+            assert!(
+                matches!(parse_line(bad), Err(ProtocolError::Usage(_))),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            parse_line(b"SHARDS").unwrap(),
+            Some((Message::Shards, Style::Command))
+        );
+    }
+
+    #[test]
+    fn a_shard_view_is_a_header_then_its_rows() {
+        let view = Message::ShardView {
+            colony_id: "c1".into(),
+            x: 1,
+            y: 2,
+            tick: 7,
+            width: 3,
+            height: 2,
+            population: 2,
+            rows: vec!["#..".into(), "..#".into()],
+        };
+        let mut out = BytesMut::new();
+        write_line(&view, Style::Command, &mut out).unwrap();
+        assert_eq!(
+            &out[..],
+            b"SHARD 1 2 rows=2 width=3 tick=7 population=2 colony=c1\n#..\n..#\n"
+        );
     }
 
     #[test]

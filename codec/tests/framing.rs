@@ -183,6 +183,41 @@ fn any_message() -> impl Strategy<Value = Message> {
         proptest::collection::vec(any::<u8>(), 0..300)
             .prop_map(|payload| Message::EchoReply { payload }),
         (".{0,20}", ".{0,40}").prop_map(|(code, message)| Message::Error { code, message }),
+        Just(Message::Shards),
+        (any::<u32>(), any::<u32>()).prop_map(|(x, y)| Message::Shard { x, y }),
+        (
+            proptest::option::of("[a-f0-9]{0,8}"),
+            proptest::collection::vec(any::<(u32, u32, u64, u64)>(), 0..4)
+        )
+            .prop_map(|(colony_id, s)| Message::ShardsReply {
+                colony_id,
+                shards: s
+                    .into_iter()
+                    .map(|(x, y, tick, population)| codec::ShardSummary {
+                        x,
+                        y,
+                        tick,
+                        population
+                    })
+                    .collect(),
+            }),
+        (
+            "[a-f0-9]{0,8}",
+            any::<(u32, u32, u64, u32, u32, u64)>(),
+            proptest::collection::vec("[.#]{0,10}", 0..4)
+        )
+            .prop_map(
+                |(colony_id, (x, y, tick, width, height, population), rows)| Message::ShardView {
+                    colony_id,
+                    x,
+                    y,
+                    tick,
+                    width,
+                    height,
+                    population,
+                    rows,
+                }
+            ),
     ]
 }
 

@@ -35,6 +35,9 @@ pub enum ApiError {
     /// The body is not JSON (`Content-Type`).
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// A backend answered, but wrongly (e.g. refused its shards).
+    #[error("{0}")]
+    BadGateway(String),
     /// A dependency (a backend, the registry) cannot serve the request now.
     #[error("{0}")]
     Unavailable(String),
@@ -54,6 +57,7 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -116,4 +120,21 @@ where
 /// The answer to a request for a route that does not exist.
 pub async fn not_found(uri: axum::http::Uri) -> ApiError {
     ApiError::NotFound(format!("no route for {}", uri.path()))
+}
+
+/// Parses a JSON body, naming the offending field in the error (`seed: invalid type …`).
+///
+/// # Errors
+/// [`ApiError::BadRequest`] with the field path and serde's reason.
+pub fn parse_json<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." {
+            ApiError::BadRequest(format!("invalid {what}: {inner}"))
+        } else {
+            ApiError::BadRequest(format!("invalid {what}: {path}: {inner}"))
+        }
+    })
 }

@@ -9,9 +9,11 @@ mod cmd;
 mod config;
 mod connection;
 mod server;
+mod shards;
 mod stats;
 
 pub use client::{Client, ClientError};
 pub use config::{ConfigError, DataPlaneConfig};
 pub use server::DataPlane;
+pub use shards::{LocalColony, ShardFigures, ShardSlot, ShardStore};
 pub use stats::Stats;

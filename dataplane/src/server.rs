@@ -12,7 +12,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::connection::Connection;
-use crate::{DataPlaneConfig, Stats};
+use crate::{DataPlaneConfig, ShardStore, Stats};
 
 /// Longest pause between failed `accept` calls (e.g. when out of file descriptors).
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
@@ -24,6 +24,7 @@ const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_millis(500);
 pub(crate) struct Shared {
     pub(crate) config: DataPlaneConfig,
     pub(crate) stats: Stats,
+    pub(crate) store: ShardStore,
 }
 
 /// A data-plane server. Cheap to clone; clones share counters.
@@ -33,14 +34,25 @@ pub struct DataPlane {
 }
 
 impl DataPlane {
-    /// A server with the given (already validated) configuration.
+    /// A server with the given (already validated) configuration and no shards.
     pub fn new(config: DataPlaneConfig) -> Self {
+        DataPlane::with_store(config, ShardStore::new())
+    }
+
+    /// A server that serves the shards in `store`.
+    pub fn with_store(config: DataPlaneConfig, store: ShardStore) -> Self {
         DataPlane {
             shared: Arc::new(Shared {
                 config,
                 stats: Stats::new(),
+                store,
             }),
         }
+    }
+
+    /// The shards this node holds.
+    pub fn store(&self) -> &ShardStore {
+        &self.shared.store
     }
 
     /// The server's live counters.

@@ -1,3 +1,4 @@
 //! Coordinator-only state: node health from heartbeats (and, later, the colony).
 
+pub mod colony;
 pub mod heartbeat;

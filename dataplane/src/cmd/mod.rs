@@ -4,6 +4,8 @@
 mod echo;
 mod help;
 mod ping;
+mod shard;
+mod shards;
 mod stats;
 
 use codec::Message;
@@ -17,6 +19,8 @@ pub(crate) fn dispatch(request: Message, shared: &Shared) -> Message {
         Message::Help => help::apply(),
         Message::Stats => stats::apply(shared),
         Message::Echo { payload } => echo::apply(payload),
+        Message::Shards => shards::apply(&shared.store),
+        Message::Shard { x, y } => shard::apply(&shared.store, x, y),
         // Replies and errors are what a server sends, not what it serves.
         other => Message::error(
             "not_a_request",
@@ -39,6 +43,10 @@ fn type_name(message: &Message) -> &'static str {
         Message::StatsReply(_) => "stats_reply",
         Message::Echo { .. } => "echo",
         Message::EchoReply { .. } => "echo_reply",
+        Message::Shards => "shards",
+        Message::ShardsReply { .. } => "shards_reply",
+        Message::Shard { .. } => "shard",
+        Message::ShardView { .. } => "shard_view",
         Message::Error { .. } => "error",
     }
 }
