@@ -96,9 +96,9 @@ fn load_secret(secret: &SecretArgs, registry: &RegistryArgs) -> anyhow::Result<C
     Ok(secret)
 }
 
-fn open_registry(args: &RegistryArgs) -> anyhow::Result<Arc<dyn ClusterRegistry>> {
+async fn open_registry(args: &RegistryArgs) -> anyhow::Result<Arc<dyn ClusterRegistry>> {
     let (kind, config) = args.resolve()?;
-    let registry = build_registry(kind, config)?;
+    let registry = shared::registry::open_registry(kind, config).await?;
     info!(registry = %registry.describe(), "using the cluster registry");
     Ok(registry)
 }
@@ -201,7 +201,7 @@ pub async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     let data_config = args.data_plane.config()?;
     let health_config = args.health.config().map_err(anyhow::Error::msg)?;
     let limits: HttpLimits = args.http.limits();
-    let registry = open_registry(&args.registry)?;
+    let registry = open_registry(&args.registry).await?;
     let secret = load_secret(&args.secret, &args.registry)?;
     let listeners = Listeners::bind(
         &args.bind,
@@ -287,7 +287,7 @@ pub async fn run_backend(args: BackendArgs) -> anyhow::Result<()> {
         shared::registry::validate_instance_id(id).context("--instance-id")?;
     }
     let limits = args.http.limits();
-    let registry = open_registry(&args.registry)?;
+    let registry = open_registry(&args.registry).await?;
     let secret = load_secret(&args.secret, &args.registry)?;
     let listeners = Listeners::bind(
         &args.bind,

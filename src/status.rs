@@ -11,7 +11,7 @@ use crate::cli::StatusArgs;
 /// printing what the registry knows.
 pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
     let (kind, config) = args.registry.resolve()?;
-    let registry = shared::registry::build_registry(kind, config)?;
+    let registry = shared::registry::open_registry(kind, config).await?;
     let coordinator = registry
         .discover_coordinator()
         .await

@@ -42,6 +42,10 @@ pub enum RegistryError {
         /// The value as given.
         value: String,
     },
+    /// The SSM registry is misconfigured, or a call to SSM failed; the message names the
+    /// cause and what to set.
+    #[error(transparent)]
+    Ssm(#[from] super::SsmError),
     /// The blocking task doing the I/O panicked or was cancelled.
     #[error("registry I/O task failed: {0}")]
     TaskFailed(#[source] tokio::task::JoinError),
@@ -57,6 +61,7 @@ impl RegistryError {
             | RegistryError::Unsupported(_)
             | RegistryError::UnknownKind { .. }
             | RegistryError::UnknownDeploymentMode { .. } => true,
+            RegistryError::Ssm(e) => e.is_permanent(),
             RegistryError::Io { .. } | RegistryError::TaskFailed(_) => false,
         }
     }

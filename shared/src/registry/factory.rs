@@ -1,14 +1,15 @@
 //! Choosing and building the registry from configuration values.
 //!
 //! The binary reads `--registry`, `DEPLOYMENT_MODE`, `--registry-dir` and the SSM prefix
-//! (through clap) and passes the values here; nothing in this module reads the environment.
+//! (through clap) and passes the values here; nothing in this module reads the environment
+//! (the SSM registry reads the standard `AWS_*` configuration itself when it is opened).
 
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use super::{ClusterRegistry, FileClusterRegistry, RegistryError};
+use super::{ClusterRegistry, FileClusterRegistry, RegistryError, SsmClusterRegistry, SsmOptions};
 
 /// The SSM parameter prefix used unless configured otherwise.
 pub const DEFAULT_SSM_PREFIX: &str = "/colony";
@@ -18,7 +19,7 @@ pub const DEFAULT_SSM_PREFIX: &str = "/colony";
 pub enum RegistryKind {
     /// [`FileClusterRegistry`]: files under `--registry-dir`, for nodes on one machine.
     File,
-    /// AWS SSM Parameter Store (not built into this version yet).
+    /// [`SsmClusterRegistry`]: AWS SSM Parameter Store, for nodes on many machines.
     Ssm,
 }
 
@@ -104,11 +105,33 @@ impl Default for RegistryConfig {
     }
 }
 
-/// Builds the registry of the given kind.
+/// Opens the registry of the given kind: the way nodes and `colony status` get theirs.
+///
+/// The SSM registry loads the standard AWS configuration and resolves credentials first (see
+/// [`SsmClusterRegistry::from_env`]), which is why this is async; it sends nothing to SSM.
 ///
 /// # Errors
-/// [`RegistryError::Unsupported`] for [`RegistryKind::Ssm`]: this version has no SSM client,
-/// and silently using files instead would split a cloud cluster into invisible halves.
+/// For [`RegistryKind::Ssm`], [`RegistryError::Ssm`] when no region is configured, no
+/// credentials resolve or the prefix is invalid, naming what to set.
+pub async fn open_registry(
+    kind: RegistryKind,
+    config: RegistryConfig,
+) -> Result<Arc<dyn ClusterRegistry>, RegistryError> {
+    match kind {
+        RegistryKind::File => build_registry(kind, config),
+        RegistryKind::Ssm => Ok(Arc::new(
+            SsmClusterRegistry::from_env(SsmOptions::new(config.ssm_prefix)).await?,
+        )),
+    }
+}
+
+/// Builds a registry that needs no I/O to construct: the file registry. Prefer
+/// [`open_registry`], which handles every kind.
+///
+/// # Errors
+/// [`RegistryError::Unsupported`] for [`RegistryKind::Ssm`], which must be opened with
+/// [`open_registry`]; silently using files instead would split a cloud cluster into invisible
+/// halves.
 pub fn build_registry(
     kind: RegistryKind,
     config: RegistryConfig,
@@ -116,8 +139,8 @@ pub fn build_registry(
     match kind {
         RegistryKind::File => Ok(Arc::new(FileClusterRegistry::new(config.registry_dir))),
         RegistryKind::Ssm => Err(RegistryError::Unsupported(format!(
-            "the SSM registry (prefix {}) is not built into this version of colony yet; \
-             use --registry file (DEPLOYMENT_MODE=localhost) for now",
+            "the SSM registry (prefix {}) loads the AWS configuration asynchronously: \
+             open it with open_registry",
             config.ssm_prefix
         ))),
     }
@@ -193,7 +216,7 @@ mod tests {
     }
 
     #[test]
-    fn ssm_is_refused_clearly_never_replaced_by_files() {
+    fn ssm_is_never_replaced_by_files() {
         let dir = tempfile::tempdir().unwrap();
         let config = RegistryConfig {
             registry_dir: dir.path().to_owned(),
@@ -203,9 +226,35 @@ mod tests {
         assert!(matches!(err, RegistryError::Unsupported(_)), "{err:?}");
         let msg = err.to_string();
         assert!(msg.contains("SSM registry"), "{msg}");
-        assert!(msg.contains("not built into this version"), "{msg}");
+        assert!(msg.contains("open_registry"), "{msg}");
         assert!(err.is_permanent());
         assert!(!dir.path().join("output").exists());
+    }
+
+    #[tokio::test]
+    async fn open_registry_opens_the_file_registry_at_the_configured_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = RegistryConfig {
+            registry_dir: dir.path().to_owned(),
+            ..RegistryConfig::default()
+        };
+        let registry = open_registry(RegistryKind::File, config).await.unwrap();
+        assert!(registry.describe().starts_with("file registry at "));
+    }
+
+    #[tokio::test]
+    async fn a_bad_ssm_prefix_fails_before_any_aws_lookup() {
+        let config = RegistryConfig {
+            ssm_prefix: "colony".to_owned(),
+            ..RegistryConfig::default()
+        };
+        let err = open_registry(RegistryKind::Ssm, config)
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(err, RegistryError::Ssm(_)), "{err:?}");
+        assert!(err.is_permanent());
+        assert!(err.to_string().contains("--ssm-prefix"), "{err}");
     }
 
     #[test]

@@ -1,12 +1,13 @@
 //! The ClusterRegistry: where nodes publish their [`NodeAddress`] and find each other (DESIGN §2).
 //!
 //! This module owns the [`ClusterRegistry`] trait, its implementations ([`FileClusterRegistry`]
-//! for localhost, [`InMemoryClusterRegistry`] for unit tests; the SSM one is a later issue), the
-//! factory that picks one from configuration, instance-id rules, the background registration
-//! task, and the [`contract`] suite every implementation must pass.
+//! for localhost, [`SsmClusterRegistry`] on AWS SSM Parameter Store, [`InMemoryClusterRegistry`]
+//! for unit tests), the factory that picks one from configuration, instance-id rules, the
+//! background registration task, and the [`contract`] suite every implementation must pass.
 //!
-//! It does not read environment variables or flags (the binary parses them and passes values
-//! in), and it holds addresses only: no topology, no secrets.
+//! It does not read Colony's environment variables or flags (the binary parses them and passes
+//! values in); the SSM registry alone reads the standard `AWS_*` configuration, through the AWS
+//! SDK, as every AWS client does. It holds addresses only: no topology, no secrets.
 
 pub mod contract;
 mod error;
@@ -15,6 +16,7 @@ mod file;
 mod instance_id;
 mod memory;
 mod registration;
+mod ssm;
 
 use async_trait::async_trait;
 
@@ -22,13 +24,17 @@ use crate::NodeAddress;
 
 pub use error::RegistryError;
 pub use factory::{
-    build_registry, kind_from_env_value, resolve_kind, RegistryConfig, RegistryKind,
+    build_registry, kind_from_env_value, open_registry, resolve_kind, RegistryConfig, RegistryKind,
     DEFAULT_SSM_PREFIX,
 };
 pub use file::FileClusterRegistry;
 pub use instance_id::{default_backend_id, validate_instance_id, MAX_INSTANCE_ID_LEN};
 pub use memory::InMemoryClusterRegistry;
 pub use registration::{spawn_registration, Role};
+pub use ssm::{
+    SsmCause, SsmClusterRegistry, SsmError, SsmOptions, DEFAULT_CACHE_TTL, MAX_PREFIX_LEN,
+    MAX_VALUE_BYTES,
+};
 
 /// Registration and discovery of the coordinator and the backends.
 ///
