@@ -18,7 +18,7 @@ use controlplane::management::{self, MgmtState};
 use controlplane::metrics::Metrics;
 use controlplane::state::NodeInfo;
 use dataplane::DataPlane;
-use shared::registry::{build_registry, spawn_registration, ClusterRegistry, RegistryKind, Role};
+use shared::registry::{spawn_registration, ClusterRegistry, RegistryKind, Role};
 use shared::secret::ClusterSecret;
 use shared::token::{TokenIssuer, TokenVerifier};
 use shared::NodeAddress;
