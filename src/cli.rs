@@ -42,12 +42,18 @@ pub enum Command {
     /// Each listener binds port 0 (any free port) unless a port is given; the ports actually
     /// bound are registered. Start order does not matter: a backend waits for the coordinator.
     Backend(BackendArgs),
+    /// Run a whole cluster here: the coordinator plus N backends as managed child processes,
+    /// the colony started, the dashboard URL printed. Ctrl-C stops everything cleanly.
+    ///
+    /// Backend k listens on base+10k (data), base+10k+1 (control) and base+10k+2 (mgmt).
+    /// Backend logs go to DIR/output/logs/.
+    Up(UpArgs),
     /// Show every node: what the registry lists and what the coordinator's health says.
     Status(StatusArgs),
 }
 
 /// Flags of `colony coordinator`.
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Clone)]
 pub struct CoordinatorArgs {
     #[command(flatten)]
     pub bind: BindArgs,
@@ -117,6 +123,37 @@ pub struct BackendArgs {
 
     #[command(flatten)]
     pub http: HttpArgs,
+}
+
+/// Flags of `colony up`.
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Backends to run.
+    #[arg(long, env = "COLONY_BACKENDS", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub backends: u16,
+
+    /// First backend port: backend k gets base+10k, base+10k+1 and base+10k+2.
+    #[arg(long, env = "COLONY_BASE_PORT", default_value_t = 9000)]
+    pub base_port: u16,
+
+    /// How often backends send heartbeats.
+    #[arg(long, env = "COLONY_HEARTBEAT_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub heartbeat_interval: Duration,
+
+    /// JSON body for the colony start, e.g. '{"width_in_shards":4,"seed":7}' (DESIGN §3).
+    #[arg(long, env = "COLONY_START_BODY")]
+    pub start_body: Option<String>,
+
+    /// Bring the nodes up but do not start a colony.
+    #[arg(long)]
+    pub no_start: bool,
+
+    /// Give up if the backends are not all ACTIVE within this long.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub ready_timeout: Duration,
+
+    #[command(flatten)]
+    pub coordinator: CoordinatorArgs,
 }
 
 /// Flags of `colony status`.

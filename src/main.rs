@@ -4,6 +4,7 @@
 mod cli;
 mod node;
 mod status;
+mod up;
 
 use clap::Parser;
 
@@ -26,6 +27,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Coordinator(args) => node::run_coordinator(args).await,
             Command::Backend(args) => node::run_backend(args).await,
+            Command::Up(args) => up::run(args).await,
             Command::Status(args) => status::run(args).await,
         }
     });

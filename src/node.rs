@@ -12,6 +12,7 @@ use axum::Router;
 use controlplane::control::{self, BackendControl};
 use controlplane::coordinator::colony::{ColonyConfig, ColonyManager};
 use controlplane::coordinator::heartbeat::{HealthTracker, NodeType};
+use controlplane::coordinator::processes::ProcessManager;
 use controlplane::heartbeat_sender::HeartbeatSender;
 use controlplane::http::{harden, HttpLimits};
 use controlplane::management::{self, MgmtState};
@@ -196,8 +197,37 @@ async fn unregister(
     }
 }
 
-/// `colony coordinator`.
-pub async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
+/// A coordinator running in this process.
+pub struct CoordinatorHandle {
+    /// Its advertised address.
+    pub address: NodeAddress,
+    registry: Arc<dyn ClusterRegistry>,
+    registration: tokio::task::JoinHandle<()>,
+    registration_token: CancellationToken,
+    tasks: Tasks,
+    grace: Duration,
+}
+
+impl CoordinatorHandle {
+    /// Unregisters, then stops every listener within the grace period.
+    pub async fn stop(self) {
+        unregister(
+            self.registry.as_ref(),
+            &Role::Coordinator,
+            self.registration,
+            self.registration_token,
+        )
+        .await;
+        self.tasks.stop(self.grace).await;
+        info!("coordinator stopped");
+    }
+}
+
+/// Binds and serves a coordinator; `processes` are the backends `colony up` manages.
+pub async fn start_coordinator(
+    args: CoordinatorArgs,
+    processes: Option<ProcessManager>,
+) -> anyhow::Result<CoordinatorHandle> {
     let data_config = args.data_plane.config()?;
     let health_config = args.health.config().map_err(anyhow::Error::msg)?;
     let limits: HttpLimits = args.http.limits();
@@ -224,6 +254,8 @@ pub async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         node: NodeInfo::new(node_id, NodeType::Coordinator, address),
         metrics: metrics.clone(),
         health: Some(health.clone()),
+        processes,
+        colony: Some(colony.clone()),
     };
 
     let mut tasks = Tasks::new();
@@ -262,18 +294,22 @@ pub async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
         address,
         registration_token.clone(),
     );
-
-    let signal = shared::signal::shutdown_signal().await;
-    info!(signal, "shutting down");
-    unregister(
-        registry.as_ref(),
-        &Role::Coordinator,
+    Ok(CoordinatorHandle {
+        address,
+        registry,
         registration,
         registration_token,
-    )
-    .await;
-    tasks.stop(data_config.grace).await;
-    info!("coordinator stopped");
+        tasks,
+        grace: data_config.grace,
+    })
+}
+
+/// `colony coordinator`.
+pub async fn run_coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
+    let coordinator = start_coordinator(args, None).await?;
+    let signal = shared::signal::shutdown_signal().await;
+    info!(signal, "shutting down");
+    coordinator.stop().await;
     Ok(())
 }
 
@@ -312,6 +348,8 @@ pub async fn run_backend(args: BackendArgs) -> anyhow::Result<()> {
         node: NodeInfo::new(instance_id.clone(), NodeType::Backend, address),
         metrics: metrics.clone(),
         health: None,
+        processes: None,
+        colony: None,
     };
 
     let mut tasks = Tasks::new();

@@ -2,3 +2,4 @@
 
 pub mod colony;
 pub mod heartbeat;
+pub mod processes;

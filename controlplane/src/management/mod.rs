@@ -15,7 +15,9 @@ mod heartbeat;
 use axum::routing::{get, post};
 use axum::Router;
 
+use crate::coordinator::colony::ColonyManager;
 use crate::coordinator::heartbeat::HealthTracker;
+use crate::coordinator::processes::ProcessManager;
 use crate::metrics::Metrics;
 use crate::state::NodeInfo;
 
@@ -28,6 +30,10 @@ pub struct MgmtState {
     pub metrics: Metrics,
     /// Node health (coordinator only).
     pub health: Option<HealthTracker>,
+    /// Backends run by `colony up` (coordinator under `colony up` only).
+    pub processes: Option<ProcessManager>,
+    /// The colony (coordinator only).
+    pub colony: Option<ColonyManager>,
 }
 
 /// The coordinator's management routes.
@@ -79,6 +85,8 @@ mod tests {
             node: NodeInfo::new("coordinator", NodeType::Coordinator, address),
             metrics: metrics.clone(),
             health: Some(health.clone()),
+            processes: None,
+            colony: None,
         };
         let limits = HttpLimits {
             max_body: 4096,
