@@ -198,6 +198,23 @@ impl ColonyManager {
         self.inner.topology.read().clone()
     }
 
+    /// The body of `GET /colony`: `{"colony_id","state","tick","population","fingerprint",
+    /// "ticks_per_second","backends","shards"}` (DESIGN §5). `state` is `none` before any
+    /// start.
+    pub fn status(&self) -> serde_json::Value {
+        match self.topology() {
+            None => serde_json::json!({
+                "colony_id": null, "state": "none", "tick": 0, "population": 0,
+                "fingerprint": "0", "ticks_per_second": 0.0, "backends": 0, "shards": 0,
+            }),
+            Some(t) => serde_json::json!({
+                "colony_id": t.colony_id(), "state": "ready", "tick": 0, "population": null,
+                "fingerprint": null, "ticks_per_second": 0.0,
+                "backends": t.backends().len(), "shards": t.shard_count(),
+            }),
+        }
+    }
+
     /// `POST /colony-start`.
     ///
     /// # Errors
