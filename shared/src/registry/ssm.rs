@@ -52,7 +52,7 @@ use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_ssm::config::retry::RetryConfig;
 use aws_sdk_ssm::config::timeout::TimeoutConfig;
 use aws_sdk_ssm::config::{ProvideCredentials, SharedHttpClient};
-use aws_sdk_ssm::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_ssm::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ssm::types::ParameterType;
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 use aws_types::service_config::ServiceConfigKey;
@@ -604,7 +604,7 @@ impl SsmClusterRegistry {
                     let delay = backoff.next_delay();
                     tracing::debug!(
                         op,
-                        parameter = name,
+                        parameter = %name,
                         attempt,
                         code = e.code().unwrap_or("-"),
                         retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
@@ -802,10 +802,7 @@ async fn check_credentials(sdk: &SdkConfig) -> Result<(), RegistryError> {
     match tokio::time::timeout(CREDENTIALS_TIMEOUT, provider.provide_credentials()).await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(SsmError::config(
-            format!(
-                "no AWS credentials found ({})",
-                DisplayErrorContext(&e).to_string().trim()
-            ),
+            format!("no AWS credentials found ({})", one_line(&e)),
             REMEDY,
         )),
         Err(_) => Err(SsmError::config(
@@ -833,6 +830,13 @@ fn configured_endpoint(sdk: &SdkConfig) -> Option<String> {
 /// Checks a prefix against SSM's naming rules, so a bad `--ssm-prefix` fails at startup rather
 /// than on every registration.
 fn validate_prefix(prefix: &str) -> Result<(), RegistryError> {
+    let first_segment = prefix
+        .get(1..)
+        .unwrap_or_default()
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
     let problem = if !prefix.starts_with('/') {
         Some("it must start with '/'".to_owned())
     } else if prefix.len() > MAX_PREFIX_LEN {
@@ -846,10 +850,7 @@ fn validate_prefix(prefix: &str) -> Result<(), RegistryError> {
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b'/'))
     {
         Some("only A-Z, a-z, 0-9, '_', '.', '-' and '/' are allowed".to_owned())
-    } else if {
-        let first = prefix[1..].to_ascii_lowercase();
-        first.starts_with("aws") || first.starts_with("ssm")
-    } {
+    } else if first_segment.starts_with("aws") || first_segment.starts_with("ssm") {
         Some("SSM reserves names starting with aws or ssm".to_owned())
     } else if prefix[1..].split('/').count() > MAX_PREFIX_LEVELS {
         Some(format!("it is deeper than {MAX_PREFIX_LEVELS} levels"))
@@ -882,10 +883,29 @@ fn parse_entry(name: &str, value: &str) -> Option<NodeAddress> {
     match serde_json::from_str(value) {
         Ok(address) => Some(address),
         Err(e) => {
-            tracing::warn!(parameter = name, error = %e, "skipping registry entry: not a NodeAddress");
+            tracing::warn!(parameter = %name, error = %e, "skipping registry entry: not a NodeAddress");
             None
         }
     }
+}
+
+/// An error and its sources on one line, each cause once (providers repeat their sources in
+/// their own messages).
+fn one_line(err: &(dyn StdError + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(err);
+    while let Some(e) = next {
+        let text = e
+            .to_string()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = e.source();
+    }
+    parts.join(": ")
 }
 
 fn sort(found: &mut [(String, NodeAddress)]) {
@@ -964,7 +984,7 @@ where
     match (err.code(), err.message()) {
         (Some(code), Some(message)) => format!("{code}: {message}"),
         (Some(code), None) => code.to_owned(),
-        _ => DisplayErrorContext(err).to_string(),
+        _ => one_line(err),
     }
 }
 

@@ -1,0 +1,220 @@
+//! moto's SSM-compatible server for tests and benches: started on a free loopback port, polled
+//! until it answers, reset on demand, and stopped by its pid when the guard drops.
+//!
+//! Std only, so the shared crate's tests, the whole-cluster tests and the benches can all
+//! include this one file (`#[path = ...] mod moto;`). Two things keep a test from ever reaching
+//! beyond loopback: the server listens on 127.0.0.1 only, and [`Moto::aws_env`] is the complete
+//! AWS configuration every SSM client in a test gets (test credentials, a region, the endpoint,
+//! instance metadata disabled and pointed at a dead loopback port, no shared config files).
+//!
+//! moto also watches its standard input and exits when it closes, so a test process that dies
+//! without running destructors (a panic under `panic = abort`, a kill) still leaves no server.
+//!
+//! If moto is missing, starting it panics with a message saying to run `./scripts/setup.sh`:
+//! the SSM tests fail rather than skip.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long moto may take to answer after it is started (a loaded 2-core machine is slow to
+/// import it).
+pub const READY_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Runs moto's server with a watchdog thread that exits when standard input closes.
+const LAUNCHER: &str = r#"
+import os, sys, threading
+def watch():
+    sys.stdin.buffer.read()
+    os._exit(0)
+threading.Thread(target=watch, daemon=True).start()
+from moto.server import main
+main(sys.argv[1:])
+"#;
+
+/// A running moto server; dropping it kills the process.
+pub struct Moto {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Moto {
+    /// Starts moto on a free loopback port and waits until it answers.
+    ///
+    /// # Panics
+    /// moto is not installed or does not answer within [`READY_DEADLINE`].
+    pub fn start() -> Moto {
+        // The port is free when we look; another process could take it before moto binds, so
+        // a failed start is retried on a new port.
+        let mut last = String::new();
+        for _ in 0..5 {
+            match Moto::try_start(free_port()) {
+                Ok(moto) => return moto,
+                Err(e) => last = e,
+            }
+        }
+        panic!("{last}");
+    }
+
+    /// Starts moto on `port` (e.g. the port of a server that was stopped) and waits until it
+    /// answers.
+    ///
+    /// # Panics
+    /// As [`Moto::start`], or the port is taken.
+    pub fn start_on(port: u16) -> Moto {
+        Moto::try_start(port).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn try_start(port: u16) -> Result<Moto, String> {
+        let log =
+            std::env::temp_dir().join(format!("colony-moto-{}-{port}.log", std::process::id()));
+        let log_file = std::fs::File::create(&log).map_err(|e| format!("moto log: {e}"))?;
+        let child = Command::new("python3")
+            .args(["-c", LAUNCHER, "-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            // moto logs every request; a file never fills up the way an unread pipe would.
+            .stderr(log_file)
+            .spawn()
+            .map_err(|e| format!("cannot run python3 ({e}): run ./scripts/setup.sh"))?;
+        let mut moto = Moto { child, port, log };
+        let started = Instant::now();
+        loop {
+            if let Ok(Some(status)) = moto.child.try_wait() {
+                let output = std::fs::read_to_string(&moto.log).unwrap_or_default();
+                let hint = if output.contains("No module named") {
+                    "moto is not installed: run ./scripts/setup.sh (it installs moto[ssm])"
+                } else {
+                    "moto did not start"
+                };
+                return Err(format!(
+                    "{hint}; python3 exited with {status} on port {port}:\n{output}"
+                ));
+            }
+            if moto.post("/moto-api/reset").is_ok() {
+                return Ok(moto);
+            }
+            if started.elapsed() > READY_DEADLINE {
+                return Err(format!(
+                    "moto did not answer on 127.0.0.1:{port} within {READY_DEADLINE:?}"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `http://127.0.0.1:{port}`.
+    pub fn endpoint(&self) -> String {
+        endpoint(self.port)
+    }
+
+    /// The AWS configuration for an SSM client of this server; see [`aws_env`].
+    pub fn aws_env(&self) -> Vec<(&'static str, String)> {
+        aws_env(self.port)
+    }
+
+    /// Clears every parameter.
+    ///
+    /// # Panics
+    /// moto does not answer.
+    pub fn reset(&self) {
+        self.post("/moto-api/reset").unwrap();
+    }
+
+    /// Stops the server and waits for it to exit, freeing its port.
+    pub fn stop(mut self) {
+        self.kill();
+    }
+
+    fn kill(&mut self) {
+        // By pid: the child we started, and only it.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+
+    fn post(&self, path: &str) -> Result<(), String> {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
+        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500))
+            .map_err(|e| e.to_string())?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(|e| e.to_string())?;
+        write!(
+            stream,
+            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.port
+        )
+        .map_err(|e| e.to_string())?;
+        let mut answer = String::new();
+        stream
+            .read_to_string(&mut answer)
+            .map_err(|e| e.to_string())?;
+        if answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200") {
+            Ok(())
+        } else {
+            Err(format!(
+                "POST {path}: {}",
+                answer.lines().next().unwrap_or("no answer")
+            ))
+        }
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `http://127.0.0.1:{port}`.
+pub fn endpoint(port: u16) -> String {
+    format!("http://127.0.0.1:{port}")
+}
+
+/// The whole AWS configuration of an SSM client in a test, pointing at `port` on loopback:
+/// test credentials, a region, the SSM endpoint, and nothing that could send traffic
+/// elsewhere (instance metadata disabled, and its endpoint a dead loopback port in case;
+/// shared config and credentials files that do not exist, so a developer's `~/.aws` is never
+/// read).
+pub fn aws_env(port: u16) -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_ACCESS_KEY_ID", "test".to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", "test".to_owned()),
+        ("AWS_REGION", "us-east-1".to_owned()),
+        ("AWS_DEFAULT_REGION", "us-east-1".to_owned()),
+        ("AWS_EC2_METADATA_DISABLED", "true".to_owned()),
+        (
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+            "http://127.0.0.1:9".to_owned(),
+        ),
+        ("AWS_ENDPOINT_URL_SSM", endpoint(port)),
+        (
+            "AWS_CONFIG_FILE",
+            "/nonexistent/colony-test/aws-config".to_owned(),
+        ),
+        (
+            "AWS_SHARED_CREDENTIALS_FILE",
+            "/nonexistent/colony-test/aws-credentials".to_owned(),
+        ),
+    ]
+}
+
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
