@@ -14,6 +14,21 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
+# The SSM registry's tests and bench run moto's SSM server on loopback (python3 -m moto.server).
+if ! python3 -c 'import sys, moto, flask, flask_cors; sys.exit(moto.__version__.split(".")[0] != "5")' >/dev/null 2>&1; then
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    echo "installing: python3 python3-pip"
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3 python3-pip >/dev/null
+  fi
+  echo "installing: moto[ssm] 5, flask, flask-cors (the SSM registry's test server)"
+  pip_install() { python3 -m pip install --quiet --disable-pip-version-check "$@" 'moto[ssm]>=5,<6' flask flask-cors; }
+  # A distribution's own python3 refuses pip outside a venv (PEP 668) unless told.
+  pip_install || pip_install --break-system-packages
+fi
+
 if ! command -v cargo >/dev/null; then
   echo "cargo is missing: install Rust (stable) with rustup first" >&2
   exit 1
