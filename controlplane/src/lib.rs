@@ -1,17 +1,19 @@
 //! Colony's HTTP planes: the control plane (colony lifecycle, shard init) and the management
-//! plane (heartbeats, health, alerts, metrics), as axum routers, plus the backend's
-//! heartbeat sender.
+//! plane (heartbeats, health, alerts, metrics, the `/ws` service registry and the dashboard),
+//! as axum routers, plus the backend's heartbeat sender.
 //!
 //! Each plane is a `router(state) -> Router`; [`http::harden`] adds the layers every listener
 //! needs. Nothing here binds a socket: the binary binds and serves.
 
 pub mod control;
 pub mod coordinator;
+pub mod dashboard;
 pub mod error;
 pub mod heartbeat_sender;
 pub mod http;
 pub mod management;
 pub mod metrics;
 pub mod state;
+pub mod ws;
 
 pub use error::{ApiError, ApiJson};

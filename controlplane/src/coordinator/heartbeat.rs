@@ -25,6 +25,9 @@ pub const MAX_METRIC_NAME: usize = 64;
 const RESOLVED_ALERTS_KEPT: usize = 1000;
 /// Sweeper lateness below this is scheduling noise, not a stall.
 const STALL_TOLERANCE: Duration = Duration::from_millis(10);
+/// At most one [`HealthEvent::HealthCheckResult`] per node this often: heartbeats may come
+/// every 10 ms, and a live view needs far fewer.
+pub const HEALTH_CHECK_EVENT_EVERY: Duration = Duration::from_secs(1);
 
 /// What kind of node sent a heartbeat.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -191,6 +194,25 @@ pub enum HealthEvent {
         node_id: String,
         /// Its new address.
         address: NodeAddress,
+    },
+    /// A heartbeat arrived (at most one event per node per [`HEALTH_CHECK_EVENT_EVERY`]).
+    HealthCheckResult {
+        /// The node.
+        node_id: String,
+        /// Its role.
+        node_type: NodeType,
+        /// Its state after this heartbeat.
+        status: NodeState,
+        /// The heartbeat's sequence number.
+        seq: u64,
+        /// Heartbeats received from it so far.
+        heartbeats: u64,
+        /// Milliseconds since its previous heartbeat (`None` for the first).
+        interval_ms: Option<u64>,
+        /// The metrics it reported.
+        metrics: BTreeMap<String, f64>,
+        /// When it arrived (RFC 3339).
+        at: String,
     },
 }
 
@@ -360,6 +382,8 @@ struct NodeRecord {
     failed_since: Option<Instant>,
     last_transition: Option<Transition>,
     metrics: BTreeMap<String, f64>,
+    /// When the last [`HealthEvent::HealthCheckResult`] for this node went out.
+    last_check_event: Option<Instant>,
 }
 
 /// The coordinator's own entry in the component list.
@@ -434,6 +458,8 @@ impl HealthTracker {
         let mut changed = None;
         let mut moved = false;
         let mut flapped = false;
+        // (heartbeats so far, gap since the previous one), when a check event is due.
+        let mut check = None;
         match self.inner.nodes.get_mut(hb.instance_id.as_str()) {
             Some(mut record) => {
                 let record = &mut *record;
@@ -459,12 +485,20 @@ impl HealthTracker {
                     record.failed_since = None;
                     changed = Some(transition(record, target, wall));
                 }
+                let gap = now.saturating_duration_since(record.last_heard);
                 record.node_type = hb.node_type;
                 record.last_seen = wall;
                 record.last_heard = now;
                 record.heartbeats += 1;
                 record.seq = hb.seq;
-                record.metrics = hb.metrics;
+                record.metrics = hb.metrics.clone();
+                let due = record.last_check_event.is_none_or(|last| {
+                    now.saturating_duration_since(last) >= HEALTH_CHECK_EVENT_EVERY
+                });
+                if due && target == NodeState::Active {
+                    record.last_check_event = Some(now);
+                    check = Some((record.heartbeats, Some(millis(gap))));
+                }
             }
             None => {
                 let first = Transition {
@@ -487,11 +521,15 @@ impl HealthTracker {
                         flaps: 0,
                         failed_since: None,
                         last_transition: Some(first.clone()),
-                        metrics: hb.metrics,
+                        metrics: hb.metrics.clone(),
+                        last_check_event: (target == NodeState::Active).then_some(now),
                     },
                 );
                 moved = true;
                 changed = Some(first);
+                if target == NodeState::Active {
+                    check = Some((1, None));
+                }
             }
         }
         if moved {
@@ -514,6 +552,19 @@ impl HealthTracker {
                 self.inner.alerts.lock().resolve_all(&hb.instance_id);
             }
             self.emit(&hb.instance_id, hb.node_type, t);
+        }
+        // After the state change, so a subscriber sees the transition first.
+        if let Some((heartbeats, interval_ms)) = check {
+            let _ = self.inner.events.send(HealthEvent::HealthCheckResult {
+                node_id: hb.instance_id,
+                node_type: hb.node_type,
+                status: target,
+                seq: hb.seq,
+                heartbeats,
+                interval_ms,
+                metrics: hb.metrics,
+                at: rfc3339(wall),
+            });
         }
         Recorded { state: target }
     }
@@ -708,6 +759,18 @@ impl HealthTracker {
         }
     }
 
+    /// Raises an alert that is not about a node's heartbeats (e.g. a failed colony run).
+    /// `subject` plays the node id's part: a later [`HealthTracker::resolve_alerts`] on it
+    /// resolves the alert.
+    pub fn raise_alert(&self, subject: &str, kind: &'static str, severity: &'static str, message: String) {
+        self.inner.alerts.lock().raise(subject, kind, severity, message);
+    }
+
+    /// Resolves every open alert about `subject`.
+    pub fn resolve_alerts(&self, subject: &str) {
+        self.inner.alerts.lock().resolve_all(subject);
+    }
+
     /// Counts for metrics.
     pub fn counts(&self) -> Counts {
         let mut counts = Counts::default();
@@ -812,6 +875,39 @@ mod tests {
                 NodeState::Stale,
                 NodeState::Down,
                 NodeState::Active
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn health_check_results_are_rate_limited_per_node() {
+        let t = HealthTracker::new(config(), None);
+        let mut events = t.subscribe();
+        let start = Instant::now();
+        // b1 every 100 ms for 2.5 s, b2 once: b1 gets one event a second, b2 one.
+        for i in 0..25u64 {
+            t.record(hb("b1", i + 1), start + Duration::from_millis(100 * i));
+        }
+        t.record(hb("b2", 1), start);
+        let mut checks = Vec::new();
+        while let Ok(e) = events.try_recv() {
+            if let HealthEvent::HealthCheckResult {
+                node_id,
+                seq,
+                interval_ms,
+                ..
+            } = e
+            {
+                checks.push((node_id, seq, interval_ms));
+            }
+        }
+        assert_eq!(
+            checks,
+            [
+                ("b1".to_owned(), 1, None),
+                ("b1".to_owned(), 11, Some(100)),
+                ("b1".to_owned(), 21, Some(100)),
+                ("b2".to_owned(), 1, None),
             ]
         );
     }

@@ -8,6 +8,8 @@
 //! | `GET /health/status` | coordinator | every component's state |
 //! | `GET /health/stale` | coordinator | components STALE or DOWN |
 //! | `GET /alerts` | coordinator | open and resolved alerts |
+//! | `GET /ws` | coordinator | the service registry over WebSocket ([`crate::ws`]) |
+//! | `GET /`, `/assets/*`, `/api/*` | coordinator | the live dashboard ([`crate::dashboard`]) |
 
 mod health;
 mod heartbeat;
@@ -18,8 +20,10 @@ use axum::Router;
 use crate::coordinator::colony::ColonyManager;
 use crate::coordinator::heartbeat::HealthTracker;
 use crate::coordinator::processes::ProcessManager;
+use crate::dashboard;
 use crate::metrics::Metrics;
 use crate::state::NodeInfo;
+use crate::ws::{self, Hub, WsLimits};
 
 /// State of the management routers.
 #[derive(Debug, Clone)]
@@ -36,8 +40,13 @@ pub struct MgmtState {
     pub colony: Option<ColonyManager>,
 }
 
-/// The coordinator's management routes.
+/// The coordinator's management routes, with `/ws` under the default [`WsLimits`].
 pub fn coordinator_router(state: MgmtState) -> Router {
+    coordinator_router_with(state, WsLimits::default())
+}
+
+/// The coordinator's management routes, with `/ws` under `limits`.
+pub fn coordinator_router_with(state: MgmtState, limits: WsLimits) -> Router {
     Router::new()
         .route("/health", get(health::own))
         .route("/metrics", get(health::metrics))
@@ -45,7 +54,9 @@ pub fn coordinator_router(state: MgmtState) -> Router {
         .route("/health/status", get(health::status))
         .route("/health/stale", get(health::stale))
         .route("/alerts", get(health::alerts))
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(ws::router(Hub::new(state.clone(), limits)))
+        .merge(dashboard::router(state))
 }
 
 /// A backend's management routes.

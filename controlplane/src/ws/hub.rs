@@ -1,0 +1,402 @@
+//! [`Hub`]: the one event stream every `/ws` connection reads.
+//!
+//! A single pump task turns health events, managed-process events and colony progress into
+//! wire events, numbers them (`seq`, increasing from 1 for the life of the hub), keeps the
+//! last [`WsLimits::history`] of them for `?since=N` replays, and broadcasts each one once,
+//! already serialized, to every connection. A connection that falls more than
+//! [`WsLimits::client_queue`] events behind is dropped (the broadcast ring is the bounded
+//! per-client queue): it cannot stall the pump or the other clients.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use axum::extract::ws::Utf8Bytes;
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+use tokio::sync::{broadcast, Semaphore};
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tracing::{debug, warn};
+
+use super::protocol::{event_text, EventKind};
+use super::services;
+use crate::coordinator::heartbeat::{rfc3339, HealthEvent};
+use crate::coordinator::processes::ProcessEvent;
+use crate::management::MgmtState;
+
+/// Limits of the `/ws` endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WsLimits {
+    /// Connections served at once; more are refused with 503 before the upgrade.
+    pub max_connections: usize,
+    /// Largest request answered; a larger one gets a `message_too_large` error response.
+    pub max_message: usize,
+    /// Largest message read at all; a larger one closes the socket with 1009.
+    pub max_frame: usize,
+    /// Events a client may fall behind before it is dropped as too slow.
+    pub client_queue: usize,
+    /// Events kept for `?since=N` replays.
+    pub history: usize,
+    /// Longest one write may take before the client is dropped.
+    pub write_timeout: Duration,
+    /// How often the server pings an idle client.
+    pub ping_every: Duration,
+    /// A client silent (not even a pong) this long is dropped.
+    pub idle_timeout: Duration,
+    /// How often colony progress is polled (events go out only when the tick or state moved).
+    pub colony_poll: Duration,
+}
+
+impl Default for WsLimits {
+    fn default() -> Self {
+        WsLimits {
+            max_connections: 256,
+            max_message: 64 * 1024,
+            max_frame: 256 * 1024,
+            client_queue: 512,
+            history: 4096,
+            write_timeout: Duration::from_secs(10),
+            ping_every: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(60),
+            colony_poll: Duration::from_millis(250),
+        }
+    }
+}
+
+/// One numbered event, serialized once for every client.
+#[derive(Debug)]
+pub struct Published {
+    /// Its sequence number.
+    pub seq: u64,
+    /// Its kind, for subscription filters.
+    pub kind: EventKind,
+    /// The whole message text.
+    pub text: Utf8Bytes,
+}
+
+#[derive(Debug, Default)]
+struct Log {
+    /// The last sequence number handed out.
+    seq: u64,
+    /// The newest events, oldest first.
+    recent: VecDeque<Arc<Published>>,
+}
+
+/// Where a new connection starts.
+#[derive(Debug)]
+pub struct Attached {
+    /// A `registry_loaded` to send first, unless the client resumes.
+    pub loaded: Option<Utf8Bytes>,
+    /// The events a resuming client missed, oldest first.
+    pub replay: Vec<Arc<Published>>,
+    /// The sequence number of the last event `loaded` or `replay` covers.
+    pub after: u64,
+    /// Events after `after`.
+    pub events: broadcast::Receiver<Arc<Published>>,
+}
+
+/// What a reconnecting client says it has seen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resume {
+    /// The last sequence number it received.
+    pub since: u64,
+    /// The stream id it received it on (from `registry_loaded`); `None` trusts `since`.
+    pub stream: Option<String>,
+}
+
+pub(crate) struct Core {
+    pub(crate) state: MgmtState,
+    pub(crate) limits: WsLimits,
+    /// Identifies this hub's numbering, so a client of a restarted coordinator starts over.
+    pub(crate) stream: String,
+    log: Mutex<Log>,
+    sender: broadcast::Sender<Arc<Published>>,
+    pub(crate) connections: Arc<Semaphore>,
+    /// Cancelled when the router holding the hub is dropped (the listener stopped).
+    pub(crate) shutdown: CancellationToken,
+    pump: OnceLock<()>,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("stream", &self.stream)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The `/ws` event hub of one coordinator. Cheap to clone.
+///
+/// Connections hold only the shared core; the hub values themselves live in the router, so
+/// when the listener stops and drops its router, the hub's guard cancels every connection
+/// and the pump (upgraded sockets outlive axum's graceful shutdown otherwise).
+#[derive(Debug, Clone)]
+pub struct Hub {
+    pub(crate) core: Arc<Core>,
+    _alive: Arc<DropGuard>,
+}
+
+impl Hub {
+    /// A hub over the coordinator's state. Nothing runs until the first connection.
+    pub fn new(state: MgmtState, limits: WsLimits) -> Self {
+        let (sender, _) = broadcast::channel(limits.client_queue.max(1));
+        let shutdown = CancellationToken::new();
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        Hub {
+            core: Arc::new(Core {
+                state,
+                limits,
+                stream: format!("{:x}-{:x}", std::process::id(), nanos),
+                log: Mutex::new(Log::default()),
+                sender,
+                connections: Arc::new(Semaphore::new(limits.max_connections)),
+                shutdown: shutdown.clone(),
+                pump: OnceLock::new(),
+            }),
+            _alive: Arc::new(shutdown.drop_guard()),
+        }
+    }
+}
+
+impl Core {
+    /// Starts the pump once (it needs a runtime, which exists by the first connection).
+    pub(crate) fn ensure_pump(self: &Arc<Self>) {
+        self.pump.get_or_init(|| {
+            tokio::spawn(pump(Arc::downgrade(self), self.shutdown.clone()));
+        });
+    }
+
+    /// The last sequence number handed out.
+    pub(crate) fn seq(&self) -> u64 {
+        self.log.lock().seq
+    }
+
+    /// Numbers, records and broadcasts one event.
+    pub(crate) fn publish(&self, kind: EventKind, data: &Value) {
+        let mut log = self.log.lock();
+        log.seq += 1;
+        let seq = log.seq;
+        let event = Arc::new(Published {
+            seq,
+            kind,
+            text: event_text(kind, seq, data).into(),
+        });
+        log.recent.push_back(event.clone());
+        while log.recent.len() > self.limits.history {
+            log.recent.pop_front();
+        }
+        // Sent under the lock, so `attach` sees every event either in `recent` or in its
+        // receiver, never both or neither. No receiver is fine.
+        let _ = self.sender.send(event);
+    }
+
+    /// Where a new connection starts: a replay of what it missed if `resume` is still in the
+    /// history, else a fresh `registry_loaded`.
+    pub(crate) async fn attach(&self, resume: Option<Resume>) -> Attached {
+        let (events, replay, seq, reason) = {
+            let log = self.log.lock();
+            let events = self.sender.subscribe();
+            let oldest = log.recent.front().map_or(log.seq + 1, |e| e.seq);
+            let reason = match &resume {
+                None => "connect",
+                Some(r) if r.stream.as_ref().is_some_and(|s| *s != self.stream) => {
+                    "stream_changed"
+                }
+                Some(r) if r.since > log.seq => "stream_changed",
+                Some(r) if r.since + 1 < oldest => "since_too_old",
+                Some(_) => "",
+            };
+            let replay: Vec<Arc<Published>> = match (&resume, reason) {
+                (Some(r), "") => log
+                    .recent
+                    .iter()
+                    .filter(|e| e.seq > r.since)
+                    .cloned()
+                    .collect(),
+                _ => Vec::new(),
+            };
+            (events, replay, log.seq, reason)
+        };
+        if reason.is_empty() {
+            return Attached {
+                loaded: None,
+                replay,
+                after: seq,
+                events,
+            };
+        }
+        // The snapshot is read after `seq` was taken, so it is at least as new as `seq`;
+        // events after `seq` may repeat a change it already shows, which is harmless
+        // because every event states a new value rather than a difference.
+        let snapshot = self.snapshot(reason).await;
+        Attached {
+            loaded: Some(event_text(EventKind::RegistryLoaded, seq, &snapshot).into()),
+            replay: Vec::new(),
+            after: seq,
+            events,
+        }
+    }
+
+    /// The `registry_loaded` payload: everything a client needs to draw the cluster.
+    pub(crate) async fn snapshot(&self, reason: &str) -> Value {
+        let state = &self.state;
+        let health = state.health.as_ref();
+        let summary = health.map(|h| {
+            let s = h.status();
+            json!({
+                "overall_status": s.overall_status, "total_components": s.total_components,
+                "active": s.active, "stale": s.stale, "down": s.down, "left": s.left,
+            })
+        });
+        json!({
+            "reason": reason,
+            "stream": self.stream,
+            "coordinator": {
+                "node_id": state.node.node_id,
+                "address": state.node.address,
+                "started": rfc3339(state.node.started),
+            },
+            "thresholds": health.map(|h| {
+                let c = h.config();
+                json!({
+                    "stale_after_ms": c.stale_after.as_millis(),
+                    "down_after_ms": c.down_after.as_millis(),
+                })
+            }),
+            "managed_processes": state.processes.is_some(),
+            "summary": summary,
+            "services": services::list(state).await,
+            "alerts": health.map(|h| h.alerts()),
+            "colony": state.colony.as_ref().map(|c| c.status()),
+        })
+    }
+}
+
+/// Turns every source into numbered events until shutdown (or until the hub is gone).
+async fn pump(core: std::sync::Weak<Core>, shutdown: CancellationToken) {
+    let Some(strong) = core.upgrade() else {
+        return;
+    };
+    let mut health = strong.state.health.as_ref().map(|h| h.subscribe());
+    let mut processes = strong.state.processes.as_ref().map(|p| p.subscribe());
+    let colony = strong.state.colony.clone();
+    let mut poll = tokio::time::interval(strong.limits.colony_poll);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    drop(strong);
+    let mut last_progress: Option<(Value, Value, Value)> = None;
+    let mut process_states: HashMap<String, &'static str> = HashMap::new();
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            event = recv(&mut health) => {
+                let Some(core) = core.upgrade() else { break };
+                match event {
+                    Ok(event) => publish_health(&core, event),
+                    Err(broadcast::error::RecvError::Lagged(n)) => resync(&core, n, "health").await,
+                    Err(broadcast::error::RecvError::Closed) => health = None,
+                }
+            }
+            event = recv(&mut processes) => {
+                let Some(core) = core.upgrade() else { break };
+                match event {
+                    Ok(ProcessEvent { process }) => {
+                        let from = process_states.insert(process.name.clone(), process.state);
+                        core.publish(EventKind::ServiceStateChanged, &json!({
+                            "service": process.name, "kind": "process", "from": from,
+                            "to": process.state, "at": rfc3339(SystemTime::now()),
+                            "process": process,
+                        }));
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => resync(&core, n, "process").await,
+                    Err(broadcast::error::RecvError::Closed) => processes = None,
+                }
+            }
+            _ = poll.tick(), if colony.is_some() => {
+                let (Some(core), Some(colony)) = (core.upgrade(), &colony) else { break };
+                let status = colony.status();
+                let key = (status["colony_id"].clone(), status["state"].clone(), status["tick"].clone());
+                if last_progress.as_ref() != Some(&key) {
+                    last_progress = Some(key);
+                    core.publish(EventKind::ColonyProgress, &status);
+                }
+            }
+        }
+    }
+    debug!("ws event pump stopped");
+}
+
+async fn recv<T: Clone>(
+    rx: &mut Option<broadcast::Receiver<T>>,
+) -> Result<T, broadcast::error::RecvError> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn publish_health(core: &Core, event: HealthEvent) {
+    let health = core.state.health.as_ref();
+    match event {
+        HealthEvent::ServiceStateChanged {
+            node_id,
+            node_type,
+            transition,
+        } => {
+            let component = health.and_then(|h| h.node(&node_id));
+            core.publish(
+                EventKind::ServiceStateChanged,
+                &json!({
+                    "service": node_id, "kind": "node", "node_type": node_type,
+                    "from": transition.from, "to": transition.to, "at": transition.at,
+                    "component": component,
+                }),
+            );
+        }
+        HealthEvent::EndpointUpdated { node_id, address } => {
+            core.publish(
+                EventKind::EndpointUpdated,
+                &json!({
+                    "service": node_id, "address": address,
+                    "endpoints": services::endpoints(&node_id, &address),
+                }),
+            );
+        }
+        HealthEvent::HealthCheckResult {
+            node_id,
+            node_type,
+            status,
+            seq,
+            heartbeats,
+            interval_ms,
+            metrics,
+            at,
+        } => {
+            let component = health.and_then(|h| h.node(&node_id));
+            core.publish(
+                EventKind::HealthCheckResult,
+                &json!({
+                    "service": node_id, "node_type": node_type, "status": status,
+                    "seq": seq, "heartbeats": heartbeats, "interval_ms": interval_ms,
+                    "metrics": metrics, "at": at,
+                    "uptime_seconds": component.as_ref().map(|c| c.uptime_seconds),
+                    "flaps": component.as_ref().map(|c| c.flaps),
+                }),
+            );
+        }
+    }
+}
+
+/// The pump itself fell behind a source: clients get the whole state again, numbered like
+/// any event, so nothing they hold stays wrong.
+async fn resync(core: &Core, missed: u64, source: &str) {
+    warn!(
+        missed,
+        source, "ws event pump fell behind; sending clients the whole state again"
+    );
+    let snapshot = core.snapshot("resync").await;
+    core.publish(EventKind::RegistryLoaded, &snapshot);
+}

@@ -1,0 +1,123 @@
+//! The service registry over WebSocket (DESIGN §10), on the coordinator's management port.
+//! Routes:
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /ws` | upgrades to the registry protocol; `?since=N&stream=ID` resumes a stream, `?events=a,b` picks the first subscription |
+//!
+//! Protocol: requests `{"id","type":"request","action","params"}`, responses
+//! `{"id","type":"response","data"|"error":{"code","message"}}`, events
+//! `{"type":"event","event","seq","data"}`. The first message of every connection is a
+//! `registry_loaded` event with the whole state (or, on a resume, the events missed since
+//! `N`). Actions: `list_services`, `get_service`, `list_endpoints`, `service_action`,
+//! `deploy_package` (answers `not_supported`), `subscribe`, `unsubscribe`. A new connection
+//! receives every event type until it unsubscribes.
+//!
+//! Bad input (malformed JSON, a missing id, an unknown action, wrong params, a binary or
+//! oversized message) is answered with an error response; the socket stays open. Only a
+//! message over the hard frame limit (which cannot be skipped) closes it, with 1009.
+//!
+//! Not here: what the events mean ([`crate::coordinator`]) and the dashboard that reads them
+//! ([`crate::dashboard`]).
+
+mod connection;
+mod hub;
+pub mod protocol;
+pub mod services;
+
+use axum::extract::{Query, State, WebSocketUpgrade};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use serde::Deserialize;
+use tracing::warn;
+
+pub use hub::{Hub, Published, Resume, WsLimits};
+use protocol::EventSet;
+
+use crate::error::ApiError;
+
+/// The `/ws` route over `hub`.
+pub fn router(hub: Hub) -> Router {
+    Router::new().route("/ws", get(upgrade)).with_state(hub)
+}
+
+/// Query parameters of `GET /ws`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WsQuery {
+    since: Option<String>,
+    stream: Option<String>,
+    events: Option<String>,
+}
+
+impl WsQuery {
+    fn resume(&self) -> Result<Option<Resume>, ApiError> {
+        let Some(since) = &self.since else {
+            return Ok(None);
+        };
+        let since = since.parse::<u64>().map_err(|_| {
+            ApiError::BadRequest(format!(
+                "since must be the last event seq received (a whole number), not {since:?}"
+            ))
+        })?;
+        Ok(Some(Resume {
+            since,
+            stream: self.stream.clone().filter(|s| !s.is_empty()),
+        }))
+    }
+
+    fn events(&self) -> Result<EventSet, ApiError> {
+        match &self.events {
+            None => Ok(EventSet::all()),
+            Some(list) => EventSet::parse(list.split(',').map(str::trim).filter(|s| !s.is_empty()))
+                .map_err(|e| ApiError::BadRequest(format!("events: {e}"))),
+        }
+    }
+}
+
+/// `GET /ws`: checks the query and the connection limit, then upgrades.
+async fn upgrade(
+    State(hub): State<Hub>,
+    query: Result<Query<WsQuery>, axum::extract::rejection::QueryRejection>,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    let result = async {
+        let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+        let resume = query.resume()?;
+        let events = query.events()?;
+        let upgrade = upgrade.map_err(|e| {
+            ApiError::BadRequest(format!(
+                "GET /ws is a WebSocket endpoint: {}",
+                e.body_text()
+            ))
+        })?;
+        let core = hub.core.clone();
+        let permit = core.connections.clone().try_acquire_owned().map_err(|_| {
+            warn!(
+                limit = core.limits.max_connections,
+                "ws connection refused: at the limit"
+            );
+            ApiError::Unavailable(format!(
+                "too many WebSocket connections (limit {}); try again later",
+                core.limits.max_connections
+            ))
+        })?;
+        core.ensure_pump();
+        let limits = core.limits;
+        Ok::<_, ApiError>(
+            upgrade
+                .max_message_size(limits.max_frame)
+                .max_frame_size(limits.max_frame)
+                .on_upgrade(move |socket| async move {
+                    let attached = core.attach(resume).await;
+                    connection::serve(socket, core, events, attached, permit).await;
+                }),
+        )
+    }
+    .await;
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,517 @@
+//! `/ws` over real loopback sockets with a real client: the protocol, every bad input, the
+//! limits, resumes, slow consumers and shutdown.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use shared::NodeAddress;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+
+use super::protocol::EventKind;
+use super::*;
+use crate::coordinator::heartbeat::{HealthConfig, HealthTracker, Heartbeat, NodeType};
+use crate::management::MgmtState;
+use crate::metrics::Metrics;
+use crate::state::NodeInfo;
+
+type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+const WAIT: Duration = Duration::from_secs(5);
+
+struct Server {
+    addr: SocketAddr,
+    health: HealthTracker,
+    hub: Option<Hub>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn state() -> (MgmtState, HealthTracker) {
+    let address = NodeAddress::new([127, 0, 0, 1].into(), 8082, 8083, 8084);
+    let health = HealthTracker::new(
+        HealthConfig::default(),
+        Some(("coordinator".into(), address)),
+    );
+    let metrics = Metrics::new(
+        dataplane::DataPlane::new(dataplane::DataPlaneConfig::default()),
+        Some(health.clone()),
+    );
+    let state = MgmtState {
+        node: NodeInfo::new("coordinator", NodeType::Coordinator, address),
+        metrics,
+        health: Some(health.clone()),
+        processes: None,
+        colony: None,
+    };
+    (state, health)
+}
+
+async fn serve(limits: WsLimits) -> Server {
+    let (state, health) = state();
+    let hub = Hub::new(state, limits);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let app = router(hub.clone());
+    let task = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+                .unwrap();
+        }
+    });
+    Server {
+        addr,
+        health,
+        hub: Some(hub),
+        stop,
+        task,
+    }
+}
+
+fn limits() -> WsLimits {
+    WsLimits {
+        max_message: 1024,
+        max_frame: 8 * 1024,
+        ..WsLimits::default()
+    }
+}
+
+async fn connect(addr: SocketAddr, query: &str) -> Client {
+    let (client, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws{query}"))
+        .await
+        .unwrap();
+    client
+}
+
+/// The next text message as JSON (pings are answered by the client itself).
+async fn next(client: &mut Client) -> Value {
+    loop {
+        let message = tokio::time::timeout(WAIT, client.next())
+            .await
+            .expect("no message before the deadline")
+            .expect("stream ended")
+            .unwrap();
+        match message {
+            Message::Text(text) => return serde_json::from_str(&text).unwrap(),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("unexpected message {other:?}"),
+        }
+    }
+}
+
+/// The next event of `kind`, skipping others.
+async fn next_event(client: &mut Client, kind: &str) -> Value {
+    loop {
+        let m = next(client).await;
+        if m["type"] == "event" && m["event"] == kind {
+            return m;
+        }
+    }
+}
+
+async fn request(client: &mut Client, id: &str, action: &str, params: Value) -> Value {
+    let text = json!({"id": id, "type": "request", "action": action, "params": params});
+    client
+        .send(Message::Text(text.to_string().into()))
+        .await
+        .unwrap();
+    loop {
+        let m = next(client).await;
+        if m["type"] == "response" {
+            assert_eq!(m["id"], id, "{m}");
+            return m;
+        }
+    }
+}
+
+async fn send_raw(client: &mut Client, text: &str) -> Value {
+    client
+        .send(Message::Text(text.to_owned().into()))
+        .await
+        .unwrap();
+    loop {
+        let m = next(client).await;
+        if m["type"] == "response" {
+            return m;
+        }
+    }
+}
+
+fn heartbeat(id: &str, port: u16) -> Heartbeat {
+    Heartbeat {
+        instance_id: id.into(),
+        node_type: NodeType::Backend,
+        address: NodeAddress::new([127, 0, 0, 1].into(), port, port + 1, port + 2),
+        seq: 1,
+        metrics: [("connections".to_owned(), 3.0)].into(),
+        leaving: false,
+    }
+}
+
+#[tokio::test]
+async fn connect_loads_the_registry_and_answers_every_action() {
+    let server = serve(limits()).await;
+    server
+        .health
+        .record(heartbeat("backend_9000", 9000), tokio::time::Instant::now());
+    let mut c = connect(server.addr, "").await;
+    let loaded = next(&mut c).await;
+    assert_eq!(loaded["event"], "registry_loaded", "{loaded}");
+    assert_eq!(loaded["data"]["reason"], "connect");
+    let services = loaded["data"]["services"].as_array().unwrap();
+    let names: Vec<&str> = services
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["coordinator", "backend_9000"]);
+    assert_eq!(services[1]["state"], "ACTIVE");
+    assert_eq!(services[1]["endpoints"][0]["name"], "data");
+    assert_eq!(services[1]["endpoints"][0]["address"], "127.0.0.1:9000");
+    assert_eq!(loaded["data"]["summary"]["overall_status"], "HEALTHY");
+
+    let r = request(&mut c, "1", "list_services", json!({})).await;
+    assert_eq!(r["data"]["services"].as_array().unwrap().len(), 2);
+    let r = request(&mut c, "2", "get_service", json!({"name": "backend_9000"})).await;
+    assert_eq!(r["data"]["service"]["health"]["metrics"]["connections"], 3.0);
+    let r = request(&mut c, "3", "get_service", json!({"name": "coordinator"})).await;
+    assert_eq!(r["data"]["service"]["kind"], "coordinator");
+    let r = request(&mut c, "4", "list_endpoints", json!({})).await;
+    let endpoints = r["data"]["endpoints"].as_array().unwrap();
+    assert_eq!(endpoints.len(), 6);
+    assert!(endpoints
+        .iter()
+        .any(|e| e["service"] == "coordinator" && e["name"] == "mgmt" && e["address"] == "127.0.0.1:8084"));
+    let r = request(&mut c, "5", "deploy_package", json!({"name": "x"})).await;
+    assert_eq!(r["error"]["code"], "not_supported", "{r}");
+    let r = request(
+        &mut c,
+        "6",
+        "service_action",
+        json!({"name": "backend_9000", "action": "restart"}),
+    )
+    .await;
+    assert_eq!(r["error"]["code"], "not_managed", "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("colony up"),
+        "{r}"
+    );
+    let r = request(
+        &mut c,
+        "7",
+        "service_action",
+        json!({"name": "ghost", "action": "stop"}),
+    )
+    .await;
+    assert_eq!(r["error"]["code"], "not_found", "{r}");
+}
+
+#[tokio::test]
+async fn every_bad_input_gets_an_error_and_the_socket_stays() {
+    let server = serve(limits()).await;
+    let mut c = connect(server.addr, "").await;
+    next_event(&mut c, "registry_loaded").await;
+    let oversized = json!({"id":"big","type":"request","action":"list_services","params":{"pad":"x".repeat(2000)}}).to_string();
+    let cases: Vec<(String, Value, &str)> = vec![
+        ("{not json".into(), Value::Null, "malformed_json"),
+        ("\"just a string\"".into(), Value::Null, "invalid_request"),
+        (
+            r#"{"type":"request","action":"list_services"}"#.into(),
+            Value::Null,
+            "missing_id",
+        ),
+        (
+            r#"{"id":"a","type":"request","action":"teleport"}"#.into(),
+            json!("a"),
+            "unknown_action",
+        ),
+        (
+            r#"{"id":"b","type":"request"}"#.into(),
+            json!("b"),
+            "missing_action",
+        ),
+        (
+            r#"{"id":"c","type":"response","action":"list_services"}"#.into(),
+            json!("c"),
+            "invalid_request",
+        ),
+        (
+            r#"{"id":"d","type":"request","action":"get_service","params":{}}"#.into(),
+            json!("d"),
+            "invalid_params",
+        ),
+        (
+            r#"{"id":"e","type":"request","action":"get_service","params":{"name":"nobody"}}"#
+                .into(),
+            json!("e"),
+            "not_found",
+        ),
+        (
+            r#"{"id":"f","type":"request","action":"service_action","params":{"name":"x","action":"explode"}}"#.into(),
+            json!("f"),
+            "invalid_params",
+        ),
+        (
+            r#"{"id":"g","type":"request","action":"subscribe","params":{"events":["gossip"]}}"#
+                .into(),
+            json!("g"),
+            "invalid_params",
+        ),
+        (oversized, Value::Null, "message_too_large"),
+    ];
+    for (text, id, code) in cases {
+        let r = send_raw(&mut c, &text).await;
+        assert_eq!(r["error"]["code"], code, "{text:.80}: {r}");
+        assert_eq!(r["id"], id, "{r}");
+        assert!(!r["error"]["message"].as_str().unwrap().is_empty());
+    }
+    c.send(Message::Binary(vec![1, 2, 3].into())).await.unwrap();
+    let r = next(&mut c).await;
+    assert_eq!(r["error"]["code"], "binary_not_supported", "{r}");
+    // Still the same healthy connection.
+    let r = request(&mut c, "after", "list_services", json!({})).await;
+    assert!(r["data"]["services"].is_array(), "{r}");
+
+    // Past the hard limit the message cannot be skipped: a 1009 close that says why.
+    let huge = "x".repeat(20 * 1024);
+    c.send(Message::Text(huge.into())).await.unwrap();
+    let close = loop {
+        match tokio::time::timeout(WAIT, c.next()).await.unwrap() {
+            Some(Ok(Message::Close(frame))) => break frame,
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    let frame = close.expect("a close frame with a reason");
+    assert_eq!(frame.code, CloseCode::Size);
+    assert!(frame.reason.contains("8192"), "{}", frame.reason);
+}
+
+#[tokio::test]
+async fn events_arrive_numbered_and_filtered_by_subscription() {
+    let server = serve(limits()).await;
+    let mut c = connect(server.addr, "").await;
+    let loaded = next_event(&mut c, "registry_loaded").await;
+    let start = loaded["seq"].as_u64().unwrap();
+    server
+        .health
+        .record(heartbeat("backend_9000", 9000), tokio::time::Instant::now());
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let e = next(&mut c).await;
+        seen.push((e["seq"].as_u64().unwrap(), e["event"].as_str().unwrap().to_owned()));
+        if e["event"] == "service_state_changed" {
+            assert_eq!(e["data"]["service"], "backend_9000");
+            assert_eq!(e["data"]["to"], "ACTIVE");
+            assert_eq!(e["data"]["kind"], "node");
+            assert_eq!(e["data"]["component"]["status"], "ACTIVE");
+        }
+    }
+    assert_eq!(
+        seen,
+        [
+            (start + 1, "endpoint_updated".to_owned()),
+            (start + 2, "service_state_changed".to_owned()),
+            (start + 3, "health_check_result".to_owned()),
+        ]
+    );
+
+    let r = request(
+        &mut c,
+        "u",
+        "unsubscribe",
+        json!({"events": ["health_check_result", "endpoint_updated"]}),
+    )
+    .await;
+    let subscribed = r["data"]["subscribed"].as_array().unwrap();
+    assert!(!subscribed.contains(&json!("health_check_result")), "{r}");
+    assert!(subscribed.contains(&json!("service_state_changed")), "{r}");
+    server
+        .health
+        .record(heartbeat("backend_9010", 9010), tokio::time::Instant::now());
+    let e = next(&mut c).await;
+    assert_eq!(e["event"], "service_state_changed", "{e}");
+    assert_eq!(e["seq"].as_u64().unwrap(), start + 5, "{e}");
+    let r = request(&mut c, "s", "subscribe", json!({})).await;
+    assert_eq!(
+        r["data"]["subscribed"].as_array().unwrap().len(),
+        EventKind::ALL.len()
+    );
+}
+
+#[tokio::test]
+async fn a_resume_replays_what_was_missed_or_loads_the_registry_again() {
+    let server = serve(WsLimits {
+        history: 4,
+        ..limits()
+    })
+    .await;
+    let mut c = connect(server.addr, "").await;
+    let loaded = next_event(&mut c, "registry_loaded").await;
+    let stream = loaded["data"]["stream"].as_str().unwrap().to_owned();
+    let core = server.hub.as_ref().unwrap().core.clone();
+    for i in 0..3 {
+        core.publish(EventKind::DeploymentProgress, &json!({ "i": i }));
+    }
+    drop(c);
+
+    // Missed 2 and 3 of 1..=3: exactly those, in order, then live events.
+    let mut c = connect(server.addr, &format!("?since=1&stream={stream}")).await;
+    assert_eq!(next(&mut c).await["data"]["i"], 1);
+    assert_eq!(next(&mut c).await["data"]["i"], 2);
+    core.publish(EventKind::DeploymentProgress, &json!({ "i": 3 }));
+    let live = next(&mut c).await;
+    assert_eq!((live["seq"].as_u64(), &live["data"]["i"]), (Some(4), &json!(3)));
+
+    // Too old for the 4-event history: the whole state again.
+    for i in 4..10 {
+        core.publish(EventKind::DeploymentProgress, &json!({ "i": i }));
+    }
+    let mut c = connect(server.addr, &format!("?since=2&stream={stream}")).await;
+    let again = next(&mut c).await;
+    assert_eq!(again["event"], "registry_loaded");
+    assert_eq!(again["data"]["reason"], "since_too_old");
+    assert_eq!(again["seq"], 10);
+
+    // Another stream (a restarted coordinator): the whole state again.
+    let mut c = connect(server.addr, "?since=9&stream=someone-else").await;
+    assert_eq!(next(&mut c).await["data"]["reason"], "stream_changed");
+    // A resume that filters: only what it subscribes to.
+    let mut c = connect(
+        server.addr,
+        &format!("?since=8&stream={stream}&events=service_state_changed"),
+    )
+    .await;
+    core.publish(EventKind::ServiceStateChanged, &json!({ "i": "x" }));
+    let e = next(&mut c).await;
+    assert_eq!((e["seq"].as_u64(), e["event"].as_str()), (Some(11), Some("service_state_changed")));
+
+    let bad = reqwest::get(format!("http://{}/ws?since=soon", server.addr))
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_are_refused_before_the_upgrade() {
+    let server = serve(WsLimits {
+        max_connections: 2,
+        ..limits()
+    })
+    .await;
+    let mut a = connect(server.addr, "").await;
+    let _b = connect(server.addr, "").await;
+    next(&mut a).await;
+    let refused = tokio_tungstenite::connect_async(format!("ws://{}/ws", server.addr)).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 503);
+            let body = String::from_utf8_lossy(response.body().as_deref().unwrap_or_default())
+                .into_owned();
+            assert!(body.contains("too many WebSocket connections"), "{body}");
+        }
+        other => panic!("expected a 503, got {other:?}"),
+    }
+    drop(a);
+    // The slot comes back once the connection is gone.
+    let mut again = None;
+    for _ in 0..100 {
+        if let Ok((c, _)) =
+            tokio_tungstenite::connect_async(format!("ws://{}/ws", server.addr)).await
+        {
+            again = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    next(&mut again.expect("a freed slot")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_consumer_is_dropped_and_the_others_get_everything() {
+    let server = serve(WsLimits {
+        client_queue: 64,
+        write_timeout: Duration::from_millis(300),
+        ..limits()
+    })
+    .await;
+    let core = server.hub.as_ref().unwrap().core.clone();
+    let mut fast = connect(server.addr, "").await;
+    let mut slow = connect(server.addr, "").await;
+    let from = next(&mut fast).await["seq"].as_u64().unwrap();
+    next(&mut slow).await;
+    let pad = "p".repeat(4000);
+    let total = 3000u64;
+    let progress = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(from));
+    let reader = tokio::spawn({
+        let progress = progress.clone();
+        async move {
+            let mut expected = from + 1;
+            while expected <= from + total {
+                let e = next(&mut fast).await;
+                assert_eq!(e["seq"].as_u64(), Some(expected), "out of order");
+                progress.store(expected, std::sync::atomic::Ordering::Release);
+                expected += 1;
+            }
+            fast
+        }
+    });
+    for i in 0..total {
+        core.publish(EventKind::DeploymentProgress, &json!({ "i": i, "pad": pad }));
+        // The fast client keeps within 32 events, as a live reader does; the slow one never
+        // reads at all.
+        while from + i + 1 - progress.load(std::sync::atomic::Ordering::Acquire) > 32 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    let _fast = tokio::time::timeout(Duration::from_secs(20), reader)
+        .await
+        .expect("the fast client was stalled")
+        .unwrap();
+    // The slow one never read: it got what fitted in its buffers, then was dropped.
+    let mut got = 0u64;
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(m) = slow.next().await {
+            match m {
+                Ok(Message::Text(_)) => got += 1,
+                Ok(Message::Close(_)) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the slow client was never dropped");
+    assert!(got < total, "the slow client got all {got} events");
+}
+
+#[tokio::test]
+async fn stopping_the_listener_closes_every_socket_with_going_away() {
+    let mut server = serve(limits()).await;
+    let mut c = connect(server.addr, "").await;
+    next(&mut c).await;
+    server.hub = None;
+    server.stop.cancel();
+    tokio::time::timeout(WAIT, &mut server.task)
+        .await
+        .unwrap()
+        .unwrap();
+    let close = loop {
+        match tokio::time::timeout(WAIT, c.next()).await.unwrap() {
+            Some(Ok(Message::Close(frame))) => break frame,
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(close.unwrap().code, CloseCode::Away);
+}
