@@ -762,8 +762,17 @@ impl HealthTracker {
     /// Raises an alert that is not about a node's heartbeats (e.g. a failed colony run).
     /// `subject` plays the node id's part: a later [`HealthTracker::resolve_alerts`] on it
     /// resolves the alert.
-    pub fn raise_alert(&self, subject: &str, kind: &'static str, severity: &'static str, message: String) {
-        self.inner.alerts.lock().raise(subject, kind, severity, message);
+    pub fn raise_alert(
+        &self,
+        subject: &str,
+        kind: &'static str,
+        severity: &'static str,
+        message: String,
+    ) {
+        self.inner
+            .alerts
+            .lock()
+            .raise(subject, kind, severity, message);
     }
 
     /// Resolves every open alert about `subject`.

@@ -147,7 +147,10 @@ async fn forward(
         url.push_str(&q);
     }
     let mut request = d.client.request(method, &url).body(body);
-    for name in [header::CONTENT_TYPE, header::HeaderName::from_static("idempotency-key")] {
+    for name in [
+        header::CONTENT_TYPE,
+        header::HeaderName::from_static("idempotency-key"),
+    ] {
         if let Some(value) = headers.get(&name) {
             request = request.header(name, value);
         }
@@ -231,7 +234,10 @@ mod tests {
             }
         }
         for asset in ["/assets/app.js", "/assets/style.css", "/assets/icon.svg"] {
-            assert!(INDEX_HTML.contains(asset), "index.html does not load {asset}");
+            assert!(
+                INDEX_HTML.contains(asset),
+                "index.html does not load {asset}"
+            );
         }
     }
 }

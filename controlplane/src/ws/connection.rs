@@ -16,8 +16,8 @@ use tracing::{debug, info, warn};
 
 use super::hub::{Attached, Core, Published};
 use super::protocol::{
-    events_param, parse_request, response_text, string_param, Action, EventKind, EventSet,
-    Request, WsError,
+    events_param, parse_request, response_text, string_param, Action, EventKind, EventSet, Request,
+    WsError,
 };
 use super::services::{self, Verb};
 

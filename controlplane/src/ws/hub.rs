@@ -202,9 +202,7 @@ impl Core {
             let oldest = log.recent.front().map_or(log.seq + 1, |e| e.seq);
             let reason = match &resume {
                 None => "connect",
-                Some(r) if r.stream.as_ref().is_some_and(|s| *s != self.stream) => {
-                    "stream_changed"
-                }
+                Some(r) if r.stream.as_ref().is_some_and(|s| *s != self.stream) => "stream_changed",
                 Some(r) if r.since > log.seq => "stream_changed",
                 Some(r) if r.since + 1 < oldest => "since_too_old",
                 Some(_) => "",

@@ -161,10 +161,7 @@ impl Action {
     ];
 
     fn parse(name: &str) -> Option<Action> {
-        Self::ALL
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, a)| *a)
+        Self::ALL.iter().find(|(n, _)| *n == name).map(|(_, a)| *a)
     }
 
     fn known() -> String {
@@ -225,8 +222,13 @@ impl WsError {
 /// `malformed_json`, `invalid_request` (not an object, or `type` is not `request`),
 /// `missing_id`, `invalid_id`, `missing_action`, `unknown_action`, `invalid_params`.
 pub fn parse_request(text: &str) -> Result<Request, WsError> {
-    let value: Value = serde_json::from_str(text)
-        .map_err(|e| WsError::new(Value::Null, "malformed_json", format!("malformed JSON: {e}")))?;
+    let value: Value = serde_json::from_str(text).map_err(|e| {
+        WsError::new(
+            Value::Null,
+            "malformed_json",
+            format!("malformed JSON: {e}"),
+        )
+    })?;
     let Value::Object(mut object) = value else {
         return Err(WsError::new(
             Value::Null,
@@ -342,7 +344,8 @@ pub fn events_param(request: &Request) -> Result<EventSet, WsError> {
         None => Ok(EventSet::all()),
         Some(Value::Array(items)) => {
             let names: Option<Vec<&str>> = items.iter().map(Value::as_str).collect();
-            let names = names.ok_or_else(|| bad("params.events must be a list of strings".into()))?;
+            let names =
+                names.ok_or_else(|| bad("params.events must be a list of strings".into()))?;
             EventSet::parse(names).map_err(|e| bad(format!("params.events: {e}")))
         }
         Some(_) => Err(bad("params.events must be a list of event types".into())),
@@ -390,7 +393,11 @@ mod tests {
                 json!("a"),
                 "invalid_request",
             ),
-            (r#"{"id":"a","type":"request"}"#, json!("a"), "missing_action"),
+            (
+                r#"{"id":"a","type":"request"}"#,
+                json!("a"),
+                "missing_action",
+            ),
             (
                 r#"{"id":"a","type":"request","action":"fly"}"#,
                 json!("a"),

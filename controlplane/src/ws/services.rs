@@ -95,7 +95,10 @@ pub async fn list(state: &MgmtState) -> Vec<Service> {
 pub async fn get(state: &MgmtState, name: &str) -> Option<Service> {
     let component = state.health.as_ref().and_then(|h| {
         if name == state.node.node_id {
-            h.status().components.into_iter().find(|c| c.node_id == name)
+            h.status()
+                .components
+                .into_iter()
+                .find(|c| c.node_id == name)
         } else {
             h.node(name)
         }

@@ -181,15 +181,18 @@ async fn connect_loads_the_registry_and_answers_every_action() {
     let r = request(&mut c, "1", "list_services", json!({})).await;
     assert_eq!(r["data"]["services"].as_array().unwrap().len(), 2);
     let r = request(&mut c, "2", "get_service", json!({"name": "backend_9000"})).await;
-    assert_eq!(r["data"]["service"]["health"]["metrics"]["connections"], 3.0);
+    assert_eq!(
+        r["data"]["service"]["health"]["metrics"]["connections"],
+        3.0
+    );
     let r = request(&mut c, "3", "get_service", json!({"name": "coordinator"})).await;
     assert_eq!(r["data"]["service"]["kind"], "coordinator");
     let r = request(&mut c, "4", "list_endpoints", json!({})).await;
     let endpoints = r["data"]["endpoints"].as_array().unwrap();
     assert_eq!(endpoints.len(), 6);
-    assert!(endpoints
-        .iter()
-        .any(|e| e["service"] == "coordinator" && e["name"] == "mgmt" && e["address"] == "127.0.0.1:8084"));
+    assert!(endpoints.iter().any(|e| e["service"] == "coordinator"
+        && e["name"] == "mgmt"
+        && e["address"] == "127.0.0.1:8084"));
     let r = request(&mut c, "5", "deploy_package", json!({"name": "x"})).await;
     assert_eq!(r["error"]["code"], "not_supported", "{r}");
     let r = request(
@@ -310,7 +313,10 @@ async fn events_arrive_numbered_and_filtered_by_subscription() {
     let mut seen = Vec::new();
     for _ in 0..3 {
         let e = next(&mut c).await;
-        seen.push((e["seq"].as_u64().unwrap(), e["event"].as_str().unwrap().to_owned()));
+        seen.push((
+            e["seq"].as_u64().unwrap(),
+            e["event"].as_str().unwrap().to_owned(),
+        ));
         if e["event"] == "service_state_changed" {
             assert_eq!(e["data"]["service"], "backend_9000");
             assert_eq!(e["data"]["to"], "ACTIVE");
@@ -372,7 +378,10 @@ async fn a_resume_replays_what_was_missed_or_loads_the_registry_again() {
     assert_eq!(next(&mut c).await["data"]["i"], 2);
     core.publish(EventKind::DeploymentProgress, &json!({ "i": 3 }));
     let live = next(&mut c).await;
-    assert_eq!((live["seq"].as_u64(), &live["data"]["i"]), (Some(4), &json!(3)));
+    assert_eq!(
+        (live["seq"].as_u64(), &live["data"]["i"]),
+        (Some(4), &json!(3))
+    );
 
     // Too old for the 4-event history: the whole state again.
     for i in 4..10 {
@@ -395,7 +404,10 @@ async fn a_resume_replays_what_was_missed_or_loads_the_registry_again() {
     .await;
     core.publish(EventKind::ServiceStateChanged, &json!({ "i": "x" }));
     let e = next(&mut c).await;
-    assert_eq!((e["seq"].as_u64(), e["event"].as_str()), (Some(11), Some("service_state_changed")));
+    assert_eq!(
+        (e["seq"].as_u64(), e["event"].as_str()),
+        (Some(11), Some("service_state_changed"))
+    );
 
     let bad = reqwest::get(format!("http://{}/ws?since=soon", server.addr))
         .await
@@ -468,7 +480,10 @@ async fn a_slow_consumer_is_dropped_and_the_others_get_everything() {
         }
     });
     for i in 0..total {
-        core.publish(EventKind::DeploymentProgress, &json!({ "i": i, "pad": pad }));
+        core.publish(
+            EventKind::DeploymentProgress,
+            &json!({ "i": i, "pad": pad }),
+        );
         // The fast client keeps within 32 events, as a live reader does; the slow one never
         // reads at all.
         while from + i + 1 - progress.load(std::sync::atomic::Ordering::Acquire) > 32 {
