@@ -315,3 +315,218 @@ impl Cluster {
         (field(&line, "instance_id"), field(&line, "internal"))
     }
 }
+
+// === WebSocket registry and `colony up` helpers (the /ws and dashboard tests) ===
+
+/// A `/ws` client speaking the registry protocol of DESIGN §10.
+pub struct WsClient {
+    pub stream: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    next_id: u64,
+    /// Messages read while waiting for a response, handed out first by `next`.
+    backlog: std::collections::VecDeque<serde_json::Value>,
+}
+
+impl WsClient {
+    /// Connects to `ws://{mgmt}/ws{query}` (`mgmt` is `ip:port`).
+    pub async fn connect(mgmt: &str, query: &str) -> WsClient {
+        let url = format!("ws://{mgmt}/ws{query}");
+        let (stream, _) = tokio::time::timeout(DEADLINE, tokio_tungstenite::connect_async(&url))
+            .await
+            .unwrap_or_else(|_| panic!("no WebSocket to {url} before the deadline"))
+            .unwrap_or_else(|e| panic!("cannot open {url}: {e}"));
+        WsClient {
+            stream,
+            next_id: 0,
+            backlog: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// The next JSON text message within `within` (control frames are skipped), or `None`
+    /// when the stream ends.
+    pub async fn next_within(&mut self, within: Duration) -> Option<serde_json::Value> {
+        use futures::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        if let Some(m) = self.backlog.pop_front() {
+            return Some(m);
+        }
+        tokio::time::timeout(within, async {
+            loop {
+                match self.stream.next().await {
+                    Some(Ok(Message::Text(text))) => {
+                        return Some(serde_json::from_str(&text).expect("a JSON message"))
+                    }
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return None,
+                    Some(Ok(_)) => continue,
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no WebSocket message within {within:?}"))
+    }
+
+    /// The next JSON text message.
+    pub async fn next(&mut self) -> serde_json::Value {
+        self.next_within(DEADLINE)
+            .await
+            .expect("the WebSocket closed")
+    }
+
+    /// The next event named `event` whose data satisfies `matches`, skipping others.
+    pub async fn event_where(
+        &mut self,
+        event: &str,
+        within: Duration,
+        matches: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let m = self
+                .next_within(left)
+                .await
+                .unwrap_or_else(|| panic!("the WebSocket closed before {event}"));
+            if m["type"] == "event" && m["event"] == event && matches(&m["data"]) {
+                return m;
+            }
+        }
+    }
+
+    /// Sends a text message as is.
+    pub async fn send_text(&mut self, text: &str) {
+        use futures::SinkExt;
+        self.stream
+            .send(tokio_tungstenite::tungstenite::Message::Text(
+                text.to_owned().into(),
+            ))
+            .await
+            .unwrap();
+    }
+
+    /// Sends a request and returns its response (events in between are skipped).
+    pub async fn request(&mut self, action: &str, params: serde_json::Value) -> serde_json::Value {
+        self.next_id += 1;
+        let id = format!("r{}", self.next_id);
+        let text =
+            serde_json::json!({"id": id, "type": "request", "action": action, "params": params});
+        self.send_text(&text.to_string()).await;
+        self.response_to(&serde_json::Value::String(id)).await
+    }
+
+    /// The next response whose id is `id`; what comes before it stays for `next`.
+    pub async fn response_to(&mut self, id: &serde_json::Value) -> serde_json::Value {
+        let mut skipped = Vec::new();
+        let backlog: Vec<_> = self.backlog.drain(..).collect();
+        let mut found = None;
+        for m in backlog {
+            if found.is_none() && m["type"] == "response" && m["id"] == *id {
+                found = Some(m);
+            } else {
+                skipped.push(m);
+            }
+        }
+        let response = match found {
+            Some(m) => m,
+            None => loop {
+                let m = self
+                    .next_within(DEADLINE)
+                    .await
+                    .expect("the WebSocket closed");
+                if m["type"] == "response" && m["id"] == *id {
+                    break m;
+                }
+                skipped.push(m);
+            },
+        };
+        self.backlog.extend(skipped);
+        response
+    }
+}
+
+/// A base port whose next `backends * 10` ports are all free right now.
+pub fn free_port_range(backends: u16) -> u16 {
+    let seed = std::process::id() as u16;
+    for attempt in 0..500u16 {
+        let base = 20_000 + (seed.wrapping_mul(37).wrapping_add(attempt * 101) % 30_000);
+        let all_free = (0..backends * 10)
+            .all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok());
+        if all_free {
+            return base;
+        }
+    }
+    panic!("no free port range");
+}
+
+/// `colony up` with `backends` backends on free ports, a 100 ms heartbeat and the given
+/// extra flags, waited for until it prints the dashboard URL.
+pub struct Up {
+    pub proc: Proc,
+    pub dir: tempfile::TempDir,
+    /// The coordinator's management address, `ip:port`.
+    pub mgmt: String,
+    /// The first backend's base port (backend k is `backend_{base + 10k}`).
+    pub base: u16,
+}
+
+impl Up {
+    pub async fn start(backends: u16, extra: &[&str]) -> Up {
+        let dir = tempfile::tempdir().unwrap();
+        let base = free_port_range(backends);
+        let (base_s, backends_s, registry) = (
+            base.to_string(),
+            backends.to_string(),
+            dir.path().display().to_string(),
+        );
+        let mut args = vec![
+            "up",
+            "--backends",
+            &backends_s,
+            "--base-port",
+            &base_s,
+            "--internal-port",
+            "0",
+            "--http-port",
+            "0",
+            "--mgmt-port",
+            "0",
+            "--heartbeat-interval",
+            "100ms",
+            "--registry-dir",
+            &registry,
+        ];
+        args.extend_from_slice(extra);
+        let mut proc = Proc::spawn(&args, &[]);
+        // Longer than `wait_for`'s deadline: a busy machine may take a while to bring
+        // every backend up.
+        let line = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(line) = proc.lines.recv().await {
+                proc.seen.push(line.clone());
+                if line.contains("Dashboard: http://") {
+                    return line;
+                }
+            }
+            panic!("colony up ended without printing its dashboard URL");
+        })
+        .await
+        .expect("colony up did not print its dashboard URL within 60s");
+        let mgmt = line
+            .split("http://")
+            .nth(1)
+            .unwrap()
+            .trim_end_matches('/')
+            .trim()
+            .to_owned();
+        Up {
+            proc,
+            dir,
+            mgmt,
+            base,
+        }
+    }
+
+    /// Instance id of backend `k`.
+    pub fn backend(&self, k: u16) -> String {
+        format!("backend_{}", self.base + 10 * k)
+    }
+}
