@@ -199,14 +199,8 @@ pub fn aws_env(port: u16) -> Vec<(&'static str, String)> {
             "http://127.0.0.1:9".to_owned(),
         ),
         ("AWS_ENDPOINT_URL_SSM", endpoint(port)),
-        (
-            "AWS_CONFIG_FILE",
-            "/nonexistent/colony-test/aws-config".to_owned(),
-        ),
-        (
-            "AWS_SHARED_CREDENTIALS_FILE",
-            "/nonexistent/colony-test/aws-credentials".to_owned(),
-        ),
+        ("AWS_CONFIG_FILE", "/dev/null".to_owned()),
+        ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null".to_owned()),
     ]
 }
 
