@@ -50,6 +50,9 @@ pub enum Command {
     Up(UpArgs),
     /// Show every node: what the registry lists and what the coordinator's health says.
     Status(StatusArgs),
+    /// Run a world in this process (all cores) and print what GET /colony would show after
+    /// the same ticks on a cluster: tick, population and fingerprint, to check any run.
+    Reference(ReferenceArgs),
 }
 
 /// Flags of `colony coordinator`.
@@ -72,6 +75,11 @@ pub struct CoordinatorArgs {
 
     #[command(flatten)]
     pub health: HealthArgs,
+
+    /// Backends record population and fingerprint every this many ticks (and at the last
+    /// tick of every run); GET /colony reports the newest tick all backends recorded.
+    #[arg(long, env = "COLONY_CHECKPOINT_EVERY", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub checkpoint_every: u64,
 
     #[command(flatten)]
     pub registry: RegistryArgs,
@@ -154,6 +162,35 @@ pub struct UpArgs {
 
     #[command(flatten)]
     pub coordinator: CoordinatorArgs,
+}
+
+/// Flags of `colony reference` (defaults as `POST /colony-start`'s).
+#[derive(Debug, Args)]
+pub struct ReferenceArgs {
+    /// Shards per world row.
+    #[arg(long, default_value_t = 8)]
+    pub width_in_shards: u32,
+    /// Shards per world column.
+    #[arg(long, default_value_t = 5)]
+    pub height_in_shards: u32,
+    /// Cells per shard row.
+    #[arg(long, default_value_t = 250)]
+    pub shard_width: u32,
+    /// Cells per shard column.
+    #[arg(long, default_value_t = 250)]
+    pub shard_height: u32,
+    /// Life-like rule.
+    #[arg(long, default_value = "B3/S23")]
+    pub rule: String,
+    /// Seed of the initial soup.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Fraction of cells alive at tick 0.
+    #[arg(long, default_value_t = 0.35)]
+    pub density: f64,
+    /// Ticks to run.
+    #[arg(long, default_value_t = 0)]
+    pub ticks: u64,
 }
 
 /// Flags of `colony status`.
@@ -308,6 +345,10 @@ pub struct DataPlaneArgs {
     /// On shutdown, how long open connections and requests get to finish.
     #[arg(long, env = "COLONY_GRACE", default_value = "5s", value_parser = parse_duration)]
     pub grace: Duration,
+
+    /// A tick waiting longer than this for a neighbouring backend's borders fails the run.
+    #[arg(long, env = "COLONY_HALO_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub halo_timeout: Duration,
 }
 
 impl DataPlaneArgs {
@@ -324,6 +365,7 @@ impl DataPlaneArgs {
             idle_timeout: self.idle_timeout,
             max_connections: self.max_connections,
             grace: self.grace,
+            halo_timeout: self.halo_timeout,
         };
         config.validate()?;
         Ok(config)

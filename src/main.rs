@@ -3,6 +3,7 @@
 
 mod cli;
 mod node;
+mod reference;
 mod status;
 mod up;
 
@@ -29,6 +30,7 @@ fn main() -> std::process::ExitCode {
             Command::Backend(args) => node::run_backend(args).await,
             Command::Up(args) => up::run(args).await,
             Command::Status(args) => status::run(args).await,
+            Command::Reference(args) => reference::run(args),
         }
     });
     match result {

@@ -18,7 +18,7 @@ use controlplane::http::{harden, HttpLimits};
 use controlplane::management::{self, MgmtState};
 use controlplane::metrics::Metrics;
 use controlplane::state::NodeInfo;
-use dataplane::DataPlane;
+use dataplane::{DataPlane, Identity, ShardStore};
 use shared::registry::{spawn_registration, ClusterRegistry, RegistryKind, Role};
 use shared::secret::ClusterSecret;
 use shared::token::{TokenIssuer, TokenVerifier};
@@ -201,6 +201,8 @@ async fn unregister(
 pub struct CoordinatorHandle {
     /// Its advertised address.
     pub address: NodeAddress,
+    /// Its colony.
+    pub colony: ColonyManager,
     registry: Arc<dyn ClusterRegistry>,
     registration: tokio::task::JoinHandle<()>,
     registration_token: CancellationToken,
@@ -211,6 +213,7 @@ pub struct CoordinatorHandle {
 impl CoordinatorHandle {
     /// Unregisters, then stops every listener within the grace period.
     pub async fn stop(self) {
+        self.colony.close();
         unregister(
             self.registry.as_ref(),
             &Role::Coordinator,
@@ -240,15 +243,25 @@ pub async fn start_coordinator(
     .await?;
     let address = listeners.address(args.bind.advertise_ip)?;
     let node_id = "coordinator";
+    let secret = Arc::new(secret);
+    let identity = Identity {
+        instance_id: node_id.to_owned(),
+        secret: secret.clone(),
+    };
+    let health = HealthTracker::new(health_config, Some((node_id.to_owned(), address)));
+    let mut colony_config = ColonyConfig::default();
+    colony_config.run.checkpoint_every = args.checkpoint_every;
     let colony = ColonyManager::new(
         registry.clone(),
         address,
         TokenIssuer::new(&secret),
-        ColonyConfig::default(),
+        identity.clone(),
+        colony_config,
+        Some(health.clone()),
     );
 
-    let data_plane = DataPlane::new(data_config);
-    let health = HealthTracker::new(health_config, Some((node_id.to_owned(), address)));
+    let colony_handle = colony.clone();
+    let data_plane = DataPlane::with_store(data_config, ShardStore::new(), Some(identity));
     let metrics = Metrics::new(data_plane.clone(), Some(health.clone()));
     let mgmt = MgmtState {
         node: NodeInfo::new(node_id, NodeType::Coordinator, address),
@@ -264,7 +277,7 @@ pub async fn start_coordinator(
     tasks.serve_http(
         listeners.control,
         harden(
-            control::coordinator_router(colony),
+            control::coordinator_router(colony.clone()),
             limits,
             metrics.http.clone(),
             "control",
@@ -296,6 +309,7 @@ pub async fn start_coordinator(
     );
     Ok(CoordinatorHandle {
         address,
+        colony: colony_handle,
         registry,
         registration,
         registration_token,
@@ -336,7 +350,15 @@ pub async fn run_backend(args: BackendArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| shared::registry::default_backend_id(address.internal_port));
 
-    let data_plane = DataPlane::new(data_config);
+    let secret = Arc::new(secret);
+    let data_plane = DataPlane::with_store(
+        data_config,
+        ShardStore::new(),
+        Some(Identity {
+            instance_id: instance_id.clone(),
+            secret: secret.clone(),
+        }),
+    );
     let control_state = BackendControl {
         instance_id: instance_id.clone(),
         address,

@@ -113,6 +113,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         let signal = shared::signal::shutdown_signal().await;
         info!(signal, "stopping the cluster");
     }
+    // Stop following the colony first, so stopping its backends is not reported as a failure.
+    coordinator.colony.close();
     processes.stop_all().await;
     coordinator.stop().await;
     cleanup_registry(&args, &planned);

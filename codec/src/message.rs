@@ -73,6 +73,82 @@ pub enum Message {
         /// One string per row, `#` alive and `.` dead.
         rows: Vec<String>,
     },
+    /// Starts authentication (node to node): answered with [`Message::Challenge`].
+    Hello {
+        /// Who is connecting (an instance id, or `coordinator`).
+        instance_id: String,
+    },
+    /// A fresh random nonce to sign.
+    Challenge {
+        /// Hex nonce.
+        nonce: String,
+    },
+    /// Proof of the cluster secret: an HMAC over the nonce and instance id.
+    Auth {
+        /// The id given in [`Message::Hello`].
+        instance_id: String,
+        /// Which secret signed.
+        key_id: String,
+        /// Hex HMAC-SHA256 (see `shared::hello`).
+        mac: String,
+    },
+    /// Authentication succeeded: state-changing messages are accepted from now on.
+    Welcome {
+        /// The server's own instance id.
+        instance_id: String,
+    },
+    /// Border cells of one tick, sent by the backend that holds the neighbouring shards.
+    Halo {
+        /// The colony.
+        colony_id: String,
+        /// The tick the cells belong to.
+        tick: u64,
+        /// Each edge names the receiving shard and the side of its halo it fills.
+        edges: Vec<HaloEdge>,
+    },
+    /// A [`Message::Halo`] was stored.
+    HaloAck {
+        /// Its tick.
+        tick: u64,
+    },
+    /// Coordinator to backend: tick until `until_tick`.
+    Run {
+        /// The colony.
+        colony_id: String,
+        /// Stop after reaching this tick.
+        until_tick: u64,
+        /// Record population and fingerprint at ticks divisible by this (and at `until_tick`).
+        checkpoint_every: u64,
+    },
+    /// Coordinator to backend: stop at the current tick; answered with [`Message::Progress`].
+    Pause {
+        /// The colony.
+        colony_id: String,
+    },
+    /// Coordinator to backend: report progress past `after_tick`, waiting up to `wait_ms`.
+    Report {
+        /// The colony.
+        colony_id: String,
+        /// Checkpoints at or before this tick are already known.
+        after_tick: u64,
+        /// Longest wait for news, in milliseconds.
+        wait_ms: u64,
+    },
+    /// A backend's progress.
+    Progress {
+        /// The colony.
+        colony_id: String,
+        /// The tick every shard of this backend has reached.
+        tick: u64,
+        /// The tick it is running to.
+        until_tick: u64,
+        /// `idle`, `running` or `failed`.
+        state: String,
+        /// Why it failed, if it did.
+        error: Option<String>,
+        /// Figures of this backend's shards at recorded ticks after `after_tick`.
+        checkpoints: Vec<Checkpoint>,
+    },
     /// A request could not be served. `code` is a stable machine-readable word; `message` says
     /// why in words a person can act on.
     Error {
@@ -85,8 +161,10 @@ pub enum Message {
 
 impl Message {
     /// The `"type"` tags of every message a client may send, in the order `HELP` lists them.
-    pub const REQUEST_TYPES: &'static [&'static str] =
-        &["ping", "help", "stats", "echo", "shards", "shard"];
+    pub const REQUEST_TYPES: &'static [&'static str] = &[
+        "ping", "help", "stats", "echo", "shards", "shard", "hello", "auth", "halo", "run",
+        "pause", "report",
+    ];
 
     /// Every `"type"` tag of the catalogue, requests and replies.
     pub const ALL_TYPES: &'static [&'static str] = &[
@@ -102,6 +180,16 @@ impl Message {
         "shards_reply",
         "shard",
         "shard_view",
+        "hello",
+        "challenge",
+        "auth",
+        "welcome",
+        "halo",
+        "halo_ack",
+        "run",
+        "pause",
+        "report",
+        "progress",
         "error",
     ];
 
@@ -144,4 +232,31 @@ pub struct ShardSummary {
     pub tick: u64,
     /// Its live cells.
     pub population: u64,
+}
+
+/// One edge of a [`Message::Halo`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HaloEdge {
+    /// Receiving shard column.
+    pub x: u32,
+    /// Receiving shard row.
+    pub y: u32,
+    /// The side of the receiving shard's halo, as a direction index (0 = north, clockwise).
+    pub side: u8,
+    /// Cells in the edge.
+    pub len: u32,
+    /// The cells, bit-packed LSB first.
+    #[serde(with = "serde_bytes")]
+    pub bits: Vec<u8>,
+}
+
+/// Population and fingerprint of a set of shards at one tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// The tick.
+    pub tick: u64,
+    /// Live cells.
+    pub population: u64,
+    /// Wrapping sum of live cells' hashes.
+    pub fingerprint: u64,
 }

@@ -2,9 +2,17 @@
 
 use bytes::BytesMut;
 use codec::{CodecError, ColonyCodec, Decoded, Framing, Limits, Message};
+use shared::secret::ClusterSecret;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio_util::codec::{Decoder, Encoder};
+
+fn refused(answer: Message) -> ClientError {
+    match answer {
+        Message::Error { code, message } => ClientError::Refused(format!("{code}: {message}")),
+        other => ClientError::Refused(format!("unexpected answer {other:?}")),
+    }
+}
 
 /// Why a client call failed.
 #[derive(Debug, thiserror::Error)]
@@ -18,6 +26,9 @@ pub enum ClientError {
     /// The server closed the connection before answering.
     #[error("server closed the connection")]
     Closed,
+    /// The server answered with an error or an unexpected message.
+    #[error("server refused: {0}")]
+    Refused(String),
 }
 
 /// A binary-framing connection to a data plane.
@@ -101,6 +112,40 @@ impl Client {
         self.queue(message)?;
         self.flush().await?;
         self.recv().await
+    }
+
+    /// Proves this node holds the cluster secret (HELLO, challenge, AUTH), so the server
+    /// accepts state-changing messages on this connection. Returns the server's instance id.
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] if the server refuses (wrong secret, no secret configured).
+    pub async fn authenticate(
+        &mut self,
+        instance_id: &str,
+        secret: &ClusterSecret,
+    ) -> Result<String, ClientError> {
+        let hello = Message::Hello {
+            instance_id: instance_id.to_owned(),
+        };
+        let nonce = match self.request(&hello).await? {
+            Message::Challenge { nonce } => nonce,
+            other => return Err(refused(other)),
+        };
+        let auth = Message::Auth {
+            instance_id: instance_id.to_owned(),
+            key_id: secret.key_id().to_owned(),
+            mac: shared::hello::sign(secret, &nonce, instance_id),
+        };
+        match self.request(&auth).await? {
+            Message::Welcome { instance_id } => Ok(instance_id),
+            other => Err(refused(other)),
+        }
+    }
+
+    /// The socket, the bytes read but not yet decoded, and the codec, for a caller that
+    /// reads and writes from separate tasks.
+    pub fn into_parts(self) -> (TcpStream, BytesMut, ColonyCodec) {
+        (self.socket, self.read_buf, self.codec)
     }
 
     /// Sends raw bytes as they are (for tests of malformed input).

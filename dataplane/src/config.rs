@@ -15,6 +15,8 @@ pub struct DataPlaneConfig {
     pub max_connections: usize,
     /// How long shutdown waits for open connections to finish their current request.
     pub grace: Duration,
+    /// How long a tick may wait for a neighbour's borders before the run fails.
+    pub halo_timeout: Duration,
 }
 
 impl Default for DataPlaneConfig {
@@ -24,6 +26,7 @@ impl Default for DataPlaneConfig {
             idle_timeout: Duration::from_secs(300),
             max_connections: 1024,
             grace: Duration::from_secs(5),
+            halo_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -58,6 +61,9 @@ impl DataPlaneConfig {
         }
         if self.max_connections == 0 {
             return err("--max-connections", "must be at least 1".into());
+        }
+        if self.halo_timeout < Duration::from_millis(10) {
+            return err("--halo-timeout", "must be at least 10ms".into());
         }
         if self.idle_timeout.is_zero() {
             return err("--idle-timeout", "must be more than zero".into());

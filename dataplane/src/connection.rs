@@ -14,7 +14,7 @@ use tokio_util::codec::{Decoder, Encoder};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::cmd;
+use crate::cmd::{self, Answer, Deferred, Session};
 use crate::server::Shared;
 
 /// Initial capacity of each buffer; they grow up to the codec limits when needed.
@@ -26,6 +26,17 @@ pub(crate) struct Connection {
     read_buf: BytesMut,
     write_buf: BytesMut,
     shared: Arc<Shared>,
+    session: Session,
+}
+
+/// Where answering the buffered requests stopped.
+enum Step {
+    /// Everything buffered is answered.
+    Drained,
+    /// This request's answer comes later; nothing after it is answered before it.
+    Deferred(Deferred, codec::Style),
+    /// The last answer ends the connection.
+    Close,
 }
 
 /// Why a connection ended, for the log.
@@ -36,6 +47,7 @@ enum End {
     Idle,
     Framing(CodecError),
     Io(std::io::Error),
+    Refused,
 }
 
 impl Connection {
@@ -46,6 +58,7 @@ impl Connection {
             read_buf: BytesMut::with_capacity(BUFFER_CAPACITY),
             write_buf: BytesMut::with_capacity(BUFFER_CAPACITY),
             shared,
+            session: Session::default(),
         }
     }
 
@@ -56,17 +69,15 @@ impl Connection {
             End::Idle => debug!("connection closed: idle timeout"),
             End::Framing(e) => warn!(error = %e, "connection closed: framing error"),
             End::Io(e) => debug!(error = %e, "connection closed: I/O error"),
+            End::Refused => debug!("connection closed: authentication failed"),
         }
     }
 
     async fn serve(&mut self, shutdown: &CancellationToken) -> End {
         let idle = self.shared.config.idle_timeout;
         loop {
-            if let Err(e) = self.answer_buffered(false) {
-                return self.fail(e).await;
-            }
-            if let Err(e) = self.flush(idle).await {
-                return End::Io(e);
+            if let Some(end) = self.drain(false, shutdown).await {
+                return end;
             }
             let read = tokio::select! {
                 biased;
@@ -84,22 +95,68 @@ impl Connection {
                 }
                 Ok(Err(e)) => return End::Io(e),
                 Ok(Ok(0)) => {
-                    return match self.answer_buffered(true) {
-                        Ok(()) => match self.flush(idle).await {
-                            Ok(()) => End::PeerClosed,
-                            Err(e) => End::Io(e),
-                        },
-                        Err(e) => self.fail(e).await,
-                    };
+                    return self.drain(true, shutdown).await.unwrap_or(End::PeerClosed);
                 }
                 Ok(Ok(_)) => {}
             }
         }
     }
 
+    /// Answers everything buffered (waiting out deferred answers in order) and flushes.
+    /// `Some` means the connection must end.
+    async fn drain(&mut self, eof: bool, shutdown: &CancellationToken) -> Option<End> {
+        let idle = self.shared.config.idle_timeout;
+        loop {
+            let step = match self.answer_buffered(eof) {
+                Ok(step) => step,
+                Err(e) => return Some(self.fail(e).await),
+            };
+            if let Err(e) = self.flush(idle).await {
+                return Some(End::Io(e));
+            }
+            match step {
+                Step::Drained => return None,
+                Step::Close => {
+                    let _ = self.socket.shutdown().await;
+                    return Some(End::Refused);
+                }
+                Step::Deferred(answer, style) => {
+                    let message = tokio::select! {
+                        biased;
+                        _ = shutdown.cancelled() => return Some(End::Shutdown),
+                        message = answer => message,
+                    };
+                    self.encode_answer(&message, style, &mut 0);
+                    self.shared.stats.add(0, 1, 0);
+                }
+            }
+        }
+    }
+
+    fn encode_answer(&mut self, answer: &Message, style: codec::Style, errors: &mut u64) {
+        if let Err(e) = self.codec.encode(
+            Reply {
+                message: answer,
+                style,
+            },
+            &mut self.write_buf,
+        ) {
+            // The answer itself is too big for a frame: say so instead.
+            *errors += 1;
+            let message = Message::error("internal", format!("cannot send the answer: {e}"));
+            let _ = self.codec.encode(
+                Reply {
+                    message: &message,
+                    style,
+                },
+                &mut self.write_buf,
+            );
+        }
+    }
+
     /// Answers every complete request in the read buffer (all of it at EOF), appending the
-    /// answers to the write buffer.
-    fn answer_buffered(&mut self, eof: bool) -> Result<(), CodecError> {
+    /// answers to the write buffer, until a request must be answered later or closes.
+    fn answer_buffered(&mut self, eof: bool) -> Result<Step, CodecError> {
         let (mut frames_in, mut frames_out, mut errors) = (0, 0, 0);
         let result = loop {
             let decoded = if eof {
@@ -114,33 +171,31 @@ impl Connection {
                         self.shared.stats.add(frames_in, frames_out, errors);
                         (frames_in, frames_out, errors) = (0, 0, 0);
                     }
-                    (cmd::dispatch(request, &self.shared), style)
+                    (
+                        cmd::dispatch(request, &self.shared, &mut self.session),
+                        style,
+                    )
                 }
-                Ok(Some(Decoded::Invalid(e))) => (e.to_message(), self.codec.error_style()),
-                Ok(None) => break Ok(()),
+                Ok(Some(Decoded::Invalid(e))) => {
+                    (Answer::Now(e.to_message()), self.codec.error_style())
+                }
+                Ok(None) => break Ok(Step::Drained),
                 Err(e) => break Err(e),
             };
             frames_in += 1;
-            if matches!(answer, Message::Error { .. }) {
-                errors += 1;
-            }
-            let reply = Reply {
-                message: &answer,
-                style,
+            let (message, close) = match answer {
+                Answer::Now(m) => (m, false),
+                Answer::Close(m) => (m, true),
+                Answer::Later(deferred) => break Ok(Step::Deferred(deferred, style)),
             };
-            if let Err(e) = self.codec.encode(reply, &mut self.write_buf) {
-                // The answer itself is too big for a frame: say so instead.
+            if matches!(message, Message::Error { .. }) {
                 errors += 1;
-                let message = Message::error("internal", format!("cannot send the answer: {e}"));
-                let fallback = Reply {
-                    message: &message,
-                    style,
-                };
-                if self.codec.encode(fallback, &mut self.write_buf).is_err() {
-                    break Err(e);
-                }
             }
+            self.encode_answer(&message, style, &mut errors);
             frames_out += 1;
+            if close {
+                break Ok(Step::Close);
+            }
         };
         if result.is_err() {
             errors += 1;

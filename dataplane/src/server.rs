@@ -12,7 +12,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::connection::Connection;
-use crate::{DataPlaneConfig, ShardStore, Stats};
+use crate::{DataPlaneConfig, Identity, ShardStore, Stats};
 
 /// Longest pause between failed `accept` calls (e.g. when out of file descriptors).
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
@@ -25,6 +25,7 @@ pub(crate) struct Shared {
     pub(crate) config: DataPlaneConfig,
     pub(crate) stats: Stats,
     pub(crate) store: ShardStore,
+    pub(crate) identity: Option<Identity>,
 }
 
 /// A data-plane server. Cheap to clone; clones share counters.
@@ -36,16 +37,22 @@ pub struct DataPlane {
 impl DataPlane {
     /// A server with the given (already validated) configuration and no shards.
     pub fn new(config: DataPlaneConfig) -> Self {
-        DataPlane::with_store(config, ShardStore::new())
+        DataPlane::with_store(config, ShardStore::new(), None)
     }
 
-    /// A server that serves the shards in `store`.
-    pub fn with_store(config: DataPlaneConfig, store: ShardStore) -> Self {
+    /// A server that serves the shards in `store`. Without an identity it refuses every
+    /// HELLO, and so every state-changing message.
+    pub fn with_store(
+        config: DataPlaneConfig,
+        store: ShardStore,
+        identity: Option<Identity>,
+    ) -> Self {
         DataPlane {
             shared: Arc::new(Shared {
                 config,
                 stats: Stats::new(),
                 store,
+                identity,
             }),
         }
     }

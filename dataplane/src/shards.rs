@@ -7,10 +7,12 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use codec::{Message, ShardSummary};
+use codec::{Checkpoint, Message, ShardSummary};
 use parking_lot::{Mutex, RwLock};
-use shared::sim::{ParamsError, ShardGrid, WorldParams};
+use shared::sim::{ShardGrid, WorldParams};
 use shared::topology::{ClusterTopology, ShardCoord};
+
+use crate::engine::Engine;
 
 /// One shard's cells and the tick they are at.
 #[derive(Debug)]
@@ -28,6 +30,7 @@ pub struct LocalColony {
     params: WorldParams,
     /// Held only for short, synchronous sections (never across an `.await`).
     shards: Mutex<BTreeMap<ShardCoord, ShardSlot>>,
+    engine: Engine,
 }
 
 impl LocalColony {
@@ -44,6 +47,36 @@ impl LocalColony {
     /// Dimensions and simulation settings.
     pub fn params(&self) -> &WorldParams {
         &self.params
+    }
+
+    /// The colony's tick engine on this backend.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// True if the topology places `shard` on a backend and this backend holds it.
+    pub fn holds(&self, shard: ShardCoord) -> bool {
+        self.shards.lock().contains_key(&shard)
+    }
+
+    /// Population and fingerprint of every shard held here, summed, labelled `tick`.
+    pub fn figures(&self, tick: u64, world_width: u64) -> Checkpoint {
+        self.with_shards(|shards| {
+            let mut c = Checkpoint {
+                tick,
+                population: 0,
+                fingerprint: 0,
+            };
+            for (coord, slot) in shards.iter() {
+                c.population += slot.grid.population();
+                c.fingerprint = c.fingerprint.wrapping_add(slot.grid.fingerprint(
+                    coord.x,
+                    coord.y,
+                    world_width,
+                ));
+            }
+            c
+        })
     }
 
     /// Runs `f` with the shards locked.
@@ -94,11 +127,14 @@ impl ShardStore {
             if existing.colony_id() == topology.colony_id() {
                 return existing.clone();
             }
+            // The old colony's engine stops; its shards go with it.
+            existing.engine.cancel.cancel();
         }
         let colony = Arc::new(LocalColony {
             params: topology.world_params(),
             topology: Arc::new(topology),
             shards: Mutex::new(BTreeMap::new()),
+            engine: Engine::default(),
         });
         *current = Some(colony.clone());
         colony
@@ -107,17 +143,25 @@ impl ShardStore {
     /// Builds `shard`'s initial cells (tick 0) in `colony`, replacing any earlier copy.
     ///
     /// # Errors
-    /// The shard is outside the world or too large.
+    /// The shard is outside the world or too large, or the colony is already ticking here.
     pub fn init_shard(
         &self,
         colony: &LocalColony,
         shard: ShardCoord,
-    ) -> Result<ShardFigures, ParamsError> {
-        let grid = ShardGrid::initial(&colony.params, shard.x, shard.y)?;
+    ) -> Result<ShardFigures, String> {
+        let grid =
+            ShardGrid::initial(&colony.params, shard.x, shard.y).map_err(|e| e.to_string())?;
         let figures = ShardFigures {
             population: grid.population(),
             fingerprint: grid.fingerprint(shard.x, shard.y, colony.params.world_width()),
         };
+        if colony.engine.tick() > 0 {
+            return Err(format!(
+                "colony {} is already at tick {} here; start a new colony instead",
+                colony.colony_id(),
+                colony.engine.tick()
+            ));
+        }
         colony.with_shards(|shards| shards.insert(shard, ShardSlot { grid, tick: 0 }));
         Ok(figures)
     }

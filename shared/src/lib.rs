@@ -4,6 +4,7 @@
 //! Nothing here opens a listener; the servers live in `dataplane` and `controlplane`.
 
 pub mod address;
+pub mod hello;
 pub mod registry;
 pub mod secret;
 pub mod signal;

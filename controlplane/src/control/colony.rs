@@ -5,6 +5,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use serde::Deserialize;
 use serde_json::json;
 
 use crate::coordinator::colony::{ColonyManager, StartOutcome, StartRequest, MAX_IDEMPOTENCY_KEY};
@@ -56,4 +57,49 @@ pub async fn start(
         )
             .into_response(),
     })
+}
+
+/// `GET /colony`.
+pub async fn status(State(colony): State<ColonyManager>) -> Json<serde_json::Value> {
+    Json(colony.status())
+}
+
+/// The body of `POST /colony/run`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunRequest {
+    /// Ticks to run beyond the current target.
+    pub ticks: u64,
+    /// Answer only when they are done (or the run failed).
+    #[serde(default)]
+    pub wait: bool,
+}
+
+/// `POST /colony/run`.
+pub async fn run(
+    State(colony): State<ColonyManager>,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let request: RunRequest = crate::error::parse_json(&body, "run body")?;
+    Ok(Json(colony.run(request.ticks, request.wait).await?))
+}
+
+/// `POST /colony/pause`.
+pub async fn pause(
+    State(colony): State<ColonyManager>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(colony.pause().await?))
+}
+
+/// `GET /colony/image.png`.
+pub async fn image(State(colony): State<ColonyManager>) -> Result<Response, ApiError> {
+    let png = colony.image().await?;
+    Ok((
+        [
+            (axum::http::header::CONTENT_TYPE, "image/png"),
+            (axum::http::header::CACHE_CONTROL, "no-store"),
+        ],
+        png,
+    )
+        .into_response())
 }

@@ -118,6 +118,16 @@ pub async fn init_colony_shard(
                     state.address.to_internal_address()
                 ));
             }
+            match topology.backend_of(request.shard) {
+                Some(b) if b.instance_id == state.instance_id => {}
+                Some(b) => {
+                    return refuse(format!(
+                        "shard {} is placed on {}, not on {}",
+                        request.shard, b.instance_id, state.instance_id
+                    ))
+                }
+                None => return refuse(format!("shard {} is outside the world", request.shard)),
+            }
             info!(colony = colony_id, "new colony: topology cached");
             (state.store.adopt(topology), false)
         }

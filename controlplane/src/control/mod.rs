@@ -4,6 +4,10 @@
 //! |---|---|---|
 //! | `GET /topology` | coordinator | the running colony's topology; 404 until one is started |
 //! | `POST /colony-start` | coordinator | discovers live backends, places shards, inits them |
+//! | `GET /colony` | coordinator | state, tick, population, fingerprint, ticks/s |
+//! | `POST /colony/run` | coordinator | `{"ticks":N,"wait":bool}`: run N more ticks |
+//! | `POST /colony/pause` | coordinator | stop every backend at one common tick |
+//! | `GET /colony/image.png` | coordinator | the world as a PNG |
 //! | `POST /init-colony-shard` | backend | a signed request to build one shard |
 //! | `GET /shards` | backend | the shards held here |
 //! | `GET /shards/{x}/{y}` | backend | one shard's cells at its current tick |
@@ -29,6 +33,10 @@ pub fn coordinator_router(colony: ColonyManager) -> Router {
     Router::new()
         .route("/topology", get(colony::topology))
         .route("/colony-start", post(colony::start))
+        .route("/colony", get(colony::status))
+        .route("/colony/run", post(colony::run))
+        .route("/colony/pause", post(colony::pause))
+        .route("/colony/image.png", get(colony::image))
         .with_state(colony)
 }
 

@@ -23,7 +23,11 @@ use tokio::sync::Mutex;
 use tracing::{info, warn};
 
 use crate::control::InitColonyShardResponse;
+use crate::coordinator::heartbeat::HealthTracker;
+use crate::coordinator::run::{ColonyRun, RunConfig};
 use crate::error::ApiError;
+use codec::Checkpoint;
+use dataplane::Identity;
 
 /// Idempotency keys remembered; the oldest are forgotten first.
 const IDEMPOTENCY_KEYS_KEPT: usize = 1024;
@@ -131,6 +135,8 @@ pub struct ColonyConfig {
     pub probe_timeout: Duration,
     /// How long one init request may take.
     pub init_timeout: Duration,
+    /// Run control settings.
+    pub run: RunConfig,
 }
 
 impl Default for ColonyConfig {
@@ -139,6 +145,7 @@ impl Default for ColonyConfig {
             token_ttl: Duration::from_secs(60),
             probe_timeout: Duration::from_millis(800),
             init_timeout: Duration::from_secs(10),
+            run: RunConfig::default(),
         }
     }
 }
@@ -151,6 +158,11 @@ struct Inner {
     config: ColonyConfig,
     starts: Mutex<Starts>,
     topology: RwLock<Option<Arc<ClusterTopology>>>,
+    run: RwLock<Option<Arc<ColonyRun>>>,
+    /// Why the current colony could not start, if it could not.
+    start_error: RwLock<Option<String>>,
+    identity: Identity,
+    health: Option<HealthTracker>,
 }
 
 /// The coordinator's colony state. Cheap to clone.
@@ -173,7 +185,9 @@ impl ColonyManager {
         registry: Arc<dyn ClusterRegistry>,
         me: NodeAddress,
         issuer: TokenIssuer,
+        identity: Identity,
         config: ColonyConfig,
+        health: Option<HealthTracker>,
     ) -> Self {
         let client = reqwest::Client::builder()
             .no_proxy()
@@ -189,6 +203,10 @@ impl ColonyManager {
                 config,
                 starts: Mutex::new(Starts::default()),
                 topology: RwLock::new(None),
+                run: RwLock::new(None),
+                start_error: RwLock::new(None),
+                identity,
+                health,
             }),
         }
     }
@@ -202,16 +220,107 @@ impl ColonyManager {
     /// "ticks_per_second","backends","shards"}` (DESIGN §5). `state` is `none` before any
     /// start.
     pub fn status(&self) -> serde_json::Value {
+        if let Some(run) = self.inner.run.read().clone() {
+            return run.status();
+        }
         match self.topology() {
             None => serde_json::json!({
                 "colony_id": null, "state": "none", "tick": 0, "population": 0,
                 "fingerprint": "0", "ticks_per_second": 0.0, "backends": 0, "shards": 0,
             }),
             Some(t) => serde_json::json!({
-                "colony_id": t.colony_id(), "state": "ready", "tick": 0, "population": null,
+                "colony_id": t.colony_id(), "state": "failed", "tick": 0, "population": null,
                 "fingerprint": null, "ticks_per_second": 0.0,
+                "error": self.inner.start_error.read().clone(),
                 "backends": t.backends().len(), "shards": t.shard_count(),
             }),
+        }
+    }
+
+    fn current_run(&self) -> Result<Arc<ColonyRun>, ApiError> {
+        if let Some(run) = self.inner.run.read().clone() {
+            return Ok(run);
+        }
+        match self.inner.start_error.read().clone() {
+            Some(reason) => Err(ApiError::Conflict(format!(
+                "the colony failed to start ({reason}); POST /colony-start {{\"restart\":true}}"
+            ))),
+            None => Err(ApiError::NotFound(
+                "no colony: start one with POST /colony-start".into(),
+            )),
+        }
+    }
+
+    /// `POST /colony/run`.
+    ///
+    /// # Errors
+    /// 404 without a colony; as [`ColonyRun::run`].
+    pub async fn run(&self, ticks: u64, wait: bool) -> Result<serde_json::Value, ApiError> {
+        self.current_run()?.run(ticks, wait).await
+    }
+
+    /// `POST /colony/pause`.
+    ///
+    /// # Errors
+    /// 404 without a colony; as [`ColonyRun::pause`].
+    pub async fn pause(&self) -> Result<serde_json::Value, ApiError> {
+        self.current_run()?.pause().await
+    }
+
+    /// `GET /colony/image.png`: fetches every shard from its backend and draws the world.
+    ///
+    /// # Errors
+    /// 404 without a colony.
+    pub async fn image(&self) -> Result<Vec<u8>, ApiError> {
+        let topology = self.topology().ok_or_else(|| {
+            ApiError::NotFound("no colony: start one with POST /colony-start".into())
+        })?;
+        let (sw, sh) = (
+            u64::from(topology.shard_width()),
+            u64::from(topology.shard_height()),
+        );
+        let fetches = topology.placement().map(|(shard, backend)| {
+            let url = format!(
+                "http://{}/shards/{}/{}",
+                backend.address.to_http_address(),
+                shard.x,
+                shard.y
+            );
+            async move {
+                let rows = async {
+                    let response = self
+                        .inner
+                        .client
+                        .get(&url)
+                        .timeout(self.inner.config.init_timeout)
+                        .send()
+                        .await
+                        .ok()?;
+                    let body: serde_json::Value = response.json().await.ok()?;
+                    serde_json::from_value::<Vec<String>>(body.get("rows")?.clone()).ok()
+                }
+                .await;
+                (shard, rows)
+            }
+        });
+        let mut picture = crate::coordinator::image::Picture::new(
+            u64::from(topology.world_width()),
+            u64::from(topology.world_height()),
+        );
+        for (shard, rows) in join_all(fetches).await {
+            let (gx0, gy0) = (u64::from(shard.x) * sw, u64::from(shard.y) * sh);
+            match rows {
+                Some(rows) => picture.paint(gx0, gy0, &rows),
+                None => picture.missing(gx0, gy0, sw, sh),
+            }
+        }
+        picture.encode().map_err(ApiError::Internal)
+    }
+
+    /// Stops following the current colony (coordinator shutdown).
+    pub fn close(&self) {
+        if let Some(run) = self.inner.run.write().take() {
+            run.close();
         }
     }
 
@@ -247,7 +356,39 @@ impl ColonyManager {
             .and_then(|t| t.with_simulation(simulation))
             .map_err(|e| ApiError::BadRequest(e.to_string()))?;
         let topology = Arc::new(topology);
-        self.init_all(&topology).await?;
+        if let Some(old) = self.inner.run.write().take() {
+            old.close();
+        }
+        if let Some(health) = &self.inner.health {
+            if let Some(old) = self.topology() {
+                health.resolve_alerts(&format!("colony {}", old.colony_id()));
+            }
+        }
+        let started_run = match self.init_all(&topology).await {
+            Ok(initial) => ColonyRun::connect(
+                topology.clone(),
+                &self.inner.identity,
+                initial,
+                self.inner.config.run,
+                self.inner.health.clone(),
+            )
+            .await
+            .map_err(ApiError::BadGateway),
+            Err(e) => Err(e),
+        };
+        let run = match started_run {
+            Ok(run) => run,
+            Err(e) => {
+                // The backends that accepted their inits now hold this colony: say so, rather
+                // than keep advertising one they dropped.
+                warn!(colony = topology.colony_id(), error = %e, "colony start failed");
+                *self.inner.topology.write() = Some(topology);
+                *self.inner.start_error.write() = Some(e.to_string());
+                return Err(e);
+            }
+        };
+        *self.inner.start_error.write() = None;
+        *self.inner.run.write() = Some(run);
         info!(
             colony = topology.colony_id(),
             backends = topology.backends().len(),
@@ -272,7 +413,19 @@ impl ColonyManager {
                 registry.describe()
             ))
         })?;
-        let candidates = exclude_self(registered, &self.inner.me);
+        let mut seen = std::collections::HashSet::new();
+        let candidates: Vec<_> = exclude_self(registered, &self.inner.me)
+            .into_iter()
+            .filter(|(id, address)| {
+                // Two entries for one endpoint: a node re-registered under another id. Keep
+                // the first; placing both would hand one process two backends' shards.
+                let fresh = seen.insert((address.ip, address.internal_port));
+                if !fresh {
+                    warn!(backend = %id, endpoint = %address.to_internal_address(), "registry lists this endpoint twice; ignoring this entry");
+                }
+                fresh
+            })
+            .collect();
         let probes = candidates.iter().map(|(id, address)| async move {
             let url = format!("http://{}/health", address.to_mgmt_address());
             let answered = self
@@ -304,19 +457,30 @@ impl ColonyManager {
         Ok(live)
     }
 
-    /// Sends every shard its signed init, all at once; fails if any is refused.
-    async fn init_all(&self, topology: &ClusterTopology) -> Result<(), ApiError> {
+    /// Sends every shard its signed init, all at once; fails if any is refused. Returns the
+    /// colony's tick-0 figures, summed from the answers.
+    async fn init_all(&self, topology: &ClusterTopology) -> Result<Checkpoint, ApiError> {
         let topology_json = serde_json::to_string(topology)
             .map_err(|e| ApiError::Internal(format!("cannot encode the topology: {e}")))?;
         let inits = topology.placement().map(|(shard, backend)| {
             let topology_json = &topology_json;
             async move { self.init_one(topology, topology_json, shard, backend).await }
         });
-        let failures: Vec<String> = join_all(inits)
-            .await
-            .into_iter()
-            .filter_map(Result::err)
-            .collect();
+        let mut total = Checkpoint {
+            tick: 0,
+            population: 0,
+            fingerprint: 0,
+        };
+        let mut failures = Vec::new();
+        for result in join_all(inits).await {
+            match result {
+                Ok((population, fingerprint)) => {
+                    total.population += population;
+                    total.fingerprint = total.fingerprint.wrapping_add(fingerprint);
+                }
+                Err(e) => failures.push(e),
+            }
+        }
         if let Some(first) = failures.first() {
             return Err(ApiError::BadGateway(format!(
                 "{} of {} shard inits failed; first: {first}",
@@ -324,7 +488,7 @@ impl ColonyManager {
                 topology.shard_count()
             )));
         }
-        Ok(())
+        Ok(total)
     }
 
     async fn init_one(
@@ -333,7 +497,7 @@ impl ColonyManager {
         topology_json: &str,
         shard: ShardCoord,
         backend: &BackendEntry,
-    ) -> Result<(), String> {
+    ) -> Result<(u64, u64), String> {
         let token = self
             .inner
             .issuer
@@ -371,7 +535,16 @@ impl ColonyManager {
         let status = response.status();
         let text = response.text().await.unwrap_or_default();
         match serde_json::from_str::<InitColonyShardResponse>(&text) {
-            Ok(InitColonyShardResponse::Ok { .. }) if status.is_success() => Ok(()),
+            Ok(InitColonyShardResponse::Ok {
+                population,
+                fingerprint,
+                ..
+            }) if status.is_success() => {
+                let fingerprint = fingerprint
+                    .parse::<u64>()
+                    .map_err(|e| format!("{} sent a bad fingerprint: {e}", backend.instance_id))?;
+                Ok((population, fingerprint))
+            }
             Ok(InitColonyShardResponse::Error { message }) => Err(format!(
                 "{} refused shard {shard}: {message}",
                 backend.instance_id

@@ -2,4 +2,6 @@
 
 pub mod colony;
 pub mod heartbeat;
+pub mod image;
 pub mod processes;
+pub mod run;

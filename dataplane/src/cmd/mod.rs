@@ -1,6 +1,8 @@
 //! Request handlers, one file per command. Each turns a typed request into its answer; none
 //! sees bytes or sockets.
 
+mod auth;
+mod colony;
 mod echo;
 mod help;
 mod ping;
@@ -8,32 +10,77 @@ mod shard;
 mod shards;
 mod stats;
 
+use std::future::Future;
+use std::pin::Pin;
+
 use codec::Message;
 
 use crate::server::Shared;
 
+/// What a connection learned about its peer.
+#[derive(Debug, Default)]
+pub(crate) struct Session {
+    /// The nonce of a HELLO awaiting its AUTH, and the id it claimed.
+    pub(crate) challenge: Option<(String, String)>,
+    /// The authenticated peer's instance id.
+    pub(crate) peer: Option<String>,
+}
+
+/// An answer to send later (a long poll).
+pub(crate) type Deferred = Pin<Box<dyn Future<Output = Message> + Send>>;
+
+/// How a request is answered.
+pub(crate) enum Answer {
+    /// Right away.
+    Now(Message),
+    /// When the future resolves; later requests on the connection wait for it.
+    Later(Deferred),
+    /// Right away, then the connection is closed (a failed authentication).
+    Close(Message),
+}
+
 /// Answers one request.
-pub(crate) fn dispatch(request: Message, shared: &Shared) -> Message {
+pub(crate) fn dispatch(request: Message, shared: &Shared, session: &mut Session) -> Answer {
+    let now = Answer::Now;
     match request {
-        Message::Ping => ping::apply(),
-        Message::Help => help::apply(),
-        Message::Stats => stats::apply(shared),
-        Message::Echo { payload } => echo::apply(payload),
-        Message::Shards => shards::apply(&shared.store),
-        Message::Shard { x, y } => shard::apply(&shared.store, x, y),
+        Message::Ping => now(ping::apply()),
+        Message::Help => now(help::apply()),
+        Message::Stats => now(stats::apply(shared)),
+        Message::Echo { payload } => now(echo::apply(payload)),
+        Message::Shards => now(shards::apply(&shared.store)),
+        Message::Shard { x, y } => now(shard::apply(&shared.store, x, y)),
+        Message::Hello { instance_id } => now(auth::hello(shared, session, instance_id)),
+        Message::Auth {
+            instance_id,
+            key_id,
+            mac,
+        } => auth::auth(shared, session, &instance_id, &key_id, &mac),
+        message @ (Message::Halo { .. }
+        | Message::Run { .. }
+        | Message::Pause { .. }
+        | Message::Report { .. }) => match &session.peer {
+            None => now(Message::error(
+                "unauthenticated",
+                format!(
+                    "{} changes cluster state and needs an authenticated connection: send HELLO first",
+                    type_name(&message)
+                ),
+            )),
+            Some(_) => colony::apply(shared, message),
+        },
         // Replies and errors are what a server sends, not what it serves.
-        other => Message::error(
+        other => now(Message::error(
             "not_a_request",
             format!(
                 "{:?} is a reply, not a request; send HELP for the requests",
                 type_name(&other)
             ),
-        ),
+        )),
     }
 }
 
 /// The `"type"` tag of a message, for error texts.
-fn type_name(message: &Message) -> &'static str {
+pub(crate) fn type_name(message: &Message) -> &'static str {
     match message {
         Message::Ping => "ping",
         Message::Pong => "pong",
@@ -47,6 +94,16 @@ fn type_name(message: &Message) -> &'static str {
         Message::ShardsReply { .. } => "shards_reply",
         Message::Shard { .. } => "shard",
         Message::ShardView { .. } => "shard_view",
+        Message::Hello { .. } => "hello",
+        Message::Challenge { .. } => "challenge",
+        Message::Auth { .. } => "auth",
+        Message::Welcome { .. } => "welcome",
+        Message::Halo { .. } => "halo",
+        Message::HaloAck { .. } => "halo_ack",
+        Message::Run { .. } => "run",
+        Message::Pause { .. } => "pause",
+        Message::Report { .. } => "report",
+        Message::Progress { .. } => "progress",
         Message::Error { .. } => "error",
     }
 }

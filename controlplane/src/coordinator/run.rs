@@ -1,0 +1,460 @@
+//! [`ColonyRun`]: the coordinator's view of a running colony — commands to backends (`run`,
+//! `pause`) over authenticated data-plane connections, and one long-polling reporter per
+//! backend that turns their checkpoints into one consistent `(tick, population, fingerprint)`.
+//!
+//! Backends tick on their own; the coordinator is never on a tick's critical path. A backend
+//! that stops answering (process gone, connection broken, frozen past the stall limit) fails
+//! the run visibly, with the reason, and raises an alert.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use codec::{Checkpoint, Message};
+use dataplane::{Client, Identity};
+use futures::future::join_all;
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+use shared::topology::ClusterTopology;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::coordinator::heartbeat::HealthTracker;
+use crate::error::ApiError;
+
+/// Settings of colony runs.
+#[derive(Debug, Clone, Copy)]
+pub struct RunConfig {
+    /// Backends record population and fingerprint every this many ticks (and at each run's
+    /// last tick).
+    pub checkpoint_every: u64,
+    /// How long one report long-poll waits for news.
+    pub report_wait: Duration,
+    /// A backend silent for this long beyond `report_wait` fails the run.
+    pub stall_timeout: Duration,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        RunConfig {
+            checkpoint_every: 10,
+            report_wait: Duration::from_millis(500),
+            stall_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct BackendProgress {
+    tick: u64,
+    checkpoints: BTreeMap<u64, (u64, u64)>,
+}
+
+#[derive(Debug)]
+struct RunState {
+    target: u64,
+    paused: bool,
+    failed: Option<String>,
+    backends: HashMap<String, BackendProgress>,
+    consistent: Checkpoint,
+    /// `(when, slowest backend's tick)` over the last seconds, for ticks/s.
+    samples: VecDeque<(Instant, u64)>,
+}
+
+/// A started colony's run control. Dropping it does not stop the backends; [`ColonyRun::close`]
+/// stops its reporters.
+pub struct ColonyRun {
+    colony_id: String,
+    topology: Arc<ClusterTopology>,
+    commands: HashMap<String, tokio::sync::Mutex<Client>>,
+    state: Mutex<RunState>,
+    changed: watch::Sender<u64>,
+    cancel: CancellationToken,
+    config: RunConfig,
+    health: Option<HealthTracker>,
+}
+
+impl std::fmt::Debug for ColonyRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ColonyRun")
+            .field("colony_id", &self.colony_id)
+            .finish_non_exhaustive()
+    }
+}
+
+async fn connect(address: &str, identity: &Identity) -> Result<Client, String> {
+    let mut client = Client::connect(address).await.map_err(|e| e.to_string())?;
+    client
+        .authenticate(&identity.instance_id, &identity.secret)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(client)
+}
+
+impl ColonyRun {
+    /// Connects to every backend of `topology` (commands and reports) and starts the
+    /// reporters. `initial` is the colony's tick-0 figures, summed from the init answers.
+    ///
+    /// # Errors
+    /// A backend cannot be reached or refuses the coordinator's authentication.
+    pub async fn connect(
+        topology: Arc<ClusterTopology>,
+        identity: &Identity,
+        initial: Checkpoint,
+        config: RunConfig,
+        health: Option<HealthTracker>,
+    ) -> Result<Arc<ColonyRun>, String> {
+        let holders: Vec<_> = topology
+            .backends()
+            .iter()
+            .filter(|b| !topology.shards_of(&b.instance_id).is_empty())
+            .cloned()
+            .collect();
+        let mut commands = HashMap::new();
+        let mut reports = Vec::new();
+        for b in &holders {
+            let address = b.address.to_internal_address();
+            let command = connect(&address, identity)
+                .await
+                .map_err(|e| format!("cannot reach {} at {address}: {e}", b.instance_id))?;
+            let report = connect(&address, identity)
+                .await
+                .map_err(|e| format!("cannot reach {} at {address}: {e}", b.instance_id))?;
+            commands.insert(b.instance_id.clone(), tokio::sync::Mutex::new(command));
+            reports.push((b.instance_id.clone(), report));
+        }
+        let backends = holders
+            .iter()
+            .map(|b| {
+                let mut p = BackendProgress::default();
+                p.checkpoints.insert(0, (0, 0));
+                (b.instance_id.clone(), p)
+            })
+            .collect();
+        let run = Arc::new(ColonyRun {
+            colony_id: topology.colony_id().to_owned(),
+            topology,
+            commands,
+            state: Mutex::new(RunState {
+                target: 0,
+                paused: false,
+                failed: None,
+                backends,
+                consistent: initial,
+                samples: VecDeque::new(),
+            }),
+            changed: watch::Sender::new(0),
+            cancel: CancellationToken::new(),
+            config,
+            health,
+        });
+        for (id, client) in reports {
+            tokio::spawn(run.clone().report_loop(id, client));
+        }
+        Ok(run)
+    }
+
+    /// Stops the reporters (on restart or shutdown).
+    pub fn close(&self) {
+        self.cancel.cancel();
+    }
+
+    /// The colony.
+    pub fn colony_id(&self) -> &str {
+        &self.colony_id
+    }
+
+    async fn report_loop(self: Arc<Self>, id: String, mut client: Client) {
+        let mut after = 0u64;
+        let limit = self.config.report_wait + self.config.stall_timeout;
+        loop {
+            let request = Message::Report {
+                colony_id: self.colony_id.clone(),
+                after_tick: after,
+                wait_ms: u64::try_from(self.config.report_wait.as_millis()).unwrap_or(u64::MAX),
+            };
+            let answer = tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => return,
+                answer = tokio::time::timeout(limit, client.request(&request)) => answer,
+            };
+            match answer {
+                Ok(Ok(Message::Progress {
+                    tick,
+                    state,
+                    error,
+                    checkpoints,
+                    ..
+                })) => {
+                    after = tick;
+                    if state == "failed" {
+                        self.fail(format!("{id} failed: {}", error.unwrap_or_default()));
+                        return;
+                    }
+                    self.absorb(&id, tick, checkpoints);
+                }
+                Ok(Ok(other)) => {
+                    self.fail(format!("{id} answered a report with {other:?}"));
+                    return;
+                }
+                Ok(Err(e)) => {
+                    self.fail(format!("{id} stopped answering: {e}"));
+                    return;
+                }
+                Err(_) => {
+                    self.fail(format!(
+                        "{id} sent no progress for {limit:?}; it is stalled or gone"
+                    ));
+                    return;
+                }
+            }
+        }
+    }
+
+    fn absorb(&self, id: &str, tick: u64, checkpoints: Vec<Checkpoint>) {
+        let mut s = self.state.lock();
+        if let Some(p) = s.backends.get_mut(id) {
+            p.tick = tick;
+            for c in checkpoints {
+                p.checkpoints.insert(c.tick, (c.population, c.fingerprint));
+            }
+        }
+        // The newest tick every backend has a checkpoint for.
+        let newest = s
+            .backends
+            .values()
+            .filter_map(|p| p.checkpoints.keys().next_back().copied())
+            .min()
+            .unwrap_or(0);
+        let consistent = (s.consistent.tick..=newest).rev().find_map(|t| {
+            let mut sum = Checkpoint {
+                tick: t,
+                population: 0,
+                fingerprint: 0,
+            };
+            for p in s.backends.values() {
+                let (pop, fp) = p.checkpoints.get(&t)?;
+                sum.population += pop;
+                sum.fingerprint = sum.fingerprint.wrapping_add(*fp);
+            }
+            Some(sum)
+        });
+        if let Some(c) = consistent {
+            if c.tick > s.consistent.tick {
+                s.consistent = c;
+                for p in s.backends.values_mut() {
+                    p.checkpoints = p.checkpoints.split_off(&c.tick);
+                }
+            }
+        }
+        let slowest = s.backends.values().map(|p| p.tick).min().unwrap_or(0);
+        let now = Instant::now();
+        s.samples.push_back((now, slowest));
+        while s.samples.len() > 2
+            && s.samples
+                .front()
+                .is_some_and(|(t, _)| now - *t > Duration::from_secs(2))
+        {
+            s.samples.pop_front();
+        }
+        drop(s);
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    fn fail(&self, reason: String) {
+        if self.cancel.is_cancelled() {
+            return;
+        }
+        let mut s = self.state.lock();
+        if s.failed.is_some() {
+            return;
+        }
+        warn!(colony = %self.colony_id, %reason, "colony run failed");
+        s.failed = Some(reason.clone());
+        drop(s);
+        if let Some(health) = &self.health {
+            health.raise_alert(
+                &format!("colony {}", self.colony_id),
+                "colony_failed",
+                "critical",
+                format!("colony {} failed: {reason}", self.colony_id),
+            );
+        }
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    async fn command(&self, id: &str, message: &Message) -> Result<Message, String> {
+        let Some(client) = self.commands.get(id) else {
+            return Err(format!("no command link to {id}"));
+        };
+        let mut client = client.lock().await;
+        match tokio::time::timeout(self.config.stall_timeout, client.request(message)).await {
+            Ok(Ok(Message::Error { code, message })) => {
+                Err(format!("{id} refused: {code}: {message}"))
+            }
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(e)) => Err(format!("{id} did not answer: {e}")),
+            Err(_) => Err(format!(
+                "{id} did not answer within {:?}",
+                self.config.stall_timeout
+            )),
+        }
+    }
+
+    async fn broadcast(&self, make: impl Fn() -> Message) -> Result<Vec<Message>, ApiError> {
+        let ids: Vec<&String> = self.commands.keys().collect();
+        let answers = join_all(ids.iter().map(|id| {
+            let message = make();
+            async move { self.command(id, &message).await }
+        }))
+        .await;
+        let mut out = Vec::new();
+        for answer in answers {
+            match answer {
+                Ok(m) => out.push(m),
+                Err(reason) => {
+                    self.fail(reason.clone());
+                    return Err(ApiError::BadGateway(reason));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn check_not_failed(&self) -> Result<(), ApiError> {
+        match &self.state.lock().failed {
+            Some(reason) => Err(ApiError::Conflict(format!(
+                "colony {} failed ({reason}); start a new one with POST /colony-start {{\"restart\":true}}",
+                self.colony_id
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs `ticks` more ticks; with `wait`, answers once they are done (or the run failed).
+    ///
+    /// # Errors
+    /// 409 if the colony has failed; 502 if a backend refuses.
+    pub async fn run(&self, ticks: u64, wait: bool) -> Result<Value, ApiError> {
+        self.check_not_failed()?;
+        let target = {
+            let mut s = self.state.lock();
+            s.target = s.target.saturating_add(ticks);
+            s.paused = false;
+            s.target
+        };
+        let colony_id = self.colony_id.clone();
+        let every = self.config.checkpoint_every;
+        self.broadcast(|| Message::Run {
+            colony_id: colony_id.clone(),
+            until_tick: target,
+            checkpoint_every: every,
+        })
+        .await?;
+        info!(colony = %self.colony_id, target, "run");
+        if wait {
+            let mut rx = self.changed.subscribe();
+            loop {
+                {
+                    let s = self.state.lock();
+                    if s.failed.is_some() || s.consistent.tick >= target {
+                        break;
+                    }
+                }
+                if rx.changed().await.is_err() {
+                    break;
+                }
+            }
+        }
+        Ok(self.status())
+    }
+
+    /// Stops every backend at one common tick (the furthest any had reached).
+    ///
+    /// # Errors
+    /// 409 if the colony has failed; 502 if a backend refuses.
+    pub async fn pause(&self) -> Result<Value, ApiError> {
+        self.check_not_failed()?;
+        let colony_id = self.colony_id.clone();
+        let answers = self
+            .broadcast(|| Message::Pause {
+                colony_id: colony_id.clone(),
+            })
+            .await?;
+        // Each backend stops at most one tick on; all then meet at the furthest stop.
+        let furthest = answers
+            .iter()
+            .filter_map(|m| match m {
+                Message::Progress { until_tick, .. } => Some(*until_tick),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0);
+        {
+            let mut s = self.state.lock();
+            s.target = furthest;
+            s.paused = true;
+        }
+        let every = self.config.checkpoint_every;
+        self.broadcast(|| Message::Run {
+            colony_id: colony_id.clone(),
+            until_tick: furthest,
+            checkpoint_every: every,
+        })
+        .await?;
+        // Answer once every backend has met at that tick (a tick at most away).
+        let mut rx = self.changed.subscribe();
+        let _ = tokio::time::timeout(self.config.stall_timeout, async {
+            loop {
+                {
+                    let s = self.state.lock();
+                    if s.failed.is_some() || s.consistent.tick >= furthest {
+                        return;
+                    }
+                }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+        info!(colony = %self.colony_id, tick = furthest, "paused");
+        Ok(self.status())
+    }
+
+    /// The body of `GET /colony`.
+    pub fn status(&self) -> Value {
+        let s = self.state.lock();
+        let slowest = s.backends.values().map(|p| p.tick).min().unwrap_or(0);
+        let state = if s.failed.is_some() {
+            "failed"
+        } else if slowest < s.target {
+            "running"
+        } else if s.paused {
+            "paused"
+        } else {
+            "idle"
+        };
+        let rate = match (s.samples.front(), s.samples.back()) {
+            (Some((t0, k0)), Some((t1, k1))) if t1 > t0 && state == "running" => {
+                (k1 - k0) as f64 / (*t1 - *t0).as_secs_f64()
+            }
+            _ => 0.0,
+        };
+        json!({
+            "colony_id": self.colony_id,
+            "state": state,
+            "tick": s.consistent.tick,
+            "population": s.consistent.population,
+            "fingerprint": s.consistent.fingerprint.to_string(),
+            "ticks_per_second": (rate * 10.0).round() / 10.0,
+            "target_tick": s.target,
+            "front_tick": slowest,
+            "error": s.failed,
+            "backends": self.topology.backends().len(),
+            "shards": self.topology.shard_count(),
+        })
+    }
+}
