@@ -1,0 +1,351 @@
+//! Ticks across real backends: every run equals the single-process reference bit for bit,
+//! whatever the number of backends, the world's shape and the rule; state-changing frames
+//! need authentication; a backend killed mid-run fails the run visibly.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use codec::{HaloEdge, Message};
+use common::*;
+use dataplane::Client;
+use serde_json::{json, Value};
+use shared::sim::{run_reference, Rule, WorldParams};
+
+struct Live {
+    cluster: Cluster,
+    control: String,
+}
+
+impl Live {
+    async fn start(backends: usize, coordinator_flags: &[&str]) -> Live {
+        let mut cluster = Cluster::new();
+        cluster.start_coordinator(coordinator_flags);
+        for _ in 0..backends {
+            cluster.start_backend(&["--heartbeat-interval", "100ms"]);
+        }
+        let a = cluster.coordinator_address().await;
+        let control = format!("http://{}:{}", a["ip"].as_str().unwrap(), a["http_port"]);
+        let live = Live { cluster, control };
+        eventually(DEADLINE, "backends ACTIVE", || async {
+            let h = live.cluster.health().await;
+            let n = h["components"]
+                .as_array()?
+                .iter()
+                .filter(|c| c["type"] == "backend" && c["status"] == "ACTIVE")
+                .count();
+            (n == backends).then_some(())
+        })
+        .await;
+        live
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .cluster
+            .http
+            .post(format!("{}{path}", self.control))
+            .json(&body)
+            .timeout(Duration::from_secs(60))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn colony(&self) -> Value {
+        self.cluster
+            .get_json(&format!("{}/colony", self.control))
+            .await
+    }
+}
+
+fn params(world: &Value) -> WorldParams {
+    WorldParams {
+        width_in_shards: world["width_in_shards"].as_u64().unwrap() as u32,
+        height_in_shards: world["height_in_shards"].as_u64().unwrap() as u32,
+        shard_width: world["shard_width"].as_u64().unwrap() as u32,
+        shard_height: world["shard_height"].as_u64().unwrap() as u32,
+        rule: world["rule"].as_str().unwrap().parse::<Rule>().unwrap(),
+        seed: world["seed"].as_u64().unwrap(),
+        density: world["density"].as_f64().unwrap(),
+    }
+}
+
+/// Runs 0, 1, 2 and 100 ticks of `world` on `live` and checks each against the reference.
+async fn check_world(live: &Live, world: Value) {
+    let mut start = world.clone();
+    start["restart"] = json!(true);
+    let (status, body) = live.post("/colony-start", start).await;
+    assert_eq!(status, 200, "{body}");
+    let p = params(&world);
+    let mut done = 0;
+    for total in [0u64, 1, 2, 100] {
+        let (status, answer) = live
+            .post("/colony/run", json!({"ticks": total - done, "wait": true}))
+            .await;
+        assert_eq!(status, 200, "{answer}");
+        done = total;
+        let expected = run_reference(&p, total).unwrap();
+        let label = format!("{world} after {total} ticks");
+        assert_eq!(answer["state"], "idle", "{label}: {answer}");
+        assert_eq!(answer["tick"], total, "{label}: {answer}");
+        assert_eq!(
+            answer["population"], expected.population,
+            "{label}: {answer}"
+        );
+        assert_eq!(
+            answer["fingerprint"],
+            expected.fingerprint.to_string(),
+            "{label}: {answer}"
+        );
+        // GET /colony says the same thing afterwards.
+        let again = live.colony().await;
+        assert_eq!(again["fingerprint"], answer["fingerprint"], "{label}");
+    }
+}
+
+fn worlds() -> Vec<Value> {
+    let mut out = Vec::new();
+    for rule in ["B3/S23", "B36/S23"] {
+        for (ws, hs, sw, sh) in [(8, 5, 250, 250), (3, 2, 97, 61), (1, 1, 64, 48)] {
+            out.push(json!({
+                "width_in_shards": ws, "height_in_shards": hs,
+                "shard_width": sw, "shard_height": sh,
+                "rule": rule, "seed": 42, "density": 0.35,
+            }));
+        }
+    }
+    out
+}
+
+async fn matches_the_reference_with(backends: usize) {
+    let live = Live::start(backends, &[]).await;
+    for world in worlds() {
+        check_world(&live, world).await;
+    }
+}
+
+#[tokio::test]
+async fn one_backend_matches_the_reference() {
+    matches_the_reference_with(1).await;
+}
+
+#[tokio::test]
+async fn two_backends_match_the_reference() {
+    matches_the_reference_with(2).await;
+}
+
+#[tokio::test]
+async fn three_backends_match_the_reference() {
+    matches_the_reference_with(3).await;
+}
+
+#[tokio::test]
+async fn four_backends_match_the_reference() {
+    matches_the_reference_with(4).await;
+}
+
+#[tokio::test]
+async fn runs_can_be_paused_and_resumed_without_changing_the_result() {
+    let live = Live::start(3, &["--checkpoint-every", "3"]).await;
+    let world = json!({"width_in_shards": 4, "height_in_shards": 3, "shard_width": 40,
+                       "shard_height": 30, "rule": "B3/S23", "seed": 7, "density": 0.4});
+    let (status, body) = live.post("/colony-start", world.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = live.post("/colony/run", json!({"ticks": 100_000})).await;
+    assert_eq!(status, 200);
+    let (status, paused) = live.post("/colony/pause", json!({})).await;
+    assert_eq!(status, 200, "{paused}");
+    assert_eq!(paused["state"], "paused", "{paused}");
+    let at = paused["tick"].as_u64().unwrap();
+    let expected = run_reference(&params(&world), at).unwrap();
+    assert_eq!(paused["population"], expected.population, "{paused}");
+    assert_eq!(paused["fingerprint"], expected.fingerprint.to_string());
+    // Resume to a round number and compare again.
+    let (status, answer) = live
+        .post("/colony/run", json!({"ticks": 57, "wait": true}))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let expected = run_reference(&params(&world), at + 57).unwrap();
+    assert_eq!(answer["tick"], at + 57, "{answer}");
+    assert_eq!(answer["fingerprint"], expected.fingerprint.to_string());
+    // The picture is the world's size.
+    let png = live
+        .cluster
+        .http
+        .get(format!("{}/colony/image.png", live.control))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(&png[1..4], b"PNG");
+    let width = u32::from_be_bytes([png[16], png[17], png[18], png[19]]);
+    let height = u32::from_be_bytes([png[20], png[21], png[22], png[23]]);
+    assert_eq!((width, height), (160, 90));
+}
+
+#[tokio::test]
+async fn state_changing_frames_need_authentication() {
+    let live = Live::start(1, &[]).await;
+    let (status, topology) = live
+        .post(
+            "/colony-start",
+            json!({"width_in_shards": 2, "height_in_shards": 1, "shard_width": 8, "shard_height": 8}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let colony_id = topology["colony_id"].as_str().unwrap().to_owned();
+    let backend = &topology["backends"][0]["address"];
+    let addr = format!(
+        "{}:{}",
+        backend["ip"].as_str().unwrap(),
+        backend["internal_port"]
+    );
+
+    let mut client = Client::connect(&addr).await.unwrap();
+    let halo = Message::Halo {
+        colony_id: colony_id.clone(),
+        tick: 0,
+        edges: vec![HaloEdge {
+            x: 0,
+            y: 0,
+            side: 0,
+            len: 8,
+            bits: vec![0xff],
+        }],
+    };
+    for message in [
+        halo.clone(),
+        Message::Run {
+            colony_id: colony_id.clone(),
+            until_tick: 5,
+            checkpoint_every: 1,
+        },
+        Message::Pause {
+            colony_id: colony_id.clone(),
+        },
+        Message::Report {
+            colony_id: colony_id.clone(),
+            after_tick: 0,
+            wait_ms: 0,
+        },
+    ] {
+        let answer = client.request(&message).await.unwrap();
+        assert!(
+            matches!(&answer, Message::Error { code, .. } if code == "unauthenticated"),
+            "{answer:?}"
+        );
+    }
+    // The connection is still usable, and the colony did not move.
+    assert_eq!(client.request(&Message::Ping).await.unwrap(), Message::Pong);
+    assert_eq!(live.colony().await["tick"], 0);
+
+    // The same refusal in the text framing.
+    let mut text = LineClient::connect(addr.parse().unwrap()).await;
+    text.send(format!("{{\"type\":\"run\",\"colony_id\":\"{colony_id}\",\"until_tick\":9,\"checkpoint_every\":1}}\n").as_bytes())
+        .await;
+    assert_eq!(text.json().await["code"], "unauthenticated");
+
+    // A forged HELLO: the right protocol, the wrong secret.
+    let forged = shared::secret::ClusterSecret::from_bytes(
+        b"not-the-cluster-secret-at-all".to_vec(),
+        "test",
+    )
+    .unwrap();
+    let mut client = Client::connect(&addr).await.unwrap();
+    let err = client.authenticate("intruder", &forged).await.unwrap_err();
+    assert!(err.to_string().contains("auth_failed"), "{err}");
+    // …and the server closed that connection.
+    assert!(client.request(&Message::Ping).await.is_err());
+    // An AUTH without a HELLO, and an AUTH with a mac for another nonce.
+    let mut client = Client::connect(&addr).await.unwrap();
+    let answer = client
+        .request(&Message::Auth {
+            instance_id: "x".into(),
+            key_id: "k".into(),
+            mac: "00".into(),
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(&answer, Message::Error { code, .. } if code == "bad_auth"),
+        "{answer:?}"
+    );
+
+    // With the real secret, the same client is welcome and a halo for a shard it does not
+    // hold is refused with a reason, not a panic.
+    let secret = shared::secret::ClusterSecret::from_file(
+        &live.cluster.dir.path().join("output/cluster.key"),
+    )
+    .unwrap();
+    client.authenticate("tester", &secret).await.unwrap();
+    let bad = Message::Halo {
+        colony_id,
+        tick: 0,
+        edges: vec![HaloEdge {
+            x: 9,
+            y: 9,
+            side: 0,
+            len: 8,
+            bits: vec![0xff],
+        }],
+    };
+    let answer = client.request(&bad).await.unwrap();
+    assert!(
+        matches!(&answer, Message::Error { code, .. } if code == "bad_halo"),
+        "{answer:?}"
+    );
+}
+
+#[tokio::test]
+async fn killing_a_backend_mid_run_fails_the_run_visibly() {
+    let live = Live::start(3, &["--stale-after", "300ms", "--down-after", "1s"]).await;
+    let (status, _) = live
+        .post(
+            "/colony-start",
+            json!({"width_in_shards": 6, "height_in_shards": 2, "shard_width": 64, "shard_height": 64}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = live.post("/colony/run", json!({"ticks": 10_000_000})).await;
+    assert_eq!(status, 200);
+    eventually(DEADLINE, "running", || async {
+        let c = live.colony().await;
+        (c["state"] == "running" && c["tick"].as_u64()? > 0).then_some(())
+    })
+    .await;
+    let mut live = live;
+    live.cluster.backends[1].signal("KILL");
+    let killed = Instant::now();
+    let failed = eventually(Duration::from_secs(3), "run failed", || async {
+        let c = live.colony().await;
+        (c["state"] == "failed").then_some(c)
+    })
+    .await;
+    assert!(killed.elapsed() < Duration::from_secs(3));
+    assert!(
+        failed["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{failed}"
+    );
+    // The failure is an alert too.
+    let alerts = live
+        .cluster
+        .get_json(&live.cluster.mgmt_url("/alerts").await)
+        .await;
+    assert!(
+        alerts["open"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["kind"] == "colony_failed"),
+        "{alerts}"
+    );
+    // Further runs are refused with the reason until a restart.
+    let (status, answer) = live.post("/colony/run", json!({"ticks": 1})).await;
+    assert_eq!(status, 409, "{answer}");
+}
