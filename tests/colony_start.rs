@@ -1039,7 +1039,10 @@ async fn a_backend_that_refuses_its_inits_fails_the_start_clearly() {
     let state: Value = colony
         .cluster
         .http
-        .get(format!("http://{}/colony", colony.coordinator.to_http_address()))
+        .get(format!(
+            "http://{}/colony",
+            colony.coordinator.to_http_address()
+        ))
         .send()
         .await
         .unwrap()
@@ -1078,7 +1081,10 @@ async fn after_a_failed_restart_the_backends_agree_with_the_coordinator() {
     let state: Value = colony
         .cluster
         .http
-        .get(format!("http://{}/colony", colony.coordinator.to_http_address()))
+        .get(format!(
+            "http://{}/colony",
+            colony.coordinator.to_http_address()
+        ))
         .send()
         .await
         .unwrap()

@@ -415,7 +415,8 @@ async fn run(
             *stops = stops.split_off(&(t + 1));
             asked
         };
-        if asked || (t + 1).is_multiple_of(target.checkpoint_every.max(1)) || t + 1 >= target.until {
+        if asked || (t + 1).is_multiple_of(target.checkpoint_every.max(1)) || t + 1 >= target.until
+        {
             engine.record(colony.figures(t + 1, world_width));
         }
         engine.set_state(EngineState::Running);
