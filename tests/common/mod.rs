@@ -446,7 +446,11 @@ impl WsClient {
 
 /// A base port whose next `backends * 10` ports are all free right now.
 pub fn free_port_range(backends: u16) -> u16 {
-    let seed = std::process::id() as u16;
+    // Tests in one binary run at once: each call starts its search elsewhere, so two of them
+    // do not both find the same range free before either binds it.
+    static CALLS: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let seed = (std::process::id() as u16).wrapping_add(call.wrapping_mul(7919));
     for attempt in 0..500u16 {
         let base = 20_000 + (seed.wrapping_mul(37).wrapping_add(attempt * 101) % 30_000);
         let all_free = (0..backends * 10)

@@ -89,6 +89,7 @@
       reconnectDelay = 500;
       setConn("live", "live");
       $("stale-banner").hidden = true;
+      document.body.classList.remove("stale");
     };
     socket.onmessage = (e) => {
       let msg;
@@ -102,6 +103,7 @@
       if (was || lostAt == null) lostAt = new Date();
       setConn("down", "disconnected");
       $("stale-banner").hidden = false;
+      document.body.classList.add("stale");
       $("stale-since").textContent = lostAt.toLocaleTimeString();
       reconnectAt = Date.now() + reconnectDelay;
       setTimeout(connect, reconnectDelay);
@@ -228,11 +230,14 @@
     svg.setAttribute("width", w);
     svg.setAttribute("height", h);
     if (points.length < 2) return svg;
-    const max = Math.max(...points), min = Math.min(...points);
-    const span = Math.max(max - min, 1);
+    // Newest on the right; the scale starts at zero so steady heartbeats draw a flat line
+    // and only real gaps stand out.
+    const max = Math.max(...points, 1), min = Math.min(...points);
+    const step = (w - 2) / (SPARK_POINTS - 1);
+    const right = w - 1;
     const line = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
     line.setAttribute("points", points.map((p, i) =>
-      (i * (w - 2) / (SPARK_POINTS - 1) + 1).toFixed(1) + "," + (h - 2 - (p - min) / span * (h - 4)).toFixed(1)).join(" "));
+      (right - (points.length - 1 - i) * step).toFixed(1) + "," + (h - 2 - p / max * (h - 4)).toFixed(1)).join(" "));
     svg.append(line);
     const title = document.createElementNS("http://www.w3.org/2000/svg", "title");
     title.textContent = "last " + points[points.length - 1] + " ms, min " + min + " ms, max " + max + " ms";

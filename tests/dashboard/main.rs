@@ -1,0 +1,454 @@
+//! The dashboard in headless Chromium against a real `colony up` cluster: the page loads
+//! without console errors, shows one row per node in the right state, follows a `kill -9`
+//! to STALE and DOWN without a reload, and its colony view starts a colony on a fresh
+//! cluster and shows its picture. Every request the page makes goes to the coordinator's
+//! management port (no CDN, nothing external). Screenshots are saved under
+//! `target/test-artifacts/`.
+//!
+//! Needs Chromium (`./scripts/setup.sh` installs it); without it these tests fail, saying so.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod cdp;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+const WIDTH: u32 = 1440;
+const HEIGHT: u32 = 1000;
+
+fn artifacts() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
+    let dir = target.join("test-artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+async fn save_screenshot(page: &cdp::Page<'_>, name: &str) -> PathBuf {
+    let png = page.screenshot().await;
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+    // IHDR: width and height, big-endian, at bytes 16..24.
+    let width = u32::from_be_bytes(png[16..20].try_into().unwrap());
+    assert!(width >= WIDTH / 2, "screenshot only {width} px wide");
+    let path = artifacts().join(name);
+    std::fs::write(&path, &png).unwrap();
+    eprintln!("screenshot saved: {}", path.display());
+    path
+}
+
+/// Fails on any JavaScript exception, `console.error`, or error log entry, except network
+/// errors for URLs the page is expected to see fail (`allowed_404s`, matched as suffixes).
+fn assert_no_console_errors(events: &[cdp::Event], allowed_404s: &[&str]) {
+    let mut problems = Vec::new();
+    for (method, params) in events {
+        match method.as_str() {
+            "Runtime.exceptionThrown" => problems.push(format!("exception: {params}")),
+            "Runtime.consoleAPICalled"
+                if matches!(params["type"].as_str(), Some("error" | "assert")) =>
+            {
+                problems.push(format!("console.{}: {}", params["type"], params["args"]))
+            }
+            "Log.entryAdded" if params["entry"]["level"] == "error" => {
+                let entry = &params["entry"];
+                let url = entry["url"].as_str().unwrap_or_default();
+                let path = url.split('?').next().unwrap_or_default();
+                let expected =
+                    entry["source"] == "network" && allowed_404s.iter().any(|a| path.ends_with(a));
+                if !expected {
+                    problems.push(format!("log error: {entry}"));
+                }
+            }
+            _ => {}
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "console errors:\n{}",
+        problems.join("\n")
+    );
+}
+
+/// Every request and WebSocket the page opened went to `mgmt` (`ip:port`).
+fn assert_only_own_origin(events: &[cdp::Event], mgmt: &str) -> usize {
+    let own = [format!("http://{mgmt}/"), format!("ws://{mgmt}/")];
+    let mut urls = Vec::new();
+    for (method, params) in events {
+        let url = match method.as_str() {
+            "Network.requestWillBeSent" => params["request"]["url"].as_str(),
+            "Network.webSocketCreated" => params["url"].as_str(),
+            _ => None,
+        };
+        if let Some(url) = url {
+            urls.push(url.to_owned());
+        }
+    }
+    let external: Vec<&String> = urls
+        .iter()
+        .filter(|u| !own.iter().any(|o| u.starts_with(o.as_str())))
+        .filter(|u| !u.starts_with("data:") && *u != "about:blank")
+        .collect();
+    assert!(
+        external.is_empty(),
+        "the page made requests outside its origin: {external:?}"
+    );
+    assert!(
+        urls.iter().any(|u| u.starts_with(&own[1])),
+        "no WebSocket seen: {urls:?}"
+    );
+    urls.len()
+}
+
+/// `[node, state]` for every row of the node table.
+async fn rows(page: &cdp::Page<'_>) -> Vec<(String, String)> {
+    let v = page
+        .eval("[...document.querySelectorAll('#nodes tbody tr')].map(r => [r.dataset.node, r.dataset.state])")
+        .await;
+    serde_json::from_value(v).unwrap()
+}
+
+/// The pid of a managed backend, asked over `/ws`.
+async fn pid_of(mgmt: &str, name: &str) -> u32 {
+    let mut ws = WsClient::connect(mgmt, "").await;
+    let r = ws.request("get_service", json!({ "name": name })).await;
+    r["data"]["service"]["process"]["pid"].as_u64().unwrap() as u32
+}
+
+async fn control_status(mgmt: &str, path: &str) -> (u16, Value) {
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let cluster: Value = http
+        .get(format!("http://{mgmt}/api/cluster"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let url = format!("{}/{path}", cluster["control"].as_str().unwrap());
+    let r = http.get(url).send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn the_health_view_shows_every_node_and_follows_a_kill_without_reload() {
+    let up = Up::start(
+        2,
+        &["--no-start", "--stale-after", "600ms", "--down-after", "2s"],
+    )
+    .await;
+    let browser = cdp::Browser::launch(WIDTH, HEIGHT).await;
+    let page = browser.new_page().await;
+    page.navigate(&format!("http://{}/", up.mgmt)).await;
+    page.wait_for(
+        "document.getElementById('conn-state').dataset.state === 'live'",
+        DEADLINE,
+    )
+    .await;
+
+    // One row per node, each ACTIVE, the coordinator first.
+    let (b0, b1) = (up.backend(0), up.backend(1));
+    let expected = vec![
+        ("coordinator".to_owned(), "ACTIVE".to_owned()),
+        (b0.clone(), "ACTIVE".to_owned()),
+        (b1.clone(), "ACTIVE".to_owned()),
+    ];
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while rows(&page).await != expected {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "rows: {:?}",
+            rows(&page).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        page.eval("document.getElementById('overall-status').textContent")
+            .await,
+        "HEALTHY"
+    );
+    assert_eq!(
+        page.eval("document.getElementById('count-ACTIVE').textContent")
+            .await,
+        "3"
+    );
+    // The heartbeat age ticks by itself.
+    let age = format!("document.querySelector('td[data-age=\"{b0}\"]').textContent");
+    page.wait_for(&format!("{age} !== '—'"), DEADLINE).await;
+
+    // Looking at the health view changes nothing: still no colony.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, _) = control_status(&up.mgmt, "topology").await;
+    assert_eq!(status, 404, "the health view started a colony");
+
+    // kill -9 one backend: the row turns STALE, then DOWN, with no reload.
+    page.eval("window.__sameDocument = 'yes'").await;
+    let pid = pid_of(&up.mgmt, &b1).await;
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let state_of_b1 = format!(
+        "(document.querySelector('#nodes tr[data-node=\"{b1}\"]') || {{dataset: {{}}}}).dataset.state"
+    );
+    let mut seen: Vec<String> = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while seen.last().map(String::as_str) != Some("DOWN") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{b1} states seen: {seen:?}"
+        );
+        let state = page
+            .eval(&state_of_b1)
+            .await
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
+        if seen.last() != Some(&state) {
+            seen.push(state);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(seen, ["ACTIVE", "STALE", "DOWN"], "{b1} states seen");
+    assert_eq!(
+        page.eval("window.__sameDocument").await,
+        "yes",
+        "the page reloaded"
+    );
+    assert_eq!(
+        page.eval("document.getElementById('overall-status').textContent")
+            .await,
+        "DEGRADED"
+    );
+    page.wait_for(
+        &format!("[...document.querySelectorAll('#alerts-open li')].some(li => li.textContent.includes('{b1} is DOWN'))"),
+        DEADLINE,
+    )
+    .await;
+    let badge = page
+        .eval(&format!(
+            "getComputedStyle(document.querySelector('#nodes tr[data-node=\"{b1}\"] .badge')).color"
+        ))
+        .await;
+    assert_eq!(badge, "rgb(239, 68, 68)", "DOWN is not shown in red");
+    // The dead node's heartbeat age keeps growing.
+    let age_b1 = format!("document.querySelector('td[data-age=\"{b1}\"]').textContent");
+    page.wait_for(
+        &format!("{age_b1}.endsWith(' s') && parseFloat({age_b1}) >= 2"),
+        DEADLINE,
+    )
+    .await;
+
+    // Filtering by state.
+    page.eval("document.querySelector('#filters button[data-filter=DOWN]').click()")
+        .await;
+    assert_eq!(rows(&page).await, [(b1.clone(), "DOWN".to_owned())]);
+    page.eval("document.querySelector('#filters button[data-filter=ALL]').click()")
+        .await;
+    assert_eq!(rows(&page).await.len(), 3);
+
+    save_screenshot(&page, "dashboard.png").await;
+    let events = page.events().await;
+    assert_no_console_errors(&events, &[]);
+    let requests = assert_only_own_origin(&events, &up.mgmt);
+    assert!(requests >= 4, "only {requests} requests seen");
+    up.proc.signal("INT");
+}
+
+#[tokio::test]
+async fn the_colony_view_starts_a_colony_on_a_fresh_cluster_and_shows_it() {
+    let up = Up::start(2, &["--no-start"]).await;
+    let (status, _) = control_status(&up.mgmt, "topology").await;
+    assert_eq!(status, 404, "the cluster is not fresh");
+
+    let browser = cdp::Browser::launch(WIDTH, HEIGHT).await;
+    let page = browser.new_page().await;
+    page.navigate(&format!("http://{}/#colony", up.mgmt)).await;
+    let phase = "document.getElementById('colony-view').dataset.phase";
+    page.wait_for(
+        &format!("{phase} === 'ready' || {phase} === 'failed'"),
+        Duration::from_secs(60),
+    )
+    .await;
+    let log = page
+        .eval("document.getElementById('autostart-log').innerText")
+        .await;
+    assert_eq!(page.eval(phase).await, "ready", "auto-start failed:\n{log}");
+    let log = log.as_str().unwrap();
+    assert!(log.contains("no colony yet (404)"), "{log}");
+    assert!(log.contains("POST /colony-start"), "{log}");
+    assert!(log.contains("topology ready"), "{log}");
+
+    // The colony really runs, and the page names it.
+    let (status, topology) = control_status(&up.mgmt, "topology").await;
+    assert_eq!(status, 200);
+    let colony_id = topology["colony_id"].as_str().unwrap().to_owned();
+    page.wait_for(
+        &format!("document.getElementById('colony-id').textContent === '{colony_id}'"),
+        DEADLINE,
+    )
+    .await;
+
+    // The shard map: one cell per shard, coloured by its backend.
+    let shards = topology["placement"].as_array().unwrap().len();
+    let map = page
+        .eval("[...document.querySelectorAll('#shard-map .shard')].map(c => c.style.background)")
+        .await;
+    let colours: std::collections::BTreeSet<&str> = map
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert_eq!(map.as_array().unwrap().len(), shards);
+    assert_eq!(colours.len(), 2, "{colours:?}");
+
+    // A picture: the PNG, or drawn from the shards.
+    let picture = page
+        .wait_for(
+            "(() => { const i = document.getElementById('colony-img'); \
+              const c = document.getElementById('colony-canvas'); \
+              if (!i.hidden && i.naturalWidth > 0) return 'png ' + i.naturalWidth + 'x' + i.naturalHeight; \
+              if (!c.hidden && c.width > 0) return 'canvas ' + c.width + 'x' + c.height; \
+              return ''; })()",
+            Duration::from_secs(30),
+        )
+        .await;
+    eprintln!("colony picture: {picture}");
+
+    // Run: ticks advance on the page, live from /ws.
+    page.eval("document.getElementById('run-ticks').value = 20")
+        .await;
+    page.wait_for("!document.getElementById('run-btn').disabled", DEADLINE)
+        .await;
+    page.eval("document.getElementById('run-btn').click()")
+        .await;
+    let message = page
+        .wait_for(
+            "(() => { const m = document.getElementById('control-message'); \
+              return m.textContent.includes(': ') && !m.textContent.endsWith('…') ? m.textContent : ''; })()",
+            Duration::from_secs(30),
+        )
+        .await;
+    assert!(
+        !message.as_str().unwrap().contains("answered"),
+        "run was refused: {message}"
+    );
+    page.wait_for(
+        "Number(document.getElementById('colony-tick').textContent.replace(/,/g, '')) >= 20",
+        Duration::from_secs(60),
+    )
+    .await;
+    page.eval("document.getElementById('pause-btn').click()")
+        .await;
+    page.wait_for(
+        "document.getElementById('control-message').textContent.startsWith('POST /colony/pause: 2')",
+        Duration::from_secs(30),
+    )
+    .await;
+    // The picture follows the tick.
+    page.wait_for(
+        "document.getElementById('picture-source').textContent.includes('tick 20')",
+        Duration::from_secs(30),
+    )
+    .await;
+
+    save_screenshot(&page, "dashboard-colony.png").await;
+    let events = page.events().await;
+    // The 404 of GET /topology is the auto-start's cue; a missing PNG makes the page draw.
+    assert_no_console_errors(
+        &events,
+        &["/api/control/topology", "/api/control/colony/image.png"],
+    );
+    assert_only_own_origin(&events, &up.mgmt);
+    up.proc.signal("INT");
+}
+
+#[tokio::test]
+async fn the_page_says_its_data_is_stale_while_the_coordinator_is_down_and_reconnects() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = dir.path().display().to_string();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port().to_string()
+    };
+    let args = |registry: &str, port: &str| -> Vec<String> {
+        [
+            "coordinator",
+            "--internal-port",
+            "0",
+            "--http-port",
+            "0",
+            "--mgmt-port",
+            port,
+            "--registry-dir",
+            registry,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let spawn = |a: &[String]| Proc::spawn(&a.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
+    let mut coordinator = spawn(&args(&registry, &port));
+    coordinator.wait_for("node listening").await;
+    let mgmt = format!("127.0.0.1:{port}");
+
+    let browser = cdp::Browser::launch(WIDTH, HEIGHT).await;
+    let page = browser.new_page().await;
+    page.navigate(&format!("http://{mgmt}/")).await;
+    let conn = "document.getElementById('conn-state').dataset.state";
+    let banner_shown = "!document.getElementById('stale-banner').hidden";
+    page.wait_for(&format!("{conn} === 'live'"), DEADLINE).await;
+    assert_eq!(page.eval(banner_shown).await, false);
+    let before = page
+        .eval("document.getElementById('coord-addr').textContent")
+        .await;
+    page.eval("window.__sameDocument = 'yes'").await;
+
+    // The coordinator stops: the page keeps its data but says it is stale.
+    coordinator.signal("TERM");
+    let _ = tokio::time::timeout(DEADLINE, coordinator.child.wait()).await;
+    page.wait_for(&format!("{conn} === 'down' && {banner_shown}"), DEADLINE)
+        .await;
+    page.wait_for(
+        "document.getElementById('stale-retry').textContent.startsWith('Reconnecting')",
+        DEADLINE,
+    )
+    .await;
+    assert_eq!(rows(&page).await.len(), 1, "the stale data was dropped");
+    save_screenshot(&page, "dashboard-stale.png").await;
+
+    // A new coordinator on the same management port: the page reconnects by itself and
+    // loads the new coordinator's state (its control port is new).
+    let mut again = spawn(&args(&registry, &port));
+    again.wait_for("node listening").await;
+    page.wait_for(
+        &format!("{conn} === 'live' && !({banner_shown})"),
+        Duration::from_secs(20),
+    )
+    .await;
+    page.wait_for(
+        &format!("document.getElementById('coord-addr').textContent !== {before}"),
+        DEADLINE,
+    )
+    .await;
+    assert_eq!(
+        page.eval("window.__sameDocument").await,
+        "yes",
+        "the page reloaded"
+    );
+
+    let events = page.events().await;
+    // Reconnect attempts while the coordinator is down fail, as they should.
+    assert_no_console_errors(&events, &["/ws"]);
+    assert_only_own_origin(&events, &mgmt);
+    again.signal("TERM");
+}
