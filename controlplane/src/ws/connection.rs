@@ -77,7 +77,9 @@ async fn read_loop(
         };
         heard = Instant::now();
         let answer = match message {
-            None | Some(Ok(Message::Close(_))) => {
+            // tungstenite queued the close reply; reading on sends it and then ends.
+            Some(Ok(Message::Close(_))) => continue,
+            None => {
                 done.cancel();
                 return;
             }

@@ -354,6 +354,20 @@ async fn events_arrive_numbered_and_filtered_by_subscription() {
         r["data"]["subscribed"].as_array().unwrap().len(),
         EventKind::ALL.len()
     );
+
+    // A client's close gets the closing handshake back, not a dropped connection.
+    c.close(None).await.unwrap();
+    let ended = tokio::time::timeout(WAIT, async {
+        while let Some(m) = c.next().await {
+            if m.is_err() {
+                return false;
+            }
+        }
+        true
+    })
+    .await
+    .unwrap();
+    assert!(ended, "the close handshake did not complete");
 }
 
 #[tokio::test]
