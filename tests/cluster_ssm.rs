@@ -1,6 +1,7 @@
 //! Whole clusters on the SSM registry, against moto's SSM server on loopback: a coordinator and
 //! three backends as processes with `--registry ssm` register, report ACTIVE, start a colony
-//! from what they discovered in SSM, and remove their parameters on SIGTERM; a node started
+//! from what they discovered in SSM and tick it (matching the single-process reference), and
+//! remove their parameters on SIGTERM; a node started
 //! while SSM is down logs why, keeps serving, and registers once SSM is back on the same port;
 //! and a node without AWS credentials or region refuses to start, at once, saying what to set.
 //!
@@ -22,6 +23,7 @@ use common::*;
 use moto::Moto;
 use serde_json::{json, Value};
 use shared::registry::{ClusterRegistry, SsmClusterRegistry, SsmOptions};
+use shared::sim::{run_reference, Rule, WorldParams};
 use shared::NodeAddress;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
@@ -91,7 +93,7 @@ async fn start_moto() -> Moto {
 }
 
 #[tokio::test]
-async fn a_whole_cluster_registers_in_ssm_starts_a_colony_and_unregisters_on_sigterm() {
+async fn a_whole_cluster_registers_in_ssm_starts_a_colony_ticks_and_unregisters_on_sigterm() {
     const PREFIX: &str = "/cluster-it";
     let moto = start_moto().await;
     let env = node_env(moto.port());
@@ -173,11 +175,15 @@ async fn a_whole_cluster_registers_in_ssm_starts_a_colony_and_unregisters_on_sig
     .await;
     assert_eq!(health["overall_status"], "HEALTHY", "{health}");
 
-    // colony-start discovers the backends through SSM and places shards on all three.
+    // colony-start discovers the backends through SSM and places shards on all three; the
+    // colony then ticks across them and matches the single-process reference.
     let control = format!("http://{}", coordinator_address.to_http_address());
     let response = client
         .post(format!("{control}/colony-start"))
-        .json(&json!({"width_in_shards": 3, "height_in_shards": 2, "shard_width": 16, "shard_height": 16}))
+        .json(&json!({
+            "width_in_shards": 3, "height_in_shards": 2, "shard_width": 16, "shard_height": 16,
+            "rule": "B3/S23", "seed": 42, "density": 0.35,
+        }))
         .send()
         .await
         .unwrap();
@@ -191,6 +197,33 @@ async fn a_whole_cluster_registers_in_ssm_starts_a_colony_and_unregisters_on_sig
             "{id} not in the topology: {text}"
         );
     }
+    let response = client
+        .post(format!("{control}/colony/run"))
+        .json(&json!({"ticks": 20, "wait": true}))
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let colony: Value = response.json().await.unwrap();
+    assert!(status.is_success(), "{status}: {colony}");
+    let params = WorldParams {
+        width_in_shards: 3,
+        height_in_shards: 2,
+        shard_width: 16,
+        shard_height: 16,
+        rule: "B3/S23".parse::<Rule>().unwrap(),
+        seed: 42,
+        density: 0.35,
+    };
+    let expected = run_reference(&params, 20).unwrap();
+    assert_eq!(colony["tick"], 20, "{colony}");
+    assert_eq!(colony["population"], expected.population, "{colony}");
+    assert_eq!(
+        colony["fingerprint"],
+        expected.fingerprint.to_string(),
+        "{colony}"
+    );
 
     // `colony status` reads the same registry, chosen here by DEPLOYMENT_MODE=aws.
     let out = tokio::process::Command::new(colony_bin())
