@@ -362,6 +362,30 @@ async fn the_colony_view_starts_a_colony_on_a_fresh_cluster_and_shows_it() {
     .await;
 
     save_screenshot(&page, "dashboard-colony.png").await;
+
+    // The same world drawn from the cells the backends hold: every live cell of the paused
+    // colony, exactly.
+    page.eval("document.getElementById('picture-toggle').click()")
+        .await;
+    page.wait_for(
+        "document.getElementById('picture-source').textContent.startsWith('drawn from ' + document.querySelectorAll('#shard-map .shard').length + ' shards')",
+        Duration::from_secs(30),
+    )
+    .await;
+    let (_, colony) = control_status(&up.mgmt, "colony").await;
+    let alive = page
+        .eval(
+            "(() => { const c = document.getElementById('colony-canvas'); \
+              const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; \
+              let n = 0; for (let i = 1; i < d.length; i += 4) if (d[i] === 222) n++; return n; })()",
+        )
+        .await;
+    assert_eq!(alive, colony["population"], "shard drawing vs GET /colony");
+    assert_eq!(
+        page.eval("document.getElementById('colony-canvas').hidden")
+            .await,
+        false
+    );
     let events = page.events().await;
     // The 404 of GET /topology is the auto-start's cue; a missing PNG makes the page draw.
     assert_no_console_errors(

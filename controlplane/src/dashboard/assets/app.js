@@ -458,6 +458,11 @@
   }
 
   // The picture: /colony/image.png while the coordinator has it, else drawn from the shards.
+  function setPictureMode(mode) {
+    pictureMode = mode;
+    $("picture-toggle").textContent = mode === "png" ? "Draw from shards" : "Use /colony/image.png";
+  }
+
   async function refreshPicture(force) {
     if (!model.topology || pictureBusy) return;
     const tick = model.colony ? model.colony.tick : null;
@@ -466,7 +471,7 @@
     pictureAt = Date.now();
     try {
       if (pictureMode === "png" && await loadPng(tick)) { pictureTick = tick; return; }
-      pictureMode = "shards";
+      if (pictureMode === "png") setPictureMode("shards");
       if (await drawShards()) pictureTick = tick;
     } finally {
       pictureBusy = false;
@@ -574,6 +579,11 @@
   });
   $("pause-btn").addEventListener("click", () => runOrPause("colony/pause", null));
   $("autostart-retry").addEventListener("click", () => ensureColony());
+  $("picture-toggle").addEventListener("click", () => {
+    setPictureMode(pictureMode === "png" ? "shards" : "png");
+    pictureTick = null;
+    refreshPicture(true);
+  });
   window.addEventListener("hashchange", showView);
   setInterval(tickClocks, 250);
   setInterval(() => { if (colonyOpened) refreshPicture(); }, 2000);
