@@ -319,7 +319,6 @@ async fn killing_a_backend_mid_run_fails_the_run_visibly() {
         (c["state"] == "running" && c["tick"].as_u64()? > 0).then_some(())
     })
     .await;
-    let mut live = live;
     live.cluster.backends[1].signal("KILL");
     let killed = Instant::now();
     let failed = eventually(Duration::from_secs(3), "run failed", || async {

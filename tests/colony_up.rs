@@ -10,18 +10,9 @@ use std::time::Duration;
 
 use common::*;
 
-/// A base port whose next `backends * 10` ports are all free right now.
+/// A base port whose next `backends * 10` ports are free, below the ephemeral range.
 fn free_base(backends: u16) -> u16 {
-    let seed = std::process::id() as u16;
-    for attempt in 0..200u16 {
-        let base = 20_000 + (seed.wrapping_mul(31).wrapping_add(attempt * 97) % 30_000);
-        let all_free =
-            (0..backends * 10).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok());
-        if all_free {
-            return base;
-        }
-    }
-    panic!("no free port range");
+    free_port_range(backends)
 }
 
 /// Pids of the direct children of `pid`.

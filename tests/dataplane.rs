@@ -282,7 +282,7 @@ async fn shutdown_drains_within_the_grace_period() {
 #[tokio::test]
 async fn the_backend_process_serves_and_stops_on_sigterm() {
     let mut proc = Proc::spawn(&["backend", "--grace", "2s"], &[]);
-    let line = proc.wait_for("data plane listening").await;
+    let line = proc.wait_for("node listening").await;
     let addr: std::net::SocketAddr = field(&line, "internal").parse().unwrap();
     let mut c = LineClient::connect(addr).await;
     c.send(b"PING\n").await;

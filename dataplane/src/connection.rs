@@ -186,6 +186,8 @@ impl Connection {
             let (message, close) = match answer {
                 Answer::Now(m) => (m, false),
                 Answer::Close(m) => (m, true),
+                Answer::Quiet(_) if style == codec::Style::Binary => continue,
+                Answer::Quiet(m) => (m, false),
                 Answer::Later(deferred) => break Ok(Step::Deferred(deferred, style)),
             };
             if matches!(message, Message::Error { .. }) {

@@ -28,6 +28,11 @@ use crate::Identity;
 
 /// Checkpoints kept per colony; older ones are dropped.
 const CHECKPOINTS_KEPT: usize = 4096;
+/// Shortest interval between progress reports while a run is in flight.
+pub const REPORT_PERIOD: Duration = Duration::from_millis(100);
+/// Below this many cells per tick, shards are stepped on the engine's own thread: waking a
+/// thread pool would cost more than the work.
+const PARALLEL_CELLS: u64 = 4 << 20;
 
 /// What the coordinator asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -201,16 +206,30 @@ impl Engine {
         }
     }
 
-    /// Waits until the engine moves past `after_tick` or fails, at most `wait`.
+    /// Waits until there is a checkpoint after `after_tick` (or the engine failed), at most
+    /// `wait`. While a run is in flight, answers at most every [`REPORT_PERIOD`], so the
+    /// coordinator is not woken every tick; a run's last tick is reported at once.
     pub async fn wait_progress(&self, after_tick: u64, wait: Duration) {
+        let started = tokio::time::Instant::now();
         let mut rx = self.state.subscribe();
-        let _ = tokio::time::timeout(
-            wait,
-            rx.wait_for(|(tick, state)| {
-                *tick > after_tick || matches!(state, EngineState::Failed(_))
-            }),
-        )
-        .await;
+        let news = |(tick, state): &(u64, EngineState)| {
+            matches!(state, EngineState::Failed(_))
+                || (*tick > after_tick
+                    && self
+                        .checkpoints
+                        .lock()
+                        .range(after_tick + 1..)
+                        .next()
+                        .is_some())
+        };
+        let _ = tokio::time::timeout(wait, rx.wait_for(news)).await;
+        let (tick, state) = self.state.borrow().clone();
+        if state == EngineState::Running && tick < self.target().until {
+            let calm = started + REPORT_PERIOD.min(wait);
+            let mut rx = self.state.subscribe();
+            let _ = tokio::time::timeout_at(calm, rx.wait_for(|(_, s)| *s != EngineState::Running))
+                .await;
+        }
     }
 
     fn record(&self, checkpoint: Checkpoint) {
@@ -322,6 +341,9 @@ async fn run(
     let peers = PeerSet::connect(colony.topology(), plan.outgoing.keys(), identity).await?;
     let world_width = colony.params().world_width();
     let rule = colony.params().rule;
+    let cells_per_tick = plan.sources.len() as u64
+        * u64::from(colony.params().shard_width)
+        * u64::from(colony.params().shard_height);
     engine.record(colony.figures(0, world_width));
     let mut target_rx = engine.target.subscribe();
     info!(
@@ -401,10 +423,16 @@ async fn run(
                 slot.tick = t + 1;
                 Ok(())
             };
-            shards
-                .par_iter_mut()
-                .map(|(coord, slot)| fill(coord, slot))
-                .collect::<Result<(), String>>()
+            if cells_per_tick >= PARALLEL_CELLS {
+                shards
+                    .par_iter_mut()
+                    .map(|(coord, slot)| fill(coord, slot))
+                    .collect::<Result<(), String>>()
+            } else {
+                shards
+                    .iter_mut()
+                    .try_for_each(|(coord, slot)| fill(coord, slot))
+            }
         })?;
         engine.tick.store(t + 1, Ordering::Release);
         let target = engine.target();

@@ -46,7 +46,7 @@ fn handle(shared: &Shared, message: Message) -> Result<Answer, Message> {
                 .engine()
                 .deliver(&colony, tick, edges)
                 .map_err(|e| Message::error("bad_halo", e))?;
-            Ok(Answer::Now(Message::HaloAck { tick }))
+            Ok(Answer::Quiet(Message::HaloAck { tick }))
         }
         Message::Run {
             colony_id,

@@ -37,6 +37,9 @@ pub(crate) enum Answer {
     Later(Deferred),
     /// Right away, then the connection is closed (a failed authentication).
     Close(Message),
+    /// Success needs no answer in the binary framing (borders: one fewer message per tick);
+    /// a text client still gets this message, so every line has its answer.
+    Quiet(Message),
 }
 
 /// Answers one request.
