@@ -207,7 +207,7 @@ impl Engine {
     }
 
     /// Waits until there is a checkpoint after `after_tick` (or the engine failed), at most
-    /// `wait`. While a run is in flight, answers at most every [`REPORT_PERIOD`], so the
+    /// `wait`. While a run is in flight, answers at most every `REPORT_PERIOD` (100 ms), so the
     /// coordinator is not woken every tick; a run's last tick is reported at once.
     pub async fn wait_progress(&self, after_tick: u64, wait: Duration) {
         let started = tokio::time::Instant::now();
