@@ -10,6 +10,7 @@ use bytes::BytesMut;
 use codec::{CodecError, ColonyCodec, Decoded, Message, Reply};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_util::codec::{Decoder, Encoder};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -75,6 +76,11 @@ impl Connection {
 
     async fn serve(&mut self, shutdown: &CancellationToken) -> End {
         let idle = self.shared.config.idle_timeout;
+        // One timer for the connection's life, re-armed only when it fires early: touching the
+        // timer wheel on every request would cost more than answering a PING.
+        let mut last_request = Instant::now();
+        let idle_timer = tokio::time::sleep(idle);
+        tokio::pin!(idle_timer);
         loop {
             if let Some(end) = self.drain(false, shutdown).await {
                 return end;
@@ -82,10 +88,12 @@ impl Connection {
             let read = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return End::Shutdown,
-                read = tokio::time::timeout(idle, self.socket.read_buf(&mut self.read_buf)) => read,
-            };
-            match read {
-                Err(_elapsed) => {
+                read = self.socket.read_buf(&mut self.read_buf) => read,
+                _ = &mut idle_timer => {
+                    if last_request.elapsed() < idle {
+                        idle_timer.as_mut().reset(last_request + idle);
+                        continue;
+                    }
                     let message = Message::error(
                         "idle_timeout",
                         format!("no complete request for {idle:?}; closing"),
@@ -93,11 +101,13 @@ impl Connection {
                     self.send_unsolicited(&message).await;
                     return End::Idle;
                 }
-                Ok(Err(e)) => return End::Io(e),
-                Ok(Ok(0)) => {
+            };
+            match read {
+                Err(e) => return End::Io(e),
+                Ok(0) => {
                     return self.drain(true, shutdown).await.unwrap_or(End::PeerClosed);
                 }
-                Ok(Ok(_)) => {}
+                Ok(_) => last_request = Instant::now(),
             }
         }
     }
@@ -209,6 +219,18 @@ impl Connection {
     async fn flush(&mut self, limit: std::time::Duration) -> std::io::Result<()> {
         if self.write_buf.is_empty() {
             return Ok(());
+        }
+        // Usually the socket takes it all at once, without arming a timer.
+        match self.socket.try_write(&self.write_buf) {
+            Ok(n) if n == self.write_buf.len() => {
+                self.write_buf.clear();
+                return Ok(());
+            }
+            Ok(n) => {
+                let _ = self.write_buf.split_to(n);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
         }
         // A peer that stops reading must not pin this task forever.
         match tokio::time::timeout(limit, self.socket.write_all(&self.write_buf)).await {
