@@ -533,9 +533,13 @@ const THROTTLED: Answer = Answer::Error(400, "ThrottlingException");
 const PUT_OK: Answer = Answer::Ok(r#"{"Version":1,"Tier":"Standard"}"#);
 
 #[tokio::test]
-async fn throttling_is_retried_with_backoff_until_it_clears() {
+async fn throttling_and_server_errors_are_retried_with_backoff_until_they_clear() {
     let fake = FakeSsm::start(HashMap::from([
-        ("GetParameter", vec![NOT_FOUND]),
+        // A 5xx is retried the same way.
+        (
+            "GetParameter",
+            vec![Answer::Error(500, "InternalServerError"), NOT_FOUND],
+        ),
         (
             "PutParameter",
             vec![THROTTLED, THROTTLED, THROTTLED, PUT_OK],
@@ -545,11 +549,13 @@ async fn throttling_is_retried_with_backoff_until_it_clears() {
     let registry = registry_at(&fake.endpoint, "/colony", DEFAULT_CACHE_TTL).await;
     let started = Instant::now();
     registry.register_coordinator(v4(8082)).await.unwrap();
+    assert_eq!(fake.calls("GetParameter"), 2);
     assert_eq!(fake.calls("PutParameter"), 4);
-    // Waits of about 100, 200 and 400 ms, each jittered down to no less than half.
+    // Waits of about 100 ms (the 5xx), then 100, 200 and 400 ms, each jittered down to no
+    // less than half.
     let waited = started.elapsed();
     assert!(
-        waited >= Duration::from_millis(350) && waited < Duration::from_secs(5),
+        waited >= Duration::from_millis(400) && waited < Duration::from_secs(5),
         "{waited:?}"
     );
 }
