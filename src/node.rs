@@ -134,6 +134,24 @@ impl Tasks {
         });
     }
 
+    /// Serves a node's three listeners: the data plane, and the two HTTP planes hardened.
+    fn serve_planes(
+        &mut self,
+        listeners: Listeners,
+        data_plane: &DataPlane,
+        control: Router,
+        mgmt: Router,
+        limits: HttpLimits,
+        metrics: &Metrics,
+    ) {
+        let (dp, token) = (data_plane.clone(), self.shutdown.clone());
+        self.spawn(async move { dp.serve(listeners.data, token).await });
+        let control = harden(control, limits, metrics.http.clone(), "control");
+        self.serve_http(listeners.control, control, "control");
+        let mgmt = harden(mgmt, limits, metrics.http.clone(), "mgmt");
+        self.serve_http(listeners.mgmt, mgmt, "mgmt");
+    }
+
     async fn stop(mut self, grace: Duration) {
         self.shutdown.cancel();
         let drained = tokio::time::timeout(grace, async {
@@ -272,27 +290,13 @@ pub async fn start_coordinator(
     };
 
     let mut tasks = Tasks::new();
-    let (dp, token) = (data_plane.clone(), tasks.shutdown.clone());
-    tasks.spawn(async move { dp.serve(listeners.data, token).await });
-    tasks.serve_http(
-        listeners.control,
-        harden(
-            control::coordinator_router(colony.clone()),
-            limits,
-            metrics.http.clone(),
-            "control",
-        ),
-        "control",
-    );
-    tasks.serve_http(
-        listeners.mgmt,
-        harden(
-            management::coordinator_router(mgmt),
-            limits,
-            metrics.http.clone(),
-            "mgmt",
-        ),
-        "mgmt",
+    tasks.serve_planes(
+        listeners,
+        &data_plane,
+        control::coordinator_router(colony.clone()),
+        management::coordinator_router(mgmt),
+        limits,
+        &metrics,
     );
     let sweeper = health.spawn_sweeper(tasks.shutdown.clone());
     tasks.spawn(async move {
@@ -375,27 +379,13 @@ pub async fn run_backend(args: BackendArgs) -> anyhow::Result<()> {
     };
 
     let mut tasks = Tasks::new();
-    let (dp, token) = (data_plane.clone(), tasks.shutdown.clone());
-    tasks.spawn(async move { dp.serve(listeners.data, token).await });
-    tasks.serve_http(
-        listeners.control,
-        harden(
-            control::backend_router(control_state),
-            limits,
-            metrics.http.clone(),
-            "control",
-        ),
-        "control",
-    );
-    tasks.serve_http(
-        listeners.mgmt,
-        harden(
-            management::backend_router(mgmt),
-            limits,
-            metrics.http.clone(),
-            "mgmt",
-        ),
-        "mgmt",
+    tasks.serve_planes(
+        listeners,
+        &data_plane,
+        control::backend_router(control_state),
+        management::backend_router(mgmt),
+        limits,
+        &metrics,
     );
     log_listening("backend", &instance_id, &address);
 
