@@ -634,6 +634,10 @@ async fn a_page_that_fails_midway_returns_what_was_read() {
         vec![("b1".to_owned(), v4(9000))]
     );
     assert!(logs.text().contains("SSM discovery stopped early"));
+    // A partial list is not cached: the next discovery asks again (and, its first page now
+    // refused, fails).
+    assert!(registry.discover_backends().await.is_err());
+    assert_eq!(fake.calls("GetParametersByPath"), 3);
 }
 
 // === configuration from the environment ===

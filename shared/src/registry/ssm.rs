@@ -517,7 +517,9 @@ impl SsmClusterRegistry {
             .and_then(|value| parse_entry(&name, &value)))
     }
 
-    async fn fetch_backends(&self) -> Result<Vec<(String, NodeAddress)>, RegistryError> {
+    /// Every backend, sorted, and whether every page was read (a partial list is returned
+    /// rather than nothing, but never cached).
+    async fn fetch_backends(&self) -> Result<(Vec<(String, NodeAddress)>, bool), RegistryError> {
         let path = self.backends_path();
         let mut found = Vec::new();
         let mut token: Option<String> = None;
@@ -544,7 +546,7 @@ impl SsmClusterRegistry {
                     // Return what was read; the caller sees fewer backends, not none.
                     tracing::warn!(error = %err, pages = page, found = found.len(), "SSM discovery stopped early; returning the backends read so far");
                     sort(&mut found);
-                    return Ok(found);
+                    return Ok((found, false));
                 }
             };
             for parameter in out.parameters.unwrap_or_default() {
@@ -571,7 +573,7 @@ impl SsmClusterRegistry {
                 Some(next) if !next.is_empty() => token = Some(next),
                 _ => {
                     sort(&mut found);
-                    return Ok(found);
+                    return Ok((found, true));
                 }
             }
         }
@@ -685,9 +687,9 @@ impl ClusterRegistry for SsmClusterRegistry {
         }
         let generation = self.inner.generation.load(Ordering::SeqCst);
         let fetched_at = Instant::now();
-        let found = self.fetch_backends().await?;
+        let (found, complete) = self.fetch_backends().await?;
         let mut cache = self.inner.cache.lock().await;
-        if self.inner.generation.load(Ordering::SeqCst) == generation {
+        if complete && self.inner.generation.load(Ordering::SeqCst) == generation {
             cache.backends = Some((fetched_at, found.clone()));
         }
         Ok(found)
