@@ -97,7 +97,7 @@ fn load_secret(secret: &SecretArgs, registry: &RegistryArgs) -> anyhow::Result<C
     Ok(secret)
 }
 
-async fn open_registry(args: &RegistryArgs) -> anyhow::Result<Arc<dyn ClusterRegistry>> {
+pub async fn open_registry(args: &RegistryArgs) -> anyhow::Result<Arc<dyn ClusterRegistry>> {
     let (kind, config) = args.resolve()?;
     let registry = shared::registry::open_registry(kind, config).await?;
     info!(registry = %registry.describe(), "using the cluster registry");

@@ -117,7 +117,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     coordinator.colony.close();
     processes.stop_all().await;
     coordinator.stop().await;
-    cleanup_registry(&args, &planned);
+    cleanup_registry(&args, &planned).await;
     outcome
 }
 
@@ -267,24 +267,18 @@ fn print_summary(
 }
 
 /// Removes registry entries our backends left behind (a child killed by SIGKILL cannot
-/// unregister itself).
-fn cleanup_registry(args: &UpArgs, planned: &[Planned]) {
-    let Ok((RegistryKind::File, config)) = args.coordinator.registry.resolve() else {
-        return;
+/// unregister itself). Unregistering an absent entry succeeds, so this is safe either way.
+async fn cleanup_registry(args: &UpArgs, planned: &[Planned]) {
+    let registry = match crate::node::open_registry(&args.coordinator.registry).await {
+        Ok(registry) => registry,
+        Err(e) => {
+            warn!(error = %e, "cannot open the registry to clean up after the backends");
+            return;
+        }
     };
     for p in planned {
-        let path = config
-            .registry_dir
-            .join("output/ssm/backends")
-            .join(format!("{}.json", p.id));
-        match std::fs::remove_file(&path) {
-            Ok(()) => {
-                warn!(path = %path.display(), "removed a registry entry a stopped backend left behind")
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                warn!(path = %path.display(), error = %e, "cannot remove a leftover registry entry")
-            }
+        if let Err(e) = registry.unregister_backend(&p.id).await {
+            warn!(backend = %p.id, error = %e, "cannot remove a leftover registry entry");
         }
     }
 }
