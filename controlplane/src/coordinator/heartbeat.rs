@@ -600,8 +600,9 @@ impl HealthTracker {
                 kind,
                 severity,
                 format!(
-                    "{node_id} is {}: no heartbeat for {silence:?}",
-                    t.to.as_str()
+                    "{node_id} is {}: no heartbeat for {:?}",
+                    t.to.as_str(),
+                    Duration::from_millis(millis(silence))
                 ),
             );
             self.emit(&node_id, node_type, t);
