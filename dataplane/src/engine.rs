@@ -386,14 +386,16 @@ async fn run(
                     })
                 })
                 .collect();
-            peers.send(
-                peer,
-                Message::Halo {
-                    colony_id: colony.colony_id().to_owned(),
-                    tick: t,
-                    edges: batch,
-                },
-            )?;
+            peers
+                .send(
+                    peer,
+                    &Message::Halo {
+                        colony_id: colony.colony_id().to_owned(),
+                        tick: t,
+                        edges: batch,
+                    },
+                )
+                .await?;
         }
         // 3. Wait for the remote edges of tick t.
         let remote = wait_inbox(engine, &peers, t, plan.remote_needed, halo_timeout).await?;

@@ -1,8 +1,9 @@
 //! [`PeerSet`]: authenticated outgoing links to the backends holding neighbouring shards.
 //!
-//! Each link has a writer task (queued borders → one write per burst) and a reader task
-//! (acknowledgements). A link that breaks or is refused marks the whole set failed, which the
-//! tick engine turns into a visible run failure instead of a hang.
+//! The tick engine writes each link itself (no writer task: one task hop fewer per border on
+//! the tick's critical path); a reader task per link watches for refusals. A link that breaks
+//! or is refused marks the whole set failed, which the tick engine turns into a visible run
+//! failure instead of a hang.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -11,7 +12,7 @@ use bytes::BytesMut;
 use codec::{ColonyCodec, Decoded, Message};
 use shared::topology::ClusterTopology;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_util::codec::{Decoder, Encoder};
 use tracing::debug;
 
@@ -23,8 +24,17 @@ const CONNECT_DEADLINE: Duration = Duration::from_secs(5);
 /// Links to every peer backend of one colony on this backend.
 #[derive(Debug)]
 pub struct PeerSet {
-    links: HashMap<String, mpsc::UnboundedSender<Message>>,
+    links: HashMap<String, tokio::sync::Mutex<Link>>,
     failure: watch::Receiver<Option<String>>,
+    failure_tx: watch::Sender<Option<String>>,
+}
+
+/// The writing side of one link.
+#[derive(Debug)]
+struct Link {
+    socket: tokio::net::tcp::OwnedWriteHalf,
+    codec: ColonyCodec,
+    buf: BytesMut,
 }
 
 impl PeerSet {
@@ -50,37 +60,50 @@ impl PeerSet {
                 .map_err(|e| format!("cannot reach peer {peer} at {address}: {e}"))?;
             let (socket, leftover, codec) = client.into_parts();
             let (read, write) = socket.into_split();
-            let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(writer(
-                peer.clone(),
-                write,
-                codec.clone(),
-                rx,
-                failure_tx.clone(),
-            ));
             tokio::spawn(reader(
                 peer.clone(),
                 read,
                 leftover,
-                codec,
+                codec.clone(),
                 failure_tx.clone(),
             ));
-            links.insert(peer.clone(), tx);
+            let link = Link {
+                socket: write,
+                codec,
+                buf: BytesMut::with_capacity(16 * 1024),
+            };
+            links.insert(peer.clone(), tokio::sync::Mutex::new(link));
         }
-        Ok(PeerSet { links, failure })
+        Ok(PeerSet {
+            links,
+            failure,
+            failure_tx,
+        })
     }
 
-    /// Queues `message` for `peer`.
+    /// Writes `message` to `peer`.
     ///
     /// # Errors
-    /// The link is gone.
-    pub fn send(&self, peer: &str, message: Message) -> Result<(), String> {
+    /// The link is gone (which also marks the set failed).
+    pub async fn send(&self, peer: &str, message: &Message) -> Result<(), String> {
         self.check()?;
-        self.links
+        let mut link = self
+            .links
             .get(peer)
             .ok_or_else(|| format!("no link to peer {peer}"))?
-            .send(message)
-            .map_err(|_| format!("link to peer {peer} is closed"))
+            .lock()
+            .await;
+        let link = &mut *link;
+        link.buf.clear();
+        link.codec
+            .encode(message, &mut link.buf)
+            .map_err(|e| format!("cannot encode a border for peer {peer}: {e}"))?;
+        if let Err(e) = link.socket.write_all(&link.buf).await {
+            let reason = format!("lost connection to peer {peer}: {e}");
+            fail(&self.failure_tx, reason.clone());
+            return Err(reason);
+        }
+        Ok(())
     }
 
     /// Fails if any link has failed.
@@ -125,36 +148,6 @@ async fn connect(address: &str, identity: &Identity) -> Result<Client, String> {
             }
         }
     }
-}
-
-async fn writer(
-    peer: String,
-    mut socket: tokio::net::tcp::OwnedWriteHalf,
-    mut codec: ColonyCodec,
-    mut rx: mpsc::UnboundedReceiver<Message>,
-    failure: watch::Sender<Option<String>>,
-) {
-    let mut buf = BytesMut::with_capacity(16 * 1024);
-    while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
-        // Everything queued goes out in one write.
-        while let Some(message) = next {
-            if let Err(e) = codec.encode(&message, &mut buf) {
-                fail(
-                    &failure,
-                    format!("cannot encode a border for peer {peer}: {e}"),
-                );
-                return;
-            }
-            next = rx.try_recv().ok();
-        }
-        if let Err(e) = socket.write_all(&buf).await {
-            fail(&failure, format!("lost connection to peer {peer}: {e}"));
-            return;
-        }
-        buf.clear();
-    }
-    let _ = socket.shutdown().await;
 }
 
 async fn reader(
