@@ -9,6 +9,7 @@
 //! values in); the SSM registry alone reads the standard `AWS_*` configuration, through the AWS
 //! SDK, as every AWS client does. It holds addresses only: no topology, no secrets.
 
+mod backoff;
 pub mod contract;
 mod error;
 mod factory;

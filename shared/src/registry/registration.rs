@@ -11,6 +11,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::backoff::Backoff;
 use super::{ClusterRegistry, RegistryError};
 use crate::NodeAddress;
 
@@ -106,37 +107,6 @@ async fn register_once(
     match role {
         Role::Coordinator => registry.register_coordinator(address).await,
         Role::Backend(id) => registry.register_backend(id, address).await,
-    }
-}
-
-/// Capped exponential backoff with "equal jitter": each delay is drawn from `[d/2, d]`, where
-/// `d` doubles from `initial` up to `max`. The jitter keeps a fleet of nodes that failed
-/// together (a registry outage) from retrying in lockstep.
-#[derive(Debug)]
-struct Backoff {
-    ceiling: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    fn new(initial: Duration, max: Duration) -> Self {
-        Backoff {
-            ceiling: initial.min(max),
-            max,
-        }
-    }
-
-    fn next_delay(&mut self) -> Duration {
-        let ceiling = self.ceiling;
-        self.ceiling = ceiling.saturating_mul(2).min(self.max);
-        let half = ceiling / 2;
-        let span = u64::try_from((ceiling - half).as_nanos()).unwrap_or(u64::MAX);
-        // Without randomness the delay is simply the ceiling: still correct, only in lockstep.
-        let jitter = match getrandom::u64() {
-            Ok(r) if span > 0 => r % (span + 1),
-            _ => span,
-        };
-        half + Duration::from_nanos(jitter)
     }
 }
 

@@ -59,6 +59,8 @@ use aws_types::service_config::ServiceConfigKey;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
+use super::backoff::Backoff;
+
 use super::{validate_instance_id, ClusterRegistry, RegistryError};
 use crate::NodeAddress;
 
@@ -987,35 +989,6 @@ where
         (Some(code), Some(message)) => format!("{code}: {message}"),
         (Some(code), None) => code.to_owned(),
         _ => one_line(err),
-    }
-}
-
-/// Capped exponential backoff with equal jitter: each delay is drawn from `[d/2, d]` where `d`
-/// doubles from `initial` to `max`, so nodes throttled together do not retry together.
-#[derive(Debug)]
-struct Backoff {
-    ceiling: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    fn new(initial: Duration, max: Duration) -> Self {
-        Backoff {
-            ceiling: initial.min(max),
-            max,
-        }
-    }
-
-    fn next_delay(&mut self) -> Duration {
-        let ceiling = self.ceiling;
-        self.ceiling = ceiling.saturating_mul(2).min(self.max);
-        let half = ceiling / 2;
-        let span = u64::try_from((ceiling - half).as_nanos()).unwrap_or(u64::MAX);
-        let jitter = match getrandom::u64() {
-            Ok(r) if span > 0 => r % (span + 1),
-            _ => span,
-        };
-        half + Duration::from_nanos(jitter)
     }
 }
 
