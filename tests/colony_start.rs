@@ -1036,19 +1036,7 @@ async fn a_backend_that_refuses_its_inits_fails_the_start_clearly() {
     // there, and the colony is `failed` with the reason, so nothing pretends to run it.
     let (status, topology) = colony.topology().await;
     assert_eq!(status, StatusCode::OK, "{topology}");
-    let state: Value = colony
-        .cluster
-        .http
-        .get(format!(
-            "http://{}/colony",
-            colony.coordinator.to_http_address()
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let state = colony_state(&colony).await;
     assert_eq!(state["state"], "failed", "{state}");
     assert_eq!(state["colony_id"], topology["colony_id"]);
     assert!(state["error"].as_str().unwrap().contains(&wrong), "{state}");
@@ -1078,18 +1066,12 @@ async fn after_a_failed_restart_the_backends_agree_with_the_coordinator() {
     assert_ne!(topology["colony_id"], running.colony_id());
     let (list, _) = backend_state(&colony.cluster.http, &colony.backends[0]).await;
     assert_eq!(list["colony_id"], topology["colony_id"], "{list}");
-    let state: Value = colony
-        .cluster
-        .http
-        .get(format!(
-            "http://{}/colony",
-            colony.coordinator.to_http_address()
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let state = colony_state(&colony).await;
     assert_eq!(state["state"], "failed", "{state}");
+}
+
+/// `GET /colony` on the coordinator.
+async fn colony_state(colony: &Colony) -> Value {
+    let url = format!("http://{}/colony", colony.coordinator.to_http_address());
+    colony.cluster.get_json(&url).await
 }
