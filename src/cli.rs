@@ -188,6 +188,10 @@ pub struct ReferenceArgs {
     /// Fraction of cells alive at tick 0.
     #[arg(long, default_value_t = 0.35)]
     pub density: f64,
+    /// A global cell alive at tick 0 besides the soup, as `X,Y`; repeat for a pattern (the
+    /// `cells` of `POST /colony-start`).
+    #[arg(long = "cell", value_name = "X,Y", value_parser = parse_cell)]
+    pub cells: Vec<[u64; 2]>,
     /// Ticks to run.
     #[arg(long, default_value_t = 0)]
     pub ticks: u64,
@@ -374,6 +378,19 @@ impl DataPlaneArgs {
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 3s, 1m)"))
+}
+
+/// Parses `X,Y` into a global cell.
+fn parse_cell(s: &str) -> Result<[u64; 2], String> {
+    let (x, y) = s
+        .split_once(',')
+        .ok_or_else(|| format!("{s:?} is not X,Y"))?;
+    let num = |v: &str| {
+        v.trim()
+            .parse::<u64>()
+            .map_err(|e| format!("{v:?} in {s:?}: {e}"))
+    };
+    Ok([num(x)?, num(y)?])
 }
 
 #[cfg(test)]

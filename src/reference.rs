@@ -21,6 +21,7 @@ pub fn run(args: ReferenceArgs) -> anyhow::Result<()> {
         rule,
         seed: args.seed,
         density: args.density,
+        cells: args.cells,
     };
     params.validate().context("invalid world")?;
     // Time the ticks only, not building the initial soup, as the cluster's ticks/s does.

@@ -215,6 +215,7 @@ async fn a_whole_cluster_registers_in_ssm_starts_a_colony_ticks_and_unregisters_
         rule: "B3/S23".parse::<Rule>().unwrap(),
         seed: 42,
         density: 0.35,
+        cells: Vec::new(),
     };
     let expected = run_reference(&params, 20).unwrap();
     assert_eq!(colony["tick"], 20, "{colony}");

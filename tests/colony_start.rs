@@ -231,7 +231,7 @@ fn hand_made_topology(
 ) -> ClusterTopology {
     let dims = Dimensions::new(2, 2, 8, 8).unwrap();
     let topology = ClusterTopology::place(colony_id, coordinator, backends, dims).unwrap();
-    let mut simulation = topology.simulation();
+    let mut simulation = topology.simulation().clone();
     simulation.seed = seed;
     topology.with_simulation(simulation).unwrap()
 }
@@ -653,6 +653,12 @@ async fn bad_bodies_are_400_naming_the_field_and_change_nothing() {
         (json!({"seed": "x"}).to_string(), "seed"),
         (json!({"seed": -1}).to_string(), "seed"),
         (json!({"restart": "yes"}).to_string(), "restart"),
+        (
+            json!({"cells": [[0, 0], [2000, 0]]}).to_string(),
+            "cells[1]",
+        ),
+        (json!({"cells": [[0, 0, 0]]}).to_string(), "cells"),
+        (json!({"cells": "glider"}).to_string(), "cells"),
         (json!({"colour": "red"}).to_string(), "colour"),
         ("[1,2".to_owned(), "colony-start body"),
         ("42".to_owned(), "colony-start body"),

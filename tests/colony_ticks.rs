@@ -12,7 +12,7 @@ use codec::{HaloEdge, Message};
 use common::*;
 use dataplane::Client;
 use serde_json::{json, Value};
-use shared::sim::{run_reference, Rule, WorldParams};
+use shared::sim::{run_reference, WorldParams};
 
 struct Live {
     cluster: Cluster,
@@ -62,16 +62,9 @@ impl Live {
     }
 }
 
+/// The colony-start body as kernel parameters (same field names and defaults).
 fn params(world: &Value) -> WorldParams {
-    WorldParams {
-        width_in_shards: world["width_in_shards"].as_u64().unwrap() as u32,
-        height_in_shards: world["height_in_shards"].as_u64().unwrap() as u32,
-        shard_width: world["shard_width"].as_u64().unwrap() as u32,
-        shard_height: world["shard_height"].as_u64().unwrap() as u32,
-        rule: world["rule"].as_str().unwrap().parse::<Rule>().unwrap(),
-        seed: world["seed"].as_u64().unwrap(),
-        density: world["density"].as_f64().unwrap(),
-    }
+    serde_json::from_value(world.clone()).unwrap()
 }
 
 /// Runs 0, 1, 2 and 100 ticks of `world` on `live` and checks each against the reference.
@@ -347,4 +340,110 @@ async fn killing_a_backend_mid_run_fails_the_run_visibly() {
     // Further runs are refused with the reason until a restart.
     let (status, answer) = live.post("/colony/run", json!({"ticks": 1})).await;
     assert_eq!(status, 409, "{answer}");
+}
+
+/// Population and fingerprint (DESIGN §6) of `cells` on a torus `width` × `height`, after
+/// shifting every cell by `(dx, dy)`.
+fn figures(cells: &[[u64; 2]], (dx, dy): (u64, u64), width: u64, height: u64) -> (u64, String) {
+    let fingerprint = cells.iter().fold(0u64, |sum, [x, y]| {
+        let (gx, gy) = ((x + dx) % width, (y + dy) % height);
+        sum.wrapping_add(shared::sim::splitmix64(gy * width + gx))
+    });
+    (cells.len() as u64, fingerprint.to_string())
+}
+
+/// Starts `cells` alone (density 0) on a 4 × 4 world of 8 × 8 shards, which `live`'s four
+/// backends hold as 2 × 2 blocks, so every pattern below straddles backends.
+async fn start_pattern(live: &Live, cells: &[[u64; 2]]) {
+    let (status, body) = live
+        .post(
+            "/colony-start",
+            json!({"width_in_shards": 4, "height_in_shards": 4, "shard_width": 8,
+                   "shard_height": 8, "density": 0.0, "cells": cells, "restart": true}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+async fn run_ticks(live: &Live, ticks: u64) -> Value {
+    let (status, answer) = live
+        .post("/colony/run", json!({"ticks": ticks, "wait": true}))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    answer
+}
+
+#[tokio::test]
+async fn known_patterns_cross_shard_and_backend_boundaries() {
+    let live = Live::start(4, &["--checkpoint-every", "1"]).await;
+    let side = 32;
+
+    // A glider heading south-east, its 3×3 box just inside shard (0, 0): every 4 ticks it is
+    // itself again one cell further, so it crosses shard corners and edges, passes from one
+    // backend's block to the next, and is home again after 4 × 32 ticks.
+    let glider = [[6, 5], [7, 6], [5, 7], [6, 7], [7, 7]];
+    start_pattern(&live, &glider).await;
+    for j in 1..=side {
+        let answer = run_ticks(&live, 4).await;
+        let (population, fingerprint) = figures(&glider, (j, j), side, side);
+        assert_eq!(answer["tick"], 4 * j, "{answer}");
+        assert_eq!(
+            answer["population"], population,
+            "glider after {j} moves: {answer}"
+        );
+        assert_eq!(
+            answer["fingerprint"], fingerprint,
+            "glider after {j} moves: {answer}"
+        );
+    }
+
+    // A blinker across the border of two backends' blocks (x = 15 | 16): period 2.
+    let horizontal = [[15, 28], [16, 28], [17, 28]];
+    let vertical = [[16, 27], [16, 28], [16, 29]];
+    start_pattern(&live, &horizontal).await;
+    for t in 1..=6u64 {
+        let answer = run_ticks(&live, 1).await;
+        let phase = if t % 2 == 1 { &vertical } else { &horizontal };
+        assert_eq!(
+            (
+                answer["population"].as_u64().unwrap(),
+                answer["fingerprint"].as_str().unwrap().to_owned()
+            ),
+            figures(phase, (0, 0), side, side),
+            "blinker at tick {t}: {answer}"
+        );
+    }
+
+    // A block on the point where all four backends' blocks meet: still.
+    let block = [[15, 15], [16, 15], [15, 16], [16, 16]];
+    start_pattern(&live, &block).await;
+    let answer = run_ticks(&live, 10).await;
+    assert_eq!(answer["tick"], 10, "{answer}");
+    let (population, fingerprint) = figures(&block, (0, 0), side, side);
+    assert_eq!(answer["population"], population, "{answer}");
+    assert_eq!(answer["fingerprint"], fingerprint, "{answer}");
+
+    // Each block of four shards belongs to another backend, as the comments above assume.
+    let topology = live
+        .cluster
+        .get_json(&format!("{}/topology", live.control))
+        .await;
+    let owner = |x: u64, y: u64| {
+        topology["placement"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["shard"]["x"] == x && p["shard"]["y"] == y)
+            .map(|p| p["instance_id"].as_str().unwrap().to_owned())
+            .unwrap()
+    };
+    let corners = [owner(1, 1), owner(2, 1), owner(1, 2), owner(2, 2)];
+    for (i, a) in corners.iter().enumerate() {
+        for b in &corners[i + 1..] {
+            assert_ne!(
+                a, b,
+                "the four shards around the centre share a backend: {topology}"
+            );
+        }
+    }
 }

@@ -341,8 +341,9 @@ impl BackendEntry {
 // === impl Simulation ===
 
 /// How every shard is simulated: the Life-like rule, the seed and density of the initial
-/// soup (DESIGN §6). Travels inside the topology so backends need nothing else.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+/// soup (DESIGN §6), and any pattern cells placed on top. Travels inside the topology so
+/// backends need nothing else.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Simulation {
     /// The rule, e.g. `B3/S23`.
@@ -351,6 +352,9 @@ pub struct Simulation {
     pub seed: u64,
     /// Fraction of cells alive at tick 0, in `[0, 1]`.
     pub density: f64,
+    /// Global cells `[gx, gy]` alive at tick 0 besides the soup (see [`WorldParams::cells`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cells: Vec<[u64; 2]>,
 }
 
 impl Default for Simulation {
@@ -360,6 +364,7 @@ impl Default for Simulation {
             rule: Rule::CONWAY,
             seed: 42,
             density: 0.35,
+            cells: Vec::new(),
         }
     }
 }
@@ -378,6 +383,17 @@ impl Simulation {
         }
         Ok(())
     }
+}
+
+/// Checks that every pattern cell lies inside the world `dims` describes.
+fn check_pattern(simulation: &Simulation, dims: &Dimensions) -> Result<(), TopologyError> {
+    let (width, height) = (dims.world_width(), dims.world_height());
+    crate::sim::check_cells(&simulation.cells, width.into(), height.into()).map_err(|e| {
+        TopologyError::InvalidSimulation {
+            field: "cells",
+            reason: e.to_string(),
+        }
+    })
 }
 
 // === impl ClusterTopology ===
@@ -455,13 +471,14 @@ impl ClusterTopology {
     /// [`TopologyError::InvalidSimulation`] if the density is outside `[0, 1]`.
     pub fn with_simulation(mut self, simulation: Simulation) -> Result<Self, TopologyError> {
         simulation.validate()?;
+        check_pattern(&simulation, &self.dims)?;
         self.simulation = simulation;
         Ok(self)
     }
 
-    /// The rule, seed and density every shard is simulated with.
-    pub fn simulation(&self) -> Simulation {
-        self.simulation
+    /// The rule, seed, density and pattern every shard is simulated with.
+    pub fn simulation(&self) -> &Simulation {
+        &self.simulation
     }
 
     /// Everything the simulation kernel needs: dimensions plus simulation settings.
@@ -474,6 +491,7 @@ impl ClusterTopology {
             rule: self.simulation.rule,
             seed: self.simulation.seed,
             density: self.simulation.density,
+            cells: self.simulation.cells.clone(),
         }
     }
 
@@ -743,6 +761,7 @@ impl TryFrom<TopologyWire> for ClusterTopology {
         };
         dims.validate()?;
         wire.simulation.validate()?;
+        check_pattern(&wire.simulation, &dims)?;
         check_members(&wire.colony_id, &wire.coordinator, &wire.backends)?;
         let index: HashMap<&str, u32> = wire
             .backends

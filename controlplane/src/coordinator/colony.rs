@@ -52,6 +52,8 @@ pub struct StartRequest {
     pub seed: u64,
     /// Fraction of cells alive at tick 0, in `[0, 1]`.
     pub density: f64,
+    /// Global cells `[x, y]` alive at tick 0 besides the soup (a known pattern).
+    pub cells: Vec<[u64; 2]>,
     /// Replace a running colony instead of answering 409.
     pub restart: bool,
 }
@@ -66,6 +68,7 @@ impl Default for StartRequest {
             rule: "B3/S23".into(),
             seed: 42,
             density: 0.35,
+            cells: Vec::new(),
             restart: false,
         }
     }
@@ -90,10 +93,17 @@ impl StartRequest {
             rule,
             seed: self.seed,
             density: self.density,
+            cells: self.cells.clone(),
         };
         simulation
             .validate()
             .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        shared::sim::check_cells(
+            &simulation.cells,
+            u64::from(dims.world_width()),
+            u64::from(dims.world_height()),
+        )
+        .map_err(|e| ApiError::BadRequest(format!("invalid cells: {e}")))?;
         Ok((dims, simulation))
     }
 }

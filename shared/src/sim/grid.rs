@@ -116,10 +116,14 @@ impl ShardGrid {
         params.check_shard(shard_x, shard_y)?;
         let (gx0, gy0) = params.shard_origin(shard_x, shard_y);
         let (ww, threshold, seed) = (params.world_width(), params.threshold(), params.seed);
-        ShardGrid::from_fn(params.shard_width, params.shard_height, |x, y| {
+        let mut grid = ShardGrid::from_fn(params.shard_width, params.shard_height, |x, y| {
             let i = cell_index(gx0 + u64::from(x), gy0 + u64::from(y), ww);
             threshold.admits(splitmix64(seed ^ i))
-        })
+        })?;
+        for (x, y) in params.cells_within((gx0, gy0), params.shard_width, params.shard_height) {
+            grid.set(x, y, true);
+        }
+        Ok(grid)
     }
 
     /// Cells per row.

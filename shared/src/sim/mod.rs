@@ -24,7 +24,9 @@ pub mod world;
 pub use edge::{Direction, Edge, HaloError, ShardEdges};
 pub use grid::ShardGrid;
 pub use hash::{splitmix64, DensityThreshold};
-pub use params::{ParamsError, Summary, WorldParams, MAX_SHARD_CELLS};
+pub use params::{
+    check_cells, ParamsError, Summary, WorldParams, MAX_PATTERN_CELLS, MAX_SHARD_CELLS,
+};
 pub use plain::PlainGrid;
 pub use rule::{Rule, RuleError};
 pub use world::{run_reference, World};

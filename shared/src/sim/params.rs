@@ -11,6 +11,9 @@ use super::{hash::DensityThreshold, splitmix64, Direction, Rule};
 /// bad request from making a backend allocate without bound.
 pub const MAX_SHARD_CELLS: u64 = 1 << 26;
 
+/// The most pattern cells a world may list (see [`WorldParams::cells`]).
+pub const MAX_PATTERN_CELLS: usize = 1 << 16;
+
 /// Everything that determines a world and its initial cells.
 ///
 /// The world is `W = width_in_shards * shard_width` by `H = height_in_shards * shard_height`
@@ -34,6 +37,10 @@ pub struct WorldParams {
     pub seed: u64,
     /// Fraction of cells alive at tick 0, in `[0, 1]`.
     pub density: f64,
+    /// Global cells `[gx, gy]` alive at tick 0 on top of the soup: a known pattern (a glider,
+    /// a blinker) placed anywhere in the world. With `density` 0 they are the only live cells.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cells: Vec<[u64; 2]>,
 }
 
 impl Default for WorldParams {
@@ -47,6 +54,7 @@ impl Default for WorldParams {
             rule: Rule::CONWAY,
             seed: 42,
             density: 0.35,
+            cells: Vec::new(),
         }
     }
 }
@@ -74,6 +82,28 @@ pub enum ParamsError {
     /// `density` is NaN or outside `[0, 1]`.
     #[error("density must be a number from 0 to 1, got {0}")]
     Density(f64),
+    /// A pattern cell outside the world.
+    #[error("cells[{index}] = [{x}, {y}] is outside the {width} × {height} world")]
+    CellOutOfRange {
+        /// Its position in the list.
+        index: usize,
+        /// Its column.
+        x: u64,
+        /// Its row.
+        y: u64,
+        /// The world's width in cells.
+        width: u64,
+        /// The world's height in cells.
+        height: u64,
+    },
+    /// More pattern cells than [`MAX_PATTERN_CELLS`].
+    #[error("cells lists {count} cells, above the limit of {max}")]
+    TooManyCells {
+        /// Cells listed.
+        count: usize,
+        /// [`MAX_PATTERN_CELLS`].
+        max: usize,
+    },
     /// A shard coordinate outside the world.
     #[error(
         "shard ({x}, {y}) is outside a world of {width_in_shards} × {height_in_shards} shards"
@@ -123,7 +153,22 @@ impl WorldParams {
         if !(0.0..=1.0).contains(&self.density) {
             return Err(ParamsError::Density(self.density));
         }
-        Ok(())
+        check_cells(&self.cells, self.world_width(), self.world_height())
+    }
+
+    /// The pattern cells inside the `width` × `height` rectangle at global `(gx0, gy0)`, as
+    /// coordinates relative to it.
+    pub fn cells_within(
+        &self,
+        (gx0, gy0): (u64, u64),
+        width: u32,
+        height: u32,
+    ) -> impl Iterator<Item = (u32, u32)> + '_ {
+        self.cells.iter().filter_map(move |&[gx, gy]| {
+            let x = u32::try_from(gx.checked_sub(gx0)?).ok()?;
+            let y = u32::try_from(gy.checked_sub(gy0)?).ok()?;
+            (x < width && y < height).then_some((x, y))
+        })
     }
 
     /// `W`, the world's width in cells.
@@ -176,18 +221,45 @@ impl WorldParams {
         )
     }
 
-    /// True when global cell `(gx, gy)` is alive at tick 0:
-    /// `splitmix64(seed ^ (gy*W + gx)) < floor(density * 2^64)`.
+    /// True when global cell `(gx, gy)` is alive at tick 0: in the soup
+    /// (`splitmix64(seed ^ (gy*W + gx)) < floor(density * 2^64)`) or listed in `cells`.
     pub fn initially_alive(&self, gx: u64, gy: u64) -> bool {
         let threshold = DensityThreshold::new(self.density);
         threshold.admits(splitmix64(
             self.seed ^ cell_index(gx, gy, self.world_width()),
-        ))
+        )) || self.cells.contains(&[gx, gy])
     }
 
     /// The density as an exact threshold, for callers filling many cells.
     pub fn threshold(&self) -> DensityThreshold {
         DensityThreshold::new(self.density)
+    }
+}
+
+/// Checks a pattern list against a `width` × `height` world.
+///
+/// # Errors
+/// [`ParamsError::TooManyCells`] or the first [`ParamsError::CellOutOfRange`].
+pub fn check_cells(cells: &[[u64; 2]], width: u64, height: u64) -> Result<(), ParamsError> {
+    if cells.len() > MAX_PATTERN_CELLS {
+        return Err(ParamsError::TooManyCells {
+            count: cells.len(),
+            max: MAX_PATTERN_CELLS,
+        });
+    }
+    match cells
+        .iter()
+        .enumerate()
+        .find(|(_, [x, y])| *x >= width || *y >= height)
+    {
+        Some((index, &[x, y])) => Err(ParamsError::CellOutOfRange {
+            index,
+            x,
+            y,
+            width,
+            height,
+        }),
+        None => Ok(()),
     }
 }
 
@@ -367,6 +439,59 @@ mod tests {
         assert!(all.initially_alive(1, 1));
         let none = WorldParams { density: 0.0, ..p };
         assert!(!none.initially_alive(0, 0));
+    }
+
+    #[test]
+    fn pattern_cells_are_alive_in_the_shard_that_holds_them() {
+        let p = WorldParams {
+            width_in_shards: 2,
+            height_in_shards: 2,
+            shard_width: 4,
+            shard_height: 3,
+            density: 0.0,
+            cells: vec![[5, 4], [0, 0]],
+            ..WorldParams::default()
+        };
+        p.validate().unwrap();
+        assert!(p.initially_alive(5, 4) && p.initially_alive(0, 0));
+        assert!(!p.initially_alive(4, 4));
+        // (5, 4) is cell (1, 1) of shard (1, 1).
+        let shard = crate::sim::ShardGrid::initial(&p, 1, 1).unwrap();
+        assert_eq!(shard.population(), 1);
+        assert!(shard.get(1, 1));
+        let plain = crate::sim::PlainGrid::initial(&p, 1, 1).unwrap();
+        assert!(plain.get(1, 1) && plain.population() == 1);
+        assert_eq!(
+            crate::sim::ShardGrid::initial(&p, 1, 0)
+                .unwrap()
+                .population(),
+            0
+        );
+    }
+
+    #[test]
+    fn pattern_cells_outside_the_world_are_refused() {
+        let p = WorldParams {
+            width_in_shards: 1,
+            height_in_shards: 1,
+            shard_width: 4,
+            shard_height: 3,
+            cells: vec![[1, 1], [4, 0]],
+            ..WorldParams::default()
+        };
+        let e = p.validate().unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "cells[1] = [4, 0] is outside the 4 × 3 world"
+        );
+        let many = WorldParams {
+            cells: vec![[0, 0]; MAX_PATTERN_CELLS + 1],
+            ..p
+        };
+        assert!(matches!(
+            many.validate(),
+            Err(ParamsError::TooManyCells { .. })
+        ));
     }
 
     #[test]

@@ -65,9 +65,16 @@ impl PlainGrid {
         params.validate()?;
         params.check_shard(shard_x, shard_y)?;
         let (gx0, gy0) = params.shard_origin(shard_x, shard_y);
-        PlainGrid::from_fn(params.shard_width, params.shard_height, |x, y| {
-            params.initially_alive(gx0 + u64::from(x), gy0 + u64::from(y))
-        })
+        let threshold = params.threshold();
+        let ww = params.world_width();
+        let mut grid = PlainGrid::from_fn(params.shard_width, params.shard_height, |x, y| {
+            let i = cell_index(gx0 + u64::from(x), gy0 + u64::from(y), ww);
+            threshold.admits(splitmix64(params.seed ^ i))
+        })?;
+        for (x, y) in params.cells_within((gx0, gy0), params.shard_width, params.shard_height) {
+            grid.set(x, y, true);
+        }
+        Ok(grid)
     }
 
     /// Cells per row.
