@@ -169,6 +169,28 @@ pub enum HaloError {
         /// Cells the edge has.
         got: u32,
     },
+    /// A [`super::Block`]'s byte count does not match its size.
+    #[error("a {width}x{height} block needs {expected} bytes, got {got}")]
+    BlockBytes {
+        /// Cells per row claimed.
+        width: u32,
+        /// Rows claimed.
+        height: u32,
+        /// Bytes that size needs.
+        expected: usize,
+        /// Bytes present.
+        got: usize,
+    },
+    /// A [`super::Block`] does not fit the margin it was given for.
+    #[error("the {side} margin needs a {}x{} block, got {}x{}", expected.0, expected.1, got.0, got.1)]
+    WrongBlock {
+        /// The margin side being filled.
+        side: Direction,
+        /// Width and height that side needs.
+        expected: (u32, u32),
+        /// Width and height of the block.
+        got: (u32, u32),
+    },
 }
 
 impl Edge {

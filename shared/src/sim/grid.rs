@@ -67,10 +67,16 @@ impl ShardGrid {
     /// [`ParamsError::ZeroDimension`] or [`ParamsError::ShardTooLarge`].
     pub fn new(width: u32, height: u32) -> Result<ShardGrid, ParamsError> {
         check_dims(width, height)?;
+        Ok(ShardGrid::with_dims(width, height))
+    }
+
+    /// An all-dead grid without the size limit, for [`super::deep`], whose margins may take a
+    /// shard at the limit just past it. `width` and `height` are at least 1.
+    pub(super) fn with_dims(width: u32, height: u32) -> ShardGrid {
         let w = width as usize;
         let stride = (w + 2).div_ceil(64);
         let len = PAD + (height as usize + 2) * stride + PAD;
-        Ok(ShardGrid {
+        ShardGrid {
             width,
             height,
             stride,
@@ -78,7 +84,7 @@ impl ShardGrid {
             last_mask: interior_mask(w, stride - 1),
             cells: vec![0; len],
             next: vec![0; len],
-        })
+        }
     }
 
     /// A grid where cell `(x, y)` is `alive(x, y)`.
@@ -184,6 +190,43 @@ impl ShardGrid {
     pub fn set(&mut self, x: u32, y: u32, alive: bool) {
         self.check_xy(x, y);
         self.put_bit(x as usize + 1, y as usize + 1, alive);
+    }
+
+    /// Copies bits `p0..p0 + n` of halo-inclusive row `r` into `out`, cell `p0` at bit 0;
+    /// `out` has `n.div_ceil(64)` words, and bits past `n` in the last are zero. The span
+    /// lies within the row's `width + 2` bits.
+    pub(super) fn read_span(&self, r: usize, p0: usize, n: usize, out: &mut [u64]) {
+        let row = self.row(r);
+        let (k0, s) = (p0 / 64, p0 % 64);
+        for (i, o) in out.iter_mut().enumerate() {
+            let lo = row.get(k0 + i).map_or(0, |w| w >> s);
+            let hi = match s {
+                0 => 0,
+                _ => row.get(k0 + i + 1).map_or(0, |w| w << (64 - s)),
+            };
+            *o = lo | hi;
+        }
+        let full = out.len().saturating_sub(1) * 64;
+        if let Some(last) = out.last_mut() {
+            *last &= low_bits(n - full);
+        }
+    }
+
+    /// The reverse of [`ShardGrid::read_span`]: sets bits `p0..p0 + n` of halo-inclusive row
+    /// `r` from `src` (bit 0 is cell `p0`), leaving the row's other bits alone.
+    pub(super) fn write_span(&mut self, r: usize, p0: usize, n: usize, src: &[u64]) {
+        let base = self.row_index(r);
+        for (i, &word) in src.iter().enumerate().take(n.div_ceil(64)) {
+            let m = low_bits(n - i * 64);
+            let v = word & m;
+            let (k, s) = ((p0 + i * 64) / 64, (p0 + i * 64) % 64);
+            let w = &mut self.cells[base + k];
+            *w = (*w & !(m << s)) | (v << s);
+            if s != 0 && (m >> (64 - s)) != 0 {
+                let w = &mut self.cells[base + k + 1];
+                *w = (*w & !(m >> (64 - s))) | (v >> (64 - s));
+            }
+        }
     }
 
     /// The words of halo-inclusive row `r`.
@@ -441,6 +484,16 @@ impl std::fmt::Debug for ShardGrid {
             writeln!(f, "{row}")?;
         }
         Ok(())
+    }
+}
+
+/// A word with the low `n` bits set (all 64 for `n >= 64`).
+#[inline]
+fn low_bits(n: usize) -> u64 {
+    if n >= 64 {
+        !0
+    } else {
+        (1u64 << n) - 1
     }
 }
 

@@ -10,9 +10,11 @@
 //! - [`params`]: [`WorldParams`], [`Summary`].
 //! - [`edge`]: [`Direction`], [`Edge`], [`ShardEdges`]: the halo conventions.
 //! - [`grid`]: [`ShardGrid`], the bit-packed fast kernel.
+//! - [`deep`]: [`DeepShard`] and [`Block`]: margins several cells deep, exchanged every few ticks.
 //! - [`plain`]: [`PlainGrid`], the byte-per-cell reference kernel.
 //! - [`world`]: [`World`] and [`run_reference`].
 
+pub mod deep;
 pub mod edge;
 pub mod grid;
 pub mod hash;
@@ -21,6 +23,7 @@ pub mod plain;
 pub mod rule;
 pub mod world;
 
+pub use deep::{check_depth, default_depth, Block, DeepShard, MAX_HALO_DEPTH};
 pub use edge::{Direction, Edge, HaloError, ShardEdges};
 pub use grid::ShardGrid;
 pub use hash::{splitmix64, DensityThreshold};

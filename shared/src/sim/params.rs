@@ -104,6 +104,16 @@ pub enum ParamsError {
         /// [`MAX_PATTERN_CELLS`].
         max: usize,
     },
+    /// A margin depth that does not fit the shard.
+    #[error(
+        "halo_depth must be from 1 to {max} (the shard's shorter side, at most 64), got {depth}"
+    )]
+    HaloDepth {
+        /// The depth asked for.
+        depth: u32,
+        /// The deepest allowed.
+        max: u32,
+    },
     /// A shard coordinate outside the world.
     #[error(
         "shard ({x}, {y}) is outside a world of {width_in_shards} × {height_in_shards} shards"
