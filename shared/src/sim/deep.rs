@@ -120,7 +120,7 @@ impl Block {
                 buf[..chunk.len()].copy_from_slice(chunk);
                 words[k] = u64::from_le_bytes(buf);
             }
-            if width % 64 != 0 {
+            if !width.is_multiple_of(64) {
                 if let Some(last) = words.last_mut() {
                     *last &= (1u64 << (width % 64)) - 1;
                 }
