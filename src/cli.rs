@@ -77,8 +77,10 @@ pub struct CoordinatorArgs {
     pub health: HealthArgs,
 
     /// Backends record population and fingerprint every this many ticks (and at the last
-    /// tick of every run); GET /colony reports the newest tick all backends recorded.
-    #[arg(long, env = "COLONY_CHECKPOINT_EVERY", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    /// tick of every run); GET /colony reports the newest tick all backends recorded. Border
+    /// exchanges cover several ticks but never cross a checkpoint, so a small value slows
+    /// runs down.
+    #[arg(long, env = "COLONY_CHECKPOINT_EVERY", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
     pub checkpoint_every: u64,
 
     #[command(flatten)]

@@ -111,6 +111,11 @@ fn worlds() -> Vec<Value> {
             }));
         }
     }
+    // Deeper margins than the default: 13 ticks per exchange, cut by the checkpoints.
+    out.push(json!({
+        "width_in_shards": 3, "height_in_shards": 2, "shard_width": 97, "shard_height": 61,
+        "rule": "B36/S23", "seed": 9, "density": 0.3, "halo_depth": 13,
+    }));
     out
 }
 
@@ -208,7 +213,8 @@ async fn state_changing_frames_need_authentication() {
             x: 0,
             y: 0,
             side: 0,
-            len: 8,
+            width: 8,
+            height: 1,
             bits: vec![0xff],
         }],
     };
@@ -284,7 +290,8 @@ async fn state_changing_frames_need_authentication() {
             x: 9,
             y: 9,
             side: 0,
-            len: 8,
+            width: 8,
+            height: 1,
             bits: vec![0xff],
         }],
     };
@@ -353,13 +360,15 @@ fn figures(cells: &[[u64; 2]], (dx, dy): (u64, u64), width: u64, height: u64) ->
 }
 
 /// Starts `cells` alone (density 0) on a 4 × 4 world of 8 × 8 shards, which `live`'s four
-/// backends hold as 2 × 2 blocks, so every pattern below straddles backends.
-async fn start_pattern(live: &Live, cells: &[[u64; 2]]) {
+/// backends hold as 2 × 2 blocks, so every pattern below straddles backends. Backends
+/// exchange borders every `depth` ticks.
+async fn start_pattern(live: &Live, cells: &[[u64; 2]], depth: u32) {
     let (status, body) = live
         .post(
             "/colony-start",
             json!({"width_in_shards": 4, "height_in_shards": 4, "shard_width": 8,
-                   "shard_height": 8, "density": 0.0, "cells": cells, "restart": true}),
+                   "shard_height": 8, "density": 0.0, "cells": cells, "restart": true,
+                   "halo_depth": depth}),
         )
         .await;
     assert_eq!(status, 200, "{body}");
@@ -375,32 +384,33 @@ async fn run_ticks(live: &Live, ticks: u64) -> Value {
 
 #[tokio::test]
 async fn known_patterns_cross_shard_and_backend_boundaries() {
-    let live = Live::start(4, &["--checkpoint-every", "1"]).await;
+    // Checkpoints every 10 ticks: with depth 8 a long run goes in batches of 8 and 2.
+    let live = Live::start(4, &["--checkpoint-every", "10"]).await;
     let side = 32;
 
     // A glider heading south-east, its 3×3 box just inside shard (0, 0): every 4 ticks it is
     // itself again one cell further, so it crosses shard corners and edges, passes from one
     // backend's block to the next, and is home again after 4 × 32 ticks.
     let glider = [[6, 5], [7, 6], [5, 7], [6, 7], [7, 7]];
-    start_pattern(&live, &glider).await;
-    for j in 1..=side {
-        let answer = run_ticks(&live, 4).await;
-        let (population, fingerprint) = figures(&glider, (j, j), side, side);
-        assert_eq!(answer["tick"], 4 * j, "{answer}");
-        assert_eq!(
-            answer["population"], population,
-            "glider after {j} moves: {answer}"
-        );
-        assert_eq!(
-            answer["fingerprint"], fingerprint,
-            "glider after {j} moves: {answer}"
-        );
+    for depth in [1, 3, 8] {
+        start_pattern(&live, &glider, depth).await;
+        let mut moved = 0;
+        for moves in [1, 1, 1, 1, 3, 9, 16] {
+            let answer = run_ticks(&live, 4 * moves).await;
+            moved += moves;
+            let (population, fingerprint) = figures(&glider, (moved, moved), side, side);
+            let label = format!("glider after {moved} moves with depth {depth}");
+            assert_eq!(answer["tick"], 4 * moved, "{label}: {answer}");
+            assert_eq!(answer["population"], population, "{label}: {answer}");
+            assert_eq!(answer["fingerprint"], fingerprint, "{label}: {answer}");
+        }
+        assert_eq!(moved, side, "the glider went once around the torus");
     }
 
     // A blinker across the border of two backends' blocks (x = 15 | 16): period 2.
     let horizontal = [[15, 28], [16, 28], [17, 28]];
     let vertical = [[16, 27], [16, 28], [16, 29]];
-    start_pattern(&live, &horizontal).await;
+    start_pattern(&live, &horizontal, 8).await;
     for t in 1..=6u64 {
         let answer = run_ticks(&live, 1).await;
         let phase = if t % 2 == 1 { &vertical } else { &horizontal };
@@ -416,9 +426,9 @@ async fn known_patterns_cross_shard_and_backend_boundaries() {
 
     // A block on the point where all four backends' blocks meet: still.
     let block = [[15, 15], [16, 15], [15, 16], [16, 16]];
-    start_pattern(&live, &block).await;
-    let answer = run_ticks(&live, 10).await;
-    assert_eq!(answer["tick"], 10, "{answer}");
+    start_pattern(&live, &block, 8).await;
+    let answer = run_ticks(&live, 25).await;
+    assert_eq!(answer["tick"], 25, "{answer}");
     let (population, fingerprint) = figures(&block, (0, 0), side, side);
     assert_eq!(answer["population"], population, "{answer}");
     assert_eq!(answer["fingerprint"], fingerprint, "{answer}");

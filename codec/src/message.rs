@@ -97,13 +97,14 @@ pub enum Message {
         /// The server's own instance id.
         instance_id: String,
     },
-    /// Border cells of one tick, sent by the backend that holds the neighbouring shards.
+    /// Border cells of one tick, sent by the backend that holds the neighbouring shards: a
+    /// band as deep as the colony's `halo_depth`, which covers that many ticks.
     Halo {
         /// The colony.
         colony_id: String,
         /// The tick the cells belong to.
         tick: u64,
-        /// Each edge names the receiving shard and the side of its halo it fills.
+        /// Each edge names the receiving shard and the side of its margin it fills.
         edges: Vec<HaloEdge>,
     },
     /// A [`Message::Halo`] was stored.
@@ -234,18 +235,22 @@ pub struct ShardSummary {
     pub population: u64,
 }
 
-/// One edge of a [`Message::Halo`].
+/// One border block of a [`Message::Halo`]: a rectangle of cells for one side of the
+/// receiving shard's margin (`shard_width` × depth for north and south, depth ×
+/// `shard_height` for east and west, depth × depth for corners).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HaloEdge {
     /// Receiving shard column.
     pub x: u32,
     /// Receiving shard row.
     pub y: u32,
-    /// The side of the receiving shard's halo, as a direction index (0 = north, clockwise).
+    /// The side of the receiving shard's margin, as a direction index (0 = north, clockwise).
     pub side: u8,
-    /// Cells in the edge.
-    pub len: u32,
-    /// The cells, bit-packed LSB first.
+    /// Cells per row of the block.
+    pub width: u32,
+    /// Rows of the block.
+    pub height: u32,
+    /// The cells, row by row, each row in `ceil(width / 8)` bytes, least significant bit first.
     #[serde(with = "serde_bytes")]
     pub bits: Vec<u8>,
 }

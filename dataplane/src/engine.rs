@@ -1,12 +1,20 @@
 //! The tick engine: each backend ticks its own shards to the target tick the coordinator set,
 //! exchanging borders with the backends that hold neighbouring shards over authenticated
 //! data-plane connections. No coordinator round trip sits on a tick's critical path: a backend
-//! moves from tick `t` to `t + 1` as soon as every border of tick `t` it needs has arrived.
+//! moves on from tick `t` as soon as every border of tick `t` it needs has arrived.
 //!
-//! Per tick: take the eight edges of every local shard; send each remote neighbour the edges
-//! it needs (one [`Message::Halo`] per peer); wait for the remote edges this backend needs;
-//! fill every halo (local edges in memory, remote ones from the inbox); step every shard in
-//! parallel. Neighbours can be at most one tick apart, so the inbox holds two ticks at most.
+//! Borders are `d` cells deep (the colony's halo depth, see [`shared::sim::DeepShard`]), so
+//! one exchange covers a batch of up to `d` ticks. Per batch: take the eight border blocks of
+//! every local shard; send each remote neighbour the blocks it needs (one [`Message::Halo`]
+//! per peer); wait for the remote blocks this backend needs; fill every margin (local blocks
+//! in memory, remote ones from the inbox); step every shard through the batch.
+//!
+//! Every backend must cut the ticks into the same batches, or one would wait for a border its
+//! neighbour never sends. A batch starting at `t` ends at the first of: `t + d`, the next
+//! multiple of `checkpoint_every`, the next tick a run stops at. Those are the same on every
+//! backend: the coordinator sends every backend the same runs in the same order, and a pause
+//! stops each backend at the end of the batch it is in, which is a batch end everywhere.
+//! Neighbours can be at most one batch apart, so the inbox holds two batches at most.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,7 +24,7 @@ use std::time::Duration;
 use codec::{Checkpoint, HaloEdge, Message};
 use parking_lot::Mutex;
 use rayon::prelude::*;
-use shared::sim::{Direction, Edge, ShardEdges};
+use shared::sim::{Block, DeepShard, Direction};
 use shared::topology::ShardCoord;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
@@ -64,7 +72,7 @@ impl EngineState {
     }
 }
 
-/// A remote edge waiting for its tick.
+/// A remote border block waiting for its tick: receiving shard and margin side.
 type EdgeKey = (ShardCoord, u8);
 
 /// Tick engine state of one colony on one backend.
@@ -77,8 +85,11 @@ pub struct Engine {
     /// Every tick a run was asked to stop at: each gets a checkpoint even if a later run
     /// raised the target before the engine got there.
     stops: Mutex<std::collections::BTreeSet<u64>>,
-    inbox: Mutex<BTreeMap<u64, HashMap<EdgeKey, Edge>>>,
+    inbox: Mutex<BTreeMap<u64, HashMap<EdgeKey, Block>>>,
     arrived: Notify,
+    /// The tick the batch in progress ends at (the current tick when idle): where a pause
+    /// can stop.
+    batch_end: AtomicU64,
     started: AtomicBool,
     /// Cancelled when the colony is replaced or the node stops.
     pub(crate) cancel: CancellationToken,
@@ -97,6 +108,7 @@ impl Default for Engine {
             stops: Mutex::new(std::collections::BTreeSet::new()),
             inbox: Mutex::new(BTreeMap::new()),
             arrived: Notify::new(),
+            batch_end: AtomicU64::new(0),
             started: AtomicBool::new(false),
             cancel: CancellationToken::new(),
         }
@@ -112,8 +124,8 @@ impl Engine {
     /// Stores the borders a neighbour sent for `tick`.
     ///
     /// # Errors
-    /// A sentence for the error frame: a tick outside the two this backend can use, a shard
-    /// it does not hold, a bad side or length, or a border sent twice.
+    /// A sentence for the error frame: a tick outside the two batches this backend can use,
+    /// a shard it does not hold, a bad side or size, or a border sent twice.
     pub fn deliver(
         &self,
         colony: &LocalColony,
@@ -121,9 +133,10 @@ impl Engine {
         edges: Vec<HaloEdge>,
     ) -> Result<(), String> {
         let current = self.tick();
-        if tick < current || tick > current + 1 {
+        let depth = colony.depth();
+        if tick < current || tick > current + u64::from(depth) {
             return Err(format!(
-                "border for tick {tick}, but this backend is at tick {current}"
+                "border for tick {tick}, but this backend is at tick {current} (batches of {depth})"
             ));
         }
         let params = colony.params();
@@ -137,15 +150,16 @@ impl Engine {
                 .get(usize::from(e.side))
                 .copied()
                 .ok_or_else(|| format!("side {} is not 0..8", e.side))?;
-            let expected = side.edge_len(params.shard_width, params.shard_height);
-            if e.len != expected {
+            let (w, h) =
+                DeepShard::block_size(side, params.shard_width, params.shard_height, depth);
+            if (e.width, e.height) != (w, h) {
                 return Err(format!(
-                    "{side:?} border of {shard} has {} cells, expected {expected}",
-                    e.len
+                    "{side:?} border of {shard} is {}x{} cells, expected {w}x{h}",
+                    e.width, e.height
                 ));
             }
-            let edge = Edge::from_bytes(e.len, e.bits).map_err(|err| err.to_string())?;
-            checked.push(((shard, e.side), edge));
+            let block = Block::from_bytes(w, h, &e.bits).map_err(|err| err.to_string())?;
+            checked.push(((shard, e.side), block));
         }
         let mut inbox = self.inbox.lock();
         let slot = inbox.entry(tick).or_default();
@@ -170,14 +184,17 @@ impl Engine {
         *self.target.borrow()
     }
 
-    /// Stops as soon as possible: at most one tick on (a tick may be in progress). Returns
-    /// the tick it will stop at; the coordinator then sets every backend's target to the
-    /// largest such tick, so all meet at one tick.
+    /// Stops as soon as possible: at the end of the batch in progress (every backend cuts
+    /// the same batches, so that is a tick they all pass). Returns the tick it will stop at;
+    /// the coordinator then sets every backend's target to the largest such tick, so all
+    /// meet at one tick.
     pub fn pause(&self) -> u64 {
-        let next = self.tick() + 1;
         let mut stop = 0;
+        // The engine picks its next batch while holding the target, so the batch end read
+        // here is the one it is in (or the current tick if it has not picked the next yet).
         self.target.send_modify(|t| {
-            t.until = t.until.min(next);
+            let end = self.batch_end.load(Ordering::Acquire).max(self.tick());
+            t.until = t.until.min(end);
             stop = t.until;
         });
         self.stops.lock().insert(stop);
@@ -242,6 +259,19 @@ impl Engine {
 
     fn set_state(&self, state: EngineState) {
         self.state.send_replace((self.tick(), state));
+    }
+
+    /// Ticks in the batch starting at `t` (see the module docs): at most `depth`, never past
+    /// a checkpoint tick, the target or a stop. At least 1 when `t < target.until`.
+    fn batch_len(&self, t: u64, target: &Target, depth: u32) -> u64 {
+        let every = target.checkpoint_every.max(1);
+        let mut len = u64::from(depth)
+            .min(every - t % every)
+            .min(target.until.saturating_sub(t));
+        if let Some(&stop) = self.stops.lock().range(t + 1..).next() {
+            len = len.min(stop - t);
+        }
+        len.max(1)
     }
 }
 
@@ -341,6 +371,7 @@ async fn run(
     let peers = PeerSet::connect(colony.topology(), plan.outgoing.keys(), identity).await?;
     let world_width = colony.params().world_width();
     let rule = colony.params().rule;
+    let depth = colony.depth();
     let cells_per_tick = plan.sources.len() as u64
         * u64::from(colony.params().shard_width)
         * u64::from(colony.params().shard_height);
@@ -349,26 +380,39 @@ async fn run(
     info!(
         colony = colony.colony_id(),
         peers = plan.outgoing.len(),
+        depth,
         "tick engine ready"
     );
     loop {
-        let t = engine.tick();
-        let target = *target_rx.borrow_and_update();
-        if t >= target.until {
+        // Pick the batch while holding the target, so a pause sees either this batch's end
+        // or the tick before it (see `Engine::pause`).
+        let batch = {
+            let target = target_rx.borrow_and_update();
+            let t = engine.tick();
+            if t >= target.until {
+                engine.batch_end.store(t, Ordering::Release);
+                None
+            } else {
+                let len = engine.batch_len(t, &target, depth);
+                engine.batch_end.store(t + len, Ordering::Release);
+                Some((t, len))
+            }
+        };
+        let Some((t, len)) = batch else {
             engine.set_state(EngineState::Idle);
             if target_rx.changed().await.is_err() {
                 return Ok(());
             }
             continue;
-        }
+        };
         if !matches!(engine.state.borrow().1, EngineState::Running) {
             engine.set_state(EngineState::Running);
         }
-        // 1. Every local shard's edges at tick t.
-        let edges: HashMap<ShardCoord, ShardEdges> = colony.with_shards(|shards| {
+        // 1. Every local shard's border blocks at tick t.
+        let borders: HashMap<ShardCoord, [Block; 8]> = colony.with_shards(|shards| {
             shards
                 .iter()
-                .map(|(c, slot)| (*c, slot.grid.edges()))
+                .map(|(c, slot)| (*c, Direction::ALL.map(|d| slot.grid.border(d))))
                 .collect()
         });
         // 2. Send each remote neighbour what it needs.
@@ -376,13 +420,14 @@ async fn run(
             let batch = wanted
                 .iter()
                 .filter_map(|(s, d, n, side)| {
-                    let edge = edges.get(s)?.get(*d);
+                    let block = &borders.get(s)?[d.index()];
                     Some(HaloEdge {
                         x: n.x,
                         y: n.y,
                         side: *side,
-                        len: edge.len(),
-                        bits: edge.as_bytes().to_vec(),
+                        width: block.width(),
+                        height: block.height(),
+                        bits: block.to_bytes(),
                     })
                 })
                 .collect();
@@ -397,9 +442,9 @@ async fn run(
                 )
                 .await?;
         }
-        // 3. Wait for the remote edges of tick t.
+        // 3. Wait for the remote blocks of tick t.
         let remote = wait_inbox(engine, &peers, t, plan.remote_needed, halo_timeout).await?;
-        // 4. Fill halos and step every shard.
+        // 4. Fill margins and step every shard through the batch.
         let sources = &plan.sources;
         colony.with_shards(|shards| -> Result<(), String> {
             let fill = |coord: &ShardCoord, slot: &mut crate::ShardSlot| -> Result<(), String> {
@@ -407,11 +452,11 @@ async fn run(
                     return Ok(());
                 };
                 for d in Direction::ALL {
-                    let edge = match from[d.index()] {
-                        Source::Local(n) => edges
+                    let block = match from[d.index()] {
+                        Source::Local(n) => borders
                             .get(&n)
-                            .map(|e| e.get(d.opposite()))
-                            .ok_or_else(|| format!("no edges of local shard {n}"))?,
+                            .map(|b| &b[d.opposite().index()])
+                            .ok_or_else(|| format!("no borders of local shard {n}"))?,
                         Source::Remote => {
                             let key = (*coord, u8::try_from(d.index()).unwrap_or(0));
                             remote.get(&key).ok_or_else(|| {
@@ -419,10 +464,12 @@ async fn run(
                             })?
                         }
                     };
-                    slot.grid.set_halo(d, edge).map_err(|e| e.to_string())?;
+                    slot.grid.set_margin(d, block).map_err(|e| e.to_string())?;
                 }
-                slot.grid.step(&rule);
-                slot.tick = t + 1;
+                for _ in 0..len {
+                    slot.grid.step(&rule);
+                }
+                slot.tick = t + len;
                 Ok(())
             };
             if cells_per_tick >= PARALLEL_CELLS {
@@ -436,31 +483,31 @@ async fn run(
                     .try_for_each(|(coord, slot)| fill(coord, slot))
             }
         })?;
-        engine.tick.store(t + 1, Ordering::Release);
+        let end = t + len;
+        engine.tick.store(end, Ordering::Release);
         let target = engine.target();
         let asked = {
             let mut stops = engine.stops.lock();
-            let asked = stops.remove(&(t + 1));
+            let asked = stops.remove(&end);
             // Stops already passed can never be reached again.
-            *stops = stops.split_off(&(t + 1));
+            *stops = stops.split_off(&end);
             asked
         };
-        if asked || (t + 1).is_multiple_of(target.checkpoint_every.max(1)) || t + 1 >= target.until
-        {
-            engine.record(colony.figures(t + 1, world_width));
+        if asked || end.is_multiple_of(target.checkpoint_every.max(1)) || end >= target.until {
+            engine.record(colony.figures(end, world_width));
         }
         engine.set_state(EngineState::Running);
     }
 }
 
-/// Waits until every remote edge of tick `t` is in, then takes them.
+/// Waits until every remote border block of tick `t` is in, then takes them.
 async fn wait_inbox(
     engine: &Engine,
     peers: &PeerSet,
     t: u64,
     needed: usize,
     timeout: Duration,
-) -> Result<HashMap<EdgeKey, Edge>, String> {
+) -> Result<HashMap<EdgeKey, Block>, String> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let notified = engine.arrived.notified();

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use codec::{Checkpoint, Message, ShardSummary};
 use parking_lot::{Mutex, RwLock};
-use shared::sim::{ShardGrid, WorldParams};
+use shared::sim::{DeepShard, WorldParams};
 use shared::topology::{ClusterTopology, ShardCoord};
 
 use crate::engine::Engine;
@@ -17,8 +17,8 @@ use crate::engine::Engine;
 /// One shard's cells and the tick they are at.
 #[derive(Debug)]
 pub struct ShardSlot {
-    /// The cells.
-    pub grid: ShardGrid,
+    /// The cells, with a margin as deep as the colony's halo depth.
+    pub grid: DeepShard,
     /// The tick `grid` shows.
     pub tick: u64,
 }
@@ -28,6 +28,8 @@ pub struct ShardSlot {
 pub struct LocalColony {
     topology: Arc<ClusterTopology>,
     params: WorldParams,
+    /// Ticks per border exchange (the depth of every shard's margin).
+    depth: u32,
     /// Held only for short, synchronous sections (never across an `.await`).
     shards: Mutex<BTreeMap<ShardCoord, ShardSlot>>,
     engine: Engine,
@@ -47,6 +49,11 @@ impl LocalColony {
     /// Dimensions and simulation settings.
     pub fn params(&self) -> &WorldParams {
         &self.params
+    }
+
+    /// Ticks per border exchange: the depth of every shard's margin.
+    pub fn depth(&self) -> u32 {
+        self.depth
     }
 
     /// The colony's tick engine on this backend.
@@ -132,6 +139,7 @@ impl ShardStore {
         }
         let colony = Arc::new(LocalColony {
             params: topology.world_params(),
+            depth: topology.halo_depth(),
             topology: Arc::new(topology),
             shards: Mutex::new(BTreeMap::new()),
             engine: Engine::default(),
@@ -149,8 +157,8 @@ impl ShardStore {
         colony: &LocalColony,
         shard: ShardCoord,
     ) -> Result<ShardFigures, String> {
-        let grid =
-            ShardGrid::initial(&colony.params, shard.x, shard.y).map_err(|e| e.to_string())?;
+        let grid = DeepShard::initial(&colony.params, shard.x, shard.y, colony.depth)
+            .map_err(|e| e.to_string())?;
         let figures = ShardFigures {
             population: grid.population(),
             fingerprint: grid.fingerprint(shard.x, shard.y, colony.params.world_width()),
@@ -204,7 +212,7 @@ impl ShardStore {
                 width: slot.grid.width(),
                 height: slot.grid.height(),
                 population: slot.grid.population(),
-                rows: slot.grid.rows().collect(),
+                rows: slot.grid.rows(),
             })
         })
     }

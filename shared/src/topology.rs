@@ -355,6 +355,10 @@ pub struct Simulation {
     /// Global cells `[gx, gy]` alive at tick 0 besides the soup (see [`WorldParams::cells`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cells: Vec<[u64; 2]>,
+    /// Ticks per border exchange between shards (the depth of every shard's margin); `None`
+    /// picks [`crate::sim::default_depth`] for the shard size. It changes speed, never results.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub halo_depth: Option<u32>,
 }
 
 impl Default for Simulation {
@@ -365,6 +369,7 @@ impl Default for Simulation {
             seed: 42,
             density: 0.35,
             cells: Vec::new(),
+            halo_depth: None,
         }
     }
 }
@@ -385,7 +390,8 @@ impl Simulation {
     }
 }
 
-/// Checks that every pattern cell lies inside the world `dims` describes.
+/// Checks the settings that depend on the dimensions: every pattern cell lies inside the
+/// world, and the halo depth fits a shard.
 fn check_pattern(simulation: &Simulation, dims: &Dimensions) -> Result<(), TopologyError> {
     let (width, height) = (dims.world_width(), dims.world_height());
     crate::sim::check_cells(&simulation.cells, width.into(), height.into()).map_err(|e| {
@@ -393,7 +399,16 @@ fn check_pattern(simulation: &Simulation, dims: &Dimensions) -> Result<(), Topol
             field: "cells",
             reason: e.to_string(),
         }
-    })
+    })?;
+    if let Some(depth) = simulation.halo_depth {
+        crate::sim::check_depth(depth, dims.shard_width, dims.shard_height).map_err(|e| {
+            TopologyError::InvalidSimulation {
+                field: "halo_depth",
+                reason: e.to_string(),
+            }
+        })?;
+    }
+    Ok(())
 }
 
 // === impl ClusterTopology ===
@@ -479,6 +494,13 @@ impl ClusterTopology {
     /// The rule, seed, density and pattern every shard is simulated with.
     pub fn simulation(&self) -> &Simulation {
         &self.simulation
+    }
+
+    /// Ticks per border exchange: the colony's `halo_depth`, or the default for its shards.
+    pub fn halo_depth(&self) -> u32 {
+        self.simulation.halo_depth.unwrap_or_else(|| {
+            crate::sim::default_depth(self.dims.shard_width, self.dims.shard_height)
+        })
     }
 
     /// Everything the simulation kernel needs: dimensions plus simulation settings.

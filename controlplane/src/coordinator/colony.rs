@@ -54,6 +54,8 @@ pub struct StartRequest {
     pub density: f64,
     /// Global cells `[x, y]` alive at tick 0 besides the soup (a known pattern).
     pub cells: Vec<[u64; 2]>,
+    /// Ticks per border exchange between shards; the default suits the shard size.
+    pub halo_depth: Option<u32>,
     /// Replace a running colony instead of answering 409.
     pub restart: bool,
 }
@@ -69,6 +71,7 @@ impl Default for StartRequest {
             seed: 42,
             density: 0.35,
             cells: Vec::new(),
+            halo_depth: None,
             restart: false,
         }
     }
@@ -94,6 +97,7 @@ impl StartRequest {
             seed: self.seed,
             density: self.density,
             cells: self.cells.clone(),
+            halo_depth: self.halo_depth,
         };
         simulation
             .validate()

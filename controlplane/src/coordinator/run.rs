@@ -39,7 +39,7 @@ pub struct RunConfig {
 impl Default for RunConfig {
     fn default() -> Self {
         RunConfig {
-            checkpoint_every: 10,
+            checkpoint_every: 100,
             report_wait: Duration::from_millis(500),
             stall_timeout: Duration::from_secs(3),
         }
