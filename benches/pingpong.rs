@@ -114,7 +114,30 @@ async fn drive(addr: SocketAddr, depth: usize, stop: Arc<AtomicBool>, done: Arc<
     }
 }
 
-fn measure(addr: SocketAddr, conns: usize, depth: usize, secs: f64) -> f64 {
+/// CPU time (user + system) the process `pid` has used so far, from /proc.
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // Clock ticks are 1/100 s on Linux.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Requests/s, and the server's CPU microseconds per request over the same window.
+fn measure(server: &Server, conns: usize, depth: usize, secs: f64) -> (f64, f64) {
+    let addr = server.addr;
+    let pid = server.child.id();
     // The load generator gets one thread, whatever the server uses, for both servers alike.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -130,14 +153,21 @@ fn measure(addr: SocketAddr, conns: usize, depth: usize, secs: f64) -> f64 {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let start_count = done.load(Ordering::Relaxed);
         let started = Instant::now();
+        let cpu_before = cpu_seconds(pid);
         tokio::time::sleep(Duration::from_secs_f64(secs)).await;
         let count = done.load(Ordering::Relaxed) - start_count;
         let elapsed = started.elapsed().as_secs_f64();
+        let cpu = cpu_seconds(pid) - cpu_before;
         stop.store(true, Ordering::Relaxed);
         for t in tasks {
             let _ = t.await;
         }
-        count as f64 / elapsed
+        let per_request_us = if count > 0 {
+            cpu * 1e6 / count as f64
+        } else {
+            0.0
+        };
+        (count as f64 / elapsed, per_request_us)
     })
 }
 
@@ -166,25 +196,42 @@ fn main() {
         Some(redis) => servers.push(redis),
         None => println!("redis-server not found: printing Colony's figures only"),
     }
+    // `PINGPONG_CONFIGS=50x1,1x1` runs only those.
+    let configs: Vec<(usize, usize)> = match std::env::var("PINGPONG_CONFIGS") {
+        Ok(list) => list
+            .split(',')
+            .filter_map(|c| {
+                let (a, b) = c.trim().split_once('x')?;
+                Some((a.parse().ok()?, b.parse().ok()?))
+            })
+            .collect(),
+        Err(_) => CONFIGS.to_vec(),
+    };
     println!("pingpong: {secs}s per run, best of {rounds} alternating rounds");
+    println!("(cpu µs/req: the server process's user + system time per request, best round)");
     println!(
-        "{:>12} {:>14} {:>14} {:>8}",
-        "conns×depth", "colony req/s", "redis req/s", "ratio"
+        "{:>12} {:>14} {:>14} {:>8} {:>11} {:>11}",
+        "conns×depth", "colony req/s", "redis req/s", "ratio", "colony cpu", "redis cpu"
     );
-    for (conns, depth) in CONFIGS {
+    for (conns, depth) in configs {
         let mut best = vec![0f64; servers.len()];
+        let mut cpu = vec![f64::INFINITY; servers.len()];
         for _ in 0..rounds {
             for (i, server) in servers.iter().enumerate() {
-                best[i] = best[i].max(measure(server.addr, conns, depth, secs));
+                let (rate, us) = measure(server, conns, depth, secs);
+                best[i] = best[i].max(rate);
+                cpu[i] = cpu[i].min(us);
             }
         }
         let redis = best.get(1).copied();
         println!(
-            "{:>12} {:>14.0} {:>14} {:>8}",
+            "{:>12} {:>14.0} {:>14} {:>8} {:>11.2} {:>11}",
             format!("{conns}×{depth}"),
             best[0],
             redis.map_or("-".into(), |r| format!("{r:.0}")),
             redis.map_or("-".into(), |r| format!("{:.2}", best[0] / r)),
+            cpu[0],
+            cpu.get(1).map_or("-".into(), |c| format!("{c:.2}")),
         );
     }
     for s in &servers {

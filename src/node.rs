@@ -145,7 +145,11 @@ impl Tasks {
         metrics: &Metrics,
     ) {
         let (dp, token) = (data_plane.clone(), self.shutdown.clone());
-        self.spawn(async move { dp.serve(listeners.data, token).await });
+        self.spawn(async move {
+            if let Err(e) = dp.serve_on_own_thread(listeners.data, token).await {
+                warn!(error = %e, "data plane failed");
+            }
+        });
         let control = harden(control, limits, metrics.http.clone(), "control");
         self.serve_http(listeners.control, control, "control");
         let mgmt = harden(mgmt, limits, metrics.http.clone(), "mgmt");

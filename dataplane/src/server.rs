@@ -72,6 +72,44 @@ impl DataPlane {
         self.shared.config.limits
     }
 
+    /// [`DataPlane::serve`] on a thread of its own, with a single-threaded runtime, and
+    /// returns once the server has drained. Like Redis's event loop, every connection (and
+    /// every tick engine started from one) then runs on that thread: no task hops between
+    /// worker threads and no thread wake-ups on the request path, and the HTTP planes on the
+    /// caller's runtime can never delay a data-plane answer.
+    ///
+    /// # Errors
+    /// The thread or its runtime cannot be created, or the listener cannot move to it.
+    pub async fn serve_on_own_thread(
+        &self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<()> {
+        let listener = listener.into_std()?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (done, finished) = tokio::sync::oneshot::channel::<std::io::Result<()>>();
+        let server = self.clone();
+        let span = tracing::Span::current();
+        std::thread::Builder::new()
+            .name("colony-data-plane".into())
+            .spawn(move || {
+                let _entered = span.enter();
+                let result = runtime.block_on(async move {
+                    let listener = TcpListener::from_std(listener)?;
+                    server.serve(listener, shutdown).await;
+                    Ok(())
+                });
+                let _ = done.send(result);
+            })?;
+        finished.await.unwrap_or_else(|_| {
+            Err(std::io::Error::other(
+                "the data plane thread ended without reporting",
+            ))
+        })
+    }
+
     /// Serves `listener` until `shutdown` is cancelled, then waits up to the grace period for
     /// open connections to finish the request they are on.
     ///
