@@ -148,17 +148,35 @@ async fn four_backends_match_the_reference() {
 
 #[tokio::test]
 async fn runs_can_be_paused_and_resumed_without_changing_the_result() {
-    let live = Live::start(3, &["--checkpoint-every", "3"]).await;
+    // Checkpoints every 3 ticks cut every border exchange (12 ticks deep here) to 3 ticks.
+    pause_and_resume(&["--checkpoint-every", "3"]).await;
+}
+
+#[tokio::test]
+async fn a_pause_between_deep_border_exchanges_stops_every_backend_at_one_tick() {
+    // Checkpoints every 100 ticks: exchanges cover 12 ticks, and the pause lands inside one.
+    pause_and_resume(&["--checkpoint-every", "100"]).await;
+}
+
+async fn pause_and_resume(coordinator_flags: &[&str]) {
+    let live = Live::start(3, coordinator_flags).await;
     let world = json!({"width_in_shards": 4, "height_in_shards": 3, "shard_width": 40,
                        "shard_height": 30, "rule": "B3/S23", "seed": 7, "density": 0.4});
     let (status, body) = live.post("/colony-start", world.clone()).await;
     assert_eq!(status, 200, "{body}");
-    let (status, _) = live.post("/colony/run", json!({"ticks": 100_000})).await;
+    let (status, _) = live.post("/colony/run", json!({"ticks": 1_000_000})).await;
     assert_eq!(status, 200);
+    // Pause in full flight, not before the first tick.
+    eventually(DEADLINE, "the run under way", || async {
+        let c = live.colony().await;
+        (c["front_tick"].as_u64()? >= 500).then_some(())
+    })
+    .await;
     let (status, paused) = live.post("/colony/pause", json!({})).await;
     assert_eq!(status, 200, "{paused}");
     assert_eq!(paused["state"], "paused", "{paused}");
     let at = paused["tick"].as_u64().unwrap();
+    assert!(at >= 500 && at < 1_000_000, "paused at tick {at}");
     let expected = run_reference(&params(&world), at).unwrap();
     assert_eq!(paused["population"], expected.population, "{paused}");
     assert_eq!(paused["fingerprint"], expected.fingerprint.to_string());
