@@ -81,13 +81,16 @@ impl Connection {
         let mut last_request = Instant::now();
         let idle_timer = tokio::time::sleep(idle);
         tokio::pin!(idle_timer);
+        // Likewise one registration with the shutdown token, not one per request.
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
         loop {
             if let Some(end) = self.drain(false, shutdown).await {
                 return end;
             }
             let read = tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => return End::Shutdown,
+                _ = &mut cancelled => return End::Shutdown,
                 read = self.socket.read_buf(&mut self.read_buf) => read,
                 _ = &mut idle_timer => {
                     if last_request.elapsed() < idle {
