@@ -2,11 +2,17 @@
 //! own Rust client: HTTP requests and heartbeats as live counters, and node states and
 //! data-plane counters collected from their owners at scrape time, so nothing is counted twice.
 
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
+use axum::extract::MatchedPath;
+use axum::http::Method;
 use dataplane::DataPlane;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{text::encode, DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::encoding::{
+    text::encode, DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric,
+    LabelValueEncoder,
+};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
@@ -14,13 +20,61 @@ use prometheus_client::registry::Registry;
 
 use crate::coordinator::heartbeat::HealthTracker;
 
-/// Labels of the HTTP request counter.
+/// Labels of the HTTP request counter. Nothing in it is allocated per request: the method
+/// is a static name and the route shares the router's own string.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HttpLabels {
     plane: &'static str,
-    method: String,
-    route: String,
+    method: &'static str,
+    route: RouteLabel,
     status: u16,
+}
+
+/// The matched route of a request (`unmatched` for the 404 fallback).
+#[derive(Debug, Clone)]
+struct RouteLabel(Option<MatchedPath>);
+
+impl RouteLabel {
+    fn as_str(&self) -> &str {
+        self.0.as_ref().map_or("unmatched", MatchedPath::as_str)
+    }
+}
+
+impl PartialEq for RouteLabel {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for RouteLabel {}
+
+impl Hash for RouteLabel {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl EncodeLabelValue for RouteLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
+}
+
+/// The metrics label of an HTTP method: the standard ones by name, any other as `OTHER`, so
+/// a client inventing methods cannot grow the label set.
+pub fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "OTHER",
+    }
 }
 
 /// The HTTP request counter, shared by every listener of a node.
@@ -30,13 +84,19 @@ pub struct HttpMetrics {
 }
 
 impl HttpMetrics {
-    /// Counts one answered request.
-    pub fn observe(&self, plane: &'static str, method: &str, route: &str, status: u16) {
+    /// Counts one answered request; `route` is the matched route, `None` for no route.
+    pub fn observe(
+        &self,
+        plane: &'static str,
+        method: &'static str,
+        route: Option<MatchedPath>,
+        status: u16,
+    ) {
         self.requests
             .get_or_create(&HttpLabels {
                 plane,
-                method: method.to_owned(),
-                route: route.to_owned(),
+                method,
+                route: RouteLabel(route),
                 status,
             })
             .inc();
