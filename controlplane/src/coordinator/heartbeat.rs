@@ -448,8 +448,11 @@ impl HealthTracker {
     }
 
     /// Records a (validated) heartbeat received at `now`.
-    pub fn record(&self, hb: Heartbeat, now: Instant) -> Recorded {
+    pub fn record(&self, mut hb: Heartbeat, now: Instant) -> Recorded {
         let wall = SystemTime::now();
+        // A HealthCheckResult nobody listens to is not built: no copy of the metrics, no
+        // timestamp text. Thousands of heartbeats a second mostly have no listener.
+        let listened = self.inner.events.receiver_count() > 0;
         let target = if hb.leaving {
             NodeState::Left
         } else {
@@ -491,7 +494,6 @@ impl HealthTracker {
                 record.last_heard = now;
                 record.heartbeats += 1;
                 record.seq = hb.seq;
-                record.metrics = hb.metrics.clone();
                 let due = record.last_check_event.is_none_or(|last| {
                     now.saturating_duration_since(last) >= HEALTH_CHECK_EVENT_EVERY
                 });
@@ -499,6 +501,7 @@ impl HealthTracker {
                     record.last_check_event = Some(now);
                     check = Some((record.heartbeats, Some(millis(gap))));
                 }
+                record.metrics = take_metrics(&mut hb.metrics, check.is_some() && listened);
             }
             None => {
                 let first = Transition {
@@ -521,7 +524,10 @@ impl HealthTracker {
                         flaps: 0,
                         failed_since: None,
                         last_transition: Some(first.clone()),
-                        metrics: hb.metrics.clone(),
+                        metrics: take_metrics(
+                            &mut hb.metrics,
+                            target == NodeState::Active && listened,
+                        ),
                         last_check_event: (target == NodeState::Active).then_some(now),
                     },
                 );
@@ -554,7 +560,7 @@ impl HealthTracker {
             self.emit(&hb.instance_id, hb.node_type, t);
         }
         // After the state change, so a subscriber sees the transition first.
-        if let Some((heartbeats, interval_ms)) = check {
+        if let Some((heartbeats, interval_ms)) = check.filter(|_| listened) {
             let _ = self.inner.events.send(HealthEvent::HealthCheckResult {
                 node_id: hb.instance_id,
                 node_type: hb.node_type,
@@ -796,6 +802,16 @@ impl HealthTracker {
         }
         counts.open_alerts = self.inner.alerts.lock().open.len();
         counts
+    }
+}
+
+/// The metrics to keep in the node's record: moved out of the heartbeat, or copied when the
+/// heartbeat's event needs them too.
+fn take_metrics(metrics: &mut BTreeMap<String, f64>, for_event: bool) -> BTreeMap<String, f64> {
+    if for_event {
+        metrics.clone()
+    } else {
+        std::mem::take(metrics)
     }
 }
 

@@ -50,7 +50,10 @@ pub fn coordinator_router_with(state: MgmtState, limits: WsLimits) -> Router {
     Router::new()
         .route("/health", get(health::own))
         .route("/metrics", get(health::metrics))
-        .route("/heartbeat", post(heartbeat::receive))
+        .route(
+            "/heartbeat",
+            post(heartbeat::receive).with_state(heartbeat::HeartbeatState::new(&state)),
+        )
         .route("/health/status", get(health::status))
         .route("/health/stale", get(health::stale))
         .route("/alerts", get(health::alerts))
@@ -227,5 +230,42 @@ mod tests {
         let (status, body) = call(&app, "GET", "/health", None).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body["node_type"], "coordinator");
+    }
+
+    #[tokio::test]
+    async fn json_media_types_with_parameters_or_capitals_are_json() {
+        let (app, health) = app();
+        for (i, content_type) in ["application/json; charset=utf-8", "Application/JSON"]
+            .into_iter()
+            .enumerate()
+        {
+            let mut heartbeat = good();
+            heartbeat["seq"] = json!(i + 1);
+            let req = Request::post("/heartbeat")
+                .header("content-type", content_type)
+                .body(Body::from(heartbeat.to_string()))
+                .unwrap();
+            let res = app.clone().oneshot(req).await.unwrap();
+            assert_eq!(res.status(), StatusCode::OK, "{content_type}");
+        }
+        assert_eq!(health.node("backend_9000").unwrap().heartbeats, 2);
+    }
+
+    #[tokio::test]
+    async fn requests_are_counted_by_route_with_a_bounded_label_set() {
+        let (app, _) = app();
+        let heartbeat = Some(good().to_string().into_bytes());
+        call(&app, "POST", "/heartbeat", heartbeat).await;
+        call(&app, "GET", "/no/such/route", None).await;
+        call(&app, "BREW", "/health", None).await;
+        let (_, metrics) = call(&app, "GET", "/metrics", None).await;
+        let text = metrics.as_str().unwrap();
+        for line in [
+            r#"colony_http_requests_total{plane="mgmt",method="POST",route="/heartbeat",status="200"} 1"#,
+            r#"colony_http_requests_total{plane="mgmt",method="GET",route="unmatched",status="404"} 1"#,
+            r#"colony_http_requests_total{plane="mgmt",method="OTHER",route="/health",status="405"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} not in {text}");
+        }
     }
 }
