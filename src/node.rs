@@ -14,7 +14,7 @@ use controlplane::coordinator::colony::{ColonyConfig, ColonyManager};
 use controlplane::coordinator::heartbeat::{HealthTracker, NodeType};
 use controlplane::coordinator::processes::ProcessManager;
 use controlplane::heartbeat_sender::HeartbeatSender;
-use controlplane::http::{harden, HttpLimits};
+use controlplane::http::{harden, serve_on_own_thread, HttpLimits};
 use controlplane::management::{self, MgmtState};
 use controlplane::metrics::Metrics;
 use controlplane::state::NodeInfo;
@@ -153,7 +153,12 @@ impl Tasks {
         let control = harden(control, limits, metrics.http.clone(), "control");
         self.serve_http(listeners.control, control, "control");
         let mgmt = harden(mgmt, limits, metrics.http.clone(), "mgmt");
-        self.serve_http(listeners.mgmt, mgmt, "mgmt");
+        let token = self.shutdown.clone();
+        self.spawn(async move {
+            if let Err(e) = serve_on_own_thread(listeners.mgmt, mgmt, token, "mgmt").await {
+                warn!(listener = "mgmt", error = %e, "HTTP listener failed");
+            }
+        });
     }
 
     async fn stop(mut self, grace: Duration) {

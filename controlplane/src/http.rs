@@ -1,5 +1,6 @@
 //! Layers every HTTP listener gets: a body-size limit, a request timeout, request tracing,
-//! panic containment, request counting, and a JSON 404 for unknown routes.
+//! panic containment, request counting, and a JSON 404 for unknown routes; and
+//! [`serve_on_own_thread`] for the management plane.
 //!
 //! The layers are stacked into one service and applied with a single `Router::layer`: axum
 //! boxes each route once per `layer` call, so five calls meant five boxed futures and five
@@ -15,6 +16,8 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tower::{Layer, Service, ServiceBuilder};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::timeout::TimeoutLayer;
@@ -68,6 +71,58 @@ pub fn harden(
         .layer(DefaultBodyLimit::max(limits.max_body))
         .layer(CountRequestsLayer { metrics, plane });
     router.fallback(not_found).layer(layers)
+}
+
+/// Serves `router` on `listener` until `shutdown`, on a thread of its own with a
+/// single-threaded runtime; resolves when it has stopped. Tasks the handlers spawn (a
+/// WebSocket's, say) run there too.
+///
+/// For the management plane, kept apart from the control plane's runtime as linkerd keeps
+/// its admin server apart: its load is many small requests (every node's heartbeat, every
+/// interval), and on a multi-threaded runtime each one that arrived alone woke a second
+/// worker to look for work to steal, which cost about a third of the coordinator's CPU at
+/// 10 000 nodes. Apart, it also answers while the other planes are saturated.
+///
+/// Dropping the returned future (a grace period that ran out) stops the thread's runtime and
+/// every task on it.
+///
+/// # Errors
+/// The listener cannot be moved to the new runtime, or the thread cannot start; or serving
+/// fails.
+pub async fn serve_on_own_thread(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+    what: &'static str,
+) -> std::io::Result<()> {
+    let listener = listener.into_std()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let abort = CancellationToken::new();
+    let _abort_on_drop = abort.clone().drop_guard();
+    let (done, finished) = tokio::sync::oneshot::channel::<std::io::Result<()>>();
+    let span = tracing::Span::current();
+    std::thread::Builder::new()
+        .name(format!("colony-{what}"))
+        .spawn(move || {
+            let _entered = span.enter();
+            let result = runtime.block_on(async move {
+                let listener = TcpListener::from_std(listener)?;
+                let served = axum::serve(listener, router)
+                    .with_graceful_shutdown(shutdown.cancelled_owned());
+                tokio::select! {
+                    served = served => served,
+                    _ = abort.cancelled() => Ok(()),
+                }
+            });
+            let _ = done.send(result);
+        })?;
+    finished.await.unwrap_or_else(|_| {
+        Err(std::io::Error::other(format!(
+            "the {what} thread ended without reporting"
+        )))
+    })
 }
 
 /// Counts every answered request by plane, method, matched route and status.
