@@ -3,19 +3,35 @@
 //! 1. Ingest: `HB_CONNS` keep-alive connections (default 8) post heartbeats for 1 000
 //!    distinct nodes as fast as the coordinator answers, for `HB_SECS` (default 3): the
 //!    figure is heartbeats/s accepted.
-//! 2. Tracking: 10 000 simulated nodes, each heartbeating once a second (paced), for
-//!    `HB_SECS`: the figure is the coordinator's CPU time over wall time (share of one core),
-//!    read from /proc.
+//! 2. Tracking: 10 000 simulated nodes, each heartbeating once a second (paced), over
+//!    `HB_TRACK_CONNS` keep-alive connections (default 20, 500 nodes each), for `HB_SECS`:
+//!    the figure is the coordinator's CPU time over wall time (share of one core), read from
+//!    its own /proc/<pid>/stat only.
+//!
+//! Every heartbeat is a full `POST /heartbeat` (the body a backend sends, the headers reqwest
+//! sends) on a keep-alive HTTP/1.1 connection, one request at a time per connection, as the
+//! backends' sender does; each answer is read and must be 200. The load generator writes
+//! requests and reads answers itself rather than through reqwest: it shares this machine with
+//! the coordinator, and reqwest's own per-request cost took CPU from the server in the ingest
+//! phase. Its CPU share is printed too.
+//!
+//! `HB_WORKERS` sets the coordinator's `--worker-threads` (the management plane, heartbeats
+//! included, runs on a thread of its own either way); `HB_COLONY` runs another `colony`
+//! binary, to compare builds under the same load.
 //!
 //! Run: `cargo bench --bench heartbeat`. The load generator runs on the same machine.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::io::Write as _;
 use std::net::TcpListener as StdListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 struct Coordinator {
     child: Child,
@@ -41,7 +57,9 @@ fn free_port() -> u16 {
 fn start() -> Coordinator {
     let dir = tempfile::tempdir().unwrap();
     let mgmt = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_colony"))
+    let program =
+        std::env::var("HB_COLONY").unwrap_or_else(|_| env!("CARGO_BIN_EXE_colony").into());
+    let child = Command::new(program)
         .args([
             "coordinator",
             "--internal-port",
@@ -85,8 +103,8 @@ fn body(node: usize, seq: u64) -> String {
     )
 }
 
-/// CPU seconds (user, system) the process has used, from /proc/<pid>/stat.
-fn cpu_seconds(pid: u32) -> (f64, f64) {
+/// CPU seconds (user, system) a process has used, from /proc/<pid>/stat.
+fn cpu_seconds(pid: &str) -> (f64, f64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = stat.rsplit(')').next().unwrap_or_default();
     let fields: Vec<&str> = after.split_whitespace().collect();
@@ -100,26 +118,102 @@ fn cpu_seconds(pid: u32) -> (f64, f64) {
     (field(11) / 100.0, field(12) / 100.0)
 }
 
-async fn ingest(
-    client: reqwest::Client,
-    url: String,
-    conn: usize,
-    until: Instant,
-    done: Arc<AtomicU64>,
-) {
+/// One keep-alive HTTP/1.1 connection posting heartbeats, one request at a time.
+struct Conn {
+    stream: TcpStream,
+    host: String,
+    request: Vec<u8>,
+    answer: Vec<u8>,
+}
+
+impl Conn {
+    async fn open(port: u16) -> Conn {
+        let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        Conn {
+            stream,
+            host: format!("127.0.0.1:{port}"),
+            request: Vec::with_capacity(512),
+            answer: Vec::with_capacity(512),
+        }
+    }
+
+    /// Posts one heartbeat and reads the whole answer; true if it was a 200.
+    async fn post(&mut self, body: &str) -> bool {
+        self.request.clear();
+        write!(
+            self.request,
+            "POST /heartbeat HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\naccept: */*\r\ncontent-length: {}\r\n\r\n{body}",
+            self.host,
+            body.len()
+        )
+        .unwrap();
+        self.stream.write_all(&self.request).await.unwrap();
+        self.answer.clear();
+        let mut chunk = [0u8; 2048];
+        loop {
+            let n = self.stream.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "the coordinator closed a keep-alive connection");
+            self.answer.extend_from_slice(&chunk[..n]);
+            let Some(end) = self.answer.windows(4).position(|w| w == b"\r\n\r\n") else {
+                continue;
+            };
+            let head = std::str::from_utf8(&self.answer[..end]).unwrap();
+            let ok = head.starts_with("HTTP/1.1 200 ");
+            let length: usize = head
+                .lines()
+                .find_map(|line| {
+                    let (name, value) = line.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse().ok())?
+                })
+                .expect("answers have a content-length");
+            while self.answer.len() < end + 4 + length {
+                let n = self.stream.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "the coordinator closed a keep-alive connection");
+                self.answer.extend_from_slice(&chunk[..n]);
+            }
+            return ok;
+        }
+    }
+}
+
+/// Connection `conn` of the ingest phase: 125 nodes of its own, as fast as answered.
+async fn ingest(port: u16, conn: usize, until: Instant, done: Arc<AtomicU64>) {
+    let mut c = Conn::open(port).await;
     let mut seq = 0u64;
     while Instant::now() < until {
         seq += 1;
         let node = conn * 125 + (seq as usize % 125);
-        let ok = client
-            .post(&url)
-            .header("content-type", "application/json")
-            .body(body(node, seq))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success());
-        if ok {
+        if c.post(&body(node, seq)).await {
             done.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Connection `conn` of `conns` in the tracking phase: carries nodes `conn`, `conn + conns`,
+/// … (`per_conn` of them), each once a second, evenly spaced and out of phase with the other
+/// connections.
+async fn track(
+    port: u16,
+    conn: usize,
+    conns: usize,
+    per_conn: usize,
+    measure: Duration,
+    sent: Arc<AtomicU64>,
+) {
+    let mut c = Conn::open(port).await;
+    let pace = Duration::from_secs(1) / per_conn as u32;
+    let start = tokio::time::Instant::now() + pace.mul_f64(conn as f64 / conns as f64);
+    let mut tick = tokio::time::interval_at(start, pace);
+    let end = Instant::now() + measure;
+    let mut seq = 0u64;
+    while Instant::now() < end {
+        tick.tick().await;
+        seq += 1;
+        let node = conn + conns * (seq as usize % per_conn);
+        if c.post(&body(100_000 + node, seq)).await {
+            sent.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -134,7 +228,10 @@ fn main() {
     };
     let secs = if benching { env("HB_SECS", 3.0) } else { 0.3 };
     let conns = env("HB_CONNS", 8.0) as usize;
-    let nodes = if benching { 10_000 } else { 500 };
+    let wanted = if benching { 10_000 } else { 500 };
+    let track_conns = (env("HB_TRACK_CONNS", 20.0) as usize).clamp(1, wanted);
+    let per_conn = wanted / track_conns;
+    let nodes = per_conn * track_conns;
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -142,101 +239,87 @@ fn main() {
         .build()
         .unwrap();
     let coordinator = start();
-    let url = format!("http://127.0.0.1:{}/heartbeat", coordinator.mgmt);
+    let port = coordinator.mgmt;
+    let pid = coordinator.child.id().to_string();
+    let share = |before: (f64, f64), after: (f64, f64), wall: f64| {
+        (
+            100.0 * (after.0 - before.0) / wall,
+            100.0 * (after.1 - before.1) / wall,
+        )
+    };
 
     // 1. Ingest.
     let done = Arc::new(AtomicU64::new(0));
+    let (server0, client0) = (cpu_seconds(&pid), cpu_seconds("self"));
     let started = Instant::now();
     let until = started + Duration::from_secs_f64(secs);
     rt.block_on(async {
         let tasks: Vec<_> = (0..conns)
-            .map(|c| {
-                let client = reqwest::Client::builder()
-                    .no_proxy()
-                    .pool_max_idle_per_host(1)
-                    .build()
-                    .unwrap();
-                tokio::spawn(ingest(client, url.clone(), c, until, done.clone()))
-            })
+            .map(|c| tokio::spawn(ingest(port, c, until, done.clone())))
             .collect();
         for t in tasks {
             t.await.unwrap();
         }
     });
-    let rate = done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+    let wall = started.elapsed().as_secs_f64();
+    let (server, client) = (
+        share(server0, cpu_seconds(&pid), wall),
+        share(client0, cpu_seconds("self"), wall),
+    );
     println!(
-        "heartbeat ingest: {rate:.0} heartbeats/s over {conns} keep-alive connections ({secs}s)"
+        "heartbeat ingest: {:.0} heartbeats/s over {conns} keep-alive connections ({secs}s); coordinator CPU {:.0}% of one core (user {:.0}%, kernel {:.0}%), load generator {:.0}%",
+        done.load(Ordering::Relaxed) as f64 / wall,
+        server.0 + server.1,
+        server.0,
+        server.1,
+        client.0 + client.1,
     );
 
     // 2. Tracking many nodes at 1 heartbeat/s each.
-    let pid = coordinator.child.id();
     let sent = Arc::new(AtomicU64::new(0));
-    rt.block_on(async {
-        // Register every node once, then measure steady state.
-        let client = reqwest::Client::builder().no_proxy().build().unwrap();
-        let senders = 20usize;
-        let per_sender = nodes / senders;
-        let run = |measure: Duration| {
-            let sent = sent.clone();
-            let client = client.clone();
-            let url = url.clone();
-            async move {
-                let tasks: Vec<_> = (0..senders)
-                    .map(|s| {
-                        let (client, url, sent) = (client.clone(), url.clone(), sent.clone());
-                        tokio::spawn(async move {
-                            let pace = Duration::from_secs(1) / per_sender as u32;
-                            let mut tick = tokio::time::interval(pace);
-                            let end = Instant::now() + measure;
-                            let mut seq = 0u64;
-                            while Instant::now() < end {
-                                tick.tick().await;
-                                seq += 1;
-                                let node = s * per_sender + (seq as usize % per_sender);
-                                if client
-                                    .post(&url)
-                                    .header("content-type", "application/json")
-                                    .body(body(100_000 + node, seq))
-                                    .send()
-                                    .await
-                                    .is_ok()
-                                {
-                                    sent.fetch_add(1, Ordering::Relaxed);
-                                }
-                            }
-                        })
-                    })
-                    .collect();
-                for t in tasks {
-                    t.await.unwrap();
-                }
+    let run = |measure: Duration| {
+        let sent = sent.clone();
+        async move {
+            let tasks: Vec<_> = (0..track_conns)
+                .map(|c| tokio::spawn(track(port, c, track_conns, per_conn, measure, sent.clone())))
+                .collect();
+            for t in tasks {
+                t.await.unwrap();
             }
-        };
-        run(Duration::from_secs(1)).await;
-        sent.store(0, Ordering::Relaxed);
-        let cpu0 = cpu_seconds(pid);
-        let wall0 = Instant::now();
-        run(Duration::from_secs_f64(secs.max(1.0))).await;
-        let cpu1 = cpu_seconds(pid);
-        let (user, system) = (cpu1.0 - cpu0.0, cpu1.1 - cpu0.1);
-        let cpu = user + system;
-        let wall = wall0.elapsed().as_secs_f64();
-        let status: serde_json::Value = client
-            .get(format!("http://127.0.0.1:{}/health/status", coordinator.mgmt))
+        }
+    };
+    // Register every node once, then measure steady state.
+    rt.block_on(run(Duration::from_secs(1)));
+    sent.store(0, Ordering::Relaxed);
+    let (server0, client0) = (cpu_seconds(&pid), cpu_seconds("self"));
+    let wall0 = Instant::now();
+    rt.block_on(run(Duration::from_secs_f64(secs.max(1.0))));
+    let wall = wall0.elapsed().as_secs_f64();
+    let (server, client) = (
+        share(server0, cpu_seconds(&pid), wall),
+        share(client0, cpu_seconds("self"), wall),
+    );
+    let status: serde_json::Value = rt.block_on(async {
+        reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .unwrap()
+            .get(format!("http://127.0.0.1:{port}/health/status"))
             .send()
             .await
             .unwrap()
             .json()
             .await
-            .unwrap();
-        println!(
-            "tracking {nodes} nodes at 1 heartbeat/s: {:.0} heartbeats/s received, coordinator CPU {:.1}% of one core (user {:.1}%, kernel {:.1}%; {} components, {} active)",
-            sent.load(Ordering::Relaxed) as f64 / wall,
-            100.0 * cpu / wall,
-            100.0 * user / wall,
-            100.0 * system / wall,
-            status["total_components"],
-            status["active"],
-        );
+            .unwrap()
     });
+    println!(
+        "tracking {nodes} nodes at 1 heartbeat/s over {track_conns} keep-alive connections: {:.0} heartbeats/s received, coordinator CPU {:.1}% of one core (user {:.1}%, kernel {:.1}%), load generator {:.0}%; {} components, {} active",
+        sent.load(Ordering::Relaxed) as f64 / wall,
+        server.0 + server.1,
+        server.0,
+        server.1,
+        client.0 + client.1,
+        status["total_components"],
+        status["active"],
+    );
 }
