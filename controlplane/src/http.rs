@@ -114,6 +114,7 @@ pub async fn serve_on_own_thread(
                 tokio::select! {
                     served = served => served,
                     _ = abort.cancelled() => Ok(()),
+                    () = keep_a_timer_pending() => Ok(()),
                 }
             });
             let _ = done.send(result);
@@ -124,6 +125,22 @@ pub async fn serve_on_own_thread(
         )))
     })
 }
+
+/// Never ends; keeps a timer pending at most [`PENDING_TIMER`] ahead on this runtime.
+///
+/// Every request arms a timer (its timeout). When the runtime has no earlier timer, tokio
+/// wakes its own driver to recompute its sleep each time one is armed: an eventfd write
+/// and an extra turn of the event loop per request, about 3% of the coordinator's CPU at
+/// 10 000 heartbeats/s. With this timer pending, a request deadline is later than the
+/// driver's next wake-up and arming it costs no system call; it costs one wake-up a second.
+async fn keep_a_timer_pending() {
+    loop {
+        tokio::time::sleep(PENDING_TIMER).await;
+    }
+}
+
+/// See [`keep_a_timer_pending`]; shorter than any sensible request timeout.
+const PENDING_TIMER: Duration = Duration::from_secs(1);
 
 /// Counts every answered request by plane, method, matched route and status.
 #[derive(Debug, Clone)]
