@@ -23,6 +23,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/proc_cpu.rs"]
+mod proc_cpu;
+
+use proc_cpu::cpu_seconds;
 use std::io::Write as _;
 use std::net::TcpListener as StdListener;
 use std::process::{Child, Command, Stdio};
@@ -101,21 +105,6 @@ fn body(node: usize, seq: u64) -> String {
         r#"{{"instance_id":"sim_{node}","node_type":"backend","address":{{"ip":"127.0.0.1","internal_port":{p},"http_port":{p},"mgmt_port":{p}}},"seq":{seq},"metrics":{{"connections":1,"frames_in":{seq}}}}}"#,
         p = 10000 + node % 50000
     )
-}
-
-/// CPU seconds (user, system) a process has used, from /proc/<pid>/stat.
-fn cpu_seconds(pid: &str) -> (f64, f64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit(')').next().unwrap_or_default();
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let field = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // USER_HZ is 100 on Linux.
-    (field(11) / 100.0, field(12) / 100.0)
 }
 
 /// One keep-alive HTTP/1.1 connection posting heartbeats, one request at a time.

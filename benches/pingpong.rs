@@ -13,6 +13,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/proc_cpu.rs"]
+mod proc_cpu;
+
+use proc_cpu::cpu_seconds;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -114,30 +118,25 @@ async fn drive(addr: SocketAddr, depth: usize, stop: Arc<AtomicBool>, done: Arc<
     }
 }
 
-/// CPU time (user + system) the process `pid` has used so far, from /proc.
-fn cpu_seconds(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
-    let Some((_, rest)) = stat.rsplit_once(')') else {
-        return 0.0;
-    };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // Clock ticks are 1/100 s on Linux.
-    (ticks(11) + ticks(12)) / 100.0
+/// User plus system CPU seconds of process `pid`.
+fn total_cpu_seconds(pid: &str) -> f64 {
+    let (user, system) = cpu_seconds(pid);
+    user + system
 }
 
-/// Requests/s, and the server's CPU microseconds per request over the same window.
-fn measure(server: &Server, conns: usize, depth: usize, secs: f64) -> (f64, f64) {
+/// One measured window.
+struct Run {
+    rate: f64,
+    /// The server's CPU microseconds per request.
+    server_us: f64,
+    /// The load generator's CPU share of one core (1.0: it was the bottleneck).
+    loadgen_share: f64,
+}
+
+/// Requests/s, the server's CPU per request and the load generator's CPU share over one window.
+fn measure(server: &Server, conns: usize, depth: usize, secs: f64) -> Run {
     let addr = server.addr;
-    let pid = server.child.id();
+    let pid = server.child.id().to_string();
     // The load generator gets one thread, whatever the server uses, for both servers alike.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -153,11 +152,13 @@ fn measure(server: &Server, conns: usize, depth: usize, secs: f64) -> (f64, f64)
         tokio::time::sleep(Duration::from_millis(200)).await;
         let start_count = done.load(Ordering::Relaxed);
         let started = Instant::now();
-        let cpu_before = cpu_seconds(pid);
+        let cpu_before = total_cpu_seconds(&pid);
+        let own_before = total_cpu_seconds("self");
         tokio::time::sleep(Duration::from_secs_f64(secs)).await;
         let count = done.load(Ordering::Relaxed) - start_count;
         let elapsed = started.elapsed().as_secs_f64();
-        let cpu = cpu_seconds(pid) - cpu_before;
+        let cpu = total_cpu_seconds(&pid) - cpu_before;
+        let own = total_cpu_seconds("self") - own_before;
         stop.store(true, Ordering::Relaxed);
         for t in tasks {
             let _ = t.await;
@@ -167,7 +168,11 @@ fn measure(server: &Server, conns: usize, depth: usize, secs: f64) -> (f64, f64)
         } else {
             0.0
         };
-        (count as f64 / elapsed, per_request_us)
+        Run {
+            rate: count as f64 / elapsed,
+            server_us: per_request_us,
+            loadgen_share: own / elapsed,
+        }
     })
 }
 
@@ -208,30 +213,47 @@ fn main() {
         Err(_) => CONFIGS.to_vec(),
     };
     println!("pingpong: {secs}s per run, best of {rounds} alternating rounds");
-    println!("(cpu µs/req: the server process's user + system time per request, best round)");
+    println!("cpu µs/req: the server process's user + system time per request (best round);");
+    println!("loadgen: the load generator's share of one core in the fastest round (1.00: it was");
+    println!("the bottleneck, and the ratio cannot exceed what it can drive)");
     println!(
-        "{:>12} {:>14} {:>14} {:>8} {:>11} {:>11}",
-        "conns×depth", "colony req/s", "redis req/s", "ratio", "colony cpu", "redis cpu"
+        "{:>12} {:>13} {:>13} {:>6} {:>11} {:>10} {:>15}",
+        "conns×depth",
+        "colony req/s",
+        "redis req/s",
+        "ratio",
+        "colony cpu",
+        "redis cpu",
+        "loadgen c / r"
     );
     for (conns, depth) in configs {
-        let mut best = vec![0f64; servers.len()];
+        let mut best: Vec<Option<Run>> = servers.iter().map(|_| None).collect();
         let mut cpu = vec![f64::INFINITY; servers.len()];
         for _ in 0..rounds {
             for (i, server) in servers.iter().enumerate() {
-                let (rate, us) = measure(server, conns, depth, secs);
-                best[i] = best[i].max(rate);
-                cpu[i] = cpu[i].min(us);
+                let run = measure(server, conns, depth, secs);
+                cpu[i] = cpu[i].min(run.server_us);
+                if best[i].as_ref().is_none_or(|b| run.rate > b.rate) {
+                    best[i] = Some(run);
+                }
             }
         }
-        let redis = best.get(1).copied();
+        let rate = |i: usize| best.get(i).and_then(Option::as_ref).map(|r| r.rate);
+        let share = |i: usize| {
+            best.get(i)
+                .and_then(Option::as_ref)
+                .map_or("-".into(), |r| format!("{:.2}", r.loadgen_share))
+        };
+        let (colony, redis) = (rate(0).unwrap_or(0.0), rate(1));
         println!(
-            "{:>12} {:>14.0} {:>14} {:>8} {:>11.2} {:>11}",
+            "{:>12} {:>13.0} {:>13} {:>6} {:>11.2} {:>10} {:>15}",
             format!("{conns}×{depth}"),
-            best[0],
+            colony,
             redis.map_or("-".into(), |r| format!("{r:.0}")),
-            redis.map_or("-".into(), |r| format!("{:.2}", best[0] / r)),
+            redis.map_or("-".into(), |r| format!("{:.2}", colony / r)),
             cpu[0],
             cpu.get(1).map_or("-".into(), |c| format!("{c:.2}")),
+            format!("{} / {}", share(0), share(1)),
         );
     }
     for s in &servers {
