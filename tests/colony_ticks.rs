@@ -419,6 +419,7 @@ async fn known_patterns_cross_shard_and_backend_boundaries() {
             let (population, fingerprint) = figures(&glider, (moved, moved), side, side);
             let label = format!("glider after {moved} moves with depth {depth}");
             assert_eq!(answer["tick"], 4 * moved, "{label}: {answer}");
+            assert_eq!(answer["halo_depth"], depth, "{label}: {answer}");
             assert_eq!(answer["population"], population, "{label}: {answer}");
             assert_eq!(answer["fingerprint"], fingerprint, "{label}: {answer}");
         }

@@ -455,6 +455,7 @@ impl ColonyRun {
             "error": s.failed,
             "backends": self.topology.backends().len(),
             "shards": self.topology.shard_count(),
+            "halo_depth": self.topology.halo_depth(),
         })
     }
 }
