@@ -659,6 +659,13 @@ async fn bad_bodies_are_400_naming_the_field_and_change_nothing() {
         ),
         (json!({"cells": [[0, 0, 0]]}).to_string(), "cells"),
         (json!({"cells": "glider"}).to_string(), "cells"),
+        (json!({"halo_depth": 0}).to_string(), "halo_depth"),
+        (json!({"halo_depth": 65}).to_string(), "halo_depth"),
+        (
+            json!({"shard_width": 8, "halo_depth": 9}).to_string(),
+            "halo_depth",
+        ),
+        (json!({"halo_depth": -1}).to_string(), "halo_depth"),
         (json!({"colour": "red"}).to_string(), "colour"),
         ("[1,2".to_owned(), "colony-start body"),
         ("42".to_owned(), "colony-start body"),
@@ -702,6 +709,15 @@ async fn bad_bodies_are_400_naming_the_field_and_change_nothing() {
 
     // And a good body still starts the colony afterwards.
     colony.start_colony(None, &small_world()).await;
+
+    // With a colony running, a bad body is still a 400, not a 409 about the running colony.
+    let response = http
+        .post(colony.url("/colony-start"))
+        .json(&json!({"halo_depth": 0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
 }
 
 #[tokio::test]

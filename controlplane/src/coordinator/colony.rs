@@ -108,6 +108,10 @@ impl StartRequest {
             u64::from(dims.world_height()),
         )
         .map_err(|e| ApiError::BadRequest(format!("invalid cells: {e}")))?;
+        if let Some(depth) = self.halo_depth {
+            shared::sim::check_depth(depth, dims.shard_width, dims.shard_height)
+                .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        }
         Ok((dims, simulation))
     }
 }
