@@ -476,3 +476,40 @@ async fn known_patterns_cross_shard_and_backend_boundaries() {
         }
     }
 }
+
+#[tokio::test]
+async fn concurrent_runs_and_pauses_end_at_one_consistent_tick() {
+    let live = Live::start(3, &[]).await;
+    let world = json!({"width_in_shards": 4, "height_in_shards": 3, "shard_width": 40,
+                       "shard_height": 30, "rule": "B3/S23", "seed": 11, "density": 0.4});
+    let (status, body) = live.post("/colony-start", world.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    // Runs and pauses racing each other: every backend must see them in the same order, or
+    // they would cut their border exchanges differently and wait on each other forever.
+    let calls = (0..12).map(|i| {
+        let live = &live;
+        async move {
+            if i % 4 == 3 {
+                live.post("/colony/pause", json!({})).await
+            } else {
+                live.post("/colony/run", json!({"ticks": 37})).await
+            }
+        }
+    });
+    for (status, answer) in futures::future::join_all(calls).await {
+        assert_eq!(status, 200, "{answer}");
+    }
+    let (status, answer) = live
+        .post("/colony/run", json!({"ticks": 5, "wait": true}))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["state"], "idle", "{answer}");
+    let at = answer["tick"].as_u64().unwrap();
+    let expected = run_reference(&params(&world), at).unwrap();
+    assert_eq!(answer["population"], expected.population, "{answer}");
+    assert_eq!(
+        answer["fingerprint"],
+        expected.fingerprint.to_string(),
+        "{answer}"
+    );
+}

@@ -69,6 +69,10 @@ pub struct ColonyRun {
     colony_id: String,
     topology: Arc<ClusterTopology>,
     commands: HashMap<String, tokio::sync::Mutex<Client>>,
+    /// Held while a run or pause picks its target and sends it to every backend, so every
+    /// backend receives the same targets in the same order: backends cut ticks into batches
+    /// by the targets they know, and must all cut them alike.
+    ordering: tokio::sync::Mutex<()>,
     state: Mutex<RunState>,
     changed: watch::Sender<u64>,
     cancel: CancellationToken,
@@ -137,6 +141,7 @@ impl ColonyRun {
             colony_id: topology.colony_id().to_owned(),
             topology,
             commands,
+            ordering: tokio::sync::Mutex::new(()),
             state: Mutex::new(RunState {
                 target: 0,
                 paused: false,
@@ -339,6 +344,7 @@ impl ColonyRun {
     /// 409 if the colony has failed; 502 if a backend refuses.
     pub async fn run(&self, ticks: u64, wait: bool) -> Result<Value, ApiError> {
         self.check_not_failed()?;
+        let ordered = self.ordering.lock().await;
         let target = {
             let mut s = self.state.lock();
             s.target = s.target.saturating_add(ticks);
@@ -353,6 +359,7 @@ impl ColonyRun {
             checkpoint_every: every,
         })
         .await?;
+        drop(ordered);
         info!(colony = %self.colony_id, target, "run");
         if wait {
             let mut rx = self.changed.subscribe();
@@ -377,6 +384,7 @@ impl ColonyRun {
     /// 409 if the colony has failed; 502 if a backend refuses.
     pub async fn pause(&self) -> Result<Value, ApiError> {
         self.check_not_failed()?;
+        let ordered = self.ordering.lock().await;
         let colony_id = self.colony_id.clone();
         let answers = self
             .broadcast(|| Message::Pause {
@@ -404,6 +412,7 @@ impl ColonyRun {
             checkpoint_every: every,
         })
         .await?;
+        drop(ordered);
         // Answer once every backend has met at that tick (a tick at most away).
         let mut rx = self.changed.subscribe();
         let _ = tokio::time::timeout(self.config.stall_timeout, async {
