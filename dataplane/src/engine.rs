@@ -516,7 +516,11 @@ async fn wait_inbox(
         {
             let mut inbox = engine.inbox.lock();
             if inbox.get(&t).map_or(needed == 0, |m| m.len() >= needed) {
-                return Ok(inbox.remove(&t).unwrap_or_default());
+                let borders = inbox.remove(&t).unwrap_or_default();
+                // Anything for tick t or before can never be used: a peer that sent borders
+                // for ticks inside a batch, or a late duplicate, must not pile up here.
+                *inbox = inbox.split_off(&(t + 1));
+                return Ok(borders);
             }
         }
         peers.check()?;

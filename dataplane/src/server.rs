@@ -92,13 +92,21 @@ impl DataPlane {
         let (done, finished) = tokio::sync::oneshot::channel::<std::io::Result<()>>();
         let server = self.clone();
         let span = tracing::Span::current();
+        // If the caller gives up on us (its own grace ran out and it dropped this future),
+        // the thread stops too: no port left bound, no engine ticking on after the node said
+        // it stopped.
+        let abort = CancellationToken::new();
+        let _abort_on_drop = abort.clone().drop_guard();
         std::thread::Builder::new()
             .name("colony-data-plane".into())
             .spawn(move || {
                 let _entered = span.enter();
                 let result = runtime.block_on(async move {
                     let listener = TcpListener::from_std(listener)?;
-                    server.serve(listener, shutdown).await;
+                    tokio::select! {
+                        () = server.serve(listener, shutdown) => {}
+                        () = abort.cancelled() => {}
+                    }
                     Ok(())
                 });
                 let _ = done.send(result);
