@@ -111,11 +111,22 @@ pub async fn serve_on_own_thread(
                 let listener = TcpListener::from_std(listener)?;
                 let served = axum::serve(listener, router)
                     .with_graceful_shutdown(shutdown.cancelled_owned());
-                tokio::select! {
+                let result = tokio::select! {
                     served = served => served,
-                    _ = abort.cancelled() => Ok(()),
+                    _ = abort.cancelled() => return Ok(()),
                     () = keep_a_timer_pending() => Ok(()),
-                }
+                };
+                // Graceful shutdown does not wait for upgraded connections: WebSocket writers
+                // were told to stop when the router (and its hub) went, and need a few turns
+                // of this runtime to send their close frames before it is dropped.
+                let finishing = tokio::runtime::Handle::current().metrics();
+                let _ = tokio::time::timeout(UPGRADED_GRACE, async {
+                    while finishing.num_alive_tasks() > 0 {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                })
+                .await;
+                result
             });
             let _ = done.send(result);
         })?;
@@ -138,6 +149,9 @@ async fn keep_a_timer_pending() {
         tokio::time::sleep(PENDING_TIMER).await;
     }
 }
+
+/// How long upgraded connections (WebSockets) get to say goodbye after the listener stops.
+const UPGRADED_GRACE: Duration = Duration::from_secs(1);
 
 /// See [`keep_a_timer_pending`]; shorter than any sensible request timeout.
 const PENDING_TIMER: Duration = Duration::from_secs(1);

@@ -53,6 +53,12 @@ fn state() -> (MgmtState, HealthTracker) {
 }
 
 async fn serve(limits: WsLimits) -> Server {
+    serve_with(limits, false).await
+}
+
+/// With `own_thread`, served as the coordinator serves its management plane: on a thread of
+/// its own ([`crate::http::serve_on_own_thread`]).
+async fn serve_with(limits: WsLimits, own_thread: bool) -> Server {
     let (state, health) = state();
     let hub = Hub::new(state, limits);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -62,10 +68,16 @@ async fn serve(limits: WsLimits) -> Server {
     let task = tokio::spawn({
         let stop = stop.clone();
         async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
-                .unwrap();
+            if own_thread {
+                crate::http::serve_on_own_thread(listener, app, stop, "mgmt")
+                    .await
+                    .unwrap();
+            } else {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await
+                    .unwrap();
+            }
         }
     });
     Server {
@@ -526,7 +538,16 @@ async fn a_slow_consumer_is_dropped_and_the_others_get_everything() {
 
 #[tokio::test]
 async fn stopping_the_listener_closes_every_socket_with_going_away() {
-    let mut server = serve(limits()).await;
+    stopping_closes_with_going_away(false).await;
+}
+
+#[tokio::test]
+async fn stopping_a_plane_on_its_own_thread_closes_every_socket_with_going_away() {
+    stopping_closes_with_going_away(true).await;
+}
+
+async fn stopping_closes_with_going_away(own_thread: bool) {
+    let mut server = serve_with(limits(), own_thread).await;
     let mut c = connect(server.addr, "").await;
     next(&mut c).await;
     server.hub = None;
