@@ -446,43 +446,48 @@ async fn run(
         let remote = wait_inbox(engine, &peers, t, plan.remote_needed, halo_timeout).await?;
         // 4. Fill margins and step every shard through the batch.
         let sources = &plan.sources;
-        colony.with_shards(|shards| -> Result<(), String> {
-            let fill = |coord: &ShardCoord, slot: &mut crate::ShardSlot| -> Result<(), String> {
-                let Some((_, from)) = sources.iter().find(|(c, _)| c == coord) else {
-                    return Ok(());
-                };
-                for d in Direction::ALL {
-                    let block = match from[d.index()] {
-                        Source::Local(n) => borders
-                            .get(&n)
-                            .map(|b| &b[d.opposite().index()])
-                            .ok_or_else(|| format!("no borders of local shard {n}"))?,
-                        Source::Remote => {
-                            let key = (*coord, u8::try_from(d.index()).unwrap_or(0));
-                            remote.get(&key).ok_or_else(|| {
-                                format!("no border for {coord} side {d:?} at tick {t}")
-                            })?
-                        }
-                    };
-                    slot.grid.set_margin(d, block).map_err(|e| e.to_string())?;
-                }
-                for _ in 0..len {
-                    slot.grid.step(&rule);
-                }
-                slot.tick = t + len;
-                Ok(())
+        let fill = |coord: &ShardCoord, slot: &mut crate::ShardSlot| -> Result<(), String> {
+            let Some((_, from)) = sources.iter().find(|(c, _)| c == coord) else {
+                return Ok(());
             };
-            if cells_per_tick >= PARALLEL_CELLS {
+            for d in Direction::ALL {
+                let block = match from[d.index()] {
+                    Source::Local(n) => borders
+                        .get(&n)
+                        .map(|b| &b[d.opposite().index()])
+                        .ok_or_else(|| format!("no borders of local shard {n}"))?,
+                    Source::Remote => {
+                        let key = (*coord, u8::try_from(d.index()).unwrap_or(0));
+                        remote.get(&key).ok_or_else(|| {
+                            format!("no border for {coord} side {d:?} at tick {t}")
+                        })?
+                    }
+                };
+                slot.grid.set_margin(d, block).map_err(|e| e.to_string())?;
+            }
+            for _ in 0..len {
+                slot.grid.step(&rule);
+            }
+            slot.tick = t + len;
+            Ok(())
+        };
+        if cells_per_tick >= PARALLEL_CELLS {
+            colony.with_shards(|shards| {
                 shards
                     .par_iter_mut()
                     .map(|(coord, slot)| fill(coord, slot))
                     .collect::<Result<(), String>>()
-            } else {
-                shards
-                    .iter_mut()
-                    .try_for_each(|(coord, slot)| fill(coord, slot))
+            })?;
+        } else {
+            // One shard at a time, taking the lock for each: a view of another shard
+            // (`GET /shards`, `SHARD x y`) waits for one shard's batch at most, not all.
+            for (coord, _) in sources {
+                colony.with_shards(|shards| match shards.get_mut(coord) {
+                    Some(slot) => fill(coord, slot),
+                    None => Err(format!("shard {coord} vanished while ticking")),
+                })?;
             }
-        })?;
+        }
         let end = t + len;
         engine.tick.store(end, Ordering::Release);
         let target = engine.target();
