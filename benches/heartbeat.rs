@@ -230,17 +230,27 @@ fn main() {
     let coordinator = start();
     let port = coordinator.mgmt;
     let pid = coordinator.child.id().to_string();
-    let share = |before: (f64, f64), after: (f64, f64), wall: f64| {
+    // CPU shares (user %, kernel %) of the coordinator and of this process since `mark()`.
+    let mark = || (cpu_seconds(&pid), cpu_seconds("self"), Instant::now());
+    let shares = |(server0, client0, at): ((f64, f64), (f64, f64), Instant)| {
+        let wall = at.elapsed().as_secs_f64();
+        let share = |before: (f64, f64), after: (f64, f64)| {
+            (
+                100.0 * (after.0 - before.0) / wall,
+                100.0 * (after.1 - before.1) / wall,
+            )
+        };
         (
-            100.0 * (after.0 - before.0) / wall,
-            100.0 * (after.1 - before.1) / wall,
+            share(server0, cpu_seconds(&pid)),
+            share(client0, cpu_seconds("self")),
+            wall,
         )
     };
 
     // 1. Ingest.
     let done = Arc::new(AtomicU64::new(0));
-    let (server0, client0) = (cpu_seconds(&pid), cpu_seconds("self"));
-    let started = Instant::now();
+    let ingest_mark = mark();
+    let started = ingest_mark.2;
     let until = started + Duration::from_secs_f64(secs);
     rt.block_on(async {
         let tasks: Vec<_> = (0..conns)
@@ -250,11 +260,7 @@ fn main() {
             t.await.unwrap();
         }
     });
-    let wall = started.elapsed().as_secs_f64();
-    let (server, client) = (
-        share(server0, cpu_seconds(&pid), wall),
-        share(client0, cpu_seconds("self"), wall),
-    );
+    let (server, client, wall) = shares(ingest_mark);
     println!(
         "heartbeat ingest: {:.0} heartbeats/s over {conns} keep-alive connections ({secs}s); coordinator CPU {:.0}% of one core (user {:.0}%, kernel {:.0}%), load generator {:.0}%",
         done.load(Ordering::Relaxed) as f64 / wall,
@@ -280,14 +286,9 @@ fn main() {
     // Register every node once, then measure steady state.
     rt.block_on(run(Duration::from_secs(1)));
     sent.store(0, Ordering::Relaxed);
-    let (server0, client0) = (cpu_seconds(&pid), cpu_seconds("self"));
-    let wall0 = Instant::now();
+    let tracking = mark();
     rt.block_on(run(Duration::from_secs_f64(secs.max(1.0))));
-    let wall = wall0.elapsed().as_secs_f64();
-    let (server, client) = (
-        share(server0, cpu_seconds(&pid), wall),
-        share(client0, cpu_seconds("self"), wall),
-    );
+    let (server, client, wall) = shares(tracking);
     let status: serde_json::Value = rt.block_on(async {
         reqwest::Client::builder()
             .no_proxy()
