@@ -95,46 +95,26 @@ pub async fn serve_on_own_thread(
     shutdown: CancellationToken,
     what: &'static str,
 ) -> std::io::Result<()> {
-    let listener = listener.into_std()?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let abort = CancellationToken::new();
-    let _abort_on_drop = abort.clone().drop_guard();
-    let (done, finished) = tokio::sync::oneshot::channel::<std::io::Result<()>>();
-    let span = tracing::Span::current();
-    std::thread::Builder::new()
-        .name(format!("colony-{what}"))
-        .spawn(move || {
-            let _entered = span.enter();
-            let result = runtime.block_on(async move {
-                let listener = TcpListener::from_std(listener)?;
-                let served = axum::serve(listener, router)
-                    .with_graceful_shutdown(shutdown.cancelled_owned());
-                let result = tokio::select! {
-                    served = served => served,
-                    _ = abort.cancelled() => return Ok(()),
-                    () = keep_a_timer_pending() => Ok(()),
-                };
-                // Graceful shutdown does not wait for upgraded connections: WebSocket writers
-                // were told to stop when the router (and its hub) went, and need a few turns
-                // of this runtime to send their close frames before it is dropped.
-                let finishing = tokio::runtime::Handle::current().metrics();
-                let _ = tokio::time::timeout(UPGRADED_GRACE, async {
-                    while finishing.num_alive_tasks() > 0 {
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                    }
-                })
-                .await;
-                result
-            });
-            let _ = done.send(result);
-        })?;
-    finished.await.unwrap_or_else(|_| {
-        Err(std::io::Error::other(format!(
-            "the {what} thread ended without reporting"
-        )))
+    shared::own_thread::serve_on_own_thread(what, listener, move |listener| async move {
+        let served =
+            axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned());
+        let result = tokio::select! {
+            served = served => served,
+            () = keep_a_timer_pending() => Ok(()),
+        };
+        // Graceful shutdown does not wait for upgraded connections: WebSocket writers were
+        // told to stop when the router (and its hub) went, and need a few turns of this
+        // runtime to send their close frames before it is dropped.
+        let finishing = tokio::runtime::Handle::current().metrics();
+        let _ = tokio::time::timeout(UPGRADED_GRACE, async {
+            while finishing.num_alive_tasks() > 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        result
     })
+    .await
 }
 
 /// Never ends; keeps a timer pending at most [`PENDING_TIMER`] ahead on this runtime.

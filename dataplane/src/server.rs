@@ -85,37 +85,16 @@ impl DataPlane {
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> std::io::Result<()> {
-        let listener = listener.into_std()?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let (done, finished) = tokio::sync::oneshot::channel::<std::io::Result<()>>();
         let server = self.clone();
-        let span = tracing::Span::current();
-        // If the caller gives up on us (its own grace ran out and it dropped this future),
-        // the thread stops too: no port left bound, no engine ticking on after the node said
-        // it stopped.
-        let abort = CancellationToken::new();
-        let _abort_on_drop = abort.clone().drop_guard();
-        std::thread::Builder::new()
-            .name("colony-data-plane".into())
-            .spawn(move || {
-                let _entered = span.enter();
-                let result = runtime.block_on(async move {
-                    let listener = TcpListener::from_std(listener)?;
-                    tokio::select! {
-                        () = server.serve(listener, shutdown) => {}
-                        () = abort.cancelled() => {}
-                    }
-                    Ok(())
-                });
-                let _ = done.send(result);
-            })?;
-        finished.await.unwrap_or_else(|_| {
-            Err(std::io::Error::other(
-                "the data plane thread ended without reporting",
-            ))
-        })
+        shared::own_thread::serve_on_own_thread(
+            "data-plane",
+            listener,
+            move |listener| async move {
+                server.serve(listener, shutdown).await;
+                Ok(())
+            },
+        )
+        .await
     }
 
     /// Serves `listener` until `shutdown` is cancelled, then waits up to the grace period for

@@ -5,6 +5,7 @@
 
 pub mod address;
 pub mod hello;
+pub mod own_thread;
 pub mod registry;
 pub mod secret;
 pub mod signal;
