@@ -300,7 +300,7 @@ pub fn ensure_started(colony: &Arc<LocalColony>, identity: &Identity, halo_timeo
 /// Which local shard fills which halo side of which neighbour, worked out once per colony.
 struct Plan {
     /// For each local shard, for each side: where its halo comes from.
-    sources: Vec<(ShardCoord, [Source; 8])>,
+    sources: BTreeMap<ShardCoord, [Source; 8]>,
     /// Per remote backend: `(local shard, direction)` pairs whose edge it needs, and the
     /// receiving shard and side.
     outgoing: BTreeMap<String, Vec<(ShardCoord, Direction, ShardCoord, u8)>>,
@@ -321,7 +321,7 @@ fn plan(colony: &LocalColony, me: &str) -> Plan {
     let params = colony.params();
     let mine: Vec<ShardCoord> = topology.shards_of(me);
     let owner = |c: ShardCoord| topology.backend_of(c).map(|b| b.instance_id.clone());
-    let mut sources = Vec::new();
+    let mut sources = BTreeMap::new();
     let mut outgoing: BTreeMap<String, Vec<_>> = BTreeMap::new();
     let mut remote_needed = 0;
     for &s in &mine {
@@ -340,7 +340,7 @@ fn plan(colony: &LocalColony, me: &str) -> Plan {
                 None => {}
             }
         }
-        sources.push((s, from));
+        sources.insert(s, from);
     }
     Plan {
         sources,
@@ -358,8 +358,8 @@ async fn run(
     let plan = plan(colony, &identity.instance_id);
     let missing: Vec<ShardCoord> = colony.with_shards(|shards| {
         plan.sources
-            .iter()
-            .map(|(c, _)| *c)
+            .keys()
+            .copied()
             .filter(|c| !shards.contains_key(c))
             .collect()
     });
@@ -447,7 +447,7 @@ async fn run(
         // 4. Fill margins and step every shard through the batch.
         let sources = &plan.sources;
         let fill = |coord: &ShardCoord, slot: &mut crate::ShardSlot| -> Result<(), String> {
-            let Some((_, from)) = sources.iter().find(|(c, _)| c == coord) else {
+            let Some(from) = sources.get(coord) else {
                 return Ok(());
             };
             for d in Direction::ALL {
@@ -481,7 +481,7 @@ async fn run(
         } else {
             // One shard at a time, taking the lock for each: a view of another shard
             // (`GET /shards`, `SHARD x y`) waits for one shard's batch at most, not all.
-            for (coord, _) in sources {
+            for coord in sources.keys() {
                 colony.with_shards(|shards| match shards.get_mut(coord) {
                     Some(slot) => fill(coord, slot),
                     None => Err(format!("shard {coord} vanished while ticking")),
