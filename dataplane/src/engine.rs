@@ -30,9 +30,9 @@ use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::identity::Identity;
 use crate::peers::PeerSet;
 use crate::shards::LocalColony;
-use crate::Identity;
 
 /// Checkpoints kept per colony; older ones are dropped.
 const CHECKPOINTS_KEPT: usize = 4096;
@@ -446,31 +446,32 @@ async fn run(
         let remote = wait_inbox(engine, &peers, t, plan.remote_needed, halo_timeout).await?;
         // 4. Fill margins and step every shard through the batch.
         let sources = &plan.sources;
-        let fill = |coord: &ShardCoord, slot: &mut crate::ShardSlot| -> Result<(), String> {
-            let Some(from) = sources.get(coord) else {
-                return Ok(());
-            };
-            for d in Direction::ALL {
-                let block = match from[d.index()] {
-                    Source::Local(n) => borders
-                        .get(&n)
-                        .map(|b| &b[d.opposite().index()])
-                        .ok_or_else(|| format!("no borders of local shard {n}"))?,
-                    Source::Remote => {
-                        let key = (*coord, u8::try_from(d.index()).unwrap_or(0));
-                        remote.get(&key).ok_or_else(|| {
-                            format!("no border for {coord} side {d:?} at tick {t}")
-                        })?
-                    }
+        let fill =
+            |coord: &ShardCoord, slot: &mut crate::shards::ShardSlot| -> Result<(), String> {
+                let Some(from) = sources.get(coord) else {
+                    return Ok(());
                 };
-                slot.grid.set_margin(d, block).map_err(|e| e.to_string())?;
-            }
-            for _ in 0..len {
-                slot.grid.step(&rule);
-            }
-            slot.tick = t + len;
-            Ok(())
-        };
+                for d in Direction::ALL {
+                    let block = match from[d.index()] {
+                        Source::Local(n) => borders
+                            .get(&n)
+                            .map(|b| &b[d.opposite().index()])
+                            .ok_or_else(|| format!("no borders of local shard {n}"))?,
+                        Source::Remote => {
+                            let key = (*coord, u8::try_from(d.index()).unwrap_or(0));
+                            remote.get(&key).ok_or_else(|| {
+                                format!("no border for {coord} side {d:?} at tick {t}")
+                            })?
+                        }
+                    };
+                    slot.grid.set_margin(d, block).map_err(|e| e.to_string())?;
+                }
+                for _ in 0..len {
+                    slot.grid.step(&rule);
+                }
+                slot.tick = t + len;
+                Ok(())
+            };
         if cells_per_tick >= PARALLEL_CELLS {
             colony.with_shards(|shards| {
                 shards

@@ -16,7 +16,8 @@ use tokio::sync::watch;
 use tokio_util::codec::{Decoder, Encoder};
 use tracing::debug;
 
-use crate::{Client, Identity};
+use crate::client::Client;
+use crate::identity::Identity;
 
 /// How long connecting to a peer may take, retries included.
 const CONNECT_DEADLINE: Duration = Duration::from_secs(5);

@@ -11,22 +11,17 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
+use crate::config::DataPlaneConfig;
 use crate::connection::Connection;
-use crate::{DataPlaneConfig, Identity, ShardStore, Stats};
+use crate::identity::Identity;
+use crate::shards::ShardStore;
+use crate::state::Shared;
+use crate::stats::Stats;
 
 /// Longest pause between failed `accept` calls (e.g. when out of file descriptors).
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 /// How long a refused client gets to receive its error line before the socket is dropped.
 const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_millis(500);
-
-/// State every connection of one server shares.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub(crate) config: DataPlaneConfig,
-    pub(crate) stats: Stats,
-    pub(crate) store: ShardStore,
-    pub(crate) identity: Option<Identity>,
-}
 
 /// A data-plane server. Cheap to clone; clones share counters.
 #[derive(Debug, Clone)]

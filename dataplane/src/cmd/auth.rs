@@ -5,7 +5,7 @@ use codec::Message;
 use tracing::{info, warn};
 
 use super::{Answer, Session};
-use crate::server::Shared;
+use crate::state::Shared;
 
 /// Longest instance id accepted in a HELLO.
 const MAX_ID: usize = 128;

@@ -8,8 +8,8 @@ use codec::Message;
 
 use super::Answer;
 use crate::engine::{ensure_started, Target};
-use crate::server::Shared;
 use crate::shards::LocalColony;
+use crate::state::Shared;
 
 /// Longest a `report` may wait for news.
 const MAX_REPORT_WAIT: Duration = Duration::from_secs(30);

@@ -15,7 +15,7 @@ use std::pin::Pin;
 
 use codec::Message;
 
-use crate::server::Shared;
+use crate::state::Shared;
 
 /// What a connection learned about its peer.
 #[derive(Debug, Default)]
