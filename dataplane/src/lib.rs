@@ -6,6 +6,7 @@
 //! the bytes-to-messages work is `codec`'s. One task per connection; each connection answers
 //! its requests in order, batching the answers of a pipelined burst into one write.
 
+mod batch;
 mod client;
 mod cmd;
 mod config;
@@ -17,10 +18,12 @@ mod server;
 mod shards;
 mod state;
 mod stats;
+mod tick_loop;
 
+pub use batch::Target;
 pub use client::{Client, ClientError};
 pub use config::{ConfigError, DataPlaneConfig};
-pub use engine::{Engine, EngineState, Target};
+pub use engine::{Engine, EngineState};
 pub use identity::Identity;
 pub use server::DataPlane;
 pub use shards::{LocalColony, ShardFigures, ShardSlot, ShardStore};

@@ -135,7 +135,7 @@ impl ShardStore {
                 return existing.clone();
             }
             // The old colony's engine stops; its shards go with it.
-            existing.engine.cancel.cancel();
+            existing.engine.stop();
         }
         let colony = Arc::new(LocalColony {
             params: topology.world_params(),
