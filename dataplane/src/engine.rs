@@ -13,12 +13,13 @@ use std::time::Duration;
 
 use codec::{Checkpoint, Message};
 use parking_lot::Mutex;
-use shared::sim::Block;
+use shared::sim::{Block, Direction, HaloError, ParamsError};
 use shared::topology::ShardCoord;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use crate::batch::{batch_len, Target};
+use crate::peers::PeerError;
 
 /// Checkpoints kept per colony; older ones are dropped.
 const CHECKPOINTS_KEPT: usize = 4096;
@@ -44,6 +45,123 @@ impl EngineState {
             EngineState::Failed(_) => "failed",
         }
     }
+}
+
+/// Why the engine refused a neighbour's borders, could not build a shard, or failed a run.
+///
+/// The text of each is what people see: a refused border's goes back in a `bad_halo` error
+/// frame, a refused init's in the control plane's answer, and a failed run's is the reason the
+/// coordinator shows.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// A border for a tick outside the batch this backend is in and the next one.
+    #[error("border for tick {tick}, but this backend is at tick {current} (batches of {depth})")]
+    BorderTick {
+        /// The border's tick.
+        tick: u64,
+        /// This backend's tick.
+        current: u64,
+        /// Ticks per batch at most.
+        depth: u32,
+    },
+    /// A border for a shard this backend does not hold.
+    #[error("shard {shard} is not held here")]
+    NotHeld {
+        /// The receiving shard named in the border.
+        shard: ShardCoord,
+    },
+    /// A border side that is not a direction index.
+    #[error("side {side} is not 0..8")]
+    BadSide {
+        /// The side as sent.
+        side: u8,
+    },
+    /// A border block whose size does not fit its side.
+    #[error("{side:?} border of {shard} is {width}x{height} cells, expected {expected_width}x{expected_height}")]
+    BorderSize {
+        /// The receiving shard.
+        shard: ShardCoord,
+        /// The margin side it was sent for.
+        side: Direction,
+        /// Cells per row sent.
+        width: u32,
+        /// Rows sent.
+        height: u32,
+        /// Cells per row that side needs.
+        expected_width: u32,
+        /// Rows that side needs.
+        expected_height: u32,
+    },
+    /// A border block whose bytes do not match its size.
+    #[error(transparent)]
+    BorderBits(HaloError),
+    /// A border already received for the same shard, side and tick.
+    #[error("border ({shard:?}, {side}) for tick {tick} sent twice")]
+    DuplicateBorder {
+        /// The receiving shard.
+        shard: ShardCoord,
+        /// The margin side.
+        side: u8,
+        /// The border's tick.
+        tick: u64,
+    },
+    /// A shard that cannot be built with the colony's parameters.
+    #[error(transparent)]
+    BadShard(#[from] ParamsError),
+    /// A shard sent to a colony that has already ticked here.
+    #[error("colony {colony_id} is already at tick {tick} here; start a new colony instead")]
+    AlreadyTicking {
+        /// The colony.
+        colony_id: String,
+        /// Its tick on this backend.
+        tick: u64,
+    },
+    /// A run started before every shard of this backend was built.
+    #[error("shard {shard} was never initialised on this backend")]
+    NotInitialised {
+        /// The first missing shard.
+        shard: ShardCoord,
+    },
+    /// A link to a neighbouring backend failed.
+    #[error(transparent)]
+    Peer(#[from] PeerError),
+    /// A neighbour's borders did not arrive in time.
+    #[error("borders of tick {tick} did not arrive within {timeout:?} ({have} of {needed}); a neighbouring backend stopped")]
+    BordersLate {
+        /// The tick waited for.
+        tick: u64,
+        /// How long the engine waited.
+        timeout: Duration,
+        /// Border blocks that did arrive.
+        have: usize,
+        /// Border blocks needed.
+        needed: usize,
+    },
+    /// A local shard's borders were not taken before the batch (a bug, not bad input).
+    #[error("no borders of local shard {shard}")]
+    NoLocalBorder {
+        /// The neighbour whose borders are missing.
+        shard: ShardCoord,
+    },
+    /// A remote border the plan expects is not among those received (a bug, not bad input).
+    #[error("no border for {shard} side {side:?} at tick {tick}")]
+    NoRemoteBorder {
+        /// The receiving shard.
+        shard: ShardCoord,
+        /// The margin side.
+        side: Direction,
+        /// The batch's first tick.
+        tick: u64,
+    },
+    /// A border block did not fit a shard's margin.
+    #[error(transparent)]
+    Margin(HaloError),
+    /// A shard of this backend was dropped while the colony ticked.
+    #[error("shard {shard} vanished while ticking")]
+    ShardVanished {
+        /// The shard.
+        shard: ShardCoord,
+    },
 }
 
 /// A remote border block waiting for its tick: receiving shard and margin side.
@@ -251,17 +369,18 @@ impl Engine {
     /// Files checked border blocks for `tick` and wakes the tick loop.
     ///
     /// # Errors
-    /// A block already filed for the same shard, side and tick (those before it stay filed).
+    /// [`EngineError::DuplicateBorder`] for a block already filed for the same shard, side
+    /// and tick (the blocks before it stay filed).
     pub(crate) fn store_borders(
         &self,
         tick: u64,
         blocks: Vec<(EdgeKey, Block)>,
-    ) -> Result<(), String> {
+    ) -> Result<(), EngineError> {
         let mut inbox = self.inbox.lock();
         let slot = inbox.entry(tick).or_default();
-        for (key, block) in blocks {
-            if slot.insert(key, block).is_some() {
-                return Err(format!("border {key:?} for tick {tick} sent twice"));
+        for ((shard, side), block) in blocks {
+            if slot.insert((shard, side), block).is_some() {
+                return Err(EngineError::DuplicateBorder { shard, side, tick });
             }
         }
         drop(inbox);
@@ -291,5 +410,71 @@ impl Engine {
     /// Notified whenever borders are filed.
     pub(crate) fn arrivals(&self) -> &Notify {
         &self.arrived
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// These texts reach people (error frames, the coordinator's failure reason) and were
+    /// sentences before they were variants: they must read as they did.
+    #[test]
+    fn error_texts_read_as_they_always_did() {
+        let shard = ShardCoord::new(1, 2);
+        let cases = [
+            (
+                EngineError::BorderTick {
+                    tick: 9,
+                    current: 4,
+                    depth: 2,
+                },
+                "border for tick 9, but this backend is at tick 4 (batches of 2)",
+            ),
+            (
+                EngineError::BorderSize {
+                    shard,
+                    side: Direction::North,
+                    width: 3,
+                    height: 1,
+                    expected_width: 8,
+                    expected_height: 2,
+                },
+                "North border of (1, 2) is 3x1 cells, expected 8x2",
+            ),
+            (
+                EngineError::DuplicateBorder {
+                    shard,
+                    side: 3,
+                    tick: 7,
+                },
+                "border (ShardCoord { x: 1, y: 2 }, 3) for tick 7 sent twice",
+            ),
+            (
+                EngineError::BordersLate {
+                    tick: 5,
+                    timeout: Duration::from_secs(10),
+                    have: 1,
+                    needed: 3,
+                },
+                "borders of tick 5 did not arrive within 10s (1 of 3); a neighbouring backend stopped",
+            ),
+            (
+                EngineError::Peer(PeerError::Closed {
+                    peer: "backend_9010".into(),
+                }),
+                "peer backend_9010 closed the connection",
+            ),
+            (
+                EngineError::AlreadyTicking {
+                    colony_id: "c1".into(),
+                    tick: 3,
+                },
+                "colony c1 is already at tick 3 here; start a new colony instead",
+            ),
+        ];
+        for (error, text) in cases {
+            assert_eq!(error.to_string(), text);
+        }
     }
 }

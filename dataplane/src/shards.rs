@@ -12,7 +12,7 @@ use parking_lot::{Mutex, RwLock};
 use shared::sim::{DeepShard, WorldParams};
 use shared::topology::{ClusterTopology, ShardCoord};
 
-use crate::engine::Engine;
+use crate::engine::{Engine, EngineError};
 
 /// One shard's cells and the tick they are at.
 #[derive(Debug)]
@@ -151,24 +151,23 @@ impl ShardStore {
     /// Builds `shard`'s initial cells (tick 0) in `colony`, replacing any earlier copy.
     ///
     /// # Errors
-    /// The shard is outside the world or too large, or the colony is already ticking here.
+    /// [`EngineError::BadShard`] if the shard is outside the world or too large,
+    /// [`EngineError::AlreadyTicking`] if the colony has already ticked here.
     pub fn init_shard(
         &self,
         colony: &LocalColony,
         shard: ShardCoord,
-    ) -> Result<ShardFigures, String> {
-        let grid = DeepShard::initial(&colony.params, shard.x, shard.y, colony.depth)
-            .map_err(|e| e.to_string())?;
+    ) -> Result<ShardFigures, EngineError> {
+        let grid = DeepShard::initial(&colony.params, shard.x, shard.y, colony.depth)?;
         let figures = ShardFigures {
             population: grid.population(),
             fingerprint: grid.fingerprint(shard.x, shard.y, colony.params.world_width()),
         };
         if colony.engine.tick() > 0 {
-            return Err(format!(
-                "colony {} is already at tick {} here; start a new colony instead",
-                colony.colony_id(),
-                colony.engine.tick()
-            ));
+            return Err(EngineError::AlreadyTicking {
+                colony_id: colony.colony_id().to_owned(),
+                tick: colony.engine.tick(),
+            });
         }
         colony.with_shards(|shards| shards.insert(shard, ShardSlot { grid, tick: 0 }));
         Ok(figures)

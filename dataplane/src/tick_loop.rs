@@ -25,7 +25,7 @@ use shared::sim::{Block, DeepShard, Direction};
 use shared::topology::ShardCoord;
 use tracing::{info, warn};
 
-use crate::engine::{EdgeKey, Engine, EngineState};
+use crate::engine::{EdgeKey, Engine, EngineError, EngineState};
 use crate::identity::Identity;
 use crate::peers::PeerSet;
 use crate::shards::{LocalColony, ShardSlot};
@@ -55,7 +55,7 @@ pub(crate) fn ensure_started(
         };
         if let Err(reason) = result {
             warn!(colony = colony.colony_id(), tick = engine.tick(), %reason, "tick engine failed");
-            engine.set_state(EngineState::Failed(reason));
+            engine.set_state(EngineState::Failed(reason.to_string()));
         }
     });
 }
@@ -63,36 +63,46 @@ pub(crate) fn ensure_started(
 /// Stores the borders a neighbour sent for `tick`.
 ///
 /// # Errors
-/// A sentence for the error frame: a tick outside the two batches this backend can use,
-/// a shard it does not hold, a bad side or size, or a border sent twice.
-pub(crate) fn deliver(colony: &LocalColony, tick: u64, edges: Vec<HaloEdge>) -> Result<(), String> {
+/// A tick outside the two batches this backend can use, a shard it does not hold, a bad side
+/// or size, or a border sent twice; the text goes back in the error frame.
+pub(crate) fn deliver(
+    colony: &LocalColony,
+    tick: u64,
+    edges: Vec<HaloEdge>,
+) -> Result<(), EngineError> {
     let engine = colony.engine();
     let current = engine.tick();
     let depth = colony.depth();
     if tick < current || tick > current + u64::from(depth) {
-        return Err(format!(
-            "border for tick {tick}, but this backend is at tick {current} (batches of {depth})"
-        ));
+        return Err(EngineError::BorderTick {
+            tick,
+            current,
+            depth,
+        });
     }
     let params = colony.params();
     let mut checked = Vec::with_capacity(edges.len());
     for e in edges {
         let shard = ShardCoord::new(e.x, e.y);
         if !colony.holds(shard) {
-            return Err(format!("shard {shard} is not held here"));
+            return Err(EngineError::NotHeld { shard });
         }
         let side = Direction::ALL
             .get(usize::from(e.side))
             .copied()
-            .ok_or_else(|| format!("side {} is not 0..8", e.side))?;
+            .ok_or(EngineError::BadSide { side: e.side })?;
         let (w, h) = DeepShard::block_size(side, params.shard_width, params.shard_height, depth);
         if (e.width, e.height) != (w, h) {
-            return Err(format!(
-                "{side:?} border of {shard} is {}x{} cells, expected {w}x{h}",
-                e.width, e.height
-            ));
+            return Err(EngineError::BorderSize {
+                shard,
+                side,
+                width: e.width,
+                height: e.height,
+                expected_width: w,
+                expected_height: h,
+            });
         }
-        let block = Block::from_bytes(w, h, &e.bits).map_err(|err| err.to_string())?;
+        let block = Block::from_bytes(w, h, &e.bits).map_err(EngineError::BorderBits)?;
         checked.push(((shard, e.side), block));
     }
     engine.store_borders(tick, checked)
@@ -154,7 +164,7 @@ async fn run(
     colony: &Arc<LocalColony>,
     identity: &Identity,
     halo_timeout: Duration,
-) -> Result<(), String> {
+) -> Result<(), EngineError> {
     let engine = colony.engine();
     let plan = plan(colony, &identity.instance_id);
     let missing: Vec<ShardCoord> = colony.with_shards(|shards| {
@@ -165,9 +175,7 @@ async fn run(
             .collect()
     });
     if let Some(shard) = missing.first() {
-        return Err(format!(
-            "shard {shard} was never initialised on this backend"
-        ));
+        return Err(EngineError::NotInitialised { shard: *shard });
     }
     let peers = PeerSet::connect(colony.topology(), plan.outgoing.keys(), identity).await?;
     let world_width = colony.params().world_width();
@@ -234,7 +242,7 @@ async fn run(
         let remote = wait_inbox(engine, &peers, t, plan.remote_needed, halo_timeout).await?;
         // 4. Fill margins and step every shard through the batch.
         let sources = &plan.sources;
-        let fill = |coord: &ShardCoord, slot: &mut ShardSlot| -> Result<(), String> {
+        let fill = |coord: &ShardCoord, slot: &mut ShardSlot| -> Result<(), EngineError> {
             let Some(from) = sources.get(coord) else {
                 return Ok(());
             };
@@ -243,15 +251,19 @@ async fn run(
                     Source::Local(n) => borders
                         .get(&n)
                         .map(|b| &b[d.opposite().index()])
-                        .ok_or_else(|| format!("no borders of local shard {n}"))?,
+                        .ok_or(EngineError::NoLocalBorder { shard: n })?,
                     Source::Remote => {
                         let key = (*coord, u8::try_from(d.index()).unwrap_or(0));
-                        remote.get(&key).ok_or_else(|| {
-                            format!("no border for {coord} side {d:?} at tick {t}")
+                        remote.get(&key).ok_or(EngineError::NoRemoteBorder {
+                            shard: *coord,
+                            side: d,
+                            tick: t,
                         })?
                     }
                 };
-                slot.grid.set_margin(d, block).map_err(|e| e.to_string())?;
+                slot.grid
+                    .set_margin(d, block)
+                    .map_err(EngineError::Margin)?;
             }
             for _ in 0..len {
                 slot.grid.step(&rule);
@@ -264,7 +276,7 @@ async fn run(
                 shards
                     .par_iter_mut()
                     .map(|(coord, slot)| fill(coord, slot))
-                    .collect::<Result<(), String>>()
+                    .collect::<Result<(), EngineError>>()
             })?;
         } else {
             // One shard at a time, taking the lock for each: a view of another shard
@@ -272,7 +284,7 @@ async fn run(
             for coord in sources.keys() {
                 colony.with_shards(|shards| match shards.get_mut(coord) {
                     Some(slot) => fill(coord, slot),
-                    None => Err(format!("shard {coord} vanished while ticking")),
+                    None => Err(EngineError::ShardVanished { shard: *coord }),
                 })?;
             }
         }
@@ -291,7 +303,7 @@ async fn wait_inbox(
     t: u64,
     needed: usize,
     timeout: Duration,
-) -> Result<HashMap<EdgeKey, Block>, String> {
+) -> Result<HashMap<EdgeKey, Block>, EngineError> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let notified = engine.arrivals().notified();
@@ -305,9 +317,12 @@ async fn wait_inbox(
             _ = &mut notified => {}
             _ = tokio::time::sleep_until(deadline) => {
                 let have = engine.borders_in(t);
-                return Err(format!(
-                    "borders of tick {t} did not arrive within {timeout:?} ({have} of {needed}); a neighbouring backend stopped"
-                ));
+                return Err(EngineError::BordersLate {
+                    tick: t,
+                    timeout,
+                    have,
+                    needed,
+                });
             }
             // A dead peer link shows up here without waiting for the deadline.
             _ = peers.failed() => {}

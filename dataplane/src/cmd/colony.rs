@@ -43,7 +43,7 @@ fn handle(shared: &Shared, message: Message) -> Result<Answer, Message> {
             edges,
         } => {
             let colony = colony(shared, &colony_id)?;
-            deliver(&colony, tick, edges).map_err(|e| Message::error("bad_halo", e))?;
+            deliver(&colony, tick, edges).map_err(|e| Message::error("bad_halo", e.to_string()))?;
             Ok(Answer::Quiet(Message::HaloAck { tick }))
         }
         Message::Run {
