@@ -92,7 +92,7 @@ fn handle(shared: &Shared, message: Message) -> Result<Answer, Message> {
         }
         other => Err(Message::error(
             "not_a_request",
-            format!("{} is not a colony request", super::type_name(&other)),
+            format!("{} is not a colony request", other.type_name()),
         )),
     }
 }
