@@ -5,6 +5,15 @@
 //! Owns sockets and connection policy (limits, idle timeout, connection cap, graceful drain);
 //! the bytes-to-messages work is `codec`'s. One task per connection; each connection answers
 //! its requests in order, batching the answers of a pipelined burst into one write.
+//!
+//! Modules depend on each other one way (`tests/layering.rs` fails on a cycle):
+//!
+//! - serving: `server` (accept loop) → `connection` (bytes ↔ messages) → `cmd` (one file per
+//!   request) → `state` (what every connection shares);
+//! - the colony: `cmd` → `tick_loop` (the task that ticks shards and trades borders) →
+//!   `peers` (links to neighbouring backends) and `shards` (the shard store) → `engine` (a
+//!   colony's tick state) → `batch` (how ticks are cut into batches);
+//! - leaves that import no other module: `config`, `stats`, `identity`, `client`, `batch`.
 
 mod batch;
 mod client;
