@@ -3,7 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use codec::{Limits, Message};
+use bytes::BytesMut;
+use codec::{Limits, Message, Style};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -168,8 +169,12 @@ async fn refuse(mut socket: TcpStream, limit: usize) {
         "too_many_connections",
         format!("server is at its limit of {limit} connections; try again later"),
     );
-    let mut line = serde_json::to_vec(&message).unwrap_or_default();
-    line.push(b'\n');
+    // The client has sent nothing yet, so its framing is unknown: a JSON line is what
+    // `nc` shows legibly, and what a binary client's decoder reports rather than misreads.
+    let mut line = BytesMut::new();
+    if codec::text::write_line(&message, Style::Json, &mut line).is_err() {
+        return;
+    }
     let _ = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, async {
         socket.write_all(&line).await?;
         socket.shutdown().await

@@ -61,13 +61,14 @@ impl LocalColony {
         &self.engine
     }
 
-    /// True if the topology places `shard` on a backend and this backend holds it.
+    /// True if `shard` has been built on this backend for this colony.
     pub fn holds(&self, shard: ShardCoord) -> bool {
         self.shards.lock().contains_key(&shard)
     }
 
     /// Population and fingerprint of every shard held here, summed, labelled `tick`.
-    pub fn figures(&self, tick: u64, world_width: u64) -> Checkpoint {
+    pub fn figures(&self, tick: u64) -> Checkpoint {
+        let world_width = self.params.world_width();
         self.with_shards(|shards| {
             let mut c = Checkpoint {
                 tick,
@@ -75,12 +76,9 @@ impl LocalColony {
                 fingerprint: 0,
             };
             for (coord, slot) in shards.iter() {
-                c.population += slot.grid.population();
-                c.fingerprint = c.fingerprint.wrapping_add(slot.grid.fingerprint(
-                    coord.x,
-                    coord.y,
-                    world_width,
-                ));
+                let f = ShardFigures::of(&slot.grid, *coord, world_width);
+                c.population += f.population;
+                c.fingerprint = c.fingerprint.wrapping_add(f.fingerprint);
             }
             c
         })
@@ -99,6 +97,16 @@ pub struct ShardFigures {
     pub population: u64,
     /// Wrapping sum of the live cells' hashes (DESIGN §6).
     pub fingerprint: u64,
+}
+
+impl ShardFigures {
+    /// The figures of one shard's cells; the fingerprint depends on where the shard lies.
+    fn of(grid: &DeepShard, shard: ShardCoord, world_width: u64) -> Self {
+        ShardFigures {
+            population: grid.population(),
+            fingerprint: grid.fingerprint(shard.x, shard.y, world_width),
+        }
+    }
 }
 
 /// The backend's shard state. Cheap to clone; clones share it.
@@ -159,10 +167,7 @@ impl ShardStore {
         shard: ShardCoord,
     ) -> Result<ShardFigures, EngineError> {
         let grid = DeepShard::initial(&colony.params, shard.x, shard.y, colony.depth)?;
-        let figures = ShardFigures {
-            population: grid.population(),
-            fingerprint: grid.fingerprint(shard.x, shard.y, colony.params.world_width()),
-        };
+        let figures = ShardFigures::of(&grid, shard, colony.params.world_width());
         if colony.engine.tick() > 0 {
             return Err(EngineError::AlreadyTicking {
                 colony_id: colony.colony_id().to_owned(),

@@ -108,6 +108,12 @@ pub(crate) fn deliver(
     engine.store_borders(tick, checked)
 }
 
+/// A direction as the side index a [`HaloEdge`] carries (0 = north, clockwise).
+fn side_index(d: Direction) -> u8 {
+    // There are eight directions, so the index always fits.
+    u8::try_from(d.index()).unwrap_or(0)
+}
+
 /// Which local shard fills which halo side of which neighbour, worked out once per colony.
 struct Plan {
     /// For each local shard, for each side: where its halo comes from.
@@ -145,7 +151,7 @@ fn plan(colony: &LocalColony, me: &str) -> Plan {
                 Some(o) => {
                     remote_needed += 1;
                     // n's halo on side d.opposite() is filled by s's edge on side d.
-                    let side = u8::try_from(d.opposite().index()).unwrap_or(0);
+                    let side = side_index(d.opposite());
                     outgoing.entry(o).or_default().push((s, d, n, side));
                 }
                 None => {}
@@ -178,13 +184,12 @@ async fn run(
         return Err(EngineError::NotInitialised { shard: *shard });
     }
     let peers = PeerSet::connect(colony.topology(), plan.outgoing.keys(), identity).await?;
-    let world_width = colony.params().world_width();
     let rule = colony.params().rule;
     let depth = colony.depth();
     let cells_per_tick = plan.sources.len() as u64
         * u64::from(colony.params().shard_width)
         * u64::from(colony.params().shard_height);
-    engine.record(colony.figures(0, world_width));
+    engine.record(colony.figures(0));
     let mut target_rx = engine.subscribe_target();
     info!(
         colony = colony.colony_id(),
@@ -253,7 +258,7 @@ async fn run(
                         .map(|b| &b[d.opposite().index()])
                         .ok_or(EngineError::NoLocalBorder { shard: n })?,
                     Source::Remote => {
-                        let key = (*coord, u8::try_from(d.index()).unwrap_or(0));
+                        let key = (*coord, side_index(d));
                         remote.get(&key).ok_or(EngineError::NoRemoteBorder {
                             shard: *coord,
                             side: d,
@@ -290,7 +295,7 @@ async fn run(
         }
         let end = t + len;
         if engine.finish_batch(end) {
-            engine.record(colony.figures(end, world_width));
+            engine.record(colony.figures(end));
         }
         engine.set_state(EngineState::Running);
     }
