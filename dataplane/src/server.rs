@@ -24,7 +24,7 @@ const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 /// How long a refused client gets to receive its error line before the socket is dropped.
 const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// A data-plane server. Cheap to clone; clones share counters.
+/// A data-plane server. Cheap to clone; clones share counters, shards and identity.
 #[derive(Debug, Clone)]
 pub struct DataPlane {
     shared: Arc<Shared>,

@@ -34,7 +34,8 @@ use crate::shards::{LocalColony, ShardSlot};
 /// thread pool would cost more than the work.
 const PARALLEL_CELLS: u64 = 4 << 20;
 
-/// Starts the engine task of `colony` once; later calls do nothing.
+/// Starts the tick loop of `colony` once (the first `run` does); later calls do nothing. The
+/// loop ends when the colony's engine is stopped, or fails and says why in its state.
 pub(crate) fn ensure_started(
     colony: &Arc<LocalColony>,
     identity: &Identity,
