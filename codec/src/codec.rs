@@ -265,9 +265,7 @@ impl Encoder<Reply<'_>> for ColonyCodec {
 
     fn encode(&mut self, reply: Reply<'_>, dst: &mut BytesMut) -> Result<(), CodecError> {
         match reply.style {
-            Style::Command | Style::Json => {
-                text::write_line(reply.message, reply.style, dst).map_err(CodecError::Encode)
-            }
+            Style::Command | Style::Json => text::write_line(reply.message, reply.style, dst),
             Style::Binary => encode_frame(reply.message, self.limits.max_frame, dst),
         }
     }

@@ -4,6 +4,11 @@
 //! text framing a message is one JSON object on one line; in the binary framing it is the same
 //! object encoded as a MessagePack map. The human commands of the text framing (`PING`, `HELP`,
 //! …) are parsed into these same messages by [`crate::text`].
+//!
+//! The `"type"` tags are listed once, in the `catalogue!` table below, which also says which
+//! messages a client may send; the code that needs them (the JSON `help_reply`, error texts,
+//! the parser's "unknown type" check) takes them from there. Only the prose of the text
+//! framing's help line names a few by hand.
 
 use serde::{Deserialize, Serialize};
 
@@ -161,39 +166,6 @@ pub enum Message {
 }
 
 impl Message {
-    /// The `"type"` tags of every message a client may send, in the order `HELP` lists them.
-    pub const REQUEST_TYPES: &'static [&'static str] = &[
-        "ping", "help", "stats", "echo", "shards", "shard", "hello", "auth", "halo", "run",
-        "pause", "report",
-    ];
-
-    /// Every `"type"` tag of the catalogue, requests and replies.
-    pub const ALL_TYPES: &'static [&'static str] = &[
-        "ping",
-        "pong",
-        "help",
-        "help_reply",
-        "stats",
-        "stats_reply",
-        "echo",
-        "echo_reply",
-        "shards",
-        "shards_reply",
-        "shard",
-        "shard_view",
-        "hello",
-        "challenge",
-        "auth",
-        "welcome",
-        "halo",
-        "halo_ack",
-        "run",
-        "pause",
-        "report",
-        "progress",
-        "error",
-    ];
-
     /// Builds an [`Message::Error`].
     pub fn error(code: impl Into<String>, message: impl Into<String>) -> Self {
         Message::Error {
@@ -201,6 +173,66 @@ impl Message {
             message: message.into(),
         }
     }
+}
+
+/// Generates, from one list of `Variant => "tag"` lines (marked `request` where a client may
+/// send it), [`Message::ALL_TYPES`], [`Message::REQUEST_TYPES`] and [`Message::type_name`].
+/// The match in `type_name` makes a variant missing from the list a compile error; a test
+/// checks each tag against the one serde writes.
+macro_rules! catalogue {
+    // REQUEST_TYPES: the tags marked `request`, in list order (a tt-muncher, since
+    // macro_rules cannot filter a repetition).
+    (@requests [$($acc:literal),*]) => { &[$($acc),*] };
+    (@requests [$($acc:literal),*] $variant:ident => $tag:literal request; $($rest:tt)*) => {
+        catalogue!(@requests [$($acc,)* $tag] $($rest)*)
+    };
+    (@requests [$($acc:literal),*] $variant:ident => $tag:literal; $($rest:tt)*) => {
+        catalogue!(@requests [$($acc),*] $($rest)*)
+    };
+    ($($variant:ident => $tag:literal $($request:ident)?;)*) => {
+        impl Message {
+            /// Every `"type"` tag of the catalogue, requests and replies.
+            pub const ALL_TYPES: &'static [&'static str] = &[$($tag),*];
+
+            /// The `"type"` tags of every message a client may send, in the order `HELP`
+            /// lists them.
+            pub const REQUEST_TYPES: &'static [&'static str] =
+                catalogue!(@requests [] $($variant => $tag $($request)?;)*);
+
+            /// This message's `"type"` tag, as it goes on the wire.
+            pub fn type_name(&self) -> &'static str {
+                match self {
+                    $(Message::$variant { .. } => $tag,)*
+                }
+            }
+        }
+    };
+}
+
+catalogue! {
+    Ping => "ping" request;
+    Pong => "pong";
+    Help => "help" request;
+    HelpReply => "help_reply";
+    Stats => "stats" request;
+    StatsReply => "stats_reply";
+    Echo => "echo" request;
+    EchoReply => "echo_reply";
+    Shards => "shards" request;
+    ShardsReply => "shards_reply";
+    Shard => "shard" request;
+    ShardView => "shard_view";
+    Hello => "hello" request;
+    Challenge => "challenge";
+    Auth => "auth" request;
+    Welcome => "welcome";
+    Halo => "halo" request;
+    HaloAck => "halo_ack";
+    Run => "run" request;
+    Pause => "pause" request;
+    Report => "report" request;
+    Progress => "progress";
+    Error => "error";
 }
 
 /// Server counters reported by `STATS`.
@@ -264,4 +296,133 @@ pub struct Checkpoint {
     pub population: u64,
     /// Wrapping sum of live cells' hashes.
     pub fingerprint: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One message of every variant (the `match` keeps this list complete: a new variant
+    /// does not compile until it is added here too).
+    fn one_of_each() -> Vec<Message> {
+        let all = vec![
+            Message::Ping,
+            Message::Pong,
+            Message::Help,
+            Message::HelpReply { commands: vec![] },
+            Message::Stats,
+            Message::StatsReply(StatsSnapshot::default()),
+            Message::Echo { payload: vec![1] },
+            Message::EchoReply { payload: vec![1] },
+            Message::Shards,
+            Message::ShardsReply {
+                colony_id: None,
+                shards: vec![],
+            },
+            Message::Shard { x: 0, y: 0 },
+            Message::ShardView {
+                colony_id: "c".into(),
+                x: 0,
+                y: 0,
+                tick: 0,
+                width: 0,
+                height: 0,
+                population: 0,
+                rows: vec![],
+            },
+            Message::Hello {
+                instance_id: "i".into(),
+            },
+            Message::Challenge { nonce: "n".into() },
+            Message::Auth {
+                instance_id: "i".into(),
+                key_id: "k".into(),
+                mac: "m".into(),
+            },
+            Message::Welcome {
+                instance_id: "i".into(),
+            },
+            Message::Halo {
+                colony_id: "c".into(),
+                tick: 0,
+                edges: vec![],
+            },
+            Message::HaloAck { tick: 0 },
+            Message::Run {
+                colony_id: "c".into(),
+                until_tick: 0,
+                checkpoint_every: 1,
+            },
+            Message::Pause {
+                colony_id: "c".into(),
+            },
+            Message::Report {
+                colony_id: "c".into(),
+                after_tick: 0,
+                wait_ms: 0,
+            },
+            Message::Progress {
+                colony_id: "c".into(),
+                tick: 0,
+                until_tick: 0,
+                state: "idle".into(),
+                error: None,
+                checkpoints: vec![],
+            },
+            Message::error("x", "y"),
+        ];
+        for m in &all {
+            match m {
+                Message::Ping
+                | Message::Pong
+                | Message::Help
+                | Message::HelpReply { .. }
+                | Message::Stats
+                | Message::StatsReply(_)
+                | Message::Echo { .. }
+                | Message::EchoReply { .. }
+                | Message::Shards
+                | Message::ShardsReply { .. }
+                | Message::Shard { .. }
+                | Message::ShardView { .. }
+                | Message::Hello { .. }
+                | Message::Challenge { .. }
+                | Message::Auth { .. }
+                | Message::Welcome { .. }
+                | Message::Halo { .. }
+                | Message::HaloAck { .. }
+                | Message::Run { .. }
+                | Message::Pause { .. }
+                | Message::Report { .. }
+                | Message::Progress { .. }
+                | Message::Error { .. } => {}
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn type_names_are_the_tags_serde_writes() {
+        for message in one_of_each() {
+            let json = serde_json::to_value(&message).unwrap();
+            assert_eq!(json["type"], message.type_name(), "{message:?}");
+        }
+    }
+
+    #[test]
+    fn all_types_lists_every_variant_once_in_catalogue_order() {
+        let names: Vec<&str> = one_of_each().iter().map(Message::type_name).collect();
+        assert_eq!(names, Message::ALL_TYPES);
+    }
+
+    #[test]
+    fn request_types_are_the_requests_in_catalogue_order() {
+        assert_eq!(
+            Message::REQUEST_TYPES,
+            [
+                "ping", "help", "stats", "echo", "shards", "shard", "hello", "auth", "halo", "run",
+                "pause", "report"
+            ]
+        );
+    }
 }

@@ -6,7 +6,7 @@
 
 use bytes::{BufMut, BytesMut};
 
-use crate::{Message, ProtocolError, Style};
+use crate::{CodecError, Message, ProtocolError, Style};
 
 /// The one-line answer to `HELP` in the text framing.
 pub const HELP_LINE: &str = "commands: PING | HELP | STATS | SHARDS | SHARD <x> <y> | or a JSON \
@@ -94,8 +94,8 @@ fn parse_json(line: &str) -> Result<Message, ProtocolError> {
 /// everything else, errors included, is one JSON object.
 ///
 /// # Errors
-/// Fails only if serde cannot serialize the message, which would be a bug.
-pub fn write_line(message: &Message, style: Style, dst: &mut BytesMut) -> Result<(), String> {
+/// [`CodecError::Encode`] only if serde cannot serialize the message, which would be a bug.
+pub fn write_line(message: &Message, style: Style, dst: &mut BytesMut) -> Result<(), CodecError> {
     match (style, message) {
         (Style::Command, Message::Pong) => dst.put_slice(b"PONG"),
         (Style::Command, Message::HelpReply { .. }) => dst.put_slice(HELP_LINE.as_bytes()),
@@ -124,7 +124,8 @@ pub fn write_line(message: &Message, style: Style, dst: &mut BytesMut) -> Result
                 }
             }
         }
-        _ => serde_json::to_writer(dst.writer(), message).map_err(|e| e.to_string())?,
+        _ => serde_json::to_writer(dst.writer(), message)
+            .map_err(|e| CodecError::Encode(e.to_string()))?,
     }
     dst.put_u8(b'\n');
     Ok(())

@@ -7,10 +7,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio_util::codec::{Decoder, Encoder};
 
+/// The error for an answer that is not the one a step of an exchange expects.
 fn refused(answer: Message) -> ClientError {
     match answer {
-        Message::Error { code, message } => ClientError::Refused(format!("{code}: {message}")),
-        other => ClientError::Refused(format!("unexpected answer {other:?}")),
+        Message::Error { code, message } => ClientError::Refused { code, message },
+        other => ClientError::Unexpected(Box::new(other)),
     }
 }
 
@@ -26,9 +27,17 @@ pub enum ClientError {
     /// The server closed the connection before answering.
     #[error("server closed the connection")]
     Closed,
-    /// The server answered with an error or an unexpected message.
-    #[error("server refused: {0}")]
-    Refused(String),
+    /// The server answered with an error frame.
+    #[error("server refused: {code}: {message}")]
+    Refused {
+        /// The error frame's code.
+        code: String,
+        /// The error frame's message.
+        message: String,
+    },
+    /// The server answered with a message that does not answer the request.
+    #[error("server refused: unexpected answer {0:?}")]
+    Unexpected(Box<Message>),
 }
 
 /// A binary-framing connection to a data plane.
@@ -118,7 +127,8 @@ impl Client {
     /// accepts state-changing messages on this connection. Returns the server's instance id.
     ///
     /// # Errors
-    /// [`ClientError::Refused`] if the server refuses (wrong secret, no secret configured).
+    /// [`ClientError::Refused`] if the server refuses (wrong secret, no secret configured),
+    /// [`ClientError::Unexpected`] if it answers out of turn.
     pub async fn authenticate(
         &mut self,
         instance_id: &str,

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::cmd::{self, Answer, Deferred, Session};
-use crate::server::Shared;
+use crate::state::Shared;
 
 /// Initial capacity of each buffer; they grow up to the codec limits when needed.
 const BUFFER_CAPACITY: usize = 8 * 1024;

@@ -1,35 +1,40 @@
-//! Colony's data plane: the framed TCP server every node runs, and the binary client.
+//! Colony's data plane: the framed TCP server every node runs, the binary client, and on a
+//! backend the shards it holds and the tick engine that advances them, exchanging borders with
+//! neighbouring backends over this same plane.
 //!
 //! Owns sockets and connection policy (limits, idle timeout, connection cap, graceful drain);
 //! the bytes-to-messages work is `codec`'s. One task per connection; each connection answers
 //! its requests in order, batching the answers of a pipelined burst into one write.
+//!
+//! Modules depend on each other one way (`tests/layering.rs` fails on a cycle):
+//!
+//! - serving: `server` (accept loop) → `connection` (bytes ↔ messages) → `cmd` (one file per
+//!   request) → `state` (what every connection shares);
+//! - the colony: `cmd` → `tick_loop` (the task that ticks shards and trades borders) →
+//!   `peers` (links to neighbouring backends) and `shards` (the shard store) → `engine` (a
+//!   colony's tick state) → `batch` (how ticks are cut into batches);
+//! - leaves that import no other module: `config`, `stats`, `identity`, `client`, `batch`.
 
+mod batch;
 mod client;
 mod cmd;
 mod config;
 mod connection;
 mod engine;
+mod identity;
 mod peers;
 mod server;
 mod shards;
+mod state;
 mod stats;
+mod tick_loop;
 
+pub use batch::Target;
 pub use client::{Client, ClientError};
 pub use config::{ConfigError, DataPlaneConfig};
-pub use engine::{Engine, EngineState, Target};
+pub use engine::{Engine, EngineError, EngineState};
+pub use identity::Identity;
+pub use peers::PeerError;
 pub use server::DataPlane;
 pub use shards::{LocalColony, ShardFigures, ShardSlot, ShardStore};
 pub use stats::Stats;
-
-use std::sync::Arc;
-
-use shared::secret::ClusterSecret;
-
-/// Who this node is on the data plane: the id it authenticates as and the cluster secret.
-#[derive(Debug, Clone)]
-pub struct Identity {
-    /// Instance id (`coordinator`, `backend_9000`, …).
-    pub instance_id: String,
-    /// The cluster secret, for HELLO in both directions.
-    pub secret: Arc<ClusterSecret>,
-}

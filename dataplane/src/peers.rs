@@ -6,27 +6,97 @@
 //! failure instead of a hang.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use codec::{ColonyCodec, Decoded, Message};
+use codec::{CodecError, ColonyCodec, Decoded, Message};
 use shared::topology::ClusterTopology;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio_util::codec::{Decoder, Encoder};
 use tracing::debug;
 
-use crate::{Client, Identity};
+use crate::client::{Client, ClientError};
+use crate::identity::Identity;
 
 /// How long connecting to a peer may take, retries included.
 const CONNECT_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Why a link to a peer backend could not be made, or broke. Clone, so the first failure can
+/// be kept for every later caller; the causes are shared behind `Arc`s for that.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PeerError {
+    /// The topology names no backend with this instance id.
+    #[error("peer {peer} is not in the topology")]
+    NotInTopology {
+        /// The peer's instance id.
+        peer: String,
+    },
+    /// Connecting and authenticating kept failing until the connect deadline.
+    #[error("cannot reach peer {peer} at {address}: {source}")]
+    Unreachable {
+        /// The peer's instance id.
+        peer: String,
+        /// Its data-plane address.
+        address: String,
+        /// The last attempt's failure.
+        source: Arc<ClientError>,
+    },
+    /// A border for a peer this set has no link to.
+    #[error("no link to peer {peer}")]
+    NoLink {
+        /// The peer's instance id.
+        peer: String,
+    },
+    /// A border did not fit in a frame.
+    #[error("cannot encode a border for peer {peer}: {source}")]
+    Encode {
+        /// The peer's instance id.
+        peer: String,
+        /// What the codec refused.
+        source: Arc<CodecError>,
+    },
+    /// Writing to or reading from the link failed.
+    #[error("lost connection to peer {peer}: {source}")]
+    Lost {
+        /// The peer's instance id.
+        peer: String,
+        /// The socket's error.
+        source: Arc<std::io::Error>,
+    },
+    /// The peer answered a border with an error frame.
+    #[error("peer {peer} refused a border: {code}: {message}")]
+    Refused {
+        /// The peer's instance id.
+        peer: String,
+        /// The error frame's code.
+        code: String,
+        /// The error frame's message.
+        message: String,
+    },
+    /// The peer sent bytes that do not decode.
+    #[error("bad frame from peer {peer}: {source}")]
+    BadFrame {
+        /// The peer's instance id.
+        peer: String,
+        /// What the codec found.
+        source: Arc<CodecError>,
+    },
+    /// The peer closed the link.
+    #[error("peer {peer} closed the connection")]
+    Closed {
+        /// The peer's instance id.
+        peer: String,
+    },
+}
 
 /// Links to every peer backend of one colony on this backend.
 #[derive(Debug)]
 pub struct PeerSet {
     links: HashMap<String, tokio::sync::Mutex<Link>>,
-    failure: watch::Receiver<Option<String>>,
-    failure_tx: watch::Sender<Option<String>>,
+    failure: watch::Receiver<Option<PeerError>>,
+    failure_tx: watch::Sender<Option<PeerError>>,
 }
 
 /// The writing side of one link.
@@ -41,23 +111,27 @@ impl PeerSet {
     /// Connects and authenticates to each of `peers` (instance ids in `topology`).
     ///
     /// # Errors
-    /// A sentence naming the peer that could not be reached or refused us.
+    /// [`PeerError::NotInTopology`] or [`PeerError::Unreachable`], naming the peer.
     pub async fn connect<'a>(
         topology: &ClusterTopology,
         peers: impl Iterator<Item = &'a String>,
         identity: &Identity,
-    ) -> Result<PeerSet, String> {
+    ) -> Result<PeerSet, PeerError> {
         let (failure_tx, failure) = watch::channel(None);
         let mut links = HashMap::new();
         for peer in peers {
             let address = topology
                 .backend(peer)
-                .ok_or_else(|| format!("peer {peer} is not in the topology"))?
+                .ok_or_else(|| PeerError::NotInTopology { peer: peer.clone() })?
                 .address
                 .to_internal_address();
             let client = connect(&address, identity)
                 .await
-                .map_err(|e| format!("cannot reach peer {peer} at {address}: {e}"))?;
+                .map_err(|e| PeerError::Unreachable {
+                    peer: peer.clone(),
+                    address: address.clone(),
+                    source: Arc::new(e),
+                })?;
             let (socket, leftover, codec) = client.into_parts();
             let (read, write) = socket.into_split();
             tokio::spawn(reader(
@@ -84,24 +158,33 @@ impl PeerSet {
     /// Writes `message` to `peer`.
     ///
     /// # Errors
-    /// The link is gone (which also marks the set failed).
-    pub async fn send(&self, peer: &str, message: &Message) -> Result<(), String> {
+    /// An earlier failure of any link, or this link is gone (which also marks the set
+    /// failed), or the message does not fit a frame.
+    pub async fn send(&self, peer: &str, message: &Message) -> Result<(), PeerError> {
         self.check()?;
         let mut link = self
             .links
             .get(peer)
-            .ok_or_else(|| format!("no link to peer {peer}"))?
+            .ok_or_else(|| PeerError::NoLink {
+                peer: peer.to_owned(),
+            })?
             .lock()
             .await;
         let link = &mut *link;
         link.buf.clear();
         link.codec
             .encode(message, &mut link.buf)
-            .map_err(|e| format!("cannot encode a border for peer {peer}: {e}"))?;
+            .map_err(|e| PeerError::Encode {
+                peer: peer.to_owned(),
+                source: Arc::new(e),
+            })?;
         if let Err(e) = link.socket.write_all(&link.buf).await {
-            let reason = format!("lost connection to peer {peer}: {e}");
-            fail(&self.failure_tx, reason.clone());
-            return Err(reason);
+            let error = PeerError::Lost {
+                peer: peer.to_owned(),
+                source: Arc::new(e),
+            };
+            fail(&self.failure_tx, error.clone());
+            return Err(error);
         }
         Ok(())
     }
@@ -110,7 +193,7 @@ impl PeerSet {
     ///
     /// # Errors
     /// The first link failure.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), PeerError> {
         match &*self.failure.borrow() {
             Some(reason) => Err(reason.clone()),
             None => Ok(()),
@@ -126,17 +209,18 @@ impl PeerSet {
     }
 }
 
-async fn connect(address: &str, identity: &Identity) -> Result<Client, String> {
+/// Connects and authenticates, retrying until [`CONNECT_DEADLINE`]: a neighbour may still be
+/// starting. The error is the last attempt's.
+async fn connect(address: &str, identity: &Identity) -> Result<Client, ClientError> {
     let deadline = tokio::time::Instant::now() + CONNECT_DEADLINE;
     let mut pause = Duration::from_millis(20);
     loop {
         let attempt = async {
-            let mut client = Client::connect(address).await.map_err(|e| e.to_string())?;
+            let mut client = Client::connect(address).await?;
             client
                 .authenticate(&identity.instance_id, &identity.secret)
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok::<_, String>(client)
+                .await?;
+            Ok::<_, ClientError>(client)
         };
         match attempt.await {
             Ok(client) => return Ok(client),
@@ -150,12 +234,14 @@ async fn connect(address: &str, identity: &Identity) -> Result<Client, String> {
     }
 }
 
+/// Reads one link until it breaks: acks are dropped, an error frame or a broken stream marks
+/// the set failed.
 async fn reader(
     peer: String,
     mut socket: tokio::net::tcp::OwnedReadHalf,
     mut buf: BytesMut,
     mut codec: ColonyCodec,
-    failure: watch::Sender<Option<String>>,
+    failure: watch::Sender<Option<PeerError>>,
 ) {
     loop {
         loop {
@@ -164,33 +250,40 @@ async fn reader(
                 Ok(Some(Decoded::Message(Message::Error { code, message }, _))) => {
                     fail(
                         &failure,
-                        format!("peer {peer} refused a border: {code}: {message}"),
+                        PeerError::Refused {
+                            peer,
+                            code,
+                            message,
+                        },
                     );
                     return;
                 }
                 Ok(Some(other)) => debug!(%peer, ?other, "unexpected message from peer"),
                 Ok(None) => break,
                 Err(e) => {
-                    fail(&failure, format!("bad frame from peer {peer}: {e}"));
+                    let source = Arc::new(e);
+                    fail(&failure, PeerError::BadFrame { peer, source });
                     return;
                 }
             }
         }
         match socket.read_buf(&mut buf).await {
             Ok(0) => {
-                fail(&failure, format!("peer {peer} closed the connection"));
+                fail(&failure, PeerError::Closed { peer });
                 return;
             }
             Ok(_) => {}
             Err(e) => {
-                fail(&failure, format!("lost connection to peer {peer}: {e}"));
+                let source = Arc::new(e);
+                fail(&failure, PeerError::Lost { peer, source });
                 return;
             }
         }
     }
 }
 
-fn fail(failure: &watch::Sender<Option<String>>, reason: String) {
+/// Keeps the first failure only: later ones are its consequences.
+fn fail(failure: &watch::Sender<Option<PeerError>>, reason: PeerError) {
     failure.send_if_modified(|current| {
         if current.is_none() {
             *current = Some(reason);

@@ -3,7 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use codec::{Limits, Message};
+use bytes::BytesMut;
+use codec::{Limits, Message, Style};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -11,24 +12,19 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
+use crate::config::DataPlaneConfig;
 use crate::connection::Connection;
-use crate::{DataPlaneConfig, Identity, ShardStore, Stats};
+use crate::identity::Identity;
+use crate::shards::ShardStore;
+use crate::state::Shared;
+use crate::stats::Stats;
 
 /// Longest pause between failed `accept` calls (e.g. when out of file descriptors).
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 /// How long a refused client gets to receive its error line before the socket is dropped.
 const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// State every connection of one server shares.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub(crate) config: DataPlaneConfig,
-    pub(crate) stats: Stats,
-    pub(crate) store: ShardStore,
-    pub(crate) identity: Option<Identity>,
-}
-
-/// A data-plane server. Cheap to clone; clones share counters.
+/// A data-plane server. Cheap to clone; clones share counters, shards and identity.
 #[derive(Debug, Clone)]
 pub struct DataPlane {
     shared: Arc<Shared>,
@@ -173,8 +169,12 @@ async fn refuse(mut socket: TcpStream, limit: usize) {
         "too_many_connections",
         format!("server is at its limit of {limit} connections; try again later"),
     );
-    let mut line = serde_json::to_vec(&message).unwrap_or_default();
-    line.push(b'\n');
+    // The client has sent nothing yet, so its framing is unknown: a JSON line is what
+    // `nc` shows legibly, and what a binary client's decoder reports rather than misreads.
+    let mut line = BytesMut::new();
+    if codec::text::write_line(&message, Style::Json, &mut line).is_err() {
+        return;
+    }
     let _ = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, async {
         socket.write_all(&line).await?;
         socket.shutdown().await

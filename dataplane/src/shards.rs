@@ -12,7 +12,7 @@ use parking_lot::{Mutex, RwLock};
 use shared::sim::{DeepShard, WorldParams};
 use shared::topology::{ClusterTopology, ShardCoord};
 
-use crate::engine::Engine;
+use crate::engine::{Engine, EngineError};
 
 /// One shard's cells and the tick they are at.
 #[derive(Debug)]
@@ -61,13 +61,14 @@ impl LocalColony {
         &self.engine
     }
 
-    /// True if the topology places `shard` on a backend and this backend holds it.
+    /// True if `shard` has been built on this backend for this colony.
     pub fn holds(&self, shard: ShardCoord) -> bool {
         self.shards.lock().contains_key(&shard)
     }
 
     /// Population and fingerprint of every shard held here, summed, labelled `tick`.
-    pub fn figures(&self, tick: u64, world_width: u64) -> Checkpoint {
+    pub fn figures(&self, tick: u64) -> Checkpoint {
+        let world_width = self.params.world_width();
         self.with_shards(|shards| {
             let mut c = Checkpoint {
                 tick,
@@ -75,12 +76,9 @@ impl LocalColony {
                 fingerprint: 0,
             };
             for (coord, slot) in shards.iter() {
-                c.population += slot.grid.population();
-                c.fingerprint = c.fingerprint.wrapping_add(slot.grid.fingerprint(
-                    coord.x,
-                    coord.y,
-                    world_width,
-                ));
+                let f = ShardFigures::of(&slot.grid, *coord, world_width);
+                c.population += f.population;
+                c.fingerprint = c.fingerprint.wrapping_add(f.fingerprint);
             }
             c
         })
@@ -99,6 +97,16 @@ pub struct ShardFigures {
     pub population: u64,
     /// Wrapping sum of the live cells' hashes (DESIGN §6).
     pub fingerprint: u64,
+}
+
+impl ShardFigures {
+    /// The figures of one shard's cells; the fingerprint depends on where the shard lies.
+    fn of(grid: &DeepShard, shard: ShardCoord, world_width: u64) -> Self {
+        ShardFigures {
+            population: grid.population(),
+            fingerprint: grid.fingerprint(shard.x, shard.y, world_width),
+        }
+    }
 }
 
 /// The backend's shard state. Cheap to clone; clones share it.
@@ -135,7 +143,7 @@ impl ShardStore {
                 return existing.clone();
             }
             // The old colony's engine stops; its shards go with it.
-            existing.engine.cancel.cancel();
+            existing.engine.stop();
         }
         let colony = Arc::new(LocalColony {
             params: topology.world_params(),
@@ -151,24 +159,20 @@ impl ShardStore {
     /// Builds `shard`'s initial cells (tick 0) in `colony`, replacing any earlier copy.
     ///
     /// # Errors
-    /// The shard is outside the world or too large, or the colony is already ticking here.
+    /// [`EngineError::BadShard`] if the shard is outside the world or too large,
+    /// [`EngineError::AlreadyTicking`] if the colony has already ticked here.
     pub fn init_shard(
         &self,
         colony: &LocalColony,
         shard: ShardCoord,
-    ) -> Result<ShardFigures, String> {
-        let grid = DeepShard::initial(&colony.params, shard.x, shard.y, colony.depth)
-            .map_err(|e| e.to_string())?;
-        let figures = ShardFigures {
-            population: grid.population(),
-            fingerprint: grid.fingerprint(shard.x, shard.y, colony.params.world_width()),
-        };
+    ) -> Result<ShardFigures, EngineError> {
+        let grid = DeepShard::initial(&colony.params, shard.x, shard.y, colony.depth)?;
+        let figures = ShardFigures::of(&grid, shard, colony.params.world_width());
         if colony.engine.tick() > 0 {
-            return Err(format!(
-                "colony {} is already at tick {} here; start a new colony instead",
-                colony.colony_id(),
-                colony.engine.tick()
-            ));
+            return Err(EngineError::AlreadyTicking {
+                colony_id: colony.colony_id().to_owned(),
+                tick: colony.engine.tick(),
+            });
         }
         colony.with_shards(|shards| shards.insert(shard, ShardSlot { grid, tick: 0 }));
         Ok(figures)

@@ -57,7 +57,8 @@ impl Stats {
         self.connections_refused.fetch_add(1, Relaxed);
     }
 
-    /// Adds one batch of traffic; called once per read, not once per frame.
+    /// Adds one batch of traffic; called once per batch of answers (a read's worth, or one
+    /// deferred answer), not once per frame.
     pub(crate) fn add(&self, frames_in: u64, frames_out: u64, errors: u64) {
         if frames_in > 0 {
             self.frames_in.fetch_add(frames_in, Relaxed);

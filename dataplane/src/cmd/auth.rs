@@ -5,17 +5,22 @@ use codec::Message;
 use tracing::{info, warn};
 
 use super::{Answer, Session};
-use crate::server::Shared;
+use crate::state::Shared;
 
 /// Longest instance id accepted in a HELLO.
 const MAX_ID: usize = 128;
 
+/// The answer to HELLO and AUTH on a node started without a cluster secret.
+fn unavailable() -> Message {
+    Message::error(
+        "auth_unavailable",
+        "this node has no cluster secret configured",
+    )
+}
+
 pub(crate) fn hello(shared: &Shared, session: &mut Session, instance_id: String) -> Message {
     if shared.identity.is_none() {
-        return Message::error(
-            "auth_unavailable",
-            "this node has no cluster secret configured",
-        );
+        return unavailable();
     }
     if instance_id.is_empty()
         || instance_id.len() > MAX_ID
@@ -43,10 +48,7 @@ pub(crate) fn auth(
     mac: &str,
 ) -> Answer {
     let Some(identity) = &shared.identity else {
-        return Answer::Now(Message::error(
-            "auth_unavailable",
-            "this node has no cluster secret configured",
-        ));
+        return Answer::Now(unavailable());
     };
     let Some((nonce, claimed)) = session.challenge.take() else {
         return Answer::Now(Message::error(

@@ -7,9 +7,10 @@ use std::time::Duration;
 use codec::Message;
 
 use super::Answer;
-use crate::engine::{ensure_started, Target};
-use crate::server::Shared;
+use crate::batch::Target;
 use crate::shards::LocalColony;
+use crate::state::Shared;
+use crate::tick_loop::{deliver, ensure_started};
 
 /// Longest a `report` may wait for news.
 const MAX_REPORT_WAIT: Duration = Duration::from_secs(30);
@@ -42,10 +43,7 @@ fn handle(shared: &Shared, message: Message) -> Result<Answer, Message> {
             edges,
         } => {
             let colony = colony(shared, &colony_id)?;
-            colony
-                .engine()
-                .deliver(&colony, tick, edges)
-                .map_err(|e| Message::error("bad_halo", e))?;
+            deliver(&colony, tick, edges).map_err(|e| Message::error("bad_halo", e.to_string()))?;
             Ok(Answer::Quiet(Message::HaloAck { tick }))
         }
         Message::Run {
@@ -94,7 +92,7 @@ fn handle(shared: &Shared, message: Message) -> Result<Answer, Message> {
         }
         other => Err(Message::error(
             "not_a_request",
-            format!("{} is not a colony request", super::type_name(&other)),
+            format!("{} is not a colony request", other.type_name()),
         )),
     }
 }

@@ -15,7 +15,7 @@ use std::pin::Pin;
 
 use codec::Message;
 
-use crate::server::Shared;
+use crate::state::Shared;
 
 /// What a connection learned about its peer.
 #[derive(Debug, Default)]
@@ -66,7 +66,7 @@ pub(crate) fn dispatch(request: Message, shared: &Shared, session: &mut Session)
                 "unauthenticated",
                 format!(
                     "{} changes cluster state and needs an authenticated connection: send HELLO first",
-                    type_name(&message)
+                    message.type_name()
                 ),
             )),
             Some(_) => colony::apply(shared, message),
@@ -76,37 +76,8 @@ pub(crate) fn dispatch(request: Message, shared: &Shared, session: &mut Session)
             "not_a_request",
             format!(
                 "{:?} is a reply, not a request; send HELP for the requests",
-                type_name(&other)
+                other.type_name()
             ),
         )),
-    }
-}
-
-/// The `"type"` tag of a message, for error texts.
-pub(crate) fn type_name(message: &Message) -> &'static str {
-    match message {
-        Message::Ping => "ping",
-        Message::Pong => "pong",
-        Message::Help => "help",
-        Message::HelpReply { .. } => "help_reply",
-        Message::Stats => "stats",
-        Message::StatsReply(_) => "stats_reply",
-        Message::Echo { .. } => "echo",
-        Message::EchoReply { .. } => "echo_reply",
-        Message::Shards => "shards",
-        Message::ShardsReply { .. } => "shards_reply",
-        Message::Shard { .. } => "shard",
-        Message::ShardView { .. } => "shard_view",
-        Message::Hello { .. } => "hello",
-        Message::Challenge { .. } => "challenge",
-        Message::Auth { .. } => "auth",
-        Message::Welcome { .. } => "welcome",
-        Message::Halo { .. } => "halo",
-        Message::HaloAck { .. } => "halo_ack",
-        Message::Run { .. } => "run",
-        Message::Pause { .. } => "pause",
-        Message::Report { .. } => "report",
-        Message::Progress { .. } => "progress",
-        Message::Error { .. } => "error",
     }
 }

@@ -2,7 +2,7 @@
 
 use codec::Message;
 
-use crate::ShardStore;
+use crate::shards::ShardStore;
 
 pub(crate) fn apply(store: &ShardStore, x: u32, y: u32) -> Message {
     store.view(x, y).unwrap_or_else(|| {

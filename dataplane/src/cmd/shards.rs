@@ -2,7 +2,7 @@
 
 use codec::Message;
 
-use crate::ShardStore;
+use crate::shards::ShardStore;
 
 pub(crate) fn apply(store: &ShardStore) -> Message {
     store.summary()

@@ -2,7 +2,7 @@
 
 use codec::Message;
 
-use crate::server::Shared;
+use crate::state::Shared;
 
 pub(crate) fn apply(shared: &Shared) -> Message {
     Message::StatsReply(shared.stats.snapshot())
