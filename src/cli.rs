@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use codec::Limits;
-use controlplane::coordinator::heartbeat::HealthConfig;
+use controlplane::coordinator::health::config::HealthConfig;
 use controlplane::http::HttpLimits;
 use dataplane::DataPlaneConfig;
 use shared::registry::{RegistryConfig, RegistryKind};

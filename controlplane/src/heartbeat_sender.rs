@@ -14,7 +14,7 @@ use shared::NodeAddress;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::coordinator::heartbeat::{Heartbeat, NodeType};
+use crate::wire::heartbeat::{Heartbeat, NodeType};
 
 /// Failed posts in a row after which the coordinator is looked up again.
 const REDISCOVER_AFTER: u32 = 3;

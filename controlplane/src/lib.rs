@@ -14,6 +14,8 @@ pub mod http;
 pub mod management;
 pub mod metrics;
 pub mod state;
+pub mod time;
+pub mod wire;
 pub mod ws;
 
 pub use error::{ApiError, ApiJson};

@@ -5,7 +5,7 @@ use std::time::SystemTime;
 use shared::NodeAddress;
 use tokio::time::Instant;
 
-use crate::coordinator::heartbeat::NodeType;
+use crate::wire::heartbeat::NodeType;
 
 /// Identity and start time of the node serving a request.
 #[derive(Debug, Clone)]

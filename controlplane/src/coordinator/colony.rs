@@ -23,7 +23,7 @@ use tokio::sync::Mutex;
 use tracing::{info, warn};
 
 use crate::control::InitColonyShardResponse;
-use crate::coordinator::heartbeat::HealthTracker;
+use crate::coordinator::health::tracker::HealthTracker;
 use crate::coordinator::run::{ColonyRun, RunConfig};
 use crate::error::ApiError;
 use codec::Checkpoint;

@@ -18,7 +18,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::{broadcast, Mutex};
 use tracing::{info, warn};
 
-use crate::coordinator::heartbeat::rfc3339;
+use crate::time::rfc3339;
 
 /// How to run one managed process.
 #[derive(Debug, Clone)]

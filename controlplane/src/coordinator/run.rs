@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::coordinator::heartbeat::HealthTracker;
+use crate::coordinator::health::tracker::HealthTracker;
 use crate::error::ApiError;
 
 /// Settings of colony runs.

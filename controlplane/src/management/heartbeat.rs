@@ -7,8 +7,10 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::time::Instant;
 
 use super::MgmtState;
-use crate::coordinator::heartbeat::{HealthTracker, Heartbeat, NodeState};
+use crate::coordinator::health::node_state::NodeState;
+use crate::coordinator::health::tracker::HealthTracker;
 use crate::error::{ApiError, ApiJson};
+use crate::wire::heartbeat::Heartbeat;
 
 /// What the heartbeat route needs, and no more: it is the hottest route of the coordinator
 /// (every node, every interval), and axum clones a route's state on every request.

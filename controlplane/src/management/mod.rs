@@ -18,7 +18,7 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use crate::coordinator::colony::ColonyManager;
-use crate::coordinator::heartbeat::HealthTracker;
+use crate::coordinator::health::tracker::HealthTracker;
 use crate::coordinator::processes::ProcessManager;
 use crate::dashboard;
 use crate::metrics::Metrics;
@@ -82,8 +82,9 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
-    use crate::coordinator::heartbeat::{HealthConfig, NodeType};
+    use crate::coordinator::health::config::HealthConfig;
     use crate::http::{harden, HttpLimits};
+    use crate::wire::heartbeat::NodeType;
 
     fn app() -> (Router, HealthTracker) {
         let address = NodeAddress::new([127, 0, 0, 1].into(), 8082, 8083, 8084);

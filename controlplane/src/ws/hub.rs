@@ -20,9 +20,10 @@ use tracing::{debug, warn};
 
 use super::protocol::{event_text, EventKind};
 use super::services;
-use crate::coordinator::heartbeat::{rfc3339, HealthEvent};
+use crate::coordinator::health::events::HealthEvent;
 use crate::coordinator::processes::ProcessEvent;
 use crate::management::MgmtState;
+use crate::time::rfc3339;
 
 /// Limits of the `/ws` endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

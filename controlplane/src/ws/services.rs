@@ -6,9 +6,10 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use shared::NodeAddress;
 
-use crate::coordinator::heartbeat::{Component, NodeType};
+use crate::coordinator::health::views::Component;
 use crate::coordinator::processes::{ProcessError, ProcessInfo};
 use crate::management::MgmtState;
+use crate::wire::heartbeat::NodeType;
 
 /// One network endpoint of a service.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

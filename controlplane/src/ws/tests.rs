@@ -15,10 +15,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::protocol::EventKind;
 use super::*;
-use crate::coordinator::heartbeat::{HealthConfig, HealthTracker, Heartbeat, NodeType};
+use crate::coordinator::health::config::HealthConfig;
+use crate::coordinator::health::tracker::HealthTracker;
 use crate::management::MgmtState;
 use crate::metrics::Metrics;
 use crate::state::NodeInfo;
+use crate::wire::heartbeat::{Heartbeat, NodeType};
 
 type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
 

@@ -1,0 +1,8 @@
+//! Bodies that nodes send each other over HTTP, and the limits that belong to them: the
+//! heartbeat a node posts to the coordinator's management port ([`heartbeat`]).
+//!
+//! Only the serde types and the checks serde cannot make live here. The sender and the
+//! receiver of each body both import it from here, so neither depends on the other: what the
+//! coordinator does with a heartbeat is [`crate::coordinator::health`].
+
+pub mod heartbeat;
