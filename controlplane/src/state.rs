@@ -1,10 +1,18 @@
-//! Who this node is, shared by its HTTP routers.
+//! The state the HTTP routers share: who this node is ([`NodeInfo`]) and what its
+//! management routers read ([`MgmtState`]).
+//!
+//! It has a module of its own so that the management routes, the dashboard and `/ws` all
+//! import it from here, and none of them imports another to get it.
 
 use std::time::SystemTime;
 
 use shared::NodeAddress;
 use tokio::time::Instant;
 
+use crate::coordinator::colony::ColonyManager;
+use crate::coordinator::health::tracker::HealthTracker;
+use crate::coordinator::processes::ProcessManager;
+use crate::metrics::Metrics;
 use crate::wire::heartbeat::NodeType;
 
 /// Identity and start time of the node serving a request.
@@ -33,4 +41,19 @@ impl NodeInfo {
             started_at: Instant::now(),
         }
     }
+}
+
+/// State of the management routers.
+#[derive(Debug, Clone)]
+pub struct MgmtState {
+    /// This node.
+    pub node: NodeInfo,
+    /// Its metrics.
+    pub metrics: Metrics,
+    /// Node health (coordinator only).
+    pub health: Option<HealthTracker>,
+    /// Backends run by `colony up` (coordinator under `colony up` only).
+    pub processes: Option<ProcessManager>,
+    /// The colony (coordinator only).
+    pub colony: Option<ColonyManager>,
 }

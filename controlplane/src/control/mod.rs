@@ -26,8 +26,6 @@ use shared::NodeAddress;
 
 use crate::coordinator::colony::ColonyManager;
 
-pub use init::{InitColonyShard, InitColonyShardResponse};
-
 /// The coordinator's control routes.
 pub fn coordinator_router(colony: ColonyManager) -> Router {
     Router::new()

@@ -22,10 +22,10 @@ use shared::NodeAddress;
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 
-use crate::control::InitColonyShardResponse;
 use crate::coordinator::health::tracker::HealthTracker;
 use crate::coordinator::run::{ColonyRun, RunConfig};
 use crate::error::ApiError;
+use crate::wire::init::InitColonyShardResponse;
 use codec::Checkpoint;
 use dataplane::Identity;
 

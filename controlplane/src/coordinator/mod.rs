@@ -1,4 +1,7 @@
-//! Coordinator-only state: node health from heartbeats (and, later, the colony).
+//! The coordinator's domain, with no routes in it: node health from heartbeats ([`health`]),
+//! the colony's lifecycle ([`colony`]) and its runs ([`run`]), the world picture
+//! ([`image`]), and the backends `colony up` manages ([`processes`]). The routers in
+//! [`crate::control`] and [`crate::management`] serve it.
 
 pub mod colony;
 pub mod health;

@@ -6,11 +6,11 @@ use axum::response::IntoResponse;
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::MgmtState;
 use crate::coordinator::health::alerts::AlertsView;
 use crate::coordinator::health::tracker::HealthTracker;
 use crate::coordinator::health::views::HealthStatus;
 use crate::error::ApiError;
+use crate::state::MgmtState;
 
 fn tracker(state: &MgmtState) -> Result<&HealthTracker, ApiError> {
     state

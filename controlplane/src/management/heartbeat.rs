@@ -6,10 +6,10 @@ use axum::response::{IntoResponse, Response};
 use prometheus_client::metrics::counter::Counter;
 use tokio::time::Instant;
 
-use super::MgmtState;
 use crate::coordinator::health::node_state::NodeState;
 use crate::coordinator::health::tracker::HealthTracker;
 use crate::error::{ApiError, ApiJson};
+use crate::state::MgmtState;
 use crate::wire::heartbeat::Heartbeat;
 
 /// What the heartbeat route needs, and no more: it is the hottest route of the coordinator

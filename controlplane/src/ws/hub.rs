@@ -22,7 +22,7 @@ use super::protocol::{event_text, EventKind};
 use super::services;
 use crate::coordinator::health::events::HealthEvent;
 use crate::coordinator::processes::ProcessEvent;
-use crate::management::MgmtState;
+use crate::state::MgmtState;
 use crate::time::rfc3339;
 
 /// Limits of the `/ws` endpoint.

@@ -8,7 +8,7 @@ use shared::NodeAddress;
 
 use crate::coordinator::health::views::Component;
 use crate::coordinator::processes::{ProcessError, ProcessInfo};
-use crate::management::MgmtState;
+use crate::state::MgmtState;
 use crate::wire::heartbeat::NodeType;
 
 /// One network endpoint of a service.

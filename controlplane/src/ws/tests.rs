@@ -17,9 +17,8 @@ use super::protocol::EventKind;
 use super::*;
 use crate::coordinator::health::config::HealthConfig;
 use crate::coordinator::health::tracker::HealthTracker;
-use crate::management::MgmtState;
 use crate::metrics::Metrics;
-use crate::state::NodeInfo;
+use crate::state::{MgmtState, NodeInfo};
 use crate::wire::heartbeat::{Heartbeat, NodeType};
 
 type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
