@@ -299,7 +299,7 @@ impl HealthArgs {
             down_after: self.down_after,
             flap_window: self.flap_window,
         };
-        config.validate()?;
+        config.validate().map_err(|e| e.to_string())?;
         Ok(config)
     }
 }

@@ -1,4 +1,6 @@
-//! [`ApiError`]: the one error type of every HTTP handler, and its one status mapping.
+//! [`ApiError`]: the one error type of every HTTP handler, and its one status mapping; and
+//! the one place where the domain's typed errors ([`ColonyError`], [`HeartbeatError`]) become
+//! HTTP errors.
 //!
 //! Every error answers `{"error":"…"}`. 4xx bodies say what was wrong with the request; 5xx
 //! bodies stay generic and the cause is logged once, here.
@@ -11,6 +13,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::de::DeserializeOwned;
 use serde_json::json;
+
+use crate::coordinator::error::ColonyError;
+use crate::wire::heartbeat::HeartbeatError;
 
 /// An HTTP handler failure.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +81,36 @@ impl IntoResponse for ApiError {
             other => other.to_string(),
         };
         (status, Json(json!({ "error": message }))).into_response()
+    }
+}
+
+impl From<ColonyError> for ApiError {
+    fn from(e: ColonyError) -> Self {
+        let message = e.to_string();
+        match e {
+            ColonyError::InvalidRequest(_) | ColonyError::Placement(_) => {
+                ApiError::BadRequest(message)
+            }
+            ColonyError::NoColony => ApiError::NotFound(message),
+            ColonyError::StartFailed { .. } | ColonyError::RunFailed { .. } => {
+                ApiError::Conflict(message)
+            }
+            ColonyError::InitFailed { .. } | ColonyError::Backend(_) => {
+                ApiError::BadGateway(message)
+            }
+            ColonyError::Registry { .. } | ColonyError::NoLiveBackend { .. } => {
+                ApiError::Unavailable(message)
+            }
+            ColonyError::ColonyId(_) | ColonyError::EncodeTopology(_) | ColonyError::Image(_) => {
+                ApiError::Internal(message)
+            }
+        }
+    }
+}
+
+impl From<HeartbeatError> for ApiError {
+    fn from(e: HeartbeatError) -> Self {
+        ApiError::BadRequest(e.to_string())
     }
 }
 

@@ -22,9 +22,9 @@ use shared::NodeAddress;
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 
+use crate::coordinator::error::{ColonyError, InitError, StartRequestError};
 use crate::coordinator::health::tracker::HealthTracker;
 use crate::coordinator::run::{ColonyRun, RunConfig};
-use crate::error::ApiError;
 use crate::wire::init::InitColonyShardResponse;
 use codec::Checkpoint;
 use dataplane::Identity;
@@ -81,17 +81,19 @@ impl StartRequest {
     /// The validated dimensions and simulation settings.
     ///
     /// # Errors
-    /// [`ApiError::BadRequest`] naming the field.
-    pub fn validate(&self) -> Result<(Dimensions, Simulation), ApiError> {
+    /// A [`StartRequestError`] naming the field.
+    pub fn validate(&self) -> Result<(Dimensions, Simulation), StartRequestError> {
         let dims = Dimensions::new(
             self.width_in_shards,
             self.height_in_shards,
             self.shard_width,
             self.shard_height,
         )
-        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-        let rule = Rule::from_str(&self.rule)
-            .map_err(|e| ApiError::BadRequest(format!("invalid rule {:?}: {e}", self.rule)))?;
+        .map_err(StartRequestError::Dimensions)?;
+        let rule = Rule::from_str(&self.rule).map_err(|source| StartRequestError::Rule {
+            rule: self.rule.clone(),
+            source,
+        })?;
         let simulation = Simulation {
             rule,
             seed: self.seed,
@@ -101,16 +103,16 @@ impl StartRequest {
         };
         simulation
             .validate()
-            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+            .map_err(StartRequestError::Simulation)?;
         shared::sim::check_cells(
             &simulation.cells,
             u64::from(dims.world_width()),
             u64::from(dims.world_height()),
         )
-        .map_err(|e| ApiError::BadRequest(format!("invalid cells: {e}")))?;
+        .map_err(StartRequestError::Cells)?;
         if let Some(depth) = self.halo_depth {
             shared::sim::check_depth(depth, dims.shard_width, dims.shard_height)
-                .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+                .map_err(StartRequestError::HaloDepth)?;
         }
         Ok((dims, simulation))
     }
@@ -255,44 +257,39 @@ impl ColonyManager {
         }
     }
 
-    fn current_run(&self) -> Result<Arc<ColonyRun>, ApiError> {
+    fn current_run(&self) -> Result<Arc<ColonyRun>, ColonyError> {
         if let Some(run) = self.inner.run.read().clone() {
             return Ok(run);
         }
         match self.inner.start_error.read().clone() {
-            Some(reason) => Err(ApiError::Conflict(format!(
-                "the colony failed to start ({reason}); POST /colony-start {{\"restart\":true}}"
-            ))),
-            None => Err(ApiError::NotFound(
-                "no colony: start one with POST /colony-start".into(),
-            )),
+            Some(reason) => Err(ColonyError::StartFailed { reason }),
+            None => Err(ColonyError::NoColony),
         }
     }
 
     /// `POST /colony/run`.
     ///
     /// # Errors
-    /// 404 without a colony; as [`ColonyRun::run`].
-    pub async fn run(&self, ticks: u64, wait: bool) -> Result<serde_json::Value, ApiError> {
+    /// [`ColonyError::NoColony`] or [`ColonyError::StartFailed`] without a running colony;
+    /// as [`ColonyRun::run`].
+    pub async fn run(&self, ticks: u64, wait: bool) -> Result<serde_json::Value, ColonyError> {
         self.current_run()?.run(ticks, wait).await
     }
 
     /// `POST /colony/pause`.
     ///
     /// # Errors
-    /// 404 without a colony; as [`ColonyRun::pause`].
-    pub async fn pause(&self) -> Result<serde_json::Value, ApiError> {
+    /// As [`ColonyManager::run`].
+    pub async fn pause(&self) -> Result<serde_json::Value, ColonyError> {
         self.current_run()?.pause().await
     }
 
     /// `GET /colony/image.png`: fetches every shard from its backend and draws the world.
     ///
     /// # Errors
-    /// 404 without a colony.
-    pub async fn image(&self) -> Result<Vec<u8>, ApiError> {
-        let topology = self.topology().ok_or_else(|| {
-            ApiError::NotFound("no colony: start one with POST /colony-start".into())
-        })?;
+    /// [`ColonyError::NoColony`]; [`ColonyError::Image`] if the PNG cannot be made.
+    pub async fn image(&self) -> Result<Vec<u8>, ColonyError> {
+        let topology = self.topology().ok_or(ColonyError::NoColony)?;
         let (sw, sh) = (
             u64::from(topology.shard_width()),
             u64::from(topology.shard_height()),
@@ -332,7 +329,7 @@ impl ColonyManager {
                 None => picture.missing(gx0, gy0, sw, sh),
             }
         }
-        picture.encode().map_err(ApiError::Internal)
+        Ok(picture.encode()?)
     }
 
     /// Stops following the current colony (coordinator shutdown).
@@ -344,14 +341,19 @@ impl ColonyManager {
 
     /// `POST /colony-start`.
     ///
+    /// A running colony (without `restart`) is not an error but a
+    /// [`StartOutcome::Conflict`], remembered under `key` like any answer.
+    ///
     /// # Errors
-    /// 400 for a bad request, 409 when a colony runs (and `restart` is false), 503 when no
-    /// backend is live, 502 when a backend refuses its shards.
+    /// [`ColonyError::InvalidRequest`]; [`ColonyError::Registry`] or
+    /// [`ColonyError::NoLiveBackend`] when no backend can be found;
+    /// [`ColonyError::Placement`]; [`ColonyError::InitFailed`] or [`ColonyError::Backend`]
+    /// when a backend refuses its shards or cannot be reached.
     pub async fn start(
         &self,
         key: Option<String>,
         request: StartRequest,
-    ) -> Result<StartOutcome, ApiError> {
+    ) -> Result<StartOutcome, ColonyError> {
         let (dims, simulation) = request.validate()?;
         let mut starts = self.inner.starts.lock().await;
         if let Some(answer) = key.as_ref().and_then(|k| starts.answers.get(k)) {
@@ -368,11 +370,10 @@ impl ColonyManager {
         }
         let started = Instant::now();
         let backends = self.live_backends().await?;
-        let colony_id = new_colony_id()
-            .map_err(|e| ApiError::Internal(format!("cannot draw a colony id: {e}")))?;
+        let colony_id = new_colony_id().map_err(|e| ColonyError::ColonyId(e.into()))?;
         let topology = ClusterTopology::place(colony_id, self.inner.me, backends, dims)
             .and_then(|t| t.with_simulation(simulation))
-            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+            .map_err(ColonyError::Placement)?;
         let topology = Arc::new(topology);
         if let Some(old) = self.inner.run.write().take() {
             old.close();
@@ -391,7 +392,7 @@ impl ColonyManager {
                 self.inner.health.clone(),
             )
             .await
-            .map_err(ApiError::BadGateway),
+            .map_err(ColonyError::from),
             Err(e) => Err(e),
         };
         let run = match started_run {
@@ -423,14 +424,16 @@ impl ColonyManager {
     }
 
     /// Registered backends, minus the coordinator itself, whose management port answers.
-    async fn live_backends(&self) -> Result<Vec<BackendEntry>, ApiError> {
+    async fn live_backends(&self) -> Result<Vec<BackendEntry>, ColonyError> {
         let registry = &self.inner.registry;
-        let registered = registry.discover_backends().await.map_err(|e| {
-            ApiError::Unavailable(format!(
-                "cannot read the cluster registry ({}): {e}",
-                registry.describe()
-            ))
-        })?;
+        let registered =
+            registry
+                .discover_backends()
+                .await
+                .map_err(|source| ColonyError::Registry {
+                    registry: registry.describe(),
+                    source: Box::new(source),
+                })?;
         let mut seen = std::collections::HashSet::new();
         let candidates: Vec<_> = exclude_self(registered, &self.inner.me)
             .into_iter()
@@ -467,19 +470,17 @@ impl ColonyManager {
             .map(|((id, address), _)| BackendEntry::new(id, address))
             .collect();
         if live.is_empty() {
-            return Err(ApiError::Unavailable(format!(
-                "no live backend: none registered in {} answers on its management port; start one with `colony backend`",
-                registry.describe()
-            )));
+            return Err(ColonyError::NoLiveBackend {
+                registry: registry.describe(),
+            });
         }
         Ok(live)
     }
 
     /// Sends every shard its signed init, all at once; fails if any is refused. Returns the
     /// colony's tick-0 figures, summed from the answers.
-    async fn init_all(&self, topology: &ClusterTopology) -> Result<Checkpoint, ApiError> {
-        let topology_json = serde_json::to_string(topology)
-            .map_err(|e| ApiError::Internal(format!("cannot encode the topology: {e}")))?;
+    async fn init_all(&self, topology: &ClusterTopology) -> Result<Checkpoint, ColonyError> {
+        let topology_json = serde_json::to_string(topology).map_err(ColonyError::EncodeTopology)?;
         let inits = topology.placement().map(|(shard, backend)| {
             let topology_json = &topology_json;
             async move { self.init_one(topology, topology_json, shard, backend).await }
@@ -499,12 +500,13 @@ impl ColonyManager {
                 Err(e) => failures.push(e),
             }
         }
-        if let Some(first) = failures.first() {
-            return Err(ApiError::BadGateway(format!(
-                "{} of {} shard inits failed; first: {first}",
-                failures.len(),
-                topology.shard_count()
-            )));
+        let failed = failures.len();
+        if let Some(first) = failures.into_iter().next() {
+            return Err(ColonyError::InitFailed {
+                failed,
+                total: topology.shard_count(),
+                first: Box::new(first),
+            });
         }
         Ok(total)
     }
@@ -515,7 +517,8 @@ impl ColonyManager {
         topology_json: &str,
         shard: ShardCoord,
         backend: &BackendEntry,
-    ) -> Result<(u64, u64), String> {
+    ) -> Result<(u64, u64), InitError> {
+        let name = || backend.instance_id.clone();
         let token = self
             .inner
             .issuer
@@ -525,9 +528,12 @@ impl ColonyManager {
                 topology.colony_id(),
                 self.inner.config.token_ttl,
             )
-            .map_err(|e| format!("cannot issue a token for {}: {e}", backend.instance_id))?;
-        let token_json = serde_json::to_string(&token).map_err(|e| e.to_string())?;
-        let shard_json = serde_json::to_string(&shard).map_err(|e| e.to_string())?;
+            .map_err(|source| InitError::Token {
+                backend: name(),
+                source,
+            })?;
+        let token_json = serde_json::to_string(&token)?;
+        let shard_json = serde_json::to_string(&shard)?;
         // The topology is serialized once for all shards.
         let body =
             format!(r#"{{"shard":{shard_json},"topology":{topology_json},"token":{token_json}}}"#);
@@ -544,11 +550,11 @@ impl ColonyManager {
             .timeout(self.inner.config.init_timeout)
             .send()
             .await
-            .map_err(|e| {
-                format!(
-                    "{} ({url}) did not answer the init of shard {shard}: {e}",
-                    backend.instance_id
-                )
+            .map_err(|source| InitError::NoAnswer {
+                backend: name(),
+                url: url.clone(),
+                shard,
+                source,
             })?;
         let status = response.status();
         let text = response.text().await.unwrap_or_default();
@@ -558,19 +564,26 @@ impl ColonyManager {
                 fingerprint,
                 ..
             }) if status.is_success() => {
-                let fingerprint = fingerprint
-                    .parse::<u64>()
-                    .map_err(|e| format!("{} sent a bad fingerprint: {e}", backend.instance_id))?;
+                let fingerprint =
+                    fingerprint
+                        .parse::<u64>()
+                        .map_err(|source| InitError::BadFingerprint {
+                            backend: name(),
+                            source,
+                        })?;
                 Ok((population, fingerprint))
             }
-            Ok(InitColonyShardResponse::Error { message }) => Err(format!(
-                "{} refused shard {shard}: {message}",
-                backend.instance_id
-            )),
-            _ => Err(format!(
-                "{} answered {status} to the init of shard {shard}: {text}",
-                backend.instance_id
-            )),
+            Ok(InitColonyShardResponse::Error { message }) => Err(InitError::Refused {
+                backend: name(),
+                shard,
+                message,
+            }),
+            _ => Err(InitError::BadAnswer {
+                backend: name(),
+                status,
+                shard,
+                body: text,
+            }),
         }
     }
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use codec::{Checkpoint, Message};
-use dataplane::{Client, Identity};
+use dataplane::{Client, ClientError, Identity};
 use futures::future::join_all;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
@@ -21,8 +21,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::coordinator::error::{BackendError, ColonyError};
 use crate::coordinator::health::tracker::HealthTracker;
-use crate::error::ApiError;
 
 /// Settings of colony runs.
 #[derive(Debug, Clone, Copy)]
@@ -88,12 +88,11 @@ impl std::fmt::Debug for ColonyRun {
     }
 }
 
-async fn connect(address: &str, identity: &Identity) -> Result<Client, String> {
-    let mut client = Client::connect(address).await.map_err(|e| e.to_string())?;
+async fn connect(address: &str, identity: &Identity) -> Result<Client, ClientError> {
+    let mut client = Client::connect(address).await?;
     client
         .authenticate(&identity.instance_id, &identity.secret)
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     Ok(client)
 }
 
@@ -109,7 +108,7 @@ impl ColonyRun {
         initial: Checkpoint,
         config: RunConfig,
         health: Option<HealthTracker>,
-    ) -> Result<Arc<ColonyRun>, String> {
+    ) -> Result<Arc<ColonyRun>, BackendError> {
         let holders: Vec<_> = topology
             .backends()
             .iter()
@@ -120,12 +119,13 @@ impl ColonyRun {
         let mut reports = Vec::new();
         for b in &holders {
             let address = b.address.to_internal_address();
-            let command = connect(&address, identity)
-                .await
-                .map_err(|e| format!("cannot reach {} at {address}: {e}", b.instance_id))?;
-            let report = connect(&address, identity)
-                .await
-                .map_err(|e| format!("cannot reach {} at {address}: {e}", b.instance_id))?;
+            let unreachable = |source| BackendError::Unreachable {
+                backend: b.instance_id.clone(),
+                address: address.clone(),
+                source,
+            };
+            let command = connect(&address, identity).await.map_err(unreachable)?;
+            let report = connect(&address, identity).await.map_err(unreachable)?;
             commands.insert(b.instance_id.clone(), tokio::sync::Mutex::new(command));
             reports.push((b.instance_id.clone(), report));
         }
@@ -195,23 +195,33 @@ impl ColonyRun {
                 })) => {
                     after = tick;
                     if state == "failed" {
-                        self.fail(format!("{id} failed: {}", error.unwrap_or_default()));
+                        self.fail(&BackendError::Failed {
+                            backend: id,
+                            reason: error.unwrap_or_default(),
+                        });
                         return;
                     }
                     self.absorb(&id, tick, checkpoints);
                 }
                 Ok(Ok(other)) => {
-                    self.fail(format!("{id} answered a report with {other:?}"));
+                    self.fail(&BackendError::UnexpectedAnswer {
+                        backend: id,
+                        answer: Box::new(other),
+                    });
                     return;
                 }
-                Ok(Err(e)) => {
-                    self.fail(format!("{id} stopped answering: {e}"));
+                Ok(Err(source)) => {
+                    self.fail(&BackendError::StoppedAnswering {
+                        backend: id,
+                        source,
+                    });
                     return;
                 }
                 Err(_) => {
-                    self.fail(format!(
-                        "{id} sent no progress for {limit:?}; it is stalled or gone"
-                    ));
+                    self.fail(&BackendError::Stalled {
+                        backend: id,
+                        silence: limit,
+                    });
                     return;
                 }
             }
@@ -268,7 +278,9 @@ impl ColonyRun {
         self.changed.send_modify(|n| *n += 1);
     }
 
-    fn fail(&self, reason: String) {
+    /// Records the run's first failure (later ones are consequences, not news) and raises
+    /// its alert. After [`ColonyRun::close`], a broken link is expected and not a failure.
+    fn fail(&self, reason: &BackendError) {
         if self.cancel.is_cancelled() {
             return;
         }
@@ -277,7 +289,7 @@ impl ColonyRun {
             return;
         }
         warn!(colony = %self.colony_id, %reason, "colony run failed");
-        s.failed = Some(reason.clone());
+        s.failed = Some(reason.to_string());
         drop(s);
         if let Some(health) = &self.health {
             health.raise_alert(
@@ -290,25 +302,31 @@ impl ColonyRun {
         self.changed.send_modify(|n| *n += 1);
     }
 
-    async fn command(&self, id: &str, message: &Message) -> Result<Message, String> {
+    async fn command(&self, id: &str, message: &Message) -> Result<Message, BackendError> {
+        let backend = || id.to_owned();
         let Some(client) = self.commands.get(id) else {
-            return Err(format!("no command link to {id}"));
+            return Err(BackendError::NoLink { backend: backend() });
         };
         let mut client = client.lock().await;
         match tokio::time::timeout(self.config.stall_timeout, client.request(message)).await {
-            Ok(Ok(Message::Error { code, message })) => {
-                Err(format!("{id} refused: {code}: {message}"))
-            }
+            Ok(Ok(Message::Error { code, message })) => Err(BackendError::Refused {
+                backend: backend(),
+                code,
+                message,
+            }),
             Ok(Ok(answer)) => Ok(answer),
-            Ok(Err(e)) => Err(format!("{id} did not answer: {e}")),
-            Err(_) => Err(format!(
-                "{id} did not answer within {:?}",
-                self.config.stall_timeout
-            )),
+            Ok(Err(source)) => Err(BackendError::NoAnswer {
+                backend: backend(),
+                source,
+            }),
+            Err(_) => Err(BackendError::Timeout {
+                backend: backend(),
+                after: self.config.stall_timeout,
+            }),
         }
     }
 
-    async fn broadcast(&self, make: impl Fn() -> Message) -> Result<Vec<Message>, ApiError> {
+    async fn broadcast(&self, make: impl Fn() -> Message) -> Result<Vec<Message>, BackendError> {
         let ids: Vec<&String> = self.commands.keys().collect();
         let answers = join_all(ids.iter().map(|id| {
             let message = make();
@@ -320,20 +338,20 @@ impl ColonyRun {
             match answer {
                 Ok(m) => out.push(m),
                 Err(reason) => {
-                    self.fail(reason.clone());
-                    return Err(ApiError::BadGateway(reason));
+                    self.fail(&reason);
+                    return Err(reason);
                 }
             }
         }
         Ok(out)
     }
 
-    fn check_not_failed(&self) -> Result<(), ApiError> {
+    fn check_not_failed(&self) -> Result<(), ColonyError> {
         match &self.state.lock().failed {
-            Some(reason) => Err(ApiError::Conflict(format!(
-                "colony {} failed ({reason}); start a new one with POST /colony-start {{\"restart\":true}}",
-                self.colony_id
-            ))),
+            Some(reason) => Err(ColonyError::RunFailed {
+                colony_id: self.colony_id.clone(),
+                reason: reason.clone(),
+            }),
             None => Ok(()),
         }
     }
@@ -341,8 +359,9 @@ impl ColonyRun {
     /// Runs `ticks` more ticks; with `wait`, answers once they are done (or the run failed).
     ///
     /// # Errors
-    /// 409 if the colony has failed; 502 if a backend refuses.
-    pub async fn run(&self, ticks: u64, wait: bool) -> Result<Value, ApiError> {
+    /// [`ColonyError::RunFailed`] if the colony has failed; [`ColonyError::Backend`] if a
+    /// backend refuses or does not answer (which fails the run).
+    pub async fn run(&self, ticks: u64, wait: bool) -> Result<Value, ColonyError> {
         self.check_not_failed()?;
         let ordered = self.ordering.lock().await;
         let target = {
@@ -381,8 +400,8 @@ impl ColonyRun {
     /// Stops every backend at one common tick (the furthest any had reached).
     ///
     /// # Errors
-    /// 409 if the colony has failed; 502 if a backend refuses.
-    pub async fn pause(&self) -> Result<Value, ApiError> {
+    /// As [`ColonyRun::run`].
+    pub async fn pause(&self) -> Result<Value, ColonyError> {
         self.check_not_failed()?;
         let ordered = self.ordering.lock().await;
         let colony_id = self.colony_id.clone();

@@ -39,7 +39,7 @@ pub async fn receive(
         .health
         .as_ref()
         .ok_or_else(|| ApiError::NotFound("heartbeats go to the coordinator".into()))?;
-    heartbeat.validate().map_err(ApiError::BadRequest)?;
+    heartbeat.validate()?;
     let recorded = tracker.record(heartbeat, Instant::now());
     state.received.inc();
     Ok(answer(recorded.state))

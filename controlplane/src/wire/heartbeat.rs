@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use shared::registry::RegistryError;
 use shared::NodeAddress;
 
 /// Most metrics one heartbeat may carry.
@@ -40,28 +41,52 @@ pub struct Heartbeat {
     pub leaving: bool,
 }
 
+/// Why a heartbeat that parsed is still refused. Each message starts with the field it is
+/// about.
+#[derive(Debug, thiserror::Error)]
+pub enum HeartbeatError {
+    /// The instance id is not a valid id.
+    #[error("instance_id: {0}")]
+    InstanceId(#[source] RegistryError),
+    /// More than [`MAX_HEARTBEAT_METRICS`] metrics.
+    #[error("metrics: {count} entries, at most {MAX_HEARTBEAT_METRICS} allowed")]
+    TooManyMetrics {
+        /// How many there were.
+        count: usize,
+    },
+    /// A metric name is empty or longer than [`MAX_METRIC_NAME`].
+    #[error("metrics: name {name:?} must be 1 to {MAX_METRIC_NAME} bytes")]
+    MetricName {
+        /// The name.
+        name: String,
+    },
+    /// A metric is NaN or infinite.
+    #[error("metrics.{name}: must be a finite number")]
+    NotFinite {
+        /// The metric's name.
+        name: String,
+    },
+}
+
 impl Heartbeat {
     /// Checks what serde cannot: id syntax and metric bounds.
     ///
     /// # Errors
-    /// A sentence naming the offending field.
-    pub fn validate(&self) -> Result<(), String> {
+    /// The first [`HeartbeatError`] found.
+    pub fn validate(&self) -> Result<(), HeartbeatError> {
         shared::registry::validate_instance_id(&self.instance_id)
-            .map_err(|e| format!("instance_id: {e}"))?;
+            .map_err(HeartbeatError::InstanceId)?;
         if self.metrics.len() > MAX_HEARTBEAT_METRICS {
-            return Err(format!(
-                "metrics: {} entries, at most {MAX_HEARTBEAT_METRICS} allowed",
-                self.metrics.len()
-            ));
+            return Err(HeartbeatError::TooManyMetrics {
+                count: self.metrics.len(),
+            });
         }
         for (name, value) in &self.metrics {
             if name.is_empty() || name.len() > MAX_METRIC_NAME {
-                return Err(format!(
-                    "metrics: name {name:?} must be 1 to {MAX_METRIC_NAME} bytes"
-                ));
+                return Err(HeartbeatError::MetricName { name: name.clone() });
             }
             if !value.is_finite() {
-                return Err(format!("metrics.{name}: must be a finite number"));
+                return Err(HeartbeatError::NotFinite { name: name.clone() });
             }
         }
         Ok(())
@@ -86,11 +111,25 @@ mod tests {
     #[test]
     fn heartbeat_validation_names_the_field() {
         let mut bad = hb("../etc");
-        assert!(bad.validate().unwrap_err().starts_with("instance_id"));
+        let e = bad.validate().unwrap_err();
+        assert!(matches!(e, HeartbeatError::InstanceId(_)), "{e:?}");
+        assert!(e.to_string().starts_with("instance_id"));
         bad = hb("b1");
         bad.metrics.insert("x".into(), f64::NAN);
-        assert!(bad.validate().unwrap_err().starts_with("metrics.x"));
+        let e = bad.validate().unwrap_err();
+        assert!(matches!(e, HeartbeatError::NotFinite { .. }), "{e:?}");
+        assert!(e.to_string().starts_with("metrics.x"));
         bad.metrics = (0..65).map(|i| (format!("m{i}"), 1.0)).collect();
-        assert!(bad.validate().unwrap_err().starts_with("metrics"));
+        let e = bad.validate().unwrap_err();
+        assert!(
+            matches!(e, HeartbeatError::TooManyMetrics { count: 65 }),
+            "{e:?}"
+        );
+        assert!(e.to_string().starts_with("metrics"));
+        bad.metrics = [(String::new(), 1.0)].into();
+        let e = bad.validate().unwrap_err();
+        assert!(matches!(e, HeartbeatError::MetricName { .. }), "{e:?}");
+        bad.metrics = [("m".repeat(MAX_METRIC_NAME), 1.0)].into();
+        assert!(bad.validate().is_ok());
     }
 }

@@ -2,6 +2,17 @@
 
 use std::time::Duration;
 
+/// Why the thresholds are refused; each message names the command-line flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HealthConfigError {
+    /// `stale_after` is below [`HealthConfig::MIN_THRESHOLD`].
+    #[error("--stale-after must be at least {:?}", HealthConfig::MIN_THRESHOLD)]
+    StaleAfterTooShort,
+    /// `down_after` is not longer than `stale_after`.
+    #[error("--down-after must be longer than --stale-after")]
+    DownAfterNotLonger,
+}
+
 /// Failure-detector thresholds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HealthConfig {
@@ -30,13 +41,13 @@ impl HealthConfig {
     /// Checks the thresholds' ranges and order.
     ///
     /// # Errors
-    /// A sentence naming the flag.
-    pub fn validate(&self) -> Result<(), String> {
+    /// A [`HealthConfigError`] naming the flag.
+    pub fn validate(&self) -> Result<(), HealthConfigError> {
         if self.stale_after < Self::MIN_THRESHOLD {
-            return Err("--stale-after must be at least 100ms".into());
+            return Err(HealthConfigError::StaleAfterTooShort);
         }
         if self.down_after <= self.stale_after {
-            return Err("--down-after must be longer than --stale-after".into());
+            return Err(HealthConfigError::DownAfterNotLonger);
         }
         Ok(())
     }
@@ -68,7 +79,14 @@ mod tests {
             down_after: Duration::from_millis(300),
             ..config()
         };
-        assert!(bad.validate().unwrap_err().contains("--down-after"));
+        let e = bad.validate().unwrap_err();
+        assert_eq!(e, HealthConfigError::DownAfterNotLonger);
+        assert!(e.to_string().contains("--down-after"));
+        let short = HealthConfig {
+            stale_after: HealthConfig::MIN_THRESHOLD - Duration::from_millis(1),
+            ..config()
+        };
+        assert_eq!(short.validate(), Err(HealthConfigError::StaleAfterTooShort));
         assert!(config().sweep_period() <= Duration::from_millis(40));
     }
 }
