@@ -27,6 +27,7 @@ use shared::NodeAddress;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::cli::{BackendArgs, BindArgs, CoordinatorArgs, RegistryArgs, SecretArgs};
@@ -136,12 +137,13 @@ impl Tasks {
     }
 
     /// Serves a node's three listeners: the data plane, and the two HTTP planes hardened.
+    /// `mgmt` is the management router and the tracker of the tasks it starts.
     fn serve_planes(
         &mut self,
         listeners: Listeners,
         data_plane: &DataPlane,
         control: Router,
-        mgmt: Router,
+        (mgmt, mgmt_tasks): (Router, TaskTracker),
         limits: HttpLimits,
         metrics: &Metrics,
     ) {
@@ -156,7 +158,9 @@ impl Tasks {
         let mgmt = harden(mgmt, limits, metrics.http.clone(), "mgmt");
         let token = self.shutdown.clone();
         self.spawn(async move {
-            if let Err(e) = serve_on_own_thread(listeners.mgmt, mgmt, token, "mgmt").await {
+            if let Err(e) =
+                serve_on_own_thread(listeners.mgmt, mgmt, mgmt_tasks, token, "mgmt").await
+            {
                 warn!(listener = "mgmt", error = %e, "HTTP listener failed");
             }
         });
@@ -297,6 +301,7 @@ pub async fn start_coordinator(
         health: Some(health.clone()),
         processes,
         colony: Some(colony.clone()),
+        tasks: TaskTracker::new(),
     };
 
     let mut tasks = Tasks::new();
@@ -304,7 +309,7 @@ pub async fn start_coordinator(
         listeners,
         &data_plane,
         control::coordinator_router(colony.clone()),
-        management::coordinator_router(mgmt),
+        (management::coordinator_router(mgmt.clone()), mgmt.tasks),
         limits,
         &metrics,
     );
@@ -386,6 +391,7 @@ pub async fn run_backend(args: BackendArgs) -> anyhow::Result<()> {
         health: None,
         processes: None,
         colony: None,
+        tasks: TaskTracker::new(),
     };
 
     let mut tasks = Tasks::new();
@@ -393,7 +399,7 @@ pub async fn run_backend(args: BackendArgs) -> anyhow::Result<()> {
         listeners,
         &data_plane,
         control::backend_router(control_state),
-        management::backend_router(mgmt),
+        (management::backend_router(mgmt.clone()), mgmt.tasks),
         limits,
         &metrics,
     );

@@ -8,6 +8,7 @@ use std::time::SystemTime;
 
 use shared::NodeAddress;
 use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
 
 use crate::coordinator::colony::ColonyManager;
 use crate::coordinator::health::tracker::HealthTracker;
@@ -56,4 +57,8 @@ pub struct MgmtState {
     pub processes: Option<ProcessManager>,
     /// The colony (coordinator only).
     pub colony: Option<ColonyManager>,
+    /// Tasks the management routes start that outlive their request: `/ws` connections and
+    /// the `/ws` event pump. Whoever serves the routes waits on it after the listener stops
+    /// ([`crate::http::serve_on_own_thread`]), so sockets can say goodbye.
+    pub tasks: TaskTracker,
 }

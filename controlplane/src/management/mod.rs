@@ -86,6 +86,7 @@ mod tests {
             health: Some(health.clone()),
             processes: None,
             colony: None,
+            tasks: tokio_util::task::TaskTracker::new(),
         };
         let limits = HttpLimits {
             max_body: 4096,

@@ -166,7 +166,9 @@ impl Core {
     /// Starts the pump once (it needs a runtime, which exists by the first connection).
     pub(crate) fn ensure_pump(self: &Arc<Self>) {
         self.pump.get_or_init(|| {
-            tokio::spawn(pump(Arc::downgrade(self), self.shutdown.clone()));
+            self.state
+                .tasks
+                .spawn(pump(Arc::downgrade(self), self.shutdown.clone()));
         });
     }
 
