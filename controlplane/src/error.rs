@@ -194,3 +194,57 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<T, Api
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::coordinator::error::BackendError;
+
+    #[test]
+    fn each_domain_cause_has_its_status_and_keeps_its_message() {
+        let cases = [
+            (ColonyError::NoColony, StatusCode::NOT_FOUND),
+            (
+                ColonyError::StartFailed {
+                    reason: "b1 refused".into(),
+                },
+                StatusCode::CONFLICT,
+            ),
+            (
+                ColonyError::RunFailed {
+                    colony_id: "c1".into(),
+                    reason: "b1 stalled".into(),
+                },
+                StatusCode::CONFLICT,
+            ),
+            (
+                ColonyError::NoLiveBackend {
+                    registry: "file /tmp/r".into(),
+                },
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+            (
+                ColonyError::Backend(BackendError::Timeout {
+                    backend: "b1".into(),
+                    after: Duration::from_secs(3),
+                }),
+                StatusCode::BAD_GATEWAY,
+            ),
+            (
+                ColonyError::Placement(shared::topology::TopologyError::NoBackends),
+                StatusCode::BAD_REQUEST,
+            ),
+        ];
+        for (cause, status) in cases {
+            let message = cause.to_string();
+            let api = ApiError::from(cause);
+            assert_eq!(api.status(), status, "{message}");
+            assert_eq!(api.to_string(), message);
+        }
+        let heartbeat = ApiError::from(HeartbeatError::TooManyMetrics { count: 65 });
+        assert_eq!(heartbeat.status(), StatusCode::BAD_REQUEST);
+        assert!(heartbeat.to_string().starts_with("metrics: 65 entries"));
+    }
+}

@@ -1,33 +1,33 @@
 //! [`ColonyManager`]: the coordinator's colony lifecycle — start (discover, place, init) and
-//! the topology it owns.
+//! the topology it owns. Finding live backends is `discover.rs`, sending the shards' inits is
+//! `init.rs`; the run that follows is [`crate::coordinator::run`].
 //!
 //! Starts are serialized: one at a time, so two racing requests cannot both place shards.
 //! The topology is readable without waiting for a start in progress.
+
+mod discover;
+mod init;
 
 use std::collections::{HashMap, VecDeque};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use dataplane::Identity;
 use futures::future::join_all;
 use parking_lot::RwLock;
 use serde::Deserialize;
 use shared::registry::ClusterRegistry;
 use shared::sim::Rule;
 use shared::token::TokenIssuer;
-use shared::topology::{
-    exclude_self, new_colony_id, BackendEntry, ClusterTopology, Dimensions, ShardCoord, Simulation,
-};
+use shared::topology::{new_colony_id, ClusterTopology, Dimensions, Simulation};
 use shared::NodeAddress;
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 
-use crate::coordinator::error::{ColonyError, InitError, StartRequestError};
+use crate::coordinator::error::{ColonyError, StartRequestError};
 use crate::coordinator::health::tracker::HealthTracker;
 use crate::coordinator::run::{ColonyRun, RunConfig};
-use crate::wire::init::InitColonyShardResponse;
-use codec::Checkpoint;
-use dataplane::Identity;
 
 /// Idempotency keys remembered; the oldest are forgotten first.
 const IDEMPOTENCY_KEYS_KEPT: usize = 1024;
@@ -127,18 +127,33 @@ pub enum StartOutcome {
     Conflict(String),
 }
 
-#[derive(Debug, Default)]
+/// The answers given to starts with an idempotency key: the newest `capacity` keys, by
+/// when each was first answered.
+#[derive(Debug)]
 struct Starts {
     answers: HashMap<String, StartOutcome>,
     order: VecDeque<String>,
+    capacity: usize,
 }
 
 impl Starts {
+    fn new(capacity: usize) -> Self {
+        Starts {
+            answers: HashMap::new(),
+            order: VecDeque::new(),
+            capacity,
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<&StartOutcome> {
+        self.answers.get(key)
+    }
+
     fn remember(&mut self, key: String, outcome: StartOutcome) {
         if self.answers.insert(key.clone(), outcome).is_none() {
             self.order.push_back(key);
         }
-        while self.order.len() > IDEMPOTENCY_KEYS_KEPT {
+        while self.order.len() > self.capacity {
             if let Some(old) = self.order.pop_front() {
                 self.answers.remove(&old);
             }
@@ -221,7 +236,7 @@ impl ColonyManager {
                 issuer,
                 client,
                 config,
-                starts: Mutex::new(Starts::default()),
+                starts: Mutex::new(Starts::new(IDEMPOTENCY_KEYS_KEPT)),
                 topology: RwLock::new(None),
                 run: RwLock::new(None),
                 start_error: RwLock::new(None),
@@ -234,6 +249,12 @@ impl ColonyManager {
     /// The running colony's topology.
     pub fn topology(&self) -> Option<Arc<ClusterTopology>> {
         self.inner.topology.read().clone()
+    }
+
+    /// Makes `topology` the colony without starting it (router and lifecycle tests).
+    #[cfg(test)]
+    pub(crate) fn pretend_started(&self, topology: Arc<ClusterTopology>) {
+        *self.inner.topology.write() = Some(topology);
     }
 
     /// The body of `GET /colony`: `{"colony_id","state","tick","population","fingerprint",
@@ -356,7 +377,7 @@ impl ColonyManager {
     ) -> Result<StartOutcome, ColonyError> {
         let (dims, simulation) = request.validate()?;
         let mut starts = self.inner.starts.lock().await;
-        if let Some(answer) = key.as_ref().and_then(|k| starts.answers.get(k)) {
+        if let Some(answer) = key.as_deref().and_then(|k| starts.get(k)) {
             return Ok(answer.clone());
         }
         if let Some(running) = self.topology() {
@@ -369,7 +390,13 @@ impl ColonyManager {
             }
         }
         let started = Instant::now();
-        let backends = self.live_backends().await?;
+        let backends = discover::live_backends(
+            self.inner.registry.as_ref(),
+            &self.inner.me,
+            &self.inner.client,
+            self.inner.config.probe_timeout,
+        )
+        .await?;
         let colony_id = new_colony_id().map_err(|e| ColonyError::ColonyId(e.into()))?;
         let topology = ClusterTopology::place(colony_id, self.inner.me, backends, dims)
             .and_then(|t| t.with_simulation(simulation))
@@ -383,7 +410,13 @@ impl ColonyManager {
                 health.resolve_alerts(&format!("colony {}", old.colony_id()));
             }
         }
-        let started_run = match self.init_all(&topology).await {
+        let sender = init::Sender {
+            client: &self.inner.client,
+            issuer: &self.inner.issuer,
+            token_ttl: self.inner.config.token_ttl,
+            timeout: self.inner.config.init_timeout,
+        };
+        let started_run = match init::init_all(&sender, &topology).await {
             Ok(initial) => ColonyRun::connect(
                 topology.clone(),
                 &self.inner.identity,
@@ -422,168 +455,284 @@ impl ColonyManager {
         }
         Ok(outcome)
     }
+}
 
-    /// Registered backends, minus the coordinator itself, whose management port answers.
-    async fn live_backends(&self) -> Result<Vec<BackendEntry>, ColonyError> {
-        let registry = &self.inner.registry;
-        let registered =
-            registry
-                .discover_backends()
-                .await
-                .map_err(|source| ColonyError::Registry {
-                    registry: registry.describe(),
-                    source: Box::new(source),
-                })?;
-        let mut seen = std::collections::HashSet::new();
-        let candidates: Vec<_> = exclude_self(registered, &self.inner.me)
-            .into_iter()
-            .filter(|(id, address)| {
-                // Two entries for one endpoint: a node re-registered under another id. Keep
-                // the first; placing both would hand one process two backends' shards.
-                let fresh = seen.insert((address.ip, address.internal_port));
-                if !fresh {
-                    warn!(backend = %id, endpoint = %address.to_internal_address(), "registry lists this endpoint twice; ignoring this entry");
-                }
-                fresh
-            })
-            .collect();
-        let probes = candidates.iter().map(|(id, address)| async move {
-            let url = format!("http://{}/health", address.to_mgmt_address());
-            let answered = self
-                .inner
-                .client
-                .get(&url)
-                .timeout(self.inner.config.probe_timeout)
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success());
-            if !answered {
-                warn!(backend = %id, mgmt = %address.to_mgmt_address(), "registered backend does not answer; skipping it");
-            }
-            answered
-        });
-        let alive = join_all(probes).await;
-        let live: Vec<BackendEntry> = candidates
-            .into_iter()
-            .zip(alive)
-            .filter(|(_, ok)| *ok)
-            .map(|((id, address), _)| BackendEntry::new(id, address))
-            .collect();
-        if live.is_empty() {
-            return Err(ColonyError::NoLiveBackend {
-                registry: registry.describe(),
-            });
-        }
-        Ok(live)
+/// A manager and a topology without a cluster, for tests here and in [`crate::control`].
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::Arc;
+
+    use dataplane::Identity;
+    use shared::registry::ClusterRegistry;
+    use shared::secret::ClusterSecret;
+    use shared::token::TokenIssuer;
+    use shared::topology::{BackendEntry, ClusterTopology, Dimensions};
+    use shared::NodeAddress;
+
+    use super::{ColonyConfig, ColonyManager};
+
+    /// `127.0.0.1` with the three ports from `port` on.
+    pub(crate) fn address(port: u16) -> NodeAddress {
+        NodeAddress::new([127, 0, 0, 1].into(), port, port + 1, port + 2)
     }
 
-    /// Sends every shard its signed init, all at once; fails if any is refused. Returns the
-    /// colony's tick-0 figures, summed from the answers.
-    async fn init_all(&self, topology: &ClusterTopology) -> Result<Checkpoint, ColonyError> {
-        let topology_json = serde_json::to_string(topology).map_err(ColonyError::EncodeTopology)?;
-        let inits = topology.placement().map(|(shard, backend)| {
-            let topology_json = &topology_json;
-            async move { self.init_one(topology, topology_json, shard, backend).await }
-        });
-        let mut total = Checkpoint {
-            tick: 0,
-            population: 0,
-            fingerprint: 0,
-        };
-        let mut failures = Vec::new();
-        for result in join_all(inits).await {
-            match result {
-                Ok((population, fingerprint)) => {
-                    total.population += population;
-                    total.fingerprint = total.fingerprint.wrapping_add(fingerprint);
-                }
-                Err(e) => failures.push(e),
-            }
-        }
-        let failed = failures.len();
-        if let Some(first) = failures.into_iter().next() {
-            return Err(ColonyError::InitFailed {
-                failed,
-                total: topology.shard_count(),
-                first: Box::new(first),
-            });
-        }
-        Ok(total)
+    /// A coordinator's manager over `registry`, with a secret of its own and no health.
+    pub(crate) fn manager(registry: Arc<dyn ClusterRegistry>) -> ColonyManager {
+        let secret = Arc::new(ClusterSecret::from_bytes(vec![7; 32], "test").unwrap());
+        ColonyManager::new(
+            registry,
+            address(8000),
+            TokenIssuer::new(&secret),
+            Identity {
+                instance_id: "coordinator".into(),
+                secret,
+            },
+            ColonyConfig::default(),
+            None,
+        )
     }
 
-    async fn init_one(
-        &self,
-        topology: &ClusterTopology,
-        topology_json: &str,
-        shard: ShardCoord,
-        backend: &BackendEntry,
-    ) -> Result<(u64, u64), InitError> {
-        let name = || backend.instance_id.clone();
-        let token = self
-            .inner
-            .issuer
-            .issue(
-                &backend.instance_id,
-                shard,
-                topology.colony_id(),
-                self.inner.config.token_ttl,
-            )
-            .map_err(|source| InitError::Token {
-                backend: name(),
-                source,
-            })?;
-        let token_json = serde_json::to_string(&token)?;
-        let shard_json = serde_json::to_string(&shard)?;
-        // The topology is serialized once for all shards.
-        let body =
-            format!(r#"{{"shard":{shard_json},"topology":{topology_json},"token":{token_json}}}"#);
-        let url = format!(
-            "http://{}/init-colony-shard",
-            backend.address.to_http_address()
+    /// Colony `colony_id`: 2×1 shards of 8×8 on two backends.
+    pub(crate) fn topology(colony_id: &str) -> Arc<ClusterTopology> {
+        let backends = vec![
+            BackendEntry::new("b1", address(9000)),
+            BackendEntry::new("b2", address(9010)),
+        ];
+        let dims = Dimensions::new(2, 1, 8, 8).unwrap();
+        Arc::new(ClusterTopology::place(colony_id, address(8000), backends, dims).unwrap())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use shared::registry::InMemoryClusterRegistry;
+
+    use super::testing::{manager, topology};
+    use super::*;
+
+    fn started(outcome: &StartOutcome) -> Option<&str> {
+        match outcome {
+            StartOutcome::Started(t) => Some(t.colony_id()),
+            StartOutcome::Conflict(_) => None,
+        }
+    }
+
+    fn conflict(outcome: &StartOutcome) -> Option<&str> {
+        match outcome {
+            StartOutcome::Conflict(id) => Some(id),
+            StartOutcome::Started(_) => None,
+        }
+    }
+
+    #[test]
+    fn the_default_start_request_is_design_s_world() {
+        let (dims, simulation) = StartRequest::default().validate().unwrap();
+        assert_eq!(
+            (
+                dims.width_in_shards,
+                dims.height_in_shards,
+                dims.shard_width,
+                dims.shard_height
+            ),
+            (8, 5, 250, 250)
         );
-        let response = self
-            .inner
-            .client
-            .post(&url)
-            .header("content-type", "application/json")
-            .body(body)
-            .timeout(self.inner.config.init_timeout)
-            .send()
-            .await
-            .map_err(|source| InitError::NoAnswer {
-                backend: name(),
-                url: url.clone(),
-                shard,
-                source,
-            })?;
-        let status = response.status();
-        let text = response.text().await.unwrap_or_default();
-        match serde_json::from_str::<InitColonyShardResponse>(&text) {
-            Ok(InitColonyShardResponse::Ok {
-                population,
-                fingerprint,
-                ..
-            }) if status.is_success() => {
-                let fingerprint =
-                    fingerprint
-                        .parse::<u64>()
-                        .map_err(|source| InitError::BadFingerprint {
-                            backend: name(),
-                            source,
-                        })?;
-                Ok((population, fingerprint))
+        assert_eq!((simulation.seed, simulation.density), (42, 0.35));
+        assert_eq!(simulation.rule, Rule::from_str("B3/S23").unwrap());
+    }
+
+    #[test]
+    fn start_request_validation_names_what_is_wrong() {
+        let bad = |change: fn(&mut StartRequest)| {
+            let mut request = StartRequest::default();
+            change(&mut request);
+            request.validate().unwrap_err()
+        };
+        let e = bad(|r| r.shard_width = 0);
+        assert!(matches!(e, StartRequestError::Dimensions(_)), "{e:?}");
+        assert!(e.to_string().contains("shard_width"), "{e}");
+        let e = bad(|r| r.rule = "B9/S".into());
+        assert!(matches!(e, StartRequestError::Rule { .. }), "{e:?}");
+        assert!(e.to_string().starts_with("invalid rule \"B9/S\""), "{e}");
+        let e = bad(|r| r.density = 1.5);
+        assert!(matches!(e, StartRequestError::Simulation(_)), "{e:?}");
+        assert!(e.to_string().contains("density"), "{e}");
+        let e = bad(|r| r.cells = vec![[0, 0], [2000, 0]]);
+        assert!(matches!(e, StartRequestError::Cells(_)), "{e:?}");
+        assert!(e.to_string().starts_with("invalid cells"), "{e}");
+        let e = bad(|r| r.halo_depth = Some(0));
+        assert!(matches!(e, StartRequestError::HaloDepth(_)), "{e:?}");
+        let e = bad(|r| r.halo_depth = Some(shared::sim::MAX_HALO_DEPTH + 1));
+        assert!(matches!(e, StartRequestError::HaloDepth(_)), "{e:?}");
+        let fine = StartRequest {
+            halo_depth: Some(shared::sim::MAX_HALO_DEPTH),
+            cells: vec![[1999, 1249]],
+            ..StartRequest::default()
+        };
+        assert!(fine.validate().is_ok());
+    }
+
+    proptest! {
+        /// A pattern is accepted exactly when every cell lies inside the world.
+        #[test]
+        fn cells_are_accepted_exactly_inside_the_world(
+            shards in (1u32..4, 1u32..4),
+            shard in (1u32..40, 1u32..40),
+            cells in prop::collection::vec((0u64..200, 0u64..200), 0..6),
+        ) {
+            let request = StartRequest {
+                width_in_shards: shards.0,
+                height_in_shards: shards.1,
+                shard_width: shard.0,
+                shard_height: shard.1,
+                cells: cells.iter().map(|&(x, y)| [x, y]).collect(),
+                ..StartRequest::default()
+            };
+            let (width, height) = (
+                u64::from(shards.0 * shard.0),
+                u64::from(shards.1 * shard.1),
+            );
+            let inside = cells.iter().all(|&(x, y)| x < width && y < height);
+            match request.validate() {
+                Ok(_) => prop_assert!(inside),
+                Err(e) => {
+                    prop_assert!(!inside, "{}", e);
+                    prop_assert!(matches!(e, StartRequestError::Cells(_)), "{:?}", e);
+                }
             }
-            Ok(InitColonyShardResponse::Error { message }) => Err(InitError::Refused {
-                backend: name(),
-                shard,
-                message,
-            }),
-            _ => Err(InitError::BadAnswer {
-                backend: name(),
-                status,
-                shard,
-                body: text,
-            }),
         }
+
+        /// The idempotency memory keeps the newest `capacity` keys by first answer, each with
+        /// its answer, and forgets the rest.
+        #[test]
+        fn idempotency_keys_are_kept_newest_first_up_to_the_capacity(
+            capacity in 1usize..6,
+            keys in prop::collection::vec(0u8..10, 0..40),
+        ) {
+            let mut starts = Starts::new(capacity);
+            let mut model: VecDeque<String> = VecDeque::new();
+            for (i, k) in keys.iter().enumerate() {
+                let key = format!("k{k}");
+                if !model.contains(&key) {
+                    model.push_back(key.clone());
+                    if model.len() > capacity {
+                        model.pop_front();
+                    }
+                }
+                starts.remember(key, StartOutcome::Conflict(format!("answer {i}")));
+            }
+            prop_assert_eq!(&starts.order, &model);
+            prop_assert_eq!(starts.answers.len(), model.len());
+            for (i, k) in keys.iter().enumerate() {
+                let key = format!("k{k}");
+                // The answer kept is the last one given for the key.
+                let last = keys.iter().rposition(|j| j == k).unwrap_or(i);
+                let expected = format!("answer {last}");
+                match starts.get(&key) {
+                    Some(StartOutcome::Conflict(answer)) => {
+                        prop_assert!(model.contains(&key));
+                        prop_assert_eq!(answer, &expected);
+                    }
+                    Some(StartOutcome::Started(_)) => prop_assert!(false),
+                    None => prop_assert!(!model.contains(&key)),
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_running_colony_is_a_conflict_unless_restarted_and_its_key_replays_it() {
+        let colony = manager(Arc::new(InMemoryClusterRegistry::new()));
+        colony.pretend_started(topology("c1"));
+
+        let first = colony
+            .start(Some("k".into()), StartRequest::default())
+            .await
+            .unwrap();
+        assert_eq!(conflict(&first), Some("c1"));
+        // The same key replays the answer, even asking for a restart: the registry (empty
+        // here) is not even read.
+        let again = colony
+            .start(
+                Some("k".into()),
+                StartRequest {
+                    restart: true,
+                    ..StartRequest::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(conflict(&again), Some("c1"));
+        assert_eq!(started(&again), None);
+
+        // A restart under a new key goes ahead, and here finds no backend.
+        let restart = colony
+            .start(
+                Some("k2".into()),
+                StartRequest {
+                    restart: true,
+                    ..StartRequest::default()
+                },
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(restart, ColonyError::NoLiveBackend { .. }),
+            "{restart:?}"
+        );
+        assert_eq!(colony.topology().unwrap().colony_id(), "c1");
+    }
+
+    #[tokio::test]
+    async fn without_live_backends_a_start_fails_and_is_not_remembered() {
+        let colony = manager(Arc::new(InMemoryClusterRegistry::new()));
+        let e = colony
+            .start(Some("k".into()), StartRequest::default())
+            .await
+            .unwrap_err();
+        let message = e.to_string();
+        assert!(matches!(e, ColonyError::NoLiveBackend { .. }), "{e:?}");
+        assert!(message.contains("no live backend"), "{message}");
+        assert!(message.contains("management port"), "{message}");
+        assert!(colony.topology().is_none());
+        // Nothing was remembered under the key: a retry starts afresh.
+        assert!(colony.inner.starts.lock().await.get("k").is_none());
+    }
+
+    #[tokio::test]
+    async fn an_invalid_request_is_refused_before_anything_else() {
+        let colony = manager(Arc::new(InMemoryClusterRegistry::new()));
+        colony.pretend_started(topology("c1"));
+        let e = colony
+            .start(
+                Some("k".into()),
+                StartRequest {
+                    density: -1.0,
+                    ..StartRequest::default()
+                },
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ColonyError::InvalidRequest(_)), "{e:?}");
+        assert!(colony.inner.starts.lock().await.get("k").is_none());
+    }
+
+    #[tokio::test]
+    async fn run_and_pause_need_a_started_colony() {
+        let colony = manager(Arc::new(InMemoryClusterRegistry::new()));
+        assert!(matches!(
+            colony.run(1, false).await,
+            Err(ColonyError::NoColony)
+        ));
+        assert!(matches!(colony.pause().await, Err(ColonyError::NoColony)));
+        assert!(matches!(colony.image().await, Err(ColonyError::NoColony)));
+        assert_eq!(colony.status()["state"], "none");
+        // A colony whose start failed answers with why, and how to start another.
+        colony.pretend_started(topology("c1"));
+        *colony.inner.start_error.write() = Some("b1 refused shard (0, 0)".into());
+        let e = colony.run(1, false).await.unwrap_err();
+        assert!(matches!(e, ColonyError::StartFailed { .. }), "{e:?}");
+        assert!(e.to_string().contains("b1 refused shard (0, 0)"), "{e}");
+        assert_eq!(colony.status()["state"], "failed");
     }
 }
