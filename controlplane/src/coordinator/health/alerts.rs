@@ -14,14 +14,14 @@ use crate::time::rfc3339;
 /// Resolved alerts kept for `GET /alerts`; older ones are forgotten.
 pub const RESOLVED_ALERTS_KEPT: usize = 1000;
 
-/// An alert about a node.
+/// An alert about a node, or about a colony run.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Alert {
     /// Increasing id.
     pub id: u64,
-    /// The node it is about.
+    /// The node it is about (`colony <id>` for a colony's alert).
     pub node_id: String,
-    /// `node_stale` or `node_down`.
+    /// `node_stale`, `node_down` or `colony_failed`.
     pub kind: &'static str,
     /// `warning` or `critical`.
     pub severity: &'static str,
