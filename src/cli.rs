@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use codec::Limits;
-use controlplane::coordinator::heartbeat::HealthConfig;
+use controlplane::coordinator::health::config::HealthConfig;
 use controlplane::http::HttpLimits;
 use dataplane::DataPlaneConfig;
 use shared::registry::{RegistryConfig, RegistryKind};
@@ -299,7 +299,7 @@ impl HealthArgs {
             down_after: self.down_after,
             flap_window: self.flap_window,
         };
-        config.validate()?;
+        config.validate().map_err(|e| e.to_string())?;
         Ok(config)
     }
 }

@@ -11,13 +11,14 @@ use anyhow::Context;
 use axum::Router;
 use controlplane::control::{self, BackendControl};
 use controlplane::coordinator::colony::{ColonyConfig, ColonyManager};
-use controlplane::coordinator::heartbeat::{HealthTracker, NodeType};
+use controlplane::coordinator::health::tracker::HealthTracker;
 use controlplane::coordinator::processes::ProcessManager;
 use controlplane::heartbeat_sender::HeartbeatSender;
 use controlplane::http::{harden, serve_on_own_thread, HttpLimits};
-use controlplane::management::{self, MgmtState};
+use controlplane::management;
 use controlplane::metrics::Metrics;
-use controlplane::state::NodeInfo;
+use controlplane::state::{MgmtState, NodeInfo};
+use controlplane::wire::heartbeat::NodeType;
 use dataplane::{DataPlane, Identity, ShardStore};
 use shared::registry::{spawn_registration, ClusterRegistry, RegistryKind, Role};
 use shared::secret::ClusterSecret;
@@ -26,6 +27,7 @@ use shared::NodeAddress;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::cli::{BackendArgs, BindArgs, CoordinatorArgs, RegistryArgs, SecretArgs};
@@ -135,12 +137,13 @@ impl Tasks {
     }
 
     /// Serves a node's three listeners: the data plane, and the two HTTP planes hardened.
+    /// `mgmt` is the management router and the tracker of the tasks it starts.
     fn serve_planes(
         &mut self,
         listeners: Listeners,
         data_plane: &DataPlane,
         control: Router,
-        mgmt: Router,
+        (mgmt, mgmt_tasks): (Router, TaskTracker),
         limits: HttpLimits,
         metrics: &Metrics,
     ) {
@@ -155,7 +158,9 @@ impl Tasks {
         let mgmt = harden(mgmt, limits, metrics.http.clone(), "mgmt");
         let token = self.shutdown.clone();
         self.spawn(async move {
-            if let Err(e) = serve_on_own_thread(listeners.mgmt, mgmt, token, "mgmt").await {
+            if let Err(e) =
+                serve_on_own_thread(listeners.mgmt, mgmt, mgmt_tasks, token, "mgmt").await
+            {
                 warn!(listener = "mgmt", error = %e, "HTTP listener failed");
             }
         });
@@ -296,6 +301,7 @@ pub async fn start_coordinator(
         health: Some(health.clone()),
         processes,
         colony: Some(colony.clone()),
+        tasks: TaskTracker::new(),
     };
 
     let mut tasks = Tasks::new();
@@ -303,7 +309,7 @@ pub async fn start_coordinator(
         listeners,
         &data_plane,
         control::coordinator_router(colony.clone()),
-        management::coordinator_router(mgmt),
+        (management::coordinator_router(mgmt.clone()), mgmt.tasks),
         limits,
         &metrics,
     );
@@ -385,6 +391,7 @@ pub async fn run_backend(args: BackendArgs) -> anyhow::Result<()> {
         health: None,
         processes: None,
         colony: None,
+        tasks: TaskTracker::new(),
     };
 
     let mut tasks = Tasks::new();
@@ -392,7 +399,7 @@ pub async fn run_backend(args: BackendArgs) -> anyhow::Result<()> {
         listeners,
         &data_plane,
         control::backend_router(control_state),
-        management::backend_router(mgmt),
+        (management::backend_router(mgmt.clone()), mgmt.tasks),
         limits,
         &metrics,
     );

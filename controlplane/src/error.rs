@@ -1,4 +1,6 @@
-//! [`ApiError`]: the one error type of every HTTP handler, and its one status mapping.
+//! [`ApiError`]: the one error type of every HTTP handler, and its one status mapping; and
+//! the one place where the domain's typed errors ([`ColonyError`], [`HeartbeatError`]) become
+//! HTTP errors.
 //!
 //! Every error answers `{"error":"…"}`. 4xx bodies say what was wrong with the request; 5xx
 //! bodies stay generic and the cause is logged once, here.
@@ -11,6 +13,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::de::DeserializeOwned;
 use serde_json::json;
+
+use crate::coordinator::error::ColonyError;
+use crate::wire::heartbeat::HeartbeatError;
 
 /// An HTTP handler failure.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +81,36 @@ impl IntoResponse for ApiError {
             other => other.to_string(),
         };
         (status, Json(json!({ "error": message }))).into_response()
+    }
+}
+
+impl From<ColonyError> for ApiError {
+    fn from(e: ColonyError) -> Self {
+        let message = e.to_string();
+        match e {
+            ColonyError::InvalidRequest(_) | ColonyError::Placement(_) => {
+                ApiError::BadRequest(message)
+            }
+            ColonyError::NoColony => ApiError::NotFound(message),
+            ColonyError::StartFailed { .. } | ColonyError::RunFailed { .. } => {
+                ApiError::Conflict(message)
+            }
+            ColonyError::InitFailed { .. } | ColonyError::Backend(_) => {
+                ApiError::BadGateway(message)
+            }
+            ColonyError::Registry { .. } | ColonyError::NoLiveBackend { .. } => {
+                ApiError::Unavailable(message)
+            }
+            ColonyError::ColonyId(_) | ColonyError::EncodeTopology(_) | ColonyError::Image(_) => {
+                ApiError::Internal(message)
+            }
+        }
+    }
+}
+
+impl From<HeartbeatError> for ApiError {
+    fn from(e: HeartbeatError) -> Self {
+        ApiError::BadRequest(e.to_string())
     }
 }
 
@@ -158,4 +193,58 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<T, Api
             ApiError::BadRequest(format!("invalid {what}: {path}: {inner}"))
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::coordinator::error::BackendError;
+
+    #[test]
+    fn each_domain_cause_has_its_status_and_keeps_its_message() {
+        let cases = [
+            (ColonyError::NoColony, StatusCode::NOT_FOUND),
+            (
+                ColonyError::StartFailed {
+                    reason: "b1 refused".into(),
+                },
+                StatusCode::CONFLICT,
+            ),
+            (
+                ColonyError::RunFailed {
+                    colony_id: "c1".into(),
+                    reason: "b1 stalled".into(),
+                },
+                StatusCode::CONFLICT,
+            ),
+            (
+                ColonyError::NoLiveBackend {
+                    registry: "file /tmp/r".into(),
+                },
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+            (
+                ColonyError::Backend(BackendError::Timeout {
+                    backend: "b1".into(),
+                    after: Duration::from_secs(3),
+                }),
+                StatusCode::BAD_GATEWAY,
+            ),
+            (
+                ColonyError::Placement(shared::topology::TopologyError::NoBackends),
+                StatusCode::BAD_REQUEST,
+            ),
+        ];
+        for (cause, status) in cases {
+            let message = cause.to_string();
+            let api = ApiError::from(cause);
+            assert_eq!(api.status(), status, "{message}");
+            assert_eq!(api.to_string(), message);
+        }
+        let heartbeat = ApiError::from(HeartbeatError::TooManyMetrics { count: 65 });
+        assert_eq!(heartbeat.status(), StatusCode::BAD_REQUEST);
+        assert!(heartbeat.to_string().starts_with("metrics: 65 entries"));
+    }
 }

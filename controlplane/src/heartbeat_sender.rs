@@ -14,12 +14,28 @@ use shared::NodeAddress;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::coordinator::heartbeat::{Heartbeat, NodeType};
+use crate::wire::heartbeat::{Heartbeat, NodeType};
 
 /// Failed posts in a row after which the coordinator is looked up again.
 const REDISCOVER_AFTER: u32 = 3;
 /// Longest wait for the goodbye to be delivered on shutdown.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Why one heartbeat was not accepted.
+#[derive(Debug, thiserror::Error)]
+enum PostError {
+    /// The coordinator could not be reached (or the request could not be sent).
+    #[error(transparent)]
+    Unreachable(#[from] reqwest::Error),
+    /// The coordinator answered, but not with success.
+    #[error("coordinator answered {status}: {body}")]
+    Refused {
+        /// Its status.
+        status: reqwest::StatusCode,
+        /// Its answer.
+        body: String,
+    },
+}
 
 /// Produces the metrics a heartbeat carries.
 pub type MetricsSource = Arc<dyn Fn() -> BTreeMap<String, f64> + Send + Sync>;
@@ -130,7 +146,7 @@ impl HeartbeatSender {
         }
     }
 
-    async fn post(&self, target: NodeAddress, seq: u64, leaving: bool) -> Result<(), String> {
+    async fn post(&self, target: NodeAddress, seq: u64, leaving: bool) -> Result<(), PostError> {
         let heartbeat = Heartbeat {
             instance_id: self.instance_id.clone(),
             node_type: self.node_type,
@@ -140,20 +156,14 @@ impl HeartbeatSender {
             leaving,
         };
         let url = format!("http://{}/heartbeat", target.to_mgmt_address());
-        let response = self
-            .client
-            .post(&url)
-            .json(&heartbeat)
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
+        let response = self.client.post(&url).json(&heartbeat).send().await?;
         let status = response.status();
         if status.is_success() {
             debug!(seq, "heartbeat accepted");
             Ok(())
         } else {
             let body = response.text().await.unwrap_or_default();
-            Err(format!("coordinator answered {status}: {body}"))
+            Err(PostError::Refused { status, body })
         }
     }
 }

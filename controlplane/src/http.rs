@@ -18,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower::{Layer, Service, ServiceBuilder};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::timeout::TimeoutLayer;
@@ -75,7 +76,8 @@ pub fn harden(
 
 /// Serves `router` on `listener` until `shutdown`, on a thread of its own with a
 /// single-threaded runtime; resolves when it has stopped. Tasks the handlers spawn (a
-/// WebSocket's, say) run there too.
+/// WebSocket's, say) run there too; those on `tasks` get a grace period (a second) to
+/// finish after the listener stops.
 ///
 /// For the management plane, kept apart from the control plane's runtime as linkerd keeps
 /// its admin server apart: its load is many small requests (every node's heartbeat, every
@@ -92,6 +94,7 @@ pub fn harden(
 pub async fn serve_on_own_thread(
     listener: TcpListener,
     router: Router,
+    tasks: TaskTracker,
     shutdown: CancellationToken,
     what: &'static str,
 ) -> std::io::Result<()> {
@@ -105,13 +108,13 @@ pub async fn serve_on_own_thread(
         // Graceful shutdown does not wait for upgraded connections: WebSocket writers were
         // told to stop when the router (and its hub) went, and need a few turns of this
         // runtime to send their close frames before it is dropped.
-        let finishing = tokio::runtime::Handle::current().metrics();
-        let _ = tokio::time::timeout(UPGRADED_GRACE, async {
-            while finishing.num_alive_tasks() > 0 {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-        .await;
+        tasks.close();
+        if tokio::time::timeout(UPGRADED_GRACE, tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(plane = what, left = tasks.len(), grace = ?UPGRADED_GRACE, "upgraded connections still open after the grace period; dropping them");
+        }
         result
     })
     .await

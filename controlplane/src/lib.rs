@@ -4,6 +4,18 @@
 //!
 //! Each plane is a `router(state) -> Router`; [`http::harden`] adds the layers every listener
 //! needs. Nothing here binds a socket: the binary binds and serves.
+//!
+//! Layers, each importing only from the ones above it (`scripts/module-cycles.sh` checks
+//! that no module cycle creeps back in):
+//!
+//! | layer | modules |
+//! |---|---|
+//! | what crosses the wire, and time formatting | [`wire`], [`time`] |
+//! | the coordinator's domain, typed errors and no HTTP | [`coordinator`] |
+//! | what the routers share | [`metrics`], [`state`] |
+//! | HTTP errors and layers | [`error`], [`http`] |
+//! | the routers | [`control`], [`dashboard`], [`ws`], then [`management`], which merges the last two |
+//! | the backend's heartbeat client | [`heartbeat_sender`] |
 
 pub mod control;
 pub mod coordinator;
@@ -14,6 +26,8 @@ pub mod http;
 pub mod management;
 pub mod metrics;
 pub mod state;
+pub mod time;
+pub mod wire;
 pub mod ws;
 
 pub use error::{ApiError, ApiJson};

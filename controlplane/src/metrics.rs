@@ -18,7 +18,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
-use crate::coordinator::heartbeat::HealthTracker;
+use crate::coordinator::health::tracker::HealthTracker;
 
 /// Labels of the HTTP request counter. Nothing in it is allocated per request: the method
 /// is a static name and the route shares the router's own string.

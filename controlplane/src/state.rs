@@ -1,11 +1,20 @@
-//! Who this node is, shared by its HTTP routers.
+//! The state the HTTP routers share: who this node is ([`NodeInfo`]) and what its
+//! management routers read ([`MgmtState`]).
+//!
+//! It has a module of its own so that the management routes, the dashboard and `/ws` all
+//! import it from here, and none of them imports another to get it.
 
 use std::time::SystemTime;
 
 use shared::NodeAddress;
 use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
 
-use crate::coordinator::heartbeat::NodeType;
+use crate::coordinator::colony::ColonyManager;
+use crate::coordinator::health::tracker::HealthTracker;
+use crate::coordinator::processes::ProcessManager;
+use crate::metrics::Metrics;
+use crate::wire::heartbeat::NodeType;
 
 /// Identity and start time of the node serving a request.
 #[derive(Debug, Clone)]
@@ -33,4 +42,23 @@ impl NodeInfo {
             started_at: Instant::now(),
         }
     }
+}
+
+/// State of the management routers.
+#[derive(Debug, Clone)]
+pub struct MgmtState {
+    /// This node.
+    pub node: NodeInfo,
+    /// Its metrics.
+    pub metrics: Metrics,
+    /// Node health (coordinator only).
+    pub health: Option<HealthTracker>,
+    /// Backends run by `colony up` (coordinator under `colony up` only).
+    pub processes: Option<ProcessManager>,
+    /// The colony (coordinator only).
+    pub colony: Option<ColonyManager>,
+    /// Tasks the management routes start that outlive their request: `/ws` connections and
+    /// the `/ws` event pump. Whoever serves the routes waits on it after the listener stops
+    /// ([`crate::http::serve_on_own_thread`]), so sockets can say goodbye.
+    pub tasks: TaskTracker,
 }

@@ -1,6 +1,8 @@
 //! Rendering the world as a PNG: one pixel per cell, or one per `k × k` block (alive if any
 //! cell in it is) when the world is wider or taller than [`MAX_SIDE`] pixels.
 
+use super::error::ImageError;
+
 /// Longest side of the picture, in pixels.
 pub const MAX_SIDE: u64 = 1024;
 
@@ -66,18 +68,16 @@ impl Picture {
     ///
     /// # Errors
     /// The encoder failed (a bug, not bad input).
-    pub fn encode(&self) -> Result<Vec<u8>, String> {
+    pub fn encode(&self) -> Result<Vec<u8>, ImageError> {
         let mut out = Vec::new();
-        let w = u32::try_from(self.width).map_err(|e| e.to_string())?;
-        let h = u32::try_from(self.height).map_err(|e| e.to_string())?;
+        let w = u32::try_from(self.width)?;
+        let h = u32::try_from(self.height)?;
         let mut encoder = png::Encoder::new(&mut out, w, h);
         encoder.set_color(png::ColorType::Grayscale);
         encoder.set_depth(png::BitDepth::Eight);
-        let mut writer = encoder.write_header().map_err(|e| e.to_string())?;
-        writer
-            .write_image_data(&self.pixels)
-            .map_err(|e| e.to_string())?;
-        writer.finish().map_err(|e| e.to_string())?;
+        let mut writer = encoder.write_header()?;
+        writer.write_image_data(&self.pixels)?;
+        writer.finish()?;
         Ok(out)
     }
 }

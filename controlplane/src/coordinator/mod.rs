@@ -1,7 +1,12 @@
-//! Coordinator-only state: node health from heartbeats (and, later, the colony).
+//! The coordinator's domain, with no routes in it: node health from heartbeats ([`health`]),
+//! the colony's lifecycle ([`colony`]) and its runs ([`run`]), the world picture
+//! ([`image`]), and the backends `colony up` manages ([`processes`]). The routers in
+//! [`crate::control`] and [`crate::management`] serve it, and turn its typed errors
+//! ([`error`]) into HTTP answers.
 
 pub mod colony;
-pub mod heartbeat;
+pub mod error;
+pub mod health;
 pub mod image;
 pub mod processes;
 pub mod run;

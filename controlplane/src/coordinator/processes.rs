@@ -18,7 +18,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::{broadcast, Mutex};
 use tracing::{info, warn};
 
-use crate::coordinator::heartbeat::rfc3339;
+use crate::time::rfc3339;
 
 /// How to run one managed process.
 #[derive(Debug, Clone)]
@@ -316,7 +316,9 @@ fn spawn(spec: &ProcessSpec) -> std::io::Result<Child> {
         .stdin(Stdio::null())
         .stdout(Stdio::from(log))
         .stderr(Stdio::from(err))
-        // If the manager itself dies, its children must not outlive it unnoticed.
+        // Dropping the handle (its watcher task ends with the runtime) kills the child, so a
+        // coordinator that stops without `stop_all` leaves none behind. It does nothing if
+        // the coordinator is killed outright: then the child outlives it.
         .kill_on_drop(true)
         .spawn()
 }

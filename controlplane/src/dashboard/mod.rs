@@ -30,7 +30,7 @@ use shared::topology::ShardCoord;
 use tracing::warn;
 
 use crate::error::ApiError;
-use crate::management::MgmtState;
+use crate::state::MgmtState;
 
 /// How long a forwarded call may take (a colony start inits every shard).
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(25);

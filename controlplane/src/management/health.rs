@@ -6,9 +6,11 @@ use axum::response::IntoResponse;
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::MgmtState;
-use crate::coordinator::heartbeat::{AlertsView, HealthStatus, HealthTracker};
+use crate::coordinator::health::alerts::AlertsView;
+use crate::coordinator::health::tracker::HealthTracker;
+use crate::coordinator::health::views::HealthStatus;
 use crate::error::ApiError;
+use crate::state::MgmtState;
 
 fn tracker(state: &MgmtState) -> Result<&HealthTracker, ApiError> {
     state
@@ -25,7 +27,7 @@ pub async fn own(State(state): State<MgmtState>) -> Json<Value> {
         "node_id": node.node_id,
         "node_type": node.node_type,
         "address": node.address,
-        "started": crate::coordinator::heartbeat::rfc3339(node.started),
+        "started": crate::time::rfc3339(node.started),
         "uptime_seconds": node.started_at.elapsed().as_secs(),
     }))
 }

@@ -6,9 +6,11 @@ use axum::response::{IntoResponse, Response};
 use prometheus_client::metrics::counter::Counter;
 use tokio::time::Instant;
 
-use super::MgmtState;
-use crate::coordinator::heartbeat::{HealthTracker, Heartbeat, NodeState};
+use crate::coordinator::health::node_state::NodeState;
+use crate::coordinator::health::tracker::HealthTracker;
 use crate::error::{ApiError, ApiJson};
+use crate::state::MgmtState;
+use crate::wire::heartbeat::Heartbeat;
 
 /// What the heartbeat route needs, and no more: it is the hottest route of the coordinator
 /// (every node, every interval), and axum clones a route's state on every request.
@@ -37,7 +39,7 @@ pub async fn receive(
         .health
         .as_ref()
         .ok_or_else(|| ApiError::NotFound("heartbeats go to the coordinator".into()))?;
-    heartbeat.validate().map_err(ApiError::BadRequest)?;
+    heartbeat.validate()?;
     let recorded = tracker.record(heartbeat, Instant::now());
     state.received.inc();
     Ok(answer(recorded.state))

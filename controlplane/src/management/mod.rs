@@ -17,28 +17,9 @@ mod heartbeat;
 use axum::routing::{get, post};
 use axum::Router;
 
-use crate::coordinator::colony::ColonyManager;
-use crate::coordinator::heartbeat::HealthTracker;
-use crate::coordinator::processes::ProcessManager;
 use crate::dashboard;
-use crate::metrics::Metrics;
-use crate::state::NodeInfo;
+use crate::state::MgmtState;
 use crate::ws::{self, Hub, WsLimits};
-
-/// State of the management routers.
-#[derive(Debug, Clone)]
-pub struct MgmtState {
-    /// This node.
-    pub node: NodeInfo,
-    /// Its metrics.
-    pub metrics: Metrics,
-    /// Node health (coordinator only).
-    pub health: Option<HealthTracker>,
-    /// Backends run by `colony up` (coordinator under `colony up` only).
-    pub processes: Option<ProcessManager>,
-    /// The colony (coordinator only).
-    pub colony: Option<ColonyManager>,
-}
 
 /// The coordinator's management routes, with `/ws` under the default [`WsLimits`].
 pub fn coordinator_router(state: MgmtState) -> Router {
@@ -82,8 +63,12 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
-    use crate::coordinator::heartbeat::{HealthConfig, NodeType};
+    use crate::coordinator::health::config::HealthConfig;
+    use crate::coordinator::health::tracker::HealthTracker;
     use crate::http::{harden, HttpLimits};
+    use crate::metrics::Metrics;
+    use crate::state::NodeInfo;
+    use crate::wire::heartbeat::NodeType;
 
     fn app() -> (Router, HealthTracker) {
         let address = NodeAddress::new([127, 0, 0, 1].into(), 8082, 8083, 8084);
@@ -101,6 +86,7 @@ mod tests {
             health: Some(health.clone()),
             processes: None,
             colony: None,
+            tasks: tokio_util::task::TaskTracker::new(),
         };
         let limits = HttpLimits {
             max_body: 4096,

@@ -169,7 +169,7 @@ async fn answer(
             info!(service = name, action = verb_name, "service action requested over /ws");
             services::act(state, name, verb)
                 .await
-                .map_err(|(code, message)| WsError::new(id(), code, message))
+                .map_err(|e| WsError::new(id(), e.code(), e.to_string()))
         }
         Action::DeployPackage => Err(WsError::new(
             id(),

@@ -20,9 +20,10 @@ use tracing::{debug, warn};
 
 use super::protocol::{event_text, EventKind};
 use super::services;
-use crate::coordinator::heartbeat::{rfc3339, HealthEvent};
+use crate::coordinator::health::events::HealthEvent;
 use crate::coordinator::processes::ProcessEvent;
-use crate::management::MgmtState;
+use crate::state::MgmtState;
+use crate::time::rfc3339;
 
 /// Limits of the `/ws` endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,7 +166,9 @@ impl Core {
     /// Starts the pump once (it needs a runtime, which exists by the first connection).
     pub(crate) fn ensure_pump(self: &Arc<Self>) {
         self.pump.get_or_init(|| {
-            tokio::spawn(pump(Arc::downgrade(self), self.shutdown.clone()));
+            self.state
+                .tasks
+                .spawn(pump(Arc::downgrade(self), self.shutdown.clone()));
         });
     }
 

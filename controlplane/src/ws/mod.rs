@@ -105,11 +105,15 @@ async fn upgrade(
         })?;
         core.ensure_pump();
         let limits = core.limits;
+        // Counted from here, not from the upgrade: axum runs the socket on a task of its own,
+        // and the server waits on this tracker for it after the listener stops.
+        let tracked = core.state.tasks.token();
         Ok::<_, ApiError>(
             upgrade
                 .max_message_size(limits.max_frame)
                 .max_frame_size(limits.max_frame)
                 .on_upgrade(move |socket| async move {
+                    let _tracked = tracked;
                     let attached = core.attach(resume).await;
                     connection::serve(socket, core, events, attached, permit).await;
                 }),

@@ -60,6 +60,14 @@ impl EventKind {
     }
 }
 
+/// A name in a subscription that is not an event kind.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown event type {name:?}; known: {}", EventSet::all().names().join(", "))]
+pub struct UnknownEventType {
+    /// The name as given.
+    pub name: String,
+}
+
 /// A set of event kinds, as one connection's subscription.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EventSet(u32);
@@ -113,18 +121,15 @@ impl EventSet {
     ///
     /// # Errors
     /// The first name that is not an event kind.
-    pub fn parse<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<Self, String> {
+    pub fn parse<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<Self, UnknownEventType> {
         names.into_iter().try_fold(EventSet::none(), |set, name| {
             if name == "*" {
                 return Ok(EventSet::all());
             }
             EventKind::parse(name)
                 .map(|k| EventSet(set.0 | k.bit()))
-                .ok_or_else(|| {
-                    format!(
-                        "unknown event type {name:?}; known: {}",
-                        EventSet::all().names().join(", ")
-                    )
+                .ok_or_else(|| UnknownEventType {
+                    name: name.to_owned(),
                 })
         })
     }
@@ -427,7 +432,9 @@ mod tests {
         assert!(set.contains(EventKind::ColonyProgress));
         assert!(!set.contains(EventKind::HealthCheckResult));
         assert_eq!(EventSet::parse(["*"]).unwrap(), EventSet::all());
-        assert!(EventSet::parse(["nope"]).unwrap_err().contains("nope"));
+        let unknown = EventSet::parse(["nope"]).unwrap_err();
+        assert_eq!(unknown.name, "nope");
+        assert!(unknown.to_string().contains("nope"));
         let fewer = EventSet::all().without(set);
         assert!(!fewer.contains(EventKind::ServiceStateChanged));
         assert_eq!(EventSet::from_bits(fewer.with(set).bits()), EventSet::all());

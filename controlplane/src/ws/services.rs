@@ -6,9 +6,10 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use shared::NodeAddress;
 
-use crate::coordinator::heartbeat::{Component, NodeType};
+use crate::coordinator::health::views::Component;
 use crate::coordinator::processes::{ProcessError, ProcessInfo};
-use crate::management::MgmtState;
+use crate::state::MgmtState;
+use crate::wire::heartbeat::NodeType;
 
 /// One network endpoint of a service.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -166,50 +167,76 @@ impl Verb {
     }
 }
 
-/// Why a `service_action` failed: `(code, message)`.
-pub type ActionError = (&'static str, String);
+/// Why a `service_action` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ActionError {
+    /// This coordinator manages no processes at all (it was started by `colony
+    /// coordinator`), and `name` is a service it knows.
+    #[error("{name} is not a managed process: this coordinator was started by `colony coordinator`, not `colony up`, so it runs no nodes and cannot start or stop them; restart {name} where it runs")]
+    NothingManaged {
+        /// The service.
+        name: String,
+    },
+    /// `name` is a known service but not one of the processes managed here.
+    #[error("{name} is not a managed process: only the backends `colony up` started are managed here{}", if *.is_coordinator { " (the coordinator cannot restart itself)" } else { "" })]
+    NotManaged {
+        /// The service.
+        name: String,
+        /// True if it is the coordinator itself.
+        is_coordinator: bool,
+    },
+    /// No service has this name.
+    #[error("no service named {0:?}")]
+    NotFound(String),
+    /// The process manager refused or failed.
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+}
+
+impl ActionError {
+    /// The error code of the `/ws` response.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ActionError::NothingManaged { .. } | ActionError::NotManaged { .. } => "not_managed",
+            ActionError::NotFound(_) | ActionError::Process(ProcessError::Unknown(_)) => {
+                "not_found"
+            }
+            ActionError::Process(_) => "action_failed",
+        }
+    }
+}
 
 /// Runs `verb` on the managed process `name`.
 ///
 /// # Errors
-/// `not_managed` when there are no managed processes here or `name` is not one of them (the
-/// message says why), `not_found` for an unknown service, `action_failed` when the process
-/// cannot be started.
+/// [`ActionError::NothingManaged`] or [`ActionError::NotManaged`] when `name` is not a
+/// managed process (the message says why), [`ActionError::NotFound`] for an unknown service,
+/// [`ActionError::Process`] when the process cannot be started.
 pub async fn act(state: &MgmtState, name: &str, verb: Verb) -> Result<Value, ActionError> {
+    let known = || async { get(state, name).await.is_some() };
     let Some(processes) = &state.processes else {
-        let known = get(state, name).await.is_some();
-        return Err(if known {
-            (
-                "not_managed",
-                format!(
-                    "{name} is not a managed process: this coordinator was started by `colony coordinator`, not `colony up`, so it runs no nodes and cannot start or stop them; restart {name} where it runs"
-                ),
-            )
+        return Err(if known().await {
+            ActionError::NothingManaged {
+                name: name.to_owned(),
+            }
         } else {
-            ("not_found", format!("no service named {name:?}"))
+            ActionError::NotFound(name.to_owned())
         });
     };
     if !processes.contains(name).await {
-        return Err(if get(state, name).await.is_some() {
-            (
-                "not_managed",
-                format!(
-                    "{name} is not a managed process: only the backends `colony up` started are managed here{}",
-                    if name == state.node.node_id { " (the coordinator cannot restart itself)" } else { "" }
-                ),
-            )
+        return Err(if known().await {
+            ActionError::NotManaged {
+                name: name.to_owned(),
+                is_coordinator: name == state.node.node_id,
+            }
         } else {
-            ("not_found", format!("no service named {name:?}"))
+            ActionError::NotFound(name.to_owned())
         });
     }
-    let result = match verb {
+    let process = match verb {
         Verb::Start => processes.start(name).await,
         Verb::Stop => processes.stop(name).await,
         Verb::Restart => processes.restart(name).await,
-    };
-    match result {
-        Ok(process) => Ok(json!({ "service": name, "process": process })),
-        Err(e @ ProcessError::Unknown(_)) => Err(("not_found", e.to_string())),
-        Err(e) => Err(("action_failed", e.to_string())),
-    }
+    }?;
+    Ok(json!({ "service": name, "process": process }))
 }

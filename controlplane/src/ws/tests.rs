@@ -12,13 +12,15 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::protocol::EventKind;
 use super::*;
-use crate::coordinator::heartbeat::{HealthConfig, HealthTracker, Heartbeat, NodeType};
-use crate::management::MgmtState;
+use crate::coordinator::health::config::HealthConfig;
+use crate::coordinator::health::tracker::HealthTracker;
 use crate::metrics::Metrics;
-use crate::state::NodeInfo;
+use crate::state::{MgmtState, NodeInfo};
+use crate::wire::heartbeat::{Heartbeat, NodeType};
 
 type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -28,6 +30,8 @@ struct Server {
     addr: SocketAddr,
     health: HealthTracker,
     hub: Option<Hub>,
+    /// What the management plane's server waits on after it stops.
+    tasks: TaskTracker,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
@@ -48,6 +52,7 @@ fn state() -> (MgmtState, HealthTracker) {
         health: Some(health.clone()),
         processes: None,
         colony: None,
+        tasks: TaskTracker::new(),
     };
     (state, health)
 }
@@ -60,6 +65,7 @@ async fn serve(limits: WsLimits) -> Server {
 /// its own ([`crate::http::serve_on_own_thread`]).
 async fn serve_with(limits: WsLimits, own_thread: bool) -> Server {
     let (state, health) = state();
+    let tasks = state.tasks.clone();
     let hub = Hub::new(state, limits);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -67,9 +73,10 @@ async fn serve_with(limits: WsLimits, own_thread: bool) -> Server {
     let app = router(hub.clone());
     let task = tokio::spawn({
         let stop = stop.clone();
+        let tasks = tasks.clone();
         async move {
             if own_thread {
-                crate::http::serve_on_own_thread(listener, app, stop, "mgmt")
+                crate::http::serve_on_own_thread(listener, app, tasks, stop, "mgmt")
                     .await
                     .unwrap();
             } else {
@@ -84,6 +91,7 @@ async fn serve_with(limits: WsLimits, own_thread: bool) -> Server {
         addr,
         health,
         hub: Some(hub),
+        tasks,
         stop,
         task,
     }
@@ -544,6 +552,34 @@ async fn stopping_the_listener_closes_every_socket_with_going_away() {
 #[tokio::test]
 async fn stopping_a_plane_on_its_own_thread_closes_every_socket_with_going_away() {
     stopping_closes_with_going_away(true).await;
+}
+
+/// Waits until `tasks` counts `n` tasks.
+async fn tracked(tasks: &TaskTracker, n: usize) {
+    tokio::time::timeout(WAIT, async {
+        while tasks.len() != n {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{} tasks tracked, expected {n}", tasks.len()));
+}
+
+#[tokio::test]
+async fn the_server_tracks_every_socket_and_the_pump_until_they_end() {
+    let server = serve(limits()).await;
+    assert_eq!(server.tasks.len(), 0);
+    let mut a = connect(server.addr, "").await;
+    next(&mut a).await;
+    // The pump and one socket.
+    tracked(&server.tasks, 2).await;
+    let mut b = connect(server.addr, "").await;
+    next(&mut b).await;
+    tracked(&server.tasks, 3).await;
+    a.close(None).await.unwrap();
+    tracked(&server.tasks, 2).await;
+    drop(b);
+    tracked(&server.tasks, 1).await;
 }
 
 async fn stopping_closes_with_going_away(own_thread: bool) {

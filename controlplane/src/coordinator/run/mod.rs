@@ -4,14 +4,17 @@
 //!
 //! Backends tick on their own; the coordinator is never on a tick's critical path. A backend
 //! that stops answering (process gone, connection broken, frozen past the stall limit) fails
-//! the run visibly, with the reason, and raises an alert.
+//! the run visibly, with the reason, and raises an alert. The arithmetic over the reports
+//! (consistent checkpoint, ticks/s, first failure) is `progress.rs`.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+mod progress;
+
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use codec::{Checkpoint, Message};
-use dataplane::{Client, Identity};
+use dataplane::{Client, ClientError, Identity};
 use futures::future::join_all;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
@@ -21,8 +24,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::coordinator::heartbeat::HealthTracker;
-use crate::error::ApiError;
+use progress::RunState;
+
+use crate::coordinator::error::{BackendError, ColonyError};
+use crate::coordinator::health::tracker::HealthTracker;
 
 /// Settings of colony runs.
 #[derive(Debug, Clone, Copy)]
@@ -44,23 +49,6 @@ impl Default for RunConfig {
             stall_timeout: Duration::from_secs(3),
         }
     }
-}
-
-#[derive(Debug, Default)]
-struct BackendProgress {
-    tick: u64,
-    checkpoints: BTreeMap<u64, (u64, u64)>,
-}
-
-#[derive(Debug)]
-struct RunState {
-    target: u64,
-    paused: bool,
-    failed: Option<String>,
-    backends: HashMap<String, BackendProgress>,
-    consistent: Checkpoint,
-    /// `(when, slowest backend's tick)` over the last seconds, for ticks/s.
-    samples: VecDeque<(Instant, u64)>,
 }
 
 /// A started colony's run control. Dropping it does not stop the backends; [`ColonyRun::close`]
@@ -88,12 +76,11 @@ impl std::fmt::Debug for ColonyRun {
     }
 }
 
-async fn connect(address: &str, identity: &Identity) -> Result<Client, String> {
-    let mut client = Client::connect(address).await.map_err(|e| e.to_string())?;
+async fn connect(address: &str, identity: &Identity) -> Result<Client, ClientError> {
+    let mut client = Client::connect(address).await?;
     client
         .authenticate(&identity.instance_id, &identity.secret)
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     Ok(client)
 }
 
@@ -109,7 +96,7 @@ impl ColonyRun {
         initial: Checkpoint,
         config: RunConfig,
         health: Option<HealthTracker>,
-    ) -> Result<Arc<ColonyRun>, String> {
+    ) -> Result<Arc<ColonyRun>, BackendError> {
         let holders: Vec<_> = topology
             .backends()
             .iter()
@@ -117,48 +104,51 @@ impl ColonyRun {
             .cloned()
             .collect();
         let mut commands = HashMap::new();
-        let mut reports = Vec::new();
+        let mut reports = HashMap::new();
         for b in &holders {
             let address = b.address.to_internal_address();
-            let command = connect(&address, identity)
-                .await
-                .map_err(|e| format!("cannot reach {} at {address}: {e}", b.instance_id))?;
-            let report = connect(&address, identity)
-                .await
-                .map_err(|e| format!("cannot reach {} at {address}: {e}", b.instance_id))?;
+            let unreachable = |source| BackendError::Unreachable {
+                backend: b.instance_id.clone(),
+                address: address.clone(),
+                source,
+            };
+            let command = connect(&address, identity).await.map_err(unreachable)?;
+            let report = connect(&address, identity).await.map_err(unreachable)?;
             commands.insert(b.instance_id.clone(), tokio::sync::Mutex::new(command));
-            reports.push((b.instance_id.clone(), report));
+            reports.insert(b.instance_id.clone(), report);
         }
-        let backends = holders
-            .iter()
-            .map(|b| {
-                let mut p = BackendProgress::default();
-                p.checkpoints.insert(0, (0, 0));
-                (b.instance_id.clone(), p)
-            })
-            .collect();
-        let run = Arc::new(ColonyRun {
-            colony_id: topology.colony_id().to_owned(),
-            topology,
-            commands,
-            ordering: tokio::sync::Mutex::new(()),
-            state: Mutex::new(RunState {
-                target: 0,
-                paused: false,
-                failed: None,
-                backends,
-                consistent: initial,
-                samples: VecDeque::new(),
-            }),
-            changed: watch::Sender::new(0),
-            cancel: CancellationToken::new(),
-            config,
-            health,
-        });
+        let run = ColonyRun::new(topology, commands, initial, config, health);
         for (id, client) in reports {
             tokio::spawn(run.clone().report_loop(id, client));
         }
         Ok(run)
+    }
+
+    /// A run over established command links, without reporters: every backend holding a
+    /// shard is followed, whether or not it has a link.
+    fn new(
+        topology: Arc<ClusterTopology>,
+        commands: HashMap<String, tokio::sync::Mutex<Client>>,
+        initial: Checkpoint,
+        config: RunConfig,
+        health: Option<HealthTracker>,
+    ) -> Arc<ColonyRun> {
+        let holders = topology
+            .backends()
+            .iter()
+            .filter(|b| !topology.shards_of(&b.instance_id).is_empty())
+            .map(|b| b.instance_id.clone());
+        Arc::new(ColonyRun {
+            colony_id: topology.colony_id().to_owned(),
+            state: Mutex::new(RunState::new(holders, initial)),
+            topology,
+            commands,
+            ordering: tokio::sync::Mutex::new(()),
+            changed: watch::Sender::new(0),
+            cancel: CancellationToken::new(),
+            config,
+            health,
+        })
     }
 
     /// Stops the reporters (on restart or shutdown).
@@ -195,23 +185,33 @@ impl ColonyRun {
                 })) => {
                     after = tick;
                     if state == "failed" {
-                        self.fail(format!("{id} failed: {}", error.unwrap_or_default()));
+                        self.fail(&BackendError::Failed {
+                            backend: id,
+                            reason: error.unwrap_or_default(),
+                        });
                         return;
                     }
                     self.absorb(&id, tick, checkpoints);
                 }
                 Ok(Ok(other)) => {
-                    self.fail(format!("{id} answered a report with {other:?}"));
+                    self.fail(&BackendError::UnexpectedAnswer {
+                        backend: id,
+                        answer: Box::new(other),
+                    });
                     return;
                 }
-                Ok(Err(e)) => {
-                    self.fail(format!("{id} stopped answering: {e}"));
+                Ok(Err(source)) => {
+                    self.fail(&BackendError::StoppedAnswering {
+                        backend: id,
+                        source,
+                    });
                     return;
                 }
                 Err(_) => {
-                    self.fail(format!(
-                        "{id} sent no progress for {limit:?}; it is stalled or gone"
-                    ));
+                    self.fail(&BackendError::Stalled {
+                        backend: id,
+                        silence: limit,
+                    });
                     return;
                 }
             }
@@ -219,66 +219,22 @@ impl ColonyRun {
     }
 
     fn absorb(&self, id: &str, tick: u64, checkpoints: Vec<Checkpoint>) {
-        let mut s = self.state.lock();
-        if let Some(p) = s.backends.get_mut(id) {
-            p.tick = tick;
-            for c in checkpoints {
-                p.checkpoints.insert(c.tick, (c.population, c.fingerprint));
-            }
-        }
-        // The newest tick every backend has a checkpoint for.
-        let newest = s
-            .backends
-            .values()
-            .filter_map(|p| p.checkpoints.keys().next_back().copied())
-            .min()
-            .unwrap_or(0);
-        let consistent = (s.consistent.tick..=newest).rev().find_map(|t| {
-            let mut sum = Checkpoint {
-                tick: t,
-                population: 0,
-                fingerprint: 0,
-            };
-            for p in s.backends.values() {
-                let (pop, fp) = p.checkpoints.get(&t)?;
-                sum.population += pop;
-                sum.fingerprint = sum.fingerprint.wrapping_add(*fp);
-            }
-            Some(sum)
-        });
-        if let Some(c) = consistent {
-            if c.tick > s.consistent.tick {
-                s.consistent = c;
-                for p in s.backends.values_mut() {
-                    p.checkpoints = p.checkpoints.split_off(&c.tick);
-                }
-            }
-        }
-        let slowest = s.backends.values().map(|p| p.tick).min().unwrap_or(0);
-        let now = Instant::now();
-        s.samples.push_back((now, slowest));
-        while s.samples.len() > 2
-            && s.samples
-                .front()
-                .is_some_and(|(t, _)| now - *t > Duration::from_secs(2))
-        {
-            s.samples.pop_front();
-        }
-        drop(s);
+        self.state
+            .lock()
+            .absorb(id, tick, checkpoints, Instant::now());
         self.changed.send_modify(|n| *n += 1);
     }
 
-    fn fail(&self, reason: String) {
+    /// Records the run's first failure (later ones are consequences, not news) and raises
+    /// its alert. After [`ColonyRun::close`], a broken link is expected and not a failure.
+    fn fail(&self, reason: &BackendError) {
         if self.cancel.is_cancelled() {
             return;
         }
-        let mut s = self.state.lock();
-        if s.failed.is_some() {
+        if !self.state.lock().fail(reason.to_string()) {
             return;
         }
         warn!(colony = %self.colony_id, %reason, "colony run failed");
-        s.failed = Some(reason.clone());
-        drop(s);
         if let Some(health) = &self.health {
             health.raise_alert(
                 &format!("colony {}", self.colony_id),
@@ -290,25 +246,31 @@ impl ColonyRun {
         self.changed.send_modify(|n| *n += 1);
     }
 
-    async fn command(&self, id: &str, message: &Message) -> Result<Message, String> {
+    async fn command(&self, id: &str, message: &Message) -> Result<Message, BackendError> {
+        let backend = || id.to_owned();
         let Some(client) = self.commands.get(id) else {
-            return Err(format!("no command link to {id}"));
+            return Err(BackendError::NoLink { backend: backend() });
         };
         let mut client = client.lock().await;
         match tokio::time::timeout(self.config.stall_timeout, client.request(message)).await {
-            Ok(Ok(Message::Error { code, message })) => {
-                Err(format!("{id} refused: {code}: {message}"))
-            }
+            Ok(Ok(Message::Error { code, message })) => Err(BackendError::Refused {
+                backend: backend(),
+                code,
+                message,
+            }),
             Ok(Ok(answer)) => Ok(answer),
-            Ok(Err(e)) => Err(format!("{id} did not answer: {e}")),
-            Err(_) => Err(format!(
-                "{id} did not answer within {:?}",
-                self.config.stall_timeout
-            )),
+            Ok(Err(source)) => Err(BackendError::NoAnswer {
+                backend: backend(),
+                source,
+            }),
+            Err(_) => Err(BackendError::Timeout {
+                backend: backend(),
+                after: self.config.stall_timeout,
+            }),
         }
     }
 
-    async fn broadcast(&self, make: impl Fn() -> Message) -> Result<Vec<Message>, ApiError> {
+    async fn broadcast(&self, make: impl Fn() -> Message) -> Result<Vec<Message>, BackendError> {
         let ids: Vec<&String> = self.commands.keys().collect();
         let answers = join_all(ids.iter().map(|id| {
             let message = make();
@@ -320,20 +282,20 @@ impl ColonyRun {
             match answer {
                 Ok(m) => out.push(m),
                 Err(reason) => {
-                    self.fail(reason.clone());
-                    return Err(ApiError::BadGateway(reason));
+                    self.fail(&reason);
+                    return Err(reason);
                 }
             }
         }
         Ok(out)
     }
 
-    fn check_not_failed(&self) -> Result<(), ApiError> {
-        match &self.state.lock().failed {
-            Some(reason) => Err(ApiError::Conflict(format!(
-                "colony {} failed ({reason}); start a new one with POST /colony-start {{\"restart\":true}}",
-                self.colony_id
-            ))),
+    fn check_not_failed(&self) -> Result<(), ColonyError> {
+        match self.state.lock().failed() {
+            Some(reason) => Err(ColonyError::RunFailed {
+                colony_id: self.colony_id.clone(),
+                reason: reason.to_owned(),
+            }),
             None => Ok(()),
         }
     }
@@ -341,8 +303,9 @@ impl ColonyRun {
     /// Runs `ticks` more ticks; with `wait`, answers once they are done (or the run failed).
     ///
     /// # Errors
-    /// 409 if the colony has failed; 502 if a backend refuses.
-    pub async fn run(&self, ticks: u64, wait: bool) -> Result<Value, ApiError> {
+    /// [`ColonyError::RunFailed`] if the colony has failed; [`ColonyError::Backend`] if a
+    /// backend refuses or does not answer (which fails the run).
+    pub async fn run(&self, ticks: u64, wait: bool) -> Result<Value, ColonyError> {
         self.check_not_failed()?;
         let ordered = self.ordering.lock().await;
         let target = {
@@ -366,7 +329,7 @@ impl ColonyRun {
             loop {
                 {
                     let s = self.state.lock();
-                    if s.failed.is_some() || s.consistent.tick >= target {
+                    if s.failed().is_some() || s.consistent().tick >= target {
                         break;
                     }
                 }
@@ -381,8 +344,8 @@ impl ColonyRun {
     /// Stops every backend at one common tick (the furthest any had reached).
     ///
     /// # Errors
-    /// 409 if the colony has failed; 502 if a backend refuses.
-    pub async fn pause(&self) -> Result<Value, ApiError> {
+    /// As [`ColonyRun::run`].
+    pub async fn pause(&self) -> Result<Value, ColonyError> {
         self.check_not_failed()?;
         let ordered = self.ordering.lock().await;
         let colony_id = self.colony_id.clone();
@@ -419,7 +382,7 @@ impl ColonyRun {
             loop {
                 {
                     let s = self.state.lock();
-                    if s.failed.is_some() || s.consistent.tick >= furthest {
+                    if s.failed().is_some() || s.consistent().tick >= furthest {
                         return;
                     }
                 }
@@ -436,35 +399,144 @@ impl ColonyRun {
     /// The body of `GET /colony`.
     pub fn status(&self) -> Value {
         let s = self.state.lock();
-        let slowest = s.backends.values().map(|p| p.tick).min().unwrap_or(0);
-        let state = if s.failed.is_some() {
-            "failed"
-        } else if slowest < s.target {
-            "running"
-        } else if s.paused {
-            "paused"
-        } else {
-            "idle"
-        };
-        let rate = match (s.samples.front(), s.samples.back()) {
-            (Some((t0, k0)), Some((t1, k1))) if t1 > t0 && state == "running" => {
-                (k1 - k0) as f64 / (*t1 - *t0).as_secs_f64()
-            }
-            _ => 0.0,
-        };
+        let consistent = s.consistent();
         json!({
             "colony_id": self.colony_id,
-            "state": state,
-            "tick": s.consistent.tick,
-            "population": s.consistent.population,
-            "fingerprint": s.consistent.fingerprint.to_string(),
-            "ticks_per_second": (rate * 10.0).round() / 10.0,
+            "state": s.state_name(),
+            "tick": consistent.tick,
+            "population": consistent.population,
+            "fingerprint": consistent.fingerprint.to_string(),
+            "ticks_per_second": s.ticks_per_second(),
             "target_tick": s.target,
-            "front_tick": slowest,
-            "error": s.failed,
+            "front_tick": s.slowest(),
+            "error": s.failed(),
             "backends": self.topology.backends().len(),
             "shards": self.topology.shard_count(),
             "halo_depth": self.topology.halo_depth(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use shared::topology::{BackendEntry, Dimensions};
+    use shared::NodeAddress;
+
+    use super::*;
+    use crate::coordinator::health::config::HealthConfig;
+
+    fn address(port: u16) -> NodeAddress {
+        NodeAddress::new([127, 0, 0, 1].into(), port, port + 1, port + 2)
+    }
+
+    /// A run over two backends with no links at all: what it does with reports and failures
+    /// needs no sockets.
+    fn run(health: &HealthTracker) -> Arc<ColonyRun> {
+        let topology = ClusterTopology::place(
+            "c0ffee",
+            address(8000),
+            vec![
+                BackendEntry::new("b1", address(9000)),
+                BackendEntry::new("b2", address(9010)),
+            ],
+            Dimensions::new(2, 1, 8, 8).unwrap(),
+        )
+        .unwrap();
+        let initial = Checkpoint {
+            tick: 0,
+            population: 5,
+            fingerprint: 6,
+        };
+        ColonyRun::new(
+            Arc::new(topology),
+            HashMap::new(),
+            initial,
+            RunConfig::default(),
+            Some(health.clone()),
+        )
+    }
+
+    fn health() -> HealthTracker {
+        HealthTracker::new(HealthConfig::default(), None)
+    }
+
+    fn stalled(backend: &str) -> BackendError {
+        BackendError::Stalled {
+            backend: backend.into(),
+            silence: Duration::from_secs(3),
+        }
+    }
+
+    #[test]
+    fn reports_from_every_backend_move_the_status() {
+        let health = health();
+        let run = run(&health);
+        assert_eq!(run.status()["tick"], 0);
+        assert_eq!(run.status()["population"], 5);
+        let at = |tick, population, fingerprint| Checkpoint {
+            tick,
+            population,
+            fingerprint,
+        };
+        run.absorb("b1", 100, vec![at(100, 3, 1)]);
+        assert_eq!(run.status()["tick"], 0, "b2 has not reached 100");
+        run.absorb("b2", 100, vec![at(100, 4, u64::MAX)]);
+        let status = run.status();
+        assert_eq!(
+            (
+                &status["tick"],
+                &status["population"],
+                &status["fingerprint"],
+                &status["state"],
+                &status["error"],
+            ),
+            (
+                &json!(100),
+                &json!(7),
+                &json!("0"),
+                &json!("idle"),
+                &Value::Null
+            )
+        );
+        assert_eq!(
+            (status["backends"].clone(), status["shards"].clone()),
+            (json!(2), json!(2))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_run_fails_once_with_its_first_reason_and_one_alert() {
+        let health = health();
+        let run = run(&health);
+        run.fail(&stalled("b1"));
+        run.fail(&stalled("b2"));
+        let status = run.status();
+        assert_eq!(status["state"], "failed");
+        let error = status["error"].as_str().unwrap();
+        assert!(error.starts_with("b1 sent no progress"), "{error}");
+        let alerts = health.alerts().open;
+        assert_eq!(alerts.len(), 1, "{alerts:?}");
+        assert_eq!(alerts[0].kind, "colony_failed");
+        assert_eq!(alerts[0].node_id, "colony c0ffee");
+        assert!(alerts[0].message.contains("b1 sent no progress"));
+
+        // A failed colony refuses to run or pause, and says how to get a new one.
+        for refused in [run.run(10, false).await, run.pause().await] {
+            let e = refused.unwrap_err();
+            assert!(matches!(e, ColonyError::RunFailed { .. }), "{e:?}");
+            let message = e.to_string();
+            assert!(message.contains("b1 sent no progress"), "{message}");
+            assert!(message.contains("\"restart\":true"), "{message}");
+        }
+    }
+
+    #[test]
+    fn a_closed_run_does_not_fail_when_its_links_break() {
+        let health = health();
+        let run = run(&health);
+        run.close();
+        run.fail(&stalled("b1"));
+        assert_eq!(run.status()["state"], "idle");
+        assert!(health.alerts().open.is_empty());
     }
 }

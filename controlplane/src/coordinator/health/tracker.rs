@@ -1,370 +1,36 @@
-//! Node health from heartbeats: the ACTIVE → STALE → DOWN state machine, LEFT on goodbye,
-//! alerts, flap counting, and a sweeper that does not blame nodes for its own stalls.
+//! [`HealthTracker`]: the failure detector's state machine. Heartbeats move a node to
+//! ACTIVE (or LEFT on a goodbye); a sweeper moves silent nodes to STALE and then DOWN, raising
+//! alerts, and counts a quick recovery as a flap. The sweeper does not blame nodes for its own
+//! stalls.
 //!
 //! All timing uses `tokio::time::Instant`, so tests drive it with paused time. Wall-clock
 //! times are kept only to show people when something happened.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use dashmap::DashMap;
 use parking_lot::Mutex;
-use serde::{Deserialize, Serialize};
 use shared::NodeAddress;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-/// Most metrics one heartbeat may carry.
-pub const MAX_HEARTBEAT_METRICS: usize = 64;
-/// Longest metric name.
-pub const MAX_METRIC_NAME: usize = 64;
-/// Resolved alerts kept for `GET /alerts`; older ones are forgotten.
-const RESOLVED_ALERTS_KEPT: usize = 1000;
+use super::alerts::{AlertLog, AlertsView};
+use super::config::HealthConfig;
+use super::events::HealthEvent;
+use super::node_state::{NodeState, Transition};
+use super::views::{Component, Counts, HealthStatus};
+use crate::time::{millis, rfc3339};
+use crate::wire::heartbeat::{Heartbeat, NodeType};
+
 /// Sweeper lateness below this is scheduling noise, not a stall.
 const STALL_TOLERANCE: Duration = Duration::from_millis(10);
 /// At most one [`HealthEvent::HealthCheckResult`] per node this often: heartbeats may come
 /// every 10 ms, and a live view needs far fewer.
 pub const HEALTH_CHECK_EVENT_EVERY: Duration = Duration::from_secs(1);
-
-/// What kind of node sent a heartbeat.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum NodeType {
-    /// A backend holding shards.
-    Backend,
-    /// The coordinator.
-    Coordinator,
-}
-
-/// The body of `POST /heartbeat`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Heartbeat {
-    /// The sender's instance id (e.g. `backend_9000`).
-    pub instance_id: String,
-    /// The sender's role.
-    pub node_type: NodeType,
-    /// Where the sender's listeners are.
-    pub address: NodeAddress,
-    /// The sender's heartbeat counter (starts again at 1 when it restarts).
-    pub seq: u64,
-    /// Numeric gauges the sender wants shown (at most [`MAX_HEARTBEAT_METRICS`]).
-    #[serde(default)]
-    pub metrics: BTreeMap<String, f64>,
-    /// True on the goodbye a node sends when it shuts down gracefully.
-    #[serde(default)]
-    pub leaving: bool,
-}
-
-impl Heartbeat {
-    /// Checks what serde cannot: id syntax and metric bounds.
-    ///
-    /// # Errors
-    /// A sentence naming the offending field.
-    pub fn validate(&self) -> Result<(), String> {
-        shared::registry::validate_instance_id(&self.instance_id)
-            .map_err(|e| format!("instance_id: {e}"))?;
-        if self.metrics.len() > MAX_HEARTBEAT_METRICS {
-            return Err(format!(
-                "metrics: {} entries, at most {MAX_HEARTBEAT_METRICS} allowed",
-                self.metrics.len()
-            ));
-        }
-        for (name, value) in &self.metrics {
-            if name.is_empty() || name.len() > MAX_METRIC_NAME {
-                return Err(format!(
-                    "metrics: name {name:?} must be 1 to {MAX_METRIC_NAME} bytes"
-                ));
-            }
-            if !value.is_finite() {
-                return Err(format!("metrics.{name}: must be a finite number"));
-            }
-        }
-        Ok(())
-    }
-}
-
-/// A node's health state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum NodeState {
-    /// Heartbeats arrive on time.
-    Active,
-    /// No heartbeat for `stale_after`.
-    Stale,
-    /// No heartbeat for `down_after`.
-    Down,
-    /// The node said goodbye on a graceful shutdown.
-    Left,
-}
-
-impl NodeState {
-    /// The state as shown to people and in metrics labels.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            NodeState::Active => "ACTIVE",
-            NodeState::Stale => "STALE",
-            NodeState::Down => "DOWN",
-            NodeState::Left => "LEFT",
-        }
-    }
-
-    fn is_failure(self) -> bool {
-        matches!(self, NodeState::Stale | NodeState::Down)
-    }
-}
-
-/// Failure-detector thresholds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HealthConfig {
-    /// Silence after which a node is STALE.
-    pub stale_after: Duration,
-    /// Silence after which a node is DOWN.
-    pub down_after: Duration,
-    /// A recovery this soon after a failure began counts as a flap.
-    pub flap_window: Duration,
-}
-
-impl Default for HealthConfig {
-    fn default() -> Self {
-        HealthConfig {
-            stale_after: Duration::from_secs(3),
-            down_after: Duration::from_secs(10),
-            flap_window: Duration::from_secs(60),
-        }
-    }
-}
-
-impl HealthConfig {
-    /// Smallest threshold accepted.
-    pub const MIN_THRESHOLD: Duration = Duration::from_millis(100);
-
-    /// Checks the thresholds' ranges and order.
-    ///
-    /// # Errors
-    /// A sentence naming the flag.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.stale_after < Self::MIN_THRESHOLD {
-            return Err("--stale-after must be at least 100ms".into());
-        }
-        if self.down_after <= self.stale_after {
-            return Err("--down-after must be longer than --stale-after".into());
-        }
-        Ok(())
-    }
-
-    /// How often the sweeper looks: a fraction of the shortest threshold, so a state change
-    /// is noticed well within it.
-    pub fn sweep_period(&self) -> Duration {
-        let shortest = self.stale_after.min(self.down_after - self.stale_after);
-        (shortest / 8).clamp(Duration::from_millis(5), Duration::from_millis(250))
-    }
-}
-
-/// A state change, as recorded and as pushed to subscribers.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Transition {
-    /// The previous state; `None` when the node was first seen.
-    pub from: Option<NodeState>,
-    /// The new state.
-    pub to: NodeState,
-    /// When it happened (RFC 3339).
-    pub at: String,
-}
-
-/// Something the health tracker tells subscribers (the WebSocket, the dashboard).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "event", rename_all = "snake_case")]
-pub enum HealthEvent {
-    /// A node changed state.
-    ServiceStateChanged {
-        /// The node.
-        node_id: String,
-        /// Its role.
-        node_type: NodeType,
-        /// The change.
-        #[serde(flatten)]
-        transition: Transition,
-    },
-    /// A node appeared with a new address.
-    EndpointUpdated {
-        /// The node.
-        node_id: String,
-        /// Its new address.
-        address: NodeAddress,
-    },
-    /// A heartbeat arrived (at most one event per node per [`HEALTH_CHECK_EVENT_EVERY`]).
-    HealthCheckResult {
-        /// The node.
-        node_id: String,
-        /// Its role.
-        node_type: NodeType,
-        /// Its state after this heartbeat.
-        status: NodeState,
-        /// The heartbeat's sequence number.
-        seq: u64,
-        /// Heartbeats received from it so far.
-        heartbeats: u64,
-        /// Milliseconds since its previous heartbeat (`None` for the first).
-        interval_ms: Option<u64>,
-        /// The metrics it reported.
-        metrics: BTreeMap<String, f64>,
-        /// When it arrived (RFC 3339).
-        at: String,
-    },
-}
-
-/// An alert about a node.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Alert {
-    /// Increasing id.
-    pub id: u64,
-    /// The node it is about.
-    pub node_id: String,
-    /// `node_stale` or `node_down`.
-    pub kind: &'static str,
-    /// `warning` or `critical`.
-    pub severity: &'static str,
-    /// What happened, in words.
-    pub message: String,
-    /// When it was raised (RFC 3339).
-    pub raised_at: String,
-    /// When it was resolved (RFC 3339), if it was.
-    pub resolved_at: Option<String>,
-}
-
-/// `GET /alerts`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct AlertsView {
-    /// Alerts still open, oldest first.
-    pub open: Vec<Alert>,
-    /// Recently resolved alerts, newest first.
-    pub resolved: Vec<Alert>,
-}
-
-#[derive(Debug, Default)]
-struct AlertLog {
-    next_id: u64,
-    open: Vec<Alert>,
-    resolved: VecDeque<Alert>,
-}
-
-impl AlertLog {
-    fn raise(
-        &mut self,
-        node_id: &str,
-        kind: &'static str,
-        severity: &'static str,
-        message: String,
-    ) {
-        if self
-            .open
-            .iter()
-            .any(|a| a.node_id == node_id && a.kind == kind)
-        {
-            return;
-        }
-        self.next_id += 1;
-        self.open.push(Alert {
-            id: self.next_id,
-            node_id: node_id.to_owned(),
-            kind,
-            severity,
-            message,
-            raised_at: rfc3339(SystemTime::now()),
-            resolved_at: None,
-        });
-    }
-
-    fn resolve_all(&mut self, node_id: &str) {
-        let now = rfc3339(SystemTime::now());
-        let (done, open): (Vec<_>, Vec<_>) = std::mem::take(&mut self.open)
-            .into_iter()
-            .partition(|a| a.node_id == node_id);
-        self.open = open;
-        for mut alert in done {
-            alert.resolved_at = Some(now.clone());
-            self.resolved.push_front(alert);
-        }
-        self.resolved.truncate(RESOLVED_ALERTS_KEPT);
-    }
-}
-
-/// One component of `GET /health/status`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Component {
-    /// The node's instance id.
-    pub node_id: String,
-    /// Its role.
-    #[serde(rename = "type")]
-    pub node_type: NodeType,
-    /// Its health state.
-    pub status: NodeState,
-    /// Its advertised address.
-    pub address: NodeAddress,
-    /// When it was first seen (RFC 3339).
-    pub first_seen: String,
-    /// When it was last heard from (RFC 3339).
-    pub last_seen: String,
-    /// Milliseconds since its last heartbeat.
-    pub heartbeat_age_ms: u64,
-    /// Seconds since it was first seen in this run of it.
-    pub uptime_seconds: u64,
-    /// Heartbeats received.
-    pub heartbeats: u64,
-    /// Its last heartbeat sequence number.
-    pub seq: u64,
-    /// Recoveries soon after a failure.
-    pub flaps: u32,
-    /// The last state change.
-    pub last_transition: Option<Transition>,
-    /// Its last reported metrics.
-    pub metrics: BTreeMap<String, f64>,
-}
-
-/// `GET /health/status`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct HealthStatus {
-    /// `HEALTHY` when no node is STALE or DOWN, else `DEGRADED`.
-    pub overall_status: &'static str,
-    /// Components listed.
-    pub total_components: usize,
-    /// Components ACTIVE.
-    pub active: usize,
-    /// Components STALE.
-    pub stale: usize,
-    /// Components DOWN.
-    pub down: usize,
-    /// Components LEFT.
-    pub left: usize,
-    /// Every component, the coordinator first, then by node id.
-    pub components: Vec<Component>,
-}
-
-/// Counts for metrics.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Counts {
-    /// Nodes per state: active, stale, down, left.
-    pub states: [usize; 4],
-    /// Flaps summed over nodes.
-    pub flaps: u64,
-    /// Alerts open.
-    pub open_alerts: usize,
-}
-
-impl Counts {
-    /// `(state label, count)` pairs.
-    pub fn by_state(&self) -> [(&'static str, usize); 4] {
-        [
-            ("ACTIVE", self.states[0]),
-            ("STALE", self.states[1]),
-            ("DOWN", self.states[2]),
-            ("LEFT", self.states[3]),
-        ]
-    }
-}
 
 #[derive(Debug)]
 struct NodeRecord {
@@ -716,26 +382,7 @@ impl HealthTracker {
         nodes.sort_by(|a, b| a.node_id.cmp(&b.node_id));
         let mut components: Vec<Component> = self.self_component(now).into_iter().collect();
         components.extend(nodes);
-        let count = |s| components.iter().filter(|c| c.status == s).count();
-        let (active, stale, down, left) = (
-            count(NodeState::Active),
-            count(NodeState::Stale),
-            count(NodeState::Down),
-            count(NodeState::Left),
-        );
-        HealthStatus {
-            overall_status: if stale + down == 0 {
-                "HEALTHY"
-            } else {
-                "DEGRADED"
-            },
-            total_components: components.len(),
-            active,
-            stale,
-            down,
-            left,
-            components,
-        }
+        HealthStatus::of(components)
     }
 
     /// Nodes that are STALE or DOWN.
@@ -759,11 +406,7 @@ impl HealthTracker {
 
     /// `GET /alerts`.
     pub fn alerts(&self) -> AlertsView {
-        let log = self.inner.alerts.lock();
-        AlertsView {
-            open: log.open.clone(),
-            resolved: log.resolved.iter().cloned().collect(),
-        }
+        self.inner.alerts.lock().view()
     }
 
     /// Raises an alert that is not about a node's heartbeats (e.g. a failed colony run).
@@ -791,16 +434,9 @@ impl HealthTracker {
     pub fn counts(&self) -> Counts {
         let mut counts = Counts::default();
         for e in self.inner.nodes.iter() {
-            let i = match e.state {
-                NodeState::Active => 0,
-                NodeState::Stale => 1,
-                NodeState::Down => 2,
-                NodeState::Left => 3,
-            };
-            counts.states[i] += 1;
-            counts.flaps += u64::from(e.flaps);
+            counts.add(e.state, e.flaps);
         }
-        counts.open_alerts = self.inner.alerts.lock().open.len();
+        counts.open_alerts = self.inner.alerts.lock().open_count();
         counts
     }
 }
@@ -824,15 +460,6 @@ fn transition(record: &mut NodeRecord, to: NodeState, wall: SystemTime) -> Trans
     record.state = to;
     record.last_transition = Some(t.clone());
     t
-}
-
-/// RFC 3339 with milliseconds, UTC.
-pub fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
@@ -1001,27 +628,5 @@ mod tests {
         );
         token.cancel();
         task.await.unwrap();
-    }
-
-    #[test]
-    fn heartbeat_validation_names_the_field() {
-        let mut bad = hb("../etc", 1);
-        assert!(bad.validate().unwrap_err().starts_with("instance_id"));
-        bad = hb("b1", 1);
-        bad.metrics.insert("x".into(), f64::NAN);
-        assert!(bad.validate().unwrap_err().starts_with("metrics.x"));
-        bad.metrics = (0..65).map(|i| (format!("m{i}"), 1.0)).collect();
-        assert!(bad.validate().unwrap_err().starts_with("metrics"));
-    }
-
-    #[test]
-    fn config_order_is_checked() {
-        assert!(config().validate().is_ok());
-        let bad = HealthConfig {
-            down_after: Duration::from_millis(300),
-            ..config()
-        };
-        assert!(bad.validate().unwrap_err().contains("--down-after"));
-        assert!(config().sweep_period() <= Duration::from_millis(40));
     }
 }

@@ -1,0 +1,20 @@
+//! Node health from heartbeats, the coordinator's failure detector (DESIGN §9).
+//!
+//! | file | owns |
+//! |---|---|
+//! | [`config`] | the thresholds and how often the sweeper looks |
+//! | [`node_state`] | ACTIVE, STALE, DOWN, LEFT and a recorded move between them |
+//! | [`tracker`] | the state machine: heartbeats in, silence swept, stalls forgiven |
+//! | [`alerts`] | the alert log behind `GET /alerts` |
+//! | [`events`] | the live feed subscribers (the `/ws` hub) read |
+//! | [`views`] | `GET /health/status` and the counts behind `/metrics` |
+//!
+//! The heartbeat body itself is a wire type ([`crate::wire::heartbeat`]); the routes that
+//! serve these views are in [`crate::management`].
+
+pub mod alerts;
+pub mod config;
+pub mod events;
+pub mod node_state;
+pub mod tracker;
+pub mod views;

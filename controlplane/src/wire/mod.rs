@@ -1,0 +1,11 @@
+//! Bodies that nodes send each other over HTTP, and the limits that belong to them: the
+//! heartbeat a node posts to the coordinator's management port ([`heartbeat`]) and the shard
+//! init the coordinator posts to a backend's control port ([`init`]).
+//!
+//! Only the serde types and the checks serde cannot make live here. The sender and the
+//! receiver of each body both import it from here, so neither depends on the other: what the
+//! coordinator does with a heartbeat is [`crate::coordinator::health`], what a backend does
+//! with an init is [`crate::control`].
+
+pub mod heartbeat;
+pub mod init;
