@@ -12,6 +12,9 @@ step "checking tools"
 step "cargo fmt --all --check"
 cargo fmt --all --check
 
+step "no use cycle between the modules of any crate"
+./scripts/module-cycles.sh >/dev/null || ./scripts/module-cycles.sh
+
 step "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 

@@ -8,7 +8,7 @@
 use bytes::{Buf, BufMut, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
-use crate::{text, CodecError, Message, ProtocolError};
+use crate::{text, CodecError, Message, ProtocolError, Style};
 
 /// Default longest text line, in bytes, not counting the newline.
 pub const DEFAULT_MAX_LINE: usize = 64 * 1024;
@@ -27,17 +27,6 @@ pub enum Framing {
     /// Newline-delimited lines.
     Text,
     /// Length-prefixed MessagePack.
-    Binary,
-}
-
-/// How a request was expressed, so that its answer is expressed the same way.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Style {
-    /// A human text command such as `PING`.
-    Command,
-    /// A JSON object on a text line.
-    Json,
-    /// A MessagePack frame.
     Binary,
 }
 

@@ -11,8 +11,8 @@ mod message;
 pub mod text;
 
 pub use codec::{
-    encode_frame, ColonyCodec, Decoded, Framing, Limits, Reply, Style, DEFAULT_MAX_FRAME,
+    encode_frame, ColonyCodec, Decoded, Framing, Limits, Reply, DEFAULT_MAX_FRAME,
     DEFAULT_MAX_LINE, FRAME_LIMIT_CEILING,
 };
 pub use error::{CodecError, ProtocolError};
-pub use message::{Checkpoint, HaloEdge, Message, ShardSummary, StatsSnapshot};
+pub use message::{Checkpoint, HaloEdge, Message, ShardSummary, StatsSnapshot, Style};

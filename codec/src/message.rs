@@ -12,6 +12,17 @@
 
 use serde::{Deserialize, Serialize};
 
+/// How a request was expressed, so that its answer is expressed the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Style {
+    /// A human text command such as `PING`.
+    Command,
+    /// A JSON object on a text line.
+    Json,
+    /// A MessagePack frame.
+    Binary,
+}
+
 /// A message of the data-plane protocol, in either direction.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]

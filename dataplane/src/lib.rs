@@ -6,7 +6,7 @@
 //! the bytes-to-messages work is `codec`'s. One task per connection; each connection answers
 //! its requests in order, batching the answers of a pipelined burst into one write.
 //!
-//! Modules depend on each other one way (`tests/layering.rs` fails on a cycle):
+//! Modules depend on each other one way (`scripts/module-cycles.sh`, run by `scripts/test.sh`, fails on a cycle):
 //!
 //! - serving: `server` (accept loop) → `connection` (bytes ↔ messages) → `cmd` (one file per
 //!   request) → `state` (what every connection shares);
