@@ -1,5 +1,6 @@
-//! Colony's shared domain: node addresses, the cluster registry, topology, init tokens and the
-//! cluster secret, the simulation kernel, and process plumbing (tracing, shutdown signals).
+//! Colony's shared domain: node addresses, the cluster registry, topology, init tokens, the
+//! cluster secret and signed node calls, the simulation kernel, and process plumbing (tracing,
+//! shutdown signals).
 //!
 //! Nothing here opens a listener; the servers live in `dataplane` and `controlplane`.
 
@@ -9,6 +10,7 @@ pub mod own_thread;
 pub mod registry;
 pub mod secret;
 pub mod signal;
+pub mod signing;
 pub mod sim;
 pub mod telemetry;
 pub mod token;

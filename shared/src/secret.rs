@@ -5,7 +5,8 @@
 //! passes in, from `--secret-file`, or, in localhost mode, from `output/cluster.key`, created on
 //! first use) and naming it with a key id. It never reads the environment itself and never
 //! prints, logs or serializes the secret: `Debug` shows only the key id, and there is no
-//! `Display` or `Serialize`. Signing and verifying live in [`crate::token`].
+//! `Display` or `Serialize`. Signing and verifying live in [`crate::token`] (init tokens) and
+//! [`crate::signing`] (requests).
 //!
 //! # Format
 //!
