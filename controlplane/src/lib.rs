@@ -12,8 +12,8 @@
 //! |---|---|
 //! | what crosses the wire, and time formatting | [`wire`], [`time`] |
 //! | the coordinator's domain, typed errors and no HTTP | [`coordinator`] |
-//! | what the routers share | [`metrics`], [`state`] |
-//! | HTTP errors and layers | [`error`], [`http`] |
+//! | metrics, HTTP errors, and node signatures on routes | [`metrics`], [`error`], then [`node_auth`] |
+//! | what the routers share, and the layers every listener gets | [`state`], [`http`] |
 //! | the routers | [`control`], [`dashboard`], [`ws`], then [`management`], which merges the last two |
 //! | the backend's heartbeat client | [`heartbeat_sender`] |
 
@@ -25,6 +25,7 @@ pub mod heartbeat_sender;
 pub mod http;
 pub mod management;
 pub mod metrics;
+pub mod node_auth;
 pub mod state;
 pub mod time;
 pub mod wire;
