@@ -9,8 +9,10 @@
 //!    its own /proc/<pid>/stat only.
 //!
 //! Every heartbeat is a full `POST /heartbeat` (the body a backend sends, the headers reqwest
-//! sends) on a keep-alive HTTP/1.1 connection, one request at a time per connection, as the
-//! backends' sender does; each answer is read and must be 200. The load generator writes
+//! sends, and a `Colony-Signature` made for that request with the cluster secret, as a backend
+//! signs it) on a keep-alive HTTP/1.1 connection, one request at a time per connection, as the
+//! backends' sender does; each answer is read and must be 200, so a refused signature or a
+//! replayed `seq` would show as a lower figure. The load generator writes
 //! requests and reads answers itself rather than through reqwest: it shares this machine with
 //! the coordinator, and reqwest's own per-request cost took CPU from the server in the ingest
 //! phase. Its CPU share is printed too.
@@ -34,13 +36,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use shared::secret::ClusterSecret;
+use shared::signing::RequestSigner;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 struct Coordinator {
     child: Child,
     mgmt: u16,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Drop for Coordinator {
@@ -93,16 +97,21 @@ fn start() -> Coordinator {
         assert!(Instant::now() < deadline, "coordinator did not start");
         std::thread::sleep(Duration::from_millis(20));
     }
-    Coordinator {
-        child,
-        mgmt,
-        _dir: dir,
+    Coordinator { child, mgmt, dir }
+}
+
+impl Coordinator {
+    /// The secret the coordinator created under its registry directory (before it listened).
+    fn signer(&self) -> RequestSigner {
+        let key = self.dir.path().join("output/cluster.key");
+        RequestSigner::new(&ClusterSecret::from_file(&key).unwrap())
     }
 }
 
-fn body(node: usize, seq: u64) -> String {
+/// A heartbeat of node `node`, run `boot`, number `seq`; seqs rise per node within a boot.
+fn body(node: usize, boot: &str, seq: u64) -> String {
     format!(
-        r#"{{"instance_id":"sim_{node}","node_type":"backend","address":{{"ip":"127.0.0.1","internal_port":{p},"http_port":{p},"mgmt_port":{p}}},"seq":{seq},"metrics":{{"connections":1,"frames_in":{seq}}}}}"#,
+        r#"{{"instance_id":"sim_{node}","node_type":"backend","address":{{"ip":"127.0.0.1","internal_port":{p},"http_port":{p},"mgmt_port":{p}}},"boot_id":"{boot}","seq":{seq},"metrics":{{"connections":1,"frames_in":{seq}}}}}"#,
         p = 10000 + node % 50000
     )
 }
@@ -111,28 +120,31 @@ fn body(node: usize, seq: u64) -> String {
 struct Conn {
     stream: TcpStream,
     host: String,
+    signer: RequestSigner,
     request: Vec<u8>,
     answer: Vec<u8>,
 }
 
 impl Conn {
-    async fn open(port: u16) -> Conn {
+    async fn open(port: u16, signer: RequestSigner) -> Conn {
         let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
         stream.set_nodelay(true).unwrap();
         Conn {
             stream,
             host: format!("127.0.0.1:{port}"),
+            signer,
             request: Vec::with_capacity(512),
             answer: Vec::with_capacity(512),
         }
     }
 
-    /// Posts one heartbeat and reads the whole answer; true if it was a 200.
+    /// Signs and posts one heartbeat and reads the whole answer; true if it was a 200.
     async fn post(&mut self, body: &str) -> bool {
+        let signature = self.signer.sign("POST", "/heartbeat", body.as_bytes());
         self.request.clear();
         write!(
             self.request,
-            "POST /heartbeat HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\naccept: */*\r\ncontent-length: {}\r\n\r\n{body}",
+            "POST /heartbeat HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\naccept: */*\r\ncolony-signature: {signature}\r\ncontent-length: {}\r\n\r\n{body}",
             self.host,
             body.len()
         )
@@ -168,13 +180,19 @@ impl Conn {
 }
 
 /// Connection `conn` of the ingest phase: 125 nodes of its own, as fast as answered.
-async fn ingest(port: u16, conn: usize, until: Instant, done: Arc<AtomicU64>) {
-    let mut c = Conn::open(port).await;
+async fn ingest(
+    port: u16,
+    signer: RequestSigner,
+    conn: usize,
+    until: Instant,
+    done: Arc<AtomicU64>,
+) {
+    let mut c = Conn::open(port, signer).await;
     let mut seq = 0u64;
     while Instant::now() < until {
         seq += 1;
         let node = conn * 125 + (seq as usize % 125);
-        if c.post(&body(node, seq)).await {
+        if c.post(&body(node, "ingest", seq)).await {
             done.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -182,16 +200,19 @@ async fn ingest(port: u16, conn: usize, until: Instant, done: Arc<AtomicU64>) {
 
 /// Connection `conn` of `conns` in the tracking phase: carries nodes `conn`, `conn + conns`,
 /// … (`per_conn` of them), each once a second, evenly spaced and out of phase with the other
-/// connections.
+/// connections. Each call is a new run of those nodes (boot `boot`), counting from 1.
+#[allow(clippy::too_many_arguments)]
 async fn track(
     port: u16,
+    signer: RequestSigner,
+    boot: &'static str,
     conn: usize,
     conns: usize,
     per_conn: usize,
     measure: Duration,
     sent: Arc<AtomicU64>,
 ) {
-    let mut c = Conn::open(port).await;
+    let mut c = Conn::open(port, signer).await;
     let pace = Duration::from_secs(1) / per_conn as u32;
     let start = tokio::time::Instant::now() + pace.mul_f64(conn as f64 / conns as f64);
     let mut tick = tokio::time::interval_at(start, pace);
@@ -201,7 +222,7 @@ async fn track(
         tick.tick().await;
         seq += 1;
         let node = conn + conns * (seq as usize % per_conn);
-        if c.post(&body(100_000 + node, seq)).await {
+        if c.post(&body(100_000 + node, boot, seq)).await {
             sent.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -229,6 +250,7 @@ fn main() {
         .unwrap();
     let coordinator = start();
     let port = coordinator.mgmt;
+    let signer = coordinator.signer();
     let pid = coordinator.child.id().to_string();
     // CPU shares (user %, kernel %) of the coordinator and of this process since `mark()`.
     let mark = || (cpu_seconds(&pid), cpu_seconds("self"), Instant::now());
@@ -254,7 +276,7 @@ fn main() {
     let until = started + Duration::from_secs_f64(secs);
     rt.block_on(async {
         let tasks: Vec<_> = (0..conns)
-            .map(|c| tokio::spawn(ingest(port, c, until, done.clone())))
+            .map(|c| tokio::spawn(ingest(port, signer.clone(), c, until, done.clone())))
             .collect();
         for t in tasks {
             t.await.unwrap();
@@ -272,11 +294,24 @@ fn main() {
 
     // 2. Tracking many nodes at 1 heartbeat/s each.
     let sent = Arc::new(AtomicU64::new(0));
-    let run = |measure: Duration| {
+    let run = |boot: &'static str, measure: Duration| {
         let sent = sent.clone();
+        let signer = signer.clone();
         async move {
             let tasks: Vec<_> = (0..track_conns)
-                .map(|c| tokio::spawn(track(port, c, track_conns, per_conn, measure, sent.clone())))
+                .map(|c| {
+                    let task = track(
+                        port,
+                        signer.clone(),
+                        boot,
+                        c,
+                        track_conns,
+                        per_conn,
+                        measure,
+                        sent.clone(),
+                    );
+                    tokio::spawn(task)
+                })
                 .collect();
             for t in tasks {
                 t.await.unwrap();
@@ -284,10 +319,10 @@ fn main() {
         }
     };
     // Register every node once, then measure steady state.
-    rt.block_on(run(Duration::from_secs(1)));
+    rt.block_on(run("warmup", Duration::from_secs(1)));
     sent.store(0, Ordering::Relaxed);
     let tracking = mark();
-    rt.block_on(run(Duration::from_secs_f64(secs.max(1.0))));
+    rt.block_on(run("measured", Duration::from_secs_f64(secs.max(1.0))));
     let (server, client, wall) = shares(tracking);
     let status: serde_json::Value = rt.block_on(async {
         reqwest::Client::builder()

@@ -286,6 +286,11 @@ pub struct HealthArgs {
     /// A return to ACTIVE within this long after a failure began counts as a flap.
     #[arg(long, env = "COLONY_FLAP_WINDOW", default_value = "60s", value_parser = parse_duration)]
     pub flap_window: Duration,
+
+    /// A node DOWN or LEFT for this long is forgotten (dropped from health, alerts resolved;
+    /// at least 100ms).
+    #[arg(long, env = "COLONY_FORGET_AFTER", default_value = "24h", value_parser = parse_duration)]
+    pub forget_after: Duration,
 }
 
 impl HealthArgs {
@@ -298,6 +303,7 @@ impl HealthArgs {
             stale_after: self.stale_after,
             down_after: self.down_after,
             flap_window: self.flap_window,
+            forget_after: self.forget_after,
         };
         config.validate().map_err(|e| e.to_string())?;
         Ok(config)

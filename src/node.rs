@@ -17,11 +17,13 @@ use controlplane::heartbeat_sender::HeartbeatSender;
 use controlplane::http::{harden, serve_on_own_thread, HttpLimits};
 use controlplane::management;
 use controlplane::metrics::Metrics;
+use controlplane::node_auth::NodeAuth;
 use controlplane::state::{MgmtState, NodeInfo};
 use controlplane::wire::heartbeat::NodeType;
 use dataplane::{DataPlane, Identity, ShardStore};
 use shared::registry::{spawn_registration, ClusterRegistry, RegistryKind, Role};
 use shared::secret::ClusterSecret;
+use shared::signing::{RequestSigner, SignatureVerifier};
 use shared::token::{TokenIssuer, TokenVerifier};
 use shared::NodeAddress;
 use tokio::net::TcpListener;
@@ -297,6 +299,11 @@ pub async fn start_coordinator(
     let metrics = Metrics::new(data_plane.clone(), Some(health.clone()));
     let mgmt = MgmtState {
         node: NodeInfo::new(node_id, NodeType::Coordinator, address),
+        node_auth: NodeAuth::new(
+            SignatureVerifier::new(&secret),
+            metrics.auth_refusals.clone(),
+            "mgmt",
+        ),
         metrics: metrics.clone(),
         health: Some(health.clone()),
         processes,
@@ -387,6 +394,11 @@ pub async fn run_backend(args: BackendArgs) -> anyhow::Result<()> {
     let metrics = Metrics::new(data_plane.clone(), None);
     let mgmt = MgmtState {
         node: NodeInfo::new(instance_id.clone(), NodeType::Backend, address),
+        node_auth: NodeAuth::new(
+            SignatureVerifier::new(&secret),
+            metrics.auth_refusals.clone(),
+            "mgmt",
+        ),
         metrics: metrics.clone(),
         health: None,
         processes: None,
@@ -421,7 +433,9 @@ pub async fn run_backend(args: BackendArgs) -> anyhow::Result<()> {
         address,
         args.heartbeat_interval,
         data_plane_metrics(&data_plane),
+        RequestSigner::new(&secret),
     )
+    .context("cannot make a boot id")?
     .spawn(heartbeat_token.clone());
 
     let signal = shared::signal::shutdown_signal().await;

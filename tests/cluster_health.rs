@@ -176,6 +176,7 @@ async fn bad_heartbeats_get_a_4xx_and_change_nothing() {
     let mut cluster = Cluster::new();
     cluster.start_coordinator(&[]);
     let url = cluster.mgmt_url("/heartbeat").await;
+    let secret = cluster.secret();
     let address = json!({"ip":"127.0.0.1","internal_port":1,"http_port":2,"mgmt_port":3});
     let bodies = [
         json!({"node_type":"backend","address":address,"seq":1}).to_string(),
@@ -188,10 +189,7 @@ async fn bad_heartbeats_get_a_4xx_and_change_nothing() {
     for body in bodies {
         // A fresh connection per case: the server may close one after refusing a huge body.
         let http = reqwest::Client::builder().no_proxy().build().unwrap();
-        let response = http
-            .post(&url)
-            .header("content-type", "application/json")
-            .body(body.clone())
+        let response = signed_post(&http, &secret, &url, body.clone())
             .send()
             .await
             .unwrap();
@@ -210,8 +208,10 @@ async fn bad_heartbeats_get_a_4xx_and_change_nothing() {
     let socket = tokio::net::TcpStream::connect(&mgmt).await.unwrap();
     let (mut read, mut write) = socket.into_split();
     let size = 4 * 1024 * 1024;
+    let signature =
+        shared::signing::RequestSigner::new(&secret).sign("POST", "/heartbeat", &vec![b' '; size]);
     let head = format!(
-        "POST /heartbeat HTTP/1.1\r\nHost: {mgmt}\r\nContent-Type: application/json\r\nContent-Length: {size}\r\n\r\n"
+        "POST /heartbeat HTTP/1.1\r\nHost: {mgmt}\r\nContent-Type: application/json\r\nColony-Signature: {signature}\r\nContent-Length: {size}\r\n\r\n"
     );
     let writer = tokio::spawn(async move {
         use tokio::io::AsyncWriteExt;

@@ -271,13 +271,17 @@ async fn fifty_subscribers_receive_every_event_in_the_same_order() {
     // go STALE and DOWN: 20 × (endpoint, ACTIVE, check, STALE, DOWN) events at least.
     let nodes: Vec<String> = (0..20).map(|i| format!("fake_{i}")).collect();
     let url = format!("http://{mgmt}/heartbeat");
+    let secret = cluster.secret();
     for round in 1..=3u64 {
         for (i, node) in nodes.iter().enumerate() {
             let port = 40_000 + 10 * i as u16;
             let hb = json!({"instance_id": node, "node_type": "backend",
                 "address": {"ip":"127.0.0.1","internal_port":port,"http_port":port+1,"mgmt_port":port+2},
-                "seq": round, "metrics": {"connections": round}});
-            let r = cluster.http.post(&url).json(&hb).send().await.unwrap();
+                "boot_id": "boot", "seq": round, "metrics": {"connections": round}});
+            let r = signed_post(&cluster.http, &secret, &url, hb.to_string())
+                .send()
+                .await
+                .unwrap();
             assert!(r.status().is_success());
         }
     }

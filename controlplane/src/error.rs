@@ -110,7 +110,13 @@ impl From<ColonyError> for ApiError {
 
 impl From<HeartbeatError> for ApiError {
     fn from(e: HeartbeatError) -> Self {
-        ApiError::BadRequest(e.to_string())
+        match e {
+            // Authentic but already seen: the state it would set is older than what is known.
+            HeartbeatError::Replayed { .. } | HeartbeatError::RetiredBoot { .. } => {
+                ApiError::Conflict(e.to_string())
+            }
+            _ => ApiError::BadRequest(e.to_string()),
+        }
     }
 }
 
@@ -246,5 +252,12 @@ mod tests {
         let heartbeat = ApiError::from(HeartbeatError::TooManyMetrics { count: 65 });
         assert_eq!(heartbeat.status(), StatusCode::BAD_REQUEST);
         assert!(heartbeat.to_string().starts_with("metrics: 65 entries"));
+        let replay = ApiError::from(HeartbeatError::Replayed {
+            node: "b1".into(),
+            seq: 3,
+            last: 5,
+        });
+        assert_eq!(replay.status(), StatusCode::CONFLICT);
+        assert!(replay.to_string().starts_with("replayed heartbeat"));
     }
 }

@@ -1,5 +1,7 @@
 //! The backend's side of heartbeats: find the coordinator through the registry, then `POST`
-//! a heartbeat to its management port every interval; say goodbye on shutdown.
+//! a heartbeat to its management port every interval; say goodbye on shutdown. Every
+//! heartbeat is a signed node call (DESIGN §13) carrying this process's boot id and a `seq`
+//! that rises with each one, so the coordinator can refuse a replayed one.
 //!
 //! Start order does not matter: until the coordinator is registered the sender waits,
 //! logging that it does. After repeated failures it looks the coordinator up again, since a
@@ -10,20 +12,27 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shared::registry::ClusterRegistry;
+use shared::signing::{RequestSigner, HEADER};
 use shared::NodeAddress;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::wire::heartbeat::{Heartbeat, NodeType};
+use crate::wire::heartbeat::{new_boot_id, Heartbeat, NodeType};
 
 /// Failed posts in a row after which the coordinator is looked up again.
 const REDISCOVER_AFTER: u32 = 3;
 /// Longest wait for the goodbye to be delivered on shutdown.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// The route heartbeats go to.
+const HEARTBEAT_PATH: &str = "/heartbeat";
+
 /// Why one heartbeat was not accepted.
 #[derive(Debug, thiserror::Error)]
 enum PostError {
+    /// The heartbeat could not be encoded.
+    #[error("cannot encode the heartbeat: {0}")]
+    Encode(#[from] serde_json::Error),
     /// The coordinator could not be reached (or the request could not be sent).
     #[error(transparent)]
     Unreachable(#[from] reqwest::Error),
@@ -49,10 +58,16 @@ pub struct HeartbeatSender {
     address: NodeAddress,
     interval: Duration,
     metrics: MetricsSource,
+    signer: RequestSigner,
+    boot_id: String,
 }
 
 impl HeartbeatSender {
-    /// A sender for the node `instance_id` at `address`.
+    /// A sender for the node `instance_id` at `address`, signing with `signer`, with a new
+    /// boot id: one sender per process start.
+    ///
+    /// # Errors
+    /// The system random source failed to make the boot id.
     pub fn new(
         registry: Arc<dyn ClusterRegistry>,
         instance_id: String,
@@ -60,13 +75,14 @@ impl HeartbeatSender {
         address: NodeAddress,
         interval: Duration,
         metrics: MetricsSource,
-    ) -> Self {
+        signer: RequestSigner,
+    ) -> Result<Self, getrandom::Error> {
         let client = reqwest::Client::builder()
             .timeout(interval.max(Duration::from_secs(1)))
             .no_proxy()
             .build()
             .unwrap_or_default();
-        HeartbeatSender {
+        Ok(HeartbeatSender {
             registry,
             client,
             instance_id,
@@ -74,7 +90,14 @@ impl HeartbeatSender {
             address,
             interval,
             metrics,
-        }
+            signer,
+            boot_id: new_boot_id()?,
+        })
+    }
+
+    /// This run's boot id.
+    pub fn boot_id(&self) -> &str {
+        &self.boot_id
     }
 
     /// Runs until `shutdown`, then sends a goodbye to the coordinator it last reached.
@@ -151,12 +174,21 @@ impl HeartbeatSender {
             instance_id: self.instance_id.clone(),
             node_type: self.node_type,
             address: self.address,
+            boot_id: self.boot_id.clone(),
             seq,
             metrics: (self.metrics)(),
             leaving,
         };
-        let url = format!("http://{}/heartbeat", target.to_mgmt_address());
-        let response = self.client.post(&url).json(&heartbeat).send().await?;
+        let body = serde_json::to_vec(&heartbeat)?;
+        let url = format!("http://{}{HEARTBEAT_PATH}", target.to_mgmt_address());
+        let response = self
+            .client
+            .post(&url)
+            .header("content-type", "application/json")
+            .header(HEADER, self.signer.sign("POST", HEARTBEAT_PATH, &body))
+            .body(body)
+            .send()
+            .await?;
         let status = response.status();
         if status.is_success() {
             debug!(seq, "heartbeat accepted");

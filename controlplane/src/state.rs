@@ -14,6 +14,7 @@ use crate::coordinator::colony::ColonyManager;
 use crate::coordinator::health::tracker::HealthTracker;
 use crate::coordinator::processes::ProcessManager;
 use crate::metrics::Metrics;
+use crate::node_auth::NodeAuth;
 use crate::wire::heartbeat::NodeType;
 
 /// Identity and start time of the node serving a request.
@@ -51,6 +52,8 @@ pub struct MgmtState {
     pub node: NodeInfo,
     /// Its metrics.
     pub metrics: Metrics,
+    /// Checks the signatures of node calls (heartbeats, token reports).
+    pub node_auth: NodeAuth,
     /// Node health (coordinator only).
     pub health: Option<HealthTracker>,
     /// Backends run by `colony up` (coordinator under `colony up` only).
@@ -61,4 +64,10 @@ pub struct MgmtState {
     /// the `/ws` event pump. Whoever serves the routes waits on it after the listener stops
     /// ([`crate::http::serve_on_own_thread`]), so sockets can say goodbye.
     pub tasks: TaskTracker,
+}
+
+impl axum::extract::FromRef<MgmtState> for NodeAuth {
+    fn from_ref(state: &MgmtState) -> NodeAuth {
+        state.node_auth.clone()
+    }
 }

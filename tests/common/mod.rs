@@ -8,6 +8,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use dataplane::{DataPlane, DataPlaneConfig};
+use shared::secret::ClusterSecret;
+use shared::signing::{RequestSigner, HEADER};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -186,6 +188,33 @@ pub fn field(line: &str, key: &str) -> String {
         .to_owned()
 }
 
+/// The cluster secret of the nodes sharing the file registry under `registry_dir`: the key
+/// the first of them created there.
+pub fn cluster_secret(registry_dir: &std::path::Path) -> ClusterSecret {
+    ClusterSecret::from_file(&registry_dir.join("output/cluster.key")).unwrap()
+}
+
+/// A `POST` of the JSON `body` to `url` signed with `secret`, as one node calls another
+/// (DESIGN §13): the `Colony-Signature` covers the method, the URL's path and the body.
+pub fn signed_post(
+    http: &reqwest::Client,
+    secret: &ClusterSecret,
+    url: &str,
+    body: impl Into<Vec<u8>>,
+) -> reqwest::RequestBuilder {
+    let body = body.into();
+    let parsed = reqwest::Url::parse(url).unwrap();
+    let path = match parsed.query() {
+        Some(query) => format!("{}?{query}", parsed.path()),
+        None => parsed.path().to_owned(),
+    };
+    let signature = RequestSigner::new(secret).sign("POST", &path, &body);
+    http.post(url)
+        .header("content-type", "application/json")
+        .header(HEADER, signature)
+        .body(body)
+}
+
 /// Polls `check` every 10 ms until it returns `Some`, or panics after `within`.
 pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
 where
@@ -233,6 +262,12 @@ impl Cluster {
 
     pub fn ssm_dir(&self) -> std::path::PathBuf {
         self.dir.path().join("output/ssm")
+    }
+
+    /// The nodes' cluster secret; the coordinator creates it before it registers, so call
+    /// this once [`Cluster::coordinator_address`] has answered.
+    pub fn secret(&self) -> ClusterSecret {
+        cluster_secret(self.dir.path())
     }
 
     pub fn start_coordinator(&mut self, extra: &[&str]) {

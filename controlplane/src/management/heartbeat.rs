@@ -1,6 +1,10 @@
-//! `POST /heartbeat`: a node reports in (or says goodbye).
+//! `POST /heartbeat`: a node reports in (or says goodbye), signed (DESIGN §13).
+//!
+//! The signature is checked before the body is parsed ([`SignedJson`]); a replayed heartbeat
+//! (an old `seq` of the same boot, or a retired boot) is refused 409 by the tracker. Both kinds
+//! of refusal change nothing and are counted in `colony_auth_refusals_total`.
 
-use axum::extract::State;
+use axum::extract::{FromRef, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use prometheus_client::metrics::counter::Counter;
@@ -8,9 +12,10 @@ use tokio::time::Instant;
 
 use crate::coordinator::health::node_state::NodeState;
 use crate::coordinator::health::tracker::HealthTracker;
-use crate::error::{ApiError, ApiJson};
+use crate::error::ApiError;
+use crate::node_auth::{NodeAuth, SignedJson};
 use crate::state::MgmtState;
-use crate::wire::heartbeat::Heartbeat;
+use crate::wire::heartbeat::{Heartbeat, HeartbeatError};
 
 /// What the heartbeat route needs, and no more: it is the hottest route of the coordinator
 /// (every node, every interval), and axum clones a route's state on every request.
@@ -18,6 +23,7 @@ use crate::wire::heartbeat::Heartbeat;
 pub struct HeartbeatState {
     health: Option<HealthTracker>,
     received: Counter,
+    auth: NodeAuth,
 }
 
 impl HeartbeatState {
@@ -26,21 +32,36 @@ impl HeartbeatState {
         HeartbeatState {
             health: state.health.clone(),
             received: state.metrics.heartbeats.clone(),
+            auth: state.node_auth.clone(),
         }
     }
 }
 
-/// Records a heartbeat. A body that does not parse or validate changes nothing.
+impl FromRef<HeartbeatState> for NodeAuth {
+    fn from_ref(state: &HeartbeatState) -> NodeAuth {
+        state.auth.clone()
+    }
+}
+
+/// Records a signed heartbeat. A body that does not verify, parse or validate, and a
+/// replay, change nothing.
 pub async fn receive(
     State(state): State<HeartbeatState>,
-    ApiJson(heartbeat): ApiJson<Heartbeat>,
+    SignedJson(heartbeat): SignedJson<Heartbeat>,
 ) -> Result<Response, ApiError> {
     let tracker = state
         .health
         .as_ref()
         .ok_or_else(|| ApiError::NotFound("heartbeats go to the coordinator".into()))?;
     heartbeat.validate()?;
-    let recorded = tracker.record(heartbeat, Instant::now());
+    let recorded = tracker.record(heartbeat, Instant::now()).inspect_err(|e| {
+        if matches!(
+            e,
+            HeartbeatError::Replayed { .. } | HeartbeatError::RetiredBoot { .. }
+        ) {
+            state.auth.count_refusal("replay");
+        }
+    })?;
     state.received.inc();
     Ok(answer(recorded.state))
 }

@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | `GET /health` | every node | this node's own liveness |
 //! | `GET /metrics` | every node | Prometheus text |
-//! | `POST /heartbeat` | coordinator | records a node's heartbeat (or goodbye) |
+//! | `POST /heartbeat` | coordinator | records a node's signed heartbeat (or goodbye) |
 //! | `GET /health/status` | coordinator | every component's state |
 //! | `GET /health/stale` | coordinator | components STALE or DOWN |
 //! | `GET /alerts` | coordinator | open and resolved alerts |
@@ -67,8 +67,17 @@ mod tests {
     use crate::coordinator::health::tracker::HealthTracker;
     use crate::http::{harden, HttpLimits};
     use crate::metrics::Metrics;
+    use crate::node_auth::NodeAuth;
     use crate::state::NodeInfo;
     use crate::wire::heartbeat::NodeType;
+    use shared::secret::ClusterSecret;
+    use shared::signing::{RequestSigner, SignatureVerifier, HEADER};
+
+    const SECRET: &str = "management-test-secret-0123";
+
+    fn signer() -> RequestSigner {
+        RequestSigner::new(&ClusterSecret::from_env_value(SECRET).unwrap())
+    }
 
     fn app() -> (Router, HealthTracker) {
         let address = NodeAddress::new([127, 0, 0, 1].into(), 8082, 8083, 8084);
@@ -80,8 +89,14 @@ mod tests {
             dataplane::DataPlane::new(dataplane::DataPlaneConfig::default()),
             Some(health.clone()),
         );
+        let secret = ClusterSecret::from_env_value(SECRET).unwrap();
         let state = MgmtState {
             node: NodeInfo::new("coordinator", NodeType::Coordinator, address),
+            node_auth: NodeAuth::new(
+                SignatureVerifier::new(&secret),
+                metrics.auth_refusals.clone(),
+                "mgmt",
+            ),
             metrics: metrics.clone(),
             health: Some(health.clone()),
             processes: None,
@@ -105,8 +120,10 @@ mod tests {
         body: Option<Vec<u8>>,
     ) -> (StatusCode, Value) {
         let mut req = Request::builder().method(method).uri(uri);
-        if body.is_some() {
-            req = req.header("content-type", "application/json");
+        if let Some(body) = &body {
+            req = req
+                .header("content-type", "application/json")
+                .header(HEADER, signer().sign(method, uri, body));
         }
         let req = req.body(body.map_or_else(Body::empty, Body::from)).unwrap();
         let res = app.clone().oneshot(req).await.unwrap();
@@ -120,7 +137,7 @@ mod tests {
     fn good() -> Value {
         json!({"instance_id":"backend_9000","node_type":"backend",
                "address":{"ip":"127.0.0.1","internal_port":9000,"http_port":9001,"mgmt_port":9002},
-               "seq":1,"metrics":{"connections":2}})
+               "boot_id":"b00t","seq":1,"metrics":{"connections":2}})
     }
 
     #[tokio::test]
@@ -199,8 +216,10 @@ mod tests {
             let message = answer["error"].as_str().unwrap_or_default();
             assert!(message.contains(needle), "{needle:?} not in {message:?}");
         }
+        let body = good().to_string();
         let req = Request::post("/heartbeat")
-            .body(Body::from(good().to_string()))
+            .header(HEADER, signer().sign("POST", "/heartbeat", body.as_bytes()))
+            .body(Body::from(body))
             .unwrap();
         let res = app.clone().oneshot(req).await.unwrap();
         assert_eq!(res.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
@@ -227,9 +246,11 @@ mod tests {
         {
             let mut heartbeat = good();
             heartbeat["seq"] = json!(i + 1);
+            let body = heartbeat.to_string();
             let req = Request::post("/heartbeat")
                 .header("content-type", content_type)
-                .body(Body::from(heartbeat.to_string()))
+                .header(HEADER, signer().sign("POST", "/heartbeat", body.as_bytes()))
+                .body(Body::from(body))
                 .unwrap();
             let res = app.clone().oneshot(req).await.unwrap();
             assert_eq!(res.status(), StatusCode::OK, "{content_type}");
@@ -253,5 +274,131 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line} not in {text}");
         }
+    }
+
+    /// `POST uri` with `body` and the given signature header, if any.
+    async fn post_signed(
+        app: &Router,
+        uri: &str,
+        signature: Option<&str>,
+        body: &str,
+    ) -> (StatusCode, Value) {
+        let mut req = Request::post(uri).header("content-type", "application/json");
+        if let Some(signature) = signature {
+            req = req.header(HEADER, signature);
+        }
+        let res = app
+            .clone()
+            .oneshot(req.body(Body::from(body.to_owned())).unwrap())
+            .await
+            .unwrap();
+        let status = res.status();
+        let bytes = res.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    async fn metrics_text(app: &Router) -> String {
+        let (_, metrics) = call(app, "GET", "/metrics", None).await;
+        metrics.as_str().unwrap().to_owned()
+    }
+
+    #[tokio::test]
+    async fn heartbeats_without_a_valid_signature_are_401_and_change_nothing() {
+        let (app, health) = app();
+        let body = good().to_string();
+        let sign = |body: &str, ts| signer().sign_at("POST", "/heartbeat", body.as_bytes(), ts);
+        let now = shared::signing::unix_millis();
+        let valid = sign(&body, now);
+        let stranger =
+            RequestSigner::new(&ClusterSecret::from_env_value("a-stranger-secret-0123").unwrap());
+        let mut changed = good();
+        changed["instance_id"] = json!("evil_node");
+        let cases: Vec<(Option<String>, String, &str)> = vec![
+            (None, body.clone(), "missing"),
+            (
+                Some(valid[..valid.len() - 3].to_owned()),
+                body.clone(),
+                "malformed",
+            ),
+            (
+                Some(stranger.sign("POST", "/heartbeat", body.as_bytes())),
+                body.clone(),
+                "unknown_key",
+            ),
+            (
+                Some(sign(&body, now - 3_600_000)),
+                body.clone(),
+                "bad_timestamp",
+            ),
+            (Some(valid.clone()), changed.to_string(), "bad_mac"),
+        ];
+        for (signature, body, reason) in cases {
+            let (status, answer) =
+                post_signed(&app, "/heartbeat", signature.as_deref(), &body).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{reason}: {answer}");
+            assert_eq!(answer["code"], reason, "{answer}");
+        }
+        assert_eq!(health.status().total_components, 1, "state changed");
+        let text = metrics_text(&app).await;
+        for reason in [
+            "missing",
+            "malformed",
+            "unknown_key",
+            "bad_timestamp",
+            "bad_mac",
+        ] {
+            let line = format!(r#"colony_auth_refusals_total{{plane="mgmt",reason="{reason}"}} 1"#);
+            assert!(text.contains(&line), "{line} not in {text}");
+        }
+        assert!(
+            text.contains("colony_heartbeats_received_total 0"),
+            "{text}"
+        );
+        // The valid signature still works for the body it was made for.
+        let (status, _) = post_signed(&app, "/heartbeat", Some(&valid), &body).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn replayed_heartbeats_are_409_and_a_new_boot_starts_again() {
+        let (app, health) = app();
+        let beat = |boot: &str, seq: u64, leaving: bool| {
+            let mut hb = good();
+            hb["boot_id"] = json!(boot);
+            hb["seq"] = json!(seq);
+            hb["leaving"] = json!(leaving);
+            hb.to_string().into_bytes()
+        };
+        let (status, _) = call(&app, "POST", "/heartbeat", Some(beat("one", 5, false))).await;
+        assert_eq!(status, StatusCode::OK);
+        let before = health.node("backend_9000").unwrap();
+        for seq in [5, 2] {
+            let (status, answer) =
+                call(&app, "POST", "/heartbeat", Some(beat("one", seq, true))).await;
+            assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+            assert!(
+                answer["error"].as_str().unwrap().contains("replayed"),
+                "{answer}"
+            );
+        }
+        let after = health.node("backend_9000").unwrap();
+        assert_eq!(
+            (after.status, after.seq, after.heartbeats),
+            (before.status, 5, 1)
+        );
+        // A restart: a new boot id, counting from 1.
+        let (status, _) = call(&app, "POST", "/heartbeat", Some(beat("two", 1, false))).await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, _) = call(&app, "POST", "/heartbeat", Some(beat("one", 6, false))).await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert_eq!(health.node("backend_9000").unwrap().seq, 1);
+        let text = metrics_text(&app).await;
+        assert!(
+            text.contains(r#"colony_auth_refusals_total{plane="mgmt",reason="replay"} 3"#),
+            "{text}"
+        );
     }
 }

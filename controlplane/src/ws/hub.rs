@@ -296,6 +296,12 @@ async fn pump(core: std::sync::Weak<Core>, shutdown: CancellationToken) {
             event = recv(&mut health) => {
                 let Some(core) = core.upgrade() else { break };
                 match event {
+                    // A node that is gone from the state has no event of its own to undo it
+                    // in a client's view: clients get the whole state again instead.
+                    Ok(HealthEvent::NodeForgotten { .. }) => {
+                        let snapshot = core.snapshot("node_forgotten").await;
+                        core.publish(EventKind::RegistryLoaded, &snapshot);
+                    }
                     Ok(event) => publish_health(&core, event),
                     Err(broadcast::error::RecvError::Lagged(n)) => resync(&core, n, "health").await,
                     Err(broadcast::error::RecvError::Closed) => health = None,
@@ -388,6 +394,8 @@ fn publish_health(core: &Core, event: HealthEvent) {
                 }),
             );
         }
+        // Answered with a whole snapshot by the pump.
+        HealthEvent::NodeForgotten { .. } => {}
     }
 }
 

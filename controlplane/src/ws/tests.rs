@@ -46,8 +46,14 @@ fn state() -> (MgmtState, HealthTracker) {
         dataplane::DataPlane::new(dataplane::DataPlaneConfig::default()),
         Some(health.clone()),
     );
+    let secret = shared::secret::ClusterSecret::generate().unwrap();
     let state = MgmtState {
         node: NodeInfo::new("coordinator", NodeType::Coordinator, address),
+        node_auth: crate::node_auth::NodeAuth::new(
+            shared::signing::SignatureVerifier::new(&secret),
+            metrics.auth_refusals.clone(),
+            "mgmt",
+        ),
         metrics,
         health: Some(health.clone()),
         processes: None,
@@ -171,6 +177,7 @@ fn heartbeat(id: &str, port: u16) -> Heartbeat {
         instance_id: id.into(),
         node_type: NodeType::Backend,
         address: NodeAddress::new([127, 0, 0, 1].into(), port, port + 1, port + 2),
+        boot_id: "boot".into(),
         seq: 1,
         metrics: [("connections".to_owned(), 3.0)].into(),
         leaving: false,
@@ -182,7 +189,8 @@ async fn connect_loads_the_registry_and_answers_every_action() {
     let server = serve(limits()).await;
     server
         .health
-        .record(heartbeat("backend_9000", 9000), tokio::time::Instant::now());
+        .record(heartbeat("backend_9000", 9000), tokio::time::Instant::now())
+        .unwrap();
     let mut c = connect(server.addr, "").await;
     let loaded = next(&mut c).await;
     assert_eq!(loaded["event"], "registry_loaded", "{loaded}");
@@ -329,7 +337,8 @@ async fn events_arrive_numbered_and_filtered_by_subscription() {
     let start = loaded["seq"].as_u64().unwrap();
     server
         .health
-        .record(heartbeat("backend_9000", 9000), tokio::time::Instant::now());
+        .record(heartbeat("backend_9000", 9000), tokio::time::Instant::now())
+        .unwrap();
     let mut seen = Vec::new();
     for _ in 0..3 {
         let e = next(&mut c).await;
@@ -365,7 +374,8 @@ async fn events_arrive_numbered_and_filtered_by_subscription() {
     assert!(subscribed.contains(&json!("service_state_changed")), "{r}");
     server
         .health
-        .record(heartbeat("backend_9010", 9010), tokio::time::Instant::now());
+        .record(heartbeat("backend_9010", 9010), tokio::time::Instant::now())
+        .unwrap();
     let e = next(&mut c).await;
     assert_eq!(e["event"], "service_state_changed", "{e}");
     assert_eq!(e["seq"].as_u64().unwrap(), start + 5, "{e}");

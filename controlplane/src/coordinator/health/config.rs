@@ -11,6 +11,9 @@ pub enum HealthConfigError {
     /// `down_after` is not longer than `stale_after`.
     #[error("--down-after must be longer than --stale-after")]
     DownAfterNotLonger,
+    /// `forget_after` is below [`HealthConfig::MIN_THRESHOLD`].
+    #[error("--forget-after must be at least {:?}", HealthConfig::MIN_THRESHOLD)]
+    ForgetAfterTooShort,
 }
 
 /// Failure-detector thresholds.
@@ -22,6 +25,9 @@ pub struct HealthConfig {
     pub down_after: Duration,
     /// A recovery this soon after a failure began counts as a flap.
     pub flap_window: Duration,
+    /// A node DOWN or LEFT this long is forgotten, so nodes that never come back (or were
+    /// never real) cannot pile up.
+    pub forget_after: Duration,
 }
 
 impl Default for HealthConfig {
@@ -30,11 +36,15 @@ impl Default for HealthConfig {
             stale_after: Duration::from_secs(3),
             down_after: Duration::from_secs(10),
             flap_window: Duration::from_secs(60),
+            forget_after: Self::DEFAULT_FORGET_AFTER,
         }
     }
 }
 
 impl HealthConfig {
+    /// Default of `forget_after`: a day, as Serf reaps failed members.
+    pub const DEFAULT_FORGET_AFTER: Duration = Duration::from_secs(24 * 3600);
+
     /// Smallest threshold accepted.
     pub const MIN_THRESHOLD: Duration = Duration::from_millis(100);
 
@@ -48,6 +58,9 @@ impl HealthConfig {
         }
         if self.down_after <= self.stale_after {
             return Err(HealthConfigError::DownAfterNotLonger);
+        }
+        if self.forget_after < Self::MIN_THRESHOLD {
+            return Err(HealthConfigError::ForgetAfterTooShort);
         }
         Ok(())
     }
@@ -69,6 +82,7 @@ mod tests {
             stale_after: Duration::from_millis(300),
             down_after: Duration::from_secs(1),
             flap_window: Duration::from_secs(60),
+            forget_after: Duration::from_secs(5),
         }
     }
 
@@ -87,6 +101,17 @@ mod tests {
             ..config()
         };
         assert_eq!(short.validate(), Err(HealthConfigError::StaleAfterTooShort));
+        let forgetful = HealthConfig {
+            forget_after: Duration::from_millis(99),
+            ..config()
+        };
+        let e = forgetful.validate().unwrap_err();
+        assert_eq!(e, HealthConfigError::ForgetAfterTooShort);
+        assert!(e.to_string().contains("--forget-after"));
+        assert_eq!(
+            HealthConfig::default().forget_after,
+            Duration::from_secs(86_400)
+        );
         assert!(config().sweep_period() <= Duration::from_millis(40));
     }
 }

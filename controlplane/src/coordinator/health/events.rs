@@ -51,4 +51,15 @@ pub enum HealthEvent {
         /// When it arrived (RFC 3339).
         at: String,
     },
+    /// A node DOWN or LEFT for longer than `forget_after` was dropped from the state.
+    NodeForgotten {
+        /// The node.
+        node_id: String,
+        /// Its role.
+        node_type: NodeType,
+        /// Its state when it was forgotten.
+        last_state: NodeState,
+        /// When (RFC 3339).
+        at: String,
+    },
 }

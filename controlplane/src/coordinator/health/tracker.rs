@@ -1,12 +1,17 @@
 //! [`HealthTracker`]: the failure detector's state machine. Heartbeats move a node to
 //! ACTIVE (or LEFT on a goodbye); a sweeper moves silent nodes to STALE and then DOWN, raising
-//! alerts, and counts a quick recovery as a flap. The sweeper does not blame nodes for its own
-//! stalls.
+//! alerts, counts a quick recovery as a flap, and forgets nodes DOWN or LEFT for longer than
+//! `forget_after`. The sweeper does not blame nodes for its own stalls.
+//!
+//! Replays (DESIGN §13): each node's record keeps the boot id of its current run and the last
+//! `seq` accepted from it. A heartbeat whose `seq` is not above that, or that comes from a boot
+//! the node has since replaced, is refused before anything changes; a new boot id is a restart,
+//! logged, and starts a new sequence.
 //!
 //! All timing uses `tokio::time::Instant`, so tests drive it with paused time. Wall-clock
 //! times are kept only to show people when something happened.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -24,13 +29,16 @@ use super::events::HealthEvent;
 use super::node_state::{NodeState, Transition};
 use super::views::{Component, Counts, HealthStatus};
 use crate::time::{millis, rfc3339};
-use crate::wire::heartbeat::{Heartbeat, NodeType};
+use crate::wire::heartbeat::{Heartbeat, HeartbeatError, NodeType};
 
 /// Sweeper lateness below this is scheduling noise, not a stall.
 const STALL_TOLERANCE: Duration = Duration::from_millis(10);
 /// At most one [`HealthEvent::HealthCheckResult`] per node this often: heartbeats may come
 /// every 10 ms, and a live view needs far fewer.
 pub const HEALTH_CHECK_EVENT_EVERY: Duration = Duration::from_secs(1);
+/// Boot ids remembered per node after it restarted, so a heartbeat replayed from an earlier run
+/// is refused; restarts faster than this many per signature window are not a real concern.
+const RETIRED_BOOTS: usize = 4;
 
 #[derive(Debug)]
 struct NodeRecord {
@@ -43,8 +51,15 @@ struct NodeRecord {
     /// Last heartbeat, pushed forward by the sweeper's own stalls.
     last_heard: Instant,
     heartbeats: u64,
+    /// The run of the node its heartbeats come from.
+    boot_id: String,
+    /// Boot ids this node replaced, oldest first (at most [`RETIRED_BOOTS`]).
+    retired_boots: VecDeque<String>,
+    /// The last `seq` accepted from `boot_id`.
     seq: u64,
     flaps: u32,
+    /// When the node went DOWN or LEFT (and has not come back since), for forgetting it.
+    gone_since: Option<Instant>,
     failed_since: Option<Instant>,
     last_transition: Option<Transition>,
     metrics: BTreeMap<String, f64>,
@@ -113,8 +128,13 @@ impl HealthTracker {
         self.inner.events.subscribe()
     }
 
-    /// Records a (validated) heartbeat received at `now`.
-    pub fn record(&self, mut hb: Heartbeat, now: Instant) -> Recorded {
+    /// Records a (validated, authenticated) heartbeat received at `now`.
+    ///
+    /// # Errors
+    /// [`HeartbeatError::Replayed`] if its `seq` is not above the last accepted from the
+    /// same boot of the node, [`HeartbeatError::RetiredBoot`] if it comes from a boot the node
+    /// has since replaced. A refused heartbeat changes nothing.
+    pub fn record(&self, mut hb: Heartbeat, now: Instant) -> Result<Recorded, HeartbeatError> {
         let wall = SystemTime::now();
         // A HealthCheckResult nobody listens to is not built: no copy of the metrics, no
         // timestamp text. Thousands of heartbeats a second mostly have no listener.
@@ -127,13 +147,40 @@ impl HealthTracker {
         let mut changed = None;
         let mut moved = false;
         let mut flapped = false;
+        let mut restarted = None;
         // (heartbeats so far, gap since the previous one), when a check event is due.
         let mut check = None;
         match self.inner.nodes.get_mut(hb.instance_id.as_str()) {
             Some(mut record) => {
                 let record = &mut *record;
-                if record.state == NodeState::Left && target == NodeState::Active {
-                    // Back after a goodbye: a new run of the node.
+                // The entry's lock is held from this check to the update, so two copies of a
+                // heartbeat racing each other cannot both pass.
+                if record.boot_id == hb.boot_id {
+                    if hb.seq <= record.seq {
+                        return Err(HeartbeatError::Replayed {
+                            node: hb.instance_id,
+                            seq: hb.seq,
+                            last: record.seq,
+                        });
+                    }
+                } else if record.retired_boots.contains(&hb.boot_id) {
+                    return Err(HeartbeatError::RetiredBoot {
+                        node: hb.instance_id,
+                        boot_id: hb.boot_id,
+                    });
+                } else {
+                    let old =
+                        std::mem::replace(&mut record.boot_id, std::mem::take(&mut hb.boot_id));
+                    if record.retired_boots.len() == RETIRED_BOOTS {
+                        record.retired_boots.pop_front();
+                    }
+                    restarted = Some((old.clone(), record.seq));
+                    record.retired_boots.push_back(old);
+                }
+                if restarted.is_some()
+                    || (record.state == NodeState::Left && target == NodeState::Active)
+                {
+                    // A new run of the node: restarted, or back after a goodbye.
                     record.first_seen = wall;
                     record.first_seen_at = now;
                 }
@@ -152,7 +199,7 @@ impl HealthTracker {
                         }
                     }
                     record.failed_since = None;
-                    changed = Some(transition(record, target, wall));
+                    changed = Some(transition(record, target, wall, now));
                 }
                 let gap = now.saturating_duration_since(record.last_heard);
                 record.node_type = hb.node_type;
@@ -186,8 +233,11 @@ impl HealthTracker {
                         last_seen: wall,
                         last_heard: now,
                         heartbeats: 1,
+                        boot_id: std::mem::take(&mut hb.boot_id),
+                        retired_boots: VecDeque::new(),
                         seq: hb.seq,
                         flaps: 0,
+                        gone_since: (target == NodeState::Left).then_some(now),
                         failed_since: None,
                         last_transition: Some(first.clone()),
                         metrics: take_metrics(
@@ -203,6 +253,9 @@ impl HealthTracker {
                     check = Some((1, None));
                 }
             }
+        }
+        if let Some((old_boot, old_seq)) = restarted {
+            info!(node = %hb.instance_id, old_boot, old_seq, new_seq = hb.seq, "node restarted: new boot id, its heartbeat sequence starts again");
         }
         if moved {
             let _ = self.inner.events.send(HealthEvent::EndpointUpdated {
@@ -238,14 +291,23 @@ impl HealthTracker {
                 at: rfc3339(wall),
             });
         }
-        Recorded { state: target }
+        Ok(Recorded { state: target })
     }
 
-    /// Moves every node whose silence passed a threshold, raising alerts.
+    /// Moves every node whose silence passed a threshold, raising alerts, and forgets nodes
+    /// DOWN or LEFT for longer than `forget_after`.
     pub fn sweep(&self, now: Instant) {
         let config = self.inner.config;
         let mut changes = Vec::new();
+        let mut forget = Vec::new();
         for mut entry in self.inner.nodes.iter_mut() {
+            if entry
+                .gone_since
+                .is_some_and(|since| now.saturating_duration_since(since) >= config.forget_after)
+            {
+                forget.push(entry.key().clone());
+                continue;
+            }
             let silence = now.saturating_duration_since(entry.last_heard);
             let target = match entry.state {
                 NodeState::Active | NodeState::Stale if silence >= config.down_after => {
@@ -258,8 +320,11 @@ impl HealthTracker {
             if record.failed_since.is_none() {
                 record.failed_since = Some(now);
             }
-            let t = transition(record, target, SystemTime::now());
+            let t = transition(record, target, SystemTime::now(), now);
             changes.push((entry.key().clone(), entry.node_type, silence, t));
+        }
+        for node_id in forget {
+            self.forget(&node_id, now);
         }
         for (node_id, node_type, silence, t) in changes {
             let (kind, severity) = match t.to {
@@ -279,6 +344,26 @@ impl HealthTracker {
             );
             self.emit(&node_id, node_type, t);
         }
+    }
+
+    /// Drops `node_id` if it is still DOWN or LEFT past `forget_after` (a heartbeat may have
+    /// brought it back since the sweep looked).
+    fn forget(&self, node_id: &str, now: Instant) {
+        let forget_after = self.inner.config.forget_after;
+        let Some((node_id, record)) = self.inner.nodes.remove_if(node_id, |_, r| {
+            r.gone_since
+                .is_some_and(|since| now.saturating_duration_since(since) >= forget_after)
+        }) else {
+            return;
+        };
+        info!(node = %node_id, state = record.state.as_str(), after = ?forget_after, "forgot node: gone longer than --forget-after");
+        self.inner.alerts.lock().resolve_all(&node_id);
+        let _ = self.inner.events.send(HealthEvent::NodeForgotten {
+            node_id,
+            node_type: record.node_type,
+            last_state: record.state,
+            at: rfc3339(SystemTime::now()),
+        });
     }
 
     /// Forgives `stall` of silence for every node: the coordinator itself was not running
@@ -451,12 +536,23 @@ fn take_metrics(metrics: &mut BTreeMap<String, f64>, for_event: bool) -> BTreeMa
     }
 }
 
-fn transition(record: &mut NodeRecord, to: NodeState, wall: SystemTime) -> Transition {
+fn transition(
+    record: &mut NodeRecord,
+    to: NodeState,
+    wall: SystemTime,
+    now: Instant,
+) -> Transition {
     let t = Transition {
         from: Some(record.state),
         to,
         at: rfc3339(wall),
     };
+    match to {
+        NodeState::Down | NodeState::Left => {
+            record.gone_since.get_or_insert(now);
+        }
+        NodeState::Active | NodeState::Stale => record.gone_since = None,
+    }
     record.state = to;
     record.last_transition = Some(t.clone());
     t
@@ -471,6 +567,7 @@ mod tests {
             instance_id: id.into(),
             node_type: NodeType::Backend,
             address: NodeAddress::new([127, 0, 0, 1].into(), 9000, 9001, 9002),
+            boot_id: "boot-1".into(),
             seq,
             metrics: BTreeMap::new(),
             leaving: false,
@@ -482,6 +579,7 @@ mod tests {
             stale_after: Duration::from_millis(300),
             down_after: Duration::from_secs(1),
             flap_window: Duration::from_secs(60),
+            forget_after: Duration::from_secs(3600),
         }
     }
 
@@ -494,7 +592,7 @@ mod tests {
         let t = HealthTracker::new(config(), None);
         let mut events = t.subscribe();
         let start = Instant::now();
-        t.record(hb("b1", 1), start);
+        t.record(hb("b1", 1), start).unwrap();
         assert_eq!(state(&t, "b1"), NodeState::Active);
         t.sweep(start + Duration::from_millis(299));
         assert_eq!(state(&t, "b1"), NodeState::Active);
@@ -506,7 +604,8 @@ mod tests {
         assert_eq!(t.alerts().open.len(), 2);
         assert_eq!(t.status().overall_status, "DEGRADED");
 
-        t.record(hb("b1", 2), start + Duration::from_secs(2));
+        t.record(hb("b1", 2), start + Duration::from_secs(2))
+            .unwrap();
         assert_eq!(state(&t, "b1"), NodeState::Active);
         let alerts = t.alerts();
         assert!(alerts.open.is_empty());
@@ -539,9 +638,10 @@ mod tests {
         let start = Instant::now();
         // b1 every 100 ms for 2.5 s, b2 once: b1 gets one event a second, b2 one.
         for i in 0..25u64 {
-            t.record(hb("b1", i + 1), start + Duration::from_millis(100 * i));
+            t.record(hb("b1", i + 1), start + Duration::from_millis(100 * i))
+                .unwrap();
         }
-        t.record(hb("b2", 1), start);
+        t.record(hb("b2", 1), start).unwrap();
         let mut checks = Vec::new();
         while let Ok(e) = events.try_recv() {
             if let HealthEvent::HealthCheckResult {
@@ -569,10 +669,10 @@ mod tests {
     async fn goodbye_is_left_without_an_alert() {
         let t = HealthTracker::new(config(), None);
         let now = Instant::now();
-        t.record(hb("b1", 1), now);
+        t.record(hb("b1", 1), now).unwrap();
         let mut bye = hb("b1", 2);
         bye.leaving = true;
-        assert_eq!(t.record(bye, now).state, NodeState::Left);
+        assert_eq!(t.record(bye, now).unwrap().state, NodeState::Left);
         t.sweep(now + Duration::from_secs(30));
         assert_eq!(state(&t, "b1"), NodeState::Left);
         assert!(t.alerts().open.is_empty());
@@ -590,9 +690,10 @@ mod tests {
             None,
         );
         let start = Instant::now();
-        t.record(hb("b1", 1), start);
+        t.record(hb("b1", 1), start).unwrap();
         t.sweep(start + Duration::from_secs(2));
-        t.record(hb("b1", 2), start + Duration::from_secs(20));
+        t.record(hb("b1", 2), start + Duration::from_secs(20))
+            .unwrap();
         assert_eq!(t.node("b1").unwrap().flaps, 0);
     }
 
@@ -600,7 +701,7 @@ mod tests {
     async fn the_sweeper_forgives_its_own_stall() {
         let t = HealthTracker::new(config(), None);
         let start = Instant::now();
-        t.record(hb("b1", 1), start);
+        t.record(hb("b1", 1), start).unwrap();
         // The coordinator was frozen for 5 s right after the heartbeat.
         t.credit_stall(Duration::from_secs(5), start + Duration::from_secs(5));
         t.sweep(start + Duration::from_secs(5));
@@ -615,7 +716,7 @@ mod tests {
         let t = HealthTracker::new(config(), Some(("coordinator".into(), hb("x", 0).address)));
         let token = CancellationToken::new();
         let task = t.spawn_sweeper(token.clone());
-        t.record(hb("b1", 1), Instant::now());
+        t.record(hb("b1", 1), Instant::now()).unwrap();
         tokio::time::sleep(Duration::from_millis(400)).await;
         assert_eq!(state(&t, "b1"), NodeState::Stale);
         tokio::time::sleep(Duration::from_millis(700)).await;
@@ -628,5 +729,137 @@ mod tests {
         );
         token.cancel();
         task.await.unwrap();
+    }
+
+    fn booted(id: &str, boot: &str, seq: u64) -> Heartbeat {
+        Heartbeat {
+            boot_id: boot.into(),
+            ..hb(id, seq)
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn replays_are_refused_and_change_nothing() {
+        let t = HealthTracker::new(config(), None);
+        let mut events = t.subscribe();
+        let now = Instant::now();
+        t.record(hb("b1", 5), now).unwrap();
+        let before = t.node("b1").unwrap();
+        while events.try_recv().is_ok() {}
+        let later = now + Duration::from_millis(200);
+        for seq in [5, 4, 1, 0] {
+            let mut replay = hb("b1", seq);
+            replay.address = NodeAddress::new([10, 0, 0, 9].into(), 1, 2, 3);
+            replay.leaving = true;
+            let e = t.record(replay, later).unwrap_err();
+            assert!(
+                matches!(e, HeartbeatError::Replayed { seq: s, last: 5, .. } if s == seq),
+                "{e:?}"
+            );
+        }
+        let after = t.node("b1").unwrap();
+        assert_eq!(after.status, NodeState::Active);
+        assert_eq!(after.address, before.address);
+        assert_eq!((after.heartbeats, after.seq), (1, 5));
+        assert!(events.try_recv().is_err(), "a replay produced an event");
+        // The next heartbeat of the same run is fine.
+        assert!(t.record(hb("b1", 6), later).is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_boot_is_a_restart_and_old_boots_stay_retired() {
+        let t = HealthTracker::new(config(), None);
+        let start = Instant::now();
+        t.record(booted("b1", "first", 40), start).unwrap();
+        t.record(booted("b1", "first", 41), start).unwrap();
+        let restart = start + Duration::from_secs(20);
+        let recorded = t.record(booted("b1", "second", 1), restart).unwrap();
+        assert_eq!(recorded.state, NodeState::Active);
+        let node = t.node("b1").unwrap();
+        assert_eq!((node.seq, node.heartbeats), (1, 3));
+        // Uptime counts from the restart.
+        tokio::time::advance(Duration::from_secs(25)).await;
+        assert_eq!(t.node("b1").unwrap().uptime_seconds, 5);
+        // A heartbeat of the earlier run, even with a higher seq, is a replay.
+        let e = t.record(booted("b1", "first", 99), restart).unwrap_err();
+        assert!(matches!(e, HeartbeatError::RetiredBoot { .. }), "{e:?}");
+        assert_eq!(t.node("b1").unwrap().seq, 1);
+        t.record(booted("b1", "second", 2), restart).unwrap();
+        // Retired boots are bounded: after enough restarts the oldest is forgotten.
+        for (i, boot) in ["third", "fourth", "fifth", "sixth"].iter().enumerate() {
+            t.record(
+                booted("b1", boot, 1),
+                restart + Duration::from_secs(i as u64),
+            )
+            .unwrap();
+        }
+        assert!(matches!(
+            t.record(booted("b1", "second", 3), restart),
+            Err(HeartbeatError::RetiredBoot { .. })
+        ));
+        let inner = t.inner.nodes.get("b1").unwrap();
+        assert_eq!(inner.retired_boots.len(), RETIRED_BOOTS);
+        assert!(!inner.retired_boots.contains(&"first".to_owned()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn nodes_gone_longer_than_forget_after_are_forgotten() {
+        let t = HealthTracker::new(
+            HealthConfig {
+                forget_after: Duration::from_secs(5),
+                ..config()
+            },
+            None,
+        );
+        let mut events = t.subscribe();
+        let start = Instant::now();
+        t.record(hb("dead", 1), start).unwrap();
+        t.record(hb("back", 1), start).unwrap();
+        t.record(hb("left", 1), start).unwrap();
+        let mut bye = hb("left", 2);
+        bye.leaving = true;
+        t.record(bye, start).unwrap();
+        // dead and back go DOWN at 1 s; left left at 0 s.
+        t.sweep(start + Duration::from_secs(1));
+        assert_eq!(state(&t, "dead"), NodeState::Down);
+        t.sweep(start + Duration::from_millis(4999));
+        assert!(t.node("left").is_some());
+        t.sweep(start + Duration::from_secs(5));
+        assert!(t.node("left").is_none(), "LEFT for 5 s");
+        assert!(t.node("dead").is_some(), "DOWN for only 4 s");
+        t.record(hb("back", 2), start + Duration::from_secs(5))
+            .unwrap();
+        t.sweep(start + Duration::from_secs(6));
+        assert!(t.node("dead").is_none(), "DOWN for 5 s");
+        t.sweep(start + Duration::from_secs(10));
+        // "back" came back in time, and has been DOWN again only since 6 s.
+        assert_eq!(state(&t, "back"), NodeState::Down);
+        assert_eq!(t.status().total_components, 1);
+        assert!(
+            t.alerts().open.iter().all(|a| a.node_id != "dead"),
+            "alerts of a forgotten node stay open"
+        );
+        let mut forgotten = Vec::new();
+        while let Ok(e) = events.try_recv() {
+            if let HealthEvent::NodeForgotten {
+                node_id,
+                last_state,
+                ..
+            } = e
+            {
+                forgotten.push((node_id, last_state));
+            }
+        }
+        assert_eq!(
+            forgotten,
+            [
+                ("left".to_owned(), NodeState::Left),
+                ("dead".to_owned(), NodeState::Down)
+            ]
+        );
+        // A forgotten node that heartbeats again is simply new.
+        t.record(hb("dead", 1), start + Duration::from_secs(61))
+            .unwrap();
+        assert_eq!(t.node("dead").unwrap().heartbeats, 1);
     }
 }
