@@ -19,6 +19,7 @@ use controlplane::management;
 use controlplane::metrics::Metrics;
 use controlplane::node_auth::NodeAuth;
 use controlplane::state::{MgmtState, NodeInfo};
+use controlplane::token_reporter::TokenReporter;
 use controlplane::wire::heartbeat::NodeType;
 use dataplane::{DataPlane, Identity, ShardStore};
 use shared::registry::{spawn_registration, ClusterRegistry, RegistryKind, Role};
@@ -385,20 +386,29 @@ pub async fn run_backend(args: BackendArgs) -> anyhow::Result<()> {
             secret: secret.clone(),
         }),
     );
+    let metrics = Metrics::new(data_plane.clone(), None);
+    let reporter_token = CancellationToken::new();
+    let (token_reports, reporter) = TokenReporter::spawn(
+        registry.clone(),
+        RequestSigner::new(&secret),
+        instance_id.clone(),
+        reporter_token.clone(),
+    );
     let control_state = BackendControl {
         instance_id: instance_id.clone(),
         address,
         verifier: Arc::new(TokenVerifier::new(&secret)),
-        store: data_plane.store().clone(),
-    };
-    let metrics = Metrics::new(data_plane.clone(), None);
-    let mgmt = MgmtState {
-        node: NodeInfo::new(instance_id.clone(), NodeType::Backend, address),
         node_auth: NodeAuth::new(
             SignatureVerifier::new(&secret),
             metrics.auth_refusals.clone(),
-            "mgmt",
+            "control",
         ),
+        token_reports,
+        store: data_plane.store().clone(),
+    };
+    let mgmt = MgmtState {
+        node: NodeInfo::new(instance_id.clone(), NodeType::Backend, address),
+        node_auth: control_state.node_auth.clone(),
         metrics: metrics.clone(),
         health: None,
         processes: None,
@@ -442,11 +452,19 @@ pub async fn run_backend(args: BackendArgs) -> anyhow::Result<()> {
     info!(signal, "shutting down");
     unregister(registry.as_ref(), &role, registration, registration_token).await;
     heartbeat_token.cancel();
+    reporter_token.cancel();
     if tokio::time::timeout(Duration::from_secs(2), heartbeats)
         .await
         .is_err()
     {
         warn!("heartbeat sender did not stop in time");
+    }
+    // It stops between reports; one in flight has its own timeout.
+    if tokio::time::timeout(Duration::from_secs(2), reporter)
+        .await
+        .is_err()
+    {
+        warn!("token reporter did not stop in time");
     }
     tasks.stop(data_config.grace).await;
     info!("backend stopped");

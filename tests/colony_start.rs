@@ -1,6 +1,6 @@
 //! Colony start over real processes (issue 4): the coordinator's `GET /topology` and
 //! `POST /colony-start` (placement, idempotency, 409/503/400), the backends' shard views, and
-//! `POST /init-colony-shard` driven by hand with tokens signed here, like `curl` would.
+//! `POST /init-colony-shard` driven by hand with tokens and requests signed here.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -133,14 +133,18 @@ async fn get(http: &reqwest::Client, url: &str) -> (StatusCode, Value) {
     (status, value)
 }
 
-/// `POST /init-colony-shard` on `backend`, as `curl -d` would send it.
-async fn init(http: &reqwest::Client, backend: &Backend, body: &Value) -> (StatusCode, Value) {
-    let response = http
-        .post(backend.url("/init-colony-shard"))
-        .json(body)
-        .send()
-        .await
-        .unwrap();
+/// `POST /init-colony-shard` on `backend`, signed with the cluster secret as the coordinator
+/// signs it (the init token inside is the test's to choose).
+async fn init(colony: &Colony, backend: &Backend, body: &Value) -> (StatusCode, Value) {
+    let response = signed_post(
+        &colony.cluster.http,
+        &colony.secret(),
+        &backend.url("/init-colony-shard"),
+        body.to_string(),
+    )
+    .send()
+    .await
+    .unwrap();
     let status = response.status();
     let text = response.text().await.unwrap();
     let value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
@@ -497,7 +501,7 @@ async fn idempotency_key_conflict_and_restart() {
     other["simulation"]["seed"] = json!(8);
     let mut body = init_body(shard, None, &token);
     body["topology"] = other;
-    let (status, answer) = init(http, b, &body).await;
+    let (status, answer) = init(&colony, b, &body).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     let expected = ShardGrid::initial(&params, shard.x, shard.y).unwrap();
     assert_eq!(
@@ -520,7 +524,7 @@ async fn idempotency_key_conflict_and_restart() {
         .issuer()
         .issue(&b.id, shard, third.colony_id(), Duration::from_secs(60))
         .unwrap();
-    let (status, answer) = init(http, b, &init_body(shard, Some(&third), &token)).await;
+    let (status, answer) = init(&colony, b, &init_body(shard, Some(&third), &token)).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     assert_eq!(answer["topology_cached"], false, "{answer}");
     let (list, _) = backend_state(http, b).await;
@@ -819,7 +823,7 @@ async fn bad_tokens_are_refused_with_the_reason_and_change_nothing() {
             (init_body(shard, None, &current), &current),
             (init_body(shard, Some(&intruder), &new), &new),
         ] {
-            let (got, answer) = init(http, a, &body).await;
+            let (got, answer) = init(&colony, a, &body).await;
             assert_eq!(got.as_u16(), status, "{what}: {answer}");
             assert_eq!(answer["code"], code, "{what}: {answer}");
             let error = answer["error"].as_str().unwrap();
@@ -830,20 +834,20 @@ async fn bad_tokens_are_refused_with_the_reason_and_change_nothing() {
     }
     // A refused token is not spent: one sent to the wrong shard still works for its own.
     let misdirected = issuer.issue(&a.id, shard2, &colony_id, ttl).unwrap();
-    let (got, answer) = init(http, a, &init_body(shard, None, &misdirected)).await;
+    let (got, answer) = init(&colony, a, &init_body(shard, None, &misdirected)).await;
     assert_eq!(got, StatusCode::FORBIDDEN, "{answer}");
-    let (got, answer) = init(http, a, &init_body(shard2, None, &misdirected)).await;
+    let (got, answer) = init(&colony, a, &init_body(shard2, None, &misdirected)).await;
     assert_eq!(got, StatusCode::OK, "{answer}");
     assert_eq!(answer["topology_cached"], true, "{answer}");
 
     // Replay: the first use is accepted (and rebuilds the shard at tick 0), the second refused.
     let once = valid();
-    let (got, answer) = init(http, a, &init_body(shard, Some(&topology), &once)).await;
+    let (got, answer) = init(&colony, a, &init_body(shard, Some(&topology), &once)).await;
     assert_eq!(got, StatusCode::OK, "{answer}");
     assert_eq!(answer["status"], "ok");
     let after_first = backend_state(http, a).await;
     assert_eq!(after_first, before);
-    let (got, answer) = init(http, a, &init_body(shard, Some(&topology), &once)).await;
+    let (got, answer) = init(&colony, a, &init_body(shard, Some(&topology), &once)).await;
     assert_eq!(got, StatusCode::FORBIDDEN, "{answer}");
     assert_eq!(answer["code"], "token_replayed", "{answer}");
     assert!(
@@ -887,12 +891,12 @@ async fn an_authentic_init_without_a_usable_topology_is_the_error_variant() {
     // A new colony and no topology.
     let token = issuer.issue(&b.id, shard, "colony-two", ttl).unwrap();
     expect_error("no topology", "missing topology")(
-        init(http, b, &init_body(shard, None, &token)).await,
+        init(&colony, b, &init_body(shard, None, &token)).await,
     );
     let token = issuer.issue(&b.id, shard, "colony-two", ttl).unwrap();
     let mut body = init_body(shard, None, &token);
     body["topology"] = Value::Null;
-    expect_error("null topology", "missing topology")(init(http, b, &body).await);
+    expect_error("null topology", "missing topology")(init(&colony, b, &body).await);
 
     // A topology that does not list this backend.
     let elsewhere = hand_made_topology(
@@ -903,14 +907,14 @@ async fn an_authentic_init_without_a_usable_topology_is_the_error_variant() {
     );
     let token = issuer.issue(&b.id, shard, "colony-two", ttl).unwrap();
     expect_error("not listed", "not among")(
-        init(http, b, &init_body(shard, Some(&elsewhere), &token)).await,
+        init(&colony, b, &init_body(shard, Some(&elsewhere), &token)).await,
     );
 
     // A topology that is not one, or is another colony's.
     let token = issuer.issue(&b.id, shard, "colony-two", ttl).unwrap();
     let mut body = init_body(shard, None, &token);
     body["topology"] = json!({"colony_id": "colony-two", "width_in_shards": 0});
-    expect_error("invalid topology", "invalid topology")(init(http, b, &body).await);
+    expect_error("invalid topology", "invalid topology")(init(&colony, b, &body).await);
     let listed = hand_made_topology(
         "colony-three",
         colony.coordinator,
@@ -919,7 +923,7 @@ async fn an_authentic_init_without_a_usable_topology_is_the_error_variant() {
     );
     let token = issuer.issue(&b.id, shard, "colony-two", ttl).unwrap();
     expect_error("another colony's topology", "colony-three")(
-        init(http, b, &init_body(shard, Some(&listed), &token)).await,
+        init(&colony, b, &init_body(shard, Some(&listed), &token)).await,
     );
 
     // None of it touched the running colony.
@@ -998,7 +1002,7 @@ async fn an_authentic_init_refused_for_its_shard_leaves_the_running_colony_alone
     );
     let theirs = shared_out.shards_of("backend_x")[0];
     let token = issuer.issue(&b.id, theirs, "colony-two", ttl).unwrap();
-    let (status, answer) = init(http, b, &init_body(theirs, Some(&shared_out), &token)).await;
+    let (status, answer) = init(&colony, b, &init_body(theirs, Some(&shared_out), &token)).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
     assert_eq!(answer["status"], "error", "{answer}");
     assert!(
@@ -1014,7 +1018,7 @@ async fn an_authentic_init_refused_for_its_shard_leaves_the_running_colony_alone
         vec![BackendEntry::new(b.id.clone(), b.address)],
         3,
     );
-    let (status, answer) = init(http, b, &init_body(outside, Some(&small), &token)).await;
+    let (status, answer) = init(&colony, b, &init_body(outside, Some(&small), &token)).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
     assert!(
         answer["message"].as_str().unwrap().contains("outside"),

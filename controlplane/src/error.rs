@@ -1,6 +1,6 @@
 //! [`ApiError`]: the one error type of every HTTP handler, and its one status mapping; and
-//! the one place where the domain's typed errors ([`ColonyError`], [`HeartbeatError`]) become
-//! HTTP errors.
+//! the one place where the domain's typed errors ([`ColonyError`], [`HeartbeatError`],
+//! [`TokenReportError`]) become HTTP errors.
 //!
 //! Every error answers `{"error":"…"}`. 4xx bodies say what was wrong with the request; 5xx
 //! bodies stay generic and the cause is logged once, here.
@@ -16,6 +16,7 @@ use serde_json::json;
 
 use crate::coordinator::error::ColonyError;
 use crate::wire::heartbeat::HeartbeatError;
+use crate::wire::tokens::TokenReportError;
 
 /// An HTTP handler failure.
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +118,12 @@ impl From<HeartbeatError> for ApiError {
             }
             _ => ApiError::BadRequest(e.to_string()),
         }
+    }
+}
+
+impl From<TokenReportError> for ApiError {
+    fn from(e: TokenReportError) -> Self {
+        ApiError::BadRequest(e.to_string())
     }
 }
 

@@ -13,7 +13,7 @@
 //! | what crosses the wire, and time formatting | [`wire`], [`time`] |
 //! | the coordinator's domain, typed errors and no HTTP | [`coordinator`] |
 //! | metrics, HTTP errors, and node signatures on routes | [`metrics`], [`error`], then [`node_auth`] |
-//! | what the routers share, and the layers every listener gets | [`state`], [`http`] |
+//! | what the routers share, the layers every listener gets, and the backend's token reports | [`state`], [`http`], [`token_reporter`] |
 //! | the routers | [`control`], [`dashboard`], [`ws`], then [`management`], which merges the last two |
 //! | the backend's heartbeat client | [`heartbeat_sender`] |
 
@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod node_auth;
 pub mod state;
 pub mod time;
+pub mod token_reporter;
 pub mod wire;
 pub mod ws;
 

@@ -1,8 +1,10 @@
 //! `POST /init-colony-shard` (DESIGN §4): the backend's side of colony start.
 //!
-//! Order matters: the token is checked first, so a refused request changes nothing; then the
-//! topology is taken from the request on the colony's first init (and cached), or from the
-//! cache on later ones; then the shard's cells are built.
+//! Order matters: the request's signature is checked first, before the body is parsed (a node
+//! call, DESIGN §13), then the init token (DESIGN §8), so a refused request changes nothing;
+//! then the topology is taken from the request on the colony's first init (and cached), or
+//! from the cache on later ones; then the shard's cells are built. What became of the token
+//! (used, or refused and why) is reported to the coordinator's token audit.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -14,7 +16,7 @@ use shared::topology::ClusterTopology;
 use tracing::{info, warn};
 
 use super::BackendControl;
-use crate::error::{ApiError, ApiJson};
+use crate::node_auth::SignedJson;
 use crate::wire::init::{InitColonyShard, InitColonyShardResponse};
 
 impl IntoResponse for InitColonyShardResponse {
@@ -35,17 +37,18 @@ fn refuse(message: String) -> Response {
 /// Verifies the token, settles the topology, and builds the shard.
 pub async fn init_colony_shard(
     State(state): State<BackendControl>,
-    body: Result<ApiJson<InitColonyShard>, ApiError>,
+    SignedJson(request): SignedJson<InitColonyShard>,
 ) -> Response {
-    let ApiJson(request) = match body {
-        Ok(body) => body,
-        Err(e) => return e.into_response(),
-    };
     let token = &request.token;
-    if let Err(e) = state
+    let verified = state
         .verifier
-        .verify(token, &state.instance_id, request.shard, unix_now())
-    {
+        .verify(token, &state.instance_id, request.shard, unix_now());
+    match verified {
+        Ok(()) => state.token_reports.used(&token.token_id),
+        Err(e) => state.token_reports.refused(&token.token_id, e.code()),
+    }
+    if let Err(e) = verified {
+        state.node_auth.count_refusal(e.code());
         warn!(code = e.code(), shard = %request.shard, "init token refused");
         let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::UNAUTHORIZED);
         return (

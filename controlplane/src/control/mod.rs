@@ -8,7 +8,7 @@
 //! | `POST /colony/run` | coordinator | `{"ticks":N,"wait":bool}`: run N more ticks |
 //! | `POST /colony/pause` | coordinator | stop every backend at one common tick |
 //! | `GET /colony/image.png` | coordinator | the world as a PNG |
-//! | `POST /init-colony-shard` | backend | a signed request to build one shard |
+//! | `POST /init-colony-shard` | backend | a signed node call carrying an init token: build one shard |
 //! | `GET /shards` | backend | the shards held here |
 //! | `GET /shards/{x}/{y}` | backend | one shard's cells at its current tick |
 
@@ -25,6 +25,8 @@ use shared::token::TokenVerifier;
 use shared::NodeAddress;
 
 use crate::coordinator::colony::ColonyManager;
+use crate::node_auth::NodeAuth;
+use crate::token_reporter::TokenReporter;
 
 /// The coordinator's control routes.
 pub fn coordinator_router(colony: ColonyManager) -> Router {
@@ -47,8 +49,18 @@ pub struct BackendControl {
     pub address: NodeAddress,
     /// Checks init tokens (and remembers used ones).
     pub verifier: Arc<TokenVerifier>,
+    /// Checks that state-changing calls come from a node (`Colony-Signature`).
+    pub node_auth: NodeAuth,
+    /// Tells the coordinator what became of each init token.
+    pub token_reports: TokenReporter,
     /// The shards held here.
     pub store: ShardStore,
+}
+
+impl axum::extract::FromRef<BackendControl> for NodeAuth {
+    fn from_ref(state: &BackendControl) -> NodeAuth {
+        state.node_auth.clone()
+    }
 }
 
 /// A backend's control routes.
@@ -188,5 +200,112 @@ mod tests {
             let message = answer["error"].as_str().unwrap_or_default();
             assert!(message.contains(needle), "{needle:?} not in {message:?}");
         }
+    }
+
+    /// A backend `b1` at 9000 of [`topology`]'s colony, with the coordinator's secret.
+    fn backend() -> (
+        Router,
+        BackendControl,
+        shared::signing::RequestSigner,
+        shared::token::TokenIssuer,
+    ) {
+        let secret =
+            shared::secret::ClusterSecret::from_env_value("backend-router-secret-0123").unwrap();
+        let state = BackendControl {
+            instance_id: "b1".into(),
+            address: crate::coordinator::colony::testing::address(9000),
+            verifier: Arc::new(TokenVerifier::new(&secret)),
+            node_auth: NodeAuth::new(
+                shared::signing::SignatureVerifier::new(&secret),
+                crate::metrics::AuthRefusals::default(),
+                "control",
+            ),
+            token_reports: TokenReporter::disabled(),
+            store: ShardStore::new(),
+        };
+        (
+            backend_router(state.clone()),
+            state,
+            shared::signing::RequestSigner::new(&secret),
+            shared::token::TokenIssuer::new(&secret),
+        )
+    }
+
+    async fn init(app: &Router, signature: Option<String>, body: &str) -> (StatusCode, Value) {
+        let mut request =
+            Request::post("/init-colony-shard").header("content-type", "application/json");
+        if let Some(signature) = signature {
+            request = request.header(shared::signing::HEADER, signature);
+        }
+        let response = app
+            .clone()
+            .oneshot(request.body(Body::from(body.to_owned())).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    #[tokio::test]
+    async fn init_needs_a_node_signature_as_well_as_a_token() {
+        let (app, state, signer, issuer) = backend();
+        let topology = topology("c1");
+        let token = issuer
+            .issue(
+                "b1",
+                shared::topology::ShardCoord::new(0, 0),
+                "c1",
+                std::time::Duration::from_secs(60),
+            )
+            .unwrap();
+        let body =
+            json!({"shard": {"x": 0, "y": 0}, "topology": *topology, "token": token}).to_string();
+        let stranger = shared::signing::RequestSigner::new(
+            &shared::secret::ClusterSecret::from_env_value("not-the-cluster-secret-01").unwrap(),
+        );
+        for (signature, reason) in [
+            (None, "missing"),
+            (
+                Some(stranger.sign("POST", "/init-colony-shard", body.as_bytes())),
+                "unknown_key",
+            ),
+            (
+                Some(signer.sign("POST", "/init-colony-shard", b"{}")),
+                "bad_mac",
+            ),
+        ] {
+            let (status, answer) = init(&app, signature, &body).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{reason}: {answer}");
+            assert_eq!(answer["code"], reason);
+            assert_eq!(state.node_auth.refusals(reason), 1, "{reason}");
+        }
+        // Nothing changed: no colony adopted, and the token is still unused.
+        assert!(state.store.colony().is_none());
+        assert_eq!(state.verifier.replay_len(), 0);
+
+        let (status, answer) = init(
+            &app,
+            Some(signer.sign("POST", "/init-colony-shard", body.as_bytes())),
+            &body,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        assert_eq!(answer["status"], "ok");
+        // The same signed request again: the token is spent.
+        let (status, answer) = init(
+            &app,
+            Some(signer.sign("POST", "/init-colony-shard", body.as_bytes())),
+            &body,
+        )
+        .await;
+        assert_eq!(
+            (status, &answer["code"]),
+            (StatusCode::FORBIDDEN, &json!("token_replayed"))
+        );
+        assert_eq!(state.node_auth.refusals("token_replayed"), 1);
     }
 }

@@ -5,6 +5,8 @@
 //! | `GET /health` | every node | this node's own liveness |
 //! | `GET /metrics` | every node | Prometheus text |
 //! | `POST /heartbeat` | coordinator | records a node's signed heartbeat (or goodbye) |
+//! | `POST /tokens/report` | coordinator | a backend's signed report of what it did with init tokens |
+//! | `GET /tokens` | coordinator | the init-token audit (operator only: [`tokens::operator_routes`]) |
 //! | `GET /health/status` | coordinator | every component's state |
 //! | `GET /health/stale` | coordinator | components STALE or DOWN |
 //! | `GET /alerts` | coordinator | open and resolved alerts |
@@ -13,6 +15,7 @@
 
 mod health;
 mod heartbeat;
+pub mod tokens;
 
 use axum::routing::{get, post};
 use axum::Router;
@@ -35,10 +38,13 @@ pub fn coordinator_router_with(state: MgmtState, limits: WsLimits) -> Router {
             "/heartbeat",
             post(heartbeat::receive).with_state(heartbeat::HeartbeatState::new(&state)),
         )
+        .route("/tokens/report", post(tokens::report))
         .route("/health/status", get(health::status))
         .route("/health/stale", get(health::stale))
         .route("/alerts", get(health::alerts))
         .with_state(state.clone())
+        // OPERATOR HOOK: these routes need the operator's check wrapped around them here.
+        .merge(tokens::operator_routes(state.clone()))
         .merge(ws::router(Hub::new(state.clone(), limits)))
         .merge(dashboard::router(state))
 }
@@ -63,6 +69,7 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
+    use crate::coordinator::colony::ColonyManager;
     use crate::coordinator::health::config::HealthConfig;
     use crate::coordinator::health::tracker::HealthTracker;
     use crate::http::{harden, HttpLimits};
@@ -80,6 +87,10 @@ mod tests {
     }
 
     fn app() -> (Router, HealthTracker) {
+        app_with(None)
+    }
+
+    fn app_with(colony: Option<ColonyManager>) -> (Router, HealthTracker) {
         let address = NodeAddress::new([127, 0, 0, 1].into(), 8082, 8083, 8084);
         let health = HealthTracker::new(
             HealthConfig::default(),
@@ -100,7 +111,7 @@ mod tests {
             metrics: metrics.clone(),
             health: Some(health.clone()),
             processes: None,
-            colony: None,
+            colony,
             tasks: tokio_util::task::TaskTracker::new(),
         };
         let limits = HttpLimits {
@@ -400,5 +411,52 @@ mod tests {
             text.contains(r#"colony_auth_refusals_total{plane="mgmt",reason="replay"} 3"#),
             "{text}"
         );
+    }
+
+    #[tokio::test]
+    async fn backends_report_token_use_signed_and_the_audit_lists_it() {
+        let colony = crate::coordinator::colony::testing::manager(std::sync::Arc::new(
+            shared::registry::InMemoryClusterRegistry::new(),
+        ));
+        let issuer = shared::token::TokenIssuer::new(&ClusterSecret::generate().unwrap());
+        let token = issuer
+            .issue(
+                "backend_9000",
+                shared::topology::ShardCoord::new(1, 0),
+                "c1",
+                Duration::from_secs(60),
+            )
+            .unwrap();
+        colony.tokens().issued(&token);
+        let (app, _) = app_with(Some(colony));
+        let (status, list) = call(&app, "GET", "/tokens", None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(list["capacity"], 1024);
+        assert_eq!(list["tokens"][0]["state"], "issued");
+        assert!(!list.to_string().contains(&token.signature));
+
+        let report = json!({"instance_id": "backend_9000", "reports": [
+            {"token_id": token.token_id, "outcome": "used", "at_ms": 1_750_000_000_000u64}]})
+        .to_string();
+        let (status, answer) = post_signed(&app, "/tokens/report", None, &report).await;
+        assert_eq!(
+            (status, &answer["code"]),
+            (StatusCode::UNAUTHORIZED, &json!("missing"))
+        );
+        let (_, list) = call(&app, "GET", "/tokens", None).await;
+        assert_eq!(list["tokens"][0]["state"], "issued");
+
+        let (status, answer) =
+            call(&app, "POST", "/tokens/report", Some(report.into_bytes())).await;
+        assert_eq!((status, answer), (StatusCode::OK, json!({"recorded": 1})));
+        let (_, list) = call(&app, "GET", "/tokens", None).await;
+        let entry = &list["tokens"][0];
+        assert_eq!(entry["state"], "used");
+        assert_eq!(entry["used"]["by"], "backend_9000");
+        assert_eq!(entry["used"]["at"], "2025-06-15T15:06:40.000Z");
+
+        let bad = json!({"instance_id": "backend_9000", "reports": []}).to_string();
+        let (status, answer) = call(&app, "POST", "/tokens/report", Some(bad.into_bytes())).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
     }
 }

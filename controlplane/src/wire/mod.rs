@@ -1,6 +1,7 @@
 //! Bodies that nodes send each other over HTTP, and the limits that belong to them: the
-//! heartbeat a node posts to the coordinator's management port ([`heartbeat`]) and the shard
-//! init the coordinator posts to a backend's control port ([`init`]).
+//! heartbeat a node posts to the coordinator's management port ([`heartbeat`]), the shard
+//! init the coordinator posts to a backend's control port ([`init`]), and the backend's report
+//! of what became of its init tokens ([`tokens`]).
 //!
 //! Only the serde types and the checks serde cannot make live here. The sender and the
 //! receiver of each body both import it from here, so neither depends on the other: what the
@@ -9,3 +10,4 @@
 
 pub mod heartbeat;
 pub mod init;
+pub mod tokens;

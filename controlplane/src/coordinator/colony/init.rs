@@ -1,14 +1,18 @@
 //! The second step of a colony start: every shard's signed `POST /init-colony-shard`, all at
-//! once, and the colony's tick-0 figures summed from the answers.
+//! once, and the colony's tick-0 figures summed from the answers. Each request carries an
+//! init token (DESIGN §8), recorded in the token audit, and is itself a signed node call
+//! (`Colony-Signature`, DESIGN §13).
 
 use std::time::Duration;
 
 use codec::Checkpoint;
 use futures::future::join_all;
+use shared::signing::{RequestSigner, HEADER};
 use shared::token::TokenIssuer;
 use shared::topology::{BackendEntry, ClusterTopology, ShardCoord};
 
 use crate::coordinator::error::{ColonyError, InitError};
+use crate::coordinator::tokens::TokenAudit;
 use crate::wire::init::InitColonyShardResponse;
 
 /// Sends every shard its signed init, all at once; fails if any is refused. Returns the
@@ -52,11 +56,14 @@ pub(super) async fn init_all(
     Ok(total)
 }
 
-/// What sending an init takes: the coordinator's HTTP client, its token issuer, and the
-/// token lifetime and request timeout from [`ColonyConfig`](super::ColonyConfig).
+/// What sending an init takes: the coordinator's HTTP client, its token issuer, request
+/// signer and token audit, and the token lifetime and request timeout from
+/// [`ColonyConfig`](super::ColonyConfig).
 pub(super) struct Sender<'a> {
     pub(super) client: &'a reqwest::Client,
     pub(super) issuer: &'a TokenIssuer,
+    pub(super) signer: &'a RequestSigner,
+    pub(super) audit: &'a TokenAudit,
     pub(super) token_ttl: Duration,
     pub(super) timeout: Duration,
 }
@@ -83,19 +90,20 @@ impl Sender<'_> {
                 backend: name(),
                 source,
             })?;
+        self.audit.issued(&token);
         let token_json = serde_json::to_string(&token)?;
         let shard_json = serde_json::to_string(&shard)?;
         // The topology is serialized once for all shards.
         let body =
             format!(r#"{{"shard":{shard_json},"topology":{topology_json},"token":{token_json}}}"#);
-        let url = format!(
-            "http://{}/init-colony-shard",
-            backend.address.to_http_address()
-        );
+        let path = "/init-colony-shard";
+        let url = format!("http://{}{path}", backend.address.to_http_address());
+        let signature = self.signer.sign("POST", path, body.as_bytes());
         let response = self
             .client
             .post(&url)
             .header("content-type", "application/json")
+            .header(HEADER, signature)
             .body(body)
             .timeout(self.timeout)
             .send()

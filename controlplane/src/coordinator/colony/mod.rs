@@ -18,6 +18,7 @@ use futures::future::join_all;
 use parking_lot::RwLock;
 use serde::Deserialize;
 use shared::registry::ClusterRegistry;
+use shared::signing::RequestSigner;
 use shared::sim::Rule;
 use shared::token::TokenIssuer;
 use shared::topology::{new_colony_id, ClusterTopology, Dimensions, Simulation};
@@ -28,6 +29,7 @@ use tracing::{info, warn};
 use crate::coordinator::error::{ColonyError, StartRequestError};
 use crate::coordinator::health::tracker::HealthTracker;
 use crate::coordinator::run::{ColonyRun, RunConfig};
+use crate::coordinator::tokens::TokenAudit;
 
 /// Idempotency keys remembered; the oldest are forgotten first.
 const IDEMPOTENCY_KEYS_KEPT: usize = 1024;
@@ -189,6 +191,8 @@ struct Inner {
     registry: Arc<dyn ClusterRegistry>,
     me: NodeAddress,
     issuer: TokenIssuer,
+    signer: RequestSigner,
+    tokens: TokenAudit,
     client: reqwest::Client,
     config: ColonyConfig,
     starts: Mutex<Starts>,
@@ -215,7 +219,8 @@ impl std::fmt::Debug for ColonyManager {
 }
 
 impl ColonyManager {
-    /// A manager for the coordinator at `me`, signing init tokens with `issuer`.
+    /// A manager for the coordinator at `me`, signing init tokens with `issuer` and its
+    /// requests to backends with `identity`'s secret.
     pub fn new(
         registry: Arc<dyn ClusterRegistry>,
         me: NodeAddress,
@@ -234,6 +239,8 @@ impl ColonyManager {
                 registry,
                 me,
                 issuer,
+                signer: RequestSigner::new(&identity.secret),
+                tokens: TokenAudit::default(),
                 client,
                 config,
                 starts: Mutex::new(Starts::new(IDEMPOTENCY_KEYS_KEPT)),
@@ -244,6 +251,11 @@ impl ColonyManager {
                 health,
             }),
         }
+    }
+
+    /// The init tokens issued, and what the backends said of them.
+    pub fn tokens(&self) -> &TokenAudit {
+        &self.inner.tokens
     }
 
     /// The running colony's topology.
@@ -413,6 +425,8 @@ impl ColonyManager {
         let sender = init::Sender {
             client: &self.inner.client,
             issuer: &self.inner.issuer,
+            signer: &self.inner.signer,
+            audit: &self.inner.tokens,
             token_ttl: self.inner.config.token_ttl,
             timeout: self.inner.config.init_timeout,
         };
