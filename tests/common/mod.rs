@@ -512,6 +512,11 @@ pub struct Up {
 
 impl Up {
     pub async fn start(backends: u16, extra: &[&str]) -> Up {
+        Up::start_with_env(backends, extra, &[]).await
+    }
+
+    /// [`Up::start`] with extra environment variables.
+    pub async fn start_with_env(backends: u16, extra: &[&str], envs: &[(&str, &str)]) -> Up {
         let dir = tempfile::tempdir().unwrap();
         let base = free_port_range(backends);
         let (base_s, backends_s, registry) = (
@@ -537,7 +542,7 @@ impl Up {
             &registry,
         ];
         args.extend_from_slice(extra);
-        let mut proc = Proc::spawn(&args, &[]);
+        let mut proc = Proc::spawn(&args, envs);
         // Longer than `wait_for`'s deadline: a busy machine may take a while to bring
         // every backend up.
         let line = tokio::time::timeout(Duration::from_secs(60), async {
