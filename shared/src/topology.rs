@@ -151,72 +151,6 @@ impl fmt::Display for ShardCoord {
     }
 }
 
-// === impl Direction ===
-
-/// The eight torus neighbours, in the order [`ClusterTopology::neighbours`] returns them:
-/// clockwise from north. North is `y - 1`, east is `x + 1`, both wrapping.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Direction {
-    /// `(x, y-1)`.
-    N,
-    /// `(x+1, y-1)`.
-    NE,
-    /// `(x+1, y)`.
-    E,
-    /// `(x+1, y+1)`.
-    SE,
-    /// `(x, y+1)`.
-    S,
-    /// `(x-1, y+1)`.
-    SW,
-    /// `(x-1, y)`.
-    W,
-    /// `(x-1, y-1)`.
-    NW,
-}
-
-impl Direction {
-    /// All eight, in neighbour order; `ALL[i]` is the direction of `neighbours(s)[i]`.
-    pub const ALL: [Direction; 8] = [
-        Direction::N,
-        Direction::NE,
-        Direction::E,
-        Direction::SE,
-        Direction::S,
-        Direction::SW,
-        Direction::W,
-        Direction::NW,
-    ];
-
-    /// The direction pointing back: the neighbour in direction `d` sees us in `d.opposite()`.
-    pub const fn opposite(self) -> Direction {
-        match self {
-            Direction::N => Direction::S,
-            Direction::NE => Direction::SW,
-            Direction::E => Direction::W,
-            Direction::SE => Direction::NW,
-            Direction::S => Direction::N,
-            Direction::SW => Direction::NE,
-            Direction::W => Direction::E,
-            Direction::NW => Direction::SE,
-        }
-    }
-
-    /// `(dx, dy)`, each in `-1..=1`.
-    pub const fn offset(self) -> (i8, i8) {
-        match self {
-            Direction::N => (0, -1),
-            Direction::NE => (1, -1),
-            Direction::E => (1, 0),
-            Direction::SE => (1, 1),
-            Direction::S => (0, 1),
-            Direction::SW => (-1, 1),
-            Direction::W => (-1, 0),
-            Direction::NW => (-1, -1),
-        }
-    }
-}
-
 // === impl Dimensions ===
 
 /// The world's size: a grid of `width_in_shards × height_in_shards` shards, each
@@ -617,8 +551,9 @@ impl ClusterTopology {
             .filter_map(|(s, &o)| Some((s, self.backends.get(o as usize)?)))
     }
 
-    /// The eight neighbours of `shard` on the torus, in [`Direction::ALL`] order:
-    /// N, NE, E, SE, S, SW, W, NW, where north is `y - 1` and east is `x + 1`, both wrapping.
+    /// The eight neighbours of `shard` on the torus, in
+    /// [`Direction::ALL`](crate::sim::Direction::ALL) order: N, NE, E, SE, S, SW, W, NW, where
+    /// north is `y - 1` and east is `x + 1`, both wrapping.
     /// In a world one shard wide or tall, some (or all) neighbours are the shard itself.
     /// Coordinates outside the world are first reduced modulo its size.
     pub fn neighbours(&self, shard: ShardCoord) -> [ShardCoord; 8] {
@@ -1044,6 +979,7 @@ mod layout {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sim::Direction;
     use std::collections::VecDeque;
 
     fn addr(port: u16) -> NodeAddress {
