@@ -29,14 +29,11 @@ use serde::ser::SerializeStruct;
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::address::NodeAddress;
-use crate::sim::{Rule, WorldParams};
+use crate::sim::{Rule, WorldParams, MAX_SHARD_CELLS};
 
 /// Most shards a world may have. Placement and validation are linear in this, and the
 /// topology JSON stays a few MiB at worst.
 pub const MAX_SHARDS: u64 = 65_536;
-
-/// Most cells one shard may hold (e.g. 4096 × 4096): one backend ticks a shard as a unit.
-pub const MAX_SHARD_CELLS: u64 = 1 << 24;
 
 /// Most cells the whole world may hold: global cell indices `gy * W + gx` must fit in a `u32`.
 pub const MAX_WORLD_CELLS: u64 = u32::MAX as u64;
