@@ -13,6 +13,7 @@ use controlplane::coordinator::heartbeat::HealthConfig;
 use controlplane::http::HttpLimits;
 use dataplane::DataPlaneConfig;
 use shared::registry::{RegistryConfig, RegistryKind};
+use shared::sim::WorldParams;
 
 /// Colony: a cluster runtime for a sharded cellular simulation.
 ///
@@ -167,28 +168,29 @@ pub struct UpArgs {
 }
 
 /// Flags of `colony reference` (defaults as `POST /colony-start`'s).
+// The defaults come from their one definition, `WorldParams::default()` (DESIGN §3).
 #[derive(Debug, Args)]
 pub struct ReferenceArgs {
     /// Shards per world row.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = WorldParams::default().width_in_shards)]
     pub width_in_shards: u32,
     /// Shards per world column.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = WorldParams::default().height_in_shards)]
     pub height_in_shards: u32,
     /// Cells per shard row.
-    #[arg(long, default_value_t = 250)]
+    #[arg(long, default_value_t = WorldParams::default().shard_width)]
     pub shard_width: u32,
     /// Cells per shard column.
-    #[arg(long, default_value_t = 250)]
+    #[arg(long, default_value_t = WorldParams::default().shard_height)]
     pub shard_height: u32,
     /// Life-like rule.
-    #[arg(long, default_value = "B3/S23")]
+    #[arg(long, default_value_t = WorldParams::default().rule.to_string())]
     pub rule: String,
     /// Seed of the initial soup.
-    #[arg(long, default_value_t = 42)]
+    #[arg(long, default_value_t = WorldParams::default().seed)]
     pub seed: u64,
     /// Fraction of cells alive at tick 0.
-    #[arg(long, default_value_t = 0.35)]
+    #[arg(long, default_value_t = WorldParams::default().density)]
     pub density: f64,
     /// A global cell alive at tick 0 besides the soup, as `X,Y`; repeat for a pattern (the
     /// `cells` of `POST /colony-start`).

@@ -293,13 +293,15 @@ pub struct Simulation {
 }
 
 impl Default for Simulation {
-    /// `B3/S23`, seed 42, density 0.35 (DESIGN §3).
+    /// The rule, seed and density of [`WorldParams::default`] (DESIGN §3), no pattern cells,
+    /// and the halo depth picked for the shard size.
     fn default() -> Self {
+        let world = WorldParams::default();
         Simulation {
-            rule: Rule::CONWAY,
-            seed: 42,
-            density: 0.35,
-            cells: Vec::new(),
+            rule: world.rule,
+            seed: world.seed,
+            density: world.density,
+            cells: world.cells,
             halo_depth: None,
         }
     }
