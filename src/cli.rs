@@ -5,6 +5,7 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -12,7 +13,7 @@ use codec::Limits;
 use controlplane::coordinator::heartbeat::HealthConfig;
 use controlplane::http::HttpLimits;
 use dataplane::DataPlaneConfig;
-use shared::registry::{RegistryConfig, RegistryKind};
+use shared::registry::{ClusterRegistry, RegistryConfig, RegistryError, RegistryKind};
 use shared::sim::WorldParams;
 
 /// Colony: a cluster runtime for a sharded cellular simulation.
@@ -250,9 +251,7 @@ impl RegistryArgs {
     ///
     /// # Errors
     /// An unknown DEPLOYMENT_MODE.
-    pub fn resolve(
-        &self,
-    ) -> Result<(RegistryKind, RegistryConfig), shared::registry::RegistryError> {
+    pub fn resolve(&self) -> Result<(RegistryKind, RegistryConfig), RegistryError> {
         let kind = shared::registry::resolve_kind(self.registry, self.deployment_mode.as_deref())?;
         Ok((
             kind,
@@ -261,6 +260,15 @@ impl RegistryArgs {
                 ssm_prefix: self.ssm_prefix.clone(),
             },
         ))
+    }
+
+    /// The registry these flags select, opened (see [`shared::registry::open_registry`]).
+    ///
+    /// # Errors
+    /// An unknown DEPLOYMENT_MODE, or an SSM registry without a region or credentials.
+    pub async fn open(&self) -> Result<Arc<dyn ClusterRegistry>, RegistryError> {
+        let (kind, config) = self.resolve()?;
+        shared::registry::open_registry(kind, config).await
     }
 }
 

@@ -10,8 +10,7 @@ use crate::cli::StatusArgs;
 /// Prints one row per node. Fails (exit 1) when the coordinator cannot be reached, after
 /// printing what the registry knows.
 pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
-    let (kind, config) = args.registry.resolve()?;
-    let registry = shared::registry::open_registry(kind, config).await?;
+    let registry = args.registry.open().await?;
     let coordinator = registry
         .discover_coordinator()
         .await
