@@ -23,10 +23,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support/proc_cpu.rs"]
-mod proc_cpu;
-
-use proc_cpu::cpu_seconds;
 use std::io::Write as _;
 use std::net::TcpListener as StdListener;
 use std::process::{Child, Command, Stdio};
@@ -34,6 +30,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use shared::test_support::proc_cpu::cpu_seconds;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

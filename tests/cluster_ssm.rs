@@ -12,18 +12,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-#[path = "../shared/tests/support/moto.rs"]
-mod moto;
 
 use std::time::{Duration, Instant};
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_ssm::config::{Credentials, SharedCredentialsProvider};
 use common::*;
-use moto::Moto;
 use serde_json::{json, Value};
 use shared::registry::{ClusterRegistry, SsmClusterRegistry, SsmOptions};
 use shared::sim::{run_reference, Rule, WorldParams};
+use shared::test_support::moto::{self, Moto};
 use shared::NodeAddress;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 

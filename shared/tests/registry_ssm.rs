@@ -16,9 +16,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support/moto.rs"]
-mod moto;
-
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::{Ipv4Addr, TcpListener as StdListener};
@@ -31,12 +28,12 @@ use async_trait::async_trait;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_ssm::config::{Credentials, SharedCredentialsProvider};
 use aws_sdk_ssm::types::ParameterType;
-use moto::Moto;
 use shared::registry::contract::{Fixture, RawView};
 use shared::registry::{
     ClusterRegistry, RegistryError, SsmCause, SsmClusterRegistry, SsmError, SsmOptions,
     DEFAULT_CACHE_TTL,
 };
+use shared::test_support::moto::{self, Moto};
 use shared::NodeAddress;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
