@@ -84,7 +84,7 @@ impl Kind for Ssm {
             open: Box::new(move |cache_ttl| {
                 let (sdk, prefix) = (sdk.clone(), prefix.clone());
                 Box::pin(async move {
-                    let options = SsmOptions { prefix, cache_ttl };
+                    let options = SsmOptions::new(prefix).with_cache_ttl(cache_ttl);
                     let registry: Arc<dyn ClusterRegistry> = Arc::new(
                         SsmClusterRegistry::from_sdk_config(&sdk, options)
                             .await

@@ -58,10 +58,7 @@ async fn registry(port: u16, prefix: &str) -> SsmClusterRegistry {
             "colony-tests",
         )))
         .build();
-    let options = SsmOptions {
-        prefix: prefix.to_owned(),
-        cache_ttl: Duration::ZERO,
-    };
+    let options = SsmOptions::new(prefix).with_cache_ttl(Duration::ZERO);
     SsmClusterRegistry::from_sdk_config(&sdk, options)
         .await
         .unwrap()

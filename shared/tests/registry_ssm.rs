@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::net::{Ipv4Addr, TcpListener as StdListener};
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
@@ -30,7 +30,7 @@ use aws_sdk_ssm::config::{Credentials, SharedCredentialsProvider};
 use aws_sdk_ssm::types::ParameterType;
 use shared::registry::contract::{Fixture, RawView};
 use shared::registry::{
-    ClusterRegistry, RegistryError, SsmCause, SsmClusterRegistry, SsmError, SsmOptions,
+    Clock, ClusterRegistry, RegistryError, SsmCause, SsmClusterRegistry, SsmError, SsmOptions,
     DEFAULT_CACHE_TTL,
 };
 use shared::test_support::moto::{self, Moto};
@@ -57,13 +57,38 @@ fn sdk_config(endpoint: &str) -> SdkConfig {
 }
 
 async fn registry_at(endpoint: &str, prefix: &str, cache_ttl: Duration) -> SsmClusterRegistry {
-    let options = SsmOptions {
-        prefix: prefix.to_owned(),
-        cache_ttl,
-    };
+    let options = SsmOptions::new(prefix).with_cache_ttl(cache_ttl);
     SsmClusterRegistry::from_sdk_config(&sdk_config(endpoint), options)
         .await
         .unwrap()
+}
+
+/// A clock that moves only when told, for the discovery cache: what is cached is then the
+/// same however long the calls to moto take.
+#[derive(Debug)]
+struct ManualClock {
+    start: tokio::time::Instant,
+    elapsed_ms: AtomicU64,
+}
+
+impl ManualClock {
+    fn new() -> Arc<ManualClock> {
+        Arc::new(ManualClock {
+            start: tokio::time::Instant::now(),
+            elapsed_ms: AtomicU64::new(0),
+        })
+    }
+
+    fn advance(&self, by: Duration) {
+        let ms = u64::try_from(by.as_millis()).unwrap();
+        self.elapsed_ms.fetch_add(ms, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> tokio::time::Instant {
+        self.start + Duration::from_millis(self.elapsed_ms.load(Ordering::SeqCst))
+    }
 }
 
 /// A plain SSM client of `endpoint`, to plant entries the registry would never write.
@@ -346,23 +371,27 @@ async fn the_same_address_again_is_not_written() {
 async fn discovery_is_cached_briefly_and_own_writes_show_at_once() {
     const TTL: Duration = Duration::from_millis(700);
     let moto = start_moto().await;
-    let reader = registry_at(&moto.endpoint(), "/cached", TTL).await;
+    // The reader's cache runs on a clock that moves only when told, so what it holds does not
+    // depend on how long moto takes to answer.
+    let clock = ManualClock::new();
+    let options = SsmOptions::new("/cached")
+        .with_cache_ttl(TTL)
+        .with_clock(clock.clone());
+    let reader = SsmClusterRegistry::from_sdk_config(&sdk_config(&moto.endpoint()), options)
+        .await
+        .unwrap();
     let writer = registry_at(&moto.endpoint(), "/cached", TTL).await;
-    // moto loads its SSM backend on the first call, which can take longer than the TTL.
-    writer.discover_backends().await.unwrap();
 
-    let cached_at = Instant::now();
     assert!(reader.discover_backends().await.unwrap().is_empty());
     assert_eq!(reader.discover_coordinator().await.unwrap(), None);
     writer.register_backend("b1", v4(9000)).await.unwrap();
     writer.register_coordinator(v4(8082)).await.unwrap();
-    // Another node's write is not seen while the cache is fresh...
-    if cached_at.elapsed() < TTL / 2 {
-        assert!(reader.discover_backends().await.unwrap().is_empty());
-        assert_eq!(reader.discover_coordinator().await.unwrap(), None);
-    }
+    // Another node's write is not seen while the cache is fresh, up to the last moment...
+    clock.advance(TTL - Duration::from_millis(1));
+    assert!(reader.discover_backends().await.unwrap().is_empty());
+    assert_eq!(reader.discover_coordinator().await.unwrap(), None);
     // ...and is seen once it is not.
-    tokio::time::sleep(TTL).await;
+    clock.advance(Duration::from_millis(1));
     assert_eq!(
         reader.discover_backends().await.unwrap(),
         vec![("b1".to_owned(), v4(9000))]

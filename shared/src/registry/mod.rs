@@ -35,8 +35,8 @@ pub use instance_id::{default_backend_id, validate_instance_id, MAX_INSTANCE_ID_
 pub use memory::InMemoryClusterRegistry;
 pub use registration::{spawn_registration, Role};
 pub use ssm::{
-    SsmCause, SsmClusterRegistry, SsmError, SsmOptions, DEFAULT_CACHE_TTL, MAX_PREFIX_LEN,
-    MAX_VALUE_BYTES,
+    Clock, SsmCause, SsmClusterRegistry, SsmError, SsmOptions, TokioClock, DEFAULT_CACHE_TTL,
+    MAX_PREFIX_LEN, MAX_VALUE_BYTES,
 };
 
 /// Registration and discovery of the coordinator and the backends.
