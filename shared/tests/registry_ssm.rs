@@ -670,13 +670,17 @@ async fn a_page_that_fails_midway_returns_what_was_read() {
 
 const CHILD: &str = "COLONY_SSM_FROM_ENV_CHILD";
 
-/// The child half of the `from_env` tests: opens the registry from its environment, prints
-/// the outcome on one line, and round-trips an entry if it opened. A no-op in a normal run.
+/// The child half of the `from_env` tests, which run it with `--ignored --exact`: opens the
+/// registry from its environment, prints the outcome on one line, and round-trips an entry if
+/// it opened. Ignored so that it is not a test of its own; run without a parent it fails
+/// rather than pass having checked nothing.
 #[tokio::test]
+#[ignore = "child process of the from_env tests, which run it"]
 async fn from_env_child() {
-    if std::env::var(CHILD).is_err() {
-        return;
-    }
+    assert!(
+        std::env::var(CHILD).is_ok(),
+        "run only by the from_env tests, which set {CHILD}"
+    );
     let started = Instant::now();
     match SsmClusterRegistry::from_env(SsmOptions::new("/from-env")).await {
         Ok(registry) => {
@@ -696,6 +700,7 @@ fn run_child(env: &[(&str, String)]) -> String {
         .args([
             "from_env_child",
             "--exact",
+            "--ignored",
             "--nocapture",
             "--test-threads=1",
         ])
