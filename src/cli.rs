@@ -302,14 +302,14 @@ impl HealthArgs {
     /// The validated thresholds.
     ///
     /// # Errors
-    /// Names the flag out of range.
-    pub fn config(&self) -> Result<HealthConfig, String> {
+    /// Names the flag out of range (the control plane's check, passed on unchanged).
+    pub fn config(&self) -> anyhow::Result<HealthConfig> {
         let config = HealthConfig {
             stale_after: self.stale_after,
             down_after: self.down_after,
             flap_window: self.flap_window,
         };
-        config.validate()?;
+        config.validate().map_err(anyhow::Error::msg)?;
         Ok(config)
     }
 }
@@ -388,19 +388,44 @@ impl DataPlaneArgs {
     }
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 3s, 1m)"))
+/// Why a flag's value does not parse; clap prints it after the flag's name.
+#[derive(Debug, thiserror::Error)]
+pub enum FlagError {
+    /// Not a duration such as `500ms` or `3s`.
+    #[error("{0} (examples: 500ms, 3s, 1m)")]
+    Duration(humantime::DurationError),
+    /// A `--cell` without the comma.
+    #[error("{0:?} is not X,Y")]
+    NotACell(String),
+    /// A `--cell` coordinate that is not a number.
+    #[error("{coordinate:?} in {cell:?}: {error}")]
+    CellCoordinate {
+        /// The coordinate as given.
+        coordinate: String,
+        /// The whole `X,Y`.
+        cell: String,
+        /// Why it is not a `u64`.
+        error: std::num::ParseIntError,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, FlagError> {
+    humantime::parse_duration(s).map_err(FlagError::Duration)
 }
 
 /// Parses `X,Y` into a global cell.
-fn parse_cell(s: &str) -> Result<[u64; 2], String> {
+fn parse_cell(s: &str) -> Result<[u64; 2], FlagError> {
     let (x, y) = s
         .split_once(',')
-        .ok_or_else(|| format!("{s:?} is not X,Y"))?;
+        .ok_or_else(|| FlagError::NotACell(s.to_owned()))?;
     let num = |v: &str| {
         v.trim()
             .parse::<u64>()
-            .map_err(|e| format!("{v:?} in {s:?}: {e}"))
+            .map_err(|error| FlagError::CellCoordinate {
+                coordinate: v.to_owned(),
+                cell: s.to_owned(),
+                error,
+            })
     };
     Ok([num(x)?, num(y)?])
 }

@@ -259,7 +259,7 @@ pub async fn start_coordinator(
     processes: Option<ProcessManager>,
 ) -> anyhow::Result<CoordinatorHandle> {
     let data_config = args.data_plane.config()?;
-    let health_config = args.health.config().map_err(anyhow::Error::msg)?;
+    let health_config = args.health.config()?;
     let limits: HttpLimits = args.http.limits();
     let registry = node_registry(&args.registry).await?;
     let secret = load_secret(&args.secret, &args.registry)?;
