@@ -386,7 +386,7 @@ async fn refuses_to_start(args: &[&str], env: &[(&'static str, String)]) -> Stri
 
 #[tokio::test]
 async fn without_credentials_or_region_a_node_refuses_to_start_and_says_what_to_set() {
-    let base = node_env(moto::free_port());
+    let base = node_env(shared::test_support::free_port());
     let no_credentials: Vec<_> = base
         .iter()
         .filter(|(k, _)| *k != "AWS_ACCESS_KEY_ID" && *k != "AWS_SECRET_ACCESS_KEY")

@@ -17,11 +17,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::net::{Ipv4Addr, TcpListener as StdListener};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -33,6 +32,8 @@ use shared::registry::{
     Clock, ClusterRegistry, RegistryError, SsmCause, SsmClusterRegistry, SsmError, SsmOptions,
     DEFAULT_CACHE_TTL,
 };
+use shared::test_support::free_port;
+use shared::test_support::logs::warnings;
 use shared::test_support::moto::{self, Moto};
 use shared::NodeAddress;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -111,48 +112,6 @@ async fn start_moto() -> Moto {
 
 fn v4(port: u16) -> NodeAddress {
     NodeAddress::new(Ipv4Addr::LOCALHOST.into(), port, port + 1, port + 2)
-}
-
-/// Every warning logged by any test in this binary.
-fn warnings() -> &'static Captured {
-    static LOGS: OnceLock<Captured> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let captured = Captured::default();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(captured.clone())
-            .with_max_level(tracing::Level::WARN)
-            .with_ansi(false)
-            .without_time()
-            .finish();
-        tracing::subscriber::set_global_default(subscriber).unwrap();
-        captured
-    })
-}
-
-#[derive(Clone, Default)]
-struct Captured(Arc<RwLock<Vec<u8>>>);
-
-impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.read().unwrap()).into_owned()
-    }
-}
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.write().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
 }
 
 fn ssm_error(err: RegistryError) -> SsmError {
@@ -409,7 +368,7 @@ async fn discovery_is_cached_briefly_and_own_writes_show_at_once() {
 
 #[tokio::test]
 async fn an_unreachable_endpoint_is_named_with_what_to_set() {
-    let port = moto::free_port();
+    let port = free_port();
     let endpoint = moto::endpoint(port);
     let registry = registry_at(&endpoint, "/colony", DEFAULT_CACHE_TTL).await;
     let started = Instant::now();
@@ -771,7 +730,7 @@ async fn the_standard_aws_environment_configures_it() {
 async fn missing_credentials_fail_fast_and_ask_nobody() {
     let (imds, imds_connections) = fake_imds();
     let mut env = without(
-        &moto::aws_env(moto::free_port()),
+        &moto::aws_env(free_port()),
         &["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"],
     );
     set(&mut env, "AWS_EC2_METADATA_SERVICE_ENDPOINT", &imds);
@@ -801,7 +760,7 @@ async fn missing_credentials_fail_fast_and_ask_nobody() {
 #[tokio::test]
 async fn a_missing_region_fails_fast_and_says_what_to_set() {
     let env = without(
-        &moto::aws_env(moto::free_port()),
+        &moto::aws_env(free_port()),
         &["AWS_REGION", "AWS_DEFAULT_REGION"],
     );
     let result = tokio::task::spawn_blocking(move || run_child(&env))

@@ -14,7 +14,9 @@
 //! the SSM tests fail rather than skip.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+
+use super::free_port;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -249,15 +251,4 @@ pub fn aws_env(port: u16) -> Vec<(&'static str, String)> {
         ("AWS_CONFIG_FILE", "/dev/null".to_owned()),
         ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null".to_owned()),
     ]
-}
-
-/// A loopback port nothing listens on right now.
-///
-/// # Panics
-/// The machine cannot bind a loopback port at all.
-pub fn free_port() -> u16 {
-    match TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).and_then(|l| l.local_addr()) {
-        Ok(addr) => addr.port(),
-        Err(e) => panic!("cannot bind a loopback port: {e}"),
-    }
 }
