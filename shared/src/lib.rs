@@ -3,6 +3,9 @@
 //! shutdown signals).
 //!
 //! Nothing here opens a listener; the servers live in `dataplane` and `controlplane`.
+//!
+//! The `test-support` feature adds `test_support` and `registry::contract`: helpers and the
+//! registry contract suite for tests and benches, not part of the public API.
 
 pub mod address;
 pub mod hello;
@@ -13,6 +16,8 @@ pub mod signal;
 pub mod signing;
 pub mod sim;
 pub mod telemetry;
+#[cfg(feature = "test-support")]
+pub mod test_support;
 pub mod token;
 pub mod topology;
 
