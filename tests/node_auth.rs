@@ -426,6 +426,23 @@ async fn the_cluster_secret_appears_in_no_log_answer_registry_metric_or_command_
     }
     // The nodes did use it: the backend's heartbeats were accepted.
     assert!(seen[0].contains("\"ACTIVE\""), "{}", seen[0]);
+
+    // Stop it as a user would, so its backends stop with it rather than outlive the test.
+    up.proc.signal("INT");
+    let status = tokio::time::timeout(DEADLINE, up.proc.child.wait())
+        .await
+        .expect("colony up did not exit after SIGINT")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    for p in &pids[1..] {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{p}/cmdline")).exists()
+                || std::fs::read(format!("/proc/{p}/cmdline"))
+                    .unwrap_or_default()
+                    .is_empty(),
+            "backend {p} outlived colony up"
+        );
+    }
 }
 
 /// Every file under `dir`, recursively.
