@@ -1,5 +1,5 @@
 //! Colony's shared domain: node addresses, the cluster registry, topology, init tokens and the
-//! cluster secret, the simulation kernel, and process plumbing (tracing, shutdown signals).
+//! cluster secret, the simulation kernel, and process plumbing (tracing, shutdown signals, dying with the parent).
 //!
 //! Nothing here opens a listener; the servers live in `dataplane` and `controlplane`.
 //!
@@ -8,6 +8,7 @@
 
 pub mod address;
 pub mod hello;
+pub mod lifeline;
 pub mod own_thread;
 pub mod registry;
 pub mod secret;
