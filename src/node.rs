@@ -1,4 +1,4 @@
-//! Running a node: bind its three listeners, serve them, register, and on SIGINT/SIGTERM
+//! Running a node: bind its three listeners, serve them, register, and on SIGINT/SIGTERM/SIGHUP
 //! unregister, say goodbye and drain within the grace period.
 
 use std::collections::BTreeMap;

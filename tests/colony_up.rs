@@ -431,3 +431,22 @@ async fn with_restart_never_a_killed_backend_stays_down() {
     assert!(after["process"]["pid"].is_null(), "{after}");
     up.proc.signal("INT");
 }
+
+#[tokio::test]
+async fn a_colony_process_whose_parent_is_already_gone_does_not_start() {
+    // As if the parent named had died before the child could ask to die with it: the child
+    // was adopted, so its parent is not the one named.
+    let out = tokio::time::timeout(
+        DEADLINE,
+        colony_command()
+            .env(shared::lifeline::PARENT_PID_ENV, "999999999")
+            .args(["backend", "--registry-dir", "/nonexistent-colony-registry"])
+            .output(),
+    )
+    .await
+    .expect("colony did not exit")
+    .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("it has already exited"), "{stderr}");
+}

@@ -651,7 +651,11 @@ impl Spawner {
                 // tokio's child handles register with the runtime that reaps them.
                 let _runtime = runtime.enter();
                 while let Ok((spec, reply)) = incoming.recv() {
-                    let _ = reply.send(spawn(&spec));
+                    // Nobody waits for this child any more (the start was cancelled), so
+                    // nobody would watch or stop it: end it now.
+                    if let Err(Ok(mut orphan)) = reply.send(spawn(&spec)) {
+                        let _ = orphan.start_kill();
+                    }
                 }
             })?;
         Ok(Spawner { requests })
