@@ -11,6 +11,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use codec::Limits;
 use controlplane::coordinator::health::config::HealthConfig;
+use controlplane::coordinator::processes::RestartPolicy;
 use controlplane::http::HttpLimits;
 use dataplane::DataPlaneConfig;
 use shared::registry::{ClusterRegistry, RegistryConfig, RegistryError, RegistryKind};
@@ -45,7 +46,9 @@ pub enum Command {
     /// bound are registered. Start order does not matter: a backend waits for the coordinator.
     Backend(BackendArgs),
     /// Run a whole cluster here: the coordinator plus N backends as managed child processes,
-    /// the colony started, the dashboard URL printed. Ctrl-C stops everything cleanly.
+    /// the colony started, the dashboard URL printed. Ctrl-C, SIGTERM or SIGHUP stops
+    /// everything cleanly; the backends die with it whatever kills it, and a backend that
+    /// fails is restarted (see --restart).
     ///
     /// Backend k listens on base+10k (data), base+10k+1 (control) and base+10k+2 (mgmt).
     /// Backend logs go to DIR/output/logs/.
@@ -120,6 +123,13 @@ pub struct BackendArgs {
     #[arg(long, env = "COLONY_INSTANCE_ID")]
     pub instance_id: Option<String>,
 
+    /// Set by `colony up` on the backends it runs: its coordinator's data-plane address. A
+    /// backend stopping because `colony up` died (killed outright, it could not clean up)
+    /// removes that coordinator's registry entry if it no longer answers, since nothing else
+    /// will. No environment twin: an inherited environment must not pass it on.
+    #[arg(long, hide = true, value_name = "IP:PORT")]
+    pub up_coordinator: Option<std::net::SocketAddr>,
+
     /// How often to send a heartbeat to the coordinator (e.g. 1s, 100ms).
     #[arg(long, env = "COLONY_HEARTBEAT_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub heartbeat_interval: Duration,
@@ -159,6 +169,14 @@ pub struct UpArgs {
     /// Bring the nodes up but do not start a colony.
     #[arg(long)]
     pub no_start: bool,
+
+    /// What happens to a backend that exits by itself: `on-failure` starts it again on the
+    /// same ports when it failed (a non-zero exit, or killed by a signal such as kill -9),
+    /// after a backoff of 0.5s doubling to 10s (0.5s again once it has run a minute);
+    /// `never` leaves it down. A clean exit (it was asked to stop) is never restarted, nor is
+    /// a backend stopped from the dashboard or /ws.
+    #[arg(long, env = "COLONY_RESTART", default_value_t = RestartPolicy::OnFailure)]
+    pub restart: RestartPolicy,
 
     /// Give up if the backends are not all ACTIVE within this long.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]

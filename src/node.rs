@@ -1,4 +1,4 @@
-//! Running a node: bind its three listeners, serve them, register, and on SIGINT/SIGTERM
+//! Running a node: bind its three listeners, serve them, register, and on SIGINT/SIGTERM/SIGHUP
 //! unregister, say goodbye and drain within the grace period.
 
 use std::collections::BTreeMap;
@@ -451,6 +451,9 @@ pub async fn run_backend(args: BackendArgs) -> anyhow::Result<()> {
     let signal = shared::signal::shutdown_signal().await;
     info!(signal, "shutting down");
     unregister(registry.as_ref(), &role, registration, registration_token).await;
+    if let Some(coordinator) = args.up_coordinator {
+        crate::up::forget_dead_coordinator(registry.as_ref(), coordinator).await;
+    }
     heartbeat_token.cancel();
     reporter_token.cancel();
     if tokio::time::timeout(Duration::from_secs(2), heartbeats)

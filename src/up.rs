@@ -1,13 +1,23 @@
 //! `colony up`: the coordinator in this process, N backends as managed children, the colony
-//! started, the dashboard URL printed; Ctrl-C stops the children (SIGTERM, then SIGKILL after
-//! the grace period), then the coordinator, leaving no process and no registry entry behind.
+//! started, the dashboard URL printed; Ctrl-C, SIGTERM or SIGHUP stops the children (SIGTERM,
+//! then SIGKILL after the grace period), then the coordinator, leaving no process and no
+//! registry entry behind. A backend that fails meanwhile is restarted (`--restart`).
+//!
+//! Killed outright (SIGKILL), `colony up` cannot clean up, so the pieces do it between them:
+//! the kernel sends each backend SIGTERM (the process manager's parent-death signal), each
+//! backend unregisters itself as on any SIGTERM and removes the dead coordinator's entry
+//! ([`forget_dead_coordinator`]), and whatever still lingers (a backend that was killed too)
+//! is removed by the next `colony up` before it starts, once it has seen that the node does
+//! not answer ([`remove_dead_entries`]).
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use controlplane::coordinator::processes::{ProcessManager, ProcessSpec};
+use controlplane::coordinator::processes::{ProcessManager, ProcessSpec, Supervision};
 use serde_json::Value;
-use shared::registry::RegistryKind;
+use shared::registry::{ClusterRegistry, RegistryKind};
+use shared::NodeAddress;
 use tracing::{info, warn};
 
 use crate::cli::UpArgs;
@@ -40,10 +50,18 @@ fn plan(args: &UpArgs) -> anyhow::Result<Vec<Planned>> {
         .collect()
 }
 
+/// How long a registered node's management port gets to answer before its entry counts as
+/// left over. Generous: wrongly removing a live node's entry is worse than a slow start.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long a backend whose `colony up` stopped answering waits to see it gone for good.
+const PARENT_EXIT_WAIT: Duration = Duration::from_secs(1);
+
 fn backend_spec(
     args: &UpArgs,
     kind: RegistryKind,
     planned: &Planned,
+    coordinator: &NodeAddress,
 ) -> anyhow::Result<ProcessSpec> {
     let program =
         std::env::current_exe().context("cannot find the colony binary to run backends")?;
@@ -68,6 +86,8 @@ fn backend_spec(
         c.registry.ssm_prefix.clone(),
         "--heartbeat-interval".into(),
         humantime::format_duration(args.heartbeat_interval).to_string(),
+        "--up-coordinator".into(),
+        coordinator.to_internal_address(),
     ];
     if let Some(file) = &c.secret.secret_file {
         argv.push("--secret-file".into());
@@ -88,15 +108,27 @@ fn backend_spec(
 
 /// `colony up`.
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    // Listening from the start: a signal while the cluster comes up stops it cleanly too.
+    let mut stop = std::pin::pin!(shared::signal::shutdown_signal());
     let (kind, _) = args.coordinator.registry.resolve()?;
     let planned = plan(&args)?;
-    let processes = ProcessManager::new(args.coordinator.data_plane.grace);
+    let registry = args.coordinator.registry.open().await?;
+    remove_dead_entries(registry.as_ref(), &planned, true).await?;
+    let processes = ProcessManager::new(
+        args.coordinator.data_plane.grace,
+        Supervision {
+            restart: args.restart,
+            ..Supervision::default()
+        },
+    )?;
     let coordinator = start_coordinator(args.coordinator.clone(), Some(processes.clone())).await?;
     let address = coordinator.address;
 
-    let outcome = async {
+    let start = async {
         for p in &planned {
-            processes.add(backend_spec(&args, kind, p)?).await?;
+            processes
+                .add(backend_spec(&args, kind, p, &address)?)
+                .await?;
         }
         wait_active(&processes, &planned, &address, args.ready_timeout).await?;
         let topology = if args.no_start {
@@ -106,18 +138,23 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         };
         print_summary(&address, &planned, topology.as_ref(), &args);
         anyhow::Ok(())
-    }
-    .await;
-
+    };
+    let outcome = tokio::select! {
+        outcome = start => outcome,
+        signal = &mut stop => Err(anyhow::anyhow!("stopped by {signal} before the cluster was up")),
+    };
     if outcome.is_ok() {
-        let signal = shared::signal::shutdown_signal().await;
+        let signal = stop.await;
         info!(signal, "stopping the cluster");
     }
     // Stop following the colony first, so stopping its backends is not reported as a failure.
     coordinator.colony.close();
     processes.stop_all().await;
     coordinator.stop().await;
-    cleanup_registry(&args, &planned).await;
+    // A backend killed rather than stopped could not unregister itself.
+    if let Err(e) = remove_dead_entries(registry.as_ref(), &planned, false).await {
+        warn!(error = %e, "cannot clean up after the backends");
+    }
     outcome
 }
 
@@ -134,12 +171,13 @@ async fn wait_active(
     let mut shown = usize::MAX;
     loop {
         for p in planned {
+            // Supervision starts once the cluster is up: a backend that cannot even start
+            // (a port taken, a bad flag) would only fail again, so say why now.
             if let Some(info) = processes.get(&p.id).await {
-                if info.state == "exited" {
+                if let Some(exit) = info.last_exit {
                     bail!(
-                        "backend {} exited during start ({}); see {}:\n{}",
+                        "backend {} exited during start ({exit}); see {}:\n{}",
                         p.id,
-                        info.exit.unwrap_or_default(),
                         info.log,
                         tail(&info.log, 8)
                     );
@@ -256,29 +294,135 @@ fn print_summary(
         address.to_http_address()
     );
     println!(
-        "Logs: {}   Stop: Ctrl-C",
+        "Logs: {}   Restart: {} (--restart)   Stop: Ctrl-C",
         args.coordinator
             .registry
             .registry_dir
             .join("output")
             .join("logs")
-            .display()
+            .display(),
+        args.restart
     );
 }
 
-/// Removes registry entries our backends left behind (a child killed by SIGKILL cannot
-/// unregister itself). Unregistering an absent entry succeeds, so this is safe either way.
-async fn cleanup_registry(args: &UpArgs, planned: &[Planned]) {
-    let registry = match args.coordinator.registry.open().await {
-        Ok(registry) => registry,
+/// Removes the registry entries a previous run left behind: those of the planned backends
+/// and, before we start (`before_start`), the coordinator's, whose node does not answer on
+/// its management port. Entries of other ids are left alone: they may belong to nodes this
+/// host cannot see (another host, a partition), and `colony-start` skips dead ones anyway.
+///
+/// # Errors
+/// Before we start, a coordinator that answers: another cluster uses this registry.
+/// Registry failures are logged, not returned: a node that cannot clean up still starts.
+async fn remove_dead_entries(
+    registry: &dyn ClusterRegistry,
+    planned: &[Planned],
+    before_start: bool,
+) -> anyhow::Result<()> {
+    let client = http_client()?;
+    if before_start {
+        match registry.discover_coordinator().await {
+            Ok(Some(entry)) if answers(&client, &entry).await => bail!(
+                "a coordinator already runs at {} (mgmt {}), registered in {}: stop it, or give this cluster its own --registry-dir",
+                entry.to_internal_address(),
+                entry.to_mgmt_address(),
+                registry.describe()
+            ),
+            Ok(Some(entry)) => match registry.unregister_coordinator().await {
+                Ok(()) => info!(coordinator = %entry.to_internal_address(), registry = %registry.describe(), "removed a leftover coordinator entry: its node does not answer"),
+                Err(e) => warn!(error = %e, "cannot remove a leftover coordinator entry"),
+            },
+            Ok(None) => {}
+            Err(e) => warn!(error = %e, "cannot read the registry to clean up leftovers"),
+        }
+    }
+    let registered = match registry.discover_backends().await {
+        Ok(registered) => registered,
         Err(e) => {
-            warn!(error = %e, "cannot open the registry to clean up after the backends");
+            warn!(error = %e, "cannot read the registry to clean up leftovers");
+            return Ok(());
+        }
+    };
+    // Probed at once, so a run of dead entries costs one probe timeout, not one each.
+    let mut checks = tokio::task::JoinSet::new();
+    for (id, entry) in registered {
+        if planned.iter().any(|p| p.id == id) {
+            let client = client.clone();
+            checks.spawn(async move { (!answers(&client, &entry).await).then_some((id, entry)) });
+        }
+    }
+    while let Some(checked) = checks.join_next().await {
+        let Ok(Some((id, entry))) = checked else {
+            continue;
+        };
+        match registry.unregister_backend(&id).await {
+            Ok(()) => {
+                info!(backend = %id, internal = %entry.to_internal_address(), "removed a leftover backend entry: its node does not answer")
+            }
+            Err(e) => warn!(backend = %id, error = %e, "cannot remove a leftover registry entry"),
+        }
+    }
+    Ok(())
+}
+
+/// True if the node at `address` answers `GET /health` on its management port.
+async fn answers(client: &reqwest::Client, address: &NodeAddress) -> bool {
+    let url = format!("http://{}/health", address.to_mgmt_address());
+    client
+        .get(&url)
+        .timeout(PROBE_TIMEOUT)
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+}
+
+/// Run by a backend `colony up` started (`--up-coordinator`), as it shuts down: if it is
+/// stopping because `colony up` died (the parent-death signal), nothing else will remove the
+/// dead coordinator's registry entry, so it does, if the entry still names that coordinator
+/// and nothing answers there. Every backend of the cluster tries; removing is idempotent.
+///
+/// A coordinator that does not answer may only be busy, so the entry goes only once our
+/// parent is gone too. That is checked last, and waited for a moment: the kernel tells us
+/// when the thread that forked us exits, and the rest of the dying process (and with it our
+/// re-parenting) may lag that by a few milliseconds. A stop by a live `colony up` costs no
+/// wait: its coordinator answers.
+///
+/// A new `colony up` could register the same address between our probe and our removal;
+/// the window is a few milliseconds right after the old one died, and a new one first
+/// spends longer than that cleaning up and binding.
+pub async fn forget_dead_coordinator(registry: &dyn ClusterRegistry, coordinator: SocketAddr) {
+    if shared::lifeline::parent().is_none() {
+        return;
+    }
+    let entry = match registry.discover_coordinator().await {
+        Ok(Some(entry)) => entry,
+        Ok(None) => return,
+        Err(e) => {
+            warn!(error = %e, "cannot read the coordinator's registry entry");
             return;
         }
     };
-    for p in planned {
-        if let Err(e) = registry.unregister_backend(&p.id).await {
-            warn!(backend = %p.id, error = %e, "cannot remove a leftover registry entry");
+    if SocketAddr::new(entry.ip, entry.internal_port) != coordinator {
+        return;
+    }
+    let Ok(client) = http_client() else {
+        return;
+    };
+    if answers(&client, &entry).await {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + PARENT_EXIT_WAIT;
+    while !shared::lifeline::parent_gone() {
+        if tokio::time::Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    match registry.unregister_coordinator().await {
+        Ok(()) => {
+            info!(coordinator = %coordinator, "colony up died: removed its coordinator's registry entry")
+        }
+        Err(e) => {
+            warn!(error = %e, "colony up died; cannot remove its coordinator's registry entry")
         }
     }
 }

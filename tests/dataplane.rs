@@ -298,7 +298,7 @@ async fn the_backend_process_serves_and_stops_on_sigterm() {
 
 #[tokio::test]
 async fn bad_flags_fail_before_binding_with_the_flag_named() {
-    let out = tokio::process::Command::new(colony_bin())
+    let out = colony_command()
         .args(["backend", "--max-frame", "20000000"])
         .output()
         .await

@@ -160,7 +160,16 @@ async fn control_status(mgmt: &str, path: &str) -> (u16, Value) {
 async fn the_health_view_shows_every_node_and_follows_a_kill_without_reload() {
     let up = Up::start(
         2,
-        &["--no-start", "--stale-after", "600ms", "--down-after", "2s"],
+        // The killed backend must stay dead for the row to reach DOWN.
+        &[
+            "--no-start",
+            "--stale-after",
+            "600ms",
+            "--down-after",
+            "2s",
+            "--restart",
+            "never",
+        ],
     )
     .await;
     let browser = cdp::Browser::launch(WIDTH, HEIGHT).await;
