@@ -1,5 +1,6 @@
-//! Colony's shared domain: node addresses, the cluster registry, topology, init tokens and the
-//! cluster secret, the simulation kernel, and process plumbing (tracing, shutdown signals).
+//! Colony's shared domain: node addresses, the cluster registry, topology, init tokens, the
+//! cluster secret and the operator token, the simulation kernel, and process plumbing
+//! (tracing, shutdown signals).
 //!
 //! Nothing here opens a listener; the servers live in `dataplane` and `controlplane`.
 //!
@@ -8,6 +9,7 @@
 
 pub mod address;
 pub mod hello;
+pub mod operator;
 pub mod own_thread;
 pub mod registry;
 pub mod secret;
