@@ -12,7 +12,7 @@
 //! |---|---|
 //! | what crosses the wire, and time formatting | [`wire`], [`time`] |
 //! | the coordinator's domain, typed errors and no HTTP | [`coordinator`] |
-//! | what the routers share | [`metrics`], [`state`] |
+//! | what the routers share, and who may call them | [`metrics`], [`rate_limit`], then [`operator`], then [`state`] |
 //! | HTTP errors and layers | [`error`], [`http`] |
 //! | the routers | [`control`], [`dashboard`], [`ws`], then [`management`], which merges the last two |
 //! | the backend's heartbeat client | [`heartbeat_sender`] |
@@ -25,6 +25,8 @@ pub mod heartbeat_sender;
 pub mod http;
 pub mod management;
 pub mod metrics;
+pub mod operator;
+pub mod rate_limit;
 pub mod state;
 pub mod time;
 pub mod wire;

@@ -1,6 +1,7 @@
 //! Prometheus metrics (`GET /metrics`) through `prometheus-client`, the Prometheus project's
-//! own Rust client: HTTP requests and heartbeats as live counters, and node states and
-//! data-plane counters collected from their owners at scrape time, so nothing is counted twice.
+//! own Rust client: HTTP requests, heartbeats and refused credentials as live counters, and
+//! node states and data-plane counters collected from their owners at scrape time, so nothing
+//! is counted twice.
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -103,6 +104,65 @@ impl HttpMetrics {
     }
 }
 
+/// Labels of the refusal counter: both are static names, so the label set is bounded.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusalLabels {
+    plane: &'static str,
+    reason: &'static str,
+}
+
+/// `colony_auth_refusals_total{plane,reason}`: requests refused for their credentials, shared
+/// by every check that refuses one (node signatures, heartbeat replays, init tokens, and the
+/// operator's token), so one counter shows every attempt that did not get in.
+#[derive(Debug, Clone, Default)]
+pub struct AuthRefusals {
+    refusals: Family<RefusalLabels, Counter>,
+}
+
+impl AuthRefusals {
+    /// Counts one refusal on `plane` (`control`, `mgmt`, `data`, `ws`) for `reason`, a
+    /// stable machine-readable code such as `bad_mac` or `replay`.
+    pub fn count(&self, plane: &'static str, reason: &'static str) {
+        self.refusals
+            .get_or_create(&RefusalLabels { plane, reason })
+            .inc();
+    }
+
+    /// How many refusals were counted on `plane` for `reason`. Reading creates no series.
+    pub fn get(&self, plane: &'static str, reason: &'static str) -> u64 {
+        self.refusals
+            .get(&RefusalLabels { plane, reason })
+            .map_or(0, |c| c.get())
+    }
+}
+
+/// Labels of the rate-limit counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PlaneLabel {
+    plane: &'static str,
+}
+
+/// `colony_rate_limited_total{plane}`: requests answered `429` (HTTP) or `rate_limited`
+/// (`/ws`) by the token buckets of [`crate::rate_limit`].
+#[derive(Debug, Clone, Default)]
+pub struct RateLimited {
+    limited: Family<PlaneLabel, Counter>,
+}
+
+impl RateLimited {
+    /// Counts one request turned away on `plane` (`control`, `mgmt`, `ws`).
+    pub fn count(&self, plane: &'static str) {
+        self.limited.get_or_create(&PlaneLabel { plane }).inc();
+    }
+
+    /// How many were turned away on `plane`. Reading creates no series.
+    pub fn get(&self, plane: &'static str) -> u64 {
+        self.limited
+            .get(&PlaneLabel { plane })
+            .map_or(0, |c| c.get())
+    }
+}
+
 /// A node's metric registry.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -111,6 +171,10 @@ pub struct Metrics {
     pub http: HttpMetrics,
     /// Heartbeats accepted by the coordinator.
     pub heartbeats: Counter,
+    /// Requests refused for their credentials, by plane and reason.
+    pub auth_refusals: AuthRefusals,
+    /// Requests turned away by a rate limit, by plane.
+    pub rate_limited: RateLimited,
 }
 
 impl Metrics {
@@ -120,6 +184,8 @@ impl Metrics {
         let mut registry = Registry::with_prefix("colony");
         let http = HttpMetrics::default();
         let heartbeats = Counter::default();
+        let auth_refusals = AuthRefusals::default();
+        let rate_limited = RateLimited::default();
         registry.register(
             "http_requests",
             "HTTP requests answered, by plane, method, route and status",
@@ -130,6 +196,16 @@ impl Metrics {
             "Heartbeats accepted from nodes",
             heartbeats.clone(),
         );
+        registry.register(
+            "auth_refusals",
+            "Requests refused for their credentials (signature, replay, token), by plane and reason",
+            auth_refusals.refusals.clone(),
+        );
+        registry.register(
+            "rate_limited",
+            "Requests turned away by a rate limit (429 or rate_limited), by plane",
+            rate_limited.limited.clone(),
+        );
         registry.register_collector(Box::new(DataPlaneCollector(data_plane)));
         if let Some(health) = health {
             registry.register_collector(Box::new(HealthCollector(health)));
@@ -138,6 +214,8 @@ impl Metrics {
             registry: Arc::new(registry),
             http,
             heartbeats,
+            auth_refusals,
+            rate_limited,
         }
     }
 
