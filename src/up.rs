@@ -1,17 +1,61 @@
 //! `colony up`: the coordinator in this process, N backends as managed children, the colony
 //! started, the dashboard URL printed; Ctrl-C stops the children (SIGTERM, then SIGKILL after
 //! the grace period), then the coordinator, leaving no process and no registry entry behind.
+//!
+//! With the file registry and no operator token given, it creates `output/operator.token`
+//! (mode 0600) and prints its path and how to send it, never the token. Children get the
+//! token by that path or by inheriting COLONY_OPERATOR_TOKEN, never on their command line.
 
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use std::sync::Arc;
+
 use controlplane::coordinator::processes::{ProcessManager, ProcessSpec};
 use serde_json::Value;
+use shared::operator::OperatorToken;
 use shared::registry::RegistryKind;
 use tracing::{info, warn};
 
 use crate::cli::UpArgs;
-use crate::node::start_coordinator;
+use crate::node::{load_operator_token, operator_token_path, start_coordinator};
+
+/// The operator token of this cluster, and where it is kept for people.
+struct Operator {
+    token: Option<Arc<OperatorToken>>,
+    /// The file the token is in, and whether `colony up` just created it.
+    file: Option<(std::path::PathBuf, bool)>,
+}
+
+/// The token as the nodes will find it; in localhost mode with none given, a new
+/// `output/operator.token`, which `args` then names so the coordinator and every backend
+/// read the same file.
+fn operator_token(args: &mut UpArgs, kind: RegistryKind) -> anyhow::Result<Operator> {
+    let c = &mut args.coordinator;
+    let given = std::env::var_os(OperatorToken::ENV_VAR).is_some()
+        || c.operator.token.operator_token_file.is_some();
+    if kind == RegistryKind::File && !given {
+        let path = operator_token_path(&c.registry.registry_dir);
+        let (token, created) = OperatorToken::load_or_create(&path)?;
+        if created {
+            info!(path = %path.display(), "created the operator token file");
+        }
+        c.operator.token.operator_token_file = Some(path.clone());
+        return Ok(Operator {
+            token: Some(Arc::new(token)),
+            file: Some((path, created)),
+        });
+    }
+    let token = load_operator_token(&c.operator.token, &c.registry)?;
+    let file = c
+        .operator
+        .token
+        .operator_token_file
+        .clone()
+        .filter(|_| std::env::var_os(OperatorToken::ENV_VAR).is_none())
+        .map(|path| (path, false));
+    Ok(Operator { token, file })
+}
 
 /// One backend child: its instance id and ports.
 struct Planned {
@@ -73,6 +117,17 @@ fn backend_spec(
         argv.push("--secret-file".into());
         argv.push(file.display().to_string());
     }
+    // The token's path, never the token: a command line is visible to every user in `ps`.
+    if let Some(file) = &c.operator.token.operator_token_file {
+        argv.push("--operator-token-file".into());
+        argv.push(file.display().to_string());
+    }
+    if c.operator.require_token {
+        argv.push("--require-token".into());
+    }
+    if c.operator.protect_reads {
+        argv.push("--protect-reads".into());
+    }
     Ok(ProcessSpec {
         name: planned.id.clone(),
         program,
@@ -87,8 +142,9 @@ fn backend_spec(
 }
 
 /// `colony up`.
-pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+pub async fn run(mut args: UpArgs) -> anyhow::Result<()> {
     let (kind, _) = args.coordinator.registry.resolve()?;
+    let operator = operator_token(&mut args, kind)?;
     let planned = plan(&args)?;
     let processes = ProcessManager::new(args.coordinator.data_plane.grace);
     let coordinator = start_coordinator(args.coordinator.clone(), Some(processes.clone())).await?;
@@ -98,13 +154,14 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         for p in &planned {
             processes.add(backend_spec(&args, kind, p)?).await?;
         }
-        wait_active(&processes, &planned, &address, args.ready_timeout).await?;
+        let client = http_client(operator.token.as_deref())?;
+        wait_active(&client, &processes, &planned, &address, args.ready_timeout).await?;
         let topology = if args.no_start {
             None
         } else {
-            Some(start_colony(&address, args.start_body.as_deref()).await?)
+            Some(start_colony(&client, &address, args.start_body.as_deref()).await?)
         };
-        print_summary(&address, &planned, topology.as_ref(), &args);
+        print_summary(&address, &planned, topology.as_ref(), &args, &operator);
         anyhow::Ok(())
     }
     .await;
@@ -123,12 +180,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 
 /// Polls the coordinator until every planned backend is ACTIVE, showing progress.
 async fn wait_active(
+    client: &reqwest::Client,
     processes: &ProcessManager,
     planned: &[Planned],
     address: &shared::NodeAddress,
     timeout: Duration,
 ) -> anyhow::Result<()> {
-    let client = http_client()?;
     let url = format!("http://{}/health/status", address.to_mgmt_address());
     let deadline = tokio::time::Instant::now() + timeout;
     let mut shown = usize::MAX;
@@ -184,8 +241,11 @@ fn count_active(health: &Value, planned: &[Planned]) -> usize {
         .count()
 }
 
-async fn start_colony(address: &shared::NodeAddress, body: Option<&str>) -> anyhow::Result<Value> {
-    let client = http_client()?;
+async fn start_colony(
+    client: &reqwest::Client,
+    address: &shared::NodeAddress,
+    body: Option<&str>,
+) -> anyhow::Result<Value> {
     let url = format!("http://{}/colony-start", address.to_http_address());
     let key = format!("colony-up-{}", std::process::id());
     let response = client
@@ -215,6 +275,7 @@ fn print_summary(
     planned: &[Planned],
     topology: Option<&Value>,
     args: &UpArgs,
+    operator: &Operator,
 ) {
     let ip = address.ip;
     println!();
@@ -255,6 +316,7 @@ fn print_summary(
             .map_or(address.internal_port, |p| p.ports[0]),
         address.to_http_address()
     );
+    print_operator(address, args, operator);
     println!(
         "Logs: {}   Stop: Ctrl-C",
         args.coordinator
@@ -264,6 +326,49 @@ fn print_summary(
             .join("logs")
             .display()
     );
+}
+
+/// Where the operator token is and how to send it; never the token itself.
+fn print_operator(address: &shared::NodeAddress, args: &UpArgs, operator: &Operator) {
+    let example = |token: &str| {
+        format!(
+            "curl -H \"Authorization: Bearer {token}\" -XPOST http://{}/colony/pause",
+            address.to_http_address()
+        )
+    };
+    match (&operator.token, &operator.file) {
+        (None, _) => println!(
+            "Operator token: none; only local tools on this machine can change state \
+             (set {} or --operator-token-file)",
+            OperatorToken::ENV_VAR
+        ),
+        (Some(_), Some((path, created))) => {
+            println!(
+                "Operator token: {}{}",
+                path.display(),
+                if *created {
+                    " (created, mode 0600)"
+                } else {
+                    ""
+                }
+            );
+            println!(
+                "  send it as: {}",
+                example(&format!("$(cat {})", path.display()))
+            );
+        }
+        (Some(_), None) => {
+            println!("Operator token: from {}", OperatorToken::ENV_VAR);
+            println!(
+                "  send it as: {}",
+                example(&format!("${}", OperatorToken::ENV_VAR))
+            );
+        }
+    }
+    let c = &args.coordinator;
+    if c.bind.bind_ip.is_loopback() && !c.operator.require_token {
+        println!("  (local tools on this machine act as the operator without it; --require-token turns that off)");
+    }
 }
 
 /// Removes registry entries our backends left behind (a child killed by SIGKILL cannot
@@ -283,10 +388,21 @@ async fn cleanup_registry(args: &UpArgs, planned: &[Planned]) {
     }
 }
 
-fn http_client() -> anyhow::Result<reqwest::Client> {
+/// The client `colony up` calls its coordinator with: as the operator, with the token if
+/// there is one (it needs it with --require-token or --protect-reads).
+fn http_client(token: Option<&OperatorToken>) -> anyhow::Result<reqwest::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = token {
+        let mut value =
+            reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+                .context("the operator token does not fit in a header")?;
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
     reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(30))
+        .default_headers(headers)
         .build()
         .context("cannot build an HTTP client")
 }

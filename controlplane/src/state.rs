@@ -14,6 +14,7 @@ use crate::coordinator::colony::ColonyManager;
 use crate::coordinator::health::tracker::HealthTracker;
 use crate::coordinator::processes::ProcessManager;
 use crate::metrics::Metrics;
+use crate::operator::Guard;
 use crate::wire::heartbeat::NodeType;
 
 /// Identity and start time of the node serving a request.
@@ -51,6 +52,8 @@ pub struct MgmtState {
     pub node: NodeInfo,
     /// Its metrics.
     pub metrics: Metrics,
+    /// The management listener's operator check (DESIGN §13).
+    pub guard: Guard,
     /// Node health (coordinator only).
     pub health: Option<HealthTracker>,
     /// Backends run by `colony up` (coordinator under `colony up` only).

@@ -2,7 +2,7 @@
 //!
 //! | route | node | answer |
 //! |---|---|---|
-//! | `GET /health` | every node | this node's own liveness |
+//! | `GET /health` | every node | this node's own liveness (open even with `--protect-reads`: it is the liveness probe) |
 //! | `GET /metrics` | every node | Prometheus text |
 //! | `POST /heartbeat` | coordinator | records a node's heartbeat (or goodbye) |
 //! | `GET /health/status` | coordinator | every component's state |
@@ -10,6 +10,9 @@
 //! | `GET /alerts` | coordinator | open and resolved alerts |
 //! | `GET /ws` | coordinator | the service registry over WebSocket ([`crate::ws`]) |
 //! | `GET /`, `/assets/*`, `/api/*` | coordinator | the live dashboard ([`crate::dashboard`]) |
+//!
+//! Everything but `/health`, `/heartbeat` (a node's call) and the dashboard's page and
+//! assets is a read: open unless `--protect-reads` ([`crate::operator`]).
 
 mod health;
 mod heartbeat;
@@ -28,16 +31,19 @@ pub fn coordinator_router(state: MgmtState) -> Router {
 
 /// The coordinator's management routes, with `/ws` under `limits`.
 pub fn coordinator_router_with(state: MgmtState, limits: WsLimits) -> Router {
+    let reads = Router::new()
+        .route("/metrics", get(health::metrics))
+        .route("/health/status", get(health::status))
+        .route("/health/stale", get(health::stale))
+        .route("/alerts", get(health::alerts))
+        .route_layer(state.guard.reads());
     Router::new()
         .route("/health", get(health::own))
-        .route("/metrics", get(health::metrics))
         .route(
             "/heartbeat",
             post(heartbeat::receive).with_state(heartbeat::HeartbeatState::new(&state)),
         )
-        .route("/health/status", get(health::status))
-        .route("/health/stale", get(health::stale))
-        .route("/alerts", get(health::alerts))
+        .merge(reads)
         .with_state(state.clone())
         .merge(ws::router(Hub::new(state.clone(), limits)))
         .merge(dashboard::router(state))
@@ -46,8 +52,11 @@ pub fn coordinator_router_with(state: MgmtState, limits: WsLimits) -> Router {
 /// A backend's management routes.
 pub fn backend_router(state: MgmtState) -> Router {
     Router::new()
+        .route(
+            "/metrics",
+            get(health::metrics).route_layer(state.guard.reads()),
+        )
         .route("/health", get(health::own))
-        .route("/metrics", get(health::metrics))
         .with_state(state)
 }
 
@@ -80,9 +89,15 @@ mod tests {
             dataplane::DataPlane::new(dataplane::DataPlaneConfig::default()),
             Some(health.clone()),
         );
+        let guard = crate::operator::Access::new(Default::default(), &metrics).guard(
+            "mgmt",
+            address.ip,
+            Some(address.mgmt_port),
+        );
         let state = MgmtState {
             node: NodeInfo::new("coordinator", NodeType::Coordinator, address),
             metrics: metrics.clone(),
+            guard,
             health: Some(health.clone()),
             processes: None,
             colony: None,

@@ -11,7 +11,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::connect_info::MockConnectInfo;
-use axum::extract::{ConnectInfo, Request};
+use axum::extract::{ConnectInfo, FromRequestParts, Request};
+use axum::http::request::Parts;
 use axum::http::{header, Extensions, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -209,8 +210,8 @@ impl Guard {
         self.access.config().ws_rate
     }
 
-    /// Who sent a request with these headers, target and extensions (the peer comes from
-    /// axum's `ConnectInfo<SocketAddr>`; without it the peer is unknown, so not loopback).
+    /// Who sent a request with these headers and target from `peer` (see [`Peer`]; an
+    /// unknown peer is not loopback).
     ///
     /// # Errors
     /// A credential that is wrong, empty or malformed: refused wherever it is sent.
@@ -218,7 +219,7 @@ impl Guard {
         &self,
         headers: &HeaderMap,
         uri: &Uri,
-        extensions: &Extensions,
+        peer: Option<IpAddr>,
     ) -> Result<Caller, Denied> {
         let authorization = headers
             .get(header::AUTHORIZATION)
@@ -231,7 +232,7 @@ impl Guard {
             Presented::Malformed => Err(Denied::MalformedAuthorization),
             Presented::Nothing => {
                 let signals = Signals {
-                    peer: peer(extensions),
+                    peer,
                     origin: headers.get(header::ORIGIN).map(HeaderValue::as_bytes),
                     sec_fetch_site: headers.get("sec-fetch-site").map(HeaderValue::as_bytes),
                     host: headers
@@ -309,10 +310,23 @@ impl Guard {
                 return Some(rate_limited(limiter.limit(), wait));
             }
         }
-        let caller = self.judge(request.headers(), request.uri(), request.extensions());
+        let caller = self.judge(request.headers(), request.uri(), peer(request.extensions()));
         let denied = caller.and_then(|caller| self.admit(caller, need)).err()?;
         self.count_refusal(self.plane, denied);
         Some(denied.into_response(need))
+    }
+}
+
+/// The peer's address of a request, as an extractor: from axum's `ConnectInfo` (which the
+/// server must be started with), `None` when it is not known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer(pub Option<IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Peer {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Infallible> {
+        Ok(Peer(peer(&parts.extensions)))
     }
 }
 

@@ -31,7 +31,7 @@ use std::sync::Arc;
 
 use shared::operator::OperatorToken;
 
-pub use guard::{Caller, Denied, Gate, GateService, Guard, Need};
+pub use guard::{Caller, Denied, Gate, GateService, Guard, Need, Peer};
 
 use crate::metrics::{AuthRefusals, Metrics, RateLimited};
 use crate::rate_limit::{AddressLimiter, RateLimit};
