@@ -20,7 +20,7 @@ use controlplane::metrics::Metrics;
 use controlplane::operator::{Access, OperatorConfig};
 use controlplane::state::{MgmtState, NodeInfo};
 use controlplane::wire::heartbeat::NodeType;
-use dataplane::{DataPlane, Identity, ShardStore};
+use dataplane::{DataPlane, Identity, ReadAccess, ShardStore};
 use shared::operator::OperatorToken;
 use shared::registry::{spawn_registration, ClusterRegistry, RegistryKind, Role};
 use shared::secret::ClusterSecret;
@@ -149,6 +149,14 @@ fn operator_config(
         ),
     }
     Ok(config)
+}
+
+/// Who may read on the data plane: the same `--protect-reads` and token as the HTTP planes.
+fn read_access(operator: &OperatorConfig) -> ReadAccess {
+    ReadAccess {
+        protect_reads: operator.protect_reads,
+        operator: operator.token.clone(),
+    }
 }
 
 /// The node's registry, named in the log so an operator sees which one a node uses.
@@ -355,7 +363,12 @@ pub async fn start_coordinator(
     );
 
     let colony_handle = colony.clone();
-    let data_plane = DataPlane::with_store(data_config, ShardStore::new(), Some(identity));
+    let data_plane = DataPlane::with_access(
+        data_config,
+        ShardStore::new(),
+        Some(identity),
+        read_access(&operator),
+    );
     let metrics = Metrics::new(data_plane.clone(), Some(health.clone()));
     let access = Access::new(operator, &metrics);
     // Pages served from the management port are this node's own dashboard.
@@ -445,13 +458,14 @@ pub async fn run_backend(args: BackendArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| shared::registry::default_backend_id(address.internal_port));
 
     let secret = Arc::new(secret);
-    let data_plane = DataPlane::with_store(
+    let data_plane = DataPlane::with_access(
         data_config,
         ShardStore::new(),
         Some(Identity {
             instance_id: instance_id.clone(),
             secret: secret.clone(),
         }),
+        read_access(&operator),
     );
     let control_state = BackendControl {
         instance_id: instance_id.clone(),

@@ -206,6 +206,10 @@ impl Metrics {
             "Requests turned away by a rate limit (429 or rate_limited), by plane",
             rate_limited.limited.clone(),
         );
+        // The data plane reports its own refusals (reads before TOKEN, wrong TOKEN or AUTH)
+        // into the same counter, so one family shows every plane.
+        let data_refusals = auth_refusals.clone();
+        data_plane.on_refusal(move |reason| data_refusals.count("data", reason));
         registry.register_collector(Box::new(DataPlaneCollector(data_plane)));
         if let Some(health) = health {
             registry.register_collector(Box::new(HealthCollector(health)));
