@@ -155,6 +155,15 @@ fn read_token(up: &Up) -> String {
         .to_owned()
 }
 
+/// Stops `colony up` and waits for it, so it stops its backends and none outlives the test.
+async fn stop(mut up: Up) {
+    up.proc.signal("INT");
+    tokio::time::timeout(Duration::from_secs(30), up.proc.child.wait())
+        .await
+        .expect("colony up did not stop within 30s")
+        .unwrap();
+}
+
 /// A backend to stop, if anything could.
 fn stop_backend(up: &Up) -> Value {
     json!({ "name": up.backend(1), "action": "stop" })
@@ -328,7 +337,7 @@ async fn cross_site_requests_from_this_machine_change_nothing_and_are_counted() 
     .await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     assert_eq!(snapshot(&http, &up.mgmt, None).await.colony.2, json!(5));
-    up.proc.signal("INT");
+    stop(up).await;
 }
 
 #[tokio::test]
@@ -484,7 +493,7 @@ async fn with_require_token_no_wrong_or_empty_token_changes_anything() {
         )
         .await;
     assert_eq!(r["error"]["code"], "not_found", "past the check: {r}");
-    up.proc.signal("INT");
+    stop(up).await;
 }
 
 /// A coordinator bound to every address (0.0.0.0) with the token in COLONY_OPERATOR_TOKEN,
@@ -718,7 +727,7 @@ async fn floods_are_rate_limited_and_others_are_not_slowed() {
         counter(&text, "colony_rate_limited_total", r#"plane="control""#),
         too_many
     );
-    up.proc.signal("INT");
+    stop(up).await;
 }
 
 #[tokio::test]
@@ -820,5 +829,5 @@ async fn protected_reads_want_the_token_on_every_plane() {
         ),
         1
     );
-    up.proc.signal("INT");
+    stop(up).await;
 }

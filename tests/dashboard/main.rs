@@ -629,5 +629,11 @@ async fn with_require_token_the_page_asks_for_the_token_then_runs_and_pauses_the
         ],
     );
     assert_only_own_origin(&events, &up.mgmt);
+    // Waited for, so its backends are stopped before the test ends.
+    let mut up = up;
     up.proc.signal("INT");
+    tokio::time::timeout(Duration::from_secs(30), up.proc.child.wait())
+        .await
+        .expect("colony up did not stop within 30s")
+        .unwrap();
 }
