@@ -13,6 +13,8 @@ use codec::Limits;
 use controlplane::coordinator::health::config::HealthConfig;
 use controlplane::coordinator::processes::RestartPolicy;
 use controlplane::http::HttpLimits;
+use controlplane::operator::OperatorConfig;
+use controlplane::rate_limit::{RateLimit, RateLimitError};
 use dataplane::DataPlaneConfig;
 use shared::registry::{ClusterRegistry, RegistryConfig, RegistryError, RegistryKind};
 use shared::sim::WorldParams;
@@ -95,6 +97,12 @@ pub struct CoordinatorArgs {
     pub secret: SecretArgs,
 
     #[command(flatten)]
+    pub operator: OperatorArgs,
+
+    #[command(flatten)]
+    pub rates: RateArgs,
+
+    #[command(flatten)]
     pub data_plane: DataPlaneArgs,
 
     #[command(flatten)]
@@ -139,6 +147,9 @@ pub struct BackendArgs {
 
     #[command(flatten)]
     pub secret: SecretArgs,
+
+    #[command(flatten)]
+    pub operator: OperatorArgs,
 
     #[command(flatten)]
     pub data_plane: DataPlaneArgs,
@@ -226,6 +237,9 @@ pub struct StatusArgs {
     #[command(flatten)]
     pub registry: RegistryArgs,
 
+    #[command(flatten)]
+    pub token: TokenArgs,
+
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -298,6 +312,90 @@ pub struct SecretArgs {
     /// created (mode 0600) by the first node that needs it.
     #[arg(long, env = "COLONY_SECRET_FILE")]
     pub secret_file: Option<PathBuf>,
+}
+
+/// Where the operator token comes from (DESIGN §13). The token itself is never a flag, so
+/// it never shows in `ps`: it is the COLONY_OPERATOR_TOKEN variable or a file.
+#[derive(Debug, Args, Clone)]
+pub struct TokenArgs {
+    /// File holding the operator token (at least 16 visible characters), which the operator
+    /// sends as `Authorization: Bearer <token>`. Without it, and without the
+    /// COLONY_OPERATOR_TOKEN variable, the file registry's DIR/output/operator.token is used
+    /// if it exists (`colony up` creates it).
+    #[arg(long, env = "COLONY_OPERATOR_TOKEN_FILE")]
+    pub operator_token_file: Option<PathBuf>,
+}
+
+/// Who acts as the operator (DESIGN §13).
+#[derive(Debug, Args, Clone)]
+pub struct OperatorArgs {
+    #[command(flatten)]
+    pub token: TokenArgs,
+
+    /// Trust no client by its address: even on listeners bound to loopback, changing state
+    /// needs the operator token. (Listeners bound to any other address always need it.)
+    #[arg(long, env = "COLONY_REQUIRE_TOKEN")]
+    pub require_token: bool,
+
+    /// Reads need the operator too (health, metrics, alerts, topology, colony, shards, /ws;
+    /// not the liveness probe GET /health), and the data plane answers only PING until
+    /// HELLO/AUTH or a `TOKEN <operator token>` line.
+    #[arg(long, env = "COLONY_PROTECT_READS")]
+    pub protect_reads: bool,
+}
+
+/// Rate limits of the coordinator (token buckets; DESIGN §13). Heartbeats, reads and
+/// pushed events are never limited.
+#[derive(Debug, Args, Clone)]
+pub struct RateArgs {
+    /// State-changing HTTP calls per second per client address; more are answered 429.
+    #[arg(long, env = "COLONY_HTTP_RATE_LIMIT", default_value_t = RateLimit::HTTP_DEFAULT.per_second)]
+    pub http_rate_limit: u32,
+
+    /// State-changing HTTP calls a client address may make at once after a quiet spell.
+    #[arg(long, env = "COLONY_HTTP_RATE_BURST", default_value_t = RateLimit::HTTP_DEFAULT.burst)]
+    pub http_rate_burst: u32,
+
+    /// /ws requests per second per connection; more are answered `rate_limited`.
+    #[arg(long, env = "COLONY_WS_RATE_LIMIT", default_value_t = RateLimit::WS_DEFAULT.per_second)]
+    pub ws_rate_limit: u32,
+
+    /// /ws requests a connection may make at once after a quiet spell.
+    #[arg(long, env = "COLONY_WS_RATE_BURST", default_value_t = RateLimit::WS_DEFAULT.burst)]
+    pub ws_rate_burst: u32,
+}
+
+impl OperatorArgs {
+    /// The operator configuration with `token`, and the coordinator's rate limits if given
+    /// (a backend takes no operator calls that change state: the defaults stand).
+    ///
+    /// # Errors
+    /// A zero rate or burst, naming its flag.
+    pub fn config(
+        &self,
+        token: Option<Arc<shared::operator::OperatorToken>>,
+        rates: Option<&RateArgs>,
+    ) -> Result<OperatorConfig, RateLimitError> {
+        let mut config = OperatorConfig {
+            token,
+            require_token: self.require_token,
+            protect_reads: self.protect_reads,
+            ..OperatorConfig::default()
+        };
+        if let Some(rates) = rates {
+            config.http_rate = RateLimit {
+                per_second: rates.http_rate_limit,
+                burst: rates.http_rate_burst,
+            }
+            .validate("--http-rate-limit", "--http-rate-burst")?;
+            config.ws_rate = RateLimit {
+                per_second: rates.ws_rate_limit,
+                burst: rates.ws_rate_burst,
+            }
+            .validate("--ws-rate-limit", "--ws-rate-burst")?;
+        }
+        Ok(config)
+    }
 }
 
 /// Failure-detector thresholds (coordinator).

@@ -9,19 +9,63 @@
 //! ([`forget_dead_coordinator`]), and whatever still lingers (a backend that was killed too)
 //! is removed by the next `colony up` before it starts, once it has seen that the node does
 //! not answer ([`remove_dead_entries`]).
+//!
+//! With the file registry and no operator token given, it creates `output/operator.token`
+//! (mode 0600) and prints its path and how to send it, never the token. Children get the
+//! token by that path or by inheriting COLONY_OPERATOR_TOKEN, never on their command line.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use controlplane::coordinator::processes::{ProcessManager, ProcessSpec, Supervision};
 use serde_json::Value;
+use shared::operator::OperatorToken;
 use shared::registry::{ClusterRegistry, RegistryKind};
 use shared::NodeAddress;
 use tracing::{info, warn};
 
 use crate::cli::UpArgs;
-use crate::node::start_coordinator;
+use crate::node::{load_operator_token, operator_token_path, start_coordinator};
+
+/// The operator token of this cluster, and where it is kept for people.
+struct Operator {
+    token: Option<Arc<OperatorToken>>,
+    /// The file the token is in, and whether `colony up` just created it.
+    file: Option<(std::path::PathBuf, bool)>,
+}
+
+/// The token as the nodes will find it; in localhost mode with none given, a new
+/// `output/operator.token`, which `args` then names so the coordinator and every backend
+/// read the same file.
+fn operator_token(args: &mut UpArgs, kind: RegistryKind) -> anyhow::Result<Operator> {
+    let c = &mut args.coordinator;
+    let given = std::env::var_os(OperatorToken::ENV_VAR).is_some()
+        || c.operator.token.operator_token_file.is_some();
+    if kind == RegistryKind::File && !given {
+        let path = operator_token_path(&c.registry.registry_dir);
+        let (token, created) = OperatorToken::load_or_create(&path)?;
+        if created {
+            info!(path = %path.display(), "created the operator token file");
+        }
+        c.operator.token.operator_token_file = Some(path.clone());
+        return Ok(Operator {
+            token: Some(Arc::new(token)),
+            file: Some((path, created)),
+        });
+    }
+    let token = load_operator_token(&c.operator.token, &c.registry)?;
+    let file = c
+        .operator
+        .token
+        .operator_token_file
+        .clone()
+        .filter(|_| std::env::var_os(OperatorToken::ENV_VAR).is_none())
+        .map(|path| (path, false));
+    Ok(Operator { token, file })
+}
+
 
 /// One backend child: its instance id and ports.
 struct Planned {
@@ -93,6 +137,17 @@ fn backend_spec(
         argv.push("--secret-file".into());
         argv.push(file.display().to_string());
     }
+    // The token's path, never the token: a command line is visible to every user in `ps`.
+    if let Some(file) = &c.operator.token.operator_token_file {
+        argv.push("--operator-token-file".into());
+        argv.push(file.display().to_string());
+    }
+    if c.operator.require_token {
+        argv.push("--require-token".into());
+    }
+    if c.operator.protect_reads {
+        argv.push("--protect-reads".into());
+    }
     Ok(ProcessSpec {
         name: planned.id.clone(),
         program,
@@ -107,10 +162,11 @@ fn backend_spec(
 }
 
 /// `colony up`.
-pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+pub async fn run(mut args: UpArgs) -> anyhow::Result<()> {
     // Listening from the start: a signal while the cluster comes up stops it cleanly too.
     let mut stop = std::pin::pin!(shared::signal::shutdown_signal());
     let (kind, _) = args.coordinator.registry.resolve()?;
+    let operator = operator_token(&mut args, kind)?;
     let planned = plan(&args)?;
     let registry = args.coordinator.registry.open().await?;
     remove_dead_entries(registry.as_ref(), &planned, true).await?;
@@ -130,13 +186,14 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 .add(backend_spec(&args, kind, p, &address)?)
                 .await?;
         }
-        wait_active(&processes, &planned, &address, args.ready_timeout).await?;
+        let client = http_client(operator.token.as_deref())?;
+        wait_active(&client, &processes, &planned, &address, args.ready_timeout).await?;
         let topology = if args.no_start {
             None
         } else {
-            Some(start_colony(&address, args.start_body.as_deref()).await?)
+            Some(start_colony(&client, &address, args.start_body.as_deref()).await?)
         };
-        print_summary(&address, &planned, topology.as_ref(), &args);
+        print_summary(&address, &planned, topology.as_ref(), &args, &operator);
         anyhow::Ok(())
     };
     let outcome = tokio::select! {
@@ -160,12 +217,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 
 /// Polls the coordinator until every planned backend is ACTIVE, showing progress.
 async fn wait_active(
+    client: &reqwest::Client,
     processes: &ProcessManager,
     planned: &[Planned],
     address: &shared::NodeAddress,
     timeout: Duration,
 ) -> anyhow::Result<()> {
-    let client = http_client()?;
     let url = format!("http://{}/health/status", address.to_mgmt_address());
     let deadline = tokio::time::Instant::now() + timeout;
     let mut shown = usize::MAX;
@@ -222,8 +279,11 @@ fn count_active(health: &Value, planned: &[Planned]) -> usize {
         .count()
 }
 
-async fn start_colony(address: &shared::NodeAddress, body: Option<&str>) -> anyhow::Result<Value> {
-    let client = http_client()?;
+async fn start_colony(
+    client: &reqwest::Client,
+    address: &shared::NodeAddress,
+    body: Option<&str>,
+) -> anyhow::Result<Value> {
     let url = format!("http://{}/colony-start", address.to_http_address());
     let key = format!("colony-up-{}", std::process::id());
     let response = client
@@ -253,6 +313,7 @@ fn print_summary(
     planned: &[Planned],
     topology: Option<&Value>,
     args: &UpArgs,
+    operator: &Operator,
 ) {
     let ip = address.ip;
     println!();
@@ -293,6 +354,7 @@ fn print_summary(
             .map_or(address.internal_port, |p| p.ports[0]),
         address.to_http_address()
     );
+    print_operator(address, args, operator);
     println!(
         "Logs: {}   Restart: {} (--restart)   Stop: Ctrl-C",
         args.coordinator
@@ -303,6 +365,49 @@ fn print_summary(
             .display(),
         args.restart
     );
+}
+
+/// Where the operator token is and how to send it; never the token itself.
+fn print_operator(address: &shared::NodeAddress, args: &UpArgs, operator: &Operator) {
+    let example = |token: &str| {
+        format!(
+            "curl -H \"Authorization: Bearer {token}\" -XPOST http://{}/colony/pause",
+            address.to_http_address()
+        )
+    };
+    match (&operator.token, &operator.file) {
+        (None, _) => println!(
+            "Operator token: none; only local tools on this machine can change state \
+             (set {} or --operator-token-file)",
+            OperatorToken::ENV_VAR
+        ),
+        (Some(_), Some((path, created))) => {
+            println!(
+                "Operator token: {}{}",
+                path.display(),
+                if *created {
+                    " (created, mode 0600)"
+                } else {
+                    ""
+                }
+            );
+            println!(
+                "  send it as: {}",
+                example(&format!("$(cat {})", path.display()))
+            );
+        }
+        (Some(_), None) => {
+            println!("Operator token: from {}", OperatorToken::ENV_VAR);
+            println!(
+                "  send it as: {}",
+                example(&format!("${}", OperatorToken::ENV_VAR))
+            );
+        }
+    }
+    let c = &args.coordinator;
+    if c.bind.bind_ip.is_loopback() && !c.operator.require_token {
+        println!("  (local tools on this machine act as the operator without it; --require-token turns that off)");
+    }
 }
 
 /// Removes the registry entries a previous run left behind: those of the planned backends
@@ -318,7 +423,7 @@ async fn remove_dead_entries(
     planned: &[Planned],
     before_start: bool,
 ) -> anyhow::Result<()> {
-    let client = http_client()?;
+    let client = http_client(None)?;
     if before_start {
         match registry.discover_coordinator().await {
             Ok(Some(entry)) if answers(&client, &entry).await => bail!(
@@ -404,7 +509,7 @@ pub async fn forget_dead_coordinator(registry: &dyn ClusterRegistry, coordinator
     if SocketAddr::new(entry.ip, entry.internal_port) != coordinator {
         return;
     }
-    let Ok(client) = http_client() else {
+    let Ok(client) = http_client(None) else {
         return;
     };
     if answers(&client, &entry).await {
@@ -427,10 +532,21 @@ pub async fn forget_dead_coordinator(registry: &dyn ClusterRegistry, coordinator
     }
 }
 
-fn http_client() -> anyhow::Result<reqwest::Client> {
+/// The client `colony up` calls its coordinator with: as the operator, with the token if
+/// there is one (it needs it with --require-token or --protect-reads).
+fn http_client(token: Option<&OperatorToken>) -> anyhow::Result<reqwest::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = token {
+        let mut value =
+            reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+                .context("the operator token does not fit in a header")?;
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
     reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(30))
+        .default_headers(headers)
         .build()
         .context("cannot build an HTTP client")
 }

@@ -15,4 +15,4 @@ pub use codec::{
     DEFAULT_MAX_LINE, FRAME_LIMIT_CEILING,
 };
 pub use error::{CodecError, ProtocolError};
-pub use message::{Checkpoint, HaloEdge, Message, ShardSummary, StatsSnapshot, Style};
+pub use message::{Checkpoint, HaloEdge, Message, Redacted, ShardSummary, StatsSnapshot, Style};

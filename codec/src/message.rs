@@ -113,6 +113,14 @@ pub enum Message {
         /// The server's own instance id.
         instance_id: String,
     },
+    /// The operator's token (`TOKEN <token>`): on a node with `--protect-reads`, reads are
+    /// answered from then on. It grants reads only; state changes stay a node's (HELLO/AUTH).
+    Token {
+        /// The operator token, as it is.
+        token: Redacted,
+    },
+    /// The token was right: reads are answered on this connection from now on.
+    TokenAccepted,
     /// Border cells of one tick, sent by the backend that holds the neighbouring shards: a
     /// band as deep as the colony's `halo_depth`, which covers that many ticks.
     Halo {
@@ -237,6 +245,8 @@ catalogue! {
     Challenge => "challenge";
     Auth => "auth" request;
     Welcome => "welcome";
+    Token => "token" request;
+    TokenAccepted => "token_accepted";
     Halo => "halo" request;
     HaloAck => "halo_ack";
     Run => "run" request;
@@ -244,6 +254,18 @@ catalogue! {
     Report => "report" request;
     Progress => "progress";
     Error => "error";
+}
+
+/// A string that is a credential: carried as it is on the wire, but `Debug` never shows it,
+/// so a logged message cannot leak it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Redacted(pub String);
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 /// Server counters reported by `STATS`.
@@ -353,6 +375,10 @@ mod tests {
             Message::Welcome {
                 instance_id: "i".into(),
             },
+            Message::Token {
+                token: Redacted("t".into()),
+            },
+            Message::TokenAccepted,
             Message::Halo {
                 colony_id: "c".into(),
                 tick: 0,
@@ -400,6 +426,8 @@ mod tests {
                 | Message::Challenge { .. }
                 | Message::Auth { .. }
                 | Message::Welcome { .. }
+                | Message::Token { .. }
+                | Message::TokenAccepted
                 | Message::Halo { .. }
                 | Message::HaloAck { .. }
                 | Message::Run { .. }
@@ -410,6 +438,16 @@ mod tests {
             }
         }
         all
+    }
+
+    #[test]
+    fn a_token_never_shows_in_debug() {
+        let message = Message::Token {
+            token: Redacted("s3cret-operator-token".into()),
+        };
+        assert!(!format!("{message:?}").contains("s3cret"));
+        let json = serde_json::to_string(&message).unwrap();
+        assert_eq!(json, r#"{"type":"token","token":"s3cret-operator-token"}"#);
     }
 
     #[test]
@@ -431,8 +469,8 @@ mod tests {
         assert_eq!(
             Message::REQUEST_TYPES,
             [
-                "ping", "help", "stats", "echo", "shards", "shard", "hello", "auth", "halo", "run",
-                "pause", "report"
+                "ping", "help", "stats", "echo", "shards", "shard", "hello", "auth", "token",
+                "halo", "run", "pause", "report"
             ]
         );
     }

@@ -13,8 +13,10 @@
 //! - the colony: `cmd` → `tick_loop` (the task that ticks shards and trades borders) →
 //!   `peers` (links to neighbouring backends) and `shards` (the shard store) → `engine` (a
 //!   colony's tick state) → `batch` (how ticks are cut into batches);
-//! - leaves that import no other module: `config`, `stats`, `identity`, `client`, `batch`.
+//! - leaves that import no other module: `config`, `stats`, `identity`, `access`, `client`,
+//!   `batch`.
 
+mod access;
 mod batch;
 mod client;
 mod cmd;
@@ -29,6 +31,7 @@ mod state;
 mod stats;
 mod tick_loop;
 
+pub use access::ReadAccess;
 pub use batch::Target;
 pub use client::{Client, ClientError};
 pub use config::{ConfigError, DataPlaneConfig};

@@ -427,6 +427,32 @@ pub struct WsClient {
 }
 
 impl WsClient {
+    /// Connects to `ws://{mgmt}/ws{query}` with extra headers on the upgrade request (a
+    /// browser's `Origin`, a `Host`, an `Authorization`); the refusal if it is refused.
+    pub async fn connect_with(
+        mgmt: &str,
+        query: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<WsClient, tokio_tungstenite::tungstenite::Error> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let url = format!("ws://{mgmt}/ws{query}");
+        let mut request = url.as_str().into_client_request().unwrap();
+        for (name, value) in headers {
+            request.headers_mut().insert(
+                reqwest::header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        let (stream, _) = tokio::time::timeout(DEADLINE, tokio_tungstenite::connect_async(request))
+            .await
+            .unwrap_or_else(|_| panic!("no WebSocket to {url} before the deadline"))?;
+        Ok(WsClient {
+            stream,
+            next_id: 0,
+            backlog: std::collections::VecDeque::new(),
+        })
+    }
+
     /// Connects to `ws://{mgmt}/ws{query}` (`mgmt` is `ip:port`).
     pub async fn connect(mgmt: &str, query: &str) -> WsClient {
         let url = format!("ws://{mgmt}/ws{query}");
@@ -583,7 +609,7 @@ impl Up {
     pub async fn start_with_env(backends: u16, extra: &[&str], envs: &[(&str, &str)]) -> Up {
         let dir = tempfile::tempdir().unwrap();
         let base = free_port_range(backends);
-        Up::start_at(dir, base, [0, 0, 0], backends, extra).await
+        Up::start_at_with_env(dir, base, [0, 0, 0], backends, extra, envs).await
     }
 
     /// `colony up` with its registry in `dir`, backends from `base` on and the coordinator
@@ -594,6 +620,18 @@ impl Up {
         coordinator: [u16; 3],
         backends: u16,
         extra: &[&str],
+    ) -> Up {
+        Up::start_at_with_env(dir, base, coordinator, backends, extra, &[]).await
+    }
+
+    /// [`Up::start_at`] with extra environment variables.
+    pub async fn start_at_with_env(
+        dir: tempfile::TempDir,
+        base: u16,
+        coordinator: [u16; 3],
+        backends: u16,
+        extra: &[&str],
+        envs: &[(&str, &str)],
     ) -> Up {
         let (base_s, backends_s, registry) = (
             base.to_string(),

@@ -152,10 +152,13 @@ pub enum Action {
     Subscribe,
     /// Receive fewer event kinds.
     Unsubscribe,
+    /// Present the operator token (`params.token`): the connection may change state from
+    /// then on (DESIGN §13).
+    Auth,
 }
 
 impl Action {
-    const ALL: [(&'static str, Action); 7] = [
+    const ALL: [(&'static str, Action); 8] = [
         ("list_services", Action::ListServices),
         ("get_service", Action::GetService),
         ("list_endpoints", Action::ListEndpoints),
@@ -163,10 +166,19 @@ impl Action {
         ("deploy_package", Action::DeployPackage),
         ("subscribe", Action::Subscribe),
         ("unsubscribe", Action::Unsubscribe),
+        ("auth", Action::Auth),
     ];
 
     fn parse(name: &str) -> Option<Action> {
         Self::ALL.iter().find(|(n, _)| *n == name).map(|(_, a)| *a)
+    }
+
+    /// The wire name.
+    pub fn name(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(_, a)| *a == self)
+            .map_or("?", |(n, _)| n)
     }
 
     fn known() -> String {

@@ -320,10 +320,15 @@ impl ColonyManager {
     }
 
     /// `GET /colony/image.png`: fetches every shard from its backend and draws the world.
+    /// `credential` is the caller's `Authorization`, passed on so that backends with
+    /// `--protect-reads` serve the caller what it may read (DESIGN §13).
     ///
     /// # Errors
     /// [`ColonyError::NoColony`]; [`ColonyError::Image`] if the PNG cannot be made.
-    pub async fn image(&self) -> Result<Vec<u8>, ColonyError> {
+    pub async fn image(
+        &self,
+        credential: Option<&reqwest::header::HeaderValue>,
+    ) -> Result<Vec<u8>, ColonyError> {
         let topology = self.topology().ok_or(ColonyError::NoColony)?;
         let (sw, sh) = (
             u64::from(topology.shard_width()),
@@ -338,14 +343,15 @@ impl ColonyManager {
             );
             async move {
                 let rows = async {
-                    let response = self
+                    let mut request = self
                         .inner
                         .client
                         .get(&url)
-                        .timeout(self.inner.config.init_timeout)
-                        .send()
-                        .await
-                        .ok()?;
+                        .timeout(self.inner.config.init_timeout);
+                    if let Some(credential) = credential {
+                        request = request.header(reqwest::header::AUTHORIZATION, credential);
+                    }
+                    let response = request.send().await.ok()?;
                     let body: serde_json::Value = response.json().await.ok()?;
                     serde_json::from_value::<Vec<String>>(body.get("rows")?.clone()).ok()
                 }
@@ -741,7 +747,10 @@ mod tests {
             Err(ColonyError::NoColony)
         ));
         assert!(matches!(colony.pause().await, Err(ColonyError::NoColony)));
-        assert!(matches!(colony.image().await, Err(ColonyError::NoColony)));
+        assert!(matches!(
+            colony.image(None).await,
+            Err(ColonyError::NoColony)
+        ));
         assert_eq!(colony.status()["state"], "none");
         // A colony whose start failed answers with why, and how to start another.
         colony.pretend_started(topology("c1"));
