@@ -66,7 +66,6 @@ fn operator_token(args: &mut UpArgs, kind: RegistryKind) -> anyhow::Result<Opera
     Ok(Operator { token, file })
 }
 
-
 /// One backend child: its instance id and ports.
 struct Planned {
     id: String,

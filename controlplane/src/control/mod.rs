@@ -29,8 +29,8 @@ use shared::NodeAddress;
 
 use crate::coordinator::colony::ColonyManager;
 use crate::node_auth::NodeAuth;
-use crate::token_reporter::TokenReporter;
 use crate::operator::Guard;
+use crate::token_reporter::TokenReporter;
 
 /// The coordinator's control routes, behind the control listener's `guard`.
 pub fn coordinator_router(colony: ColonyManager, guard: &Guard) -> Router {
@@ -103,18 +103,27 @@ mod tests {
         &'a str,
     );
 
-    /// The coordinator's routes as a local tool on this machine reaches them.
-    fn local(colony: ColonyManager) -> Router {
+    /// The control listener's guard on loopback, with the default operator settings.
+    fn loopback_guard() -> Guard {
         let metrics = crate::metrics::Metrics::new(
             dataplane::DataPlane::new(dataplane::DataPlaneConfig::default()),
             None,
         );
+        crate::operator::Access::new(Default::default(), &metrics).guard(
+            "control",
+            std::net::Ipv4Addr::LOCALHOST.into(),
+            None,
+        )
+    }
+
+    /// The coordinator's routes as a local tool on this machine reaches them.
+    fn local(colony: ColonyManager) -> Router {
         let loopback = std::net::Ipv4Addr::LOCALHOST.into();
-        let guard = crate::operator::Access::new(Default::default(), &metrics)
-            .guard("control", loopback, None);
-        coordinator_router(colony, &guard).layer(axum::extract::connect_info::MockConnectInfo(
-            std::net::SocketAddr::new(loopback, 50000),
-        ))
+        coordinator_router(colony, &loopback_guard()).layer(
+            axum::extract::connect_info::MockConnectInfo(std::net::SocketAddr::new(
+                loopback, 50000,
+            )),
+        )
     }
 
     async fn call(
@@ -252,7 +261,7 @@ mod tests {
             store: ShardStore::new(),
         };
         (
-            backend_router(state.clone()),
+            backend_router(state.clone(), &loopback_guard()),
             state,
             shared::signing::RequestSigner::new(&secret),
             shared::token::TokenIssuer::new(&secret),
