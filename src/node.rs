@@ -495,7 +495,6 @@ pub async fn run_backend(args: BackendArgs) -> anyhow::Result<()> {
         token_reports,
         store: data_plane.store().clone(),
     };
-    let metrics = Metrics::new(data_plane.clone(), None);
     let access = Access::new(operator, &metrics);
     let mgmt = MgmtState {
         node: NodeInfo::new(instance_id.clone(), NodeType::Backend, address),

@@ -6,7 +6,7 @@
 //! | `GET /metrics` | every node | Prometheus text |
 //! | `POST /heartbeat` | coordinator | records a node's signed heartbeat (or goodbye) |
 //! | `POST /tokens/report` | coordinator | a backend's signed report of what it did with init tokens |
-//! | `GET /tokens` | coordinator | the init-token audit (the operator token, even from loopback) |
+//! | `GET /tokens` | coordinator | the init-token audit (the operator: [`crate::operator::Guard::operator`]) |
 //! | `GET /health/status` | coordinator | every component's state |
 //! | `GET /health/stale` | coordinator | components STALE or DOWN |
 //! | `GET /alerts` | coordinator | open and resolved alerts |
@@ -49,7 +49,7 @@ pub fn coordinator_router_with(state: MgmtState, limits: WsLimits) -> Router {
         .route("/tokens/report", post(tokens::report))
         .merge(reads)
         .with_state(state.clone())
-        .merge(tokens::operator_routes(state.clone()).route_layer(state.guard.operator_always()))
+        .merge(tokens::operator_routes(state.clone()).route_layer(state.guard.operator()))
         .merge(ws::router(Hub::new(state.clone(), limits)))
         .merge(dashboard::router(state))
 }
@@ -133,7 +133,15 @@ mod tests {
             request_timeout: Duration::from_secs(5),
         };
         (
-            harden(coordinator_router(state), limits, metrics.http, "mgmt"),
+            // As a local tool reaches it: the reads and the operator routes judge the peer.
+            harden(
+                coordinator_router(state).layer(axum::extract::connect_info::MockConnectInfo(
+                    std::net::SocketAddr::new(address.ip, 50000),
+                )),
+                limits,
+                metrics.http,
+                "mgmt",
+            ),
             health,
         )
     }
@@ -144,7 +152,11 @@ mod tests {
         uri: &str,
         body: Option<Vec<u8>>,
     ) -> (StatusCode, Value) {
-        let mut req = Request::builder().method(method).uri(uri);
+        // Every HTTP/1.1 client sends a Host; the operator check judges it.
+        let mut req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("host", "127.0.0.1:8084");
         if let Some(body) = &body {
             req = req
                 .header("content-type", "application/json")
