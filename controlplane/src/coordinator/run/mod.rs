@@ -7,6 +7,7 @@
 //! the run visibly, with the reason, and raises an alert. The arithmetic over the reports
 //! (consistent checkpoint, ticks/s, first failure) is `progress.rs`.
 
+mod patience;
 mod progress;
 
 use std::collections::HashMap;
@@ -173,7 +174,8 @@ impl ColonyRun {
             let answer = tokio::select! {
                 biased;
                 _ = self.cancel.cancelled() => return,
-                answer = tokio::time::timeout(limit, client.request(&request)) => answer,
+                // A stall of the coordinator itself is not the backend's silence.
+                answer = patience::within(limit, client.request(&request)) => answer,
             };
             match answer {
                 Ok(Ok(Message::Progress {
@@ -252,7 +254,7 @@ impl ColonyRun {
             return Err(BackendError::NoLink { backend: backend() });
         };
         let mut client = client.lock().await;
-        match tokio::time::timeout(self.config.stall_timeout, client.request(message)).await {
+        match patience::within(self.config.stall_timeout, client.request(message)).await {
             Ok(Ok(Message::Error { code, message })) => Err(BackendError::Refused {
                 backend: backend(),
                 code,
