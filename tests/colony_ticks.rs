@@ -226,6 +226,7 @@ async fn state_changing_frames_need_authentication() {
     let mut client = Client::connect(&addr).await.unwrap();
     let halo = Message::Halo {
         colony_id: colony_id.clone(),
+        epoch: 0,
         tick: 0,
         edges: vec![HaloEdge {
             x: 0,
@@ -240,14 +241,17 @@ async fn state_changing_frames_need_authentication() {
         halo.clone(),
         Message::Run {
             colony_id: colony_id.clone(),
+            epoch: 0,
             until_tick: 5,
             checkpoint_every: 1,
         },
         Message::Pause {
             colony_id: colony_id.clone(),
+            epoch: 0,
         },
         Message::Report {
             colony_id: colony_id.clone(),
+            epoch: 0,
             after_tick: 0,
             wait_ms: 0,
         },
@@ -303,6 +307,7 @@ async fn state_changing_frames_need_authentication() {
     client.authenticate("tester", &secret).await.unwrap();
     let bad = Message::Halo {
         colony_id,
+        epoch: 0,
         tick: 0,
         edges: vec![HaloEdge {
             x: 9,

@@ -6,6 +6,7 @@ mod colony;
 mod echo;
 mod help;
 mod ping;
+mod recovery;
 mod shard;
 mod shards;
 mod stats;
@@ -24,6 +25,29 @@ pub(crate) struct Session {
     pub(crate) challenge: Option<(String, String)>,
     /// The authenticated peer's instance id.
     pub(crate) peer: Option<String>,
+}
+
+/// A request refused: the code and text of its error frame. (Kept apart from [`Message`],
+/// whose larger variants would make every `Result` carrying it large.)
+#[derive(Debug)]
+pub(crate) struct Refusal {
+    code: &'static str,
+    message: String,
+}
+
+impl Refusal {
+    /// A refusal with a stable `code` and a text a person can act on.
+    pub(crate) fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Refusal {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The error frame.
+    pub(crate) fn into_message(self) -> Message {
+        Message::error(self.code, self.message)
+    }
 }
 
 /// An answer to send later (a long poll).
@@ -59,17 +83,22 @@ pub(crate) fn dispatch(request: Message, shared: &Shared, session: &mut Session)
             mac,
         } => auth::auth(shared, session, &instance_id, &key_id, &mac),
         message @ (Message::Halo { .. }
+        | Message::Replica { .. }
         | Message::Run { .. }
         | Message::Pause { .. }
-        | Message::Report { .. }) => match &session.peer {
-            None => now(Message::error(
-                "unauthenticated",
-                format!(
-                    "{} changes cluster state and needs an authenticated connection: send HELLO first",
-                    message.type_name()
-                ),
-            )),
+        | Message::Report { .. }
+        | Message::Commit { .. }) => match &session.peer {
+            None => now(unauthenticated(&message)),
             Some(_) => colony::apply(shared, message),
+        },
+        message @ (Message::Describe
+        | Message::Fence { .. }
+        | Message::Fetch { .. }
+        | Message::Install { .. }
+        | Message::Restore { .. }
+        | Message::Stop { .. }) => match &session.peer {
+            None => now(unauthenticated(&message)),
+            Some(_) => recovery::apply(shared, message),
         },
         // Replies and errors are what a server sends, not what it serves.
         other => now(Message::error(
@@ -80,4 +109,15 @@ pub(crate) fn dispatch(request: Message, shared: &Shared, session: &mut Session)
             ),
         )),
     }
+}
+
+/// The refusal of a node-to-node message on a connection that did not authenticate.
+fn unauthenticated(message: &Message) -> Message {
+    Message::error(
+        "unauthenticated",
+        format!(
+            "{} is a node-to-node message and needs an authenticated connection: send HELLO first",
+            message.type_name()
+        ),
+    )
 }

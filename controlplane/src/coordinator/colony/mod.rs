@@ -403,7 +403,7 @@ impl ColonyManager {
             .map_err(ColonyError::Placement)?;
         let topology = Arc::new(topology);
         if let Some(old) = self.inner.run.write().take() {
-            old.close();
+            old.supersede(topology.colony_id());
         }
         if let Some(health) = &self.inner.health {
             if let Some(old) = self.topology() {
@@ -419,6 +419,7 @@ impl ColonyManager {
         let started_run = match init::init_all(&sender, &topology).await {
             Ok(initial) => ColonyRun::connect(
                 topology.clone(),
+                0,
                 &self.inner.identity,
                 initial,
                 self.inner.config.run,
@@ -429,7 +430,10 @@ impl ColonyManager {
             Err(e) => Err(e),
         };
         let run = match started_run {
-            Ok(run) => run,
+            Ok((run, troubles)) => {
+                tokio::spawn(watch_troubles(run.clone(), troubles));
+                run
+            }
             Err(e) => {
                 // The backends that accepted their inits now hold this colony: say so, rather
                 // than keep advertising one they dropped.
@@ -454,6 +458,16 @@ impl ColonyManager {
             starts.remember(key, outcome.clone());
         }
         Ok(outcome)
+    }
+}
+
+/// Fails the run at its first trouble.
+async fn watch_troubles(
+    run: Arc<ColonyRun>,
+    mut troubles: tokio::sync::mpsc::UnboundedReceiver<crate::coordinator::run::Trouble>,
+) {
+    if let Some(trouble) = troubles.recv().await {
+        run.fail(trouble.error.to_string());
     }
 }
 
