@@ -283,6 +283,7 @@ pub async fn start_coordinator(
     let health = HealthTracker::new(health_config, Some((node_id.to_owned(), address)));
     let mut colony_config = ColonyConfig::default();
     colony_config.run.checkpoint_every = args.checkpoint_every;
+    colony_config.recovery.hold_open = args.recovery_hold_open;
     let colony = ColonyManager::new(
         registry.clone(),
         address,

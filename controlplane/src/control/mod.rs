@@ -7,6 +7,7 @@
 //! | `GET /colony` | coordinator | state, tick, population, fingerprint, ticks/s |
 //! | `POST /colony/run` | coordinator | `{"ticks":N,"wait":bool}`: run N more ticks |
 //! | `POST /colony/pause` | coordinator | stop every backend at one common tick |
+//! | `POST /colony/rebalance` | coordinator | spread the shards over every live backend at the next checkpoint |
 //! | `GET /colony/image.png` | coordinator | the world as a PNG |
 //! | `POST /init-colony-shard` | backend | a signed request to build one shard |
 //! | `GET /shards` | backend | the shards held here |
@@ -34,6 +35,7 @@ pub fn coordinator_router(colony: ColonyManager) -> Router {
         .route("/colony", get(colony::status))
         .route("/colony/run", post(colony::run))
         .route("/colony/pause", post(colony::pause))
+        .route("/colony/rebalance", post(colony::rebalance))
         .route("/colony/image.png", get(colony::image))
         .with_state(colony)
 }

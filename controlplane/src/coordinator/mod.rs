@@ -1,5 +1,6 @@
 //! The coordinator's domain, with no routes in it: node health from heartbeats ([`health`]),
-//! the colony's lifecycle ([`colony`]) and its runs ([`run`]), the world picture
+//! the colony's lifecycle ([`colony`]), its runs ([`run`]) and their supervision when
+//! backends are lost ([`recovery`]), the world picture
 //! ([`image`]), and the backends `colony up` manages ([`processes`]). The routers in
 //! [`crate::control`] and [`crate::management`] serve it, and turn its typed errors
 //! ([`error`]) into HTTP answers.
@@ -9,4 +10,5 @@ pub mod error;
 pub mod health;
 pub mod image;
 pub mod processes;
+pub mod recovery;
 pub mod run;

@@ -27,7 +27,8 @@ use tracing::{info, warn};
 
 use crate::coordinator::error::{ColonyError, StartRequestError};
 use crate::coordinator::health::tracker::HealthTracker;
-use crate::coordinator::run::{ColonyRun, RunConfig};
+use crate::coordinator::recovery::{self, RecoveryConfig, RecoveryEvent};
+use crate::coordinator::run::{Call, ColonyRun, RunConfig};
 
 /// Idempotency keys remembered; the oldest are forgotten first.
 const IDEMPOTENCY_KEYS_KEPT: usize = 1024;
@@ -172,6 +173,8 @@ pub struct ColonyConfig {
     pub init_timeout: Duration,
     /// Run control settings.
     pub run: RunConfig,
+    /// Re-placement settings.
+    pub recovery: RecoveryConfig,
 }
 
 impl Default for ColonyConfig {
@@ -181,6 +184,7 @@ impl Default for ColonyConfig {
             probe_timeout: Duration::from_millis(800),
             init_timeout: Duration::from_secs(10),
             run: RunConfig::default(),
+            recovery: RecoveryConfig::default(),
         }
     }
 }
@@ -198,6 +202,8 @@ struct Inner {
     start_error: RwLock<Option<String>>,
     identity: Identity,
     health: Option<HealthTracker>,
+    /// Re-placements, for `/ws`.
+    events: tokio::sync::broadcast::Sender<RecoveryEvent>,
 }
 
 /// The coordinator's colony state. Cheap to clone.
@@ -242,13 +248,38 @@ impl ColonyManager {
                 start_error: RwLock::new(None),
                 identity,
                 health,
+                events: tokio::sync::broadcast::Sender::new(64),
             }),
         }
     }
 
-    /// The running colony's topology.
+    /// The running colony's topology: its placement in force.
     pub fn topology(&self) -> Option<Arc<ClusterTopology>> {
+        if let Some(run) = self.inner.run.read().as_ref() {
+            return Some(run.placement().topology.clone());
+        }
         self.inner.topology.read().clone()
+    }
+
+    /// Re-placements of the colony from now on (lost backends, rebalances, take-overs).
+    pub fn subscribe_recoveries(&self) -> tokio::sync::broadcast::Receiver<RecoveryEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// Starts following `run`, with a supervisor that re-places it on trouble (and first
+    /// takes it over, with `adopt`).
+    fn follow(
+        &self,
+        run: Arc<ColonyRun>,
+        calls: tokio::sync::mpsc::UnboundedReceiver<Call>,
+        adopt: bool,
+    ) {
+        let context = recovery::Context {
+            config: self.inner.config.recovery,
+            events: self.inner.events.clone(),
+        };
+        tokio::spawn(recovery::supervise(run.clone(), calls, context, adopt));
+        *self.inner.run.write() = Some(run);
     }
 
     /// Makes `topology` the colony without starting it (router and lifecycle tests).
@@ -303,6 +334,23 @@ impl ColonyManager {
     /// As [`ColonyManager::run`].
     pub async fn pause(&self) -> Result<serde_json::Value, ColonyError> {
         self.current_run()?.pause().await
+    }
+
+    /// `POST /colony/rebalance`: spreads the shards over every live backend (DESIGN §14).
+    ///
+    /// # Errors
+    /// As [`ColonyManager::run`]; [`ColonyError::Registry`] or
+    /// [`ColonyError::NoLiveBackend`] when no backend can be found.
+    pub async fn rebalance(&self) -> Result<serde_json::Value, ColonyError> {
+        let run = self.current_run()?;
+        let backends = discover::live_backends(
+            self.inner.registry.as_ref(),
+            &self.inner.me,
+            &self.inner.client,
+            self.inner.config.probe_timeout,
+        )
+        .await?;
+        run.rebalance(backends).await
     }
 
     /// `GET /colony/image.png`: fetches every shard from its backend and draws the world.
@@ -429,11 +477,8 @@ impl ColonyManager {
             .map_err(ColonyError::from),
             Err(e) => Err(e),
         };
-        let run = match started_run {
-            Ok((run, troubles)) => {
-                tokio::spawn(watch_troubles(run.clone(), troubles));
-                run
-            }
+        let (run, calls) = match started_run {
+            Ok(started) => started,
             Err(e) => {
                 // The backends that accepted their inits now hold this colony: say so, rather
                 // than keep advertising one they dropped.
@@ -444,7 +489,7 @@ impl ColonyManager {
             }
         };
         *self.inner.start_error.write() = None;
-        *self.inner.run.write() = Some(run);
+        self.follow(run, calls, false);
         info!(
             colony = topology.colony_id(),
             backends = topology.backends().len(),
@@ -458,16 +503,6 @@ impl ColonyManager {
             starts.remember(key, outcome.clone());
         }
         Ok(outcome)
-    }
-}
-
-/// Fails the run at its first trouble.
-async fn watch_troubles(
-    run: Arc<ColonyRun>,
-    mut troubles: tokio::sync::mpsc::UnboundedReceiver<crate::coordinator::run::Trouble>,
-) {
-    if let Some(trouble) = troubles.recv().await {
-        run.fail(trouble.error.to_string());
     }
 }
 

@@ -29,8 +29,9 @@ use codec::{Checkpoint, Message};
 use dataplane::{Client, Identity};
 use parking_lot::{Mutex, RwLock};
 use serde_json::{json, Value};
+use shared::topology::BackendEntry;
 use shared::topology::ClusterTopology;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -64,6 +65,21 @@ impl Default for RunConfig {
     }
 }
 
+/// What the run asks of its supervisor (`coordinator::recovery`).
+#[derive(Debug)]
+pub enum Call {
+    /// A backend is in trouble: place its shards elsewhere, or fail the run.
+    Trouble(Trouble),
+    /// Spread the shards over `backends` (with those holding shards now) at the next
+    /// checkpoint; the answer is the `GET /colony` body afterwards.
+    Rebalance {
+        /// Live backends to spread over.
+        backends: Vec<BackendEntry>,
+        /// Where the answer goes.
+        reply: oneshot::Sender<Result<Value, ColonyError>>,
+    },
+}
+
 /// A backend of placement `epoch` stopped answering or failed.
 #[derive(Debug)]
 pub struct Trouble {
@@ -93,7 +109,12 @@ pub struct ColonyRun {
     changed: watch::Sender<u64>,
     /// Cancelled when the run ends (failure, a new colony, shutdown).
     cancel: CancellationToken,
-    trouble: mpsc::UnboundedSender<Trouble>,
+    supervisor: mpsc::UnboundedSender<Call>,
+    /// The highest epoch any backend was fenced at (a re-placement may fence one and fail
+    /// before it is in force): a stop must not be older than that.
+    fenced: std::sync::atomic::AtomicU64,
+    /// The identity the coordinator speaks to backends with.
+    identity: Identity,
     config: RunConfig,
     health: Option<HealthTracker>,
 }
@@ -125,7 +146,7 @@ impl ColonyRun {
         initial: Checkpoint,
         config: RunConfig,
         health: Option<HealthTracker>,
-    ) -> Result<(Arc<ColonyRun>, mpsc::UnboundedReceiver<Trouble>), BackendError> {
+    ) -> Result<(Arc<ColonyRun>, mpsc::UnboundedReceiver<Call>), BackendError> {
         let cancel = CancellationToken::new();
         let (placement, reports) = Self::links(
             topology,
@@ -136,9 +157,54 @@ impl ColonyRun {
             initial.tick,
         )
         .await?;
-        let (run, trouble) = ColonyRun::new(placement, initial, config, health, cancel);
+        let (run, calls) = ColonyRun::new(placement, identity, initial, config, health, cancel);
         run.follow(reports);
-        Ok((run, trouble))
+        Ok((run, calls))
+    }
+
+    /// A run taken over from backends that kept a colony while no coordinator followed it:
+    /// `topology` as they describe it (placement `epoch`), running to `target`, with
+    /// `committed` the newest consistent checkpoint any was told. It follows nobody yet and
+    /// shows `recovering` until its supervisor re-places the colony (which is how it learns
+    /// the figures at `committed`).
+    pub fn adopted(
+        topology: Arc<ClusterTopology>,
+        epoch: u64,
+        identity: &Identity,
+        target: u64,
+        committed: u64,
+        config: RunConfig,
+        health: Option<HealthTracker>,
+    ) -> (Arc<ColonyRun>, mpsc::UnboundedReceiver<Call>) {
+        let cancel = CancellationToken::new();
+        let placement = Placement::new(
+            topology,
+            epoch,
+            HashMap::new(),
+            identity.clone(),
+            config.stall_timeout,
+            cancel.child_token(),
+            committed,
+        );
+        let unknown = Checkpoint {
+            tick: committed,
+            population: 0,
+            fingerprint: 0,
+        };
+        let (run, calls) = ColonyRun::new(
+            Arc::new(placement),
+            identity,
+            unknown,
+            config,
+            health,
+            cancel,
+        );
+        {
+            let mut s = run.state.lock();
+            s.target = target.max(committed);
+            s.recovering = true;
+        }
+        (run, calls)
     }
 
     /// Makes the command and report links of a placement of `topology` as epoch `epoch`.
@@ -185,12 +251,13 @@ impl ColonyRun {
     /// A run over `placement` without reporters.
     fn new(
         placement: Arc<Placement>,
+        identity: &Identity,
         initial: Checkpoint,
         config: RunConfig,
         health: Option<HealthTracker>,
         cancel: CancellationToken,
-    ) -> (Arc<ColonyRun>, mpsc::UnboundedReceiver<Trouble>) {
-        let (trouble, troubles) = mpsc::unbounded_channel();
+    ) -> (Arc<ColonyRun>, mpsc::UnboundedReceiver<Call>) {
+        let (supervisor, calls) = mpsc::unbounded_channel();
         let mut state = RunState::new(expectations(&placement.topology), initial);
         state.replace(placement.epoch, expectations(&placement.topology), initial);
         let run = Arc::new(ColonyRun {
@@ -200,11 +267,13 @@ impl ColonyRun {
             ordering: tokio::sync::Mutex::new(()),
             changed: watch::Sender::new(0),
             cancel,
-            trouble,
+            supervisor,
+            fenced: std::sync::atomic::AtomicU64::new(0),
+            identity: identity.clone(),
             config,
             health,
         });
-        (run, troubles)
+        (run, calls)
     }
 
     /// Starts a reporter and a commit announcer per backend of the current placement.
@@ -221,6 +290,127 @@ impl ColonyRun {
     /// The placement in force.
     pub(crate) fn placement(&self) -> Arc<Placement> {
         self.placement.read().clone()
+    }
+
+    /// The identity the coordinator speaks to backends with.
+    pub(crate) fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// Settings of this run.
+    pub(crate) fn config(&self) -> RunConfig {
+        self.config
+    }
+
+    /// The node health tracker, if the coordinator has one.
+    pub(crate) fn health(&self) -> Option<&HealthTracker> {
+        self.health.as_ref()
+    }
+
+    /// Resolves when the run ended (failure, a new colony, shutdown).
+    pub(crate) async fn ended(&self) {
+        self.cancel.cancelled().await;
+    }
+
+    /// A token for a new placement's tasks: cancelled when the run ends.
+    pub(crate) fn child_token(&self) -> CancellationToken {
+        self.cancel.child_token()
+    }
+
+    /// The placement the backends report in.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.state.lock().epoch()
+    }
+
+    /// The newest consistent checkpoint.
+    pub(crate) fn consistent(&self) -> Checkpoint {
+        self.state.lock().consistent()
+    }
+
+    /// The furthest tick any backend reported.
+    pub(crate) fn furthest(&self) -> u64 {
+        self.state.lock().furthest()
+    }
+
+    /// Holds back runs and pauses while the shards are placed again: the new placement must
+    /// get the targets in one order too.
+    pub(crate) async fn hold_targets(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.ordering.lock().await
+    }
+
+    /// Notes that backends are being fenced at `epoch`.
+    pub(crate) fn fencing(&self, epoch: u64) {
+        self.fenced
+            .fetch_max(epoch, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// The epoch a stop must carry to be heeded by every backend.
+    fn stop_epoch(&self, placement: &Placement) -> u64 {
+        self.fenced
+            .load(std::sync::atomic::Ordering::Acquire)
+            .max(placement.epoch)
+    }
+
+    /// Shows `recovering` (or not) in `GET /colony`.
+    pub(crate) fn set_recovering(&self, on: bool) {
+        self.state.lock().recovering = on;
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    /// Asks the supervisor to spread the shards over `backends`; answers when it is done.
+    ///
+    /// # Errors
+    /// [`ColonyError::RunFailed`] if the run failed (or fails meanwhile).
+    pub async fn rebalance(&self, backends: Vec<BackendEntry>) -> Result<Value, ColonyError> {
+        self.check_not_failed()?;
+        let (reply, answer) = oneshot::channel();
+        let _ = self.supervisor.send(Call::Rebalance { backends, reply });
+        match answer.await {
+            Ok(answer) => answer,
+            Err(_) => {
+                self.check_not_failed()?;
+                Ok(self.status())
+            }
+        }
+    }
+
+    /// Makes `placement` the one in force, its backends set back to the checkpoint
+    /// `consistent`; follows them from there and sends them the run's target. The caller
+    /// holds the targets ([`ColonyRun::hold_targets`]).
+    ///
+    /// # Errors
+    /// A backend did not take the target (which is also reported as trouble).
+    pub(crate) async fn take_placement(
+        self: &Arc<Self>,
+        placement: Arc<Placement>,
+        reports: HashMap<String, Client>,
+        consistent: Checkpoint,
+    ) -> Result<(), BackendError> {
+        let target = {
+            let mut s = self.state.lock();
+            s.replace(
+                placement.epoch,
+                expectations(&placement.topology),
+                consistent,
+            );
+            s.target = s.target.max(consistent.tick);
+            s.recovering = false;
+            s.target
+        };
+        let old = std::mem::replace(&mut *self.placement.write(), placement);
+        old.cancel.cancel();
+        self.follow(reports);
+        self.changed.send_modify(|n| *n += 1);
+        let colony_id = self.colony_id.clone();
+        let every = self.config.checkpoint_every;
+        self.send_targets(|epoch| Message::Run {
+            colony_id: colony_id.clone(),
+            epoch,
+            until_tick: target,
+            checkpoint_every: every,
+        })
+        .await
+        .map(|_| ())
     }
 
     /// Stops following the backends (on restart or shutdown); they keep their colony.
@@ -347,7 +537,9 @@ impl ColonyRun {
             return;
         }
         warn!(colony = %self.colony_id, epoch, %error, "trouble with a backend");
-        let _ = self.trouble.send(Trouble { epoch, error });
+        let _ = self
+            .supervisor
+            .send(Call::Trouble(Trouble { epoch, error }));
     }
 
     /// Records the run's failure (only the first reason counts: later ones are its
@@ -372,8 +564,9 @@ impl ColonyRun {
         self.changed.send_modify(|n| *n += 1);
         self.cancel.cancel();
         let placement = self.placement();
+        let epoch = self.stop_epoch(&placement);
         let colony_id = self.colony_id.clone();
-        tokio::spawn(stop_everywhere(placement, colony_id, reason));
+        tokio::spawn(stop_everywhere(placement, epoch, colony_id, reason));
     }
 
     /// Ends the run because a newer colony replaces it: every backend that still answers
@@ -384,8 +577,14 @@ impl ColonyRun {
         }
         self.cancel.cancel();
         let placement = self.placement();
+        let epoch = self.stop_epoch(&placement);
         let reason = format!("replaced by colony {by}");
-        tokio::spawn(stop_everywhere(placement, self.colony_id.clone(), reason));
+        tokio::spawn(stop_everywhere(
+            placement,
+            epoch,
+            self.colony_id.clone(),
+            reason,
+        ));
     }
 
     fn check_not_failed(&self) -> Result<(), ColonyError> {
@@ -543,12 +742,13 @@ impl ColonyRun {
     }
 }
 
-/// Tells every backend of `placement` to stop ticking colony `colony_id` for good, and
-/// waits (briefly) for the ones that answer.
-async fn stop_everywhere(placement: Arc<Placement>, colony_id: String, reason: String) {
+/// Tells every backend of `placement` to stop ticking colony `colony_id` for good (with
+/// `epoch`, at least the newest it was fenced at), and waits (briefly) for the ones that
+/// answer.
+async fn stop_everywhere(placement: Arc<Placement>, epoch: u64, colony_id: String, reason: String) {
     let stop = Message::Stop {
         colony_id: colony_id.clone(),
-        epoch: placement.epoch,
+        epoch,
         reason,
     };
     let ids: Vec<String> = placement.backends().cloned().collect();
@@ -612,6 +812,7 @@ mod tests {
         );
         let (run, _troubles) = ColonyRun::new(
             Arc::new(placement),
+            &identity,
             initial,
             RunConfig::default(),
             Some(health.clone()),

@@ -195,6 +195,11 @@ impl RunState {
         self.consistent
     }
 
+    /// The furthest backend's tick.
+    pub(super) fn furthest(&self) -> u64 {
+        self.backends.values().map(|p| p.tick).max().unwrap_or(0)
+    }
+
     /// The slowest backend's tick.
     pub(super) fn slowest(&self) -> u64 {
         self.backends.values().map(|p| p.tick).min().unwrap_or(0)
