@@ -23,17 +23,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support/proc_cpu.rs"]
-mod proc_cpu;
-
-use proc_cpu::cpu_seconds;
 use std::io::Write as _;
-use std::net::TcpListener as StdListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use shared::test_support::free_port;
+use shared::test_support::proc_cpu::cpu_seconds;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -48,14 +45,6 @@ impl Drop for Coordinator {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn start() -> Coordinator {

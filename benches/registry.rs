@@ -18,9 +18,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../shared/tests/support/moto.rs"]
-mod moto;
-
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,6 +27,7 @@ use aws_sdk_ssm::config::{Credentials, SharedCredentialsProvider};
 use shared::registry::{
     ClusterRegistry, FileClusterRegistry, SsmClusterRegistry, SsmOptions, DEFAULT_CACHE_TTL,
 };
+use shared::test_support::moto;
 use shared::NodeAddress;
 
 const COUNTS: [u16; 3] = [1, 10, 100];
@@ -86,7 +84,7 @@ impl Kind for Ssm {
             open: Box::new(move |cache_ttl| {
                 let (sdk, prefix) = (sdk.clone(), prefix.clone());
                 Box::pin(async move {
-                    let options = SsmOptions { prefix, cache_ttl };
+                    let options = SsmOptions::new(prefix).with_cache_ttl(cache_ttl);
                     let registry: Arc<dyn ClusterRegistry> = Arc::new(
                         SsmClusterRegistry::from_sdk_config(&sdk, options)
                             .await

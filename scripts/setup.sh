@@ -5,9 +5,9 @@ set -euo pipefail
 need_apt=()
 command -v cc >/dev/null || need_apt+=(build-essential)
 command -v nc >/dev/null || need_apt+=(netcat-openbsd)
-# The dashboard's browser tests drive Debian's headless Chromium over the DevTools protocol.
+# The dashboard's browser tests drive Debian's headless Chromium over the DevTools protocol
+# themselves (tests/dashboard/cdp.rs), so no WebDriver is needed.
 command -v chromium >/dev/null || need_apt+=(chromium)
-command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"

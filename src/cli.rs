@@ -5,6 +5,7 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -12,7 +13,8 @@ use codec::Limits;
 use controlplane::coordinator::health::config::HealthConfig;
 use controlplane::http::HttpLimits;
 use dataplane::DataPlaneConfig;
-use shared::registry::{RegistryConfig, RegistryKind};
+use shared::registry::{ClusterRegistry, RegistryConfig, RegistryError, RegistryKind};
+use shared::sim::WorldParams;
 
 /// Colony: a cluster runtime for a sharded cellular simulation.
 ///
@@ -172,28 +174,29 @@ pub struct UpArgs {
 }
 
 /// Flags of `colony reference` (defaults as `POST /colony-start`'s).
+// The defaults come from their one definition, `WorldParams::default()` (DESIGN §3).
 #[derive(Debug, Args)]
 pub struct ReferenceArgs {
     /// Shards per world row.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = WorldParams::default().width_in_shards)]
     pub width_in_shards: u32,
     /// Shards per world column.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = WorldParams::default().height_in_shards)]
     pub height_in_shards: u32,
     /// Cells per shard row.
-    #[arg(long, default_value_t = 250)]
+    #[arg(long, default_value_t = WorldParams::default().shard_width)]
     pub shard_width: u32,
     /// Cells per shard column.
-    #[arg(long, default_value_t = 250)]
+    #[arg(long, default_value_t = WorldParams::default().shard_height)]
     pub shard_height: u32,
     /// Life-like rule.
-    #[arg(long, default_value = "B3/S23")]
+    #[arg(long, default_value_t = WorldParams::default().rule.to_string())]
     pub rule: String,
     /// Seed of the initial soup.
-    #[arg(long, default_value_t = 42)]
+    #[arg(long, default_value_t = WorldParams::default().seed)]
     pub seed: u64,
     /// Fraction of cells alive at tick 0.
-    #[arg(long, default_value_t = 0.35)]
+    #[arg(long, default_value_t = WorldParams::default().density)]
     pub density: f64,
     /// A global cell alive at tick 0 besides the soup, as `X,Y`; repeat for a pattern (the
     /// `cells` of `POST /colony-start`).
@@ -253,9 +256,7 @@ impl RegistryArgs {
     ///
     /// # Errors
     /// An unknown DEPLOYMENT_MODE.
-    pub fn resolve(
-        &self,
-    ) -> Result<(RegistryKind, RegistryConfig), shared::registry::RegistryError> {
+    pub fn resolve(&self) -> Result<(RegistryKind, RegistryConfig), RegistryError> {
         let kind = shared::registry::resolve_kind(self.registry, self.deployment_mode.as_deref())?;
         Ok((
             kind,
@@ -264,6 +265,15 @@ impl RegistryArgs {
                 ssm_prefix: self.ssm_prefix.clone(),
             },
         ))
+    }
+
+    /// The registry these flags select, opened (see [`shared::registry::open_registry`]).
+    ///
+    /// # Errors
+    /// An unknown DEPLOYMENT_MODE, or an SSM registry without a region or credentials.
+    pub async fn open(&self) -> Result<Arc<dyn ClusterRegistry>, RegistryError> {
+        let (kind, config) = self.resolve()?;
+        shared::registry::open_registry(kind, config).await
     }
 }
 
@@ -297,14 +307,14 @@ impl HealthArgs {
     /// The validated thresholds.
     ///
     /// # Errors
-    /// Names the flag out of range.
-    pub fn config(&self) -> Result<HealthConfig, String> {
+    /// Names the flag out of range (the control plane's check, passed on unchanged).
+    pub fn config(&self) -> anyhow::Result<HealthConfig> {
         let config = HealthConfig {
             stale_after: self.stale_after,
             down_after: self.down_after,
             flap_window: self.flap_window,
         };
-        config.validate().map_err(|e| e.to_string())?;
+        config.validate()?;
         Ok(config)
     }
 }
@@ -383,19 +393,44 @@ impl DataPlaneArgs {
     }
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 3s, 1m)"))
+/// Why a flag's value does not parse; clap prints it after the flag's name.
+#[derive(Debug, thiserror::Error)]
+pub enum FlagError {
+    /// Not a duration such as `500ms` or `3s`.
+    #[error("{0} (examples: 500ms, 3s, 1m)")]
+    Duration(humantime::DurationError),
+    /// A `--cell` without the comma.
+    #[error("{0:?} is not X,Y")]
+    NotACell(String),
+    /// A `--cell` coordinate that is not a number.
+    #[error("{coordinate:?} in {cell:?}: {error}")]
+    CellCoordinate {
+        /// The coordinate as given.
+        coordinate: String,
+        /// The whole `X,Y`.
+        cell: String,
+        /// Why it is not a `u64`.
+        error: std::num::ParseIntError,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, FlagError> {
+    humantime::parse_duration(s).map_err(FlagError::Duration)
 }
 
 /// Parses `X,Y` into a global cell.
-fn parse_cell(s: &str) -> Result<[u64; 2], String> {
+fn parse_cell(s: &str) -> Result<[u64; 2], FlagError> {
     let (x, y) = s
         .split_once(',')
-        .ok_or_else(|| format!("{s:?} is not X,Y"))?;
+        .ok_or_else(|| FlagError::NotACell(s.to_owned()))?;
     let num = |v: &str| {
         v.trim()
             .parse::<u64>()
-            .map_err(|e| format!("{v:?} in {s:?}: {e}"))
+            .map_err(|error| FlagError::CellCoordinate {
+                coordinate: v.to_owned(),
+                cell: s.to_owned(),
+                error,
+            })
     };
     Ok([num(x)?, num(y)?])
 }

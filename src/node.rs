@@ -99,9 +99,9 @@ fn load_secret(secret: &SecretArgs, registry: &RegistryArgs) -> anyhow::Result<C
     Ok(secret)
 }
 
-pub async fn open_registry(args: &RegistryArgs) -> anyhow::Result<Arc<dyn ClusterRegistry>> {
-    let (kind, config) = args.resolve()?;
-    let registry = shared::registry::open_registry(kind, config).await?;
+/// The node's registry, named in the log so an operator sees which one a node uses.
+async fn node_registry(args: &RegistryArgs) -> anyhow::Result<Arc<dyn ClusterRegistry>> {
+    let registry = args.open().await?;
     info!(registry = %registry.describe(), "using the cluster registry");
     Ok(registry)
 }
@@ -264,9 +264,9 @@ pub async fn start_coordinator(
     processes: Option<ProcessManager>,
 ) -> anyhow::Result<CoordinatorHandle> {
     let data_config = args.data_plane.config()?;
-    let health_config = args.health.config().map_err(anyhow::Error::msg)?;
+    let health_config = args.health.config()?;
     let limits: HttpLimits = args.http.limits();
-    let registry = open_registry(&args.registry).await?;
+    let registry = node_registry(&args.registry).await?;
     let secret = load_secret(&args.secret, &args.registry)?;
     let listeners = Listeners::bind(
         &args.bind,
@@ -357,7 +357,7 @@ pub async fn run_backend(args: BackendArgs) -> anyhow::Result<()> {
         shared::registry::validate_instance_id(id).context("--instance-id")?;
     }
     let limits = args.http.limits();
-    let registry = open_registry(&args.registry).await?;
+    let registry = node_registry(&args.registry).await?;
     let secret = load_secret(&args.secret, &args.registry)?;
     let listeners = Listeners::bind(
         &args.bind,

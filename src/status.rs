@@ -10,8 +10,7 @@ use crate::cli::StatusArgs;
 /// Prints one row per node. Fails (exit 1) when the coordinator cannot be reached, after
 /// printing what the registry knows.
 pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
-    let (kind, config) = args.registry.resolve()?;
-    let registry = shared::registry::open_registry(kind, config).await?;
+    let registry = args.registry.open().await?;
     let coordinator = registry
         .discover_coordinator()
         .await
@@ -21,11 +20,10 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
         .await
         .context("cannot read the backends from the registry")?;
 
-    let health: Result<Value, String> = match coordinator {
-        None => Err(format!(
-            "no coordinator registered in {}",
-            registry.describe()
-        )),
+    let health: Result<Value, HealthError> = match coordinator {
+        None => Err(HealthError::NoCoordinator {
+            registry: registry.describe(),
+        }),
         Some(c) => fetch_health(&c.to_mgmt_address()).await,
     };
 
@@ -60,7 +58,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
         let out = json!({
             "registry": registry.describe(),
             "overall_status": health.as_ref().ok().map(|h| h["overall_status"].clone()),
-            "error": health.as_ref().err(),
+            "error": health.as_ref().err().map(ToString::to_string),
             "nodes": rows,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
@@ -81,26 +79,50 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
     }
     match health {
         Ok(_) => Ok(()),
-        Err(e) => Err(anyhow::anyhow!(e)),
+        Err(e) => Err(e.into()),
     }
 }
 
-async fn fetch_health(mgmt: &str) -> Result<Value, String> {
+/// Why the coordinator's health could not be shown. The messages carry their cause inline
+/// (no `source`), so `colony: {e:#}` prints each once.
+#[derive(Debug, thiserror::Error)]
+enum HealthError {
+    /// The registry has no coordinator.
+    #[error("no coordinator registered in {registry}")]
+    NoCoordinator { registry: String },
+    /// The HTTP client could not be built.
+    #[error("{0}")]
+    Client(reqwest::Error),
+    /// The coordinator's management port did not answer.
+    #[error("coordinator at {mgmt} does not answer: {error}")]
+    NoAnswer { mgmt: String, error: reqwest::Error },
+    /// It answered something that is not the health JSON.
+    #[error("coordinator at {mgmt} sent a bad answer: {error}")]
+    BadAnswer { mgmt: String, error: reqwest::Error },
+}
+
+async fn fetch_health(mgmt: &str) -> Result<Value, HealthError> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(3))
         .no_proxy()
         .build()
-        .map_err(|e| e.to_string())?;
+        .map_err(HealthError::Client)?;
     let url = format!("http://{mgmt}/health/status");
     let response = client
         .get(&url)
         .send()
         .await
-        .map_err(|e| format!("coordinator at {mgmt} does not answer: {e}"))?;
+        .map_err(|error| HealthError::NoAnswer {
+            mgmt: mgmt.to_owned(),
+            error,
+        })?;
     response
         .json()
         .await
-        .map_err(|e| format!("coordinator at {mgmt} sent a bad answer: {e}"))
+        .map_err(|error| HealthError::BadAnswer {
+            mgmt: mgmt.to_owned(),
+            error,
+        })
 }
 
 fn find(components: &[Value], id: &str) -> Option<Value> {

@@ -269,7 +269,7 @@ fn print_summary(
 /// Removes registry entries our backends left behind (a child killed by SIGKILL cannot
 /// unregister itself). Unregistering an absent entry succeeds, so this is safe either way.
 async fn cleanup_registry(args: &UpArgs, planned: &[Planned]) {
-    let registry = match crate::node::open_registry(&args.coordinator.registry).await {
+    let registry = match args.coordinator.registry.open().await {
         Ok(registry) => registry,
         Err(e) => {
             warn!(error = %e, "cannot open the registry to clean up after the backends");

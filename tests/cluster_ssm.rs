@@ -12,18 +12,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-#[path = "../shared/tests/support/moto.rs"]
-mod moto;
 
 use std::time::{Duration, Instant};
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_ssm::config::{Credentials, SharedCredentialsProvider};
 use common::*;
-use moto::Moto;
 use serde_json::{json, Value};
 use shared::registry::{ClusterRegistry, SsmClusterRegistry, SsmOptions};
 use shared::sim::{run_reference, Rule, WorldParams};
+use shared::test_support::moto::{self, Moto};
 use shared::NodeAddress;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
@@ -60,10 +58,7 @@ async fn registry(port: u16, prefix: &str) -> SsmClusterRegistry {
             "colony-tests",
         )))
         .build();
-    let options = SsmOptions {
-        prefix: prefix.to_owned(),
-        cache_ttl: Duration::ZERO,
-    };
+    let options = SsmOptions::new(prefix).with_cache_ttl(Duration::ZERO);
     SsmClusterRegistry::from_sdk_config(&sdk, options)
         .await
         .unwrap()
@@ -391,7 +386,7 @@ async fn refuses_to_start(args: &[&str], env: &[(&'static str, String)]) -> Stri
 
 #[tokio::test]
 async fn without_credentials_or_region_a_node_refuses_to_start_and_says_what_to_set() {
-    let base = node_env(moto::free_port());
+    let base = node_env(shared::test_support::free_port());
     let no_credentials: Vec<_> = base
         .iter()
         .filter(|(k, _)| *k != "AWS_ACCESS_KEY_ID" && *k != "AWS_SECRET_ACCESS_KEY")

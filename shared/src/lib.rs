@@ -2,6 +2,9 @@
 //! cluster secret, the simulation kernel, and process plumbing (tracing, shutdown signals).
 //!
 //! Nothing here opens a listener; the servers live in `dataplane` and `controlplane`.
+//!
+//! The `test-support` feature adds `test_support` and `registry::contract`: helpers and the
+//! registry contract suite for tests and benches, not part of the public API.
 
 pub mod address;
 pub mod hello;
@@ -11,6 +14,8 @@ pub mod secret;
 pub mod signal;
 pub mod sim;
 pub mod telemetry;
+#[cfg(feature = "test-support")]
+pub mod test_support;
 pub mod token;
 pub mod topology;
 

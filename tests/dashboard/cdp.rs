@@ -43,7 +43,7 @@ pub fn chromium_path() -> PathBuf {
     }
     panic!(
         "Chromium is not installed, so the dashboard's browser tests cannot run: run ./scripts/setup.sh \
-         (it installs Debian's chromium and chromium-driver), or set COLONY_CHROMIUM to a Chromium binary"
+         (it installs Debian's chromium), or set COLONY_CHROMIUM to a Chromium binary"
     );
 }
 

@@ -20,6 +20,10 @@ use std::time::Duration;
 use common::*;
 use serde_json::{json, Value};
 
+/// The page's own signal that it has drawn its first `/ws` state and has none of its requests
+/// in flight (and, on the colony view, has finished its auto-start).
+const SETTLED: &str = "document.body.dataset.settled === 'true'";
+
 const WIDTH: u32 = 1440;
 const HEIGHT: u32 = 1000;
 
@@ -106,6 +110,21 @@ fn assert_only_own_origin(events: &[cdp::Event], mgmt: &str) -> usize {
     urls.len()
 }
 
+/// The requests (`METHOD url`) the page sent to a path ending in `suffix`.
+fn requests_to(events: &[cdp::Event], suffix: &str) -> Vec<String> {
+    events
+        .iter()
+        .filter(|(method, _)| method == "Network.requestWillBeSent")
+        .filter_map(|(_, params)| {
+            let request = &params["request"];
+            let url = request["url"].as_str()?;
+            let path = url.split('?').next().unwrap_or_default();
+            path.ends_with(suffix)
+                .then(|| format!("{} {url}", request["method"].as_str().unwrap_or("?")))
+        })
+        .collect()
+}
+
 /// `[node, state]` for every row of the node table.
 async fn rows(page: &cdp::Page<'_>) -> Vec<(String, String)> {
     let v = page
@@ -183,8 +202,9 @@ async fn the_health_view_shows_every_node_and_follows_a_kill_without_reload() {
     let age = format!("document.querySelector('td[data-age=\"{b0}\"]').textContent");
     page.wait_for(&format!("{age} !== '—'"), DEADLINE).await;
 
-    // Looking at the health view changes nothing: still no colony.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Looking at the health view changes nothing: once the page has settled (its first /ws
+    // state drawn, none of its own requests in flight), there is still no colony.
+    page.wait_for(SETTLED, DEADLINE).await;
     let (status, _) = control_status(&up.mgmt, "topology").await;
     assert_eq!(status, 404, "the health view started a colony");
 
@@ -256,7 +276,17 @@ async fn the_health_view_shows_every_node_and_follows_a_kill_without_reload() {
     assert_eq!(rows(&page).await.len(), 3);
 
     save_screenshot(&page, "dashboard.png").await;
+    // Seconds later, settled again: the page never asked for a colony while it was open, and
+    // there is none.
+    page.wait_for(SETTLED, DEADLINE).await;
     let events = page.events().await;
+    let starts = requests_to(&events, "/colony-start");
+    assert!(
+        starts.is_empty(),
+        "the health view asked for a colony: {starts:?}"
+    );
+    let (status, _) = control_status(&up.mgmt, "topology").await;
+    assert_eq!(status, 404, "the health view started a colony");
     assert_no_console_errors(&events, &[]);
     let requests = assert_only_own_origin(&events, &up.mgmt);
     assert!(requests >= 4, "only {requests} requests seen");

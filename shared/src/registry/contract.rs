@@ -1,17 +1,20 @@
 //! The behaviour every [`ClusterRegistry`] must have, written once as checks over the trait so
-//! each implementation (file, in-memory, and later SSM) runs the same suite unchanged.
+//! each implementation (file, in-memory, SSM) runs the same suite unchanged.
 //!
 //! Each check takes a [`Fixture`]: the registry under test, a [`RawView`] that reads the value
 //! exactly as stored (to pin the JSON form that `jq` and scripts rely on), and a guard keeping
 //! the backing store (a temp dir, a server) alive. A check expects an empty registry, leaves
 //! it empty, and reports a broken promise as a [`ContractViolation`] rather than panicking, so
-//! this module is ordinary library code. Never point it at a registry in use: it registers and
+//! a caller decides how to fail. Never point it at a registry in use: it registers and
 //! removes entries.
 //!
 //! To run the suite against an implementation, write an `async fn` returning a fresh
 //! [`Fixture`] and expand [`registry_contract_tests!`](crate::registry_contract_tests) in a test
 //! module; it generates one `#[tokio::test]` per check. [`run_all`] runs them in sequence on one
 //! fixture instead.
+//!
+//! Test code, behind the `test-support` feature, and one piece on purpose: the checks, the
+//! macro that lists them and [`run_all`] must stay in step, which is easiest to see in one file.
 
 use std::any::Any;
 use std::collections::BTreeSet;

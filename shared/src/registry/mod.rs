@@ -3,13 +3,15 @@
 //! This module owns the [`ClusterRegistry`] trait, its implementations ([`FileClusterRegistry`]
 //! for localhost, [`SsmClusterRegistry`] on AWS SSM Parameter Store, [`InMemoryClusterRegistry`]
 //! for unit tests), the factory that picks one from configuration, instance-id rules, the
-//! background registration task, and the [`contract`] suite every implementation must pass.
+//! background registration task, and (behind the `test-support` feature) the `contract` suite
+//! every implementation must pass.
 //!
 //! It does not read Colony's environment variables or flags (the binary parses them and passes
 //! values in); the SSM registry alone reads the standard `AWS_*` configuration, through the AWS
 //! SDK, as every AWS client does. It holds addresses only: no topology, no secrets.
 
 mod backoff;
+#[cfg(feature = "test-support")]
 pub mod contract;
 mod error;
 mod factory;
@@ -33,8 +35,8 @@ pub use instance_id::{default_backend_id, validate_instance_id, MAX_INSTANCE_ID_
 pub use memory::InMemoryClusterRegistry;
 pub use registration::{spawn_registration, Role};
 pub use ssm::{
-    SsmCause, SsmClusterRegistry, SsmError, SsmOptions, DEFAULT_CACHE_TTL, MAX_PREFIX_LEN,
-    MAX_VALUE_BYTES,
+    Clock, SsmCause, SsmClusterRegistry, SsmError, SsmOptions, TokioClock, DEFAULT_CACHE_TTL,
+    MAX_PREFIX_LEN, MAX_VALUE_BYTES,
 };
 
 /// Registration and discovery of the coordinator and the backends.
@@ -44,7 +46,7 @@ pub use ssm::{
 /// value; unregistering something that is absent succeeds. Instance ids are checked with
 /// [`validate_instance_id`] before anything is written or removed.
 ///
-/// Implementations must pass [`contract`] unchanged.
+/// Implementations must pass the `contract` suite (feature `test-support`) unchanged.
 #[async_trait]
 pub trait ClusterRegistry: Send + Sync {
     /// Publishes the coordinator's address, replacing any previous one.

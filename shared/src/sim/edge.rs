@@ -22,7 +22,9 @@ use std::fmt;
 
 use serde::{de, ser::SerializeStruct, Deserialize, Serialize, Serializer};
 
-/// One of the eight directions of the Moore neighbourhood; also names a side of a shard.
+/// One of the eight directions of the Moore neighbourhood; also names a side of a shard. The
+/// crate's only direction type: [`ClusterTopology::neighbours`](crate::topology::ClusterTopology::neighbours)
+/// lists shards in [`Direction::ALL`] order too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Direction {
     /// `y - 1`.

@@ -7,9 +7,11 @@ use serde::{Deserialize, Serialize};
 
 use super::{hash::DensityThreshold, splitmix64, Direction, Rule};
 
-/// The most cells one shard may hold (8192 × 8192): one packed buffer is then 8 MiB. It stops a
-/// bad request from making a backend allocate without bound.
-pub const MAX_SHARD_CELLS: u64 = 1 << 26;
+/// The most cells one shard may hold (e.g. 4096 × 4096): one backend ticks a shard as a unit,
+/// and one packed buffer is then 2 MiB. It stops a bad request from making a backend allocate
+/// without bound. The cluster ([`crate::topology::Dimensions`]) and the kernel check this one
+/// limit, so `colony reference` accepts exactly the shards a cluster does.
+pub const MAX_SHARD_CELLS: u64 = 1 << 24;
 
 /// The most pattern cells a world may list (see [`WorldParams::cells`]).
 pub const MAX_PATTERN_CELLS: usize = 1 << 16;

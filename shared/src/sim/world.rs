@@ -1,10 +1,12 @@
 //! [`World`] and [`run_reference`]: a whole world stepped in one process, the answer every
 //! distributed run must match bit for bit.
 //!
-//! It is built exactly as the cluster builds it, one [`ShardGrid`] per shard, and each tick does
-//! what a backend does for the shards it holds: take every shard's edges, fill every halo from
-//! its eight torus neighbours (in memory, [`ShardGrid::halo_from_neighbours`]), then step all
-//! shards on the rayon pool.
+//! It holds one [`ShardGrid`] per shard with a one-cell halo and exchanges borders every tick:
+//! take every shard's edges, fill every halo from its eight torus neighbours (in memory,
+//! [`ShardGrid::halo_from_neighbours`]), then step all shards on the rayon pool. The cluster
+//! holds [`DeepShard`](super::DeepShard)s instead, whose margins are several cells deep and
+//! exchanged every few ticks; the kernel is the same and so is every cell, which is what makes
+//! this run the reference.
 
 use rayon::prelude::*;
 

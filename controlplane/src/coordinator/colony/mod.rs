@@ -18,7 +18,7 @@ use futures::future::join_all;
 use parking_lot::RwLock;
 use serde::Deserialize;
 use shared::registry::ClusterRegistry;
-use shared::sim::Rule;
+use shared::sim::{Rule, WorldParams};
 use shared::token::TokenIssuer;
 use shared::topology::{new_colony_id, ClusterTopology, Dimensions, Simulation};
 use shared::NodeAddress;
@@ -62,16 +62,18 @@ pub struct StartRequest {
 }
 
 impl Default for StartRequest {
+    /// DESIGN §3's defaults, from their one definition in [`WorldParams::default`].
     fn default() -> Self {
+        let world = WorldParams::default();
         StartRequest {
-            width_in_shards: 8,
-            height_in_shards: 5,
-            shard_width: 250,
-            shard_height: 250,
-            rule: "B3/S23".into(),
-            seed: 42,
-            density: 0.35,
-            cells: Vec::new(),
+            width_in_shards: world.width_in_shards,
+            height_in_shards: world.height_in_shards,
+            shard_width: world.shard_width,
+            shard_height: world.shard_height,
+            rule: world.rule.to_string(),
+            seed: world.seed,
+            density: world.density,
+            cells: world.cells,
             halo_depth: None,
             restart: false,
         }

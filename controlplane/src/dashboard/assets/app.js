@@ -76,6 +76,23 @@
   }
   const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
+  // ---- settled ----
+  // <body data-settled="true"> once the page has drawn its first /ws state, has no request of
+  // its own in flight and, on the colony view, has finished its auto-start. Tests wait for it
+  // instead of sleeping.
+  let pending = 0;
+  let loaded = false;
+  function markSettled() {
+    const p = $("colony-view").dataset.phase;
+    const starting = colonyOpened && p !== "ready" && p !== "failed";
+    document.body.dataset.settled = String(loaded && pending === 0 && !starting);
+  }
+  async function request(url, opts) {
+    pending += 1;
+    markSettled();
+    try { return await fetch(url, opts); } finally { pending -= 1; markSettled(); }
+  }
+
   // ---- the socket ----
   function connect() {
     const scheme = location.protocol === "https:" ? "wss" : "ws";
@@ -151,6 +168,8 @@
     }
     renderAll();
     if (d.colony) colonyProgress(d.colony);
+    loaded = true;
+    markSettled();
   }
 
   function service(name, kind) {
@@ -200,7 +219,7 @@
 
   async function refreshAlerts() {
     try {
-      const r = await fetch("/alerts");
+      const r = await request("/alerts");
       if (r.ok) { model.alerts = await r.json(); renderAlerts(); renderSummary(); }
     } catch (_) { /* the banner already says we are offline */ }
   }
@@ -350,10 +369,10 @@
     while ($("autostart-log").children.length > 40) $("autostart-log").firstChild.remove();
   }
 
-  function phase(p) { $("colony-view").dataset.phase = p; }
+  function phase(p) { $("colony-view").dataset.phase = p; markSettled(); }
 
   async function control(method, path, opts) {
-    const r = await fetch("/api/control/" + path, Object.assign({ method, cache: "no-store" }, opts || {}));
+    const r = await request("/api/control/" + path, Object.assign({ method, cache: "no-store" }, opts || {}));
     let body = null;
     const type = r.headers.get("content-type") || "";
     if (type.includes("json")) { try { body = await r.json(); } catch (_) { body = null; } }
@@ -479,6 +498,9 @@
   }
 
   function loadPng(tick) {
+    pending += 1;
+    markSettled();
+    const done = (ok) => { pending -= 1; markSettled(); return ok; };
     return new Promise((resolve) => {
       const img = new Image();
       img.onload = () => {
@@ -488,9 +510,9 @@
         $("colony-canvas").hidden = true;
         $("picture-empty").hidden = true;
         $("picture-source").textContent = "GET /colony/image.png · tick " + fmtNumber(tick);
-        resolve(true);
+        resolve(done(true));
       };
-      img.onerror = () => resolve(false);
+      img.onerror = () => resolve(done(false));
       img.src = "/api/control/colony/image.png?tick=" + encodeURIComponent(tick == null ? "" : tick) + "&t=" + Date.now();
     });
   }
@@ -507,7 +529,7 @@
       while (queue.length) {
         const s = queue.shift();
         let r;
-        try { r = await fetch("/api/shards/" + s.x + "/" + s.y, { cache: "no-store" }); } catch (_) { continue; }
+        try { r = await request("/api/shards/" + s.x + "/" + s.y, { cache: "no-store" }); } catch (_) { continue; }
         if (!r.ok) continue;
         const v = await r.json();
         const img = ctx.createImageData(v.width, v.height);

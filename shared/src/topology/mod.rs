@@ -21,300 +21,43 @@
 //! `jq '.placement[] | select(.instance_id=="backend_9000")'` answers "what does this backend
 //! host". Deserializing checks every invariant that [`ClusterTopology::validate`] checks, so a
 //! `ClusterTopology` value is always a valid one.
+//!
+//! # Files
+//!
+//! This file holds [`ClusterTopology`], [`BackendEntry`] and the membership checks; beside it:
+//! `shard` ([`ShardCoord`], [`Dimensions`] and their limits), `simulation` ([`Simulation`]),
+//! `layout` (the placement search), `wire` (the JSON form) and `error` ([`TopologyError`]).
 
 use std::collections::{HashMap, HashSet};
-use std::fmt;
 
-use serde::ser::SerializeStruct;
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
 use crate::address::NodeAddress;
-use crate::sim::{Rule, WorldParams};
+use crate::sim::WorldParams;
+
+mod error;
+mod layout;
+mod shard;
+mod simulation;
+mod wire;
+
+pub use error::TopologyError;
+pub use shard::{Dimensions, ShardCoord};
+pub use simulation::Simulation;
+
+use layout::Weights;
+use simulation::check_pattern;
+use wire::TopologyWire;
 
 /// Most shards a world may have. Placement and validation are linear in this, and the
 /// topology JSON stays a few MiB at worst.
 pub const MAX_SHARDS: u64 = 65_536;
-
-/// Most cells one shard may hold (e.g. 4096 × 4096): one backend ticks a shard as a unit.
-pub const MAX_SHARD_CELLS: u64 = 1 << 24;
 
 /// Most cells the whole world may hold: global cell indices `gy * W + gx` must fit in a `u32`.
 pub const MAX_WORLD_CELLS: u64 = u32::MAX as u64;
 
 /// Longest colony id or instance id accepted, in bytes.
 pub const MAX_ID_LEN: usize = 128;
-
-/// Errors building, validating or deserializing a topology.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TopologyError {
-    /// A dimension is zero or too large; `field` names it as it appears in JSON.
-    #[error("invalid {field}: {reason}")]
-    InvalidDimension {
-        /// The offending field (or product of fields).
-        field: &'static str,
-        /// Why it was refused.
-        reason: String,
-    },
-    /// No backend to place shards on.
-    #[error("no backends to place shards on")]
-    NoBackends,
-    /// A simulation setting is out of range; `field` names it as it appears in JSON.
-    #[error("invalid {field}: {reason}")]
-    InvalidSimulation {
-        /// The offending field.
-        field: &'static str,
-        /// Why it was refused.
-        reason: String,
-    },
-    /// The colony id is empty, too long or contains control characters.
-    #[error("invalid colony_id: {0}")]
-    InvalidColonyId(&'static str),
-    /// An instance id is empty, too long or contains control characters.
-    #[error("invalid instance_id {instance_id:?}: {reason}")]
-    InvalidInstanceId {
-        /// The offending id.
-        instance_id: String,
-        /// Why it was refused.
-        reason: &'static str,
-    },
-    /// Two backends share an instance id.
-    #[error("backend {0:?} is listed twice")]
-    DuplicateInstance(String),
-    /// Two backends share a data-plane endpoint (IP and internal port).
-    #[error("backends {first:?} and {second:?} share the endpoint {endpoint}")]
-    DuplicateEndpoint {
-        /// The first backend listed.
-        first: String,
-        /// The second backend listed.
-        second: String,
-        /// `ip:internal_port`.
-        endpoint: String,
-    },
-    /// A backend has the coordinator's data-plane endpoint.
-    #[error("backend {0:?} has the coordinator's endpoint")]
-    CoordinatorIsBackend(String),
-    /// A placement names a shard outside the world.
-    #[error("shard {0} is outside the world")]
-    ShardOutOfRange(ShardCoord),
-    /// A shard is placed more than once.
-    #[error("shard {0} is placed more than once")]
-    ShardPlacedTwice(ShardCoord),
-    /// A shard is not placed at all.
-    #[error("shard {0} is not placed on any backend")]
-    ShardUnplaced(ShardCoord),
-    /// A shard is placed on a backend the topology does not list.
-    #[error("shard {shard} is placed on unknown backend {instance_id:?}")]
-    UnknownBackend {
-        /// The shard.
-        shard: ShardCoord,
-        /// The unlisted backend.
-        instance_id: String,
-    },
-}
-
-// === impl ShardCoord ===
-
-/// A shard's position in the grid of shards; JSON `{"x":..,"y":..}`.
-///
-/// Ordered row-major (`y` first, then `x`), the order of [`ClusterTopology::all_shards`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ShardCoord {
-    /// Column, `0..width_in_shards`.
-    pub x: u32,
-    /// Row, `0..height_in_shards`; row 0 is north.
-    pub y: u32,
-}
-
-impl ShardCoord {
-    /// The shard at column `x`, row `y`.
-    pub const fn new(x: u32, y: u32) -> Self {
-        ShardCoord { x, y }
-    }
-}
-
-impl Ord for ShardCoord {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.y, self.x).cmp(&(other.y, other.x))
-    }
-}
-
-impl PartialOrd for ShardCoord {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl fmt::Display for ShardCoord {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "({}, {})", self.x, self.y)
-    }
-}
-
-// === impl Direction ===
-
-/// The eight torus neighbours, in the order [`ClusterTopology::neighbours`] returns them:
-/// clockwise from north. North is `y - 1`, east is `x + 1`, both wrapping.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Direction {
-    /// `(x, y-1)`.
-    N,
-    /// `(x+1, y-1)`.
-    NE,
-    /// `(x+1, y)`.
-    E,
-    /// `(x+1, y+1)`.
-    SE,
-    /// `(x, y+1)`.
-    S,
-    /// `(x-1, y+1)`.
-    SW,
-    /// `(x-1, y)`.
-    W,
-    /// `(x-1, y-1)`.
-    NW,
-}
-
-impl Direction {
-    /// All eight, in neighbour order; `ALL[i]` is the direction of `neighbours(s)[i]`.
-    pub const ALL: [Direction; 8] = [
-        Direction::N,
-        Direction::NE,
-        Direction::E,
-        Direction::SE,
-        Direction::S,
-        Direction::SW,
-        Direction::W,
-        Direction::NW,
-    ];
-
-    /// The direction pointing back: the neighbour in direction `d` sees us in `d.opposite()`.
-    pub const fn opposite(self) -> Direction {
-        match self {
-            Direction::N => Direction::S,
-            Direction::NE => Direction::SW,
-            Direction::E => Direction::W,
-            Direction::SE => Direction::NW,
-            Direction::S => Direction::N,
-            Direction::SW => Direction::NE,
-            Direction::W => Direction::E,
-            Direction::NW => Direction::SE,
-        }
-    }
-
-    /// `(dx, dy)`, each in `-1..=1`.
-    pub const fn offset(self) -> (i8, i8) {
-        match self {
-            Direction::N => (0, -1),
-            Direction::NE => (1, -1),
-            Direction::E => (1, 0),
-            Direction::SE => (1, 1),
-            Direction::S => (0, 1),
-            Direction::SW => (-1, 1),
-            Direction::W => (-1, 0),
-            Direction::NW => (-1, -1),
-        }
-    }
-}
-
-// === impl Dimensions ===
-
-/// The world's size: a grid of `width_in_shards × height_in_shards` shards, each
-/// `shard_width × shard_height` cells. There are no defaults here; the coordinator's
-/// colony-start request supplies them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Dimensions {
-    /// Shards per row.
-    pub width_in_shards: u32,
-    /// Shards per column.
-    pub height_in_shards: u32,
-    /// Cells per shard row.
-    pub shard_width: u32,
-    /// Cells per shard column.
-    pub shard_height: u32,
-}
-
-impl Dimensions {
-    /// Validated dimensions.
-    ///
-    /// # Errors
-    ///
-    /// [`TopologyError::InvalidDimension`] as [`Dimensions::validate`].
-    pub fn new(
-        width_in_shards: u32,
-        height_in_shards: u32,
-        shard_width: u32,
-        shard_height: u32,
-    ) -> Result<Self, TopologyError> {
-        let dims = Dimensions {
-            width_in_shards,
-            height_in_shards,
-            shard_width,
-            shard_height,
-        };
-        dims.validate()?;
-        Ok(dims)
-    }
-
-    /// Checks every field is at least 1, a shard holds at most [`MAX_SHARD_CELLS`] cells, the
-    /// world has at most [`MAX_SHARDS`] shards and at most [`MAX_WORLD_CELLS`] cells.
-    ///
-    /// # Errors
-    ///
-    /// [`TopologyError::InvalidDimension`] naming the first field (or product) at fault.
-    pub fn validate(&self) -> Result<(), TopologyError> {
-        let invalid =
-            |field, reason: String| Err(TopologyError::InvalidDimension { field, reason });
-        for (field, value) in [
-            ("width_in_shards", self.width_in_shards),
-            ("height_in_shards", self.height_in_shards),
-            ("shard_width", self.shard_width),
-            ("shard_height", self.shard_height),
-        ] {
-            if value == 0 {
-                return invalid(field, "must be at least 1".into());
-            }
-        }
-        let shard_cells = u64::from(self.shard_width) * u64::from(self.shard_height);
-        if shard_cells > MAX_SHARD_CELLS {
-            return invalid(
-                "shard_width*shard_height",
-                format!("{shard_cells} cells per shard exceed the limit of {MAX_SHARD_CELLS}"),
-            );
-        }
-        let shards = u64::from(self.width_in_shards) * u64::from(self.height_in_shards);
-        if shards > MAX_SHARDS {
-            return invalid(
-                "width_in_shards*height_in_shards",
-                format!("{shards} shards exceed the limit of {MAX_SHARDS}"),
-            );
-        }
-        // Both products are bounded above (2^16 shards × 2^24 cells), so this cannot overflow.
-        let cells = shards * shard_cells;
-        if cells > MAX_WORLD_CELLS {
-            return invalid(
-                "world size",
-                format!("{cells} cells exceed the limit of {MAX_WORLD_CELLS}"),
-            );
-        }
-        Ok(())
-    }
-
-    /// Number of shards. Saturates on dimensions that fail [`Dimensions::validate`].
-    pub fn shard_count(&self) -> u32 {
-        self.width_in_shards.saturating_mul(self.height_in_shards)
-    }
-
-    /// World width in cells, `width_in_shards * shard_width`. Saturates on invalid dimensions.
-    pub fn world_width(&self) -> u32 {
-        self.width_in_shards.saturating_mul(self.shard_width)
-    }
-
-    /// World height in cells, `height_in_shards * shard_height`. Saturates on invalid dimensions.
-    pub fn world_height(&self) -> u32 {
-        self.height_in_shards.saturating_mul(self.shard_height)
-    }
-}
 
 // === impl BackendEntry ===
 
@@ -336,79 +79,6 @@ impl BackendEntry {
             address,
         }
     }
-}
-
-// === impl Simulation ===
-
-/// How every shard is simulated: the Life-like rule, the seed and density of the initial
-/// soup (DESIGN §6), and any pattern cells placed on top. Travels inside the topology so
-/// backends need nothing else.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Simulation {
-    /// The rule, e.g. `B3/S23`.
-    pub rule: Rule,
-    /// Seed of the initial soup.
-    pub seed: u64,
-    /// Fraction of cells alive at tick 0, in `[0, 1]`.
-    pub density: f64,
-    /// Global cells `[gx, gy]` alive at tick 0 besides the soup (see [`WorldParams::cells`]).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub cells: Vec<[u64; 2]>,
-    /// Ticks per border exchange between shards (the depth of every shard's margin); `None`
-    /// picks [`crate::sim::default_depth`] for the shard size. It changes speed, never results.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub halo_depth: Option<u32>,
-}
-
-impl Default for Simulation {
-    /// `B3/S23`, seed 42, density 0.35 (DESIGN §3).
-    fn default() -> Self {
-        Simulation {
-            rule: Rule::CONWAY,
-            seed: 42,
-            density: 0.35,
-            cells: Vec::new(),
-            halo_depth: None,
-        }
-    }
-}
-
-impl Simulation {
-    /// Checks the density range.
-    ///
-    /// # Errors
-    /// [`TopologyError::InvalidSimulation`] naming the field.
-    pub fn validate(&self) -> Result<(), TopologyError> {
-        if !(0.0..=1.0).contains(&self.density) {
-            return Err(TopologyError::InvalidSimulation {
-                field: "density",
-                reason: format!("{} is outside [0, 1]", self.density),
-            });
-        }
-        Ok(())
-    }
-}
-
-/// Checks the settings that depend on the dimensions: every pattern cell lies inside the
-/// world, and the halo depth fits a shard.
-fn check_pattern(simulation: &Simulation, dims: &Dimensions) -> Result<(), TopologyError> {
-    let (width, height) = (dims.world_width(), dims.world_height());
-    crate::sim::check_cells(&simulation.cells, width.into(), height.into()).map_err(|e| {
-        TopologyError::InvalidSimulation {
-            field: "cells",
-            reason: e.to_string(),
-        }
-    })?;
-    if let Some(depth) = simulation.halo_depth {
-        crate::sim::check_depth(depth, dims.shard_width, dims.shard_height).map_err(|e| {
-            TopologyError::InvalidSimulation {
-                field: "halo_depth",
-                reason: e.to_string(),
-            }
-        })?;
-    }
-    Ok(())
 }
 
 // === impl ClusterTopology ===
@@ -617,8 +287,9 @@ impl ClusterTopology {
             .filter_map(|(s, &o)| Some((s, self.backends.get(o as usize)?)))
     }
 
-    /// The eight neighbours of `shard` on the torus, in [`Direction::ALL`] order:
-    /// N, NE, E, SE, S, SW, W, NW, where north is `y - 1` and east is `x + 1`, both wrapping.
+    /// The eight neighbours of `shard` on the torus, in
+    /// [`Direction::ALL`](crate::sim::Direction::ALL) order: N, NE, E, SE, S, SW, W, NW, where
+    /// north is `y - 1` and east is `x + 1`, both wrapping.
     /// In a world one shard wide or tall, some (or all) neighbours are the shard itself.
     /// Coordinates outside the world are first reduced modulo its size.
     pub fn neighbours(&self, shard: ShardCoord) -> [ShardCoord; 8] {
@@ -747,121 +418,6 @@ fn check_id(id: &str) -> Result<(), &'static str> {
     }
 }
 
-// === serde ===
-
-/// The JSON shape of a topology (see the module docs).
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TopologyWire {
-    colony_id: String,
-    coordinator: NodeAddress,
-    backends: Vec<BackendEntry>,
-    width_in_shards: u32,
-    height_in_shards: u32,
-    shard_width: u32,
-    shard_height: u32,
-    simulation: Simulation,
-    placement: Vec<PlacementWire>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PlacementWire {
-    shard: ShardCoord,
-    instance_id: String,
-}
-
-impl TryFrom<TopologyWire> for ClusterTopology {
-    type Error = TopologyError;
-
-    fn try_from(wire: TopologyWire) -> Result<Self, Self::Error> {
-        let dims = Dimensions {
-            width_in_shards: wire.width_in_shards,
-            height_in_shards: wire.height_in_shards,
-            shard_width: wire.shard_width,
-            shard_height: wire.shard_height,
-        };
-        dims.validate()?;
-        wire.simulation.validate()?;
-        check_pattern(&wire.simulation, &dims)?;
-        check_members(&wire.colony_id, &wire.coordinator, &wire.backends)?;
-        let index: HashMap<&str, u32> = wire
-            .backends
-            .iter()
-            .zip(0u32..)
-            .map(|(b, i)| (b.instance_id.as_str(), i))
-            .collect();
-        let w = dims.width_in_shards as usize;
-        let mut owner = vec![u32::MAX; dims.shard_count() as usize];
-        for p in &wire.placement {
-            let s = p.shard;
-            if s.x >= dims.width_in_shards || s.y >= dims.height_in_shards {
-                return Err(TopologyError::ShardOutOfRange(s));
-            }
-            let Some(&b) = index.get(p.instance_id.as_str()) else {
-                return Err(TopologyError::UnknownBackend {
-                    shard: s,
-                    instance_id: p.instance_id.clone(),
-                });
-            };
-            let slot = &mut owner[s.y as usize * w + s.x as usize];
-            if *slot != u32::MAX {
-                return Err(TopologyError::ShardPlacedTwice(s));
-            }
-            *slot = b;
-        }
-        if let Some(i) = owner.iter().position(|&o| o == u32::MAX) {
-            // i < shard_count <= 2^16, so both fit in u32.
-            let (x, y) = (i % w, i / w);
-            return Err(TopologyError::ShardUnplaced(ShardCoord::new(
-                x as u32, y as u32,
-            )));
-        }
-        Ok(ClusterTopology {
-            colony_id: wire.colony_id,
-            coordinator: wire.coordinator,
-            backends: wire.backends,
-            dims,
-            simulation: wire.simulation,
-            owner,
-        })
-    }
-}
-
-/// Serializes straight from the compact form, without building the wire struct.
-impl Serialize for ClusterTopology {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut st = serializer.serialize_struct("ClusterTopology", 9)?;
-        st.serialize_field("colony_id", &self.colony_id)?;
-        st.serialize_field("coordinator", &self.coordinator)?;
-        st.serialize_field("backends", &self.backends)?;
-        st.serialize_field("width_in_shards", &self.dims.width_in_shards)?;
-        st.serialize_field("height_in_shards", &self.dims.height_in_shards)?;
-        st.serialize_field("shard_width", &self.dims.shard_width)?;
-        st.serialize_field("shard_height", &self.dims.shard_height)?;
-        st.serialize_field("simulation", &self.simulation)?;
-        st.serialize_field("placement", &PlacementList(self))?;
-        st.end()
-    }
-}
-
-struct PlacementList<'a>(&'a ClusterTopology);
-
-#[derive(Serialize)]
-struct PlacementRef<'a> {
-    shard: ShardCoord,
-    instance_id: &'a str,
-}
-
-impl Serialize for PlacementList<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(self.0.placement().map(|(shard, b)| PlacementRef {
-            shard,
-            instance_id: &b.instance_id,
-        }))
-    }
-}
-
 // === discovery helpers ===
 
 /// Drops the candidates that are the coordinator itself: same IP **and** same internal port
@@ -887,163 +443,10 @@ pub fn new_colony_id() -> Result<String, getrandom::Error> {
     Ok(hex::encode(bytes))
 }
 
-// === layout ===
-
-/// Halo cells per tick that cross a border in each direction class.
-#[derive(Debug, Clone, Copy)]
-struct Weights {
-    north_south: u64,
-    east_west: u64,
-}
-
-/// Shard placement: paths through the grid, cut into balanced runs, scored by halo traffic.
-mod layout {
-    use super::Weights;
-
-    /// Most band counts tried per orientation; bounds placement to a few million steps.
-    const MAX_BAND_CANDIDATES: u32 = 32;
-
-    /// The owner (backend index) of every shard, row-major, for the best layout found.
-    pub(super) fn best(w: u32, h: u32, parts: usize, weights: Weights) -> Vec<u32> {
-        let mut best: Option<(u64, Vec<u32>)> = None;
-        for transposed in [false, true] {
-            let across = if transposed { h } else { w };
-            let max_bands = across
-                .min(u32::try_from(parts).unwrap_or(u32::MAX))
-                .clamp(1, MAX_BAND_CANDIDATES);
-            for bands in 1..=max_bands {
-                let order = path(w, h, bands, transposed);
-                let owner = assign(&order, parts);
-                if !all_connected(&owner, w, h, parts) {
-                    continue;
-                }
-                let cost = halo_cost(&owner, w, h, weights);
-                if best.as_ref().is_none_or(|(c, _)| cost < *c) {
-                    best = Some((cost, owner));
-                }
-            }
-        }
-        // One band (stripes) is always connected, so `best` is set; fall back to it anyway.
-        best.map_or_else(|| assign(&path(w, h, 1, false), parts), |(_, o)| o)
-    }
-
-    /// A path visiting every shard once: `bands` bands of whole columns (of rows when
-    /// `transposed`), taken in turn, each swept row by row in a snake, alternating down and
-    /// up so consecutive bands meet at the same edge. Returns row-major indices.
-    pub(super) fn path(w: u32, h: u32, bands: u32, transposed: bool) -> Vec<u32> {
-        // Work in a frame where bands split the first axis (of length `a`).
-        let (a, b) = if transposed { (h, w) } else { (w, h) };
-        let mut order = Vec::with_capacity((a as usize) * (b as usize));
-        let (base, extra) = (a / bands, a % bands);
-        let mut start = 0;
-        for band in 0..bands {
-            let width = base + u32::from(band < extra);
-            let end = start + width;
-            let rows: Box<dyn Iterator<Item = u32>> = if band % 2 == 0 {
-                Box::new(0..b)
-            } else {
-                Box::new((0..b).rev())
-            };
-            for (i, r) in rows.enumerate() {
-                let cols: Box<dyn Iterator<Item = u32>> = if i % 2 == 0 {
-                    Box::new(start..end)
-                } else {
-                    Box::new((start..end).rev())
-                };
-                for c in cols {
-                    let (x, y) = if transposed { (r, c) } else { (c, r) };
-                    order.push(y * w + x);
-                }
-            }
-            start = end;
-        }
-        order
-    }
-
-    /// Cuts `order` into `parts` consecutive runs whose lengths differ by at most one (the
-    /// longer ones first) and gives run `i` to backend `i`.
-    pub(super) fn assign(order: &[u32], parts: usize) -> Vec<u32> {
-        let mut owner = vec![0u32; order.len()];
-        let parts = parts.max(1);
-        let (base, extra) = (order.len() / parts, order.len() % parts);
-        let mut next = order.iter();
-        for (part, o) in (0..parts).zip(0u32..) {
-            let len = base + usize::from(part < extra);
-            for &shard in next.by_ref().take(len) {
-                owner[shard as usize] = o;
-            }
-        }
-        owner
-    }
-
-    /// True when every backend's shards form one 4-connected block (not counting wrap-around).
-    pub(super) fn all_connected(owner: &[u32], w: u32, h: u32, parts: usize) -> bool {
-        let (w, h) = (w as usize, h as usize);
-        let mut seen = vec![false; owner.len()];
-        let mut blocks = vec![0u32; parts];
-        let mut queue = std::collections::VecDeque::new();
-        for start in 0..owner.len() {
-            if seen[start] {
-                continue;
-            }
-            let o = owner[start];
-            blocks[o as usize] += 1;
-            if blocks[o as usize] > 1 {
-                return false;
-            }
-            seen[start] = true;
-            queue.push_back(start);
-            while let Some(i) = queue.pop_front() {
-                let (x, y) = (i % w, i / w);
-                let mut visit = |j: usize| {
-                    if !seen[j] && owner[j] == o {
-                        seen[j] = true;
-                        queue.push_back(j);
-                    }
-                };
-                if x > 0 {
-                    visit(i - 1);
-                }
-                if x + 1 < w {
-                    visit(i + 1);
-                }
-                if y > 0 {
-                    visit(i - w);
-                }
-                if y + 1 < h {
-                    visit(i + w);
-                }
-            }
-        }
-        true
-    }
-
-    /// Halo cells per tick sent between different backends, over all shards and all eight
-    /// torus neighbours.
-    pub(super) fn halo_cost(owner: &[u32], w: u32, h: u32, weights: Weights) -> u64 {
-        let (w, h) = (w as usize, h as usize);
-        let mut cost = 0;
-        for y in 0..h {
-            let (n, s) = ((y + h - 1) % h, (y + 1) % h);
-            for x in 0..w {
-                let (west, east) = ((x + w - 1) % w, (x + 1) % w);
-                let o = owner[y * w + x];
-                let differs = |xx: usize, yy: usize| u64::from(owner[yy * w + xx] != o);
-                cost += (differs(x, n) + differs(x, s)) * weights.north_south
-                    + (differs(east, y) + differs(west, y)) * weights.east_west
-                    + differs(east, n)
-                    + differs(west, n)
-                    + differs(east, s)
-                    + differs(west, s);
-            }
-        }
-        cost
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sim::Direction;
     use std::collections::VecDeque;
 
     fn addr(port: u16) -> NodeAddress {

@@ -1,8 +1,8 @@
 //! moto's SSM-compatible server for tests and benches: started on a free loopback port, polled
 //! until it answers, reset on demand, and stopped by its pid when the guard drops.
 //!
-//! Std only, so the shared crate's tests, the whole-cluster tests and the benches can all
-//! include this one file (`#[path = ...] mod moto;`). Two things keep a test from ever reaching
+//! Std only; the shared crate's tests, the whole-cluster tests and the benches all use it
+//! through the `test-support` feature. Two things keep a test from ever reaching
 //! beyond loopback: the server listens on 127.0.0.1 only, and [`Moto::aws_env`] is the complete
 //! AWS configuration every SSM client in a test gets (test credentials, a region, the endpoint,
 //! instance metadata disabled and pointed at a dead loopback port, no shared config files).
@@ -13,10 +13,10 @@
 //! If moto is missing, starting it panics with a message saying to run `./scripts/setup.sh`:
 //! the SSM tests fail rather than skip.
 
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
-
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+
+use super::free_port;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -24,6 +24,43 @@ use std::time::{Duration, Instant};
 /// How long moto may take to answer after it is started (a loaded 2-core machine is slow to
 /// import it).
 pub const READY_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Why moto could not be started or driven.
+#[derive(Debug, thiserror::Error)]
+pub enum MotoError {
+    /// Its log file could not be created.
+    #[error("moto log: {0}")]
+    Log(std::io::Error),
+    /// python3 could not be run.
+    #[error("cannot run python3 ({0}): run ./scripts/setup.sh")]
+    NoPython(std::io::Error),
+    /// moto exited before it answered.
+    #[error("{hint}; python3 exited with {status} on port {port}:\n{output}")]
+    Exited {
+        /// What to do about it.
+        hint: &'static str,
+        /// How python3 exited.
+        status: std::process::ExitStatus,
+        /// The port it was given.
+        port: u16,
+        /// What it logged.
+        output: String,
+    },
+    /// moto did not answer in time.
+    #[error("moto did not answer on 127.0.0.1:{port} within {READY_DEADLINE:?}")]
+    NotReady {
+        /// The port it was given.
+        port: u16,
+    },
+    /// A request to moto's control API failed or was refused.
+    #[error("POST {path}: {answer}")]
+    Post {
+        /// The control API path.
+        path: String,
+        /// The failure, or moto's status line.
+        answer: String,
+    },
+}
 
 /// Runs moto's server with a watchdog thread that exits when standard input closes.
 const LAUNCHER: &str = r#"
@@ -51,14 +88,17 @@ impl Moto {
     pub fn start() -> Moto {
         // The port is free when we look; another process could take it before moto binds, so
         // a failed start is retried on a new port.
-        let mut last = String::new();
+        let mut last = None;
         for _ in 0..5 {
             match Moto::try_start(free_port()) {
                 Ok(moto) => return moto,
-                Err(e) => last = e,
+                Err(e) => last = Some(e),
             }
         }
-        panic!("{last}");
+        match last {
+            Some(e) => panic!("{e}"),
+            None => unreachable!("five attempts were made"),
+        }
     }
 
     /// Starts moto on `port` (e.g. the port of a server that was stopped) and waits until it
@@ -70,10 +110,14 @@ impl Moto {
         Moto::try_start(port).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    fn try_start(port: u16) -> Result<Moto, String> {
+    /// Starts moto on `port` and waits until it answers.
+    ///
+    /// # Errors
+    /// python3 or moto is missing, moto exited, or it did not answer within [`READY_DEADLINE`].
+    fn try_start(port: u16) -> Result<Moto, MotoError> {
         let log =
             std::env::temp_dir().join(format!("colony-moto-{}-{port}.log", std::process::id()));
-        let log_file = std::fs::File::create(&log).map_err(|e| format!("moto log: {e}"))?;
+        let log_file = std::fs::File::create(&log).map_err(MotoError::Log)?;
         let child = Command::new("python3")
             .args(["-c", LAUNCHER, "-H", "127.0.0.1", "-p", &port.to_string()])
             .stdin(Stdio::piped())
@@ -81,7 +125,7 @@ impl Moto {
             // moto logs every request; a file never fills up the way an unread pipe would.
             .stderr(log_file)
             .spawn()
-            .map_err(|e| format!("cannot run python3 ({e}): run ./scripts/setup.sh"))?;
+            .map_err(MotoError::NoPython)?;
         let mut moto = Moto { child, port, log };
         let started = Instant::now();
         loop {
@@ -92,17 +136,18 @@ impl Moto {
                 } else {
                     "moto did not start"
                 };
-                return Err(format!(
-                    "{hint}; python3 exited with {status} on port {port}:\n{output}"
-                ));
+                return Err(MotoError::Exited {
+                    hint,
+                    status,
+                    port,
+                    output,
+                });
             }
             if moto.post("/moto-api/reset").is_ok() {
                 return Ok(moto);
             }
             if started.elapsed() > READY_DEADLINE {
-                return Err(format!(
-                    "moto did not answer on 127.0.0.1:{port} within {READY_DEADLINE:?}"
-                ));
+                return Err(MotoError::NotReady { port });
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -128,7 +173,9 @@ impl Moto {
     /// # Panics
     /// moto does not answer.
     pub fn reset(&self) {
-        self.post("/moto-api/reset").unwrap();
+        if let Err(e) = self.post("/moto-api/reset") {
+            panic!("cannot reset moto: {e}");
+        }
     }
 
     /// Stops the server and waits for it to exit, freeing its port.
@@ -143,30 +190,32 @@ impl Moto {
         let _ = std::fs::remove_file(&self.log);
     }
 
-    fn post(&self, path: &str) -> Result<(), String> {
+    fn post(&self, path: &str) -> Result<(), MotoError> {
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
-        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500))
-            .map_err(|e| e.to_string())?;
+        let io = |e| MotoError::Post {
+            path: path.to_owned(),
+            answer: format!("{e}"),
+        };
+        let mut stream =
+            TcpStream::connect_timeout(&addr, Duration::from_millis(500)).map_err(io)?;
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
-            .map_err(|e| e.to_string())?;
+            .map_err(io)?;
         write!(
             stream,
             "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
             self.port
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(io)?;
         let mut answer = String::new();
-        stream
-            .read_to_string(&mut answer)
-            .map_err(|e| e.to_string())?;
+        stream.read_to_string(&mut answer).map_err(io)?;
         if answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200") {
             Ok(())
         } else {
-            Err(format!(
-                "POST {path}: {}",
-                answer.lines().next().unwrap_or("no answer")
-            ))
+            Err(MotoError::Post {
+                path: path.to_owned(),
+                answer: answer.lines().next().unwrap_or("no answer").to_owned(),
+            })
         }
     }
 }
@@ -202,13 +251,4 @@ pub fn aws_env(port: u16) -> Vec<(&'static str, String)> {
         ("AWS_CONFIG_FILE", "/dev/null".to_owned()),
         ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null".to_owned()),
     ]
-}
-
-/// A loopback port nothing listens on right now.
-pub fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
