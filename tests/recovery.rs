@@ -306,6 +306,80 @@ async fn a_backend_frozen_past_the_halo_timeout_cannot_write_into_the_new_placem
     );
 }
 
+/// Stops the coordinator (SIGSTOP) for `pause`, then lets it go on.
+async fn stop_coordinator_for(live: &Live, pause: Duration) {
+    let _stopped = Stopped::stop(live.cluster.coordinator.as_ref().unwrap());
+    // This sleep is the scenario (a coordinator frozen for a while), not a proof.
+    tokio::time::sleep(pause).await;
+}
+
+/// Nothing failed, nobody was blamed, and the colony is still in placement `epoch`.
+async fn nobody_blamed(live: &Live, epoch: &Value) {
+    let now = live.colony().await;
+    assert_ne!(now["state"], "failed", "{now}");
+    assert_ne!(now["state"], "recovering", "{now}");
+    assert_eq!(&now["epoch"], epoch, "{now}");
+    let alerts = live.alerts().await;
+    for kind in ["colony_failed", "backend_lost", "node_down"] {
+        let blamed: Vec<&Value> = alerts["open"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .chain(alerts["resolved"].as_array().unwrap())
+            .filter(|a| a["kind"] == kind)
+            .collect();
+        assert!(blamed.is_empty(), "{kind}: {blamed:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_coordinator_stopped_for_six_seconds_blames_nobody() {
+    let live = Live::start(4, &[], &[]).await;
+    live.start_colony().await;
+    let (status, _) = live.post("/colony/run", json!({"ticks": 10_000_000})).await;
+    assert_eq!(status, 200);
+    live.until(DEADLINE, "the run under way", |c| {
+        c["front_tick"].as_u64().is_some_and(|t| t >= 300)
+    })
+    .await;
+    // Paused: the backends idle, and their report long-polls answer into a frozen socket.
+    let (status, paused) = live.post("/colony/pause", json!({})).await;
+    assert_eq!(status, 200, "{paused}");
+    assert_eq!(paused["state"], "paused", "{paused}");
+    let epoch = paused["epoch"].clone();
+    stop_coordinator_for(&live, Duration::from_secs(6)).await;
+    let still = live.colony().await;
+    assert_eq!(still["state"], "paused", "{still}");
+    assert_eq!(still["tick"], paused["tick"], "{still}");
+    // One more tick needs fresh reports from every backend: by the time it is consistent,
+    // every reporter has woken up and judged the silence.
+    let at = paused["tick"].as_u64().unwrap();
+    let (status, one) = live
+        .post("/colony/run", json!({"ticks": 1, "wait": true}))
+        .await;
+    assert_eq!(status, 200, "{one}");
+    assert_eq!(one["tick"], at + 1, "{one}");
+    nobody_blamed(&live, &epoch).await;
+
+    // Mid-run: the backends run on without commits until their bound, then wait.
+    let target = at + 1 + 6000;
+    let (status, _) = live.post("/colony/run", json!({"ticks": 6000})).await;
+    assert_eq!(status, 200);
+    live.until(DEADLINE, "running", |c| {
+        c["front_tick"].as_u64().is_some_and(|t| t > at + 1)
+    })
+    .await;
+    stop_coordinator_for(&live, Duration::from_secs(6)).await;
+    let woke = live.colony().await;
+    live.until(DEADLINE, "fresh progress after waking", |c| {
+        c["tick"].as_u64() > woke["tick"].as_u64() || c["tick"] == target
+    })
+    .await;
+    nobody_blamed(&live, &epoch).await;
+    live.finishes_equal(target).await;
+    nobody_blamed(&live, &epoch).await;
+}
+
 #[tokio::test]
 async fn losing_every_copy_of_a_shard_fails_the_run_and_every_backend_stops() {
     let live = Live::start(4, &[], &[]).await;
