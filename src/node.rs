@@ -314,6 +314,8 @@ pub async fn start_coordinator(
         limits,
         &metrics,
     );
+    // A colony the backends kept while no coordinator followed it is taken over.
+    colony.spawn_adoption(tasks.shutdown.clone());
     let sweeper = health.spawn_sweeper(tasks.shutdown.clone());
     tasks.spawn(async move {
         let _ = sweeper.await;

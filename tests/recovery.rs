@@ -150,7 +150,7 @@ impl Live {
     /// reference.
     async fn finishes_equal(&self, target: u64) -> Value {
         let done = self
-            .until(RECOVERY, "the run finished", |c| {
+            .until(RECOVERY * 2, "the run finished", |c| {
                 c["state"] == "failed" || (c["state"] == "idle" && c["tick"] == target)
             })
             .await;
@@ -304,6 +304,106 @@ async fn a_backend_frozen_past_the_halo_timeout_cannot_write_into_the_new_placem
                 .any(|a| a["node_id"] == live.ids[2].as_str() && a["kind"] == "backend_lost"),
         "{alerts}"
     );
+}
+
+#[tokio::test]
+async fn a_restarted_coordinator_takes_the_colony_over_and_it_finishes_equal() {
+    let mut live = Live::start(4, &[], &[]).await;
+    let topology = live.start_colony().await;
+    let target = 5000;
+    run_until(&live, target, random_in(150, 2000)).await;
+    let old = live.cluster.coordinator_address().await;
+    live.cluster.coordinator.as_ref().unwrap().signal("KILL");
+    // The backends keep their shards and run on (until their bound, without commits).
+    live.cluster.start_coordinator(&[]);
+    let restarted = tokio::time::Instant::now();
+    let address = eventually(DEADLINE, "the new coordinator registered", || async {
+        let a = live.cluster.coordinator_address().await;
+        (a != old).then_some(a)
+    })
+    .await;
+    live.control = control_url(&address);
+    let adopted = live
+        .until(DEADLINE, "the colony taken over", |c| {
+            c["colony_id"] == topology["colony_id"] && c["state"] != "recovering"
+        })
+        .await;
+    eprintln!(
+        "taken over {:?} after the restart: {adopted}",
+        restarted.elapsed()
+    );
+    assert_ne!(adopted["state"], "failed", "{adopted}");
+    // Same colony, same topology, and the run goes on to its target.
+    let now = live
+        .cluster
+        .get_json(&format!("{}/topology", live.control))
+        .await;
+    assert_eq!(now["placement"], topology["placement"], "{now}");
+    live.finishes_equal(target).await;
+}
+
+#[tokio::test]
+async fn a_backend_that_comes_back_gets_shards_again_at_a_rebalance() {
+    let mut live = Live::start(4, &["--stale-after", "300ms", "--down-after", "1s"], &[]).await;
+    live.start_colony().await;
+    let target = 20_000;
+    run_until(&live, target, random_in(150, 1500)).await;
+    let line = live.cluster.backends[1].wait_for("node listening").await;
+    let ports: Vec<String> = ["internal", "http", "mgmt"]
+        .iter()
+        .map(|k| field(&line, k).rsplit(':').next().unwrap().to_owned())
+        .collect();
+    live.cluster.backends[1].signal("KILL");
+    let recovered = live
+        .until(RECOVERY, "recovered without it", |c| {
+            c["epoch"].as_u64().is_some_and(|e| e >= 1) && c["state"] != "recovering"
+        })
+        .await;
+    assert_eq!(recovered["backends"], 3, "{recovered}");
+    let gone = live.ids[1].clone();
+    eventually(DEADLINE, "the lost backend is DOWN", || async {
+        let c = live.cluster.component(&gone).await?;
+        (c["status"] == "DOWN").then_some(())
+    })
+    .await;
+    // It comes back: same ports, so the same instance id, ACTIVE again.
+    live.cluster.start_backend(&[
+        "--heartbeat-interval",
+        "100ms",
+        "--internal-port",
+        &ports[0],
+        "--http-port",
+        &ports[1],
+        "--mgmt-port",
+        &ports[2],
+    ]);
+    let back = live.cluster.backend_identity(4).await.0;
+    assert_eq!(back, live.ids[1]);
+    eventually(DEADLINE, "it is ACTIVE again", || async {
+        let c = live.cluster.component(&back).await?;
+        (c["status"] == "ACTIVE").then_some(())
+    })
+    .await;
+    let (status, answer) = live.post("/colony/rebalance", json!({})).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_ne!(answer["state"], "failed", "{answer}");
+    assert!(
+        answer["epoch"].as_u64() > recovered["epoch"].as_u64(),
+        "{answer}"
+    );
+    // Every backend holds shards again, the returned one included.
+    let topology = live
+        .cluster
+        .get_json(&format!("{}/topology", live.control))
+        .await;
+    let placement = topology["placement"].as_array().unwrap();
+    for id in &live.ids {
+        assert!(
+            placement.iter().any(|p| p["instance_id"] == id.as_str()),
+            "{id} holds nothing: {topology}"
+        );
+    }
+    live.finishes_equal(target).await;
 }
 
 /// Stops the coordinator (SIGSTOP) for `pause`, then lets it go on.

@@ -55,8 +55,10 @@ pub struct HeldCopies {
 pub struct ColonyInfo {
     /// The colony.
     pub colony_id: String,
-    /// The placement this backend ticks in (or was last fenced at).
+    /// The placement this backend ticks in.
     pub epoch: u64,
+    /// The newest epoch it was fenced at (above `epoch` when a re-placement was under way).
+    pub fence: u64,
     /// That placement, as `GET /topology` shows it.
     pub topology: String,
     /// The newest consistent tick this backend was told.

@@ -192,12 +192,21 @@ impl CopyStore {
     }
 
     /// Raises the fence to `epoch`: from now on messages of older epochs are refused. The same
-    /// epoch again is accepted (a retried fence).
+    /// epoch again is accepted (a retried fence). A backend part of no colony (new, restarted,
+    /// or its colony stopped) joins this one, with no copies, so a re-placement can give it
+    /// shards.
     ///
     /// # Errors
-    /// [`CopyError::UnknownColony`], or [`CopyError::StaleEpoch`] for an epoch below the fence.
+    /// [`CopyError::UnknownColony`] for a backend part of another colony, or
+    /// [`CopyError::StaleEpoch`] for an epoch below the fence.
     pub fn fence(&self, colony_id: &str, epoch: u64) -> Result<(), CopyError> {
         let mut state = self.state.lock();
+        if state.colony_id.is_none() {
+            *state = State {
+                colony_id: Some(colony_id.to_owned()),
+                ..State::default()
+            };
+        }
         if state.colony_id.as_deref() != Some(colony_id) {
             return Err(CopyError::UnknownColony {
                 colony_id: colony_id.to_owned(),
@@ -348,6 +357,10 @@ mod tests {
             s.check("d", 0),
             Err(CopyError::UnknownColony { .. })
         ));
+        assert!(matches!(
+            s.fence("d", 5),
+            Err(CopyError::UnknownColony { .. })
+        ));
         s.fence("c", 2).unwrap();
         assert_eq!(
             s.check("c", 1),
@@ -368,6 +381,20 @@ mod tests {
         assert!(s.put("c", 1, 100, copy.clone()).is_err());
         assert!(s.put("c", 2, 100, copy).is_ok());
         assert_eq!(s.get(100, ShardCoord::new(0, 0)), Some(bits(1)));
+    }
+
+    #[test]
+    fn a_backend_part_of_no_colony_joins_one_at_its_fence() {
+        let s = CopyStore::default();
+        assert!(s.check("c", 3).is_err());
+        s.fence("c", 3).unwrap();
+        assert_eq!(s.colony_id().as_deref(), Some("c"));
+        assert_eq!((s.epoch(), s.committed()), (3, 0));
+        assert!(s.inventory().is_empty());
+        // A stopped colony is forgotten, and the backend can join another.
+        s.forget("c", 3).unwrap();
+        s.fence("d", 1).unwrap();
+        assert_eq!(s.colony_id().as_deref(), Some("d"));
     }
 
     #[test]

@@ -7,11 +7,15 @@
 //! The order is the coordinator's business; each step checks only what it needs: the colony,
 //! and for anything that writes, that its epoch is not older than the fence.
 
+use std::sync::Arc;
+
 use codec::{ColonyInfo, HeldCopies, Message, ShardCells, ShardRef};
+use shared::sim::Block;
 use shared::topology::{ClusterTopology, ShardCoord};
 
 use super::colony::{copies_of, refusal};
 use super::{Answer, Refusal};
+use crate::copies::ShardCopy;
 use crate::state::Shared;
 
 pub(crate) fn apply(shared: &Shared, message: Message) -> Answer {
@@ -39,7 +43,8 @@ fn handle(shared: &Shared, message: Message) -> Result<Message, Refusal> {
                     let target = engine.target();
                     Some(ColonyInfo {
                         colony_id: colony.colony_id().to_owned(),
-                        epoch: colony.epoch().max(copies.epoch()),
+                        epoch: colony.epoch(),
+                        fence: copies.epoch().max(colony.epoch()),
                         topology,
                         committed: copies.committed(),
                         tick: engine.tick(),
@@ -115,17 +120,13 @@ fn handle(shared: &Shared, message: Message) -> Result<Message, Refusal> {
             tick,
             shards,
         } => {
-            // Any placement of the colony knows the shard size; the copies are for the next.
-            let colony = store
-                .colony()
-                .filter(|c| c.colony_id() == colony_id)
-                .ok_or_else(|| {
-                    Refusal::new(
-                        "unknown_colony",
-                        format!("this node is not part of colony {colony_id}"),
-                    )
-                })?;
-            let shards = copies_of(&colony, shards)?;
+            // A placement of the colony held here knows the shard size. A backend joining
+            // the colony has none yet: its copies need only be whole, and the restore checks
+            // their size against the new placement.
+            let shards = match store.colony().filter(|c| c.colony_id() == colony_id) {
+                Some(colony) => copies_of(&colony, shards)?,
+                None => whole(shards)?,
+            };
             let n = u32::try_from(shards.len()).unwrap_or(u32::MAX);
             copies
                 .put(&colony_id, epoch, tick, shards)
@@ -180,4 +181,32 @@ fn handle(shared: &Shared, message: Message) -> Result<Message, Refusal> {
             format!("{} is not a recovery request", other.type_name()),
         )),
     }
+}
+
+/// Copies checked only for being whole: as many bytes as their own size needs, and no larger
+/// than a shard may be.
+fn whole(shards: Vec<ShardCells>) -> Result<Vec<ShardCopy>, Refusal> {
+    shards
+        .into_iter()
+        .map(|c| {
+            let cells = u64::from(c.width) * u64::from(c.height);
+            if cells == 0
+                || cells > shared::sim::MAX_SHARD_CELLS
+                || c.bits.len() != Block::wire_len(c.width, c.height)
+            {
+                return Err(Refusal::new(
+                    "bad_copy",
+                    format!(
+                        "shard ({}, {}): {}x{} cells in {} bytes",
+                        c.x,
+                        c.y,
+                        c.width,
+                        c.height,
+                        c.bits.len()
+                    ),
+                ));
+            }
+            Ok((ShardCoord::new(c.x, c.y), Arc::new(c.bits)))
+        })
+        .collect()
 }

@@ -338,6 +338,77 @@ impl ColonyManager {
         self.current_run()?.pause().await
     }
 
+    /// Takes over the colony the registered backends hold, if they hold one and this
+    /// coordinator follows none (it was restarted: DESIGN §14). True if it did.
+    ///
+    /// # Errors
+    /// [`ColonyError::Registry`] when the registry cannot be read.
+    pub async fn adopt(&self) -> Result<bool, ColonyError> {
+        let _starts = self.inner.starts.lock().await;
+        if self.topology().is_some() {
+            return Ok(false);
+        }
+        let backends = match discover::live_backends(
+            self.inner.registry.as_ref(),
+            &self.inner.me,
+            &self.inner.client,
+            self.inner.config.probe_timeout,
+        )
+        .await
+        {
+            Ok(backends) => backends,
+            Err(ColonyError::NoLiveBackend { .. }) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let patience = self.inner.config.probe_timeout;
+        let Some(found) = recovery::adopt::find(&backends, &self.inner.identity, patience).await
+        else {
+            return Ok(false);
+        };
+        let topology = Arc::new(found.topology);
+        info!(
+            colony = topology.colony_id(),
+            committed = found.committed,
+            target = found.target,
+            "taking the colony over"
+        );
+        let (run, calls) = ColonyRun::adopted(
+            topology.clone(),
+            found.fence,
+            &self.inner.identity,
+            found.target,
+            found.committed,
+            self.inner.config.run,
+            self.inner.health.clone(),
+        );
+        *self.inner.start_error.write() = None;
+        *self.inner.topology.write() = Some(topology);
+        self.follow(run, calls, true);
+        Ok(true)
+    }
+
+    /// Tries [`ColonyManager::adopt`] now, and again every half second for a few seconds
+    /// while no backend could be found (they may be registering), until `shutdown`.
+    pub fn spawn_adoption(&self, shutdown: tokio_util::sync::CancellationToken) {
+        let colony = self.clone();
+        tokio::spawn(async move {
+            for _ in 0..20 {
+                let tried = tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => return,
+                    tried = colony.adopt() => tried,
+                };
+                match tried {
+                    Ok(true) => return,
+                    Ok(false) if colony.topology().is_some() => return,
+                    Ok(false) => {}
+                    Err(e) => warn!(error = %e, "cannot look for a colony to take over"),
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+    }
+
     /// `POST /colony/rebalance`: spreads the shards over every live backend (DESIGN §14).
     ///
     /// # Errors

@@ -31,6 +31,7 @@
 //! The supervisor also watches node health: a backend the health tracker calls DOWN is
 //! trouble even if its links still stand (a frozen process keeps its sockets open).
 
+pub mod adopt;
 mod plan;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -250,6 +251,8 @@ async fn next_down(
 struct Fenced {
     entry: BackendEntry,
     link: Client,
+    /// The tick its shards had reached.
+    tick: u64,
     held: BTreeSet<ShardCoord>,
 }
 
@@ -260,7 +263,16 @@ async fn replace(
     context: &Context,
 ) -> Result<RecoveryEvent, String> {
     let started = Instant::now();
+    // A rebalance happens at the next checkpoint: every backend stops at one tick, which
+    // becomes consistent, and the shards move there without a tick redone.
+    let resume = match mode {
+        Mode::Rebalance(_) => Some(run.halt_at_next_checkpoint().await),
+        _ => None,
+    };
     let ordered = run.hold_targets().await;
+    if let Some(resume) = resume {
+        run.resume_target(resume);
+    }
     run.set_recovering(true);
     let old = run.placement();
     old.cancel.cancel();
@@ -298,7 +310,9 @@ async fn replace(
                     kind: mode.kind(),
                     epoch,
                     lost,
-                    ticks_redone: furthest.saturating_sub(event_base.restored_tick),
+                    ticks_redone: furthest
+                        .max(event_base.ticks_redone)
+                        .saturating_sub(event_base.restored_tick),
                     took_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
                     ..event_base
                 };
@@ -334,11 +348,13 @@ async fn attempt_once(
     let patience = run.config().stall_timeout;
     run.fencing(epoch);
     // 1. Fence every candidate at once; those that answer survive.
+    let mut reached = 0;
     let fences = candidates.iter().map(|b| fence(run, b, epoch, patience));
     let mut fenced: BTreeMap<String, Fenced> = BTreeMap::new();
     for (b, answer) in candidates.iter().zip(join_all(fences).await) {
         match answer {
             Ok(f) => {
+                reached = reached.max(f.tick);
                 fenced.insert(b.instance_id.clone(), f);
             }
             Err(e) => {
@@ -528,7 +544,9 @@ async fn attempt_once(
         lost: Vec::new(),
         moved,
         restored_tick: tick,
-        ticks_redone: 0,
+        // The furthest tick a survivor had reached (the caller knows it better, unless this
+        // is a take-over).
+        ticks_redone: reached,
         backends: new.backends().len(),
         took_ms: 0,
     };
@@ -582,7 +600,11 @@ async fn fence(
         epoch,
     };
     match ask(&mut link, &request, patience).await {
-        Ok(Message::Inventory { copies, .. }) => {
+        Ok(Message::Inventory {
+            copies,
+            tick: reached,
+            ..
+        }) => {
             let tick = run.consistent().tick;
             let held = copies
                 .into_iter()
@@ -593,6 +615,7 @@ async fn fence(
             Ok(Fenced {
                 entry: backend.clone(),
                 link,
+                tick: reached,
                 held,
             })
         }

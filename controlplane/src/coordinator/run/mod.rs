@@ -351,6 +351,28 @@ impl ColonyRun {
             .max(placement.epoch)
     }
 
+    /// Stops every backend at one tick, as a pause does, and waits (up to the stall limit)
+    /// until that tick is consistent, so shards can be placed again there without redoing
+    /// any tick. Returns the target and pause from before, for [`ColonyRun::resume_target`].
+    pub(crate) async fn halt_at_next_checkpoint(&self) -> (u64, bool) {
+        let before = {
+            let s = self.state.lock();
+            (s.target, s.paused)
+        };
+        if let Err(e) = self.pause().await {
+            warn!(colony = %self.colony_id, error = %e, "could not stop every backend at one tick");
+        }
+        before
+    }
+
+    /// Sets the run's target and pause back to what [`ColonyRun::halt_at_next_checkpoint`]
+    /// returned; the next placement taken runs to it.
+    pub(crate) fn resume_target(&self, (target, paused): (u64, bool)) {
+        let mut s = self.state.lock();
+        s.target = s.target.max(target);
+        s.paused = paused;
+    }
+
     /// Shows `recovering` (or not) in `GET /colony`.
     pub(crate) fn set_recovering(&self, on: bool) {
         self.state.lock().recovering = on;
