@@ -113,10 +113,14 @@ pub(crate) fn dispatch(request: Message, shared: &Shared, session: &mut Session)
 
 /// The refusal of a node-to-node message on a connection that did not authenticate.
 fn unauthenticated(message: &Message) -> Message {
+    let what = match message {
+        Message::Describe | Message::Fetch { .. } => "is for nodes only",
+        _ => "changes cluster state",
+    };
     Message::error(
         "unauthenticated",
         format!(
-            "{} is a node-to-node message and needs an authenticated connection: send HELLO first",
+            "{} {what} and needs an authenticated connection: send HELLO first",
             message.type_name()
         ),
     )
