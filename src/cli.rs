@@ -90,6 +90,11 @@ pub struct CoordinatorArgs {
     #[arg(long, env = "COLONY_CHECKPOINT_EVERY", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
     pub checkpoint_every: u64,
 
+    /// Test only: keep a re-placement `recovering` this long after fencing the backends,
+    /// before it moves any shard (so a test can lose another backend meanwhile).
+    #[arg(long, hide = true, default_value = "0s", value_parser = parse_duration)]
+    pub recovery_hold_open: Duration,
+
     #[command(flatten)]
     pub registry: RegistryArgs,
 

@@ -356,6 +356,7 @@ pub async fn start_coordinator(
     let health = HealthTracker::new(health_config, Some((node_id.to_owned(), address)));
     let mut colony_config = ColonyConfig::default();
     colony_config.run.checkpoint_every = args.checkpoint_every;
+    colony_config.recovery.hold_open = args.recovery_hold_open;
     let colony = ColonyManager::new(
         registry.clone(),
         address,
@@ -403,6 +404,8 @@ pub async fn start_coordinator(
         limits,
         &metrics,
     );
+    // A colony the backends kept while no coordinator followed it is taken over.
+    colony.spawn_adoption(tasks.shutdown.clone());
     let sweeper = health.spawn_sweeper(tasks.shutdown.clone());
     tasks.spawn(async move {
         let _ = sweeper.await;

@@ -1,8 +1,9 @@
 //! The dashboard in headless Chromium against a real `colony up` cluster: the page loads
 //! without console errors, shows one row per node in the right state, follows a `kill -9`
-//! to STALE and DOWN without a reload, and its colony view starts a colony on a fresh
-//! cluster and shows its picture, and with `--require-token` it asks for the operator token
-//! and then runs and pauses the colony. Every request the page makes goes to the coordinator's
+//! to STALE and DOWN without a reload, its colony view starts a colony on a fresh cluster
+//! and shows its picture, and follows a lost backend (the shard map recolours, the alert
+//! names it), and with `--require-token` it asks for the operator token and then runs and
+//! pauses the colony. Every request the page makes goes to the coordinator's
 //! management port (no CDN, nothing external). Screenshots are saved under
 //! `target/test-artifacts/`.
 //!
@@ -433,6 +434,100 @@ async fn the_colony_view_starts_a_colony_on_a_fresh_cluster_and_shows_it() {
         &["/api/control/topology", "/api/control/colony/image.png"],
     );
     assert_only_own_origin(&events, &up.mgmt);
+    up.proc.signal("INT");
+}
+
+/// The shard map's cells as `(owner, colour)`, row-major.
+async fn shard_cells(page: &cdp::Page<'_>) -> Vec<(String, String)> {
+    let v = page
+        .eval("[...document.querySelectorAll('#shard-map .shard')].map(c => [c.dataset.owner, c.style.background])")
+        .await;
+    serde_json::from_value(v).unwrap()
+}
+
+#[tokio::test]
+async fn the_colony_view_follows_a_lost_backend_and_the_shards_that_move() {
+    let world = r#"{"width_in_shards":6,"height_in_shards":2,"shard_width":32,"shard_height":32}"#;
+    let up = Up::start(3, &["--start-body", world]).await;
+    let browser = cdp::Browser::launch(WIDTH, HEIGHT).await;
+    let page = browser.new_page().await;
+    page.navigate(&format!("http://{}/#colony", up.mgmt)).await;
+    let phase = "document.getElementById('colony-view').dataset.phase";
+    page.wait_for(&format!("{phase} === 'ready'"), Duration::from_secs(60))
+        .await;
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let cluster: Value = http
+        .get(format!("http://{}/api/cluster", up.mgmt))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let control = cluster["control"].as_str().unwrap().to_owned();
+    let run = http
+        .post(format!("{control}/colony/run"))
+        .json(&json!({"ticks": 10_000_000}))
+        .send()
+        .await
+        .unwrap();
+    assert!(run.status().is_success());
+    let before = shard_cells(&page).await;
+    let lost = up.backend(1);
+    assert!(before.iter().any(|(owner, _)| *owner == lost), "{before:?}");
+
+    let pid = pid_of(&up.mgmt, &lost).await;
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    // The map recolours: nothing on the lost backend; the survivors' shards keep their
+    // colours, and the moved ones take a survivor's.
+    page.wait_for(
+        &format!(
+            "[...document.querySelectorAll('#shard-map .shard')].length > 0 && \
+             ![...document.querySelectorAll('#shard-map .shard')].some(c => c.dataset.owner === '{lost}')"
+        ),
+        Duration::from_secs(30),
+    )
+    .await;
+    let after = shard_cells(&page).await;
+    for ((was, colour), (now, now_colour)) in before.iter().zip(&after) {
+        if *was != lost {
+            assert_eq!(
+                (was, colour),
+                (now, now_colour),
+                "a survivor's shard changed"
+            );
+        } else {
+            let survivor_colour = after.iter().find(|(o, _)| o == now).map(|(_, c)| c);
+            assert_eq!(Some(now_colour), survivor_colour);
+        }
+    }
+    // The colony view says what happened, and the alert names the lost backend.
+    page.wait_for(
+        &format!(
+            "document.getElementById('autostart-log').innerText.includes('colony lost {lost}')"
+        ),
+        DEADLINE,
+    )
+    .await;
+    page.wait_for(
+        &format!(
+            "[...document.querySelectorAll('#alerts-open li')].some(li => li.textContent.includes('{lost} was lost from colony'))"
+        ),
+        DEADLINE,
+    )
+    .await;
+    page.wait_for(
+        "document.getElementById('colony-state').textContent === 'running'",
+        DEADLINE,
+    )
+    .await;
+    save_screenshot(&page, "dashboard-recovery.png").await;
+    let events = page.events().await;
+    assert_no_console_errors(&events, &["/api/control/colony/image.png"]);
     up.proc.signal("INT");
 }
 

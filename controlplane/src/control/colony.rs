@@ -91,6 +91,13 @@ pub async fn pause(
     Ok(Json(colony.pause().await?))
 }
 
+/// `POST /colony/rebalance`: answers once the shards are spread, with the `GET /colony` body.
+pub async fn rebalance(
+    State(colony): State<ColonyManager>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(colony.rebalance().await?))
+}
+
 /// `GET /colony/image.png`; the caller's `Authorization` goes on to the backends.
 pub async fn image(
     State(colony): State<ColonyManager>,

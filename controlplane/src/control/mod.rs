@@ -7,6 +7,7 @@
 //! | `GET /colony` | coordinator | state, tick, population, fingerprint, ticks/s |
 //! | `POST /colony/run` | coordinator | `{"ticks":N,"wait":bool}`: run N more ticks |
 //! | `POST /colony/pause` | coordinator | stop every backend at one common tick |
+//! | `POST /colony/rebalance` | coordinator | spread the shards over every live backend at the next checkpoint |
 //! | `GET /colony/image.png` | coordinator | the world as a PNG |
 //! | `POST /init-colony-shard` | backend | a signed node call carrying an init token: build one shard |
 //! | `GET /shards` | backend | the shards held here |
@@ -38,6 +39,7 @@ pub fn coordinator_router(colony: ColonyManager, guard: &Guard) -> Router {
         .route("/colony-start", post(colony::start))
         .route("/colony/run", post(colony::run))
         .route("/colony/pause", post(colony::pause))
+        .route("/colony/rebalance", post(colony::rebalance))
         .route_layer(guard.operator());
     let reads = Router::new()
         .route("/topology", get(colony::topology))

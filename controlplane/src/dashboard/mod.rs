@@ -5,7 +5,7 @@
 //! | `GET /` | the dashboard page |
 //! | `GET /assets/{file}` | its script, style sheet and icon, compiled into the binary |
 //! | `GET /api/cluster` | the coordinator's address and ports, thresholds, whether processes are managed |
-//! | `GET,POST /api/control/{*path}` | forwards the colony calls the page makes to the control port: `GET topology`, `POST colony-start`, `GET colony`, `POST colony/run`, `POST colony/pause`, `GET colony/image.png` |
+//! | `GET,POST /api/control/{*path}` | forwards the colony calls the page makes to the control port: `GET topology`, `POST colony-start`, `GET colony`, `POST colony/run`, `POST colony/pause`, `POST colony/rebalance`, `GET colony/image.png` |
 //! | `GET /api/shards/{x}/{y}` | one shard's cells, fetched from the backend that holds it |
 //!
 //! Everything the page needs comes from this one origin: no CDN, no other host, no CORS.
@@ -44,12 +44,13 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(25);
 /// Largest answer forwarded (a rendered colony picture is well under this).
 const MAX_FORWARDED: usize = 32 * 1024 * 1024;
 /// The control-plane calls the page may make through `/api/control`.
-const FORWARDED: [(Method, &str); 6] = [
+const FORWARDED: [(Method, &str); 7] = [
     (Method::GET, "topology"),
     (Method::POST, "colony-start"),
     (Method::GET, "colony"),
     (Method::POST, "colony/run"),
     (Method::POST, "colony/pause"),
+    (Method::POST, "colony/rebalance"),
     (Method::GET, "colony/image.png"),
 ];
 

@@ -25,17 +25,21 @@ pub enum EventKind {
     ColonyProgress,
     /// Progress of a package deployment (none yet: `deploy_package` is not supported).
     DeploymentProgress,
+    /// The colony was placed again: backends lost (who, which shards moved where, how many
+    /// ticks were redone), a rebalance, or a restarted coordinator taking it over.
+    ColonyRecovery,
 }
 
 impl EventKind {
     /// Every kind, in wire order.
-    pub const ALL: [EventKind; 6] = [
+    pub const ALL: [EventKind; 7] = [
         EventKind::RegistryLoaded,
         EventKind::ServiceStateChanged,
         EventKind::EndpointUpdated,
         EventKind::HealthCheckResult,
         EventKind::ColonyProgress,
         EventKind::DeploymentProgress,
+        EventKind::ColonyRecovery,
     ];
 
     /// The wire name.
@@ -47,6 +51,7 @@ impl EventKind {
             EventKind::HealthCheckResult => "health_check_result",
             EventKind::ColonyProgress => "colony_progress",
             EventKind::DeploymentProgress => "deployment_progress",
+            EventKind::ColonyRecovery => "colony_recovery",
         }
     }
 

@@ -6,6 +6,7 @@ mod colony;
 mod echo;
 mod help;
 mod ping;
+mod recovery;
 mod shard;
 mod shards;
 mod stats;
@@ -37,6 +38,29 @@ impl Session {
             peer: None,
             may_read: !shared.access.protect_reads,
         }
+    }
+}
+
+/// A request refused: the code and text of its error frame. (Kept apart from [`Message`],
+/// whose larger variants would make every `Result` carrying it large.)
+#[derive(Debug)]
+pub(crate) struct Refusal {
+    code: &'static str,
+    message: String,
+}
+
+impl Refusal {
+    /// A refusal with a stable `code` and a text a person can act on.
+    pub(crate) fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Refusal {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The error frame.
+    pub(crate) fn into_message(self) -> Message {
+        Message::error(self.code, self.message)
     }
 }
 
@@ -85,20 +109,22 @@ pub(crate) fn dispatch(request: Message, shared: &Shared, session: &mut Session)
         Message::Shards => now(shards::apply(&shared.store)),
         Message::Shard { x, y } => now(shard::apply(&shared.store, x, y)),
         message @ (Message::Halo { .. }
+        | Message::Replica { .. }
         | Message::Run { .. }
         | Message::Pause { .. }
-        | Message::Report { .. }) => match &session.peer {
-            None => {
-                shared.refusals.refused("unauthenticated");
-                now(Message::error(
-                "unauthenticated",
-                format!(
-                    "{} changes cluster state and needs an authenticated connection: send HELLO first",
-                    message.type_name()
-                ),
-            ))
-            }
+        | Message::Report { .. }
+        | Message::Commit { .. }) => match &session.peer {
+            None => now(unauthenticated(shared, &message)),
             Some(_) => colony::apply(shared, message),
+        },
+        message @ (Message::Describe
+        | Message::Fence { .. }
+        | Message::Fetch { .. }
+        | Message::Install { .. }
+        | Message::Restore { .. }
+        | Message::Stop { .. }) => match &session.peer {
+            None => now(unauthenticated(shared, &message)),
+            Some(_) => recovery::apply(shared, message),
         },
         // Replies and errors are what a server sends, not what it serves.
         other => now(Message::error(
@@ -109,4 +135,20 @@ pub(crate) fn dispatch(request: Message, shared: &Shared, session: &mut Session)
             ),
         )),
     }
+}
+
+/// The refusal of a node-to-node message on a connection that did not authenticate.
+fn unauthenticated(shared: &Shared, message: &Message) -> Message {
+    shared.refusals.refused("unauthenticated");
+    let what = match message {
+        Message::Describe | Message::Fetch { .. } => "is for nodes only",
+        _ => "changes cluster state",
+    };
+    Message::error(
+        "unauthenticated",
+        format!(
+            "{} {what} and needs an authenticated connection: send HELLO first",
+            message.type_name()
+        ),
+    )
 }

@@ -245,6 +245,7 @@
       case "endpoint_updated": return endpointUpdated(d);
       case "health_check_result": return healthCheck(d);
       case "colony_progress": return colonyProgress(d);
+      case "colony_recovery": return colonyRecovery(d);
       default: return undefined;
     }
   }
@@ -449,10 +450,13 @@
   let pictureMode = "png"; // "png" until /colony/image.png is found missing, then "shards"
 
   function colonyProgress(c) {
-    const changed = !model.colony || model.colony.colony_id !== c.colony_id;
+    // A new colony, or the same one placed again (its epoch moved): the shard map follows.
+    const changed = !model.colony || model.colony.colony_id !== c.colony_id
+      || model.colony.epoch !== c.epoch;
     model.colony = c;
     $("colony-id").textContent = c.colony_id || "";
     $("colony-state").textContent = c.state || "—";
+    $("colony-state").dataset.state = c.state || "";
     $("colony-tick").textContent = c.tick != null ? fmtNumber(c.tick) : "—";
     $("colony-population").textContent = c.population != null ? fmtNumber(c.population) : "—";
     $("colony-tps").textContent = c.ticks_per_second != null ? fmtNumber(c.ticks_per_second) : "—";
@@ -462,6 +466,20 @@
     $("pause-btn").disabled = !running;
     if (changed && running && colonyOpened) loadTopology();
     if (colonyOpened) refreshPicture();
+  }
+
+  // A re-placement: who was lost, what moved where, what was redone. The alert about each lost
+  // backend comes with it, and the shard map recolours the shards that moved.
+  function colonyRecovery(d) {
+    const what = d.kind === "backend_lost" ? "lost " + (d.lost || []).join(", ")
+      : d.kind === "adopted" ? "taken over by a restarted coordinator"
+      : "rebalanced";
+    const moved = (d.moved || []).length;
+    log("colony " + what + ": " + moved + " shard" + (moved === 1 ? "" : "s") + " moved, back to tick "
+      + fmtNumber(d.restored_tick) + ", " + fmtNumber(d.ticks_redone) + " ticks redone (epoch " + d.epoch + ")",
+      d.kind === "backend_lost" ? "bad" : "good");
+    refreshAlerts();
+    loadTopology();
   }
 
   function log(text, kind) {
@@ -538,12 +556,18 @@
     } catch (_) { /* shown as stale by the socket */ }
   }
 
+  // Each backend keeps its colour for the page's life, so when shards move only they change
+  // colour (by position in the backend list, the survivors would all change).
+  const ownColours = new Map();
   function backendColours() {
-    const colours = new Map();
     const t = model.topology;
-    if (!t) return colours;
-    t.backends.forEach((b, i) => colours.set(b.instance_id, PALETTE[i % PALETTE.length]));
-    return colours;
+    if (!t) return ownColours;
+    for (const b of t.backends) {
+      if (!ownColours.has(b.instance_id)) {
+        ownColours.set(b.instance_id, PALETTE[ownColours.size % PALETTE.length]);
+      }
+    }
+    return ownColours;
   }
 
   function renderShardMap() {
