@@ -2,6 +2,7 @@
 //! configuration to the subcommand; everything else lives in the library crates.
 
 mod cli;
+mod liveness;
 mod node;
 mod reference;
 mod status;
