@@ -6,7 +6,7 @@
 //! Killed outright (SIGKILL), `colony up` cannot clean up, so the pieces do it between them:
 //! the kernel sends each backend SIGTERM (the process manager's parent-death signal), each
 //! backend unregisters itself as on any SIGTERM and removes the dead coordinator's entry
-//! ([`forget_dead_coordinator`]), and whatever still lingers (a backend that was killed too)
+//! ([`crate::liveness::forget_dead_coordinator`]), and whatever still lingers (a backend that was killed too)
 //! is removed by the next `colony up` before it starts, once it has seen that the node does
 //! not answer ([`remove_dead_entries`]).
 //!
