@@ -75,6 +75,29 @@ pub enum DeployError {
     /// `manifest.yaml` is not valid YAML or not a manifest.
     #[error("manifest.yaml is malformed: {0}")]
     BadManifest(String),
+    /// The manifest asks for a way of running that this node does not offer.
+    #[error("service.type {0} is not supported: Colony runs packages only as managed processes (scripts/start.sh as a child of the node); it has no container runtime or systemd integration")]
+    NotSupported(&'static str),
+    /// No deployed service has this name.
+    #[error("no deployed service named {0:?}")]
+    UnknownService(String),
+    /// A service depends on one that is not deployed on this node.
+    #[error("{service} depends on {dependency:?}, which is not deployed on this node")]
+    UnknownDependency {
+        /// The dependent service.
+        service: String,
+        /// The missing one.
+        dependency: String,
+    },
+    /// `depends_on` loops.
+    #[error("depends_on forms a cycle: {}", .0.join(" -> "))]
+    DependencyCycle(Vec<String>),
+    /// A command of `requires.commands` is not on `PATH`.
+    #[error("required command {0:?} is not on PATH (or not executable)")]
+    MissingCommand(String),
+    /// `start.sh` exited, or did not become ready in time.
+    #[error("{0}")]
+    StartFailed(String),
     /// Reading or writing the install tree failed.
     #[error("{what} {path:?}: {source}")]
     Io {
@@ -101,6 +124,6 @@ impl DeployError {
     /// Whether the package itself is at fault (the caller sent something wrong), as opposed
     /// to this node failing to install a good one.
     pub fn is_refusal(&self) -> bool {
-        !matches!(self, DeployError::Io { .. })
+        !matches!(self, DeployError::Io { .. } | DeployError::StartFailed(_))
     }
 }

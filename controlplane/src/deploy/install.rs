@@ -84,6 +84,21 @@ impl Installer {
         archive: &Path,
         mut on_step: impl FnMut(Step),
     ) -> Result<Installed, DeployError> {
+        self.install_vetted(file, archive, |_| Ok(()), &mut on_step)
+    }
+
+    /// As [`Installer::install`], with `vet` asked about the manifest after every check of
+    /// the archive and before anything is written: a refusal there writes nothing.
+    ///
+    /// # Errors
+    /// As [`Installer::install`], and whatever `vet` returns.
+    pub fn install_vetted(
+        &self,
+        file: &PackageFile,
+        archive: &Path,
+        vet: impl FnOnce(&Manifest) -> Result<(), DeployError>,
+        mut on_step: impl FnMut(Step),
+    ) -> Result<Installed, DeployError> {
         let checked = archive::check(archive, self.limits)?;
         let manifest = Manifest::parse(&checked.manifest)?;
         let dir_name = manifest.dir_name();
@@ -93,6 +108,7 @@ impl Installer {
                 manifest: dir_name,
             });
         }
+        vet(&manifest)?;
         on_step(Step::Verified);
         let dir = self.root.join(&dir_name);
         if fs::symlink_metadata(&dir).is_ok() {
