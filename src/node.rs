@@ -13,6 +13,7 @@ use controlplane::control::{self, BackendControl};
 use controlplane::coordinator::colony::{ColonyConfig, ColonyManager};
 use controlplane::coordinator::health::tracker::HealthTracker;
 use controlplane::coordinator::processes::ProcessManager;
+use controlplane::deploy::deployer::Deployer;
 use controlplane::heartbeat_sender::HeartbeatSender;
 use controlplane::http::{harden, serve_on_own_thread, HttpLimits};
 use controlplane::management;
@@ -204,13 +205,14 @@ impl Tasks {
     }
 
     /// Serves a node's three listeners: the data plane, and the two HTTP planes hardened.
-    /// `mgmt` is the management router and the tracker of the tasks it starts.
+    /// `mgmt` is the management router, the tracker of the tasks it starts, and the routes
+    /// merged after the standard layers (package uploads, which have their own limits).
     fn serve_planes(
         &mut self,
         listeners: Listeners,
         data_plane: &DataPlane,
         control: Router,
-        (mgmt, mgmt_tasks): (Router, TaskTracker),
+        (mgmt, mgmt_tasks, uploads): (Router, TaskTracker, Option<Router>),
         limits: HttpLimits,
         metrics: &Metrics,
     ) {
@@ -222,7 +224,11 @@ impl Tasks {
         });
         let control = harden(control, limits, metrics.http.clone(), "control");
         self.serve_http(listeners.control, control, "control");
-        let mgmt = harden(mgmt, limits, metrics.http.clone(), "mgmt");
+        let mut mgmt = harden(mgmt, limits, metrics.http.clone(), "mgmt");
+        // Uploads bring their own body limit and timeout (management::packages).
+        if let Some(uploads) = uploads {
+            mgmt = mgmt.merge(uploads);
+        }
         let token = self.shutdown.clone();
         self.spawn(async move {
             if let Err(e) =
@@ -302,6 +308,7 @@ pub struct CoordinatorHandle {
     pub address: NodeAddress,
     /// Its colony.
     pub colony: ColonyManager,
+    deployer: Deployer,
     registry: Arc<dyn ClusterRegistry>,
     registration: tokio::task::JoinHandle<()>,
     registration_token: CancellationToken,
@@ -313,6 +320,8 @@ impl CoordinatorHandle {
     /// Unregisters, then stops every listener within the grace period.
     pub async fn stop(self) {
         self.colony.close();
+        // Deployed services stop with their node (the registry keeps them as running).
+        self.deployer.services().shutdown().await;
         unregister(
             self.registry.as_ref(),
             &Role::Coordinator,
@@ -377,6 +386,8 @@ pub async fn start_coordinator(
     let access = Access::new(operator, &metrics);
     // Pages served from the management port are this node's own dashboard.
     let dashboard = Some(address.mgmt_port);
+    let (deployer, upload_limits) = args.deploy.open(node_id, &address.ip.to_string())?;
+    let deploy = Some(deployer.clone());
     let mgmt = MgmtState {
         node: NodeInfo::new(node_id, NodeType::Coordinator, address),
         node_auth: NodeAuth::new(
@@ -389,6 +400,7 @@ pub async fn start_coordinator(
         health: Some(health.clone()),
         processes,
         colony: Some(colony.clone()),
+        deploy: deploy.clone(),
         tasks: TaskTracker::new(),
     };
 
@@ -400,7 +412,15 @@ pub async fn start_coordinator(
             colony.clone(),
             &access.guard("control", args.bind.bind_ip, dashboard),
         ),
-        (management::coordinator_router(mgmt.clone()), mgmt.tasks),
+        (
+            management::coordinator_router(mgmt.clone()),
+            mgmt.tasks,
+            Some(management::packages::router(
+                deployer.clone(),
+                &mgmt.guard,
+                upload_limits,
+            )),
+        ),
         limits,
         &metrics,
     );
@@ -411,6 +431,9 @@ pub async fn start_coordinator(
         let _ = sweeper.await;
     });
     log_listening("coordinator", node_id, &address);
+    // Deployed services that were running when the coordinator last stopped start again.
+    let restoring = deployer.clone();
+    tasks.spawn(async move { restoring.services().restore().await });
 
     let registration_token = CancellationToken::new();
     let registration = spawn_registration(
@@ -422,6 +445,7 @@ pub async fn start_coordinator(
     Ok(CoordinatorHandle {
         address,
         colony: colony_handle,
+        deployer,
         registry,
         registration,
         registration_token,
@@ -507,6 +531,7 @@ pub async fn run_backend(args: BackendArgs) -> anyhow::Result<()> {
         health: None,
         processes: None,
         colony: None,
+        deploy: None,
         tasks: TaskTracker::new(),
     };
 
@@ -518,7 +543,7 @@ pub async fn run_backend(args: BackendArgs) -> anyhow::Result<()> {
             control_state,
             &access.guard("control", args.bind.bind_ip, None),
         ),
-        (management::backend_router(mgmt.clone()), mgmt.tasks),
+        (management::backend_router(mgmt.clone()), mgmt.tasks, None),
         limits,
         &metrics,
     );

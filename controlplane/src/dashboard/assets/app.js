@@ -284,6 +284,7 @@
   }
 
   function stateChanged(d) {
+    if (d.kind === "deployed") return undefined;
     if (d.kind === "process") {
       service(d.service).process = d.process;
     } else {
@@ -302,6 +303,7 @@
   }
 
   function healthCheck(d) {
+    if (d.kind === "deployed") return undefined;
     const s = service(d.service, d.node_type);
     const h = s.health || (s.health = { node_id: d.service, metrics: {} });
     h.status = d.status;

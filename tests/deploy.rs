@@ -1,0 +1,239 @@
+//! Deploying a package to the coordinator's host against a real coordinator (DESIGN §16):
+//! upload with the operator token (refused without it, even from loopback, and over the
+//! limit), `deploy_package` over `/ws` with every progress step in order, the service's
+//! port answering as the deploy user, stop and restart, and the service back after the
+//! coordinator restarts.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::Write;
+
+use common::*;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+const TOKEN: &str = "deploy-test-operator-token-0123";
+
+/// A package whose start.sh serves TCP on `port`, answering its version.
+fn package(name: &str, version: &str, port: u16) -> Vec<u8> {
+    let manifest = format!(
+        "name: {name}\nversion: '{version}'\nservice:\n  ports:\n    - name: tcp\n      port: {port}\nhealth:\n  interval: 300ms\n  timeout: 2s\n"
+    );
+    let start = format!(
+        "#!/bin/sh\nexec python3 -c 'import socket\ns=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind((\"127.0.0.1\", {port})); s.listen()\nwhile True:\n    c,_=s.accept(); c.sendall(b\"{version}\\n\"); c.close()'\n"
+    );
+    let health = format!(
+        "#!/bin/sh\nexec python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", {port}), 1).close()'\n"
+    );
+    let mut builder = tar::Builder::new(Vec::new());
+    for (path, data) in [
+        ("manifest.yaml", manifest.as_str()),
+        ("scripts/start.sh", start.as_str()),
+        ("scripts/stop.sh", "#!/bin/sh\n"),
+        ("scripts/health.sh", health.as_str()),
+    ] {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o755);
+        header.set_cksum();
+        builder
+            .append_data(&mut header, path, data.as_bytes())
+            .unwrap();
+    }
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&builder.into_inner().unwrap()).unwrap();
+    gz.finish().unwrap()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn probe(port: u16) -> Option<String> {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    Some(text.trim().to_owned())
+}
+
+fn start_coordinator(cluster: &mut Cluster, root: &str) {
+    let dir = cluster.registry_dir();
+    cluster.coordinator = Some(Proc::spawn(
+        &[
+            "coordinator",
+            "--internal-port",
+            "0",
+            "--http-port",
+            "0",
+            "--mgmt-port",
+            "0",
+            "--registry-dir",
+            &dir,
+            "--deploy-root",
+            root,
+            "--max-package",
+            "100000",
+        ],
+        &[("COLONY_OPERATOR_TOKEN", TOKEN)],
+    ));
+}
+
+async fn mgmt(cluster: &Cluster) -> String {
+    let a = cluster.coordinator_address().await;
+    format!("127.0.0.1:{}", a["mgmt_port"])
+}
+
+async fn upload(mgmt: &str, file: &str, body: Vec<u8>, token: Option<&str>) -> StatusCode {
+    let mut request = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .put(format!("http://{mgmt}/packages/{file}"))
+        .body(body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    request.send().await.unwrap().status()
+}
+
+async fn operator_ws(mgmt: &str) -> WsClient {
+    let auth = format!("Bearer {TOKEN}");
+    WsClient::connect_with(mgmt, "", &[("authorization", auth.as_str())])
+        .await
+        .unwrap()
+}
+
+fn deployed<'a>(list: &'a Value, name: &str) -> &'a Value {
+    list["data"]["deployed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("{name} not listed: {list}"))
+}
+
+#[tokio::test]
+async fn a_package_is_uploaded_deployed_run_stopped_and_outlives_a_coordinator_restart() {
+    let mut cluster = Cluster::new();
+    // The scripts run as `nobody` (we are root here): it must reach the install dir.
+    let root = cluster.dir.path().join("opt");
+    std::fs::create_dir_all(&root).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(cluster.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let root = root.display().to_string();
+    start_coordinator(&mut cluster, &root);
+    let mgmt = mgmt(&cluster).await;
+    let port = free_port();
+    let bytes = package("web", "1.0", port);
+
+    // Uploads need the token, even from loopback; too big is refused.
+    assert_eq!(
+        upload(&mgmt, "web-1.0.tar.gz", bytes.clone(), None).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        upload(&mgmt, "web-1.0.tar.gz", vec![0; 200_000], Some(TOKEN)).await,
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+    // A name that could leave the packages directory (decoded by the router) is refused.
+    assert_eq!(
+        upload(&mgmt, "..%2Fx-1.tar.gz", bytes.clone(), Some(TOKEN)).await,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        upload(&mgmt, "web-1.0.tar.gz", bytes, Some(TOKEN)).await,
+        StatusCode::CREATED
+    );
+
+    // Deploying needs the token too, even from loopback.
+    let mut anyone = WsClient::connect(&mgmt, "").await;
+    let r = anyone
+        .request(
+            "deploy_package",
+            json!({"package": "web-1.0.tar.gz", "target": "coordinator"}),
+        )
+        .await;
+    assert_eq!(r["error"]["code"], "unauthorized", "{r}");
+
+    let mut ws = operator_ws(&mgmt).await;
+    let r = ws
+        .request(
+            "deploy_package",
+            json!({"package": "web-1.0.tar.gz", "target": "nowhere"}),
+        )
+        .await;
+    assert_eq!(r["error"]["code"], "not_found", "{r}");
+    let r = ws
+        .request(
+            "deploy_package",
+            json!({"package": "web-1.0.tar.gz", "target": "coordinator"}),
+        )
+        .await;
+    assert_eq!(r["data"]["service"]["state"]["state"], "running", "{r}");
+    assert_eq!(probe(port).as_deref(), Some("1.0"));
+    // Every step, in order, before the answer.
+    let mut steps = Vec::new();
+    for _ in 0..7 {
+        let m = ws
+            .event_where("deployment_progress", DEADLINE, |_| true)
+            .await;
+        steps.push(m["data"]["step"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(
+        steps,
+        [
+            "received",
+            "verified",
+            "extracted",
+            "installed",
+            "dependencies",
+            "starting",
+            "running"
+        ]
+    );
+    // It runs as the deploy user.
+    let pid = r["data"]["service"]["execution"]["pid"].as_u64().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(uid.contains("65534"), "{uid}");
+    ws.event_where("health_check_result", DEADLINE, |d| {
+        d["service"] == "web" && d["healthy"] == true
+    })
+    .await;
+
+    let r = ws
+        .request("service_action", json!({"name": "web", "action": "stop"}))
+        .await;
+    assert_eq!(r["data"]["deployed"]["state"]["state"], "stopped", "{r}");
+    assert_eq!(probe(port), None);
+    let r = ws
+        .request(
+            "service_action",
+            json!({"name": "web", "action": "restart"}),
+        )
+        .await;
+    assert_eq!(r["data"]["deployed"]["state"]["state"], "running", "{r}");
+    assert_eq!(probe(port).as_deref(), Some("1.0"));
+
+    // The coordinator stops: the service with it. Started again, it knows and restarts it.
+    drop(ws);
+    drop(anyone);
+    drop(cluster.coordinator.take());
+    assert_eq!(probe(port), None);
+    start_coordinator(&mut cluster, &root);
+    let mgmt = self::mgmt(&cluster).await;
+    let mut ws = operator_ws(&mgmt).await;
+    eventually(DEADLINE, "the service runs again", || async { probe(port) }).await;
+    let list = ws.request("list_services", json!({})).await;
+    let web = deployed(&list, "web");
+    assert_eq!(web["version"], "1.0");
+    assert_eq!(web["location"]["node"], "coordinator");
+    assert_eq!(web["endpoints"][0]["address"], format!("127.0.0.1:{port}"));
+}
