@@ -246,6 +246,9 @@ pub struct BackendArgs {
 
     #[command(flatten)]
     pub http: HttpArgs,
+
+    #[command(flatten)]
+    pub deploy: DeployArgs,
 }
 
 /// Flags of `colony up`.

@@ -14,6 +14,7 @@ use controlplane::coordinator::colony::{ColonyConfig, ColonyManager};
 use controlplane::coordinator::health::tracker::HealthTracker;
 use controlplane::coordinator::processes::ProcessManager;
 use controlplane::deploy::deployer::Deployer;
+use controlplane::deploy::forward::Forwarder;
 use controlplane::heartbeat_sender::HeartbeatSender;
 use controlplane::http::{harden, serve_on_own_thread, HttpLimits};
 use controlplane::management;
@@ -211,7 +212,7 @@ impl Tasks {
         &mut self,
         listeners: Listeners,
         data_plane: &DataPlane,
-        control: Router,
+        (control, deploys): (Router, Option<Router>),
         (mgmt, mgmt_tasks, uploads): (Router, TaskTracker, Option<Router>),
         limits: HttpLimits,
         metrics: &Metrics,
@@ -222,7 +223,11 @@ impl Tasks {
                 warn!(error = %e, "data plane failed");
             }
         });
-        let control = harden(control, limits, metrics.http.clone(), "control");
+        let mut control = harden(control, limits, metrics.http.clone(), "control");
+        // Forwarded deployments bring their own body limit and timeout (control::deploy).
+        if let Some(deploys) = deploys {
+            control = control.merge(deploys);
+        }
         self.serve_http(listeners.control, control, "control");
         let mut mgmt = harden(mgmt, limits, metrics.http.clone(), "mgmt");
         // Uploads bring their own body limit and timeout (management::packages).
@@ -387,6 +392,10 @@ pub async fn start_coordinator(
     // Pages served from the management port are this node's own dashboard.
     let dashboard = Some(address.mgmt_port);
     let (deployer, upload_limits) = args.deploy.open(node_id, &address.ip.to_string())?;
+    let deployer = deployer.with_forwarder(Forwarder::new(
+        RequestSigner::new(&secret),
+        args.deploy.package_timeout + args.deploy.deploy_start_timeout,
+    )?);
     let deploy = Some(deployer.clone());
     let mgmt = MgmtState {
         node: NodeInfo::new(node_id, NodeType::Coordinator, address),
@@ -408,9 +417,12 @@ pub async fn start_coordinator(
     tasks.serve_planes(
         listeners,
         &data_plane,
-        control::coordinator_router(
-            colony.clone(),
-            &access.guard("control", args.bind.bind_ip, dashboard),
+        (
+            control::coordinator_router(
+                colony.clone(),
+                &access.guard("control", args.bind.bind_ip, dashboard),
+            ),
+            None,
         ),
         (
             management::coordinator_router(mgmt.clone()),
@@ -523,6 +535,9 @@ pub async fn run_backend(args: BackendArgs) -> anyhow::Result<()> {
         store: data_plane.store().clone(),
     };
     let access = Access::new(operator, &metrics);
+    // Packages the coordinator forwards run here (DESIGN §16).
+    let (deployer, upload_limits) = args.deploy.open(&instance_id, &address.ip.to_string())?;
+    let deploy_auth = control_state.node_auth.clone();
     let mgmt = MgmtState {
         node: NodeInfo::new(instance_id.clone(), NodeType::Backend, address),
         node_auth: control_state.node_auth.clone(),
@@ -539,15 +554,25 @@ pub async fn run_backend(args: BackendArgs) -> anyhow::Result<()> {
     tasks.serve_planes(
         listeners,
         &data_plane,
-        control::backend_router(
-            control_state,
-            &access.guard("control", args.bind.bind_ip, None),
+        (
+            control::backend_router(
+                control_state,
+                &access.guard("control", args.bind.bind_ip, None),
+            ),
+            Some(control::deploy::router(
+                deployer.clone(),
+                deploy_auth,
+                upload_limits,
+                instance_id.clone(),
+            )),
         ),
         (management::backend_router(mgmt.clone()), mgmt.tasks, None),
         limits,
         &metrics,
     );
     log_listening("backend", &instance_id, &address);
+    let restoring = deployer.clone();
+    tasks.spawn(async move { restoring.services().restore().await });
 
     let role = Role::Backend(instance_id.clone());
     let registration_token = CancellationToken::new();
@@ -576,6 +601,8 @@ pub async fn run_backend(args: BackendArgs) -> anyhow::Result<()> {
     if let Some(coordinator) = args.up_coordinator {
         crate::up::forget_dead_coordinator(registry.as_ref(), coordinator).await;
     }
+    // Deployed services stop with their node (the registry keeps them as running).
+    deployer.services().shutdown().await;
     heartbeat_token.cancel();
     reporter_token.cancel();
     if tokio::time::timeout(Duration::from_secs(2), heartbeats)

@@ -237,3 +237,101 @@ async fn a_package_is_uploaded_deployed_run_stopped_and_outlives_a_coordinator_r
     assert_eq!(web["location"]["node"], "coordinator");
     assert_eq!(web["endpoints"][0]["address"], format!("127.0.0.1:{port}"));
 }
+
+#[tokio::test]
+async fn a_package_is_forwarded_to_a_backend_by_a_signed_call_and_runs_there() {
+    let mut cluster = Cluster::new();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(cluster.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let coordinator_root = cluster
+        .dir
+        .path()
+        .join("coordinator-opt")
+        .display()
+        .to_string();
+    let backend_root = cluster.dir.path().join("backend-opt").display().to_string();
+    start_coordinator(&mut cluster, &coordinator_root);
+    let mgmt = mgmt(&cluster).await;
+    cluster.start_backend(&[
+        "--heartbeat-interval",
+        "100ms",
+        "--deploy-root",
+        &backend_root,
+    ]);
+    let (backend, _) = cluster.backend_identity(0).await;
+    let line = cluster.backends[0].wait_for("node listening").await;
+    let control = field(&line, "http");
+    eventually(DEADLINE, "the backend is known", || async {
+        cluster
+            .component(&backend)
+            .await
+            .filter(|c| c["status"] == "ACTIVE")
+    })
+    .await;
+
+    let port = free_port();
+    assert_eq!(
+        upload(
+            &mgmt,
+            "echo-2.1.tar.gz",
+            package("echo", "2.1", port),
+            Some(TOKEN)
+        )
+        .await,
+        StatusCode::CREATED
+    );
+    // Nobody but a node may call the backend's deploy route.
+    let forged = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .put(format!("http://{control}/deploy/echo-2.1.tar.gz"))
+        .body(package("echo", "2.1", port))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(probe(port), None);
+
+    let mut ws = operator_ws(&mgmt).await;
+    let r = ws
+        .request(
+            "deploy_package",
+            json!({"package": "echo-2.1.tar.gz", "target": backend}),
+        )
+        .await;
+    assert_eq!(r["data"]["service"]["state"]["state"], "running", "{r}");
+    assert_eq!(r["data"]["service"]["location"]["node"], backend.as_str());
+    assert_eq!(probe(port).as_deref(), Some("2.1"));
+    let mut steps = Vec::new();
+    for _ in 0..7 {
+        let m = ws
+            .event_where("deployment_progress", DEADLINE, |_| true)
+            .await;
+        assert_eq!(m["data"]["target"], backend.as_str(), "{m}");
+        steps.push(m["data"]["step"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(
+        steps,
+        [
+            "received",
+            "verified",
+            "extracted",
+            "installed",
+            "dependencies",
+            "starting",
+            "running"
+        ]
+    );
+    // Installed on the backend's root, not the coordinator's.
+    assert!(std::path::Path::new(&backend_root)
+        .join("echo-2.1/manifest.yaml")
+        .is_file());
+    assert!(!std::path::Path::new(&coordinator_root)
+        .join("echo-2.1")
+        .exists());
+
+    // The backend stops: its service with it.
+    drop(cluster.backends.remove(0));
+    assert_eq!(probe(port), None);
+}

@@ -3,12 +3,58 @@
 //! `deployment_progress`. Uploads wait in `{state dir}/packages/`.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::deploy::error::DeployError;
+use crate::deploy::forward::Forwarder;
 use crate::deploy::install::{Installer, Step};
 use crate::deploy::lifecycle::Services;
 use crate::deploy::package::PackageFile;
 use crate::deploy::service::{ServiceEntry, ServiceState};
+
+/// Limits of a package upload (to the coordinator, or forwarded to a backend).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UploadLimits {
+    /// Largest package, in bytes (`--max-package`).
+    pub max_package: u64,
+    /// Longest an upload may take (`--package-timeout`).
+    pub timeout: Duration,
+}
+
+impl Default for UploadLimits {
+    fn default() -> Self {
+        UploadLimits {
+            max_package: 256 * 1024 * 1024,
+            timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+/// A step name from a backend, as one of ours (`unknown` if it is none).
+fn known_step(step: &str) -> &'static str {
+    const STEPS: [&str; 8] = [
+        "received",
+        "verified",
+        "extracted",
+        "installed",
+        "dependencies",
+        "starting",
+        "running",
+        "failed",
+    ];
+    STEPS.into_iter().find(|s| *s == step).unwrap_or("unknown")
+}
+
+/// The `/ws` error code of a failed deployment.
+pub fn error_code(e: &DeployError) -> &str {
+    match e {
+        DeployError::UnknownService(_) => "not_found",
+        DeployError::NotSupported(_) => "not_supported",
+        DeployError::Remote { code, .. } => code,
+        e if e.is_refusal() => "refused",
+        _ => "deploy_failed",
+    }
+}
 
 /// One node's deployments.
 #[derive(Debug, Clone)]
@@ -16,6 +62,7 @@ pub struct Deployer {
     installer: Installer,
     services: Services,
     packages: PathBuf,
+    forwarder: Option<Forwarder>,
 }
 
 impl Deployer {
@@ -28,7 +75,47 @@ impl Deployer {
             installer,
             services,
             packages,
+            forwarder: None,
         }
+    }
+
+    /// This deployer also forwards packages to backends (the coordinator's does).
+    #[must_use]
+    pub fn with_forwarder(mut self, forwarder: Forwarder) -> Self {
+        self.forwarder = Some(forwarder);
+        self
+    }
+
+    /// Sends the uploaded package `file` to the backend `target` whose control plane is
+    /// `control`, relaying its steps as `deployment_progress` for `target`.
+    ///
+    /// # Errors
+    /// [`DeployError::NotSupported`]-like `Remote` errors as the backend gives them,
+    /// [`DeployError::Forward`] when it cannot be reached or this node does not forward.
+    pub async fn forward(
+        &self,
+        file: &PackageFile,
+        target: &str,
+        control: &str,
+        activate: bool,
+    ) -> Result<ServiceEntry, DeployError> {
+        let Some(forwarder) = &self.forwarder else {
+            return Err(DeployError::Forward(
+                "this node does not forward packages".to_owned(),
+            ));
+        };
+        let services = self.services.clone();
+        let package = file.as_str().to_owned();
+        let result = forwarder
+            .forward(&self.package_path(file), file, control, activate, |p| {
+                services.progress(&package, target, known_step(&p.step), p.detail);
+            })
+            .await;
+        if let Err(e) = &result {
+            self.services
+                .progress(&package, target, "failed", Some(e.to_string()));
+        }
+        result
     }
 
     /// The deployed services.

@@ -98,6 +98,17 @@ pub enum DeployError {
     /// `start.sh` exited, or did not become ready in time.
     #[error("{0}")]
     StartFailed(String),
+    /// A backend could not be reached, or answered a forwarded deployment wrongly.
+    #[error("forwarding to the backend failed: {0}")]
+    Forward(String),
+    /// A backend refused a forwarded deployment or failed it.
+    #[error("{message}")]
+    Remote {
+        /// Its `/ws`-style error code.
+        code: String,
+        /// Its reason.
+        message: String,
+    },
     /// Reading or writing the install tree failed.
     #[error("{what} {path:?}: {source}")]
     Io {
@@ -124,6 +135,9 @@ impl DeployError {
     /// Whether the package itself is at fault (the caller sent something wrong), as opposed
     /// to this node failing to install a good one.
     pub fn is_refusal(&self) -> bool {
-        !matches!(self, DeployError::Io { .. } | DeployError::StartFailed(_))
+        !matches!(
+            self,
+            DeployError::Io { .. } | DeployError::StartFailed(_) | DeployError::Forward(_)
+        )
     }
 }

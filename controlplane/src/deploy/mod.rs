@@ -9,6 +9,7 @@
 pub mod archive;
 pub mod deployer;
 pub mod error;
+pub mod forward;
 pub mod install;
 pub mod lifecycle;
 pub mod manifest;

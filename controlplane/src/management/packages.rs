@@ -10,8 +10,6 @@
 //! limit and 30 s timeout would refuse any real package, and brings its own timeout and
 //! panic containment instead.
 
-use std::time::Duration;
-
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -30,23 +28,7 @@ use crate::deploy::package::PackageFile;
 use crate::error::ApiError;
 use crate::operator::Guard;
 
-/// Limits of the upload route.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct UploadLimits {
-    /// Largest package, in bytes (`--max-package`).
-    pub max_package: u64,
-    /// Longest an upload may take (`--package-timeout`).
-    pub timeout: Duration,
-}
-
-impl Default for UploadLimits {
-    fn default() -> Self {
-        UploadLimits {
-            max_package: 256 * 1024 * 1024,
-            timeout: Duration::from_secs(600),
-        }
-    }
-}
+pub use crate::deploy::deployer::UploadLimits;
 
 #[derive(Debug, Clone)]
 struct UploadState {

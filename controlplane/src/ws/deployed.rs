@@ -102,23 +102,29 @@ pub async fn deploy(state: &MgmtState, request: &Request) -> Result<Value, WsErr
     }
     let local = target == COORDINATOR_TARGET || target == state.node.node_id;
     if !local {
-        let known = state
+        let backend = state
             .health
             .as_ref()
-            .is_some_and(|h| h.node(target).is_some());
-        return Err(if known {
-            WsError::new(
-                id(),
-                "not_supported",
-                format!("deploying to backend {target:?} is not implemented yet; deploy to \"coordinator\""),
-            )
-        } else {
-            WsError::new(
-                id(),
-                "not_found",
-                format!("no node named {target:?}: target must be \"coordinator\" or a backend's instance id"),
-            )
-        });
+            .and_then(|h| h.node(target))
+            .filter(|c| c.node_type == crate::wire::heartbeat::NodeType::Backend)
+            .ok_or_else(|| {
+                WsError::new(
+                    id(),
+                    "not_found",
+                    format!("no node named {target:?}: target must be \"coordinator\" or a backend's instance id"),
+                )
+            })?;
+        tracing::info!(
+            package,
+            target,
+            activate,
+            "forwarding a package to a backend"
+        );
+        let entry = deployer
+            .forward(&file, target, &backend.address.to_http_address(), activate)
+            .await
+            .map_err(|e| error(request, &e))?;
+        return Ok(json!({ "package": package, "target": target, "service": entry }));
     }
     tracing::info!(package, target, activate, "deploying a package");
     let entry = deployer
@@ -129,10 +135,11 @@ pub async fn deploy(state: &MgmtState, request: &Request) -> Result<Value, WsErr
 }
 
 fn error(request: &Request, e: &DeployError) -> WsError {
-    let code = match e {
-        DeployError::UnknownService(_) => "not_found",
-        DeployError::NotSupported(_) => "not_supported",
-        e if e.is_refusal() => "refused",
+    let code = match crate::deploy::deployer::error_code(e) {
+        "not_found" => "not_found",
+        "not_supported" => "not_supported",
+        "unauthorized" => "unauthorized",
+        "refused" => "refused",
         _ => "deploy_failed",
     };
     WsError::new(request.id.clone(), code, e.to_string())
