@@ -1,8 +1,8 @@
 //! Deploying a package to the coordinator's host against a real coordinator (DESIGN §16):
 //! upload with the operator token (refused without it, even from loopback, and over the
 //! limit), `deploy_package` over `/ws` with every progress step in order, the service's
-//! port answering as the deploy user, stop and restart, and the service back after the
-//! coordinator restarts.
+//! port answering as the deploy user, stop and restart, the service back after the
+//! coordinator restarts and gone when it is killed; and a package forwarded to a backend.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -79,7 +79,7 @@ fn start_coordinator(cluster: &mut Cluster, root: &str) {
             "--deploy-root",
             root,
             "--max-package",
-            "100000",
+            "3000000",
         ],
         &[("COLONY_OPERATOR_TOKEN", TOKEN)],
     ));
@@ -139,8 +139,13 @@ async fn a_package_is_uploaded_deployed_run_stopped_and_outlives_a_coordinator_r
         StatusCode::UNAUTHORIZED
     );
     assert_eq!(
-        upload(&mgmt, "web-1.0.tar.gz", vec![0; 200_000], Some(TOKEN)).await,
+        upload(&mgmt, "web-1.0.tar.gz", vec![0; 3_000_001], Some(TOKEN)).await,
         StatusCode::PAYLOAD_TOO_LARGE
+    );
+    // Past the 1 MiB of every other route: uploads have a limit of their own.
+    assert_eq!(
+        upload(&mgmt, "junk-1.tar.gz", vec![0; 2_000_000], Some(TOKEN)).await,
+        StatusCode::CREATED
     );
     // A name that could leave the packages directory (decoded by the router) is refused.
     assert_eq!(
@@ -236,6 +241,13 @@ async fn a_package_is_uploaded_deployed_run_stopped_and_outlives_a_coordinator_r
     assert_eq!(web["version"], "1.0");
     assert_eq!(web["location"]["node"], "coordinator");
     assert_eq!(web["endpoints"][0]["address"], format!("127.0.0.1:{port}"));
+
+    // Killed outright, the coordinator cannot stop its services: the kernel does.
+    cluster.coordinator.as_ref().unwrap().signal("KILL");
+    eventually(DEADLINE, "the service dies with its node", || async {
+        probe(port).is_none().then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -27,7 +27,10 @@ fn package(manifest: &str, start: &str, health: Option<&str>) -> Vec<u8> {
     };
     add("manifest.yaml", manifest.as_bytes());
     add("scripts/start.sh", start.as_bytes());
-    add("scripts/stop.sh", b"#!/bin/sh\necho stopping\n");
+    add(
+        "scripts/stop.sh",
+        b"#!/bin/sh\necho stopped > \"$COLONY_SERVICE_DIR/stopped\"\n",
+    );
     if let Some(health) = health {
         add("scripts/health.sh", health.as_bytes());
     }
@@ -44,7 +47,7 @@ fn server_package(name: &str, version: &str, port: u16, depends_on: &[&str]) -> 
         depends_on.join(", ")
     );
     let start = format!(
-        "#!/bin/sh\necho starting {name} {version}\nexec python3 -c 'import socket,sys\ns=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind((\"127.0.0.1\", {port})); s.listen()\nwhile True:\n    c,_=s.accept(); c.sendall(b\"{version}\\n\"); c.close()'\n"
+        "#!/bin/sh\necho starting {name} {version}\nenv > \"$COLONY_SERVICE_DIR/env\"\nexec python3 -c 'import socket,sys\ns=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind((\"127.0.0.1\", {port})); s.listen()\nwhile True:\n    c,_=s.accept(); c.sendall(b\"{version}\\n\"); c.close()'\n"
     );
     let health = format!(
         "#!/bin/sh\nexec python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", {port}), 1).close(); print(\"ok\")'\n"
@@ -190,8 +193,18 @@ async fn a_service_deploys_runs_stops_restarts_and_comes_back_with_the_node() {
         .unwrap();
     assert_eq!(again.execution, entry.execution);
 
+    // start.sh saw only the clean environment, in its install dir.
+    let env = std::fs::read_to_string(entry.dir.join("env")).unwrap();
+    assert!(
+        env.contains(&format!("COLONY_SERVICE_DIR={}", entry.dir.display())),
+        "{env}"
+    );
+    assert!(!env.contains("CARGO"), "{env}");
+
     let stopped = node.services().stop("web").await.unwrap();
     assert_eq!(stopped.state, ServiceState::Stopped);
+    // stop.sh ran first.
+    assert!(entry.dir.join("stopped").is_file());
     assert_eq!(probe(port), None);
     let started = node.services().start("web").await.unwrap();
     assert_eq!(started.state, ServiceState::Running);
