@@ -159,8 +159,8 @@ impl DeployArgs {
     /// The deployments of node `node`, advertised at `host`, with the upload limits.
     ///
     /// # Errors
-    /// The deploy user does not exist (when running as root), or the registry of deployed
-    /// services cannot be read.
+    /// The registry of deployed services cannot be read. (A deploy user that does not exist
+    /// does not stop the node: its deployments fail, saying why.)
     pub fn open(
         &self,
         node: &str,
@@ -173,7 +173,10 @@ impl DeployArgs {
         use controlplane::deploy::deployer::Deployer;
         use controlplane::deploy::install::Installer;
         use controlplane::deploy::lifecycle::{RunAs, Services, ServicesConfig};
-        let run_as = RunAs::resolve(&self.deploy_user)?;
+        let run_as = RunAs::resolve(&self.deploy_user);
+        if let RunAs::Unavailable(reason) = &run_as {
+            tracing::warn!(%reason, "deployed packages cannot run on this node");
+        }
         let services = Services::open(ServicesConfig {
             node: node.to_owned(),
             host: host.to_owned(),

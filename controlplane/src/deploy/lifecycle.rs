@@ -66,36 +66,29 @@ pub enum RunAs {
         /// Its primary gid.
         gid: u32,
     },
+    /// This process is root and the deploy user cannot be found: nothing may run (the node
+    /// itself still starts; deployments fail with this reason).
+    Unavailable(String),
 }
 
 impl RunAs {
-    /// `user` when this process is root, else this process's own identity.
-    ///
-    /// # Errors
-    /// [`DeployError::Io`] if this process is root and `user` does not exist.
-    pub fn resolve(user: &str) -> Result<RunAs, DeployError> {
+    /// `user` when this process is root (or [`RunAs::Unavailable`] saying why it cannot be
+    /// used), else this process's own identity.
+    pub fn resolve(user: &str) -> RunAs {
         if !nix::unistd::geteuid().is_root() {
-            return Ok(RunAs::Current);
+            return RunAs::Current;
         }
-        let found = nix::unistd::User::from_name(user).map_err(|e| {
-            DeployError::io(
-                "looking up",
-                format!("user {user}"),
-                std::io::Error::from(e),
-            )
-        })?;
-        let user_info = found.ok_or_else(|| {
-            DeployError::io(
-                "looking up",
-                format!("user {user}"),
-                std::io::Error::other("no such user (--deploy-user)"),
-            )
-        })?;
-        Ok(RunAs::User {
-            name: user.to_owned(),
-            uid: user_info.uid.as_raw(),
-            gid: user_info.gid.as_raw(),
-        })
+        match nix::unistd::User::from_name(user) {
+            Ok(Some(found)) => RunAs::User {
+                name: user.to_owned(),
+                uid: found.uid.as_raw(),
+                gid: found.gid.as_raw(),
+            },
+            Ok(None) => RunAs::Unavailable(format!(
+                "the deploy user {user:?} does not exist (--deploy-user), and deployed scripts never run as root"
+            )),
+            Err(e) => RunAs::Unavailable(format!("cannot look up the deploy user {user:?}: {e}")),
+        }
     }
 }
 
@@ -282,6 +275,9 @@ impl Services {
     /// [`DeployError::NotSupported`], [`DeployError::UnknownDependency`],
     /// [`DeployError::DependencyCycle`], [`DeployError::MissingCommand`].
     pub fn vet(&self, manifest: &Manifest) -> Result<(), DeployError> {
+        if let RunAs::Unavailable(reason) = &self.inner.config.run_as {
+            return Err(DeployError::StartFailed(reason.clone()));
+        }
         match manifest.service.kind {
             ServiceKind::ManagedProcess => {}
             ServiceKind::Docker => return Err(DeployError::NotSupported("docker")),
@@ -474,6 +470,10 @@ impl Services {
             return Ok(());
         }
         let manifest = read_manifest(&dir)?;
+        if let RunAs::Unavailable(reason) = &self.inner.config.run_as {
+            self.fail(name, reason.clone());
+            return Err(DeployError::StartFailed(reason.clone()));
+        }
         if let Err(e) = check_commands(&manifest.requires.commands) {
             self.fail(name, e.to_string());
             return Err(e);

@@ -417,3 +417,35 @@ fn start_order_puts_dependencies_first_and_names_cycles() {
         Err(DeployError::UnknownDependency { .. })
     ));
 }
+
+#[tokio::test]
+async fn without_a_deploy_user_nothing_is_installed_or_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let services = Services::open(ServicesConfig {
+        node: "coordinator".to_owned(),
+        host: "127.0.0.1".to_owned(),
+        state_dir: dir.path().join("state"),
+        run_as: RunAs::Unavailable("the deploy user \"ghost\" does not exist".to_owned()),
+        start_timeout: Duration::from_secs(5),
+        stop_grace: Duration::from_secs(5),
+    })
+    .unwrap();
+    let node = Node {
+        deployer: Deployer::new(
+            Installer::new(dir.path().join("opt"), Default::default()),
+            services,
+        ),
+        dir,
+    };
+    let bytes = package(
+        "name: app\nversion: '1'\n",
+        "#!/bin/sh\nexec sleep 600\n",
+        None,
+    );
+    let err = node
+        .deploy("app-1.tar.gz", &bytes, false)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("ghost"), "{err}");
+    assert!(node.installed().is_empty());
+}
