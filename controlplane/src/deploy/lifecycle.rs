@@ -310,41 +310,55 @@ impl Services {
         activate: bool,
     ) -> Result<bool, DeployError> {
         let entry = self.entry_for(manifest, dir);
-        let running = {
+        /// What the deploy does next.
+        enum Then {
+            Start,
+            Nothing,
+            TakeOver,
+        }
+        let then = {
             let mut slots = self.inner.slots.lock();
             match slots.get_mut(&manifest.name) {
                 None => {
                     slots.insert(entry.name.clone(), Slot { entry, run: None });
-                    None
+                    Then::Start
                 }
+                // The same version: idempotent while it runs, started if it does not.
                 Some(slot) if slot.entry.version == manifest.version => {
-                    Some(slot.entry.state.wants_running())
+                    if slot.run.is_some() {
+                        Then::Nothing
+                    } else {
+                        Then::Start
+                    }
                 }
+                // Another version of a running service waits beside it.
                 Some(slot) if slot.run.is_some() => {
                     slot.entry.pending = Some(Pending {
                         version: manifest.version.clone(),
                         dir: dir.to_owned(),
                     });
-                    Some(true)
+                    if activate {
+                        Then::TakeOver
+                    } else {
+                        Then::Nothing
+                    }
                 }
+                // Another version of a stopped service replaces it.
                 Some(slot) => {
                     let state = slot.entry.state.clone();
                     slot.entry = ServiceEntry { state, ..entry };
-                    None
+                    Then::Start
                 }
             }
         };
         self.save();
-        match running {
-            // New, or replaced while stopped: start it.
-            None => Ok(true),
-            // The same version, already running: nothing to do (idempotent).
-            Some(true) if !activate => Ok(false),
-            Some(true) => {
+        match then {
+            Then::Start => Ok(true),
+            Then::Nothing => Ok(false),
+            Then::TakeOver => {
                 self.restart(&manifest.name).await?;
                 Ok(false)
             }
-            Some(false) => Ok(true),
         }
     }
 

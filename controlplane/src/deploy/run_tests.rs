@@ -269,6 +269,16 @@ async fn a_second_version_installs_beside_the_first_and_takes_over_on_restart() 
         .unwrap();
     assert_eq!(now.version, "3.0");
     assert_eq!(probe(port).as_deref(), Some("3.0"));
+    // The same version again, even with activate, leaves the running process alone.
+    let same = node
+        .deploy(
+            "web-3.0.tar.gz",
+            &server_package("web", "3.0", port, &[]),
+            true,
+        )
+        .await
+        .unwrap();
+    assert_eq!(same.execution, now.execution);
     node.services().shutdown().await;
 }
 
