@@ -214,6 +214,9 @@ async fn read_loop(
                 },
             },
         };
+        // Time spent answering (a deploy_package waits for its service to start) is not the
+        // client's silence.
+        heard = Instant::now();
         if responses.send(Message::Text(answer.into())).await.is_err() {
             return;
         }
