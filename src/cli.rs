@@ -112,6 +112,94 @@ pub struct CoordinatorArgs {
 
     #[command(flatten)]
     pub http: HttpArgs,
+
+    #[command(flatten)]
+    pub deploy: DeployArgs,
+}
+
+/// Flags of deployed packages (DESIGN §16).
+#[derive(Debug, Args, Clone)]
+pub struct DeployArgs {
+    /// Where deployed packages are installed, each in {root}/{sanitized name}-{version}/.
+    /// This node's registry of deployed services (services.json), its uploaded packages and
+    /// the services' logs are kept under {root}/.colony/{instance id}/.
+    #[arg(long, env = "COLONY_DEPLOY_ROOT", default_value = "/opt")]
+    pub deploy_root: PathBuf,
+
+    /// When the node runs as root, deployed scripts run as this user.
+    #[arg(long, env = "COLONY_DEPLOY_USER", default_value = "nobody")]
+    pub deploy_user: String,
+
+    /// Largest package upload (PUT /packages/{file}), in bytes.
+    #[arg(long, env = "COLONY_MAX_PACKAGE", default_value_t = 256 * 1024 * 1024)]
+    pub max_package: u64,
+
+    /// Longest a package upload may take.
+    #[arg(long, env = "COLONY_PACKAGE_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    pub package_timeout: Duration,
+
+    /// Most bytes a package may unpack to (tar headers included): gzip bombs stop here.
+    #[arg(long, env = "COLONY_MAX_UNPACKED", default_value_t = 1024 * 1024 * 1024)]
+    pub max_unpacked: u64,
+
+    /// Most entries (files, directories, links) a package may hold.
+    #[arg(long, env = "COLONY_MAX_PACKAGE_FILES", default_value_t = 10_000)]
+    pub max_package_files: u64,
+
+    /// Longest a deployed service's start.sh may take to become ready before it is killed.
+    #[arg(long, env = "COLONY_DEPLOY_START_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub deploy_start_timeout: Duration,
+
+    /// How long stop.sh, then SIGTERM, get before a deployed service is killed.
+    #[arg(long, env = "COLONY_DEPLOY_STOP_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub deploy_stop_grace: Duration,
+}
+
+impl DeployArgs {
+    /// The deployments of node `node`, advertised at `host`, with the upload limits.
+    ///
+    /// # Errors
+    /// The registry of deployed services cannot be read. (A deploy user that does not exist
+    /// does not stop the node: its deployments fail, saying why.)
+    pub fn open(
+        &self,
+        node: &str,
+        host: &str,
+    ) -> anyhow::Result<(
+        controlplane::deploy::deployer::Deployer,
+        controlplane::management::packages::UploadLimits,
+    )> {
+        use controlplane::deploy::archive::ArchiveLimits;
+        use controlplane::deploy::deployer::Deployer;
+        use controlplane::deploy::install::Installer;
+        use controlplane::deploy::lifecycle::{RunAs, Services, ServicesConfig};
+        let run_as = RunAs::resolve(&self.deploy_user);
+        if let RunAs::Unavailable(reason) = &run_as {
+            tracing::warn!(%reason, "deployed packages cannot run on this node");
+        }
+        let services = Services::open(ServicesConfig {
+            node: node.to_owned(),
+            host: host.to_owned(),
+            state_dir: self.deploy_root.join(".colony").join(node),
+            run_as,
+            start_timeout: self.deploy_start_timeout,
+            stop_grace: self.deploy_stop_grace,
+        })?;
+        let installer = Installer::new(
+            &self.deploy_root,
+            ArchiveLimits {
+                max_files: self.max_package_files,
+                max_unpacked: self.max_unpacked,
+            },
+        );
+        Ok((
+            Deployer::new(installer, services),
+            controlplane::management::packages::UploadLimits {
+                max_package: self.max_package,
+                timeout: self.package_timeout,
+            },
+        ))
+    }
 }
 
 /// Flags of `colony backend`.
@@ -161,6 +249,9 @@ pub struct BackendArgs {
 
     #[command(flatten)]
     pub http: HttpArgs,
+
+    #[command(flatten)]
+    pub deploy: DeployArgs,
 }
 
 /// Flags of `colony up`.

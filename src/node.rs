@@ -13,6 +13,8 @@ use controlplane::control::{self, BackendControl};
 use controlplane::coordinator::colony::{ColonyConfig, ColonyManager};
 use controlplane::coordinator::health::tracker::HealthTracker;
 use controlplane::coordinator::processes::ProcessManager;
+use controlplane::deploy::deployer::Deployer;
+use controlplane::deploy::forward::Forwarder;
 use controlplane::heartbeat_sender::HeartbeatSender;
 use controlplane::http::{harden, serve_on_own_thread, HttpLimits};
 use controlplane::management;
@@ -204,13 +206,14 @@ impl Tasks {
     }
 
     /// Serves a node's three listeners: the data plane, and the two HTTP planes hardened.
-    /// `mgmt` is the management router and the tracker of the tasks it starts.
+    /// `mgmt` is the management router, the tracker of the tasks it starts, and the routes
+    /// merged after the standard layers (package uploads, which have their own limits).
     fn serve_planes(
         &mut self,
         listeners: Listeners,
         data_plane: &DataPlane,
-        control: Router,
-        (mgmt, mgmt_tasks): (Router, TaskTracker),
+        (control, deploys): (Router, Option<Router>),
+        (mgmt, mgmt_tasks, uploads): (Router, TaskTracker, Option<Router>),
         limits: HttpLimits,
         metrics: &Metrics,
     ) {
@@ -220,9 +223,17 @@ impl Tasks {
                 warn!(error = %e, "data plane failed");
             }
         });
-        let control = harden(control, limits, metrics.http.clone(), "control");
+        let mut control = harden(control, limits, metrics.http.clone(), "control");
+        // Forwarded deployments bring their own body limit and timeout (control::deploy).
+        if let Some(deploys) = deploys {
+            control = control.merge(deploys);
+        }
         self.serve_http(listeners.control, control, "control");
-        let mgmt = harden(mgmt, limits, metrics.http.clone(), "mgmt");
+        let mut mgmt = harden(mgmt, limits, metrics.http.clone(), "mgmt");
+        // Uploads bring their own body limit and timeout (management::packages).
+        if let Some(uploads) = uploads {
+            mgmt = mgmt.merge(uploads);
+        }
         let token = self.shutdown.clone();
         self.spawn(async move {
             if let Err(e) =
@@ -302,6 +313,7 @@ pub struct CoordinatorHandle {
     pub address: NodeAddress,
     /// Its colony.
     pub colony: ColonyManager,
+    deployer: Deployer,
     registry: Arc<dyn ClusterRegistry>,
     registration: tokio::task::JoinHandle<()>,
     registration_token: CancellationToken,
@@ -313,6 +325,8 @@ impl CoordinatorHandle {
     /// Unregisters, then stops every listener within the grace period.
     pub async fn stop(self) {
         self.colony.close();
+        // Deployed services stop with their node (the registry keeps them as running).
+        self.deployer.services().shutdown().await;
         unregister(
             self.registry.as_ref(),
             &Role::Coordinator,
@@ -377,6 +391,12 @@ pub async fn start_coordinator(
     let access = Access::new(operator, &metrics);
     // Pages served from the management port are this node's own dashboard.
     let dashboard = Some(address.mgmt_port);
+    let (deployer, upload_limits) = args.deploy.open(node_id, &address.ip.to_string())?;
+    let deployer = deployer.with_forwarder(Forwarder::new(
+        RequestSigner::new(&secret),
+        args.deploy.package_timeout + args.deploy.deploy_start_timeout,
+    )?);
+    let deploy = Some(deployer.clone());
     let mgmt = MgmtState {
         node: NodeInfo::new(node_id, NodeType::Coordinator, address),
         node_auth: NodeAuth::new(
@@ -389,6 +409,7 @@ pub async fn start_coordinator(
         health: Some(health.clone()),
         processes,
         colony: Some(colony.clone()),
+        deploy: deploy.clone(),
         tasks: TaskTracker::new(),
     };
 
@@ -396,11 +417,22 @@ pub async fn start_coordinator(
     tasks.serve_planes(
         listeners,
         &data_plane,
-        control::coordinator_router(
-            colony.clone(),
-            &access.guard("control", args.bind.bind_ip, dashboard),
+        (
+            control::coordinator_router(
+                colony.clone(),
+                &access.guard("control", args.bind.bind_ip, dashboard),
+            ),
+            None,
         ),
-        (management::coordinator_router(mgmt.clone()), mgmt.tasks),
+        (
+            management::coordinator_router(mgmt.clone()),
+            mgmt.tasks,
+            Some(management::packages::router(
+                deployer.clone(),
+                &mgmt.guard,
+                upload_limits,
+            )),
+        ),
         limits,
         &metrics,
     );
@@ -411,6 +443,9 @@ pub async fn start_coordinator(
         let _ = sweeper.await;
     });
     log_listening("coordinator", node_id, &address);
+    // Deployed services that were running when the coordinator last stopped start again.
+    let restoring = deployer.clone();
+    tasks.spawn(async move { restoring.services().restore().await });
 
     let registration_token = CancellationToken::new();
     let registration = spawn_registration(
@@ -422,6 +457,7 @@ pub async fn start_coordinator(
     Ok(CoordinatorHandle {
         address,
         colony: colony_handle,
+        deployer,
         registry,
         registration,
         registration_token,
@@ -499,6 +535,9 @@ pub async fn run_backend(args: BackendArgs) -> anyhow::Result<()> {
         store: data_plane.store().clone(),
     };
     let access = Access::new(operator, &metrics);
+    // Packages the coordinator forwards run here (DESIGN §16).
+    let (deployer, upload_limits) = args.deploy.open(&instance_id, &address.ip.to_string())?;
+    let deploy_auth = control_state.node_auth.clone();
     let mgmt = MgmtState {
         node: NodeInfo::new(instance_id.clone(), NodeType::Backend, address),
         node_auth: control_state.node_auth.clone(),
@@ -507,6 +546,7 @@ pub async fn run_backend(args: BackendArgs) -> anyhow::Result<()> {
         health: None,
         processes: None,
         colony: None,
+        deploy: None,
         tasks: TaskTracker::new(),
     };
 
@@ -514,15 +554,25 @@ pub async fn run_backend(args: BackendArgs) -> anyhow::Result<()> {
     tasks.serve_planes(
         listeners,
         &data_plane,
-        control::backend_router(
-            control_state,
-            &access.guard("control", args.bind.bind_ip, None),
+        (
+            control::backend_router(
+                control_state,
+                &access.guard("control", args.bind.bind_ip, None),
+            ),
+            Some(control::deploy::router(
+                deployer.clone(),
+                deploy_auth,
+                upload_limits,
+                instance_id.clone(),
+            )),
         ),
-        (management::backend_router(mgmt.clone()), mgmt.tasks),
+        (management::backend_router(mgmt.clone()), mgmt.tasks, None),
         limits,
         &metrics,
     );
     log_listening("backend", &instance_id, &address);
+    let restoring = deployer.clone();
+    tasks.spawn(async move { restoring.services().restore().await });
 
     let role = Role::Backend(instance_id.clone());
     let registration_token = CancellationToken::new();
@@ -551,6 +601,8 @@ pub async fn run_backend(args: BackendArgs) -> anyhow::Result<()> {
     if let Some(coordinator) = args.up_coordinator {
         crate::liveness::forget_dead_coordinator(registry.as_ref(), coordinator).await;
     }
+    // Deployed services stop with their node (the registry keeps them as running).
+    deployer.services().shutdown().await;
     heartbeat_token.cancel();
     reporter_token.cancel();
     if tokio::time::timeout(Duration::from_secs(2), heartbeats)

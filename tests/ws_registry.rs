@@ -213,10 +213,11 @@ async fn bad_input_is_answered_and_the_socket_stays_open() {
             "invalid_params",
         ),
         (
-            r#"{"id":"3","type":"request","action":"deploy_package","params":{"package":"x.tar.gz"}}"#
+            // Not name-version.tar.gz (issue 16: deploy_package is supported now).
+            r#"{"id":"3","type":"request","action":"deploy_package","params":{"package":"x.tar.gz","target":"coordinator"}}"#
                 .into(),
             json!("3"),
-            "not_supported",
+            "invalid_params",
         ),
         (
             r#"{"id":"4","type":"request","action":"service_action","params":{"name":"coordinator","action":"restart"}}"#

@@ -148,7 +148,7 @@ where
 
 /// The one `Colony-Signature` value; two are malformed, since a proxy or client that adds a
 /// second one leaves it unclear which was signed.
-fn single_header(headers: &HeaderMap) -> Result<Option<&[u8]>, SignatureError> {
+pub(crate) fn single_header(headers: &HeaderMap) -> Result<Option<&[u8]>, SignatureError> {
     let mut values = headers.get_all(HEADER).iter();
     let first = values.next().map(|v| v.as_bytes());
     if values.next().is_some() {

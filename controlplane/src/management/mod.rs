@@ -10,6 +10,7 @@
 //! | `GET /health/status` | coordinator | every component's state |
 //! | `GET /health/stale` | coordinator | components STALE or DOWN |
 //! | `GET /alerts` | coordinator | open and resolved alerts |
+//! | `PUT /packages/{file}` | coordinator | a package upload (the operator's token, always; [`packages`], merged after the standard layers) |
 //! | `GET /ws` | coordinator | the service registry over WebSocket ([`crate::ws`]) |
 //! | `GET /`, `/assets/*`, `/api/*` | coordinator | the live dashboard ([`crate::dashboard`]) |
 //!
@@ -18,6 +19,7 @@
 
 mod health;
 mod heartbeat;
+pub mod packages;
 pub mod tokens;
 
 use axum::routing::{get, post};
@@ -126,6 +128,7 @@ mod tests {
             health: Some(health.clone()),
             processes: None,
             colony,
+            deploy: None,
             tasks: tokio_util::task::TaskTracker::new(),
         };
         let limits = HttpLimits {

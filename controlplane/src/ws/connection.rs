@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::deployed;
 use super::hub::{Attached, Core, Published};
 use super::protocol::{
     events_param, parse_request, response_text, string_param, Action, EventKind, EventSet, Request,
@@ -213,6 +214,9 @@ async fn read_loop(
                 },
             },
         };
+        // Time spent answering (a deploy_package waits for its service to start) is not the
+        // client's silence.
+        heard = Instant::now();
         if responses.send(Message::Text(answer.into())).await.is_err() {
             return;
         }
@@ -248,16 +252,28 @@ async fn answer(
         Action::Auth => auth(&state.guard, session, request),
         Action::ListServices => Ok(json!({
             "services": services::list(state).await,
+            "deployed": deployed::list(state),
             "seq": core.seq(),
         })),
         Action::GetService => {
             let name = string_param(request, "name")?;
-            let service = services::get(state, name)
-                .await
-                .ok_or_else(|| WsError::new(id(), "not_found", format!("no service named {name:?}")))?;
-            Ok(json!({ "service": service }))
+            if let Some(service) = services::get(state, name).await {
+                return Ok(json!({ "service": service }));
+            }
+            let service = deployed::get(state, name).ok_or_else(|| {
+                WsError::new(id(), "not_found", format!("no service named {name:?}"))
+            })?;
+            Ok(json!({ "service": service, "deployed": true }))
         }
-        Action::ListEndpoints => Ok(json!({ "endpoints": services::list_endpoints(state).await })),
+        Action::ListEndpoints => {
+            let mut endpoints: Vec<Value> = services::list_endpoints(state)
+                .await
+                .into_iter()
+                .filter_map(|e| serde_json::to_value(e).ok())
+                .collect();
+            endpoints.extend(deployed::endpoints(state));
+            Ok(json!({ "endpoints": endpoints }))
+        }
         Action::ServiceAction => {
             let name = string_param(request, "name")?;
             let verb_name = string_param(request, "action")?;
@@ -268,16 +284,19 @@ async fn answer(
                     format!("params.action must be start, stop or restart, not {verb_name:?}"),
                 )
             })?;
-            info!(service = name, action = verb_name, "service action requested over /ws");
+            info!(
+                service = name,
+                action = verb_name,
+                "service action requested over /ws"
+            );
+            if let Some(result) = deployed::act(state, request, name, verb).await {
+                return result;
+            }
             services::act(state, name, verb)
                 .await
                 .map_err(|e| WsError::new(id(), e.code(), e.to_string()))
         }
-        Action::DeployPackage => Err(WsError::new(
-            id(),
-            "not_supported",
-            "deploy_package is not supported: Colony runs only its own `colony backend` processes, started by `colony up` or by hand; there is no package format to deploy yet",
-        )),
+        Action::DeployPackage => deployed::deploy(state, request).await,
         Action::Subscribe | Action::Unsubscribe => {
             let kinds = events_param(request)?;
             let mut now = EventSet::none();

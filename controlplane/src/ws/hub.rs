@@ -22,6 +22,7 @@ use super::protocol::{event_text, EventKind};
 use super::services;
 use crate::coordinator::health::events::HealthEvent;
 use crate::coordinator::processes::ProcessEvent;
+use crate::deploy::lifecycle::DeployEvent;
 use crate::state::MgmtState;
 use crate::time::rfc3339;
 
@@ -270,6 +271,7 @@ impl Core {
             "managed_processes": state.processes.is_some(),
             "summary": summary,
             "services": services::list(state).await,
+            "deployed": super::deployed::list(state),
             "alerts": health.map(|h| h.alerts()),
             "colony": state.colony.as_ref().map(|c| c.status()),
         })
@@ -285,6 +287,11 @@ async fn pump(core: std::sync::Weak<Core>, shutdown: CancellationToken) {
     let mut processes = strong.state.processes.as_ref().map(|p| p.subscribe());
     let colony = strong.state.colony.clone();
     let mut recoveries = colony.as_ref().map(|c| c.subscribe_recoveries());
+    let mut deployments = strong
+        .state
+        .deploy
+        .as_ref()
+        .map(|d| d.services().subscribe());
     let mut poll = tokio::time::interval(strong.limits.colony_poll);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     drop(strong);
@@ -333,6 +340,14 @@ async fn pump(core: std::sync::Weak<Core>, shutdown: CancellationToken) {
                     // Each event stands alone; a missed one is in the logs and the alerts.
                     Err(broadcast::error::RecvError::Lagged(n)) => warn!(missed = n, "colony_recovery events dropped"),
                     Err(broadcast::error::RecvError::Closed) => recoveries = None,
+                }
+            }
+            event = recv(&mut deployments) => {
+                let Some(core) = core.upgrade() else { break };
+                match event {
+                    Ok(event) => publish_deploy(&core, event),
+                    Err(broadcast::error::RecvError::Lagged(n)) => resync(&core, n, "deploy").await,
+                    Err(broadcast::error::RecvError::Closed) => deployments = None,
                 }
             }
             _ = poll.tick(), if colony.is_some() => {
@@ -409,6 +424,36 @@ fn publish_health(core: &Core, event: HealthEvent) {
         }
         // Answered with a whole snapshot by the pump.
         HealthEvent::NodeForgotten { .. } => {}
+    }
+}
+
+/// Deployed services' events, marked `"kind": "deployed"` so clients tell them from nodes'.
+fn publish_deploy(core: &Core, event: DeployEvent) {
+    match event {
+        DeployEvent::Progress(progress) => match serde_json::to_value(&progress) {
+            Ok(data) => core.publish(EventKind::DeploymentProgress, &data),
+            Err(e) => warn!(error = %e, "cannot encode a deployment_progress event"),
+        },
+        DeployEvent::StateChanged { from, service } => core.publish(
+            EventKind::ServiceStateChanged,
+            &json!({
+                "service": service.name, "kind": "deployed", "from": from,
+                "to": service.state.name(), "at": rfc3339(SystemTime::now()),
+                "deployed": service,
+            }),
+        ),
+        DeployEvent::Health {
+            service,
+            node,
+            status,
+        } => core.publish(
+            EventKind::HealthCheckResult,
+            &json!({
+                "service": service, "kind": "deployed", "node": node,
+                "healthy": status.healthy, "status": if status.healthy { "healthy" } else { "unhealthy" },
+                "detail": status.detail, "at": status.at,
+            }),
+        ),
     }
 }
 

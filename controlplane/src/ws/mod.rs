@@ -10,7 +10,8 @@
 //! `{"type":"event","event","seq","data"}`. The first message of every connection is a
 //! `registry_loaded` event with the whole state (or, on a resume, the events missed since
 //! `N`). Actions: `list_services`, `get_service`, `list_endpoints`, `service_action`,
-//! `deploy_package` (answers `not_supported`), `subscribe`, `unsubscribe`, `auth`. A new
+//! `deploy_package` ([`deployed`]), `subscribe`, `unsubscribe`, `auth`. Deployed services
+//! are listed under `deployed` beside the nodes' `services`. A new
 //! connection receives every event type until it unsubscribes.
 //!
 //! Who may do what (DESIGN §13): the upgrade is judged like any HTTP request
@@ -31,6 +32,7 @@
 //! ([`crate::dashboard`]).
 
 mod connection;
+pub mod deployed;
 mod hub;
 pub mod protocol;
 pub mod services;

@@ -76,6 +76,7 @@ fn state(config: crate::operator::OperatorConfig) -> (MgmtState, HealthTracker) 
         health: Some(health.clone()),
         processes: None,
         colony: None,
+        deploy: None,
         tasks: TaskTracker::new(),
     };
     (state, health)
