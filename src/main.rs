@@ -3,6 +3,7 @@
 
 mod claim;
 mod cli;
+mod liveness;
 mod node;
 mod reference;
 mod status;

@@ -556,7 +556,7 @@ pub async fn run_backend(args: BackendArgs) -> anyhow::Result<()> {
     info!(signal, "shutting down");
     unregister(registry.as_ref(), &role, registration, registration_token).await;
     if let Some(coordinator) = args.up_coordinator {
-        crate::up::forget_dead_coordinator(registry.as_ref(), coordinator).await;
+        crate::liveness::forget_dead_coordinator(registry.as_ref(), coordinator).await;
     }
     heartbeat_token.cancel();
     reporter_token.cancel();

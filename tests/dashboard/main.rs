@@ -64,7 +64,14 @@ fn assert_no_console_errors(events: &[cdp::Event], allowed_404s: &[&str]) {
             }
             "Log.entryAdded" if params["entry"]["level"] == "error" => {
                 let entry = &params["entry"];
-                let url = entry["url"].as_str().unwrap_or_default();
+                // A failed WebSocket is reported by Chromium under the URL of the script
+                // that opened it, and names the socket's own URL in its text.
+                let text = entry["text"].as_str().unwrap_or_default();
+                let url = text
+                    .strip_prefix("WebSocket connection to '")
+                    .and_then(|rest| rest.split('\'').next())
+                    .or(entry["url"].as_str())
+                    .unwrap_or_default();
                 let path = url.split('?').next().unwrap_or_default();
                 let expected =
                     entry["source"] == "network" && allowed_404s.iter().any(|a| path.ends_with(a));
