@@ -2,22 +2,16 @@
 //! holds at a different address is refused, naming both addresses, and that node's registry
 //! entry is left alone; an entry whose node does not answer is stale and is taken over.
 //!
-//! "Live" means the holder's management `GET /health` answers with a success within
-//! [`PROBE_TIMEOUT`]: the registry holds addresses only (no lease or heartbeat time), so
+//! "Live" means the holder's management `GET /health` answers with a success within the
+//! liveness probe's timeout ([`crate::liveness::answers`]): the registry holds addresses only (no lease or heartbeat time), so
 //! asking the node itself is the one check that works the same for the file and the SSM
 //! registry. Two nodes starting with one id in the same instant can both find it free; this
 //! check is for the mistake a person makes (a copied `--instance-id`, two hosts on one id),
 //! not a lock.
 
-use std::time::Duration;
-
 use shared::registry::ClusterRegistry;
 use shared::NodeAddress;
 use tracing::{info, warn};
-
-/// How long the holder of an id gets to answer `/health` before its entry counts as stale.
-/// Generous: refusing a start is cheap to fix, overwriting a live node's entry is not.
-pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why a backend may not use the instance id it was given.
 #[derive(Debug, thiserror::Error)]
@@ -76,7 +70,7 @@ pub async fn claim_instance_id(
     if holder == ours {
         return Ok(Claim::Ours);
     }
-    if answers(client, &holder).await {
+    if crate::liveness::answers(client, &holder).await {
         return Err(ClaimError::HeldByLiveNode {
             id: id.to_owned(),
             holder,
@@ -85,17 +79,6 @@ pub async fn claim_instance_id(
     }
     info!(backend = id, stale = %holder, "taking over the instance id of a registry entry whose node does not answer");
     Ok(Claim::TakenOver(holder))
-}
-
-/// True if the node at `address` answers `GET /health` on its management port.
-async fn answers(client: &reqwest::Client, address: &NodeAddress) -> bool {
-    let url = format!("http://{}/health", address.to_mgmt_address());
-    client
-        .get(&url)
-        .timeout(PROBE_TIMEOUT)
-        .send()
-        .await
-        .is_ok_and(|r| r.status().is_success())
 }
 
 #[cfg(test)]
@@ -109,7 +92,7 @@ mod tests {
     use super::*;
 
     fn client() -> reqwest::Client {
-        reqwest::Client::builder().no_proxy().build().unwrap()
+        crate::liveness::probe_client().unwrap()
     }
 
     fn at(mgmt: u16) -> NodeAddress {

@@ -469,10 +469,7 @@ pub async fn run_backend(args: BackendArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| shared::registry::default_backend_id(address.ip, address.internal_port));
     // Before serving anything: a node refused here has touched neither the registry nor the
     // cluster, and exits with the reason.
-    let probe = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .context("cannot build an HTTP client")?;
+    let probe = crate::liveness::probe_client()?;
     crate::claim::claim_instance_id(registry.as_ref(), &instance_id, address, &probe).await?;
 
     let secret = Arc::new(secret);

@@ -19,6 +19,7 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -129,7 +130,12 @@ impl TestBed {
             if std::env::var(REQUIRE_ENV).is_ok_and(|v| v == "1") {
                 panic!("{REQUIRE_ENV}=1 but the network-namespace test bed cannot run: {why}");
             }
-            eprintln!("SKIPPED: needs the network-namespace test bed, which cannot run here: {why} (set {REQUIRE_ENV}=1 to make this a failure)");
+            // Straight to the stderr file, not through the harness's capture: a skip must
+            // show in a normal `cargo test` run, not only with --nocapture.
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED: needs the network-namespace test bed, which cannot run here: {why} (set {REQUIRE_ENV}=1 to make this a failure)"
+            );
             return None;
         }
         let (tag, net) = pick_tag_and_net();
@@ -229,7 +235,6 @@ impl TestBed {
 
     /// Adds arguments for `host` only, from its next start on.
     pub fn add_host_args(&self, host: &str, args: &[&str]) {
-        use std::io::Write;
         let dir = self.state.join("hosts");
         std::fs::create_dir_all(&dir).unwrap();
         let mut file = std::fs::OpenOptions::new()
