@@ -22,7 +22,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use crate::common::{test_run_id, TEST_RUN_ENV};
@@ -35,6 +35,10 @@ pub const OPERATOR_TOKEN: &str = "netns-test-bed-operator-token";
 
 /// Test beds made by this process so far, for unique tags.
 static BEDS: AtomicU32 = AtomicU32::new(0);
+
+/// The /24s this process has taken (index as in [`used_nets`]): a bed picks its net before
+/// its bridge exists, so beds starting at once in this process would not see each other's.
+static TAKEN: [AtomicBool; 512] = [const { AtomicBool::new(false) }; 512];
 
 /// Why this machine cannot run a test bed, or `None` if it can.
 fn unavailable() -> Option<String> {
@@ -85,8 +89,9 @@ fn used_nets() -> Vec<u32> {
 }
 
 /// A tag (`[a-z0-9]{1,8}`, the script's rule) and a network prefix (`198.18.X`) unique on
-/// this machine: the pid and a counter make the tag, the prefix is the first free /24 after
-/// one derived from them (77, the script's default for people, is left alone).
+/// this machine: the pid and a counter make the tag, the prefix is the first /24 after one
+/// derived from them that no interface uses and no other bed of this process took (77, the
+/// script's default for people, is left alone).
 fn pick_tag_and_net() -> (String, String) {
     let n = BEDS.fetch_add(1, Ordering::SeqCst);
     let pid = std::process::id();
@@ -95,7 +100,14 @@ fn pick_tag_and_net() -> (String, String) {
     let start = (pid.wrapping_mul(7) + n * 13) % 512;
     let pick = (0..512)
         .map(|i| (start + i) % 512)
-        .find(|x| !used.contains(x) && *x != 77 && *x != 0)
+        .find(|x| {
+            !used.contains(x)
+                && *x != 77
+                && *x != 0
+                && TAKEN[*x as usize]
+                    .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+        })
         .expect("every /24 of 198.18.0.0/15 is in use on this machine");
     let net = if pick < 256 {
         format!("198.18.{pick}")
