@@ -220,7 +220,10 @@ pub struct BackendArgs {
     #[arg(long, env = "COLONY_MGMT_PORT", default_value_t = 0)]
     pub mgmt_port: u16,
 
-    /// Instance id in the registry and in health reports [default: backend_{internal port}].
+    /// Instance id in the registry and in health reports [default: backend_{internal port} when
+    /// the advertise IP is loopback, else backend_{advertise IP, '.' and ':' as '-'}_{internal
+    /// port}, e.g. backend_198-18-0-11_9000]. A node whose id another live node holds at a
+    /// different address refuses to start.
     #[arg(long, env = "COLONY_INSTANCE_ID")]
     pub instance_id: Option<String>,
 

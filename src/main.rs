@@ -1,6 +1,7 @@
 //! `colony`: the one binary. Parses the command line, starts tracing, and hands typed
 //! configuration to the subcommand; everything else lives in the library crates.
 
+mod claim;
 mod cli;
 mod liveness;
 mod node;

@@ -502,7 +502,11 @@ pub async fn run_backend(args: BackendArgs) -> anyhow::Result<()> {
     let instance_id = args
         .instance_id
         .clone()
-        .unwrap_or_else(|| shared::registry::default_backend_id(address.internal_port));
+        .unwrap_or_else(|| shared::registry::default_backend_id(address.ip, address.internal_port));
+    // Before serving anything: a node refused here has touched neither the registry nor the
+    // cluster, and exits with the reason.
+    let probe = crate::liveness::probe_client()?;
+    crate::claim::claim_instance_id(registry.as_ref(), &instance_id, address, &probe).await?;
 
     let secret = Arc::new(secret);
     let data_plane = DataPlane::with_access(

@@ -85,7 +85,10 @@ fn plan(args: &UpArgs) -> anyhow::Result<Vec<Planned>> {
             };
             let ports = [port(0)?, port(1)?, port(2)?];
             Ok(Planned {
-                id: shared::registry::default_backend_id(ports[0]),
+                id: shared::registry::default_backend_id(
+                    args.coordinator.bind.advertise_ip,
+                    ports[0],
+                ),
                 ports,
             })
         })
