@@ -1,6 +1,6 @@
 //! Colony's shared domain: node addresses, the cluster registry, topology, init tokens, the
 //! cluster secret and signed node calls, the simulation kernel, and process plumbing (tracing,
-//! shutdown signals).
+//! rate-limited log lines, shutdown signals).
 //!
 //! Nothing here opens a listener; the servers live in `dataplane` and `controlplane`.
 //!
@@ -9,6 +9,7 @@
 
 pub mod address;
 pub mod hello;
+pub mod log_limit;
 pub mod own_thread;
 pub mod registry;
 pub mod secret;
