@@ -11,7 +11,10 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use codec::Limits;
 use controlplane::coordinator::health::config::HealthConfig;
+use controlplane::coordinator::processes::RestartPolicy;
 use controlplane::http::HttpLimits;
+use controlplane::operator::OperatorConfig;
+use controlplane::rate_limit::{RateLimit, RateLimitError};
 use dataplane::DataPlaneConfig;
 use shared::registry::{ClusterRegistry, RegistryConfig, RegistryError, RegistryKind};
 use shared::sim::WorldParams;
@@ -45,7 +48,9 @@ pub enum Command {
     /// bound are registered. Start order does not matter: a backend waits for the coordinator.
     Backend(BackendArgs),
     /// Run a whole cluster here: the coordinator plus N backends as managed child processes,
-    /// the colony started, the dashboard URL printed. Ctrl-C stops everything cleanly.
+    /// the colony started, the dashboard URL printed. Ctrl-C, SIGTERM or SIGHUP stops
+    /// everything cleanly; the backends die with it whatever kills it, and a backend that
+    /// fails is restarted (see --restart).
     ///
     /// Backend k listens on base+10k (data), base+10k+1 (control) and base+10k+2 (mgmt).
     /// Backend logs go to DIR/output/logs/.
@@ -85,11 +90,22 @@ pub struct CoordinatorArgs {
     #[arg(long, env = "COLONY_CHECKPOINT_EVERY", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
     pub checkpoint_every: u64,
 
+    /// Test only: keep a re-placement `recovering` this long after fencing the backends,
+    /// before it moves any shard (so a test can lose another backend meanwhile).
+    #[arg(long, hide = true, default_value = "0s", value_parser = parse_duration)]
+    pub recovery_hold_open: Duration,
+
     #[command(flatten)]
     pub registry: RegistryArgs,
 
     #[command(flatten)]
     pub secret: SecretArgs,
+
+    #[command(flatten)]
+    pub operator: OperatorArgs,
+
+    #[command(flatten)]
+    pub rates: RateArgs,
 
     #[command(flatten)]
     pub data_plane: DataPlaneArgs,
@@ -120,6 +136,13 @@ pub struct BackendArgs {
     #[arg(long, env = "COLONY_INSTANCE_ID")]
     pub instance_id: Option<String>,
 
+    /// Set by `colony up` on the backends it runs: its coordinator's data-plane address. A
+    /// backend stopping because `colony up` died (killed outright, it could not clean up)
+    /// removes that coordinator's registry entry if it no longer answers, since nothing else
+    /// will. No environment twin: an inherited environment must not pass it on.
+    #[arg(long, hide = true, value_name = "IP:PORT")]
+    pub up_coordinator: Option<std::net::SocketAddr>,
+
     /// How often to send a heartbeat to the coordinator (e.g. 1s, 100ms).
     #[arg(long, env = "COLONY_HEARTBEAT_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub heartbeat_interval: Duration,
@@ -129,6 +152,9 @@ pub struct BackendArgs {
 
     #[command(flatten)]
     pub secret: SecretArgs,
+
+    #[command(flatten)]
+    pub operator: OperatorArgs,
 
     #[command(flatten)]
     pub data_plane: DataPlaneArgs,
@@ -159,6 +185,14 @@ pub struct UpArgs {
     /// Bring the nodes up but do not start a colony.
     #[arg(long)]
     pub no_start: bool,
+
+    /// What happens to a backend that exits by itself: `on-failure` starts it again on the
+    /// same ports when it failed (a non-zero exit, or killed by a signal such as kill -9),
+    /// after a backoff of 0.5s doubling to 10s (0.5s again once it has run a minute);
+    /// `never` leaves it down. A clean exit (it was asked to stop) is never restarted, nor is
+    /// a backend stopped from the dashboard or /ws.
+    #[arg(long, env = "COLONY_RESTART", default_value_t = RestartPolicy::OnFailure)]
+    pub restart: RestartPolicy,
 
     /// Give up if the backends are not all ACTIVE within this long.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
@@ -207,6 +241,9 @@ pub struct ReferenceArgs {
 pub struct StatusArgs {
     #[command(flatten)]
     pub registry: RegistryArgs,
+
+    #[command(flatten)]
+    pub token: TokenArgs,
 
     /// Print JSON instead of a table.
     #[arg(long)]
@@ -280,6 +317,90 @@ pub struct SecretArgs {
     /// created (mode 0600) by the first node that needs it.
     #[arg(long, env = "COLONY_SECRET_FILE")]
     pub secret_file: Option<PathBuf>,
+}
+
+/// Where the operator token comes from (DESIGN §13). The token itself is never a flag, so
+/// it never shows in `ps`: it is the COLONY_OPERATOR_TOKEN variable or a file.
+#[derive(Debug, Args, Clone)]
+pub struct TokenArgs {
+    /// File holding the operator token (at least 16 visible characters), which the operator
+    /// sends as `Authorization: Bearer <token>`. Without it, and without the
+    /// COLONY_OPERATOR_TOKEN variable, the file registry's DIR/output/operator.token is used
+    /// if it exists (`colony up` creates it).
+    #[arg(long, env = "COLONY_OPERATOR_TOKEN_FILE")]
+    pub operator_token_file: Option<PathBuf>,
+}
+
+/// Who acts as the operator (DESIGN §13).
+#[derive(Debug, Args, Clone)]
+pub struct OperatorArgs {
+    #[command(flatten)]
+    pub token: TokenArgs,
+
+    /// Trust no client by its address: even on listeners bound to loopback, changing state
+    /// needs the operator token. (Listeners bound to any other address always need it.)
+    #[arg(long, env = "COLONY_REQUIRE_TOKEN")]
+    pub require_token: bool,
+
+    /// Reads need the operator too (health, metrics, alerts, topology, colony, shards, /ws;
+    /// not the liveness probe GET /health), and the data plane answers only PING until
+    /// HELLO/AUTH or a `TOKEN <operator token>` line.
+    #[arg(long, env = "COLONY_PROTECT_READS")]
+    pub protect_reads: bool,
+}
+
+/// Rate limits of the coordinator (token buckets; DESIGN §13). Heartbeats, reads and
+/// pushed events are never limited.
+#[derive(Debug, Args, Clone)]
+pub struct RateArgs {
+    /// State-changing HTTP calls per second per client address; more are answered 429.
+    #[arg(long, env = "COLONY_HTTP_RATE_LIMIT", default_value_t = RateLimit::HTTP_DEFAULT.per_second)]
+    pub http_rate_limit: u32,
+
+    /// State-changing HTTP calls a client address may make at once after a quiet spell.
+    #[arg(long, env = "COLONY_HTTP_RATE_BURST", default_value_t = RateLimit::HTTP_DEFAULT.burst)]
+    pub http_rate_burst: u32,
+
+    /// /ws requests per second per connection; more are answered `rate_limited`.
+    #[arg(long, env = "COLONY_WS_RATE_LIMIT", default_value_t = RateLimit::WS_DEFAULT.per_second)]
+    pub ws_rate_limit: u32,
+
+    /// /ws requests a connection may make at once after a quiet spell.
+    #[arg(long, env = "COLONY_WS_RATE_BURST", default_value_t = RateLimit::WS_DEFAULT.burst)]
+    pub ws_rate_burst: u32,
+}
+
+impl OperatorArgs {
+    /// The operator configuration with `token`, and the coordinator's rate limits if given
+    /// (a backend takes no operator calls that change state: the defaults stand).
+    ///
+    /// # Errors
+    /// A zero rate or burst, naming its flag.
+    pub fn config(
+        &self,
+        token: Option<Arc<shared::operator::OperatorToken>>,
+        rates: Option<&RateArgs>,
+    ) -> Result<OperatorConfig, RateLimitError> {
+        let mut config = OperatorConfig {
+            token,
+            require_token: self.require_token,
+            protect_reads: self.protect_reads,
+            ..OperatorConfig::default()
+        };
+        if let Some(rates) = rates {
+            config.http_rate = RateLimit {
+                per_second: rates.http_rate_limit,
+                burst: rates.http_rate_burst,
+            }
+            .validate("--http-rate-limit", "--http-rate-burst")?;
+            config.ws_rate = RateLimit {
+                per_second: rates.ws_rate_limit,
+                burst: rates.ws_rate_burst,
+            }
+            .validate("--ws-rate-limit", "--ws-rate-burst")?;
+        }
+        Ok(config)
+    }
 }
 
 /// Failure-detector thresholds (coordinator).

@@ -14,6 +14,12 @@ use crate::cli::{Cli, Command};
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     shared::telemetry::init_tracing();
+    // First, before the runtime's threads: whoever started us as a child that must not
+    // outlive it says so in the environment, and a parent already gone means we must not run.
+    if let Err(e) = shared::lifeline::die_with_parent_from_env() {
+        eprintln!("colony: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(threads) = cli.worker_threads {
         builder.worker_threads(usize::from(threads));

@@ -1,4 +1,4 @@
-//! Running a node: bind its three listeners, serve them, register, and on SIGINT/SIGTERM
+//! Running a node: bind its three listeners, serve them, register, and on SIGINT/SIGTERM/SIGHUP
 //! unregister, say goodbye and drain within the grace period.
 
 use std::collections::BTreeMap;
@@ -18,10 +18,12 @@ use controlplane::http::{harden, serve_on_own_thread, HttpLimits};
 use controlplane::management;
 use controlplane::metrics::Metrics;
 use controlplane::node_auth::NodeAuth;
+use controlplane::operator::{Access, OperatorConfig};
 use controlplane::state::{MgmtState, NodeInfo};
 use controlplane::token_reporter::TokenReporter;
 use controlplane::wire::heartbeat::NodeType;
-use dataplane::{DataPlane, Identity, ShardStore};
+use dataplane::{DataPlane, Identity, ReadAccess, ShardStore};
+use shared::operator::OperatorToken;
 use shared::registry::{spawn_registration, ClusterRegistry, RegistryKind, Role};
 use shared::secret::ClusterSecret;
 use shared::signing::{RequestSigner, SignatureVerifier};
@@ -33,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::cli::{BackendArgs, BindArgs, CoordinatorArgs, RegistryArgs, SecretArgs};
+use crate::cli::{BackendArgs, BindArgs, CoordinatorArgs, RegistryArgs, SecretArgs, TokenArgs};
 
 /// The three bound listeners of a node.
 struct Listeners {
@@ -102,6 +104,64 @@ fn load_secret(secret: &SecretArgs, registry: &RegistryArgs) -> anyhow::Result<C
     Ok(secret)
 }
 
+/// Where localhost mode keeps the operator token: DIR/output/operator.token.
+pub fn operator_token_path(registry_dir: &std::path::Path) -> std::path::PathBuf {
+    registry_dir
+        .join("output")
+        .join(OperatorToken::LOCALHOST_FILE)
+}
+
+/// The operator token: COLONY_OPERATOR_TOKEN, else --operator-token-file, else (file
+/// registry) DIR/output/operator.token if it exists. `None` if there is none.
+pub fn load_operator_token(
+    token: &TokenArgs,
+    registry: &RegistryArgs,
+) -> anyhow::Result<Option<Arc<OperatorToken>>> {
+    let env = std::env::var(OperatorToken::ENV_VAR).ok();
+    let (kind, config) = registry.resolve()?;
+    let localhost = (kind == RegistryKind::File).then(|| operator_token_path(&config.registry_dir));
+    let token = OperatorToken::resolve(
+        env.as_deref(),
+        token.operator_token_file.as_deref(),
+        localhost.as_deref(),
+    )?;
+    Ok(token.map(Arc::new))
+}
+
+/// The node's operator checks, with what they mean for this node said once in the log.
+/// `guarded` names what needs the operator here: `change state` on the coordinator; on a
+/// backend, which takes no operator calls, only `read`, and only with `--protect-reads`.
+fn operator_config(
+    config: anyhow::Result<OperatorConfig>,
+    bind: &BindArgs,
+    guarded: &str,
+) -> anyhow::Result<OperatorConfig> {
+    let config = config?;
+    let matters = guarded != "read" || config.protect_reads;
+    match &config.token {
+        Some(token) => info!(from = token.origin(), "operator token loaded"),
+        None if !matters => {}
+        None if bind.bind_ip.is_loopback() && !config.require_token => info!(
+            "no operator token: only local tools on this machine can {guarded} (set {} or --operator-token-file)",
+            OperatorToken::ENV_VAR
+        ),
+        None => warn!(
+            bind_ip = %bind.bind_ip,
+            "no operator token, and no client is trusted by its address: nothing can {guarded} over HTTP (set {} or --operator-token-file)",
+            OperatorToken::ENV_VAR
+        ),
+    }
+    Ok(config)
+}
+
+/// Who may read on the data plane: the same `--protect-reads` and token as the HTTP planes.
+fn read_access(operator: &OperatorConfig) -> ReadAccess {
+    ReadAccess {
+        protect_reads: operator.protect_reads,
+        operator: operator.token.clone(),
+    }
+}
+
 /// The node's registry, named in the log so an operator sees which one a node uses.
 async fn node_registry(args: &RegistryArgs) -> anyhow::Result<Arc<dyn ClusterRegistry>> {
     let registry = args.open().await?;
@@ -130,9 +190,13 @@ impl Tasks {
     fn serve_http(&mut self, listener: TcpListener, router: Router, what: &'static str) {
         let shutdown = self.shutdown.clone();
         self.set.spawn(async move {
-            let served = axum::serve(listener, router)
-                .with_graceful_shutdown(shutdown.cancelled_owned())
-                .await;
+            // With each peer's address: the operator check trusts loopback clients.
+            let served = axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await;
             if let Err(e) = served {
                 warn!(listener = what, error = %e, "HTTP listener failed");
             }
@@ -271,6 +335,12 @@ pub async fn start_coordinator(
     let limits: HttpLimits = args.http.limits();
     let registry = node_registry(&args.registry).await?;
     let secret = load_secret(&args.secret, &args.registry)?;
+    let operator = operator_config(
+        load_operator_token(&args.operator.token, &args.registry)
+            .and_then(|token| Ok(args.operator.config(token, Some(&args.rates))?)),
+        &args.bind,
+        "change state",
+    )?;
     let listeners = Listeners::bind(
         &args.bind,
         [args.internal_port, args.http_port, args.mgmt_port],
@@ -286,6 +356,7 @@ pub async fn start_coordinator(
     let health = HealthTracker::new(health_config, Some((node_id.to_owned(), address)));
     let mut colony_config = ColonyConfig::default();
     colony_config.run.checkpoint_every = args.checkpoint_every;
+    colony_config.recovery.hold_open = args.recovery_hold_open;
     let colony = ColonyManager::new(
         registry.clone(),
         address,
@@ -296,8 +367,16 @@ pub async fn start_coordinator(
     );
 
     let colony_handle = colony.clone();
-    let data_plane = DataPlane::with_store(data_config, ShardStore::new(), Some(identity));
+    let data_plane = DataPlane::with_access(
+        data_config,
+        ShardStore::new(),
+        Some(identity),
+        read_access(&operator),
+    );
     let metrics = Metrics::new(data_plane.clone(), Some(health.clone()));
+    let access = Access::new(operator, &metrics);
+    // Pages served from the management port are this node's own dashboard.
+    let dashboard = Some(address.mgmt_port);
     let mgmt = MgmtState {
         node: NodeInfo::new(node_id, NodeType::Coordinator, address),
         node_auth: NodeAuth::new(
@@ -306,6 +385,7 @@ pub async fn start_coordinator(
             "mgmt",
         ),
         metrics: metrics.clone(),
+        guard: access.guard("mgmt", args.bind.bind_ip, dashboard),
         health: Some(health.clone()),
         processes,
         colony: Some(colony.clone()),
@@ -316,11 +396,16 @@ pub async fn start_coordinator(
     tasks.serve_planes(
         listeners,
         &data_plane,
-        control::coordinator_router(colony.clone()),
+        control::coordinator_router(
+            colony.clone(),
+            &access.guard("control", args.bind.bind_ip, dashboard),
+        ),
         (management::coordinator_router(mgmt.clone()), mgmt.tasks),
         limits,
         &metrics,
     );
+    // A colony the backends kept while no coordinator followed it is taken over.
+    colony.spawn_adoption(tasks.shutdown.clone());
     let sweeper = health.spawn_sweeper(tasks.shutdown.clone());
     tasks.spawn(async move {
         let _ = sweeper.await;
@@ -366,6 +451,12 @@ pub async fn run_backend(args: BackendArgs) -> anyhow::Result<()> {
     let limits = args.http.limits();
     let registry = node_registry(&args.registry).await?;
     let secret = load_secret(&args.secret, &args.registry)?;
+    let operator = operator_config(
+        load_operator_token(&args.operator.token, &args.registry)
+            .and_then(|token| Ok(args.operator.config(token, None)?)),
+        &args.bind,
+        "read",
+    )?;
     let listeners = Listeners::bind(
         &args.bind,
         [args.internal_port, args.http_port, args.mgmt_port],
@@ -378,13 +469,14 @@ pub async fn run_backend(args: BackendArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| shared::registry::default_backend_id(address.internal_port));
 
     let secret = Arc::new(secret);
-    let data_plane = DataPlane::with_store(
+    let data_plane = DataPlane::with_access(
         data_config,
         ShardStore::new(),
         Some(Identity {
             instance_id: instance_id.clone(),
             secret: secret.clone(),
         }),
+        read_access(&operator),
     );
     let metrics = Metrics::new(data_plane.clone(), None);
     let reporter_token = CancellationToken::new();
@@ -406,10 +498,12 @@ pub async fn run_backend(args: BackendArgs) -> anyhow::Result<()> {
         token_reports,
         store: data_plane.store().clone(),
     };
+    let access = Access::new(operator, &metrics);
     let mgmt = MgmtState {
         node: NodeInfo::new(instance_id.clone(), NodeType::Backend, address),
         node_auth: control_state.node_auth.clone(),
         metrics: metrics.clone(),
+        guard: access.guard("mgmt", args.bind.bind_ip, None),
         health: None,
         processes: None,
         colony: None,
@@ -420,7 +514,10 @@ pub async fn run_backend(args: BackendArgs) -> anyhow::Result<()> {
     tasks.serve_planes(
         listeners,
         &data_plane,
-        control::backend_router(control_state),
+        control::backend_router(
+            control_state,
+            &access.guard("control", args.bind.bind_ip, None),
+        ),
         (management::backend_router(mgmt.clone()), mgmt.tasks),
         limits,
         &metrics,
@@ -451,6 +548,9 @@ pub async fn run_backend(args: BackendArgs) -> anyhow::Result<()> {
     let signal = shared::signal::shutdown_signal().await;
     info!(signal, "shutting down");
     unregister(registry.as_ref(), &role, registration, registration_token).await;
+    if let Some(coordinator) = args.up_coordinator {
+        crate::up::forget_dead_coordinator(registry.as_ref(), coordinator).await;
+    }
     heartbeat_token.cancel();
     reporter_token.cancel();
     if tokio::time::timeout(Duration::from_secs(2), heartbeats)

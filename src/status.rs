@@ -24,7 +24,10 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
         None => Err(HealthError::NoCoordinator {
             registry: registry.describe(),
         }),
-        Some(c) => fetch_health(&c.to_mgmt_address()).await,
+        Some(c) => {
+            let token = crate::node::load_operator_token(&args.token, &args.registry)?;
+            fetch_health(&c.to_mgmt_address(), token.as_deref()).await
+        }
     };
 
     let mut rows: Vec<Value> = Vec::new();
@@ -101,15 +104,23 @@ enum HealthError {
     BadAnswer { mgmt: String, error: reqwest::Error },
 }
 
-async fn fetch_health(mgmt: &str) -> Result<Value, HealthError> {
+/// `GET /health/status`, as the operator if there is a token (needed with
+/// `--protect-reads` from another machine).
+async fn fetch_health(
+    mgmt: &str,
+    token: Option<&shared::operator::OperatorToken>,
+) -> Result<Value, HealthError> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(3))
         .no_proxy()
         .build()
         .map_err(HealthError::Client)?;
     let url = format!("http://{mgmt}/health/status");
-    let response = client
-        .get(&url)
+    let mut request = client.get(&url);
+    if let Some(token) = token {
+        request = request.bearer_auth(token.expose());
+    }
+    let response = request
         .send()
         .await
         .map_err(|error| HealthError::NoAnswer {

@@ -1,17 +1,70 @@
 //! `colony up`: the coordinator in this process, N backends as managed children, the colony
-//! started, the dashboard URL printed; Ctrl-C stops the children (SIGTERM, then SIGKILL after
-//! the grace period), then the coordinator, leaving no process and no registry entry behind.
+//! started, the dashboard URL printed; Ctrl-C, SIGTERM or SIGHUP stops the children (SIGTERM,
+//! then SIGKILL after the grace period), then the coordinator, leaving no process and no
+//! registry entry behind. A backend that fails meanwhile is restarted (`--restart`).
+//!
+//! Killed outright (SIGKILL), `colony up` cannot clean up, so the pieces do it between them:
+//! the kernel sends each backend SIGTERM (the process manager's parent-death signal), each
+//! backend unregisters itself as on any SIGTERM and removes the dead coordinator's entry
+//! ([`forget_dead_coordinator`]), and whatever still lingers (a backend that was killed too)
+//! is removed by the next `colony up` before it starts, once it has seen that the node does
+//! not answer ([`remove_dead_entries`]).
+//!
+//! With the file registry and no operator token given, it creates `output/operator.token`
+//! (mode 0600) and prints its path and how to send it, never the token. Children get the
+//! token by that path or by inheriting COLONY_OPERATOR_TOKEN, never on their command line.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use controlplane::coordinator::processes::{ProcessManager, ProcessSpec};
+use controlplane::coordinator::processes::{ProcessManager, ProcessSpec, Supervision};
 use serde_json::Value;
-use shared::registry::RegistryKind;
+use shared::operator::OperatorToken;
+use shared::registry::{ClusterRegistry, RegistryKind};
+use shared::NodeAddress;
 use tracing::{info, warn};
 
 use crate::cli::UpArgs;
-use crate::node::start_coordinator;
+use crate::node::{load_operator_token, operator_token_path, start_coordinator};
+
+/// The operator token of this cluster, and where it is kept for people.
+struct Operator {
+    token: Option<Arc<OperatorToken>>,
+    /// The file the token is in, and whether `colony up` just created it.
+    file: Option<(std::path::PathBuf, bool)>,
+}
+
+/// The token as the nodes will find it; in localhost mode with none given, a new
+/// `output/operator.token`, which `args` then names so the coordinator and every backend
+/// read the same file.
+fn operator_token(args: &mut UpArgs, kind: RegistryKind) -> anyhow::Result<Operator> {
+    let c = &mut args.coordinator;
+    let given = std::env::var_os(OperatorToken::ENV_VAR).is_some()
+        || c.operator.token.operator_token_file.is_some();
+    if kind == RegistryKind::File && !given {
+        let path = operator_token_path(&c.registry.registry_dir);
+        let (token, created) = OperatorToken::load_or_create(&path)?;
+        if created {
+            info!(path = %path.display(), "created the operator token file");
+        }
+        c.operator.token.operator_token_file = Some(path.clone());
+        return Ok(Operator {
+            token: Some(Arc::new(token)),
+            file: Some((path, created)),
+        });
+    }
+    let token = load_operator_token(&c.operator.token, &c.registry)?;
+    let file = c
+        .operator
+        .token
+        .operator_token_file
+        .clone()
+        .filter(|_| std::env::var_os(OperatorToken::ENV_VAR).is_none())
+        .map(|path| (path, false));
+    Ok(Operator { token, file })
+}
 
 /// One backend child: its instance id and ports.
 struct Planned {
@@ -40,10 +93,18 @@ fn plan(args: &UpArgs) -> anyhow::Result<Vec<Planned>> {
         .collect()
 }
 
+/// How long a registered node's management port gets to answer before its entry counts as
+/// left over. Generous: wrongly removing a live node's entry is worse than a slow start.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long a backend whose `colony up` stopped answering waits to see it gone for good.
+const PARENT_EXIT_WAIT: Duration = Duration::from_secs(1);
+
 fn backend_spec(
     args: &UpArgs,
     kind: RegistryKind,
     planned: &Planned,
+    coordinator: &NodeAddress,
 ) -> anyhow::Result<ProcessSpec> {
     let program =
         std::env::current_exe().context("cannot find the colony binary to run backends")?;
@@ -68,10 +129,23 @@ fn backend_spec(
         c.registry.ssm_prefix.clone(),
         "--heartbeat-interval".into(),
         humantime::format_duration(args.heartbeat_interval).to_string(),
+        "--up-coordinator".into(),
+        coordinator.to_internal_address(),
     ];
     if let Some(file) = &c.secret.secret_file {
         argv.push("--secret-file".into());
         argv.push(file.display().to_string());
+    }
+    // The token's path, never the token: a command line is visible to every user in `ps`.
+    if let Some(file) = &c.operator.token.operator_token_file {
+        argv.push("--operator-token-file".into());
+        argv.push(file.display().to_string());
+    }
+    if c.operator.require_token {
+        argv.push("--require-token".into());
+    }
+    if c.operator.protect_reads {
+        argv.push("--protect-reads".into());
     }
     Ok(ProcessSpec {
         name: planned.id.clone(),
@@ -87,59 +161,79 @@ fn backend_spec(
 }
 
 /// `colony up`.
-pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+pub async fn run(mut args: UpArgs) -> anyhow::Result<()> {
+    // Listening from the start: a signal while the cluster comes up stops it cleanly too.
+    let mut stop = std::pin::pin!(shared::signal::shutdown_signal());
     let (kind, _) = args.coordinator.registry.resolve()?;
+    let operator = operator_token(&mut args, kind)?;
     let planned = plan(&args)?;
-    let processes = ProcessManager::new(args.coordinator.data_plane.grace);
+    let registry = args.coordinator.registry.open().await?;
+    remove_dead_entries(registry.as_ref(), &planned, true).await?;
+    let processes = ProcessManager::new(
+        args.coordinator.data_plane.grace,
+        Supervision {
+            restart: args.restart,
+            ..Supervision::default()
+        },
+    )?;
     let coordinator = start_coordinator(args.coordinator.clone(), Some(processes.clone())).await?;
     let address = coordinator.address;
 
-    let outcome = async {
+    let start = async {
         for p in &planned {
-            processes.add(backend_spec(&args, kind, p)?).await?;
+            processes
+                .add(backend_spec(&args, kind, p, &address)?)
+                .await?;
         }
-        wait_active(&processes, &planned, &address, args.ready_timeout).await?;
+        let client = http_client(operator.token.as_deref())?;
+        wait_active(&client, &processes, &planned, &address, args.ready_timeout).await?;
         let topology = if args.no_start {
             None
         } else {
-            Some(start_colony(&address, args.start_body.as_deref()).await?)
+            Some(start_colony(&client, &address, args.start_body.as_deref()).await?)
         };
-        print_summary(&address, &planned, topology.as_ref(), &args);
+        print_summary(&address, &planned, topology.as_ref(), &args, &operator);
         anyhow::Ok(())
-    }
-    .await;
-
+    };
+    let outcome = tokio::select! {
+        outcome = start => outcome,
+        signal = &mut stop => Err(anyhow::anyhow!("stopped by {signal} before the cluster was up")),
+    };
     if outcome.is_ok() {
-        let signal = shared::signal::shutdown_signal().await;
+        let signal = stop.await;
         info!(signal, "stopping the cluster");
     }
     // Stop following the colony first, so stopping its backends is not reported as a failure.
     coordinator.colony.close();
     processes.stop_all().await;
     coordinator.stop().await;
-    cleanup_registry(&args, &planned).await;
+    // A backend killed rather than stopped could not unregister itself.
+    if let Err(e) = remove_dead_entries(registry.as_ref(), &planned, false).await {
+        warn!(error = %e, "cannot clean up after the backends");
+    }
     outcome
 }
 
 /// Polls the coordinator until every planned backend is ACTIVE, showing progress.
 async fn wait_active(
+    client: &reqwest::Client,
     processes: &ProcessManager,
     planned: &[Planned],
     address: &shared::NodeAddress,
     timeout: Duration,
 ) -> anyhow::Result<()> {
-    let client = http_client()?;
     let url = format!("http://{}/health/status", address.to_mgmt_address());
     let deadline = tokio::time::Instant::now() + timeout;
     let mut shown = usize::MAX;
     loop {
         for p in planned {
+            // Supervision starts once the cluster is up: a backend that cannot even start
+            // (a port taken, a bad flag) would only fail again, so say why now.
             if let Some(info) = processes.get(&p.id).await {
-                if info.state == "exited" {
+                if let Some(exit) = info.last_exit {
                     bail!(
-                        "backend {} exited during start ({}); see {}:\n{}",
+                        "backend {} exited during start ({exit}); see {}:\n{}",
                         p.id,
-                        info.exit.unwrap_or_default(),
                         info.log,
                         tail(&info.log, 8)
                     );
@@ -184,8 +278,11 @@ fn count_active(health: &Value, planned: &[Planned]) -> usize {
         .count()
 }
 
-async fn start_colony(address: &shared::NodeAddress, body: Option<&str>) -> anyhow::Result<Value> {
-    let client = http_client()?;
+async fn start_colony(
+    client: &reqwest::Client,
+    address: &shared::NodeAddress,
+    body: Option<&str>,
+) -> anyhow::Result<Value> {
     let url = format!("http://{}/colony-start", address.to_http_address());
     let key = format!("colony-up-{}", std::process::id());
     let response = client
@@ -215,6 +312,7 @@ fn print_summary(
     planned: &[Planned],
     topology: Option<&Value>,
     args: &UpArgs,
+    operator: &Operator,
 ) {
     let ip = address.ip;
     println!();
@@ -255,38 +353,199 @@ fn print_summary(
             .map_or(address.internal_port, |p| p.ports[0]),
         address.to_http_address()
     );
+    print_operator(address, args, operator);
     println!(
-        "Logs: {}   Stop: Ctrl-C",
+        "Logs: {}   Restart: {} (--restart)   Stop: Ctrl-C",
         args.coordinator
             .registry
             .registry_dir
             .join("output")
             .join("logs")
-            .display()
+            .display(),
+        args.restart
     );
 }
 
-/// Removes registry entries our backends left behind (a child killed by SIGKILL cannot
-/// unregister itself). Unregistering an absent entry succeeds, so this is safe either way.
-async fn cleanup_registry(args: &UpArgs, planned: &[Planned]) {
-    let registry = match args.coordinator.registry.open().await {
-        Ok(registry) => registry,
+/// Where the operator token is and how to send it; never the token itself.
+fn print_operator(address: &shared::NodeAddress, args: &UpArgs, operator: &Operator) {
+    let example = |token: &str| {
+        format!(
+            "curl -H \"Authorization: Bearer {token}\" -XPOST http://{}/colony/pause",
+            address.to_http_address()
+        )
+    };
+    match (&operator.token, &operator.file) {
+        (None, _) => println!(
+            "Operator token: none; only local tools on this machine can change state \
+             (set {} or --operator-token-file)",
+            OperatorToken::ENV_VAR
+        ),
+        (Some(_), Some((path, created))) => {
+            println!(
+                "Operator token: {}{}",
+                path.display(),
+                if *created {
+                    " (created, mode 0600)"
+                } else {
+                    ""
+                }
+            );
+            println!(
+                "  send it as: {}",
+                example(&format!("$(cat {})", path.display()))
+            );
+        }
+        (Some(_), None) => {
+            println!("Operator token: from {}", OperatorToken::ENV_VAR);
+            println!(
+                "  send it as: {}",
+                example(&format!("${}", OperatorToken::ENV_VAR))
+            );
+        }
+    }
+    let c = &args.coordinator;
+    if c.bind.bind_ip.is_loopback() && !c.operator.require_token {
+        println!("  (local tools on this machine act as the operator without it; --require-token turns that off)");
+    }
+}
+
+/// Removes the registry entries a previous run left behind: those of the planned backends
+/// and, before we start (`before_start`), the coordinator's, whose node does not answer on
+/// its management port. Entries of other ids are left alone: they may belong to nodes this
+/// host cannot see (another host, a partition), and `colony-start` skips dead ones anyway.
+///
+/// # Errors
+/// Before we start, a coordinator that answers: another cluster uses this registry.
+/// Registry failures are logged, not returned: a node that cannot clean up still starts.
+async fn remove_dead_entries(
+    registry: &dyn ClusterRegistry,
+    planned: &[Planned],
+    before_start: bool,
+) -> anyhow::Result<()> {
+    let client = http_client(None)?;
+    if before_start {
+        match registry.discover_coordinator().await {
+            Ok(Some(entry)) if answers(&client, &entry).await => bail!(
+                "a coordinator already runs at {} (mgmt {}), registered in {}: stop it, or give this cluster its own --registry-dir",
+                entry.to_internal_address(),
+                entry.to_mgmt_address(),
+                registry.describe()
+            ),
+            Ok(Some(entry)) => match registry.unregister_coordinator().await {
+                Ok(()) => info!(coordinator = %entry.to_internal_address(), registry = %registry.describe(), "removed a leftover coordinator entry: its node does not answer"),
+                Err(e) => warn!(error = %e, "cannot remove a leftover coordinator entry"),
+            },
+            Ok(None) => {}
+            Err(e) => warn!(error = %e, "cannot read the registry to clean up leftovers"),
+        }
+    }
+    let registered = match registry.discover_backends().await {
+        Ok(registered) => registered,
         Err(e) => {
-            warn!(error = %e, "cannot open the registry to clean up after the backends");
+            warn!(error = %e, "cannot read the registry to clean up leftovers");
+            return Ok(());
+        }
+    };
+    // Probed at once, so a run of dead entries costs one probe timeout, not one each.
+    let mut checks = tokio::task::JoinSet::new();
+    for (id, entry) in registered {
+        if planned.iter().any(|p| p.id == id) {
+            let client = client.clone();
+            checks.spawn(async move { (!answers(&client, &entry).await).then_some((id, entry)) });
+        }
+    }
+    while let Some(checked) = checks.join_next().await {
+        let Ok(Some((id, entry))) = checked else {
+            continue;
+        };
+        match registry.unregister_backend(&id).await {
+            Ok(()) => {
+                info!(backend = %id, internal = %entry.to_internal_address(), "removed a leftover backend entry: its node does not answer")
+            }
+            Err(e) => warn!(backend = %id, error = %e, "cannot remove a leftover registry entry"),
+        }
+    }
+    Ok(())
+}
+
+/// True if the node at `address` answers `GET /health` on its management port.
+async fn answers(client: &reqwest::Client, address: &NodeAddress) -> bool {
+    let url = format!("http://{}/health", address.to_mgmt_address());
+    client
+        .get(&url)
+        .timeout(PROBE_TIMEOUT)
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+}
+
+/// Run by a backend `colony up` started (`--up-coordinator`), as it shuts down: if it is
+/// stopping because `colony up` died (the parent-death signal), nothing else will remove the
+/// dead coordinator's registry entry, so it does, if the entry still names that coordinator
+/// and nothing answers there. Every backend of the cluster tries; removing is idempotent.
+///
+/// A coordinator that does not answer may only be busy, so the entry goes only once our
+/// parent is gone too. That is checked last, and waited for a moment: the kernel tells us
+/// when the thread that forked us exits, and the rest of the dying process (and with it our
+/// re-parenting) may lag that by a few milliseconds. A stop by a live `colony up` costs no
+/// wait: its coordinator answers.
+///
+/// A new `colony up` could register the same address between our probe and our removal;
+/// the window is a few milliseconds right after the old one died, and a new one first
+/// spends longer than that cleaning up and binding.
+pub async fn forget_dead_coordinator(registry: &dyn ClusterRegistry, coordinator: SocketAddr) {
+    if shared::lifeline::parent().is_none() {
+        return;
+    }
+    let entry = match registry.discover_coordinator().await {
+        Ok(Some(entry)) => entry,
+        Ok(None) => return,
+        Err(e) => {
+            warn!(error = %e, "cannot read the coordinator's registry entry");
             return;
         }
     };
-    for p in planned {
-        if let Err(e) = registry.unregister_backend(&p.id).await {
-            warn!(backend = %p.id, error = %e, "cannot remove a leftover registry entry");
+    if SocketAddr::new(entry.ip, entry.internal_port) != coordinator {
+        return;
+    }
+    let Ok(client) = http_client(None) else {
+        return;
+    };
+    if answers(&client, &entry).await {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + PARENT_EXIT_WAIT;
+    while !shared::lifeline::parent_gone() {
+        if tokio::time::Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    match registry.unregister_coordinator().await {
+        Ok(()) => {
+            info!(coordinator = %coordinator, "colony up died: removed its coordinator's registry entry")
+        }
+        Err(e) => {
+            warn!(error = %e, "colony up died; cannot remove its coordinator's registry entry")
         }
     }
 }
 
-fn http_client() -> anyhow::Result<reqwest::Client> {
+/// The client `colony up` calls its coordinator with: as the operator, with the token if
+/// there is one (it needs it with --require-token or --protect-reads).
+fn http_client(token: Option<&OperatorToken>) -> anyhow::Result<reqwest::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = token {
+        let mut value =
+            reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+                .context("the operator token does not fit in a header")?;
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
     reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(30))
+        .default_headers(headers)
         .build()
         .context("cannot build an HTTP client")
 }

@@ -248,7 +248,7 @@ async fn status_prints_every_node() {
         (c["status"] == "ACTIVE").then_some(())
     })
     .await;
-    let out = tokio::process::Command::new(colony_bin())
+    let out = colony_command()
         .args(["status", "--registry-dir", &cluster.registry_dir()])
         .output()
         .await
@@ -264,7 +264,7 @@ async fn status_prints_every_node() {
 
     // With no coordinator registered, status says so and fails.
     let empty = tempfile::tempdir().unwrap();
-    let out = tokio::process::Command::new(colony_bin())
+    let out = colony_command()
         .args([
             "status",
             "--registry-dir",

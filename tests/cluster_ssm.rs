@@ -222,7 +222,7 @@ async fn a_whole_cluster_registers_in_ssm_starts_a_colony_ticks_and_unregisters_
     );
 
     // `colony status` reads the same registry, chosen here by DEPLOYMENT_MODE=aws.
-    let out = tokio::process::Command::new(colony_bin())
+    let out = colony_command()
         .args(["status", "--ssm-prefix", PREFIX])
         .env("DEPLOYMENT_MODE", "aws")
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))

@@ -1,6 +1,6 @@
 //! Ticks across real backends: every run equals the single-process reference bit for bit,
 //! whatever the number of backends, the world's shape and the rule; state-changing frames
-//! need authentication; a backend killed mid-run fails the run visibly.
+//! need authentication; a colony whose backends are all killed mid-run fails visibly.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -226,6 +226,7 @@ async fn state_changing_frames_need_authentication() {
     let mut client = Client::connect(&addr).await.unwrap();
     let halo = Message::Halo {
         colony_id: colony_id.clone(),
+        epoch: 0,
         tick: 0,
         edges: vec![HaloEdge {
             x: 0,
@@ -240,14 +241,17 @@ async fn state_changing_frames_need_authentication() {
         halo.clone(),
         Message::Run {
             colony_id: colony_id.clone(),
+            epoch: 0,
             until_tick: 5,
             checkpoint_every: 1,
         },
         Message::Pause {
             colony_id: colony_id.clone(),
+            epoch: 0,
         },
         Message::Report {
             colony_id: colony_id.clone(),
+            epoch: 0,
             after_tick: 0,
             wait_ms: 0,
         },
@@ -303,6 +307,7 @@ async fn state_changing_frames_need_authentication() {
     client.authenticate("tester", &secret).await.unwrap();
     let bad = Message::Halo {
         colony_id,
+        epoch: 0,
         tick: 0,
         edges: vec![HaloEdge {
             x: 9,
@@ -320,8 +325,9 @@ async fn state_changing_frames_need_authentication() {
     );
 }
 
+/// One lost backend is recovered from (`tests/recovery.rs`); losing them all is the end.
 #[tokio::test]
-async fn killing_a_backend_mid_run_fails_the_run_visibly() {
+async fn killing_every_backend_mid_run_fails_the_run_visibly() {
     let live = Live::start(3, &["--stale-after", "300ms", "--down-after", "1s"]).await;
     let (status, _) = live
         .post(
@@ -337,7 +343,9 @@ async fn killing_a_backend_mid_run_fails_the_run_visibly() {
         (c["state"] == "running" && c["tick"].as_u64()? > 0).then_some(())
     })
     .await;
-    live.cluster.backends[1].signal("KILL");
+    for backend in &live.cluster.backends {
+        backend.signal("KILL");
+    }
     let killed = Instant::now();
     let failed = eventually(Duration::from_secs(3), "run failed", || async {
         let c = live.colony().await;

@@ -298,7 +298,7 @@ async fn the_backend_process_serves_and_stops_on_sigterm() {
 
 #[tokio::test]
 async fn bad_flags_fail_before_binding_with_the_flag_named() {
-    let out = tokio::process::Command::new(colony_bin())
+    let out = colony_command()
         .args(["backend", "--max-frame", "20000000"])
         .output()
         .await
@@ -306,4 +306,99 @@ async fn bad_flags_fail_before_binding_with_the_flag_named() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--max-frame"), "{stderr}");
+}
+
+/// A data plane with `--protect-reads` and the operator token `token`, counting refusals.
+async fn protected(
+    token: Option<&str>,
+) -> (
+    std::net::SocketAddr,
+    tokio_util::sync::CancellationToken,
+    std::sync::mpsc::Receiver<&'static str>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = dataplane::DataPlane::with_access(
+        config(),
+        dataplane::ShardStore::new(),
+        None,
+        dataplane::ReadAccess {
+            protect_reads: true,
+            operator: token.map(|t| {
+                std::sync::Arc::new(shared::operator::OperatorToken::new(t, "test").unwrap())
+            }),
+        },
+    );
+    let (seen, refusals) = std::sync::mpsc::channel();
+    server.on_refusal(move |reason| {
+        let _ = seen.send(reason);
+    });
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { server.serve(listener, shutdown).await }
+    });
+    (addr, shutdown, refusals)
+}
+
+#[tokio::test]
+async fn protected_reads_answer_only_ping_until_the_operator_token() {
+    const TOKEN: &str = "data-plane-operator-token";
+    let (addr, shutdown, refusals) = protected(Some(TOKEN)).await;
+    let mut c = LineClient::connect(addr).await;
+    c.send(b"PING\nSTATS\nSHARDS\n{\"type\":\"help\"}\n").await;
+    assert_eq!(c.line().await.unwrap(), "PONG");
+    for read in ["stats", "shards", "help"] {
+        let answer = c.json().await;
+        assert_eq!(answer["code"], "unauthenticated", "{answer}");
+        let message = answer["message"].as_str().unwrap();
+        assert!(
+            message.starts_with(read) && message.contains("TOKEN <operator token>"),
+            "{message}"
+        );
+    }
+    // The right token, as a command: reads are answered from then on.
+    c.send(format!("TOKEN {TOKEN}\nSTATS\n").as_bytes()).await;
+    assert_eq!(c.line().await.unwrap(), "OK");
+    assert_eq!(c.json().await["type"], "stats_reply");
+    // The same as JSON on another connection.
+    let mut j = LineClient::connect(addr).await;
+    j.send(format!("{{\"type\":\"token\",\"token\":\"{TOKEN}\"}}\nSHARDS\n").as_bytes())
+        .await;
+    assert_eq!(
+        j.json().await,
+        serde_json::json!({"type": "token_accepted"})
+    );
+    assert_eq!(j.json().await["type"], "shards_reply");
+    // A wrong token closes the connection, so tokens cannot be guessed at line rate.
+    let mut w = LineClient::connect(addr).await;
+    w.send(b"TOKEN not-the-operator-token\nPING\n").await;
+    let answer = w.json().await;
+    assert_eq!(answer["code"], "auth_failed", "{answer}");
+    assert!(!answer.to_string().contains(TOKEN));
+    w.expect_closed().await;
+    assert_eq!(
+        refusals.try_iter().collect::<Vec<_>>(),
+        [
+            "reads_protected",
+            "reads_protected",
+            "reads_protected",
+            "wrong_token"
+        ]
+    );
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_node_without_an_operator_token_refuses_token_and_keeps_the_connection() {
+    let (addr, shutdown, refusals) = protected(None).await;
+    let mut c = LineClient::connect(addr).await;
+    c.send(b"TOKEN anything-at-all-here\nPING\n").await;
+    assert_eq!(c.json().await["code"], "auth_unavailable");
+    assert_eq!(c.line().await.unwrap(), "PONG");
+    assert_eq!(
+        refusals.try_iter().collect::<Vec<_>>(),
+        ["no_operator_token"]
+    );
+    shutdown.cancel();
 }

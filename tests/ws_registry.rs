@@ -179,9 +179,17 @@ async fn service_action_restarts_a_managed_backend_and_it_goes_active_again() {
 #[tokio::test]
 async fn bad_input_is_answered_and_the_socket_stays_open() {
     let mut cluster = Cluster::new();
+    // deploy_package needs the operator token even from this machine (DESIGN §13): the
+    // coordinator finds it where `colony up` would have put it.
+    let token = "ws-registry-operator-token";
+    let output = cluster.dir.path().join("output");
+    std::fs::create_dir_all(&output).unwrap();
+    std::fs::write(output.join("operator.token"), token).unwrap();
     let mgmt = coordinator(&mut cluster).await;
     let mut ws = WsClient::connect(&mgmt, "").await;
     ws.next().await;
+    let r = ws.request("auth", json!({ "token": token })).await;
+    assert_eq!(r["data"]["authenticated"], true, "{r}");
     let big = format!(
         r#"{{"id":"big","type":"request","action":"list_services","params":{{"pad":"{}"}}}}"#,
         "x".repeat(70 * 1024)

@@ -6,6 +6,7 @@
 //! no policy: what to answer, when to close and how long to wait belong to `dataplane`.
 
 mod codec;
+mod copies;
 mod error;
 mod message;
 pub mod text;
@@ -14,5 +15,6 @@ pub use codec::{
     encode_frame, ColonyCodec, Decoded, Framing, Limits, Reply, DEFAULT_MAX_FRAME,
     DEFAULT_MAX_LINE, FRAME_LIMIT_CEILING,
 };
+pub use copies::{ColonyInfo, Held, HeldCopies, ShardCells, ShardRef};
 pub use error::{CodecError, ProtocolError};
-pub use message::{Checkpoint, HaloEdge, Message, ShardSummary, StatsSnapshot, Style};
+pub use message::{Checkpoint, HaloEdge, Message, Redacted, ShardSummary, StatsSnapshot, Style};

@@ -12,6 +12,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::copies::{ColonyInfo, Held, HeldCopies, ShardCells, ShardRef};
+
 /// How a request was expressed, so that its answer is expressed the same way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Style {
@@ -113,11 +115,22 @@ pub enum Message {
         /// The server's own instance id.
         instance_id: String,
     },
+    /// The operator's token (`TOKEN <token>`): on a node with `--protect-reads`, reads are
+    /// answered from then on. It grants reads only; state changes stay a node's (HELLO/AUTH).
+    Token {
+        /// The operator token, as it is.
+        token: Redacted,
+    },
+    /// The token was right: reads are answered on this connection from now on.
+    TokenAccepted,
     /// Border cells of one tick, sent by the backend that holds the neighbouring shards: a
     /// band as deep as the colony's `halo_depth`, which covers that many ticks.
     Halo {
         /// The colony.
         colony_id: String,
+        /// The placement the sender ticks in; a receiver in another one refuses the border.
+        #[serde(default)]
+        epoch: u64,
         /// The tick the cells belong to.
         tick: u64,
         /// Each edge names the receiving shard and the side of its margin it fills.
@@ -132,6 +145,9 @@ pub enum Message {
     Run {
         /// The colony.
         colony_id: String,
+        /// The placement the coordinator steers.
+        #[serde(default)]
+        epoch: u64,
         /// Stop after reaching this tick.
         until_tick: u64,
         /// Record population and fingerprint at ticks divisible by this (and at `until_tick`).
@@ -141,11 +157,17 @@ pub enum Message {
     Pause {
         /// The colony.
         colony_id: String,
+        /// The placement the coordinator steers.
+        #[serde(default)]
+        epoch: u64,
     },
     /// Coordinator to backend: report progress past `after_tick`, waiting up to `wait_ms`.
     Report {
         /// The colony.
         colony_id: String,
+        /// The placement the coordinator follows.
+        #[serde(default)]
+        epoch: u64,
         /// Checkpoints at or before this tick are already known.
         after_tick: u64,
         /// Longest wait for news, in milliseconds.
@@ -155,6 +177,9 @@ pub enum Message {
     Progress {
         /// The colony.
         colony_id: String,
+        /// The placement this backend ticks in.
+        #[serde(default)]
+        epoch: u64,
         /// The tick every shard of this backend has reached.
         tick: u64,
         /// The tick it is running to.
@@ -165,6 +190,144 @@ pub enum Message {
         error: Option<String>,
         /// Figures of this backend's shards at recorded ticks after `after_tick`.
         checkpoints: Vec<Checkpoint>,
+        /// Per checkpoint tick this backend keeps copies at: how many shards it holds a
+        /// replica of for their owners (DESIGN §14).
+        #[serde(default)]
+        held: Vec<Held>,
+    },
+    /// Owner to replica holder: the cells of the owner's shards at a checkpoint tick
+    /// (DESIGN §14). Stored silently in the binary framing, like a border.
+    Replica {
+        /// The colony.
+        colony_id: String,
+        /// The placement the owner ticks in; a holder in another one refuses the copy.
+        epoch: u64,
+        /// The checkpoint tick the cells belong to.
+        tick: u64,
+        /// One entry per shard.
+        shards: Vec<ShardCells>,
+    },
+    /// Coordinator to backend: checkpoint `tick` is consistent (every backend reported its
+    /// figures and every replica arrived), so older copies can go and ticking may go on.
+    Commit {
+        /// The colony.
+        colony_id: String,
+        /// The placement the coordinator steers.
+        epoch: u64,
+        /// The consistent checkpoint tick.
+        tick: u64,
+    },
+    /// The answer to [`Message::Commit`].
+    Committed {
+        /// The newest consistent tick this backend knows.
+        tick: u64,
+    },
+    /// Coordinator to backend: the colony is over (failed or replaced); stop ticking for good
+    /// and drop its copies.
+    Stop {
+        /// The colony.
+        colony_id: String,
+        /// The placement the coordinator steered; a newer one on this backend is kept.
+        epoch: u64,
+        /// Why, for the backend's log and its progress.
+        reason: String,
+    },
+    /// The answer to [`Message::Stop`].
+    Stopped {
+        /// The colony.
+        colony_id: String,
+    },
+    /// Coordinator to backend: which colony do you hold? (A restarted coordinator re-adopts
+    /// the colony its backends kept.)
+    Describe,
+    /// The answer to [`Message::Describe`].
+    Described {
+        /// The colony this backend is part of, if any.
+        colony: Option<ColonyInfo>,
+    },
+    /// Coordinator to backend, first step of a re-placement: stop ticking, refuse anything
+    /// from an older placement from now on, and list the copies held.
+    Fence {
+        /// The colony.
+        colony_id: String,
+        /// The new placement's epoch.
+        epoch: u64,
+    },
+    /// The answer to [`Message::Fence`].
+    Inventory {
+        /// The colony.
+        colony_id: String,
+        /// The epoch this backend is now fenced at.
+        epoch: u64,
+        /// The newest consistent tick it was told.
+        committed: u64,
+        /// The tick its shards had reached.
+        tick: u64,
+        /// The tick it was running to.
+        until_tick: u64,
+        /// The copies it keeps, by tick (its own shards' and replicas alike).
+        copies: Vec<HeldCopies>,
+    },
+    /// Coordinator to backend: send the copy of one shard at one tick.
+    Fetch {
+        /// The colony.
+        colony_id: String,
+        /// The checkpoint tick.
+        tick: u64,
+        /// Shard column.
+        x: u32,
+        /// Shard row.
+        y: u32,
+    },
+    /// The answer to [`Message::Fetch`].
+    Cells {
+        /// The colony.
+        colony_id: String,
+        /// The checkpoint tick.
+        tick: u64,
+        /// The shard's cells.
+        cells: ShardCells,
+    },
+    /// Coordinator to backend: keep these copies (shards it is about to own).
+    Install {
+        /// The colony.
+        colony_id: String,
+        /// The placement being built.
+        epoch: u64,
+        /// The checkpoint tick.
+        tick: u64,
+        /// One entry per shard.
+        shards: Vec<ShardCells>,
+    },
+    /// The answer to [`Message::Install`].
+    Installed {
+        /// Shards stored.
+        shards: u32,
+    },
+    /// Coordinator to backend, last step of a re-placement: take the new placement and set
+    /// every shard it gives this backend back to checkpoint `tick` from the copies held.
+    Restore {
+        /// The colony.
+        colony_id: String,
+        /// The new placement's epoch.
+        epoch: u64,
+        /// The new placement, as `GET /topology` shows it.
+        topology: String,
+        /// The consistent checkpoint to go back to.
+        tick: u64,
+        /// Figures every this many ticks, as in [`Message::Run`].
+        checkpoint_every: u64,
+    },
+    /// The answer to [`Message::Restore`]: this backend's shards are at `figures.tick`.
+    Restored {
+        /// The colony.
+        colony_id: String,
+        /// The placement now in force here.
+        epoch: u64,
+        /// Population and fingerprint of the shards restored here.
+        figures: Checkpoint,
+        /// The shards restored here.
+        shards: Vec<ShardRef>,
     },
     /// A request could not be served. `code` is a stable machine-readable word; `message` says
     /// why in words a person can act on.
@@ -237,13 +400,42 @@ catalogue! {
     Challenge => "challenge";
     Auth => "auth" request;
     Welcome => "welcome";
+    Token => "token" request;
+    TokenAccepted => "token_accepted";
     Halo => "halo" request;
     HaloAck => "halo_ack";
     Run => "run" request;
     Pause => "pause" request;
     Report => "report" request;
     Progress => "progress";
+    Replica => "replica" request;
+    Commit => "commit" request;
+    Committed => "committed";
+    Stop => "stop" request;
+    Stopped => "stopped";
+    Describe => "describe" request;
+    Described => "described";
+    Fence => "fence" request;
+    Inventory => "inventory";
+    Fetch => "fetch" request;
+    Cells => "cells";
+    Install => "install" request;
+    Installed => "installed";
+    Restore => "restore" request;
+    Restored => "restored";
     Error => "error";
+}
+
+/// A string that is a credential: carried as it is on the wire, but `Debug` never shows it,
+/// so a logged message cannot leak it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Redacted(pub String);
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 /// Server counters reported by `STATS`.
@@ -353,32 +545,111 @@ mod tests {
             Message::Welcome {
                 instance_id: "i".into(),
             },
+            Message::Token {
+                token: Redacted("t".into()),
+            },
+            Message::TokenAccepted,
             Message::Halo {
                 colony_id: "c".into(),
+                epoch: 0,
                 tick: 0,
                 edges: vec![],
             },
             Message::HaloAck { tick: 0 },
             Message::Run {
                 colony_id: "c".into(),
+                epoch: 0,
                 until_tick: 0,
                 checkpoint_every: 1,
             },
             Message::Pause {
                 colony_id: "c".into(),
+                epoch: 0,
             },
             Message::Report {
                 colony_id: "c".into(),
+                epoch: 0,
                 after_tick: 0,
                 wait_ms: 0,
             },
             Message::Progress {
                 colony_id: "c".into(),
+                epoch: 0,
                 tick: 0,
                 until_tick: 0,
                 state: "idle".into(),
                 error: None,
                 checkpoints: vec![],
+                held: vec![],
+            },
+            Message::Replica {
+                colony_id: "c".into(),
+                epoch: 1,
+                tick: 100,
+                shards: vec![ShardCells::default()],
+            },
+            Message::Commit {
+                colony_id: "c".into(),
+                epoch: 1,
+                tick: 100,
+            },
+            Message::Committed { tick: 100 },
+            Message::Stop {
+                colony_id: "c".into(),
+                epoch: 1,
+                reason: "r".into(),
+            },
+            Message::Stopped {
+                colony_id: "c".into(),
+            },
+            Message::Describe,
+            Message::Described { colony: None },
+            Message::Fence {
+                colony_id: "c".into(),
+                epoch: 2,
+            },
+            Message::Inventory {
+                colony_id: "c".into(),
+                epoch: 2,
+                committed: 100,
+                tick: 120,
+                until_tick: 200,
+                copies: vec![],
+            },
+            Message::Fetch {
+                colony_id: "c".into(),
+                tick: 100,
+                x: 0,
+                y: 0,
+            },
+            Message::Cells {
+                colony_id: "c".into(),
+                tick: 100,
+                cells: ShardCells::default(),
+            },
+            Message::Install {
+                colony_id: "c".into(),
+                epoch: 2,
+                tick: 100,
+                shards: vec![],
+            },
+            Message::Installed { shards: 0 },
+            Message::Restore {
+                colony_id: "c".into(),
+                epoch: 2,
+                topology: "{}".into(),
+                tick: 100,
+                checkpoint_every: 100,
+            },
+            Message::Restored {
+                colony_id: "c".into(),
+                epoch: 2,
+                figures: Checkpoint {
+                    tick: 100,
+                    population: 0,
+                    fingerprint: 0,
+                },
+                shards: vec![],
             },
             Message::error("x", "y"),
         ];
@@ -400,12 +671,29 @@ mod tests {
                 | Message::Challenge { .. }
                 | Message::Auth { .. }
                 | Message::Welcome { .. }
+                | Message::Token { .. }
+                | Message::TokenAccepted
                 | Message::Halo { .. }
                 | Message::HaloAck { .. }
                 | Message::Run { .. }
                 | Message::Pause { .. }
                 | Message::Report { .. }
                 | Message::Progress { .. }
+                | Message::Replica { .. }
+                | Message::Commit { .. }
+                | Message::Committed { .. }
+                | Message::Stop { .. }
+                | Message::Stopped { .. }
+                | Message::Describe
+                | Message::Described { .. }
+                | Message::Fence { .. }
+                | Message::Inventory { .. }
+                | Message::Fetch { .. }
+                | Message::Cells { .. }
+                | Message::Install { .. }
+                | Message::Installed { .. }
+                | Message::Restore { .. }
+                | Message::Restored { .. }
                 | Message::Error { .. } => {}
             }
         }
@@ -413,10 +701,56 @@ mod tests {
     }
 
     #[test]
+    fn a_token_never_shows_in_debug() {
+        let message = Message::Token {
+            token: Redacted("s3cret-operator-token".into()),
+        };
+        assert!(!format!("{message:?}").contains("s3cret"));
+        let json = serde_json::to_string(&message).unwrap();
+        assert_eq!(json, r#"{"type":"token","token":"s3cret-operator-token"}"#);
+    }
+
+    #[test]
     fn type_names_are_the_tags_serde_writes() {
         for message in one_of_each() {
             let json = serde_json::to_value(&message).unwrap();
             assert_eq!(json["type"], message.type_name(), "{message:?}");
+        }
+    }
+
+    /// Nodes that predate epochs send no `epoch`: their messages read as epoch 0, the
+    /// placement every colony starts in.
+    #[test]
+    fn a_message_without_an_epoch_is_epoch_zero() {
+        let run: Message = serde_json::from_str(
+            r#"{"type":"run","colony_id":"c","until_tick":9,"checkpoint_every":1}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            run,
+            Message::Run {
+                colony_id: "c".into(),
+                epoch: 0,
+                until_tick: 9,
+                checkpoint_every: 1,
+            }
+        );
+        let progress: Message = serde_json::from_str(
+            r#"{"type":"progress","colony_id":"c","tick":1,"until_tick":2,"state":"idle","error":null,"checkpoints":[]}"#,
+        )
+        .unwrap();
+        assert!(
+            matches!(progress, Message::Progress { epoch: 0, ref held, .. } if held.is_empty()),
+            "{progress:?}"
+        );
+    }
+
+    #[test]
+    fn every_message_survives_messagepack() {
+        for message in one_of_each() {
+            let bytes = rmp_serde::to_vec_named(&message).unwrap();
+            let back: Message = rmp_serde::from_slice(&bytes).unwrap();
+            assert_eq!(back, message);
         }
     }
 
@@ -431,8 +765,9 @@ mod tests {
         assert_eq!(
             Message::REQUEST_TYPES,
             [
-                "ping", "help", "stats", "echo", "shards", "shard", "hello", "auth", "halo", "run",
-                "pause", "report"
+                "ping", "help", "stats", "echo", "shards", "shard", "hello", "auth", "token",
+                "halo", "run", "pause", "report", "replica", "commit", "stop", "describe", "fence",
+                "fetch", "install", "restore"
             ]
         );
     }

@@ -50,6 +50,14 @@ fn parse_command(line: &str) -> Result<Message, ProtocolError> {
         no_args(Message::Stats, "STATS", &mut words)
     } else if verb.eq_ignore_ascii_case("SHARDS") {
         no_args(Message::Shards, "SHARDS", &mut words)
+    } else if verb.eq_ignore_ascii_case("TOKEN") {
+        const USAGE: &str = "TOKEN <operator token>";
+        match (words.next(), words.next()) {
+            (Some(token), None) => Ok(Message::Token {
+                token: crate::Redacted(token.to_owned()),
+            }),
+            _ => Err(ProtocolError::Usage(USAGE)),
+        }
     } else if verb.eq_ignore_ascii_case("SHARD") {
         const USAGE: &str = "SHARD <x> <y> (shard column and row, from 0)";
         let mut number = || words.next().and_then(|w| w.parse::<u32>().ok());
@@ -98,6 +106,7 @@ fn parse_json(line: &str) -> Result<Message, ProtocolError> {
 pub fn write_line(message: &Message, style: Style, dst: &mut BytesMut) -> Result<(), CodecError> {
     match (style, message) {
         (Style::Command, Message::Pong) => dst.put_slice(b"PONG"),
+        (Style::Command, Message::TokenAccepted) => dst.put_slice(b"OK"),
         (Style::Command, Message::HelpReply { .. }) => dst.put_slice(HELP_LINE.as_bytes()),
         (
             Style::Command,
@@ -147,6 +156,28 @@ mod tests {
             parse_line(b"stats").unwrap(),
             Some((Message::Stats, Style::Command))
         );
+    }
+
+    #[test]
+    fn token_takes_one_word_and_is_answered_ok() {
+        assert_eq!(
+            parse_line(b"token abc-123").unwrap(),
+            Some((
+                Message::Token {
+                    token: crate::Redacted("abc-123".into())
+                },
+                Style::Command
+            ))
+        );
+        for bad in [&b"TOKEN"[..], b"TOKEN a b"] {
+            assert_eq!(
+                parse_line(bad),
+                Err(ProtocolError::Usage("TOKEN <operator token>"))
+            );
+        }
+        let mut out = BytesMut::new();
+        write_line(&Message::TokenAccepted, Style::Command, &mut out).unwrap();
+        assert_eq!(&out[..], b"OK\n");
     }
 
     #[test]

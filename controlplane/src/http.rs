@@ -75,7 +75,8 @@ pub fn harden(
 }
 
 /// Serves `router` on `listener` until `shutdown`, on a thread of its own with a
-/// single-threaded runtime; resolves when it has stopped. Tasks the handlers spawn (a
+/// single-threaded runtime, telling handlers each peer's address (axum's `ConnectInfo`);
+/// resolves when it has stopped. Tasks the handlers spawn (a
 /// WebSocket's, say) run there too; those on `tasks` get a grace period (a second) to
 /// finish after the listener stops.
 ///
@@ -99,8 +100,12 @@ pub async fn serve_on_own_thread(
     what: &'static str,
 ) -> std::io::Result<()> {
     shared::own_thread::serve_on_own_thread(what, listener, move |listener| async move {
-        let served =
-            axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned());
+        // With each peer's address: the operator check trusts loopback clients (DESIGN §13).
+        let served = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown.cancelled_owned());
         let result = tokio::select! {
             served = served => served,
             () = keep_a_timer_pending() => Ok(()),

@@ -136,6 +136,33 @@ impl AuthRefusals {
     }
 }
 
+/// Labels of the rate-limit counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PlaneLabel {
+    plane: &'static str,
+}
+
+/// `colony_rate_limited_total{plane}`: requests answered `429` (HTTP) or `rate_limited`
+/// (`/ws`) by the token buckets of [`crate::rate_limit`].
+#[derive(Debug, Clone, Default)]
+pub struct RateLimited {
+    limited: Family<PlaneLabel, Counter>,
+}
+
+impl RateLimited {
+    /// Counts one request turned away on `plane` (`control`, `mgmt`, `ws`).
+    pub fn count(&self, plane: &'static str) {
+        self.limited.get_or_create(&PlaneLabel { plane }).inc();
+    }
+
+    /// How many were turned away on `plane`. Reading creates no series.
+    pub fn get(&self, plane: &'static str) -> u64 {
+        self.limited
+            .get(&PlaneLabel { plane })
+            .map_or(0, |c| c.get())
+    }
+}
+
 /// A node's metric registry.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -146,6 +173,8 @@ pub struct Metrics {
     pub heartbeats: Counter,
     /// Requests refused for their credentials, by plane and reason.
     pub auth_refusals: AuthRefusals,
+    /// Requests turned away by a rate limit, by plane.
+    pub rate_limited: RateLimited,
 }
 
 impl Metrics {
@@ -156,6 +185,7 @@ impl Metrics {
         let http = HttpMetrics::default();
         let heartbeats = Counter::default();
         let auth_refusals = AuthRefusals::default();
+        let rate_limited = RateLimited::default();
         registry.register(
             "http_requests",
             "HTTP requests answered, by plane, method, route and status",
@@ -171,6 +201,15 @@ impl Metrics {
             "Requests refused for their credentials (signature, replay, token), by plane and reason",
             auth_refusals.refusals.clone(),
         );
+        registry.register(
+            "rate_limited",
+            "Requests turned away by a rate limit (429 or rate_limited), by plane",
+            rate_limited.limited.clone(),
+        );
+        // The data plane reports its own refusals (reads before TOKEN, wrong TOKEN or AUTH)
+        // into the same counter, so one family shows every plane.
+        let data_refusals = auth_refusals.clone();
+        data_plane.on_refusal(move |reason| data_refusals.count("data", reason));
         registry.register_collector(Box::new(DataPlaneCollector(data_plane)));
         if let Some(health) = health {
             registry.register_collector(Box::new(HealthCollector(health)));
@@ -180,6 +219,7 @@ impl Metrics {
             http,
             heartbeats,
             auth_refusals,
+            rate_limited,
         }
     }
 

@@ -15,6 +15,7 @@ use crate::coordinator::health::tracker::HealthTracker;
 use crate::coordinator::processes::ProcessManager;
 use crate::metrics::Metrics;
 use crate::node_auth::NodeAuth;
+use crate::operator::Guard;
 use crate::wire::heartbeat::NodeType;
 
 /// Identity and start time of the node serving a request.
@@ -54,6 +55,8 @@ pub struct MgmtState {
     pub metrics: Metrics,
     /// Checks the signatures of node calls (heartbeats, token reports).
     pub node_auth: NodeAuth,
+    /// The management listener's operator check (DESIGN §13).
+    pub guard: Guard,
     /// Node health (coordinator only).
     pub health: Option<HealthTracker>,
     /// Backends run by `colony up` (coordinator under `colony up` only).

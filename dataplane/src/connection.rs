@@ -58,8 +58,8 @@ impl Connection {
             codec: ColonyCodec::new(shared.config.limits),
             read_buf: BytesMut::with_capacity(BUFFER_CAPACITY),
             write_buf: BytesMut::with_capacity(BUFFER_CAPACITY),
+            session: Session::new(&shared),
             shared,
-            session: Session::default(),
         }
     }
 

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use codec::{Checkpoint, Message};
+use codec::{Checkpoint, Held, Message};
 use parking_lot::Mutex;
 use shared::sim::{Block, Direction, HaloError, ParamsError};
 use shared::topology::ShardCoord;
@@ -156,6 +156,9 @@ pub enum EngineError {
     /// A border block did not fit a shard's margin.
     #[error(transparent)]
     Margin(HaloError),
+    /// This backend's own copies were refused: it was fenced by a newer placement.
+    #[error(transparent)]
+    Copies(#[from] crate::copies::CopyError),
     /// A shard of this backend was dropped while the colony ticked.
     #[error("shard {shard} vanished while ticking")]
     ShardVanished {
@@ -208,6 +211,21 @@ impl Default for Engine {
 }
 
 impl Engine {
+    /// An engine whose shards are at `tick` (a placement restored at a checkpoint), idle
+    /// there until a run.
+    pub(crate) fn starting_at(tick: u64, checkpoint_every: u64) -> Engine {
+        Engine {
+            tick: AtomicU64::new(tick),
+            target: watch::Sender::new(Target {
+                until: tick,
+                checkpoint_every: checkpoint_every.max(1),
+            }),
+            state: watch::Sender::new((tick, EngineState::Idle)),
+            batch_end: AtomicU64::new(tick),
+            ..Engine::default()
+        }
+    }
+
     /// The tick every local shard has reached.
     pub fn tick(&self) -> u64 {
         self.tick.load(Ordering::Acquire)
@@ -217,6 +235,11 @@ impl Engine {
     pub fn set_target(&self, target: Target) {
         self.stops.lock().insert(target.until);
         self.target.send_replace(target);
+    }
+
+    /// `idle`, `running` or `failed`.
+    pub fn state_name(&self) -> &'static str {
+        self.state.borrow().1.name()
     }
 
     /// The current target.
@@ -242,8 +265,15 @@ impl Engine {
         stop
     }
 
-    /// The progress message for the coordinator: state and checkpoints after `after_tick`.
-    pub fn progress(&self, colony_id: &str, after_tick: u64) -> Message {
+    /// The progress message for the coordinator: state and checkpoints after `after_tick`,
+    /// in placement `epoch`, with the replicas this backend holds.
+    pub fn progress(
+        &self,
+        colony_id: &str,
+        epoch: u64,
+        after_tick: u64,
+        held: Vec<Held>,
+    ) -> Message {
         let (tick, state) = self.state.borrow().clone();
         let checkpoints = self
             .checkpoints
@@ -253,6 +283,7 @@ impl Engine {
             .collect();
         Message::Progress {
             colony_id: colony_id.to_owned(),
+            epoch,
             tick,
             until_tick: self.target().until,
             state: state.name().to_owned(),
@@ -261,13 +292,20 @@ impl Engine {
                 _ => None,
             },
             checkpoints,
+            held,
         }
     }
 
-    /// Waits until there is a checkpoint after `after_tick` (or the engine failed), at most
-    /// `wait`. While a run is in flight, answers at most every `REPORT_PERIOD` (100 ms), so the
-    /// coordinator is not woken every tick; a run's last tick is reported at once.
-    pub async fn wait_progress(&self, after_tick: u64, wait: Duration) {
+    /// Waits until there is a checkpoint after `after_tick` (or the engine failed, or `also`
+    /// changed: the copies held), at most `wait`. While a run is in flight, answers at most
+    /// every `REPORT_PERIOD` (100 ms), so the coordinator is not woken every tick; a run's
+    /// last tick is reported at once.
+    pub async fn wait_progress(
+        &self,
+        after_tick: u64,
+        wait: Duration,
+        mut also: watch::Receiver<u64>,
+    ) {
         let started = tokio::time::Instant::now();
         let mut rx = self.state.subscribe();
         let news = |(tick, state): &(u64, EngineState)| {
@@ -280,7 +318,14 @@ impl Engine {
                         .next()
                         .is_some())
         };
-        let _ = tokio::time::timeout(wait, rx.wait_for(news)).await;
+        also.mark_unchanged();
+        let _ = tokio::time::timeout(wait, async {
+            tokio::select! {
+                _ = rx.wait_for(news) => {}
+                _ = also.changed() => {}
+            }
+        })
+        .await;
         let (tick, state) = self.state.borrow().clone();
         if state == EngineState::Running && tick < self.target().until {
             let calm = started + REPORT_PERIOD.min(wait);
@@ -298,6 +343,13 @@ impl Engine {
     /// Stops the tick loop for good (the colony is replaced or the node stops).
     pub(crate) fn stop(&self) {
         self.cancel.cancel();
+    }
+
+    /// Stops the tick loop for good and says why in the engine's state (a fence, a stop
+    /// from the coordinator, a newer placement).
+    pub(crate) fn halt(&self, reason: String) {
+        self.cancel.cancel();
+        self.set_state(EngineState::Failed(reason));
     }
 
     /// Resolves once [`Engine::stop`] was called.

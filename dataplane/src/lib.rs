@@ -10,17 +10,24 @@
 //!
 //! - serving: `server` (accept loop) → `connection` (bytes ↔ messages) → `cmd` (one file per
 //!   request) → `state` (what every connection shares);
-//! - the colony: `cmd` → `tick_loop` (the task that ticks shards and trades borders) →
-//!   `peers` (links to neighbouring backends) and `shards` (the shard store) → `engine` (a
-//!   colony's tick state) → `batch` (how ticks are cut into batches);
-//! - leaves that import no other module: `config`, `stats`, `identity`, `client`, `batch`.
+//! - the colony: `cmd` → `tick_loop` (the task that ticks shards, trades borders and sends
+//!   checkpoint copies) → `peers` (links to neighbouring backends and replica holders) and
+//!   `shards` (the shard store, and a colony's placements) → `engine` (a placement's tick
+//!   state) → `batch` (how ticks are cut into batches);
+//! - recovery (DESIGN §14): `shards` and `tick_loop` → `copies` (copies of shard cells at
+//!   checkpoints, the commit and the fence) and `holders` (who keeps whose replicas);
+//! - leaves that import no other module: `config`, `stats`, `identity`, `access`, `client`, `batch`,
+//!   `copies`, `holders`.
 
+mod access;
 mod batch;
 mod client;
 mod cmd;
 mod config;
 mod connection;
+mod copies;
 mod engine;
+mod holders;
 mod identity;
 mod peers;
 mod server;
@@ -29,12 +36,15 @@ mod state;
 mod stats;
 mod tick_loop;
 
+pub use access::ReadAccess;
 pub use batch::Target;
 pub use client::{Client, ClientError};
 pub use config::{ConfigError, DataPlaneConfig};
+pub use copies::{CopyError, CopyStore, MAX_AHEAD};
 pub use engine::{Engine, EngineError, EngineState};
+pub use holders::{replica_holders, replicas_expected, replicated_by, ring, REPLICAS};
 pub use identity::Identity;
 pub use peers::PeerError;
 pub use server::DataPlane;
-pub use shards::{LocalColony, ShardFigures, ShardSlot, ShardStore};
+pub use shards::{LocalColony, RestoreError, ShardFigures, ShardSlot, ShardStore};
 pub use stats::Stats;

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
+use crate::access::{ReadAccess, RefusalSink};
 use crate::config::DataPlaneConfig;
 use crate::connection::Connection;
 use crate::identity::Identity;
@@ -43,14 +44,32 @@ impl DataPlane {
         store: ShardStore,
         identity: Option<Identity>,
     ) -> Self {
+        DataPlane::with_access(config, store, identity, ReadAccess::default())
+    }
+
+    /// [`DataPlane::with_store`] with reads protected as `access` says (DESIGN §13).
+    pub fn with_access(
+        config: DataPlaneConfig,
+        store: ShardStore,
+        identity: Option<Identity>,
+        access: ReadAccess,
+    ) -> Self {
         DataPlane {
             shared: Arc::new(Shared {
                 config,
                 stats: Stats::new(),
                 store,
                 identity,
+                access,
+                refusals: RefusalSink::new(),
             }),
         }
+    }
+
+    /// Reports the reason of every refusal (a read before authenticating, a wrong TOKEN or
+    /// AUTH, a state change without HELLO) to `sink`. Only the first sink set is kept.
+    pub fn on_refusal(&self, sink: impl Fn(&'static str) + Send + Sync + 'static) {
+        self.shared.refusals.set(Box::new(sink));
     }
 
     /// The shards this node holds.

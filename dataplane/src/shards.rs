@@ -1,18 +1,27 @@
-//! [`ShardStore`]: the shards a backend holds for the current colony.
+//! [`ShardStore`]: the shards a backend holds for the current colony, and the copies it
+//! keeps of them and of others' (DESIGN §14).
 //!
 //! Shared by the control plane (init, `GET /shards/{x}/{y}`), the data plane (`SHARDS`,
-//! `SHARD x y`) and the tick engine. A new colony replaces the old one whole; shards of an
-//! old colony are never mixed with a new one's.
+//! `SHARD x y`, the coordinator's recovery requests) and the tick engine. A new colony
+//! replaces the old one whole; shards of an old colony are never mixed with a new one's.
+//!
+//! A colony lives through placements. The first comes from the colony start (epoch 0, built
+//! by the inits); each re-placement is a fence (stop ticking, refuse older epochs) and then a
+//! restore, which builds a fresh [`LocalColony`] for the new epoch from the copies kept at a
+//! consistent checkpoint. The copies, the commit and the fence outlive placements: they are
+//! the store's ([`CopyStore`]), not a placement's.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, OnceLock};
 
 use codec::{Checkpoint, Message, ShardSummary};
 use parking_lot::{Mutex, RwLock};
-use shared::sim::{DeepShard, WorldParams};
+use shared::sim::{Block, DeepShard, HaloError, ParamsError, WorldParams};
 use shared::topology::{ClusterTopology, ShardCoord};
 
+use crate::copies::{CopyError, CopyStore};
 use crate::engine::{Engine, EngineError};
+use crate::holders;
 
 /// One shard's cells and the tick they are at.
 #[derive(Debug)]
@@ -23,19 +32,115 @@ pub struct ShardSlot {
     pub tick: u64,
 }
 
-/// The colony a backend is part of: its topology and the shards held here.
+/// Why a backend could not take a new placement of its colony.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// The fence refused the placement (another colony, or an older epoch).
+    #[error(transparent)]
+    Fence(#[from] CopyError),
+    /// The placement is another colony's.
+    #[error("the placement is for colony {got}, not {expected}")]
+    OtherColony {
+        /// The colony the placement names.
+        got: String,
+        /// The colony restored.
+        expected: String,
+    },
+    /// The placement gives this backend no shard.
+    #[error("the placement gives {me} no shard")]
+    NoShards {
+        /// This backend.
+        me: String,
+    },
+    /// No copy of a shard this backend now owns is kept here.
+    #[error("no copy of shard {shard} at tick {tick} here")]
+    NoCopy {
+        /// The shard.
+        shard: ShardCoord,
+        /// The checkpoint.
+        tick: u64,
+    },
+    /// A copy's bytes do not fit the shard.
+    #[error("the copy of shard {shard} does not fit it: {source}")]
+    BadCopy {
+        /// The shard.
+        shard: ShardCoord,
+        /// What was wrong.
+        source: HaloError,
+    },
+    /// A shard cannot be built with the colony's parameters.
+    #[error(transparent)]
+    BadShard(#[from] ParamsError),
+}
+
+/// The colony a backend is part of, in one placement: its topology, its epoch and the shards
+/// held here.
 #[derive(Debug)]
 pub struct LocalColony {
     topology: Arc<ClusterTopology>,
+    /// The placement this is; halos, runs and reports of other epochs are not for it.
+    epoch: u64,
     params: WorldParams,
     /// Ticks per border exchange (the depth of every shard's margin).
     depth: u32,
     /// Held only for short, synchronous sections (never across an `.await`).
     shards: Mutex<BTreeMap<ShardCoord, ShardSlot>>,
     engine: Engine,
+    /// The store's copies, commit and fence (shared with every placement of the colony).
+    copies: Arc<CopyStore>,
+    /// The shards this backend keeps replicas of in this placement, worked out on first use.
+    replicated: OnceLock<BTreeSet<ShardCoord>>,
 }
 
 impl LocalColony {
+    fn new(
+        topology: Arc<ClusterTopology>,
+        epoch: u64,
+        shards: BTreeMap<ShardCoord, ShardSlot>,
+        engine: Engine,
+        copies: Arc<CopyStore>,
+    ) -> LocalColony {
+        LocalColony {
+            params: topology.world_params(),
+            depth: topology.halo_depth(),
+            topology,
+            epoch,
+            shards: Mutex::new(shards),
+            engine,
+            copies,
+            replicated: OnceLock::new(),
+        }
+    }
+
+    /// The placement's epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The copies, commit and fence of the colony on this backend.
+    pub fn copies(&self) -> &Arc<CopyStore> {
+        &self.copies
+    }
+
+    /// The shards `me` (this backend) keeps replicas of in this placement.
+    pub fn replicated(&self, me: &str) -> &BTreeSet<ShardCoord> {
+        self.replicated
+            .get_or_init(|| holders::replicated_by(&self.topology, me))
+    }
+
+    /// The progress message for the coordinator: the engine's state and checkpoints after
+    /// `after_tick`, and the replicas `me` holds.
+    pub fn progress(&self, me: &str, after_tick: u64) -> Message {
+        let held = self
+            .copies
+            .held(self.replicated(me))
+            .into_iter()
+            .map(|(tick, replicas)| codec::Held { tick, replicas })
+            .collect();
+        self.engine
+            .progress(self.colony_id(), self.epoch, after_tick, held)
+    }
+
     /// The colony's topology, as received on its first init.
     pub fn topology(&self) -> &Arc<ClusterTopology> {
         &self.topology
@@ -113,6 +218,7 @@ impl ShardFigures {
 #[derive(Debug, Clone, Default)]
 pub struct ShardStore {
     current: Arc<RwLock<Option<Arc<LocalColony>>>>,
+    copies: Arc<CopyStore>,
 }
 
 impl ShardStore {
@@ -126,6 +232,11 @@ impl ShardStore {
         self.current.read().clone()
     }
 
+    /// The copies, commit and fence of the current colony.
+    pub fn copies(&self) -> &Arc<CopyStore> {
+        &self.copies
+    }
+
     /// The cached topology if it belongs to `colony_id`.
     pub fn topology_of(&self, colony_id: &str) -> Option<Arc<ClusterTopology>> {
         self.colony()
@@ -133,27 +244,138 @@ impl ShardStore {
             .map(|c| c.topology.clone())
     }
 
-    /// Makes `topology` the current colony, dropping any shards of an earlier one. Returns
-    /// the colony (the existing one if it already has this id, so concurrent first inits of
-    /// one colony agree).
+    /// Makes `topology` the current colony in its first placement (epoch 0), dropping any
+    /// shards and copies of an earlier one. Returns the colony (the existing one if it already
+    /// has this id, so concurrent first inits of one colony agree).
     pub fn adopt(&self, topology: ClusterTopology) -> Arc<LocalColony> {
         let mut current = self.current.write();
         if let Some(existing) = current.as_ref() {
             if existing.colony_id() == topology.colony_id() {
                 return existing.clone();
             }
-            // The old colony's engine stops; its shards go with it.
+            // The old colony is superseded: its engine stops, its shards and copies go.
             existing.engine.stop();
         }
-        let colony = Arc::new(LocalColony {
-            params: topology.world_params(),
-            depth: topology.halo_depth(),
-            topology: Arc::new(topology),
-            shards: Mutex::new(BTreeMap::new()),
-            engine: Engine::default(),
-        });
+        self.copies.reset(topology.colony_id());
+        let colony = Arc::new(LocalColony::new(
+            Arc::new(topology),
+            0,
+            BTreeMap::new(),
+            Engine::default(),
+            self.copies.clone(),
+        ));
         *current = Some(colony.clone());
         colony
+    }
+
+    /// The first step of a re-placement: raises the fence to `epoch` (messages of older
+    /// epochs are refused from now on) and stops the engine of the placement in force, whose
+    /// shards will be set back to a checkpoint.
+    ///
+    /// # Errors
+    /// [`CopyError::UnknownColony`] or [`CopyError::StaleEpoch`].
+    pub fn fence(&self, colony_id: &str, epoch: u64) -> Result<(), CopyError> {
+        self.copies.fence(colony_id, epoch)?;
+        if let Some(colony) = self.colony() {
+            if colony.colony_id() == colony_id && colony.epoch < epoch {
+                colony
+                    .engine
+                    .halt(format!("fenced: epoch {epoch} is being placed"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops `colony_id` for good (it failed or was replaced): the engine stops, the copies
+    /// go. A stop from a placement older than the fence is refused, so a coordinator that was
+    /// replaced cannot stop the colony its successor runs.
+    ///
+    /// # Errors
+    /// [`CopyError::UnknownColony`] or [`CopyError::StaleEpoch`].
+    pub fn stop(&self, colony_id: &str, epoch: u64, reason: &str) -> Result<(), CopyError> {
+        // Held throughout, so an adopt or restore cannot slip in between the check and the
+        // stop.
+        let current = self.current.write();
+        self.copies.forget(colony_id, epoch)?;
+        if let Some(colony) = current.as_ref() {
+            if colony.colony_id() == colony_id {
+                colony.engine.halt(format!("stopped: {reason}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The last step of a re-placement: makes `topology` (the colony's placement `epoch`) the
+    /// current colony, with every shard it gives `me` set back to checkpoint `tick` from the
+    /// copies kept here (tick 0 is rebuilt from the world's parameters). The engine of the
+    /// placement before stops; copies of other ticks go. Returns the new colony, the figures
+    /// of its shards at `tick`, and the shards.
+    ///
+    /// # Errors
+    /// A [`RestoreError`]; nothing changes then.
+    pub fn restore(
+        &self,
+        topology: ClusterTopology,
+        epoch: u64,
+        tick: u64,
+        checkpoint_every: u64,
+        me: &str,
+    ) -> Result<(Arc<LocalColony>, Checkpoint), RestoreError> {
+        // Held throughout, so a stop or an adopt cannot slip in between.
+        let mut current = self.current.write();
+        let colony_id = topology.colony_id().to_owned();
+        let expected = self.copies.colony_id().unwrap_or_default();
+        if colony_id != expected {
+            return Err(RestoreError::OtherColony {
+                got: colony_id,
+                expected,
+            });
+        }
+        let fence = self.copies.epoch();
+        if epoch < fence {
+            return Err(CopyError::StaleEpoch {
+                epoch,
+                current: fence,
+            }
+            .into());
+        }
+        let mine = topology.shards_of(me);
+        if mine.is_empty() {
+            return Err(RestoreError::NoShards { me: me.to_owned() });
+        }
+        let params = topology.world_params();
+        let depth = topology.halo_depth();
+        let mut shards = BTreeMap::new();
+        for shard in mine {
+            let grid = if tick == 0 {
+                DeepShard::initial(&params, shard.x, shard.y, depth)?
+            } else {
+                let bits = self
+                    .copies
+                    .get(tick, shard)
+                    .ok_or(RestoreError::NoCopy { shard, tick })?;
+                let block = Block::from_bytes(params.shard_width, params.shard_height, &bits)
+                    .map_err(|source| RestoreError::BadCopy { shard, source })?;
+                DeepShard::from_cells(&block, depth)?
+            };
+            shards.insert(shard, ShardSlot { grid, tick });
+        }
+        self.copies.fence(&colony_id, epoch)?;
+        let colony = Arc::new(LocalColony::new(
+            Arc::new(topology),
+            epoch,
+            shards,
+            Engine::starting_at(tick, checkpoint_every),
+            self.copies.clone(),
+        ));
+        if let Some(old) = current.as_ref() {
+            old.engine.halt(format!("replaced by epoch {epoch}"));
+        }
+        *current = Some(colony.clone());
+        drop(current);
+        self.copies.rewind_to(tick);
+        let figures = colony.figures(tick);
+        Ok((colony, figures))
     }
 
     /// Builds `shard`'s initial cells (tick 0) in `colony`, replacing any earlier copy.

@@ -5,6 +5,7 @@
 //! all depend on it, and none of them on another for it: `server` → `connection` → `cmd` →
 //! `state`, one way.
 
+use crate::access::{ReadAccess, RefusalSink};
 use crate::config::DataPlaneConfig;
 use crate::identity::Identity;
 use crate::shards::ShardStore;
@@ -21,4 +22,8 @@ pub(crate) struct Shared {
     pub(crate) store: ShardStore,
     /// Without one, every HELLO (and so every state-changing message) is refused.
     pub(crate) identity: Option<Identity>,
+    /// Who may read without authenticating.
+    pub(crate) access: ReadAccess,
+    /// Where refusals are reported.
+    pub(crate) refusals: RefusalSink,
 }

@@ -11,6 +11,13 @@
 //! the batch. Neighbours can be at most one batch apart, so the inbox holds two batches at
 //! most.
 //!
+//! At every tick where figures are due (a checkpoint: every `checkpoint_every` ticks, every
+//! run's last tick), the loop also keeps a copy of each of its shards and sends one to each of
+//! its replica holders (see `holders`), on the same authenticated links as the borders:
+//! that checkpoint can then be gone back to even if this backend is lost (DESIGN §14). Before
+//! a batch, it waits while it is [`MAX_AHEAD`] checkpoints past the newest consistent one, so
+//! the copies it and its holders keep stay bounded.
+//!
 //! This module also checks the borders neighbours send ([`deliver`]) before filing them in
 //! the engine's inbox. The state it advances is the colony's [`Engine`]; the shards are the
 //! store's.
@@ -19,16 +26,22 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use codec::{HaloEdge, Message};
+use codec::{HaloEdge, Message, ShardCells};
 use rayon::prelude::*;
 use shared::sim::{Block, DeepShard, Direction};
 use shared::topology::ShardCoord;
 use tracing::{info, warn};
 
+use crate::copies::{ShardCopy, MAX_AHEAD};
 use crate::engine::{EdgeKey, Engine, EngineError, EngineState};
+use crate::holders::replica_holders;
 use crate::identity::Identity;
 use crate::peers::PeerSet;
 use crate::shards::{LocalColony, ShardSlot};
+
+/// Bytes of cells per replica message at most (one shard always goes, however large), well
+/// under any frame limit a node may be configured with.
+const REPLICA_MESSAGE_BYTES: usize = 1 << 20;
 
 /// Below this many cells per tick, shards are stepped on the engine's own thread: waking a
 /// thread pool would cost more than the work.
@@ -184,21 +197,35 @@ async fn run(
     if let Some(shard) = missing.first() {
         return Err(EngineError::NotInitialised { shard: *shard });
     }
-    let peers = PeerSet::connect(colony.topology(), plan.outgoing.keys(), identity).await?;
+    let holders = replica_holders(colony.topology(), &identity.instance_id);
+    let mut linked: Vec<&String> = plan.outgoing.keys().collect();
+    linked.extend(holders.iter().filter(|h| !plan.outgoing.contains_key(*h)));
+    let peers = PeerSet::connect(colony.topology(), linked.into_iter(), identity).await?;
     let rule = colony.params().rule;
     let depth = colony.depth();
     let cells_per_tick = plan.sources.len() as u64
         * u64::from(colony.params().shard_width)
         * u64::from(colony.params().shard_height);
-    engine.record(colony.figures(0));
+    engine.record(colony.figures(engine.tick()));
     let mut target_rx = engine.subscribe_target();
+    let mut copies_rx = colony.copies().subscribe();
     info!(
         colony = colony.colony_id(),
+        epoch = colony.epoch(),
+        tick = engine.tick(),
         peers = plan.outgoing.len(),
+        holders = ?holders,
         depth,
         "tick engine ready"
     );
     loop {
+        // Not too far past the newest consistent checkpoint: every checkpoint until then is
+        // a copy of this backend's shards and its holders' replicas, kept until a commit.
+        while colony.copies().ahead() >= MAX_AHEAD {
+            if copies_rx.changed().await.is_err() {
+                return Ok(());
+            }
+        }
         // Pick the batch while holding the target, so a pause sees either this batch's end
         // or the tick before it (see `Engine::pause`).
         let batch = engine.start_batch(&target_rx.borrow_and_update(), depth);
@@ -238,6 +265,7 @@ async fn run(
                     peer,
                     &Message::Halo {
                         colony_id: colony.colony_id().to_owned(),
+                        epoch: colony.epoch(),
                         tick: t,
                         edges: batch,
                     },
@@ -296,10 +324,69 @@ async fn run(
         }
         let end = t + len;
         if engine.finish_batch(end) {
+            // The copies first: once the figures are out, the coordinator may count this
+            // checkpoint, and its owner must then be able to go back to it.
+            keep_checkpoint(colony, &peers, &holders, end).await?;
             engine.record(colony.figures(end));
         }
         engine.set_state(EngineState::Running);
     }
+}
+
+/// Keeps a copy of every local shard at checkpoint `tick` and sends one to each replica
+/// holder, in messages of at most [`REPLICA_MESSAGE_BYTES`] of cells.
+async fn keep_checkpoint(
+    colony: &LocalColony,
+    peers: &PeerSet,
+    holders: &[String],
+    tick: u64,
+) -> Result<(), EngineError> {
+    let own: Vec<ShardCopy> = colony.with_shards(|shards| {
+        shards
+            .iter()
+            .map(|(c, slot)| (*c, Arc::new(slot.grid.cells().to_bytes())))
+            .collect()
+    });
+    let (width, height) = (colony.params().shard_width, colony.params().shard_height);
+    let mut messages = Vec::new();
+    if !holders.is_empty() {
+        let mut batch: Vec<ShardCells> = Vec::new();
+        let mut bytes = 0;
+        for (shard, bits) in &own {
+            if bytes + bits.len() > REPLICA_MESSAGE_BYTES && !batch.is_empty() {
+                messages.push(std::mem::take(&mut batch));
+                bytes = 0;
+            }
+            bytes += bits.len();
+            batch.push(ShardCells {
+                x: shard.x,
+                y: shard.y,
+                width,
+                height,
+                bits: bits.as_ref().clone(),
+            });
+        }
+        messages.push(batch);
+    }
+    colony
+        .copies()
+        .put(colony.colony_id(), colony.epoch(), tick, own)
+        .map_err(EngineError::Copies)?;
+    let messages: Vec<Message> = messages
+        .into_iter()
+        .map(|shards| Message::Replica {
+            colony_id: colony.colony_id().to_owned(),
+            epoch: colony.epoch(),
+            tick,
+            shards,
+        })
+        .collect();
+    for holder in holders {
+        for message in &messages {
+            peers.send(holder, message).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Waits until every remote border block of tick `t` is in, then takes them.

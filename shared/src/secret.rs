@@ -262,7 +262,8 @@ fn random_key_text() -> Result<String, getrandom::Error> {
 }
 
 /// Creates `path` holding a fresh key, atomically; `AlreadyExists` if it is already there.
-fn create_key_file(path: &Path) -> io::Result<()> {
+/// The operator token file is made the same way.
+pub(crate) fn create_key_file(path: &Path) -> io::Result<()> {
     if path.try_exists()? {
         return Err(io::ErrorKind::AlreadyExists.into());
     }

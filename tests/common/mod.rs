@@ -1,5 +1,11 @@
 //! Helpers shared by the whole-cluster tests: starting servers and processes on free
 //! loopback ports, and talking to them the way `nc` would.
+//!
+//! Every `colony` process started here dies with the test: dropping its [`Proc`] stops it
+//! gracefully (SIGTERM, then SIGKILL), and if the test binary dies first, even by SIGKILL,
+//! the process is told by the kernel ([`shared::lifeline`]: its parent-death signal fires
+//! when the test's thread ends). Each one also carries [`TEST_RUN_ENV`], so
+//! `scripts/test.sh` can find and name any that outlived the suite.
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
@@ -96,6 +102,33 @@ pub fn colony_bin() -> &'static str {
     env!("CARGO_BIN_EXE_colony")
 }
 
+/// The marker every process a test starts carries in its environment, with the id of the
+/// test run: `scripts/test.sh` sets it, and looks for `colony` processes still carrying it
+/// once the suite is over.
+pub const TEST_RUN_ENV: &str = "COLONY_TEST_RUN";
+
+/// This run's id: the one `scripts/test.sh` gave, else one naming this test binary.
+pub fn test_run_id() -> String {
+    std::env::var(TEST_RUN_ENV).unwrap_or_else(|_| format!("adhoc-{}", std::process::id()))
+}
+
+/// A `colony` command that dies with this test process: it carries our pid (it asks the
+/// kernel for SIGTERM when the spawning thread, the test's, ends) and the run marker. For
+/// one-shot commands; long-running ones go through [`Proc`], which also stops them on drop.
+pub fn colony_command() -> Command {
+    let mut cmd = Command::new(colony_bin());
+    cmd.env(
+        shared::lifeline::PARENT_PID_ENV,
+        std::process::id().to_string(),
+    )
+    .env(TEST_RUN_ENV, test_run_id());
+    cmd
+}
+
+/// How long a dropped [`Proc`] gets to stop after SIGTERM before SIGKILL: longer than
+/// `colony up` takes to stop its backends within their default grace period.
+const STOP_GRACE: Duration = Duration::from_secs(15);
+
 /// A `colony` child process whose stderr is scanned for a line containing `marker`.
 pub struct Proc {
     pub child: Child,
@@ -106,14 +139,13 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Proc {
-        let mut cmd = Command::new(colony_bin());
+        let mut cmd = colony_command();
         cmd.args(args)
             .env("RUST_LOG", "info")
             .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn colony");
         let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
         for out in [
@@ -163,6 +195,11 @@ impl Proc {
         .unwrap_or_else(|_| panic!("no {needle:?} before the deadline"))
     }
 
+    /// The pid, while the process has not been waited for.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("child has exited")
+    }
+
     pub fn signal(&self, signal: &str) {
         let pid = self.child.id().expect("child has exited").to_string();
         let status = std::process::Command::new("kill")
@@ -170,6 +207,32 @@ impl Proc {
             .status()
             .unwrap();
         assert!(status.success());
+    }
+}
+
+impl Drop for Proc {
+    /// Stops the process as an operator would, so it unregisters and stops its own
+    /// children (SIGKILL would orphan those of `colony up`): SIGTERM, then SIGKILL if it has
+    /// not exited within [`STOP_GRACE`]. Blocks: a drop cannot await.
+    fn drop(&mut self) {
+        if !matches!(self.child.try_wait(), Ok(None)) {
+            return;
+        }
+        let Some(pid) = self.child.id() else {
+            return;
+        };
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + STOP_GRACE;
+        while matches!(self.child.try_wait(), Ok(None)) {
+            if std::time::Instant::now() >= deadline {
+                eprintln!("[harness] pid {pid} ignored SIGTERM for {STOP_GRACE:?}; killing it");
+                let _ = self.child.start_kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 
@@ -364,6 +427,32 @@ pub struct WsClient {
 }
 
 impl WsClient {
+    /// Connects to `ws://{mgmt}/ws{query}` with extra headers on the upgrade request (a
+    /// browser's `Origin`, a `Host`, an `Authorization`); the refusal if it is refused.
+    pub async fn connect_with(
+        mgmt: &str,
+        query: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<WsClient, tokio_tungstenite::tungstenite::Error> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let url = format!("ws://{mgmt}/ws{query}");
+        let mut request = url.as_str().into_client_request().unwrap();
+        for (name, value) in headers {
+            request.headers_mut().insert(
+                reqwest::header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        let (stream, _) = tokio::time::timeout(DEADLINE, tokio_tungstenite::connect_async(request))
+            .await
+            .unwrap_or_else(|_| panic!("no WebSocket to {url} before the deadline"))?;
+        Ok(WsClient {
+            stream,
+            next_id: 0,
+            backlog: std::collections::VecDeque::new(),
+        })
+    }
+
     /// Connects to `ws://{mgmt}/ws{query}` (`mgmt` is `ip:port`).
     pub async fn connect(mgmt: &str, query: &str) -> WsClient {
         let url = format!("ws://{mgmt}/ws{query}");
@@ -511,6 +600,7 @@ pub struct Up {
 }
 
 impl Up {
+    /// `colony up` in a new registry, on free ports (the coordinator on port 0).
     pub async fn start(backends: u16, extra: &[&str]) -> Up {
         Up::start_with_env(backends, extra, &[]).await
     }
@@ -519,11 +609,36 @@ impl Up {
     pub async fn start_with_env(backends: u16, extra: &[&str], envs: &[(&str, &str)]) -> Up {
         let dir = tempfile::tempdir().unwrap();
         let base = free_port_range(backends);
+        Up::start_at_with_env(dir, base, [0, 0, 0], backends, extra, envs).await
+    }
+
+    /// `colony up` with its registry in `dir`, backends from `base` on and the coordinator
+    /// on `coordinator` (data, control, mgmt; 0 for any free port).
+    pub async fn start_at(
+        dir: tempfile::TempDir,
+        base: u16,
+        coordinator: [u16; 3],
+        backends: u16,
+        extra: &[&str],
+    ) -> Up {
+        Up::start_at_with_env(dir, base, coordinator, backends, extra, &[]).await
+    }
+
+    /// [`Up::start_at`] with extra environment variables.
+    pub async fn start_at_with_env(
+        dir: tempfile::TempDir,
+        base: u16,
+        coordinator: [u16; 3],
+        backends: u16,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Up {
         let (base_s, backends_s, registry) = (
             base.to_string(),
             backends.to_string(),
             dir.path().display().to_string(),
         );
+        let [data, control, mgmt] = coordinator.map(|p| p.to_string());
         let mut args = vec![
             "up",
             "--backends",
@@ -531,11 +646,11 @@ impl Up {
             "--base-port",
             &base_s,
             "--internal-port",
-            "0",
+            &data,
             "--http-port",
-            "0",
+            &control,
             "--mgmt-port",
-            "0",
+            &mgmt,
             "--heartbeat-interval",
             "100ms",
             "--registry-dir",

@@ -1,7 +1,9 @@
 //! The dashboard in headless Chromium against a real `colony up` cluster: the page loads
 //! without console errors, shows one row per node in the right state, follows a `kill -9`
-//! to STALE and DOWN without a reload, and its colony view starts a colony on a fresh
-//! cluster and shows its picture. Every request the page makes goes to the coordinator's
+//! to STALE and DOWN without a reload, its colony view starts a colony on a fresh cluster
+//! and shows its picture, and follows a lost backend (the shard map recolours, the alert
+//! names it), and with `--require-token` it asks for the operator token and then runs and
+//! pauses the colony. Every request the page makes goes to the coordinator's
 //! management port (no CDN, nothing external). Screenshots are saved under
 //! `target/test-artifacts/`.
 //!
@@ -160,7 +162,16 @@ async fn control_status(mgmt: &str, path: &str) -> (u16, Value) {
 async fn the_health_view_shows_every_node_and_follows_a_kill_without_reload() {
     let up = Up::start(
         2,
-        &["--no-start", "--stale-after", "600ms", "--down-after", "2s"],
+        // The killed backend must stay dead for the row to reach DOWN.
+        &[
+            "--no-start",
+            "--stale-after",
+            "600ms",
+            "--down-after",
+            "2s",
+            "--restart",
+            "never",
+        ],
     )
     .await;
     let browser = cdp::Browser::launch(WIDTH, HEIGHT).await;
@@ -426,6 +437,100 @@ async fn the_colony_view_starts_a_colony_on_a_fresh_cluster_and_shows_it() {
     up.proc.signal("INT");
 }
 
+/// The shard map's cells as `(owner, colour)`, row-major.
+async fn shard_cells(page: &cdp::Page<'_>) -> Vec<(String, String)> {
+    let v = page
+        .eval("[...document.querySelectorAll('#shard-map .shard')].map(c => [c.dataset.owner, c.style.background])")
+        .await;
+    serde_json::from_value(v).unwrap()
+}
+
+#[tokio::test]
+async fn the_colony_view_follows_a_lost_backend_and_the_shards_that_move() {
+    let world = r#"{"width_in_shards":6,"height_in_shards":2,"shard_width":32,"shard_height":32}"#;
+    let up = Up::start(3, &["--start-body", world]).await;
+    let browser = cdp::Browser::launch(WIDTH, HEIGHT).await;
+    let page = browser.new_page().await;
+    page.navigate(&format!("http://{}/#colony", up.mgmt)).await;
+    let phase = "document.getElementById('colony-view').dataset.phase";
+    page.wait_for(&format!("{phase} === 'ready'"), Duration::from_secs(60))
+        .await;
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let cluster: Value = http
+        .get(format!("http://{}/api/cluster", up.mgmt))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let control = cluster["control"].as_str().unwrap().to_owned();
+    let run = http
+        .post(format!("{control}/colony/run"))
+        .json(&json!({"ticks": 10_000_000}))
+        .send()
+        .await
+        .unwrap();
+    assert!(run.status().is_success());
+    let before = shard_cells(&page).await;
+    let lost = up.backend(1);
+    assert!(before.iter().any(|(owner, _)| *owner == lost), "{before:?}");
+
+    let pid = pid_of(&up.mgmt, &lost).await;
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    // The map recolours: nothing on the lost backend; the survivors' shards keep their
+    // colours, and the moved ones take a survivor's.
+    page.wait_for(
+        &format!(
+            "[...document.querySelectorAll('#shard-map .shard')].length > 0 && \
+             ![...document.querySelectorAll('#shard-map .shard')].some(c => c.dataset.owner === '{lost}')"
+        ),
+        Duration::from_secs(30),
+    )
+    .await;
+    let after = shard_cells(&page).await;
+    for ((was, colour), (now, now_colour)) in before.iter().zip(&after) {
+        if *was != lost {
+            assert_eq!(
+                (was, colour),
+                (now, now_colour),
+                "a survivor's shard changed"
+            );
+        } else {
+            let survivor_colour = after.iter().find(|(o, _)| o == now).map(|(_, c)| c);
+            assert_eq!(Some(now_colour), survivor_colour);
+        }
+    }
+    // The colony view says what happened, and the alert names the lost backend.
+    page.wait_for(
+        &format!(
+            "document.getElementById('autostart-log').innerText.includes('colony lost {lost}')"
+        ),
+        DEADLINE,
+    )
+    .await;
+    page.wait_for(
+        &format!(
+            "[...document.querySelectorAll('#alerts-open li')].some(li => li.textContent.includes('{lost} was lost from colony'))"
+        ),
+        DEADLINE,
+    )
+    .await;
+    page.wait_for(
+        "document.getElementById('colony-state').textContent === 'running'",
+        DEADLINE,
+    )
+    .await;
+    save_screenshot(&page, "dashboard-recovery.png").await;
+    let events = page.events().await;
+    assert_no_console_errors(&events, &["/api/control/colony/image.png"]);
+    up.proc.signal("INT");
+}
+
 #[tokio::test]
 async fn the_page_says_its_data_is_stale_while_the_coordinator_is_down_and_reconnects() {
     let dir = tempfile::tempdir().unwrap();
@@ -505,4 +610,134 @@ async fn the_page_says_its_data_is_stale_while_the_coordinator_is_down_and_recon
     assert_no_console_errors(&events, &["/ws"]);
     assert_only_own_origin(&events, &mgmt);
     again.signal("TERM");
+}
+
+#[tokio::test]
+async fn with_require_token_the_page_asks_for_the_token_then_runs_and_pauses_the_colony() {
+    let up = Up::start(2, &["--no-start", "--require-token"]).await;
+    let token = std::fs::read_to_string(up.dir.path().join("output/operator.token"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    // Reads stay open; the start itself wants the token, even from this machine.
+    let (status, _) = control_status(&up.mgmt, "topology").await;
+    assert_eq!(status, 404, "the cluster is not fresh");
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let refused = http
+        .post(format!("http://{}/api/control/colony-start", up.mgmt))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+
+    let browser = cdp::Browser::launch(WIDTH, HEIGHT).await;
+    let page = browser.new_page().await;
+    page.navigate(&format!("http://{}/#colony", up.mgmt)).await;
+    // The auto-start's POST is refused, so the page asks (once) for the token.
+    page.wait_for(
+        "document.getElementById('token-dialog').open",
+        Duration::from_secs(30),
+    )
+    .await;
+    let reason = page
+        .eval("document.getElementById('token-reason').textContent")
+        .await;
+    assert!(
+        reason.as_str().unwrap().contains("operator"),
+        "the form does not say why: {reason}"
+    );
+    save_screenshot(&page, "dashboard-token.png").await;
+    page.eval(&format!(
+        "document.getElementById('token-input').value = {}; \
+         document.getElementById('token-ok').click(); true",
+        serde_json::to_string(&token).unwrap()
+    ))
+    .await;
+    let phase = "document.getElementById('colony-view').dataset.phase";
+    page.wait_for(
+        &format!("{phase} === 'ready' || {phase} === 'failed'"),
+        Duration::from_secs(60),
+    )
+    .await;
+    let log = page
+        .eval("document.getElementById('autostart-log').innerText")
+        .await;
+    assert_eq!(page.eval(phase).await, "ready", "auto-start failed:\n{log}");
+    assert_eq!(
+        page.eval("document.getElementById('token-dialog').open")
+            .await,
+        false
+    );
+    // The socket authenticated too.
+    page.wait_for(
+        "document.getElementById('operator-state').textContent === 'operator'",
+        DEADLINE,
+    )
+    .await;
+
+    // Run, then pause: both need the token, and the page sends it.
+    page.eval("document.getElementById('run-ticks').value = 20")
+        .await;
+    page.wait_for("!document.getElementById('run-btn').disabled", DEADLINE)
+        .await;
+    page.eval("document.getElementById('run-btn').click()")
+        .await;
+    page.wait_for(
+        "document.getElementById('control-message').textContent.startsWith('POST /colony/run: 2')",
+        Duration::from_secs(30),
+    )
+    .await;
+    page.wait_for(
+        "Number(document.getElementById('colony-tick').textContent.replace(/,/g, '')) >= 20",
+        Duration::from_secs(60),
+    )
+    .await;
+    page.eval("document.getElementById('pause-btn').click()")
+        .await;
+    page.wait_for(
+        "document.getElementById('control-message').textContent.startsWith('POST /colony/pause: 2')",
+        Duration::from_secs(30),
+    )
+    .await;
+    let (status, colony) = control_status(&up.mgmt, "colony").await;
+    assert_eq!(status, 200);
+    assert!(colony["tick"].as_u64().unwrap() >= 20, "{colony}");
+    assert_ne!(colony["state"], "running", "{colony}");
+    save_screenshot(&page, "dashboard-token-colony.png").await;
+
+    // Kept for this tab only, and never in a URL or on the console.
+    assert_eq!(
+        page.eval("sessionStorage.getItem('colony.operatorToken')")
+            .await,
+        token.as_str()
+    );
+    let events = page.events().await;
+    for (method, params) in &events {
+        let shown = match method.as_str() {
+            "Network.requestWillBeSent" => params["request"]["url"].to_string(),
+            "Network.webSocketCreated" => params["url"].to_string(),
+            "Runtime.consoleAPICalled" | "Log.entryAdded" | "Runtime.exceptionThrown" => {
+                params.to_string()
+            }
+            _ => continue,
+        };
+        assert!(!shown.contains(&token), "the token leaked into {method}");
+    }
+    // The one refused call is the auto-start's first colony-start; 404s as in the other test.
+    assert_no_console_errors(
+        &events,
+        &[
+            "/api/control/colony-start",
+            "/api/control/topology",
+            "/api/control/colony/image.png",
+        ],
+    );
+    assert_only_own_origin(&events, &up.mgmt);
+    // Waited for, so its backends are stopped before the test ends.
+    let mut up = up;
+    up.proc.signal("INT");
+    tokio::time::timeout(Duration::from_secs(30), up.proc.child.wait())
+        .await
+        .expect("colony up did not stop within 30s")
+        .unwrap();
 }

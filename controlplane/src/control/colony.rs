@@ -91,9 +91,21 @@ pub async fn pause(
     Ok(Json(colony.pause().await?))
 }
 
-/// `GET /colony/image.png`.
-pub async fn image(State(colony): State<ColonyManager>) -> Result<Response, ApiError> {
-    let png = colony.image().await?;
+/// `POST /colony/rebalance`: answers once the shards are spread, with the `GET /colony` body.
+pub async fn rebalance(
+    State(colony): State<ColonyManager>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(colony.rebalance().await?))
+}
+
+/// `GET /colony/image.png`; the caller's `Authorization` goes on to the backends.
+pub async fn image(
+    State(colony): State<ColonyManager>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let png = colony
+        .image(headers.get(axum::http::header::AUTHORIZATION))
+        .await?;
     Ok((
         [
             (axum::http::header::CONTENT_TYPE, "image/png"),

@@ -7,10 +7,14 @@
 //! | `GET /colony` | coordinator | state, tick, population, fingerprint, ticks/s |
 //! | `POST /colony/run` | coordinator | `{"ticks":N,"wait":bool}`: run N more ticks |
 //! | `POST /colony/pause` | coordinator | stop every backend at one common tick |
+//! | `POST /colony/rebalance` | coordinator | spread the shards over every live backend at the next checkpoint |
 //! | `GET /colony/image.png` | coordinator | the world as a PNG |
 //! | `POST /init-colony-shard` | backend | a signed node call carrying an init token: build one shard |
 //! | `GET /shards` | backend | the shards held here |
 //! | `GET /shards/{x}/{y}` | backend | one shard's cells at its current tick |
+//!
+//! Colony start, run and pause need the operator; the `GET`s are reads, open unless
+//! `--protect-reads` ([`crate::operator`]); the init is a node's call, checked by its token.
 
 mod colony;
 mod init;
@@ -26,18 +30,23 @@ use shared::NodeAddress;
 
 use crate::coordinator::colony::ColonyManager;
 use crate::node_auth::NodeAuth;
+use crate::operator::Guard;
 use crate::token_reporter::TokenReporter;
 
-/// The coordinator's control routes.
-pub fn coordinator_router(colony: ColonyManager) -> Router {
-    Router::new()
-        .route("/topology", get(colony::topology))
+/// The coordinator's control routes, behind the control listener's `guard`.
+pub fn coordinator_router(colony: ColonyManager, guard: &Guard) -> Router {
+    let operate = Router::new()
         .route("/colony-start", post(colony::start))
-        .route("/colony", get(colony::status))
         .route("/colony/run", post(colony::run))
         .route("/colony/pause", post(colony::pause))
+        .route("/colony/rebalance", post(colony::rebalance))
+        .route_layer(guard.operator());
+    let reads = Router::new()
+        .route("/topology", get(colony::topology))
+        .route("/colony", get(colony::status))
         .route("/colony/image.png", get(colony::image))
-        .with_state(colony)
+        .route_layer(guard.reads());
+    operate.merge(reads).with_state(colony)
 }
 
 /// State of a backend's control routes.
@@ -63,12 +72,15 @@ impl axum::extract::FromRef<BackendControl> for NodeAuth {
     }
 }
 
-/// A backend's control routes.
-pub fn backend_router(state: BackendControl) -> Router {
-    Router::new()
-        .route("/init-colony-shard", post(init::init_colony_shard))
+/// A backend's control routes, behind the control listener's `guard`.
+pub fn backend_router(state: BackendControl, guard: &Guard) -> Router {
+    let reads = Router::new()
         .route("/shards", get(shards::list))
         .route("/shards/{x}/{y}", get(shards::view))
+        .route_layer(guard.reads());
+    Router::new()
+        .route("/init-colony-shard", post(init::init_colony_shard))
+        .merge(reads)
         .with_state(state)
 }
 
@@ -93,6 +105,29 @@ mod tests {
         &'a str,
     );
 
+    /// The control listener's guard on loopback, with the default operator settings.
+    fn loopback_guard() -> Guard {
+        let metrics = crate::metrics::Metrics::new(
+            dataplane::DataPlane::new(dataplane::DataPlaneConfig::default()),
+            None,
+        );
+        crate::operator::Access::new(Default::default(), &metrics).guard(
+            "control",
+            std::net::Ipv4Addr::LOCALHOST.into(),
+            None,
+        )
+    }
+
+    /// The coordinator's routes as a local tool on this machine reaches them.
+    fn local(colony: ColonyManager) -> Router {
+        let loopback = std::net::Ipv4Addr::LOCALHOST.into();
+        coordinator_router(colony, &loopback_guard()).layer(
+            axum::extract::connect_info::MockConnectInfo(std::net::SocketAddr::new(
+                loopback, 50000,
+            )),
+        )
+    }
+
     async fn call(
         app: &Router,
         method: &str,
@@ -100,7 +135,11 @@ mod tests {
         key: Option<&str>,
         body: &str,
     ) -> (StatusCode, Value) {
-        let mut request = Request::builder().method(method).uri(uri);
+        // As the README's curl sends it.
+        let mut request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("host", "localhost:8083");
         if let Some(key) = key {
             request = request.header("idempotency-key", key);
         }
@@ -118,7 +157,7 @@ mod tests {
     async fn a_running_colony_answers_409_with_its_id_and_the_key_replays_it() {
         let colony = manager(Arc::new(InMemoryClusterRegistry::new()));
         colony.pretend_started(topology("c1"));
-        let app = coordinator_router(colony);
+        let app = local(colony);
         let expected = json!({
             "error": "colony c1 is running; send \"restart\": true to replace it",
             "colony_id": "c1",
@@ -141,7 +180,7 @@ mod tests {
     #[tokio::test]
     async fn each_colony_failure_has_its_status() {
         let colony = manager(Arc::new(InMemoryClusterRegistry::new()));
-        let app = coordinator_router(colony);
+        let app = local(colony);
         let long_key = "k".repeat(129);
         // (method, uri, idempotency key, body, status, a word of the error)
         let cases: [Case; 6] = [
@@ -224,7 +263,7 @@ mod tests {
             store: ShardStore::new(),
         };
         (
-            backend_router(state.clone()),
+            backend_router(state.clone(), &loopback_guard()),
             state,
             shared::signing::RequestSigner::new(&secret),
             shared::token::TokenIssuer::new(&secret),

@@ -98,7 +98,8 @@ pub enum InitError {
     },
 }
 
-/// Why a backend's data-plane link failed. Any of these fails the colony's run.
+/// Why a backend's data-plane link failed. Any of these is trouble for the colony's run:
+/// the supervisor places the backend's shards elsewhere, or fails the run.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     /// The backend could not be connected to or refused the coordinator's authentication.
@@ -175,6 +176,23 @@ pub enum BackendError {
         /// How long it was silent.
         silence: Duration,
     },
+}
+
+impl BackendError {
+    /// The backend it is about.
+    pub fn backend(&self) -> &str {
+        match self {
+            BackendError::Unreachable { backend, .. }
+            | BackendError::NoLink { backend }
+            | BackendError::Refused { backend, .. }
+            | BackendError::NoAnswer { backend, .. }
+            | BackendError::Timeout { backend, .. }
+            | BackendError::Failed { backend, .. }
+            | BackendError::UnexpectedAnswer { backend, .. }
+            | BackendError::StoppedAnswering { backend, .. }
+            | BackendError::Stalled { backend, .. } => backend,
+        }
+    }
 }
 
 /// Why the world's picture could not be made (a bug, not bad input).

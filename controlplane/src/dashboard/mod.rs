@@ -5,7 +5,7 @@
 //! | `GET /` | the dashboard page |
 //! | `GET /assets/{file}` | its script, style sheet and icon, compiled into the binary |
 //! | `GET /api/cluster` | the coordinator's address and ports, thresholds, whether processes are managed |
-//! | `GET,POST /api/control/{*path}` | forwards the colony calls the page makes to the control port: `GET topology`, `POST colony-start`, `GET colony`, `POST colony/run`, `POST colony/pause`, `GET colony/image.png` |
+//! | `GET,POST /api/control/{*path}` | forwards the colony calls the page makes to the control port: `GET topology`, `POST colony-start`, `GET colony`, `POST colony/run`, `POST colony/pause`, `POST colony/rebalance`, `GET colony/image.png` |
 //! | `GET /api/shards/{x}/{y}` | one shard's cells, fetched from the backend that holds it |
 //!
 //! Everything the page needs comes from this one origin: no CDN, no other host, no CORS.
@@ -16,6 +16,13 @@
 //! The page itself lives in `assets/` as plain HTML, CSS and JavaScript, no build step. It
 //! reads state from `/ws`. Only the colony view changes state (it starts a colony when there
 //! is none, and has run/pause buttons); the health view only reads.
+//!
+//! Who may call what (DESIGN §13, [`crate::operator`]): the page and its assets are open (they
+//! hold no cluster data); the `GET`s under `/api` are reads; a forwarded `POST` needs the
+//! operator, checked here exactly as the control port checks it, and the caller's
+//! `Authorization` goes on with the call, so the forwarder is no way around the check. The
+//! page asks for the operator token when a call is refused or it is opened from another host,
+//! keeps it in `sessionStorage`, and sends it as a header and as a `/ws` `auth`.
 
 use std::time::Duration;
 
@@ -23,7 +30,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use shared::topology::ShardCoord;
@@ -37,12 +44,13 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(25);
 /// Largest answer forwarded (a rendered colony picture is well under this).
 const MAX_FORWARDED: usize = 32 * 1024 * 1024;
 /// The control-plane calls the page may make through `/api/control`.
-const FORWARDED: [(Method, &str); 6] = [
+const FORWARDED: [(Method, &str); 7] = [
     (Method::GET, "topology"),
     (Method::POST, "colony-start"),
     (Method::GET, "colony"),
     (Method::POST, "colony/run"),
     (Method::POST, "colony/pause"),
+    (Method::POST, "colony/rebalance"),
     (Method::GET, "colony/image.png"),
 ];
 
@@ -64,12 +72,21 @@ pub fn router(state: MgmtState) -> Router {
         .timeout(FORWARD_TIMEOUT)
         .build()
         .unwrap_or_default();
+    let guard = state.guard.clone();
+    let api = Router::new()
+        .route("/api/cluster", get(cluster))
+        .route("/api/control/{*path}", get(forward))
+        .route("/api/shards/{x}/{y}", get(shard))
+        .route_layer(guard.reads())
+        // A forwarded POST is checked as the control port checks a direct one.
+        .route(
+            "/api/control/{*path}",
+            post(forward).route_layer(guard.operator()),
+        );
     Router::new()
         .route("/", get(index))
         .route("/assets/{file}", get(asset))
-        .route("/api/cluster", get(cluster))
-        .route("/api/control/{*path}", get(forward).post(forward))
-        .route("/api/shards/{x}/{y}", get(shard))
+        .merge(api)
         .with_state(Dashboard { state, client })
 }
 
@@ -149,6 +166,7 @@ async fn forward(
     let mut request = d.client.request(method, &url).body(body);
     for name in [
         header::CONTENT_TYPE,
+        header::AUTHORIZATION,
         header::HeaderName::from_static("idempotency-key"),
     ] {
         if let Some(value) = headers.get(&name) {
@@ -158,10 +176,12 @@ async fn forward(
     relay(request, &url).await
 }
 
-/// `GET /api/shards/{x}/{y}`: the shard's cells, from the backend the topology places it on.
+/// `GET /api/shards/{x}/{y}`: the shard's cells, from the backend the topology places it on
+/// (with the caller's `Authorization`, for a backend with `--protect-reads`).
 async fn shard(
     State(d): State<Dashboard>,
     Path((x, y)): Path<(u32, u32)>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let colony = d
         .state
@@ -178,7 +198,11 @@ async fn shard(
         "http://{}/shards/{x}/{y}",
         backend.address.to_http_address()
     );
-    relay(d.client.get(&url), &url).await
+    let mut request = d.client.get(&url);
+    if let Some(credential) = headers.get(header::AUTHORIZATION) {
+        request = request.header(header::AUTHORIZATION, credential);
+    }
+    relay(request, &url).await
 }
 
 /// Sends `request` and answers with its status, content type and body.

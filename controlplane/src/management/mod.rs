@@ -2,16 +2,19 @@
 //!
 //! | route | node | answer |
 //! |---|---|---|
-//! | `GET /health` | every node | this node's own liveness |
+//! | `GET /health` | every node | this node's own liveness (open even with `--protect-reads`: it is the liveness probe) |
 //! | `GET /metrics` | every node | Prometheus text |
 //! | `POST /heartbeat` | coordinator | records a node's signed heartbeat (or goodbye) |
 //! | `POST /tokens/report` | coordinator | a backend's signed report of what it did with init tokens |
-//! | `GET /tokens` | coordinator | the init-token audit (operator only: [`tokens::operator_routes`]) |
+//! | `GET /tokens` | coordinator | the init-token audit (the operator: [`crate::operator::Guard::operator`]) |
 //! | `GET /health/status` | coordinator | every component's state |
 //! | `GET /health/stale` | coordinator | components STALE or DOWN |
 //! | `GET /alerts` | coordinator | open and resolved alerts |
 //! | `GET /ws` | coordinator | the service registry over WebSocket ([`crate::ws`]) |
 //! | `GET /`, `/assets/*`, `/api/*` | coordinator | the live dashboard ([`crate::dashboard`]) |
+//!
+//! Everything but `/health`, `/heartbeat` (a node's call) and the dashboard's page and
+//! assets is a read: open unless `--protect-reads` ([`crate::operator`]).
 
 mod health;
 mod heartbeat;
@@ -31,20 +34,22 @@ pub fn coordinator_router(state: MgmtState) -> Router {
 
 /// The coordinator's management routes, with `/ws` under `limits`.
 pub fn coordinator_router_with(state: MgmtState, limits: WsLimits) -> Router {
+    let reads = Router::new()
+        .route("/metrics", get(health::metrics))
+        .route("/health/status", get(health::status))
+        .route("/health/stale", get(health::stale))
+        .route("/alerts", get(health::alerts))
+        .route_layer(state.guard.reads());
     Router::new()
         .route("/health", get(health::own))
-        .route("/metrics", get(health::metrics))
         .route(
             "/heartbeat",
             post(heartbeat::receive).with_state(heartbeat::HeartbeatState::new(&state)),
         )
         .route("/tokens/report", post(tokens::report))
-        .route("/health/status", get(health::status))
-        .route("/health/stale", get(health::stale))
-        .route("/alerts", get(health::alerts))
+        .merge(reads)
         .with_state(state.clone())
-        // OPERATOR HOOK: these routes need the operator's check wrapped around them here.
-        .merge(tokens::operator_routes(state.clone()))
+        .merge(tokens::operator_routes(state.clone()).route_layer(state.guard.operator()))
         .merge(ws::router(Hub::new(state.clone(), limits)))
         .merge(dashboard::router(state))
 }
@@ -52,8 +57,11 @@ pub fn coordinator_router_with(state: MgmtState, limits: WsLimits) -> Router {
 /// A backend's management routes.
 pub fn backend_router(state: MgmtState) -> Router {
     Router::new()
+        .route(
+            "/metrics",
+            get(health::metrics).route_layer(state.guard.reads()),
+        )
         .route("/health", get(health::own))
-        .route("/metrics", get(health::metrics))
         .with_state(state)
 }
 
@@ -101,6 +109,11 @@ mod tests {
             Some(health.clone()),
         );
         let secret = ClusterSecret::from_env_value(SECRET).unwrap();
+        let guard = crate::operator::Access::new(Default::default(), &metrics).guard(
+            "mgmt",
+            address.ip,
+            Some(address.mgmt_port),
+        );
         let state = MgmtState {
             node: NodeInfo::new("coordinator", NodeType::Coordinator, address),
             node_auth: NodeAuth::new(
@@ -109,6 +122,7 @@ mod tests {
                 "mgmt",
             ),
             metrics: metrics.clone(),
+            guard,
             health: Some(health.clone()),
             processes: None,
             colony,
@@ -119,7 +133,15 @@ mod tests {
             request_timeout: Duration::from_secs(5),
         };
         (
-            harden(coordinator_router(state), limits, metrics.http, "mgmt"),
+            // As a local tool reaches it: the reads and the operator routes judge the peer.
+            harden(
+                coordinator_router(state).layer(axum::extract::connect_info::MockConnectInfo(
+                    std::net::SocketAddr::new(address.ip, 50000),
+                )),
+                limits,
+                metrics.http,
+                "mgmt",
+            ),
             health,
         )
     }
@@ -130,7 +152,11 @@ mod tests {
         uri: &str,
         body: Option<Vec<u8>>,
     ) -> (StatusCode, Value) {
-        let mut req = Request::builder().method(method).uri(uri);
+        // Every HTTP/1.1 client sends a Host; the operator check judges it.
+        let mut req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("host", "127.0.0.1:8084");
         if let Some(body) = &body {
             req = req
                 .header("content-type", "application/json")

@@ -1,6 +1,12 @@
 //! One `/ws` connection: a reader that answers requests in order, and a writer that sends
 //! responses and the subscribed events, each bounded so a stuck client cannot hold memory or
 //! stall anyone else.
+//!
+//! Each connection knows who is on the other end ([`WsSession`]): the operator (by the token
+//! on the upgrade or a later `auth` request, or as a trusted loopback client) or anyone.
+//! Anyone may read and subscribe; an action that changes state is answered `unauthorized`.
+//! With `--protect-reads`, anyone reads nothing until it authenticates ([`unlock`]). Every
+//! request, read or not, takes a token from the connection's bucket; pushed events never do.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -20,6 +26,71 @@ use super::protocol::{
     WsError,
 };
 use super::services::{self, Verb};
+use crate::operator::{Caller, Denied, Guard, Need};
+use crate::rate_limit::{RateLimit, TokenBucket};
+
+/// The metrics label of refusals and rate limits on `/ws`.
+const PLANE: &str = "ws";
+
+/// Who is on one connection, and its request budget.
+#[derive(Debug)]
+pub(crate) struct WsSession {
+    /// The operator, or anyone (with the refusal it gets for changing state).
+    pub(crate) caller: Caller,
+    rate: RateLimit,
+    bucket: TokenBucket,
+}
+
+impl WsSession {
+    /// A connection opened by `caller`, allowed `rate` requests.
+    pub(crate) fn new(caller: Caller, rate: RateLimit) -> Self {
+        WsSession {
+            caller,
+            rate,
+            bucket: TokenBucket::full(rate, Instant::now()),
+        }
+    }
+
+    /// Takes a token for one request; the `rate_limited` answer (counted) when there is none.
+    fn limit(&mut self, guard: &Guard, text: Option<&str>) -> Option<String> {
+        let wait = self.bucket.take(self.rate, Instant::now()).err()?;
+        guard.count_rate_limited(PLANE);
+        let id = text
+            .and_then(|t| parse_request(t).ok())
+            .map_or(Value::Null, |r| r.id);
+        Some(
+            WsError::new(
+                id,
+                "rate_limited",
+                format!(
+                    "at most {} requests per second (bursts of {}) per connection; retry in {} ms",
+                    self.rate.per_second,
+                    self.rate.burst,
+                    wait.as_millis().max(1)
+                ),
+            )
+            .to_text(),
+        )
+    }
+}
+
+/// What each action needs of the caller (DESIGN §13): deploying runs code, so it needs the
+/// token even from a trusted loopback client.
+fn need(action: Action) -> Need {
+    match action {
+        Action::ServiceAction => Need::Operator,
+        Action::DeployPackage => Need::OperatorAlways,
+        Action::ListServices
+        | Action::GetService
+        | Action::ListEndpoints
+        | Action::Subscribe
+        | Action::Unsubscribe
+        | Action::Auth => Need::Read,
+    }
+}
+
+/// How to authenticate, for the `unauthorized` answers.
+const AUTH_HINT: &str = "send {\"id\":…,\"type\":\"request\",\"action\":\"auth\",\"params\":{\"token\":\"<operator token>\"}} first, or open the socket with `Authorization: Bearer <operator token>`";
 
 /// Responses waiting for the writer; the reader waits when it is full.
 const RESPONSE_QUEUE: usize = 32;
@@ -31,6 +102,7 @@ pub(crate) async fn serve(
     subscribed: EventSet,
     attached: Attached,
     _permit: OwnedSemaphorePermit,
+    mut session: WsSession,
 ) {
     let (sink, stream) = socket.split();
     let done = core.shutdown.child_token();
@@ -44,7 +116,15 @@ pub(crate) async fn serve(
         outbox,
         done.clone(),
     ));
-    read_loop(stream, &core, &subscription, &responses, &done).await;
+    read_loop(
+        stream,
+        &core,
+        &subscription,
+        &responses,
+        &done,
+        &mut session,
+    )
+    .await;
     drop(responses);
     // The writer sends what the reader queued (a final close, say), then stops.
     if tokio::time::timeout(core.limits.write_timeout, writer)
@@ -62,7 +142,9 @@ async fn read_loop(
     subscription: &AtomicU32,
     responses: &mpsc::Sender<Message>,
     done: &CancellationToken,
+    session: &mut WsSession,
 ) {
+    let guard = &core.state.guard;
     let mut heard = Instant::now();
     loop {
         let idle = tokio::time::sleep_until(heard + core.limits.idle_timeout);
@@ -101,25 +183,34 @@ async fn read_loop(
                 return;
             }
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-            Some(Ok(Message::Binary(_))) => WsError::new(
-                Value::Null,
-                "binary_not_supported",
-                "requests are JSON text messages",
-            )
-            .to_text(),
-            Some(Ok(Message::Text(text))) if text.len() > core.limits.max_message => WsError::new(
-                Value::Null,
-                "message_too_large",
-                format!(
-                    "a request may be at most {} bytes; this one is {}",
-                    core.limits.max_message,
-                    text.len()
-                ),
-            )
-            .to_text(),
-            Some(Ok(Message::Text(text))) => match parse_request(&text) {
-                Ok(request) => handle(core, subscription, request).await,
-                Err(e) => e.to_text(),
+            Some(Ok(Message::Binary(_))) => session.limit(guard, None).unwrap_or_else(|| {
+                WsError::new(
+                    Value::Null,
+                    "binary_not_supported",
+                    "requests are JSON text messages",
+                )
+                .to_text()
+            }),
+            Some(Ok(Message::Text(text))) if text.len() > core.limits.max_message => {
+                session.limit(guard, None).unwrap_or_else(|| {
+                    WsError::new(
+                        Value::Null,
+                        "message_too_large",
+                        format!(
+                            "a request may be at most {} bytes; this one is {}",
+                            core.limits.max_message,
+                            text.len()
+                        ),
+                    )
+                    .to_text()
+                })
+            }
+            Some(Ok(Message::Text(text))) => match session.limit(guard, Some(&text)) {
+                Some(limited) => limited,
+                None => match parse_request(&text) {
+                    Ok(request) => handle(core, subscription, request, session).await,
+                    Err(e) => e.to_text(),
+                },
             },
         };
         if responses.send(Message::Text(answer.into())).await.is_err() {
@@ -129,8 +220,13 @@ async fn read_loop(
 }
 
 /// Answers one request.
-async fn handle(core: &Core, subscription: &AtomicU32, request: Request) -> String {
-    match answer(core, subscription, &request).await {
+async fn handle(
+    core: &Core,
+    subscription: &AtomicU32,
+    request: Request,
+    session: &mut WsSession,
+) -> String {
+    match answer(core, subscription, &request, session).await {
         Ok(data) => response_text(&request.id, &data),
         Err(e) => e.to_text(),
     }
@@ -140,10 +236,16 @@ async fn answer(
     core: &Core,
     subscription: &AtomicU32,
     request: &Request,
+    session: &mut WsSession,
 ) -> Result<Value, WsError> {
     let state = &core.state;
     let id = || request.id.clone();
+    if let Err(denied) = state.guard.admit(session.caller, need(request.action)) {
+        state.guard.count_refusal(PLANE, denied);
+        return Err(unauthorized(request, denied));
+    }
     match request.action {
+        Action::Auth => auth(&state.guard, session, request),
         Action::ListServices => Ok(json!({
             "services": services::list(state).await,
             "seq": core.seq(),
@@ -191,6 +293,182 @@ async fn answer(
             Ok(json!({ "subscribed": now.names(), "seq": core.seq() }))
         }
     }
+}
+
+/// The answer to an action the connection may not make.
+fn unauthorized(request: &Request, denied: Denied) -> WsError {
+    let action = Action::name(request.action);
+    let message = match denied {
+        Denied::TokenRequired => format!(
+            "{action} needs the operator token, even from this machine: {AUTH_HINT}"
+        ),
+        Denied::NoOperatorToken => format!(
+            "{action} needs the operator, and this node has no operator token configured \
+             (COLONY_OPERATOR_TOKEN or --operator-token-file)"
+        ),
+        _ => format!(
+            "{action} needs the operator and this connection is not authenticated ({}): {AUTH_HINT}",
+            denied.reason()
+        ),
+    };
+    WsError::new(request.id.clone(), "unauthorized", message)
+}
+
+/// `auth`: a right token makes the connection the operator's; a wrong one is refused and
+/// changes nothing.
+fn auth(guard: &Guard, session: &mut WsSession, request: &Request) -> Result<Value, WsError> {
+    let token = match request.params.get("token") {
+        Some(Value::String(token)) => token,
+        Some(_) => {
+            return Err(WsError::new(
+                request.id.clone(),
+                "invalid_params",
+                "params.token must be a string",
+            ))
+        }
+        None => {
+            return Err(WsError::new(
+                request.id.clone(),
+                "invalid_params",
+                "params.token is required",
+            ))
+        }
+    };
+    match guard.verify_token(token.as_bytes()) {
+        Ok(()) => {
+            session.caller = Caller::Operator { token: true };
+            info!("ws connection authenticated as the operator");
+            Ok(json!({ "authenticated": true }))
+        }
+        Err(denied) => {
+            guard.count_refusal(PLANE, denied);
+            let message = match denied {
+                Denied::NoOperatorToken => "this node has no operator token configured \
+                    (COLONY_OPERATOR_TOKEN or --operator-token-file); nothing can authenticate"
+                    .to_owned(),
+                Denied::EmptyToken => "empty operator token".to_owned(),
+                _ => "wrong operator token".to_owned(),
+            };
+            let still = match session.caller {
+                Caller::Operator { .. } => "the connection keeps what it had",
+                Caller::Anyone(_) => "the connection is not authenticated",
+            };
+            Err(WsError::new(
+                request.id.clone(),
+                "auth_failed",
+                format!("{message}; {still}"),
+            ))
+        }
+    }
+}
+
+/// With `--protect-reads`, a connection that is not the operator's: says so, then answers
+/// every request `unauthorized` until an `auth` succeeds. Returns the socket then, ready for
+/// [`serve`]; `None` if it ended first. Nothing of the cluster is sent before.
+pub(crate) async fn unlock(
+    mut socket: WebSocket,
+    core: &Core,
+    session: &mut WsSession,
+) -> Option<WebSocket> {
+    let guard = &core.state.guard;
+    let Caller::Anyone(denied) = session.caller else {
+        return Some(socket);
+    };
+    let locked = |id: Value| {
+        WsError::new(
+            id,
+            "unauthorized",
+            format!(
+                "reads on this node are protected (--protect-reads) and this connection is not \
+                 authenticated ({}): {AUTH_HINT}",
+                denied.reason()
+            ),
+        )
+        .to_text()
+    };
+    let timeout = core.limits.write_timeout;
+    // Said at once, so a client that only listens (the dashboard) knows why nothing comes.
+    if !send(
+        &mut socket,
+        Message::Text(locked(Value::Null).into()),
+        timeout,
+    )
+    .await
+    {
+        return None;
+    }
+    let mut heard = Instant::now();
+    loop {
+        let idle = tokio::time::sleep_until(heard + core.limits.idle_timeout);
+        let message = tokio::select! {
+            biased;
+            _ = core.shutdown.cancelled() => {
+                let _ = send(&mut socket, close(close_code::AWAY, "coordinator shutting down"), timeout).await;
+                return None;
+            }
+            _ = idle => {
+                let _ = send(&mut socket, close(close_code::AWAY, "idle: nothing heard, not even a pong"), timeout).await;
+                return None;
+            }
+            m = socket.recv() => m,
+        };
+        heard = Instant::now();
+        let answer = match message {
+            None | Some(Err(_)) => return None,
+            // tungstenite queued the close reply; reading on sends it and then ends.
+            Some(Ok(Message::Close(_) | Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Ok(Message::Binary(_))) => session.limit(guard, None).unwrap_or_else(|| {
+                WsError::new(
+                    Value::Null,
+                    "binary_not_supported",
+                    "requests are JSON text messages",
+                )
+                .to_text()
+            }),
+            Some(Ok(Message::Text(text))) if text.len() > core.limits.max_message => {
+                session.limit(guard, None).unwrap_or_else(|| {
+                    WsError::new(
+                        Value::Null,
+                        "message_too_large",
+                        format!("a request may be at most {} bytes", core.limits.max_message),
+                    )
+                    .to_text()
+                })
+            }
+            Some(Ok(Message::Text(text))) => match session.limit(guard, Some(&text)) {
+                Some(limited) => limited,
+                None => match parse_request(&text) {
+                    Err(e) => e.to_text(),
+                    Ok(request) if request.action == Action::Auth => {
+                        match auth(guard, session, &request) {
+                            Ok(data) => {
+                                let text = response_text(&request.id, &data);
+                                return send(&mut socket, Message::Text(text.into()), timeout)
+                                    .await
+                                    .then_some(socket);
+                            }
+                            Err(e) => e.to_text(),
+                        }
+                    }
+                    Ok(request) => {
+                        guard.count_refusal(PLANE, denied);
+                        locked(request.id)
+                    }
+                },
+            },
+        };
+        if !send(&mut socket, Message::Text(answer.into()), timeout).await {
+            return None;
+        }
+    }
+}
+
+/// Sends one message on a socket not yet split, within `timeout`.
+async fn send(socket: &mut WebSocket, message: Message, timeout: std::time::Duration) -> bool {
+    matches!(
+        tokio::time::timeout(timeout, socket.send(message)).await,
+        Ok(Ok(()))
+    )
 }
 
 async fn write_loop(

@@ -284,10 +284,11 @@ async fn pump(core: std::sync::Weak<Core>, shutdown: CancellationToken) {
     let mut health = strong.state.health.as_ref().map(|h| h.subscribe());
     let mut processes = strong.state.processes.as_ref().map(|p| p.subscribe());
     let colony = strong.state.colony.clone();
+    let mut recoveries = colony.as_ref().map(|c| c.subscribe_recoveries());
     let mut poll = tokio::time::interval(strong.limits.colony_poll);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     drop(strong);
-    let mut last_progress: Option<(Value, Value, Value)> = None;
+    let mut last_progress: Option<(Value, Value, Value, Value)> = None;
     let mut process_states: HashMap<String, &'static str> = HashMap::new();
     loop {
         tokio::select! {
@@ -322,10 +323,22 @@ async fn pump(core: std::sync::Weak<Core>, shutdown: CancellationToken) {
                     Err(broadcast::error::RecvError::Closed) => processes = None,
                 }
             }
+            event = recv(&mut recoveries) => {
+                let Some(core) = core.upgrade() else { break };
+                match event {
+                    Ok(event) => match serde_json::to_value(&event) {
+                        Ok(data) => core.publish(EventKind::ColonyRecovery, &data),
+                        Err(e) => warn!(error = %e, "cannot encode a colony_recovery event"),
+                    },
+                    // Each event stands alone; a missed one is in the logs and the alerts.
+                    Err(broadcast::error::RecvError::Lagged(n)) => warn!(missed = n, "colony_recovery events dropped"),
+                    Err(broadcast::error::RecvError::Closed) => recoveries = None,
+                }
+            }
             _ = poll.tick(), if colony.is_some() => {
                 let (Some(core), Some(colony)) = (core.upgrade(), &colony) else { break };
                 let status = colony.status();
-                let key = (status["colony_id"].clone(), status["state"].clone(), status["tick"].clone());
+                let key = (status["colony_id"].clone(), status["state"].clone(), status["tick"].clone(), status["epoch"].clone());
                 if last_progress.as_ref() != Some(&key) {
                     last_progress = Some(key);
                     core.publish(EventKind::ColonyProgress, &status);

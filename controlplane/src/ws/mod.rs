@@ -10,8 +10,18 @@
 //! `{"type":"event","event","seq","data"}`. The first message of every connection is a
 //! `registry_loaded` event with the whole state (or, on a resume, the events missed since
 //! `N`). Actions: `list_services`, `get_service`, `list_endpoints`, `service_action`,
-//! `deploy_package` (answers `not_supported`), `subscribe`, `unsubscribe`. A new connection
-//! receives every event type until it unsubscribes.
+//! `deploy_package` (answers `not_supported`), `subscribe`, `unsubscribe`, `auth`. A new
+//! connection receives every event type until it unsubscribes.
+//!
+//! Who may do what (DESIGN §13): the upgrade is judged like any HTTP request
+//! ([`crate::operator::Guard::judge`]); a wrong token on it is refused with 401, and a
+//! cross-site upgrade is not trusted as the operator even from loopback. Anyone may read and
+//! subscribe; `service_action` needs the operator and `deploy_package` the token itself,
+//! given on the upgrade (`Authorization: Bearer`) or at any time by an `auth` request
+//! (browsers cannot set headers on a WebSocket). With `--protect-reads`, a connection that is
+//! not the operator's gets nothing but `unauthorized` until it authenticates. Each connection
+//! may make 50 requests a second (bursts of 100; `--ws-rate-limit`, `--ws-rate-burst`), and
+//! is answered `rate_limited` beyond; events are never limited.
 //!
 //! Bad input (malformed JSON, a missing id, an unknown action, wrong params, a binary or
 //! oversized message) is answered with an error response; the socket stays open. Only a
@@ -26,6 +36,7 @@ pub mod protocol;
 pub mod services;
 
 use axum::extract::{Query, State, WebSocketUpgrade};
+use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -36,6 +47,7 @@ pub use hub::{Hub, Published, Resume, WsLimits};
 use protocol::EventSet;
 
 use crate::error::ApiError;
+use crate::operator::{Need, Peer};
 
 /// The `/ws` route over `hub`.
 pub fn router(hub: Hub) -> Router {
@@ -76,12 +88,23 @@ impl WsQuery {
     }
 }
 
-/// `GET /ws`: checks the query and the connection limit, then upgrades.
+/// `GET /ws`: judges the caller, checks the query and the connection limit, then upgrades.
 async fn upgrade(
     State(hub): State<Hub>,
+    Peer(peer): Peer,
+    headers: HeaderMap,
+    uri: Uri,
     query: Result<Query<WsQuery>, axum::extract::rejection::QueryRejection>,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
+    let guard = hub.core.state.guard.clone();
+    let caller = match guard.judge(&headers, &uri, peer) {
+        Ok(caller) => caller,
+        Err(denied) => {
+            guard.count_refusal("ws", denied);
+            return denied.into_response(Need::Read);
+        }
+    };
     let result = async {
         let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
         let resume = query.resume()?;
@@ -108,14 +131,24 @@ async fn upgrade(
         // Counted from here, not from the upgrade: axum runs the socket on a task of its own,
         // and the server waits on this tracker for it after the listener stops.
         let tracked = core.state.tasks.token();
+        let mut session = connection::WsSession::new(caller, guard.ws_rate());
+        let locked = guard.admit(caller, Need::Read).is_err();
         Ok::<_, ApiError>(
             upgrade
                 .max_message_size(limits.max_frame)
                 .max_frame_size(limits.max_frame)
                 .on_upgrade(move |socket| async move {
                     let _tracked = tracked;
+                    let socket = if locked {
+                        match connection::unlock(socket, &core, &mut session).await {
+                            Some(socket) => socket,
+                            None => return,
+                        }
+                    } else {
+                        socket
+                    };
                     let attached = core.attach(resume).await;
-                    connection::serve(socket, core, events, attached, permit).await;
+                    connection::serve(socket, core, events, attached, permit, session).await;
                 }),
         )
     }

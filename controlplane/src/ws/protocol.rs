@@ -25,17 +25,21 @@ pub enum EventKind {
     ColonyProgress,
     /// Progress of a package deployment (none yet: `deploy_package` is not supported).
     DeploymentProgress,
+    /// The colony was placed again: backends lost (who, which shards moved where, how many
+    /// ticks were redone), a rebalance, or a restarted coordinator taking it over.
+    ColonyRecovery,
 }
 
 impl EventKind {
     /// Every kind, in wire order.
-    pub const ALL: [EventKind; 6] = [
+    pub const ALL: [EventKind; 7] = [
         EventKind::RegistryLoaded,
         EventKind::ServiceStateChanged,
         EventKind::EndpointUpdated,
         EventKind::HealthCheckResult,
         EventKind::ColonyProgress,
         EventKind::DeploymentProgress,
+        EventKind::ColonyRecovery,
     ];
 
     /// The wire name.
@@ -47,6 +51,7 @@ impl EventKind {
             EventKind::HealthCheckResult => "health_check_result",
             EventKind::ColonyProgress => "colony_progress",
             EventKind::DeploymentProgress => "deployment_progress",
+            EventKind::ColonyRecovery => "colony_recovery",
         }
     }
 
@@ -152,10 +157,13 @@ pub enum Action {
     Subscribe,
     /// Receive fewer event kinds.
     Unsubscribe,
+    /// Present the operator token (`params.token`): the connection may change state from
+    /// then on (DESIGN §13).
+    Auth,
 }
 
 impl Action {
-    const ALL: [(&'static str, Action); 7] = [
+    const ALL: [(&'static str, Action); 8] = [
         ("list_services", Action::ListServices),
         ("get_service", Action::GetService),
         ("list_endpoints", Action::ListEndpoints),
@@ -163,10 +171,19 @@ impl Action {
         ("deploy_package", Action::DeployPackage),
         ("subscribe", Action::Subscribe),
         ("unsubscribe", Action::Unsubscribe),
+        ("auth", Action::Auth),
     ];
 
     fn parse(name: &str) -> Option<Action> {
         Self::ALL.iter().find(|(n, _)| *n == name).map(|(_, a)| *a)
+    }
+
+    /// The wire name.
+    pub fn name(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(_, a)| *a == self)
+            .map_or("?", |(n, _)| n)
     }
 
     fn known() -> String {

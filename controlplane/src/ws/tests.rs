@@ -36,7 +36,19 @@ struct Server {
     task: tokio::task::JoinHandle<()>,
 }
 
-fn state() -> (MgmtState, HealthTracker) {
+/// The operator token of the test coordinator; [`connect`] presents it.
+const TOKEN: &str = "ws-test-operator-token-0123";
+
+fn operator(config: crate::operator::OperatorConfig) -> crate::operator::OperatorConfig {
+    crate::operator::OperatorConfig {
+        token: Some(std::sync::Arc::new(
+            shared::operator::OperatorToken::new(TOKEN, "test").unwrap(),
+        )),
+        ..config
+    }
+}
+
+fn state(config: crate::operator::OperatorConfig) -> (MgmtState, HealthTracker) {
     let address = NodeAddress::new([127, 0, 0, 1].into(), 8082, 8083, 8084);
     let health = HealthTracker::new(
         HealthConfig::default(),
@@ -47,6 +59,11 @@ fn state() -> (MgmtState, HealthTracker) {
         Some(health.clone()),
     );
     let secret = shared::secret::ClusterSecret::generate().unwrap();
+    let guard = crate::operator::Access::new(operator(config), &metrics).guard(
+        "mgmt",
+        address.ip,
+        Some(address.mgmt_port),
+    );
     let state = MgmtState {
         node: NodeInfo::new("coordinator", NodeType::Coordinator, address),
         node_auth: crate::node_auth::NodeAuth::new(
@@ -55,6 +72,7 @@ fn state() -> (MgmtState, HealthTracker) {
             "mgmt",
         ),
         metrics,
+        guard,
         health: Some(health.clone()),
         processes: None,
         colony: None,
@@ -70,7 +88,16 @@ async fn serve(limits: WsLimits) -> Server {
 /// With `own_thread`, served as the coordinator serves its management plane: on a thread of
 /// its own ([`crate::http::serve_on_own_thread`]).
 async fn serve_with(limits: WsLimits, own_thread: bool) -> Server {
-    let (state, health) = state();
+    serve_full(limits, own_thread, Default::default()).await
+}
+
+/// Served as the management plane is: with each peer's address, so loopback trust applies.
+async fn serve_full(
+    limits: WsLimits,
+    own_thread: bool,
+    config: crate::operator::OperatorConfig,
+) -> Server {
+    let (state, health) = state(config);
     let tasks = state.tasks.clone();
     let hub = Hub::new(state, limits);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -86,10 +113,13 @@ async fn serve_with(limits: WsLimits, own_thread: bool) -> Server {
                     .await
                     .unwrap();
             } else {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(stop.cancelled_owned())
-                    .await
-                    .unwrap();
+                axum::serve(
+                    listener,
+                    app.into_make_service_with_connect_info::<SocketAddr>(),
+                )
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+                .unwrap();
             }
         }
     });
@@ -111,11 +141,36 @@ fn limits() -> WsLimits {
     }
 }
 
+/// Connects as the operator, with the token on the upgrade.
 async fn connect(addr: SocketAddr, query: &str) -> Client {
-    let (client, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws{query}"))
-        .await
+    connect_with(
+        addr,
+        query,
+        &[("authorization", &format!("Bearer {TOKEN}"))],
+    )
+    .await
+    .unwrap()
+}
+
+/// Connects with the given extra headers on the upgrade request.
+async fn connect_with(
+    addr: SocketAddr,
+    query: &str,
+    headers: &[(&str, &str)],
+) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = format!("ws://{addr}/ws{query}")
+        .into_client_request()
         .unwrap();
-    client
+    for (name, value) in headers {
+        request.headers_mut().insert(
+            axum::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+    }
+    tokio_tungstenite::connect_async(request)
+        .await
+        .map(|(client, _)| client)
 }
 
 /// The next text message as JSON (pings are answered by the client itself).
@@ -610,4 +665,204 @@ async fn stopping_closes_with_going_away(own_thread: bool) {
         }
     };
     assert_eq!(close.unwrap().code, CloseCode::Away);
+}
+
+// === Who may do what (DESIGN §13) ===
+
+/// The refusals counted on `/ws` for `reason`.
+fn refusals(server: &Server, reason: &'static str) -> u64 {
+    let hub = server.hub.as_ref().unwrap();
+    hub.core.state.metrics.auth_refusals.get("ws", reason)
+}
+
+#[tokio::test]
+async fn a_cross_site_socket_reads_but_changes_nothing_until_it_authenticates() {
+    let server = serve(limits()).await;
+    // A page of another site, in a browser on this machine.
+    let mut c = connect_with(
+        server.addr,
+        "",
+        &[
+            ("origin", "http://evil.example"),
+            ("sec-fetch-site", "cross-site"),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(next(&mut c).await["event"], "registry_loaded");
+    let r = request(&mut c, "1", "list_services", json!({})).await;
+    assert!(r["data"]["services"].is_array(), "{r}");
+    for (id, action, params) in [
+        (
+            "2",
+            "service_action",
+            json!({"name": "backend_9000", "action": "stop"}),
+        ),
+        ("3", "deploy_package", json!({"package": "x.tar.gz"})),
+    ] {
+        let r = request(&mut c, id, action, params).await;
+        assert_eq!(r["error"]["code"], "unauthorized", "{r}");
+        assert!(
+            r["error"]["message"].as_str().unwrap().contains("\"auth\""),
+            "{r}"
+        );
+    }
+    // A wrong token, then an empty one: refused, and the socket is still not the operator's.
+    let r = request(
+        &mut c,
+        "4",
+        "auth",
+        json!({"token": "not-the-token-at-all"}),
+    )
+    .await;
+    assert_eq!(r["error"]["code"], "auth_failed", "{r}");
+    assert!(!r.to_string().contains(TOKEN));
+    let r = request(&mut c, "5", "auth", json!({"token": ""})).await;
+    assert_eq!(r["error"]["code"], "auth_failed", "{r}");
+    let r = request(
+        &mut c,
+        "6",
+        "service_action",
+        json!({"name": "backend_9000", "action": "stop"}),
+    )
+    .await;
+    assert_eq!(r["error"]["code"], "unauthorized", "{r}");
+    assert_eq!(refusals(&server, "foreign_origin"), 3);
+    assert_eq!(refusals(&server, "wrong_token"), 1);
+    assert_eq!(refusals(&server, "empty_token"), 1);
+    // The right token: the action now reaches the registry (which has no such process).
+    let r = request(&mut c, "7", "auth", json!({"token": TOKEN})).await;
+    assert_eq!(r["data"]["authenticated"], true, "{r}");
+    let r = request(
+        &mut c,
+        "8",
+        "service_action",
+        json!({"name": "backend_9000", "action": "stop"}),
+    )
+    .await;
+    assert_eq!(r["error"]["code"], "not_found", "{r}");
+}
+
+#[tokio::test]
+async fn a_local_tool_may_act_but_deploying_needs_the_token_and_a_wrong_one_is_401() {
+    let server = serve(limits()).await;
+    let mut c = connect_with(server.addr, "", &[]).await.unwrap();
+    next(&mut c).await;
+    let r = request(
+        &mut c,
+        "1",
+        "service_action",
+        json!({"name": "ghost", "action": "stop"}),
+    )
+    .await;
+    assert_eq!(r["error"]["code"], "not_found", "{r}");
+    let r = request(
+        &mut c,
+        "2",
+        "deploy_package",
+        json!({"package": "x.tar.gz"}),
+    )
+    .await;
+    assert_eq!(r["error"]["code"], "unauthorized", "{r}");
+    assert_eq!(refusals(&server, "token_required"), 1);
+
+    let refused = connect_with(
+        server.addr,
+        "",
+        &[("authorization", "Bearer wrong-token-0000000")],
+    )
+    .await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 401);
+            let body = String::from_utf8_lossy(response.body().as_deref().unwrap_or_default())
+                .into_owned();
+            assert!(body.contains("wrong operator token"), "{body}");
+        }
+        other => panic!("expected a 401, got {other:?}"),
+    }
+    assert_eq!(refusals(&server, "wrong_token"), 1);
+}
+
+#[tokio::test]
+async fn with_protected_reads_nothing_is_sent_before_auth() {
+    let server = serve_full(
+        limits(),
+        false,
+        crate::operator::OperatorConfig {
+            protect_reads: true,
+            require_token: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut c = connect_with(server.addr, "", &[]).await.unwrap();
+    let first = next(&mut c).await;
+    assert_eq!(
+        (&first["type"], &first["error"]["code"]),
+        (&json!("response"), &json!("unauthorized")),
+        "{first}"
+    );
+    assert!(first["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("--protect-reads"));
+    let r = request(&mut c, "1", "list_services", json!({})).await;
+    assert_eq!(r["error"]["code"], "unauthorized", "{r}");
+    let r = request(&mut c, "2", "auth", json!({"token": "nope-nope-nope-nope"})).await;
+    assert_eq!(r["error"]["code"], "auth_failed", "{r}");
+    let r = request(&mut c, "3", "auth", json!({"token": TOKEN})).await;
+    assert_eq!(r["data"]["authenticated"], true, "{r}");
+    // Now the stream starts, as on any connection.
+    assert_eq!(next(&mut c).await["event"], "registry_loaded");
+    let r = request(&mut c, "4", "list_services", json!({})).await;
+    assert!(r["data"]["services"].is_array(), "{r}");
+    assert_eq!(refusals(&server, "missing_token"), 1);
+}
+
+#[tokio::test]
+async fn a_flood_is_rate_limited_per_connection_and_others_are_unaffected() {
+    let server = serve_full(
+        limits(),
+        false,
+        crate::operator::OperatorConfig {
+            // A slow refill, so a slow machine answering the flood lets few more through.
+            ws_rate: crate::rate_limit::RateLimit {
+                per_second: 1,
+                burst: 10,
+            },
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut flood = connect(server.addr, "").await;
+    let mut calm = connect(server.addr, "").await;
+    next(&mut flood).await;
+    next(&mut calm).await;
+    for i in 0..40 {
+        let text = json!({"id": i, "type": "request", "action": "list_endpoints"});
+        flood
+            .send(Message::Text(text.to_string().into()))
+            .await
+            .unwrap();
+    }
+    let mut limited = 0;
+    for _ in 0..40 {
+        let r = loop {
+            let m = next(&mut flood).await;
+            if m["type"] == "response" {
+                break m;
+            }
+        };
+        if r["error"]["code"] == "rate_limited" {
+            assert!(r["id"].is_number(), "{r}");
+            limited += 1;
+        }
+    }
+    // The burst went through; (nearly) all the rest did not.
+    assert!((25..=30).contains(&limited), "{limited} of 40 limited");
+    let r = request(&mut calm, "calm", "list_endpoints", json!({})).await;
+    assert!(r["data"]["endpoints"].is_array(), "{r}");
+    let hub = server.hub.as_ref().unwrap();
+    assert_eq!(hub.core.state.metrics.rate_limited.get("ws"), limited);
 }

@@ -62,10 +62,13 @@ pub(crate) fn auth(
     if ok {
         info!(peer = instance_id, "data-plane peer authenticated");
         session.peer = Some(instance_id.to_owned());
+        // A node reads everything.
+        session.may_read = true;
         Answer::Now(Message::Welcome {
             instance_id: identity.instance_id.clone(),
         })
     } else {
+        shared.refusals.refused("auth_failed");
         warn!(
             claimed = instance_id,
             "data-plane authentication failed; closing"

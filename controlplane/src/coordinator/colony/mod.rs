@@ -28,7 +28,8 @@ use tracing::{info, warn};
 
 use crate::coordinator::error::{ColonyError, StartRequestError};
 use crate::coordinator::health::tracker::HealthTracker;
-use crate::coordinator::run::{ColonyRun, RunConfig};
+use crate::coordinator::recovery::{self, RecoveryConfig, RecoveryEvent};
+use crate::coordinator::run::{Call, ColonyRun, RunConfig};
 use crate::coordinator::tokens::TokenAudit;
 
 /// Idempotency keys remembered; the oldest are forgotten first.
@@ -176,6 +177,8 @@ pub struct ColonyConfig {
     pub init_timeout: Duration,
     /// Run control settings.
     pub run: RunConfig,
+    /// Re-placement settings.
+    pub recovery: RecoveryConfig,
 }
 
 impl Default for ColonyConfig {
@@ -185,6 +188,7 @@ impl Default for ColonyConfig {
             probe_timeout: Duration::from_millis(800),
             init_timeout: Duration::from_secs(10),
             run: RunConfig::default(),
+            recovery: RecoveryConfig::default(),
         }
     }
 }
@@ -204,6 +208,8 @@ struct Inner {
     start_error: RwLock<Option<String>>,
     identity: Identity,
     health: Option<HealthTracker>,
+    /// Re-placements, for `/ws`.
+    events: tokio::sync::broadcast::Sender<RecoveryEvent>,
 }
 
 /// The coordinator's colony state. Cheap to clone.
@@ -251,6 +257,7 @@ impl ColonyManager {
                 start_error: RwLock::new(None),
                 identity,
                 health,
+                events: tokio::sync::broadcast::Sender::new(64),
             }),
         }
     }
@@ -260,9 +267,33 @@ impl ColonyManager {
         &self.inner.tokens
     }
 
-    /// The running colony's topology.
+    /// The running colony's topology: its placement in force.
     pub fn topology(&self) -> Option<Arc<ClusterTopology>> {
+        if let Some(run) = self.inner.run.read().as_ref() {
+            return Some(run.placement().topology.clone());
+        }
         self.inner.topology.read().clone()
+    }
+
+    /// Re-placements of the colony from now on (lost backends, rebalances, take-overs).
+    pub fn subscribe_recoveries(&self) -> tokio::sync::broadcast::Receiver<RecoveryEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// Starts following `run`, with a supervisor that re-places it on trouble (and first
+    /// takes it over, with `adopt`).
+    fn follow(
+        &self,
+        run: Arc<ColonyRun>,
+        calls: tokio::sync::mpsc::UnboundedReceiver<Call>,
+        adopt: bool,
+    ) {
+        let context = recovery::Context {
+            config: self.inner.config.recovery,
+            events: self.inner.events.clone(),
+        };
+        tokio::spawn(recovery::supervise(run.clone(), calls, context, adopt));
+        *self.inner.run.write() = Some(run);
     }
 
     /// Makes `topology` the colony without starting it (router and lifecycle tests).
@@ -319,11 +350,104 @@ impl ColonyManager {
         self.current_run()?.pause().await
     }
 
+    /// Takes over the colony the registered backends hold, if they hold one and this
+    /// coordinator follows none (it was restarted: DESIGN §14). True if it did.
+    ///
+    /// # Errors
+    /// [`ColonyError::Registry`] when the registry cannot be read.
+    pub async fn adopt(&self) -> Result<bool, ColonyError> {
+        let _starts = self.inner.starts.lock().await;
+        if self.topology().is_some() {
+            return Ok(false);
+        }
+        let backends = match discover::live_backends(
+            self.inner.registry.as_ref(),
+            &self.inner.me,
+            &self.inner.client,
+            self.inner.config.probe_timeout,
+        )
+        .await
+        {
+            Ok(backends) => backends,
+            Err(ColonyError::NoLiveBackend { .. }) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let patience = self.inner.config.probe_timeout;
+        let Some(found) = recovery::adopt::find(&backends, &self.inner.identity, patience).await
+        else {
+            return Ok(false);
+        };
+        let topology = Arc::new(found.topology);
+        info!(
+            colony = topology.colony_id(),
+            committed = found.committed,
+            target = found.target,
+            "taking the colony over"
+        );
+        let (run, calls) = ColonyRun::adopted(
+            topology.clone(),
+            found.fence,
+            &self.inner.identity,
+            found.target,
+            found.committed,
+            self.inner.config.run,
+            self.inner.health.clone(),
+        );
+        *self.inner.start_error.write() = None;
+        *self.inner.topology.write() = Some(topology);
+        self.follow(run, calls, true);
+        Ok(true)
+    }
+
+    /// Tries [`ColonyManager::adopt`] now, and again every half second for a few seconds
+    /// while no backend could be found (they may be registering), until `shutdown`.
+    pub fn spawn_adoption(&self, shutdown: tokio_util::sync::CancellationToken) {
+        let colony = self.clone();
+        tokio::spawn(async move {
+            for _ in 0..20 {
+                let tried = tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => return,
+                    tried = colony.adopt() => tried,
+                };
+                match tried {
+                    Ok(true) => return,
+                    Ok(false) if colony.topology().is_some() => return,
+                    Ok(false) => {}
+                    Err(e) => warn!(error = %e, "cannot look for a colony to take over"),
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+    }
+
+    /// `POST /colony/rebalance`: spreads the shards over every live backend (DESIGN §14).
+    ///
+    /// # Errors
+    /// As [`ColonyManager::run`]; [`ColonyError::Registry`] or
+    /// [`ColonyError::NoLiveBackend`] when no backend can be found.
+    pub async fn rebalance(&self) -> Result<serde_json::Value, ColonyError> {
+        let run = self.current_run()?;
+        let backends = discover::live_backends(
+            self.inner.registry.as_ref(),
+            &self.inner.me,
+            &self.inner.client,
+            self.inner.config.probe_timeout,
+        )
+        .await?;
+        run.rebalance(backends).await
+    }
+
     /// `GET /colony/image.png`: fetches every shard from its backend and draws the world.
+    /// `credential` is the caller's `Authorization`, passed on so that backends with
+    /// `--protect-reads` serve the caller what it may read (DESIGN §13).
     ///
     /// # Errors
     /// [`ColonyError::NoColony`]; [`ColonyError::Image`] if the PNG cannot be made.
-    pub async fn image(&self) -> Result<Vec<u8>, ColonyError> {
+    pub async fn image(
+        &self,
+        credential: Option<&reqwest::header::HeaderValue>,
+    ) -> Result<Vec<u8>, ColonyError> {
         let topology = self.topology().ok_or(ColonyError::NoColony)?;
         let (sw, sh) = (
             u64::from(topology.shard_width()),
@@ -338,14 +462,15 @@ impl ColonyManager {
             );
             async move {
                 let rows = async {
-                    let response = self
+                    let mut request = self
                         .inner
                         .client
                         .get(&url)
-                        .timeout(self.inner.config.init_timeout)
-                        .send()
-                        .await
-                        .ok()?;
+                        .timeout(self.inner.config.init_timeout);
+                    if let Some(credential) = credential {
+                        request = request.header(reqwest::header::AUTHORIZATION, credential);
+                    }
+                    let response = request.send().await.ok()?;
                     let body: serde_json::Value = response.json().await.ok()?;
                     serde_json::from_value::<Vec<String>>(body.get("rows")?.clone()).ok()
                 }
@@ -417,7 +542,7 @@ impl ColonyManager {
             .map_err(ColonyError::Placement)?;
         let topology = Arc::new(topology);
         if let Some(old) = self.inner.run.write().take() {
-            old.close();
+            old.supersede(topology.colony_id());
         }
         if let Some(health) = &self.inner.health {
             if let Some(old) = self.topology() {
@@ -435,6 +560,7 @@ impl ColonyManager {
         let started_run = match init::init_all(&sender, &topology).await {
             Ok(initial) => ColonyRun::connect(
                 topology.clone(),
+                0,
                 &self.inner.identity,
                 initial,
                 self.inner.config.run,
@@ -444,8 +570,8 @@ impl ColonyManager {
             .map_err(ColonyError::from),
             Err(e) => Err(e),
         };
-        let run = match started_run {
-            Ok(run) => run,
+        let (run, calls) = match started_run {
+            Ok(started) => started,
             Err(e) => {
                 // The backends that accepted their inits now hold this colony: say so, rather
                 // than keep advertising one they dropped.
@@ -456,7 +582,7 @@ impl ColonyManager {
             }
         };
         *self.inner.start_error.write() = None;
-        *self.inner.run.write() = Some(run);
+        self.follow(run, calls, false);
         info!(
             colony = topology.colony_id(),
             backends = topology.backends().len(),
@@ -741,7 +867,10 @@ mod tests {
             Err(ColonyError::NoColony)
         ));
         assert!(matches!(colony.pause().await, Err(ColonyError::NoColony)));
-        assert!(matches!(colony.image().await, Err(ColonyError::NoColony)));
+        assert!(matches!(
+            colony.image(None).await,
+            Err(ColonyError::NoColony)
+        ));
         assert_eq!(colony.status()["state"], "none");
         // A colony whose start failed answers with why, and how to start another.
         colony.pretend_started(topology("c1"));

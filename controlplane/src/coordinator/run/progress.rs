@@ -1,25 +1,74 @@
-//! [`RunState`]: the arithmetic of a colony run, with no I/O. Backends report their tick and
-//! their checkpoints (population and fingerprint at a tick) each on their own; from these it
-//! keeps the newest tick every backend has a checkpoint for (the colony's consistent figures),
-//! the slowest backend's tick, ticks per second, and the run's first failure.
+//! [`RunState`]: the arithmetic of a colony run, with no I/O. Backends report their tick,
+//! their checkpoints (population and fingerprint at a tick) and the replicas they hold, each on
+//! their own; from these it keeps the newest tick every backend has a checkpoint for and
+//! every replica of has arrived (the colony's consistent figures, DESIGN §5 and §14), the
+//! slowest backend's tick, ticks per second, and the run's first failure.
+//!
+//! A colony outlives its placements: a re-placement ([`RunState::replace`]) starts the
+//! backends' progress over from the checkpoint they were set back to, and keeps the target.
 //!
 //! Time is a parameter, so the arithmetic is tested without clocks or sockets.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 
-use codec::Checkpoint;
+use codec::{Checkpoint, Held};
 use tokio::time::Instant;
 
 /// How far back the ticks/s samples reach (at least two are always kept).
 pub(super) const RATE_WINDOW: Duration = Duration::from_secs(2);
 
-/// One backend's progress: its tick, and the checkpoints not yet folded into a consistent one.
+/// One backend's progress: its tick, the checkpoints not yet folded into a consistent one,
+/// and the replicas it holds.
 #[derive(Debug)]
 struct BackendProgress {
     tick: u64,
     /// `tick → (population, fingerprint)`.
     checkpoints: BTreeMap<u64, (u64, u64)>,
+    /// `tick → replicas held`, as last reported.
+    held: BTreeMap<u64, u32>,
+    /// Replicas it must hold at a checkpoint before that checkpoint counts.
+    expected: u32,
+}
+
+impl BackendProgress {
+    fn at(tick: u64, expected: u32) -> Self {
+        // Every backend starts at the same tick, so that tick is common to all.
+        BackendProgress {
+            tick,
+            checkpoints: BTreeMap::from([(tick, (0, 0))]),
+            held: BTreeMap::new(),
+            expected,
+        }
+    }
+
+    /// True if its replicas at `tick` are all in.
+    fn replicated(&self, tick: u64) -> bool {
+        self.expected == 0 || self.held.get(&tick).is_some_and(|n| *n >= self.expected)
+    }
+}
+
+/// One backend's report, as [`RunState::absorb`] takes it.
+#[derive(Debug, Default)]
+pub(super) struct Report {
+    /// Its tick.
+    pub(super) tick: u64,
+    /// Figures at checkpoints it had not reported.
+    pub(super) checkpoints: Vec<Checkpoint>,
+    /// The replicas it holds, by checkpoint tick.
+    pub(super) held: Vec<Held>,
+}
+
+impl Report {
+    /// A report of `tick` with `checkpoints` and no replicas.
+    #[cfg(test)]
+    pub(super) fn of(tick: u64, checkpoints: Vec<Checkpoint>) -> Self {
+        Report {
+            tick,
+            checkpoints,
+            held: Vec::new(),
+        }
+    }
 }
 
 /// What a colony's run knows about its backends' progress.
@@ -29,6 +78,10 @@ pub(super) struct RunState {
     pub(super) target: u64,
     /// True after a pause (until the next run).
     pub(super) paused: bool,
+    /// True while shards are being placed again.
+    pub(super) recovering: bool,
+    /// The placement the backends report in.
+    epoch: u64,
     failed: Option<String>,
     backends: HashMap<String, BackendProgress>,
     consistent: Checkpoint,
@@ -37,47 +90,62 @@ pub(super) struct RunState {
 }
 
 impl RunState {
-    /// A run of `backends` at tick 0, whose figures there are `initial`.
-    pub(super) fn new(backends: impl IntoIterator<Item = String>, initial: Checkpoint) -> Self {
-        let backends = backends
-            .into_iter()
-            .map(|id| {
-                // Every backend starts at the initial tick, so tick 0 is common to all.
-                let checkpoints = BTreeMap::from([(0, (0, 0))]);
-                (
-                    id,
-                    BackendProgress {
-                        tick: 0,
-                        checkpoints,
-                    },
-                )
-            })
-            .collect();
-        RunState {
-            target: 0,
+    /// A run of `backends` (each with the replicas it must hold at a checkpoint) in
+    /// placement 0, at the tick of `initial`, whose figures there are `initial`.
+    pub(super) fn new(
+        backends: impl IntoIterator<Item = (String, u32)>,
+        initial: Checkpoint,
+    ) -> Self {
+        let mut state = RunState {
+            target: initial.tick,
             paused: false,
+            recovering: false,
+            epoch: 0,
             failed: None,
-            backends,
+            backends: HashMap::new(),
             consistent: initial,
             samples: VecDeque::new(),
-        }
+        };
+        state.replace(0, backends, initial);
+        state
     }
 
-    /// Takes in one backend's report, received at `now`: its tick and new checkpoints. The
-    /// consistent checkpoint moves to the newest tick every backend has one for (never back),
-    /// and checkpoints older than it are dropped.
-    pub(super) fn absorb(
+    /// A new placement `epoch` of `backends`, every one set back to the checkpoint of
+    /// `consistent`: their progress starts over from there. The target stays.
+    pub(super) fn replace(
         &mut self,
-        id: &str,
-        tick: u64,
-        checkpoints: Vec<Checkpoint>,
-        now: Instant,
+        epoch: u64,
+        backends: impl IntoIterator<Item = (String, u32)>,
+        consistent: Checkpoint,
     ) {
+        self.epoch = epoch;
+        self.backends = backends
+            .into_iter()
+            .map(|(id, expected)| (id, BackendProgress::at(consistent.tick, expected)))
+            .collect();
+        self.consistent = consistent;
+        self.samples.clear();
+    }
+
+    /// The placement backends report in.
+    pub(super) fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Takes in one backend's report in placement `epoch`, received at `now`: its tick, new
+    /// checkpoints and the replicas it holds. The consistent checkpoint moves to the newest
+    /// tick every backend has one for and every replica of has arrived at (never back), and
+    /// checkpoints older than it are dropped. A report of another placement is ignored.
+    pub(super) fn absorb(&mut self, id: &str, epoch: u64, report: Report, now: Instant) {
+        if epoch != self.epoch {
+            return;
+        }
         if let Some(p) = self.backends.get_mut(id) {
-            p.tick = tick;
-            for c in checkpoints {
+            p.tick = report.tick;
+            for c in report.checkpoints {
                 p.checkpoints.insert(c.tick, (c.population, c.fingerprint));
             }
+            p.held = report.held.iter().map(|h| (h.tick, h.replicas)).collect();
         }
         // No tick past the oldest backend's newest checkpoint can be common to all.
         let newest = self
@@ -94,6 +162,9 @@ impl RunState {
             };
             for p in self.backends.values() {
                 let (pop, fp) = p.checkpoints.get(&t)?;
+                if t > self.consistent.tick && !p.replicated(t) {
+                    return None;
+                }
                 sum.population += pop;
                 sum.fingerprint = sum.fingerprint.wrapping_add(*fp);
             }
@@ -124,6 +195,11 @@ impl RunState {
         self.consistent
     }
 
+    /// The furthest backend's tick.
+    pub(super) fn furthest(&self) -> u64 {
+        self.backends.values().map(|p| p.tick).max().unwrap_or(0)
+    }
+
     /// The slowest backend's tick.
     pub(super) fn slowest(&self) -> u64 {
         self.backends.values().map(|p| p.tick).min().unwrap_or(0)
@@ -144,10 +220,13 @@ impl RunState {
         self.failed.as_deref()
     }
 
-    /// `failed`, `running` (a backend is short of the target), `paused` or `idle`.
+    /// `failed`, `recovering` (shards are being placed again), `running` (a backend is
+    /// short of the target), `paused` or `idle`.
     pub(super) fn state_name(&self) -> &'static str {
         if self.failed.is_some() {
             "failed"
+        } else if self.recovering {
+            "recovering"
         } else if self.slowest() < self.target {
             "running"
         } else if self.paused {
@@ -186,7 +265,10 @@ mod tests {
     }
 
     fn two() -> RunState {
-        RunState::new(["a".to_owned(), "b".to_owned()], checkpoint(0, 7, 9))
+        RunState::new(
+            [("a".to_owned(), 0), ("b".to_owned(), 0)],
+            checkpoint(0, 7, 9),
+        )
     }
 
     #[test]
@@ -196,26 +278,96 @@ mod tests {
         assert_eq!(s.consistent(), checkpoint(0, 7, 9));
         s.absorb(
             "a",
-            20,
-            vec![checkpoint(10, 3, 5), checkpoint(20, 4, 6)],
+            0,
+            Report::of(20, vec![checkpoint(10, 3, 5), checkpoint(20, 4, 6)]),
             now,
         );
         // b has nothing past 0 yet: still the initial figures.
         assert_eq!(s.consistent(), checkpoint(0, 7, 9));
-        s.absorb("b", 10, vec![checkpoint(10, 1, u64::MAX)], now);
+        s.absorb(
+            "b",
+            0,
+            Report::of(10, vec![checkpoint(10, 1, u64::MAX)]),
+            now,
+        );
         // Summed, fingerprints wrapping.
         assert_eq!(s.consistent(), checkpoint(10, 4, 4));
         s.absorb(
             "b",
-            30,
-            vec![checkpoint(20, 2, 2), checkpoint(30, 9, 9)],
+            0,
+            Report::of(30, vec![checkpoint(20, 2, 2), checkpoint(30, 9, 9)]),
             now,
         );
         assert_eq!(s.consistent(), checkpoint(20, 6, 8));
         assert_eq!(s.slowest(), 20);
         // A report from a backend the run does not know changes nothing.
-        s.absorb("stranger", 99, vec![checkpoint(30, 1, 1)], now);
+        s.absorb(
+            "stranger",
+            0,
+            Report::of(99, vec![checkpoint(30, 1, 1)]),
+            now,
+        );
         assert_eq!(s.consistent(), checkpoint(20, 6, 8));
+    }
+
+    fn held(tick: u64, replicas: u32) -> Held {
+        Held { tick, replicas }
+    }
+
+    #[test]
+    fn a_checkpoint_counts_only_once_every_replica_has_arrived() {
+        let now = Instant::now();
+        // Each backend keeps two replicas.
+        let mut s = RunState::new(
+            [("a".to_owned(), 2), ("b".to_owned(), 2)],
+            checkpoint(0, 7, 9),
+        );
+        let report = |tick, c: Vec<Checkpoint>, h: Vec<Held>| Report {
+            tick,
+            checkpoints: c,
+            held: h,
+        };
+        s.absorb(
+            "a",
+            0,
+            report(10, vec![checkpoint(10, 1, 1)], vec![held(10, 2)]),
+            now,
+        );
+        s.absorb(
+            "b",
+            0,
+            report(10, vec![checkpoint(10, 2, 2)], vec![held(10, 1)]),
+            now,
+        );
+        assert_eq!(s.consistent().tick, 0, "b holds one replica of two");
+        s.absorb("b", 0, report(10, Vec::new(), vec![held(10, 2)]), now);
+        assert_eq!(s.consistent(), checkpoint(10, 3, 3));
+        // A report of an older placement changes nothing.
+        s.absorb(
+            "a",
+            7,
+            report(20, vec![checkpoint(20, 1, 1)], vec![held(20, 2)]),
+            now,
+        );
+        assert_eq!(s.backends["a"].tick, 10);
+    }
+
+    #[test]
+    fn a_new_placement_starts_over_from_its_checkpoint_and_keeps_the_target() {
+        let now = Instant::now();
+        let mut s = two();
+        s.target = 500;
+        s.absorb("a", 0, Report::of(40, vec![checkpoint(40, 1, 1)]), now);
+        s.absorb("b", 0, Report::of(40, vec![checkpoint(40, 2, 2)]), now);
+        assert_eq!(s.consistent().tick, 40);
+        s.recovering = true;
+        assert_eq!(s.state_name(), "recovering");
+        s.replace(1, [("b".to_owned(), 0)], checkpoint(40, 3, 3));
+        s.recovering = false;
+        assert_eq!((s.epoch(), s.target, s.slowest()), (1, 500, 40));
+        assert_eq!(s.state_name(), "running");
+        s.absorb("b", 1, Report::of(100, vec![checkpoint(100, 5, 5)]), now);
+        assert_eq!(s.consistent(), checkpoint(100, 5, 5));
     }
 
     #[test]
@@ -236,9 +388,9 @@ mod tests {
         let mut s = two();
         assert_eq!(s.state_name(), "idle");
         s.target = 5;
-        s.absorb("a", 5, Vec::new(), now);
+        s.absorb("a", 0, Report::of(5, Vec::new()), now);
         assert_eq!(s.state_name(), "running", "b is still at 0");
-        s.absorb("b", 5, Vec::new(), now);
+        s.absorb("b", 0, Report::of(5, Vec::new()), now);
         assert_eq!(s.state_name(), "idle");
         s.paused = true;
         assert_eq!(s.state_name(), "paused");
@@ -251,7 +403,7 @@ mod tests {
     #[test]
     fn ticks_per_second_forgets_samples_older_than_the_window() {
         let start = Instant::now();
-        let mut s = RunState::new(["a".to_owned()], checkpoint(0, 0, 0));
+        let mut s = RunState::new([("a".to_owned(), 0)], checkpoint(0, 0, 0));
         s.target = u64::MAX;
         let at = |ms| start + Duration::from_millis(ms);
         // 100 ticks/s for 3 s, then 10 ticks/s for 3 s, a sample every 500 ms.
@@ -260,14 +412,14 @@ mod tests {
             if i > 0 {
                 tick += if i <= 6 { 50 } else { 5 };
             }
-            s.absorb("a", tick, Vec::new(), at(i * 500));
+            s.absorb("a", 0, Report::of(tick, Vec::new()), at(i * 500));
             if i == 6 {
                 assert_eq!(s.ticks_per_second(), 100.0);
             }
         }
         assert_eq!(s.ticks_per_second(), 10.0);
         // Samples far apart: the last two are kept, whatever their age.
-        s.absorb("a", tick + 30, Vec::new(), at(6000 + 10_000));
+        s.absorb("a", 0, Report::of(tick + 30, Vec::new()), at(6000 + 10_000));
         assert_eq!(s.ticks_per_second(), 3.0);
     }
 
@@ -275,15 +427,15 @@ mod tests {
     fn ticks_per_second_averages_over_the_window() {
         let start = Instant::now();
         let at = |ms| start + Duration::from_millis(ms);
-        let mut s = RunState::new(["a".to_owned()], checkpoint(0, 0, 0));
+        let mut s = RunState::new([("a".to_owned(), 0)], checkpoint(0, 0, 0));
         s.target = 1000;
         // A burst of 100 ticks, then nothing for 1.5 s: 100 ticks in 2 s.
         for (ms, tick) in [(0, 0), (500, 100), (1000, 100), (1500, 100), (2000, 100)] {
-            s.absorb("a", tick, Vec::new(), at(ms));
+            s.absorb("a", 0, Report::of(tick, Vec::new()), at(ms));
         }
         assert_eq!(s.ticks_per_second(), 50.0);
         // Reached the target: no longer running, so no speed.
-        s.absorb("a", 1000, Vec::new(), at(2100));
+        s.absorb("a", 0, Report::of(1000, Vec::new()), at(2100));
         assert_eq!(s.state_name(), "idle");
         assert_eq!(s.ticks_per_second(), 0.0);
     }
@@ -312,7 +464,7 @@ mod tests {
             let now = Instant::now();
             let initial = checkpoint(0, 11, 13);
             let ids: Vec<String> = (0..backends.len()).map(|i| format!("b{i}")).collect();
-            let mut s = RunState::new(ids.clone(), initial);
+            let mut s = RunState::new(ids.iter().map(|id| (id.clone(), 0)), initial);
             // Each backend's reports: its checkpoints in tick order, cut into chunks.
             let mut pending: Vec<VecDeque<Vec<Checkpoint>>> = backends
                 .iter()
@@ -333,7 +485,7 @@ mod tests {
             let deliver = |s: &mut RunState, i: usize, chunk: Vec<Checkpoint>| {
                 let before = s.consistent().tick;
                 let tick = chunk.last().map_or(0, |c| c.tick);
-                s.absorb(&ids[i], tick, chunk, now);
+                s.absorb(&ids[i], 0, Report::of(tick, chunk), now);
                 prop_assert!(s.consistent().tick >= before);
                 Ok(())
             };
@@ -372,13 +524,13 @@ mod tests {
         ) {
             let speed = tens_per_second * 10;
             let start = Instant::now();
-            let mut s = RunState::new(["a".to_owned()], checkpoint(0, 0, 0));
+            let mut s = RunState::new([("a".to_owned(), 0)], checkpoint(0, 0, 0));
             s.target = u64::MAX;
             let mut ms = 0;
             for gap in gaps {
                 // Multiples of 100 ms, so every tick count is whole.
                 ms += gap * 100;
-                s.absorb("a", speed * ms / 1000, Vec::new(), start + Duration::from_millis(ms));
+                s.absorb("a", 0, Report::of(speed * ms / 1000, Vec::new()), start + Duration::from_millis(ms));
             }
             prop_assert_eq!(s.ticks_per_second(), speed as f64);
         }

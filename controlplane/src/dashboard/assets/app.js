@@ -8,6 +8,12 @@
 // none (POST /colony-start with a fresh Idempotency-Key, then GET /topology with exponential
 // backoff, at most 10 tries) and has run/pause buttons. Control-plane calls go through the
 // management port's /api/control/ forwarder, so everything stays on this origin.
+//
+// The operator token (DESIGN §13): from this machine the coordinator trusts the page without
+// one, unless it runs with --require-token. When a call is refused (401/403), /ws answers
+// `unauthorized`, or the page is opened from another host, the page asks for the token once,
+// keeps it in sessionStorage (this tab only), and sends it as an Authorization header and as
+// a /ws `auth` request. It never goes in a URL or a log line.
 (function () {
   "use strict";
 
@@ -87,10 +93,101 @@
     const starting = colonyOpened && p !== "ready" && p !== "failed";
     document.body.dataset.settled = String(loaded && pending === 0 && !starting);
   }
+  // fetch, as the operator if the tab has the token; a call refused for want of it asks for
+  // the token and is made again (a refused token is forgotten and asked for again).
   async function request(url, opts) {
     pending += 1;
     markSettled();
-    try { return await fetch(url, opts); } finally { pending -= 1; markSettled(); }
+    try {
+      for (let attempt = 1; ; attempt++) {
+        const options = Object.assign({}, opts || {});
+        const headers = new Headers(options.headers || {});
+        if (operatorToken) headers.set("Authorization", "Bearer " + operatorToken);
+        options.headers = headers;
+        const r = await fetch(url, options);
+        if ((r.status !== 401 && r.status !== 403) || attempt > 3) return r;
+        let why = "";
+        try { why = (await r.clone().json()).error || ""; } catch (_) { why = ""; }
+        const refused = !!operatorToken;
+        if (refused) setToken(null);
+        const token = await askToken((refused ? "The coordinator refused that token. " : "") +
+          (why || "This call needs the operator token."));
+        if (!token) return r;
+      }
+    } finally { pending -= 1; markSettled(); }
+  }
+
+  // ---- the operator token ----
+  const TOKEN_KEY = "colony.operatorToken";
+  let operatorToken = null;
+  try { operatorToken = sessionStorage.getItem(TOKEN_KEY); } catch (_) { operatorToken = null; }
+  let asking = null;
+  let wsAuthed = false;
+  let authSeq = 0;
+
+  function isLoopbackHost(host) {
+    return host === "localhost" || /^127\./.test(host) || host === "[::1]" || host === "::1";
+  }
+
+  function setToken(token) {
+    operatorToken = token || null;
+    wsAuthed = false;
+    try {
+      if (operatorToken) sessionStorage.setItem(TOKEN_KEY, operatorToken);
+      else sessionStorage.removeItem(TOKEN_KEY);
+    } catch (_) { /* storage off: the token lives as long as the page */ }
+    renderOperator();
+    if (operatorToken) wsAuth();
+  }
+
+  function renderOperator() {
+    const pill = $("operator-state");
+    pill.textContent = operatorToken ? (wsAuthed ? "operator" : "operator (token)") : "no token";
+    pill.className = "pill " + (operatorToken ? "pill-live" : "pill-wait");
+    $("operator-btn").textContent = operatorToken ? "Forget token" : "Enter operator token";
+  }
+
+  // Shows the token form once, however many calls wait on it; resolves to the token, or null
+  // if the user cancelled.
+  function askToken(reason) {
+    if (asking) return asking;
+    asking = new Promise((resolve) => {
+      const dialog = $("token-dialog");
+      $("token-reason").textContent = reason;
+      $("token-input").value = "";
+      dialog.returnValue = "";
+      const closed = () => {
+        dialog.removeEventListener("close", closed);
+        const token = dialog.returnValue === "ok" ? $("token-input").value.trim() : "";
+        $("token-input").value = "";
+        asking = null;
+        if (token) setToken(token);
+        resolve(token || null);
+      };
+      dialog.addEventListener("close", closed);
+      dialog.showModal();
+      $("token-input").focus();
+    });
+    return asking;
+  }
+
+  // Presents the token on the live socket (browsers cannot set headers on a WebSocket).
+  function wsAuth() {
+    if (!socket || socket.readyState !== WebSocket.OPEN || !operatorToken) return;
+    authSeq += 1;
+    socket.send(JSON.stringify({ id: "auth-" + authSeq, type: "request", action: "auth", params: { token: operatorToken } }));
+  }
+
+  function onResponse(msg) {
+    const e = msg.error;
+    if (typeof msg.id === "string" && msg.id.startsWith("auth-")) {
+      if (!e) { wsAuthed = true; renderOperator(); return; }
+      setToken(null);
+      askToken("The coordinator refused that token: " + e.message);
+      return;
+    }
+    // With --protect-reads the socket says at once that it needs the token.
+    if (e && e.code === "unauthorized" && !operatorToken) askToken(e.message);
   }
 
   // ---- the socket ----
@@ -107,11 +204,15 @@
       setConn("live", "live");
       $("stale-banner").hidden = true;
       document.body.classList.remove("stale");
+      wsAuthed = false;
+      wsAuth();
+      renderOperator();
     };
     socket.onmessage = (e) => {
       let msg;
       try { msg = JSON.parse(e.data); } catch (_) { return; }
       if (msg.type === "event") onEvent(msg);
+      else if (msg.type === "response") onResponse(msg);
     };
     socket.onclose = () => {
       const was = connected;
@@ -144,6 +245,7 @@
       case "endpoint_updated": return endpointUpdated(d);
       case "health_check_result": return healthCheck(d);
       case "colony_progress": return colonyProgress(d);
+      case "colony_recovery": return colonyRecovery(d);
       default: return undefined;
     }
   }
@@ -348,10 +450,13 @@
   let pictureMode = "png"; // "png" until /colony/image.png is found missing, then "shards"
 
   function colonyProgress(c) {
-    const changed = !model.colony || model.colony.colony_id !== c.colony_id;
+    // A new colony, or the same one placed again (its epoch moved): the shard map follows.
+    const changed = !model.colony || model.colony.colony_id !== c.colony_id
+      || model.colony.epoch !== c.epoch;
     model.colony = c;
     $("colony-id").textContent = c.colony_id || "";
     $("colony-state").textContent = c.state || "—";
+    $("colony-state").dataset.state = c.state || "";
     $("colony-tick").textContent = c.tick != null ? fmtNumber(c.tick) : "—";
     $("colony-population").textContent = c.population != null ? fmtNumber(c.population) : "—";
     $("colony-tps").textContent = c.ticks_per_second != null ? fmtNumber(c.ticks_per_second) : "—";
@@ -361,6 +466,20 @@
     $("pause-btn").disabled = !running;
     if (changed && running && colonyOpened) loadTopology();
     if (colonyOpened) refreshPicture();
+  }
+
+  // A re-placement: who was lost, what moved where, what was redone. The alert about each lost
+  // backend comes with it, and the shard map recolours the shards that moved.
+  function colonyRecovery(d) {
+    const what = d.kind === "backend_lost" ? "lost " + (d.lost || []).join(", ")
+      : d.kind === "adopted" ? "taken over by a restarted coordinator"
+      : "rebalanced";
+    const moved = (d.moved || []).length;
+    log("colony " + what + ": " + moved + " shard" + (moved === 1 ? "" : "s") + " moved, back to tick "
+      + fmtNumber(d.restored_tick) + ", " + fmtNumber(d.ticks_redone) + " ticks redone (epoch " + d.epoch + ")",
+      d.kind === "backend_lost" ? "bad" : "good");
+    refreshAlerts();
+    loadTopology();
   }
 
   function log(text, kind) {
@@ -437,12 +556,18 @@
     } catch (_) { /* shown as stale by the socket */ }
   }
 
+  // Each backend keeps its colour for the page's life, so when shards move only they change
+  // colour (by position in the backend list, the survivors would all change).
+  const ownColours = new Map();
   function backendColours() {
-    const colours = new Map();
     const t = model.topology;
-    if (!t) return colours;
-    t.backends.forEach((b, i) => colours.set(b.instance_id, PALETTE[i % PALETTE.length]));
-    return colours;
+    if (!t) return ownColours;
+    for (const b of t.backends) {
+      if (!ownColours.has(b.instance_id)) {
+        ownColours.set(b.instance_id, PALETTE[ownColours.size % PALETTE.length]);
+      }
+    }
+    return ownColours;
   }
 
   function renderShardMap() {
@@ -601,6 +726,10 @@
   });
   $("pause-btn").addEventListener("click", () => runOrPause("colony/pause", null));
   $("autostart-retry").addEventListener("click", () => ensureColony());
+  $("operator-btn").addEventListener("click", () => {
+    if (operatorToken) setToken(null);
+    else askToken("Enter the operator token to start, run and pause the colony.");
+  });
   $("picture-toggle").addEventListener("click", () => {
     setPictureMode(pictureMode === "png" ? "shards" : "png");
     pictureTick = null;
@@ -612,5 +741,10 @@
 
   showView();
   renderAll();
+  renderOperator();
   connect();
+  // From another host nothing is trusted by address: ask up front.
+  if (!operatorToken && !isLoopbackHost(location.hostname)) {
+    askToken("This dashboard is open from another host, so changing anything needs the operator token.");
+  }
 })();
