@@ -176,7 +176,11 @@ fn incomplete_requests_are_told_apart_from_an_empty_buffer() {
         Some(Decoded::Invalid(ProtocolError::LineTooLong { .. }))
     ));
     assert!(buf.is_empty());
-    assert_eq!(codec.incomplete(&buf), Some(1), "still inside the long line");
+    assert_eq!(
+        codec.incomplete(&buf),
+        Some(1),
+        "still inside the long line"
+    );
     buf.extend_from_slice(b"x\n");
     assert!(codec.decode(&mut buf).unwrap().is_none());
     assert_eq!(codec.incomplete(&buf), None);

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use codec::{Limits, Message, Style};
+use shared::log_limit::{LogLimit, DEFAULT_INTERVAL};
+use shared::warn_limited;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -13,6 +15,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::access::{ReadAccess, RefusalSink};
+use crate::budget::Budget;
 use crate::config::DataPlaneConfig;
 use crate::connection::Connection;
 use crate::identity::Identity;
@@ -24,6 +27,10 @@ use crate::stats::Stats;
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 /// How long a refused client gets to receive its error line before the socket is dropped.
 const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Refusals at the connection cap: a reconnect loop makes them at line rate, so at most one
+/// line per interval, with the count held back.
+static REFUSED_LOG: LogLimit = LogLimit::new("dataplane_connection_refused", DEFAULT_INTERVAL);
 
 /// A data-plane server. Cheap to clone; clones share counters, shards and identity.
 #[derive(Debug, Clone)]
@@ -62,6 +69,7 @@ impl DataPlane {
                 identity,
                 access,
                 refusals: RefusalSink::new(),
+                partial: Budget::new(config.partial_budget),
             }),
         }
     }
@@ -149,7 +157,12 @@ impl DataPlane {
             }
             let Ok(permit) = permits.clone().try_acquire_owned() else {
                 self.shared.stats.refused();
-                warn!(%peer, limit = config.max_connections, "connection refused: limit reached");
+                warn_limited!(
+                    REFUSED_LOG,
+                    %peer,
+                    limit = config.max_connections,
+                    "connection refused: limit reached"
+                );
                 tracker.spawn(refuse(socket, config.max_connections));
                 continue;
             };
