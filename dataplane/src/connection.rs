@@ -24,6 +24,7 @@ use shared::log_limit::{LogLimit, DEFAULT_INTERVAL};
 use shared::warn_limited;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::runtime::Handle;
 use tokio::time::Instant;
 use tokio_util::codec::{Decoder, Encoder};
 use tokio_util::sync::CancellationToken;
@@ -58,8 +59,11 @@ pub(crate) struct Connection {
     write_buf: BytesMut,
     shared: Arc<Shared>,
     session: Session,
-    /// Bytes of the shared partial-request budget this connection holds.
-    granted: usize,
+    /// The share of the partial-request budget this connection holds.
+    grant: Grant,
+    /// Where to move once the peer authenticates as a node (the node lane); `None` once
+    /// there, or when the server has no lane.
+    lane: Option<Handle>,
     /// When the last complete request was decoded (or the connection opened).
     last_request: Instant,
     /// When the unfinished request at the head of the read buffer began.
@@ -94,32 +98,82 @@ enum End {
     Framing(CodecError),
     Io(std::io::Error),
     Refused,
+    /// The peer authenticated as a node: it moves to the node lane.
+    Promote,
 }
 
-impl Drop for Connection {
+/// Bytes of the shared partial-request budget one connection holds, given back when it ends
+/// however it ends.
+struct Grant {
+    shared: Arc<Shared>,
+    bytes: usize,
+}
+
+impl Drop for Grant {
     fn drop(&mut self) {
-        self.shared.partial.give_back(self.granted);
+        self.shared.partial.give_back(self.bytes);
+    }
+}
+
+/// A connection on its way to the node lane: its socket out of the reactor it came from,
+/// and everything it had buffered or learned.
+pub(crate) struct Promoted {
+    socket: std::net::TcpStream,
+    codec: ColonyCodec,
+    read_buf: BytesMut,
+    write_buf: BytesMut,
+    session: Session,
+    last_request: Instant,
+    partial_since: Option<Instant>,
+}
+
+impl Promoted {
+    /// The connection again, on the runtime this is called on.
+    pub(crate) fn resume(self, shared: Arc<Shared>) -> std::io::Result<Connection> {
+        Ok(Connection {
+            socket: TcpStream::from_std(self.socket)?,
+            codec: self.codec,
+            read_buf: self.read_buf,
+            write_buf: self.write_buf,
+            session: self.session,
+            grant: Grant {
+                shared: shared.clone(),
+                bytes: 0,
+            },
+            shared,
+            lane: None,
+            last_request: self.last_request,
+            partial_since: self.partial_since,
+        })
     }
 }
 
 impl Connection {
-    pub(crate) fn new(socket: TcpStream, shared: Arc<Shared>) -> Self {
+    /// A new client's connection; once it authenticates as a node it asks to move to `lane`.
+    pub(crate) fn new(socket: TcpStream, shared: Arc<Shared>, lane: Option<Handle>) -> Self {
         Connection {
             socket,
             codec: ColonyCodec::new(shared.config.limits),
             read_buf: BytesMut::with_capacity(BUFFER_CAPACITY),
             write_buf: BytesMut::with_capacity(BUFFER_CAPACITY),
             session: Session::new(&shared),
+            grant: Grant {
+                shared: shared.clone(),
+                bytes: 0,
+            },
             shared,
-            granted: 0,
+            lane,
             last_request: Instant::now(),
             partial_since: None,
         }
     }
 
-    pub(crate) async fn run(mut self, shutdown: CancellationToken) {
+    /// Serves the client until it leaves, or until it has authenticated as a node and must
+    /// move to the node lane: then returns it with the lane to resume it on.
+    pub(crate) async fn run(mut self, shutdown: CancellationToken) -> Option<(Promoted, Handle)> {
         let end = self.serve(&shutdown).await;
         match &end {
+            End::Promote => return self.promote(),
             End::PeerClosed | End::Shutdown => debug!(reason = ?end, "connection closed"),
             End::Idle => debug!("connection closed: idle timeout"),
             End::Incomplete => warn_limited!(
@@ -146,6 +200,29 @@ impl Connection {
             End::Io(e) => debug!(error = %e, "connection closed: I/O error"),
             End::Refused => debug!("connection closed: authentication failed"),
         }
+        None
+    }
+
+    /// Takes the socket out of this thread's reactor for the node lane.
+    fn promote(self) -> Option<(Promoted, Handle)> {
+        let lane = self.lane?;
+        let socket = match self.socket.into_std() {
+            Ok(socket) => socket,
+            Err(e) => {
+                debug!(error = %e, "cannot move an authenticated node to the node lane");
+                return None;
+            }
+        };
+        let promoted = Promoted {
+            socket,
+            codec: self.codec,
+            read_buf: self.read_buf,
+            write_buf: self.write_buf,
+            session: self.session,
+            last_request: self.last_request,
+            partial_since: self.partial_since,
+        };
+        Some((promoted, lane))
     }
 
     async fn serve(&mut self, shutdown: &CancellationToken) -> End {
@@ -163,6 +240,9 @@ impl Connection {
                 return end;
             }
             self.settle_partial();
+            if self.lane.is_some() && self.session.peer.is_some() {
+                return End::Promote;
+            }
             let deadline = self.deadline();
             if deadline < armed {
                 timer.as_mut().reset(deadline);
@@ -256,9 +336,9 @@ impl Connection {
         } else {
             self.read_buf.len().saturating_sub(PARTIAL_BASE)
         };
-        if self.granted > needed {
-            self.shared.partial.give_back(self.granted - needed);
-            self.granted = needed;
+        if self.grant.bytes > needed {
+            self.shared.partial.give_back(self.grant.bytes - needed);
+            self.grant.bytes = needed;
         }
     }
 
@@ -270,7 +350,7 @@ impl Connection {
             return Some(READ_CHUNK);
         }
         let have = self.read_buf.len();
-        let allowed = PARTIAL_BASE + self.granted;
+        let allowed = PARTIAL_BASE + self.grant.bytes;
         if have < allowed {
             return Some(allowed - have);
         }
@@ -282,8 +362,8 @@ impl Connection {
         if !self.shared.partial.take(chunk) {
             return None;
         }
-        self.granted += chunk;
-        Some(PARTIAL_BASE + self.granted - have)
+        self.grant.bytes += chunk;
+        Some(PARTIAL_BASE + self.grant.bytes - have)
     }
 
     /// Answers everything buffered (waiting out deferred answers in order) and flushes,

@@ -6,7 +6,8 @@
 //! backpressure, the node-wide budget for partly received requests, connection cap, graceful
 //! drain); the bytes-to-messages work is `codec`'s. One task per connection; each connection
 //! answers its requests in order, batching the answers of a pipelined burst into one write,
-//! a bounded number per turn.
+//! a bounded number per turn. A connection that authenticates as a node (HELLO/AUTH) moves to
+//! the node lane, a thread of its own, so no client traffic delays the cluster's.
 //!
 //! Modules depend on each other one way (`scripts/module-cycles.sh`, run by `scripts/test.sh`, fails on a cycle):
 //!
