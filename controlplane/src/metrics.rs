@@ -214,6 +214,7 @@ impl Metrics {
         if let Some(health) = health {
             registry.register_collector(Box::new(HealthCollector(health)));
         }
+        registry.register_collector(Box::new(LogLimitCollector));
         Metrics {
             registry: Arc::new(registry),
             http,
@@ -286,6 +287,31 @@ impl Collector for DataPlaneCollector {
     }
 }
 
+/// The lines each rate-limited log site held back ([`shared::log_limit`]).
+#[derive(Debug)]
+struct LogLimitCollector;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SiteLabel {
+    site: &'static str,
+}
+
+impl Collector for LogLimitCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut family = encoder.encode_descriptor(
+            "log_lines_suppressed",
+            "Warning lines held back by a rate-limited log site, by site",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for site in shared::log_limit::sites() {
+            let counter = ConstCounter::new(site.suppressed());
+            counter.encode(family.encode_family(&SiteLabel { site: site.site() })?)?;
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug)]
 struct HealthCollector(HealthTracker);
 
@@ -322,5 +348,26 @@ impl Collector for HealthCollector {
             open.metric_type(),
         )?)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared::log_limit::LogLimit;
+
+    #[test]
+    fn suppressed_log_lines_are_counted_by_site() {
+        static SITE: LogLimit =
+            LogLimit::new("test_metrics_site", std::time::Duration::from_secs(3600));
+        for _ in 0..4 {
+            shared::warn_limited!(SITE, "repeated warning");
+        }
+        let metrics = Metrics::new(DataPlane::new(dataplane::DataPlaneConfig::default()), None);
+        let text = metrics.render();
+        assert!(
+            text.contains("colony_log_lines_suppressed_total{site=\"test_metrics_site\"} 3"),
+            "{text}"
+        );
     }
 }

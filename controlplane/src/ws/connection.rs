@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use tokio::sync::{broadcast, mpsc, OwnedSemaphorePermit};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use super::hub::{Attached, Core, Published};
 use super::protocol::{
@@ -28,6 +28,10 @@ use super::protocol::{
 use super::services::{self, Verb};
 use crate::operator::{Caller, Denied, Guard, Need};
 use crate::rate_limit::{RateLimit, TokenBucket};
+
+/// Clients dropped for being too slow, at most one line per interval: anyone can be slow.
+static SLOW_LOG: shared::log_limit::LogLimit =
+    shared::log_limit::LogLimit::new("ws_client_too_slow", shared::log_limit::DEFAULT_INTERVAL);
 
 /// The metrics label of refusals and rate limits on `/ws`.
 const PLANE: &str = "ws";
@@ -524,7 +528,7 @@ async fn write_loop(
                     None => continue,
                 },
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    warn!(missed, last_seq = seen, "ws client too slow; dropping it");
+                    shared::warn_limited!(SLOW_LOG, missed, last_seq = seen, "ws client too slow; dropping it");
                     let reason = format!("too slow: {missed} events missed; reconnect with ?since={seen}");
                     let _ = write(&mut sink, close(close_code::POLICY, &reason), timeout).await;
                     done.cancel();
@@ -566,7 +570,7 @@ async fn write(
             false
         }
         Err(_) => {
-            warn!(timeout = ?timeout, "ws write timed out; dropping the client");
+            shared::warn_limited!(SLOW_LOG, timeout = ?timeout, "ws write timed out; dropping the client");
             false
         }
     }

@@ -17,11 +17,12 @@ use std::time::{Duration, SystemTime};
 
 use dashmap::DashMap;
 use parking_lot::Mutex;
+use shared::log_limit::LogLimit;
 use shared::NodeAddress;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::warn;
 
 use super::alerts::{AlertLog, AlertsView};
 use super::config::HealthConfig;
@@ -39,6 +40,17 @@ pub const HEALTH_CHECK_EVENT_EVERY: Duration = Duration::from_secs(1);
 /// Boot ids remembered per node after it restarted, so a heartbeat replayed from an earlier run
 /// is refused; restarts faster than this many per signature window are not a real concern.
 const RETIRED_BOOTS: usize = 4;
+
+/// Node transitions are logged at most once a second per kind, with the count held back:
+/// thousands of fake nodes coming and going must not turn the log into the attack. Every
+/// transition is still an event (`/ws`) and, for failures, an alert.
+const TRANSITION_LOG_INTERVAL: Duration = Duration::from_secs(1);
+static STATE_LOG: LogLimit = LogLimit::new("health_node_state", TRANSITION_LOG_INTERVAL);
+static RECOVERED_LOG: LogLimit = LogLimit::new("health_node_recovered", TRANSITION_LOG_INTERVAL);
+static RESTARTED_LOG: LogLimit = LogLimit::new("health_node_restarted", TRANSITION_LOG_INTERVAL);
+static MISSED_LOG: LogLimit =
+    LogLimit::new("health_node_missed_heartbeats", TRANSITION_LOG_INTERVAL);
+static FORGOT_LOG: LogLimit = LogLimit::new("health_node_forgotten", TRANSITION_LOG_INTERVAL);
 
 #[derive(Debug)]
 struct NodeRecord {
@@ -255,7 +267,7 @@ impl HealthTracker {
             }
         }
         if let Some((old_boot, old_seq)) = restarted {
-            info!(node = %hb.instance_id, old_boot, old_seq, new_seq = hb.seq, "node restarted: new boot id, its heartbeat sequence starts again");
+            shared::info_limited!(RESTARTED_LOG, node = %hb.instance_id, old_boot, old_seq, new_seq = hb.seq, "node restarted: new boot id, its heartbeat sequence starts again");
         }
         if moved {
             let _ = self.inner.events.send(HealthEvent::EndpointUpdated {
@@ -266,11 +278,11 @@ impl HealthTracker {
         if let Some(t) = changed {
             match t.from {
                 Some(from) if from.is_failure() => {
-                    info!(node = %hb.instance_id, from = from.as_str(), to = t.to.as_str(), flap = flapped, "node recovered");
+                    shared::info_limited!(RECOVERED_LOG, node = %hb.instance_id, from = from.as_str(), to = t.to.as_str(), flap = flapped, "node recovered");
                     self.inner.alerts.lock().resolve_all(&hb.instance_id);
                 }
                 _ => {
-                    info!(node = %hb.instance_id, to = t.to.as_str(), address = %hb.address, "node state")
+                    shared::info_limited!(STATE_LOG, node = %hb.instance_id, to = t.to.as_str(), address = %hb.address, "node state")
                 }
             }
             if t.to == NodeState::Left {
@@ -331,7 +343,7 @@ impl HealthTracker {
                 NodeState::Down => ("node_down", "critical"),
                 _ => ("node_stale", "warning"),
             };
-            warn!(node = %node_id, to = t.to.as_str(), silence = ?silence, "node missed heartbeats");
+            shared::warn_limited!(MISSED_LOG, node = %node_id, to = t.to.as_str(), silence = ?silence, "node missed heartbeats");
             self.inner.alerts.lock().raise(
                 &node_id,
                 kind,
@@ -356,7 +368,7 @@ impl HealthTracker {
         }) else {
             return;
         };
-        info!(node = %node_id, state = record.state.as_str(), after = ?forget_after, "forgot node: gone longer than --forget-after");
+        shared::info_limited!(FORGOT_LOG, node = %node_id, state = record.state.as_str(), after = ?forget_after, "forgot node: gone longer than --forget-after");
         self.inner.alerts.lock().resolve_all(&node_id);
         let _ = self.inner.events.send(HealthEvent::NodeForgotten {
             node_id,
