@@ -16,7 +16,7 @@ use prometheus_client::encoding::{
 };
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::registry::Registry;
 
 use crate::coordinator::health::tracker::HealthTracker;
@@ -171,6 +171,10 @@ pub struct Metrics {
     pub http: HttpMetrics,
     /// Heartbeats accepted by the coordinator.
     pub heartbeats: Counter,
+    /// Of those, the ones that came over a persistent heartbeat channel.
+    pub channel_heartbeats: Counter,
+    /// Heartbeat channels open now.
+    pub heartbeat_channels: Gauge,
     /// Requests refused for their credentials, by plane and reason.
     pub auth_refusals: AuthRefusals,
     /// Requests turned away by a rate limit, by plane.
@@ -184,6 +188,8 @@ impl Metrics {
         let mut registry = Registry::with_prefix("colony");
         let http = HttpMetrics::default();
         let heartbeats = Counter::default();
+        let channel_heartbeats = Counter::default();
+        let heartbeat_channels = Gauge::default();
         let auth_refusals = AuthRefusals::default();
         let rate_limited = RateLimited::default();
         registry.register(
@@ -195,6 +201,16 @@ impl Metrics {
             "heartbeats_received",
             "Heartbeats accepted from nodes",
             heartbeats.clone(),
+        );
+        registry.register(
+            "heartbeat_channel_received",
+            "Heartbeats accepted over a persistent heartbeat channel (also in heartbeats_received)",
+            channel_heartbeats.clone(),
+        );
+        registry.register(
+            "heartbeat_channels",
+            "Persistent heartbeat channels open now",
+            heartbeat_channels.clone(),
         );
         registry.register(
             "auth_refusals",
@@ -219,6 +235,8 @@ impl Metrics {
             registry: Arc::new(registry),
             http,
             heartbeats,
+            channel_heartbeats,
+            heartbeat_channels,
             auth_refusals,
             rate_limited,
         }

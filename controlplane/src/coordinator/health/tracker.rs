@@ -50,6 +50,7 @@ static RECOVERED_LOG: LogLimit = LogLimit::new("health_node_recovered", TRANSITI
 static RESTARTED_LOG: LogLimit = LogLimit::new("health_node_restarted", TRANSITION_LOG_INTERVAL);
 static MISSED_LOG: LogLimit =
     LogLimit::new("health_node_missed_heartbeats", TRANSITION_LOG_INTERVAL);
+static CHANNEL_LOG: LogLimit = LogLimit::new("health_node_channel_closed", TRANSITION_LOG_INTERVAL);
 static FORGOT_LOG: LogLimit = LogLimit::new("health_node_forgotten", TRANSITION_LOG_INTERVAL);
 
 #[derive(Debug)]
@@ -356,6 +357,38 @@ impl HealthTracker {
             );
             self.emit(&node_id, node_type, t);
         }
+    }
+
+    /// Suspects `node_id` at once: its persistent heartbeat channel closed (DESIGN §9, §13).
+    /// An ACTIVE node of the same run (`boot_id`) goes STALE now, with the same alert as a
+    /// missed heartbeat; DOWN still waits for `down_after` of silence, so a node that opens a
+    /// new channel (or posts) in time only flaps. A node of another run, or not ACTIVE, is
+    /// left alone: a stale channel of a restarted node says nothing about the new run.
+    /// Returns whether the node moved.
+    pub fn suspect(&self, node_id: &str, boot_id: &str, now: Instant) -> bool {
+        let (node_type, t) = {
+            let Some(mut record) = self.inner.nodes.get_mut(node_id) else {
+                return false;
+            };
+            if record.state != NodeState::Active || record.boot_id != boot_id {
+                return false;
+            }
+            let record = &mut *record;
+            record.failed_since.get_or_insert(now);
+            (
+                record.node_type,
+                transition(record, NodeState::Stale, SystemTime::now(), now),
+            )
+        };
+        shared::warn_limited!(CHANNEL_LOG, node = %node_id, to = t.to.as_str(), "node's heartbeat channel closed");
+        self.inner.alerts.lock().raise(
+            node_id,
+            "node_stale",
+            "warning",
+            format!("{node_id} is STALE: its heartbeat channel closed"),
+        );
+        self.emit(node_id, node_type, t);
+        true
     }
 
     /// Drops `node_id` if it is still DOWN or LEFT past `forget_after` (a heartbeat may have
