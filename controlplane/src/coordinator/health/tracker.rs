@@ -677,6 +677,34 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_closed_channel_is_stale_at_once_and_down_still_waits_for_the_threshold() {
+        let t = HealthTracker::new(config(), None);
+        let start = Instant::now();
+        t.record(hb("b1", 1), start).unwrap();
+        // Another run's channel, or an unknown node, says nothing.
+        assert!(!t.suspect("b1", "boot-0", start));
+        assert!(!t.suspect("nobody", "boot-1", start));
+        assert_eq!(state(&t, "b1"), NodeState::Active);
+        assert!(t.suspect("b1", "boot-1", start + Duration::from_millis(10)));
+        assert_eq!(state(&t, "b1"), NodeState::Stale);
+        let open = t.alerts().open;
+        assert_eq!(open.len(), 1);
+        assert_eq!(open[0].kind, "node_stale");
+        // Already suspected: nothing more.
+        assert!(!t.suspect("b1", "boot-1", start + Duration::from_millis(20)));
+        t.sweep(start + Duration::from_millis(999));
+        assert_eq!(state(&t, "b1"), NodeState::Stale);
+        t.sweep(start + Duration::from_secs(1));
+        assert_eq!(state(&t, "b1"), NodeState::Down);
+        // A goodbye is not suspected.
+        let mut bye = hb("b2", 1);
+        bye.leaving = true;
+        t.record(bye, start).unwrap();
+        assert!(!t.suspect("b2", "boot-1", start));
+        assert_eq!(state(&t, "b2"), NodeState::Left);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn health_check_results_are_rate_limited_per_node() {
         let t = HealthTracker::new(config(), None);
         let mut events = t.subscribe();
