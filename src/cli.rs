@@ -575,6 +575,25 @@ pub struct DataPlaneArgs {
     #[arg(long, env = "COLONY_IDLE_TIMEOUT", default_value = "300s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
 
+    /// Close a data-plane connection whose request, once begun, is not complete within this
+    /// long (bytes trickled in do not reset it).
+    #[arg(long, env = "COLONY_INCOMPLETE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub incomplete_timeout: Duration,
+
+    /// Unsent answers (bytes) a data-plane connection may hold before the node stops reading
+    /// that client's requests until it reads its answers.
+    #[arg(long, env = "COLONY_MAX_PENDING_OUTPUT", default_value_t = 1024 * 1024)]
+    pub max_pending_output: usize,
+
+    /// Cut a data-plane client that leaves its pending answers unread for this long.
+    #[arg(long, env = "COLONY_OUTPUT_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub output_timeout: Duration,
+
+    /// Bytes of partly received data-plane requests all unauthenticated connections together
+    /// may hold beyond their first 8 KiB each; a client needing more while it is spent is cut.
+    #[arg(long, env = "COLONY_PARTIAL_BUDGET", default_value_t = 64 * 1024 * 1024)]
+    pub partial_budget: usize,
+
     /// Data-plane connections served at once; more are refused with an error line.
     #[arg(long, env = "COLONY_MAX_CONNECTIONS", default_value_t = 1024)]
     pub max_connections: usize,
@@ -600,6 +619,10 @@ impl DataPlaneArgs {
                 max_frame: self.max_frame,
             },
             idle_timeout: self.idle_timeout,
+            incomplete_timeout: self.incomplete_timeout,
+            max_pending_output: self.max_pending_output,
+            output_timeout: self.output_timeout,
+            partial_budget: self.partial_budget,
             max_connections: self.max_connections,
             grace: self.grace,
             halo_timeout: self.halo_timeout,

@@ -16,7 +16,7 @@ use prometheus_client::encoding::{
 };
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::registry::Registry;
 
 use crate::coordinator::health::tracker::HealthTracker;
@@ -171,6 +171,10 @@ pub struct Metrics {
     pub http: HttpMetrics,
     /// Heartbeats accepted by the coordinator.
     pub heartbeats: Counter,
+    /// Of those, the ones that came over a persistent heartbeat channel.
+    pub channel_heartbeats: Counter,
+    /// Heartbeat channels open now.
+    pub heartbeat_channels: Gauge,
     /// Requests refused for their credentials, by plane and reason.
     pub auth_refusals: AuthRefusals,
     /// Requests turned away by a rate limit, by plane.
@@ -184,6 +188,8 @@ impl Metrics {
         let mut registry = Registry::with_prefix("colony");
         let http = HttpMetrics::default();
         let heartbeats = Counter::default();
+        let channel_heartbeats = Counter::default();
+        let heartbeat_channels = Gauge::default();
         let auth_refusals = AuthRefusals::default();
         let rate_limited = RateLimited::default();
         registry.register(
@@ -195,6 +201,16 @@ impl Metrics {
             "heartbeats_received",
             "Heartbeats accepted from nodes",
             heartbeats.clone(),
+        );
+        registry.register(
+            "heartbeat_channel_received",
+            "Heartbeats accepted over a persistent heartbeat channel (also in heartbeats_received)",
+            channel_heartbeats.clone(),
+        );
+        registry.register(
+            "heartbeat_channels",
+            "Persistent heartbeat channels open now",
+            heartbeat_channels.clone(),
         );
         registry.register(
             "auth_refusals",
@@ -214,10 +230,13 @@ impl Metrics {
         if let Some(health) = health {
             registry.register_collector(Box::new(HealthCollector(health)));
         }
+        registry.register_collector(Box::new(LogLimitCollector));
         Metrics {
             registry: Arc::new(registry),
             http,
             heartbeats,
+            channel_heartbeats,
+            heartbeat_channels,
             auth_refusals,
             rate_limited,
         }
@@ -286,6 +305,31 @@ impl Collector for DataPlaneCollector {
     }
 }
 
+/// The lines each rate-limited log site held back ([`shared::log_limit`]).
+#[derive(Debug)]
+struct LogLimitCollector;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SiteLabel {
+    site: &'static str,
+}
+
+impl Collector for LogLimitCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut family = encoder.encode_descriptor(
+            "log_lines_suppressed",
+            "Warning lines held back by a rate-limited log site, by site",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for site in shared::log_limit::sites() {
+            let counter = ConstCounter::new(site.suppressed());
+            counter.encode(family.encode_family(&SiteLabel { site: site.site() })?)?;
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug)]
 struct HealthCollector(HealthTracker);
 
@@ -322,5 +366,26 @@ impl Collector for HealthCollector {
             open.metric_type(),
         )?)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared::log_limit::LogLimit;
+
+    #[test]
+    fn suppressed_log_lines_are_counted_by_site() {
+        static SITE: LogLimit =
+            LogLimit::new("test_metrics_site", std::time::Duration::from_secs(3600));
+        for _ in 0..4 {
+            shared::warn_limited!(SITE, "repeated warning");
+        }
+        let metrics = Metrics::new(DataPlane::new(dataplane::DataPlaneConfig::default()), None);
+        let text = metrics.render();
+        assert!(
+            text.contains("colony_log_lines_suppressed_total{site=\"test_metrics_site\"} 3"),
+            "{text}"
+        );
     }
 }

@@ -5,6 +5,7 @@
 //! | `GET /health` | every node | this node's own liveness (open even with `--protect-reads`: it is the liveness probe) |
 //! | `GET /metrics` | every node | Prometheus text |
 //! | `POST /heartbeat` | coordinator | records a node's signed heartbeat (or goodbye) |
+//! | `GET /heartbeat/ws` | coordinator | the persistent heartbeat channel: one signed heartbeat per frame ([`channel`]) |
 //! | `POST /tokens/report` | coordinator | a backend's signed report of what it did with init tokens |
 //! | `GET /tokens` | coordinator | the init-token audit (the operator: [`crate::operator::Guard::operator`]) |
 //! | `GET /health/status` | coordinator | every component's state |
@@ -17,6 +18,7 @@
 //! Everything but `/health`, `/heartbeat` (a node's call) and the dashboard's page and
 //! assets is a read: open unless `--protect-reads` ([`crate::operator`]).
 
+pub mod channel;
 mod health;
 mod heartbeat;
 pub mod packages;
@@ -52,6 +54,10 @@ pub fn coordinator_router_with(state: MgmtState, limits: WsLimits) -> Router {
         .merge(reads)
         .with_state(state.clone())
         .merge(tokens::operator_routes(state.clone()).route_layer(state.guard.operator()))
+        .merge(channel::router(channel::ChannelState::new(
+            &state,
+            channel::ChannelLimits::default(),
+        )))
         .merge(ws::router(Hub::new(state.clone(), limits)))
         .merge(dashboard::router(state))
 }

@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use tokio::sync::{broadcast, mpsc, OwnedSemaphorePermit};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use super::deployed;
 use super::hub::{Attached, Core, Published};
@@ -29,6 +29,10 @@ use super::protocol::{
 use super::services::{self, Verb};
 use crate::operator::{Caller, Denied, Guard, Need};
 use crate::rate_limit::{RateLimit, TokenBucket};
+
+/// Clients dropped for being too slow, at most one line per interval: anyone can be slow.
+static SLOW_LOG: shared::log_limit::LogLimit =
+    shared::log_limit::LogLimit::new("ws_client_too_slow", shared::log_limit::DEFAULT_INTERVAL);
 
 /// The metrics label of refusals and rate limits on `/ws`.
 const PLANE: &str = "ws";
@@ -168,18 +172,13 @@ async fn read_loop(
             }
             Some(Err(e)) => {
                 let e = e.into_inner();
-                let too_big = matches!(
-                    e.downcast_ref::<tokio_tungstenite::tungstenite::Error>(),
-                    Some(tokio_tungstenite::tungstenite::Error::Capacity(_))
-                );
                 debug!(error = %e, "ws read failed");
-                if too_big {
-                    // tungstenite will not read past a message over the hard limit, so the
-                    // connection cannot go on; say why before closing.
-                    let text = format!("message larger than {} bytes", core.limits.max_frame);
-                    let _ = responses.send(close(close_code::SIZE, &text)).await;
-                } else {
-                    done.cancel();
+                match read_failure(&e, core) {
+                    // Say why before closing; the connection cannot go on either way.
+                    Some(closing) => {
+                        let _ = responses.send(closing).await;
+                    }
+                    None => done.cancel(),
                 }
                 return;
             }
@@ -433,7 +432,14 @@ pub(crate) async fn unlock(
         };
         heard = Instant::now();
         let answer = match message {
-            None | Some(Err(_)) => return None,
+            None => return None,
+            Some(Err(e)) => {
+                let e = e.into_inner();
+                if let Some(closing) = read_failure(&e, core) {
+                    let _ = send(&mut socket, closing, timeout).await;
+                }
+                return None;
+            }
             // tungstenite queued the close reply; reading on sends it and then ends.
             Some(Ok(Message::Close(_) | Message::Ping(_) | Message::Pong(_))) => continue,
             Some(Ok(Message::Binary(_))) => session.limit(guard, None).unwrap_or_else(|| {
@@ -543,7 +549,7 @@ async fn write_loop(
                     None => continue,
                 },
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    warn!(missed, last_seq = seen, "ws client too slow; dropping it");
+                    shared::warn_limited!(SLOW_LOG, missed, last_seq = seen, "ws client too slow; dropping it");
                     let reason = format!("too slow: {missed} events missed; reconnect with ?since={seen}");
                     let _ = write(&mut sink, close(close_code::POLICY, &reason), timeout).await;
                     done.cancel();
@@ -585,9 +591,27 @@ async fn write(
             false
         }
         Err(_) => {
-            warn!(timeout = ?timeout, "ws write timed out; dropping the client");
+            shared::warn_limited!(SLOW_LOG, timeout = ?timeout, "ws write timed out; dropping the client");
             false
         }
+    }
+}
+
+/// The close frame a read failure deserves, if the client can still be told: 1009 for a
+/// message over the hard limit (tungstenite will not read past it), 1007 for a text message
+/// that is not UTF-8 (RFC 6455 §7.4.1). `None` for a broken connection.
+fn read_failure(error: &axum::BoxError, core: &Core) -> Option<Message> {
+    use tokio_tungstenite::tungstenite::Error;
+    match error.downcast_ref::<Error>() {
+        Some(Error::Capacity(_)) => {
+            let text = format!("message larger than {} bytes", core.limits.max_frame);
+            Some(close(close_code::SIZE, &text))
+        }
+        Some(Error::Utf8(_)) => Some(close(
+            close_code::INVALID,
+            "a text message must be valid UTF-8",
+        )),
+        _ => None,
     }
 }
 

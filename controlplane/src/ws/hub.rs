@@ -117,6 +117,23 @@ pub(crate) struct Core {
     /// Cancelled when the router holding the hub is dropped (the listener stopped).
     pub(crate) shutdown: CancellationToken,
     pump: OnceLock<()>,
+    /// The last `registry_loaded` built, shared by the connections that attach while it is
+    /// current: a reconnect loop costs one snapshot per event or per [`LOADED_MAX_AGE`], not
+    /// one per connection. Async, so that connections arriving together wait for one build.
+    loaded: tokio::sync::Mutex<Option<Loaded>>,
+}
+
+/// How long a built `registry_loaded` is handed out while no event has been published (it
+/// also shows values that change without an event, such as heartbeat times).
+const LOADED_MAX_AGE: Duration = Duration::from_secs(1);
+
+/// A `registry_loaded` as sent, and what it is current for.
+#[derive(Debug)]
+struct Loaded {
+    seq: u64,
+    reason: &'static str,
+    built: tokio::time::Instant,
+    text: Utf8Bytes,
 }
 
 impl std::fmt::Debug for Core {
@@ -157,6 +174,7 @@ impl Hub {
                 connections: Arc::new(Semaphore::new(limits.max_connections)),
                 shutdown: shutdown.clone(),
                 pump: OnceLock::new(),
+                loaded: tokio::sync::Mutex::new(None),
             }),
             _alive: Arc::new(shutdown.drop_guard()),
         }
@@ -233,13 +251,33 @@ impl Core {
         // The snapshot is read after `seq` was taken, so it is at least as new as `seq`;
         // events after `seq` may repeat a change it already shows, which is harmless
         // because every event states a new value rather than a difference.
-        let snapshot = self.snapshot(reason).await;
         Attached {
-            loaded: Some(event_text(EventKind::RegistryLoaded, seq, &snapshot).into()),
+            loaded: Some(self.loaded(seq, reason).await),
             replay: Vec::new(),
             after: seq,
             events,
         }
+    }
+
+    /// The `registry_loaded` text for a connection attaching at `seq`: the shared one if it
+    /// was built at `seq` for the same reason less than [`LOADED_MAX_AGE`] ago, else a new
+    /// one (then shared).
+    async fn loaded(&self, seq: u64, reason: &'static str) -> Utf8Bytes {
+        let mut cached = self.loaded.lock().await;
+        if let Some(c) = cached.as_ref() {
+            if c.seq == seq && c.reason == reason && c.built.elapsed() < LOADED_MAX_AGE {
+                return c.text.clone();
+            }
+        }
+        let snapshot = self.snapshot(reason).await;
+        let text: Utf8Bytes = event_text(EventKind::RegistryLoaded, seq, &snapshot).into();
+        *cached = Some(Loaded {
+            seq,
+            reason,
+            built: tokio::time::Instant::now(),
+            text: text.clone(),
+        });
+        text
     }
 
     /// The `registry_loaded` payload: everything a client needs to draw the cluster.

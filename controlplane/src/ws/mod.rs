@@ -43,13 +43,17 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use serde::Deserialize;
-use tracing::warn;
 
 pub use hub::{Hub, Published, Resume, WsLimits};
 use protocol::EventSet;
 
 use crate::error::ApiError;
 use crate::operator::{Need, Peer};
+
+/// Refusals at the connection cap, at most one line per interval: a reconnect loop makes
+/// them at line rate.
+static REFUSED_LOG: shared::log_limit::LogLimit =
+    shared::log_limit::LogLimit::new("ws_connection_refused", shared::log_limit::DEFAULT_INTERVAL);
 
 /// The `/ws` route over `hub`.
 pub fn router(hub: Hub) -> Router {
@@ -119,7 +123,8 @@ async fn upgrade(
         })?;
         let core = hub.core.clone();
         let permit = core.connections.clone().try_acquire_owned().map_err(|_| {
-            warn!(
+            shared::warn_limited!(
+                REFUSED_LOG,
                 limit = core.limits.max_connections,
                 "ws connection refused: at the limit"
             );

@@ -386,6 +386,45 @@ async fn every_bad_input_gets_an_error_and_the_socket_stays() {
 }
 
 #[tokio::test]
+async fn connections_attaching_together_share_one_registry_loaded() {
+    let (state, health) = state(Default::default());
+    let hub = Hub::new(state, limits());
+    let a = hub.core.attach(None).await.loaded.unwrap();
+    let b = hub.core.attach(None).await.loaded.unwrap();
+    // The same bytes, not an equal copy: built once, shared.
+    assert_eq!(a.as_str().as_ptr(), b.as_str().as_ptr());
+    // A change publishes an event: the next connection gets a snapshot that shows it.
+    health
+        .record(heartbeat("backend_9000", 9000), tokio::time::Instant::now())
+        .unwrap();
+    hub.core.publish(EventKind::RegistryLoaded, &json!({}));
+    let c = hub.core.attach(None).await.loaded.unwrap();
+    assert_ne!(a.as_str().as_ptr(), c.as_str().as_ptr());
+    assert!(c.as_str().contains("backend_9000"), "{}", c.as_str());
+}
+
+#[tokio::test]
+async fn a_text_message_that_is_not_utf8_is_closed_with_1007() {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    let server = serve(limits()).await;
+    let mut c = connect(server.addr, "").await;
+    next_event(&mut c, "registry_loaded").await;
+    let bad = Frame::message(vec![b'{', 0xff, 0xfe, b'}'], OpCode::Data(Data::Text), true);
+    c.send(Message::Frame(bad)).await.unwrap();
+    let close = loop {
+        match tokio::time::timeout(WAIT, c.next()).await.unwrap() {
+            Some(Ok(Message::Close(frame))) => break frame,
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    let frame = close.expect("a close frame with a reason");
+    assert_eq!(frame.code, CloseCode::Invalid, "{frame:?}");
+    assert!(frame.reason.contains("UTF-8"), "{}", frame.reason);
+}
+
+#[tokio::test]
 async fn events_arrive_numbered_and_filtered_by_subscription() {
     let server = serve(limits()).await;
     let mut c = connect(server.addr, "").await;
