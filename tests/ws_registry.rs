@@ -78,10 +78,11 @@ async fn kill_9_pushes_stale_then_down_within_the_thresholds() {
         )
         .await;
     let to_down = killed.elapsed();
-    // The last heartbeat came at most one interval before the kill; the sweeper looks
-    // often; generous slack above for a loaded machine.
+    // The backend's heartbeat channel closes with the process: STALE at once, not after
+    // the threshold (generous slack for a loaded machine). DOWN still waits for the
+    // threshold, counted from the last heartbeat, at most one interval before the kill.
     assert!(
-        to_stale + HEARTBEAT >= STALE_AFTER && to_stale <= STALE_AFTER + Duration::from_secs(1),
+        to_stale <= Duration::from_secs(1),
         "STALE after {to_stale:?}"
     );
     assert!(
