@@ -29,6 +29,7 @@ mod copies;
 mod engine;
 mod holders;
 mod identity;
+pub mod loadgen;
 mod peers;
 mod server;
 mod shards;

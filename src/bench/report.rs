@@ -1,0 +1,135 @@
+//! A benchmark's results: throughput per repeat and latency samples, summarised as the
+//! median and range of throughput and p50/p99 latency, printed as a table or JSON.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// The summary of one target's runs.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// The benchmark (`ping`).
+    pub bench: &'static str,
+    /// What was loaded (`colony`, `raw`, `redis`).
+    pub target: String,
+    /// Its address.
+    pub addr: String,
+    /// The load's shape, such as `4x16` (connections × depth).
+    pub load: String,
+    /// Measured runs.
+    pub repeats: usize,
+    /// Median requests per second over the runs.
+    pub throughput_median: f64,
+    /// Slowest run's requests per second.
+    pub throughput_min: f64,
+    /// Fastest run's requests per second.
+    pub throughput_max: f64,
+    /// Median round trip, microseconds.
+    pub p50_us: f64,
+    /// 99th percentile round trip, microseconds.
+    pub p99_us: f64,
+}
+
+/// The `q` quantile (0..=1) of sorted `samples`, nearest rank.
+pub fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted.get(rank - 1).copied().unwrap_or_default()
+}
+
+/// The median of `values` (the mean of the middle two for an even count).
+pub fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v.get(n / 2).copied().unwrap_or(0.0),
+        n => {
+            (v.get(n / 2 - 1).copied().unwrap_or(0.0) + v.get(n / 2).copied().unwrap_or(0.0)) / 2.0
+        }
+    }
+}
+
+impl Summary {
+    /// The summary of `rates` (requests/s per run) and all runs' latency `samples`.
+    pub fn new(
+        bench: &'static str,
+        target: &str,
+        addr: String,
+        load: String,
+        rates: &[f64],
+        mut samples: Vec<Duration>,
+    ) -> Self {
+        samples.sort_unstable();
+        let micros = |d: Duration| d.as_secs_f64() * 1e6;
+        Summary {
+            bench,
+            target: target.to_owned(),
+            addr,
+            load,
+            repeats: rates.len(),
+            throughput_median: median(rates),
+            throughput_min: rates.iter().copied().fold(f64::INFINITY, f64::min),
+            throughput_max: rates.iter().copied().fold(0.0, f64::max),
+            p50_us: micros(quantile(&samples, 0.5)),
+            p99_us: micros(quantile(&samples, 0.99)),
+        }
+    }
+}
+
+/// The table of `summaries`, with a header.
+pub fn table(summaries: &[Summary]) -> String {
+    let mut out = format!(
+        "{:<7} {:<8} {:<22} {:>8} {:>14} {:>25} {:>10} {:>10}\n",
+        "bench", "target", "addr", "load", "req/s median", "req/s range", "p50 µs", "p99 µs"
+    );
+    for s in summaries {
+        out.push_str(&format!(
+            "{:<7} {:<8} {:<22} {:>8} {:>14.0} {:>25} {:>10.1} {:>10.1}\n",
+            s.bench,
+            s.target,
+            s.addr,
+            s.load,
+            s.throughput_median,
+            format!("{:.0}..{:.0}", s.throughput_min, s.throughput_max),
+            s.p50_us,
+            s.p99_us
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_and_quantiles() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        let s: Vec<Duration> = (1..=100).map(Duration::from_micros).collect();
+        assert_eq!(quantile(&s, 0.5), Duration::from_micros(50));
+        assert_eq!(quantile(&s, 0.99), Duration::from_micros(99));
+        assert_eq!(quantile(&[], 0.5), Duration::ZERO);
+    }
+
+    #[test]
+    fn summary_has_median_range_and_percentiles() {
+        let s = Summary::new(
+            "ping",
+            "raw",
+            "127.0.0.1:1".into(),
+            "1x1".into(),
+            &[10.0, 30.0, 20.0],
+            vec![Duration::from_micros(5); 10],
+        );
+        assert_eq!(
+            (s.throughput_median, s.throughput_min, s.throughput_max),
+            (20.0, 10.0, 30.0)
+        );
+        assert_eq!(s.p50_us, 5.0);
+        assert!(table(&[s]).lines().count() == 2);
+    }
+}

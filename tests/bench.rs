@@ -1,0 +1,131 @@
+//! `colony bench` against a real backend: `ping` prints a sane table and JSON (structure and
+//! non-zero throughput, never speed), `--compare raw` measures the built-in echo too, and a
+//! non-loopback target is refused without `--allow-remote`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+/// Runs `colony bench ARGS` to the end; returns (success, stdout, stderr).
+async fn bench(args: &[&str]) -> (bool, String, String) {
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        colony_command().arg("bench").args(args).output(),
+    )
+    .await
+    .expect("colony bench did not stop by itself")
+    .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+async fn backend_data_address() -> (Cluster, String) {
+    let mut cluster = Cluster::new();
+    cluster.start_coordinator(&[]);
+    let i = cluster.start_backend(&[]);
+    let (_, internal) = cluster.backend_identity(i).await;
+    (cluster, internal)
+}
+
+#[tokio::test]
+async fn ping_prints_json_per_result_and_the_ratio_to_the_raw_echo() {
+    let (_cluster, target) = backend_data_address().await;
+    let (ok, stdout, stderr) = bench(&[
+        "ping",
+        "--target",
+        &target,
+        "--connections",
+        "2",
+        "--depth",
+        "4",
+        "--duration",
+        "300ms",
+        "--warmup",
+        "100ms",
+        "--repeat",
+        "1",
+        "--compare",
+        "raw",
+        "--json",
+    ])
+    .await;
+    assert!(ok, "{stderr}");
+    let lines: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    for (line, target) in lines.iter().zip(["colony", "raw"]) {
+        assert_eq!(line["bench"], "ping", "{line}");
+        assert_eq!(line["target"], target, "{line}");
+        assert_eq!(line["load"], "2x4", "{line}");
+        assert_eq!(line["repeats"], 1, "{line}");
+        assert!(line["throughput_median"].as_f64().unwrap() > 0.0, "{line}");
+        assert!(line["p50_us"].as_f64().unwrap() > 0.0, "{line}");
+        assert!(line["p99_us"].as_f64().unwrap() >= line["p50_us"].as_f64().unwrap());
+    }
+    assert_eq!(lines[0]["addr"], target.as_str());
+    assert_eq!(lines[2]["to"], "raw");
+    assert!(lines[2]["ratio"].as_f64().unwrap() > 0.0);
+}
+
+#[tokio::test]
+async fn ping_prints_a_table_with_median_and_range() {
+    let (_cluster, target) = backend_data_address().await;
+    let (ok, stdout, stderr) = bench(&[
+        "ping",
+        "--target",
+        &target,
+        "--duration",
+        "300ms",
+        "--repeat",
+        "2",
+    ])
+    .await;
+    assert!(ok, "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert!(lines[0].contains("req/s median") && lines[0].contains("p99 µs"));
+    let row: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(
+        &row[..4],
+        ["ping", "colony", target.as_str(), "1x1"],
+        "{stdout}"
+    );
+    assert!(row[4].parse::<f64>().unwrap() > 0.0, "{stdout}");
+    assert!(row[5].contains(".."), "{stdout}");
+}
+
+#[tokio::test]
+async fn a_remote_target_is_refused_without_allow_remote() {
+    // A documentation address (TEST-NET-1): refused before any connection is tried.
+    let (ok, stdout, stderr) = bench(&[
+        "ping",
+        "--target",
+        "192.0.2.1:8082",
+        "--duration",
+        "300ms",
+        "--repeat",
+        "1",
+    ])
+    .await;
+    assert!(!ok);
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(stderr.contains("--allow-remote"), "{stderr}");
+    let (ok, _, stderr) = bench(&[
+        "ping",
+        "--target",
+        "127.0.0.1:1",
+        "--compare",
+        "redis://192.0.2.1:6379",
+    ])
+    .await;
+    assert!(!ok);
+    assert!(stderr.contains("--allow-remote"), "{stderr}");
+}
