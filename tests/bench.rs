@@ -25,17 +25,19 @@ async fn bench(args: &[&str]) -> (bool, String, String) {
     )
 }
 
-async fn backend_data_address() -> (Cluster, String) {
+/// A cluster of one backend, its data-plane address and its pid.
+async fn backend_data_address() -> (Cluster, String, String) {
     let mut cluster = Cluster::new();
     cluster.start_coordinator(&[]);
     let i = cluster.start_backend(&[]);
     let (_, internal) = cluster.backend_identity(i).await;
-    (cluster, internal)
+    let pid = cluster.backends[i].pid().to_string();
+    (cluster, internal, pid)
 }
 
 #[tokio::test]
 async fn ping_prints_json_per_result_and_the_ratio_to_the_raw_echo() {
-    let (_cluster, target) = backend_data_address().await;
+    let (_cluster, target, _) = backend_data_address().await;
     let (ok, stdout, stderr) = bench(&[
         "ping",
         "--target",
@@ -71,13 +73,15 @@ async fn ping_prints_json_per_result_and_the_ratio_to_the_raw_echo() {
         assert!(line["p99_us"].as_f64().unwrap() >= line["p50_us"].as_f64().unwrap());
     }
     assert_eq!(lines[0]["addr"], target.as_str());
+    // No --pid: no CPU figure.
+    assert!(lines[0]["server_cpu_us_per_request"].is_null(), "{stdout}");
     assert_eq!(lines[2]["to"], "raw");
     assert!(lines[2]["ratio"].as_f64().unwrap() > 0.0);
 }
 
 #[tokio::test]
 async fn ping_prints_a_table_with_median_and_range() {
-    let (_cluster, target) = backend_data_address().await;
+    let (_cluster, target, pid) = backend_data_address().await;
     let (ok, stdout, stderr) = bench(&[
         "ping",
         "--target",
@@ -86,6 +90,8 @@ async fn ping_prints_a_table_with_median_and_range() {
         "300ms",
         "--repeat",
         "2",
+        "--pid",
+        &pid,
     ])
     .await;
     assert!(ok, "{stderr}");
@@ -100,6 +106,11 @@ async fn ping_prints_a_table_with_median_and_range() {
     );
     assert!(row[4].parse::<f64>().unwrap() > 0.0, "{stdout}");
     assert!(row[5].contains(".."), "{stdout}");
+    // The backend's CPU per request, read from /proc because its pid was given.
+    let cpu: f64 = row[8]
+        .parse()
+        .unwrap_or_else(|_| panic!("no cpu µs/req: {stdout}"));
+    assert!(cpu >= 0.0, "{stdout}");
 }
 
 #[tokio::test]

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use clap::Args;
+use controlplane::metrics::process::ProcessStats;
 use dataplane::loadgen::{spawn_echo, PingLoad};
 
 use super::report::{table, Summary};
@@ -28,6 +29,13 @@ pub struct PingArgs {
     /// echo on loopback: this machine's loopback limit) or `redis://HOST:PORT`.
     #[arg(long)]
     pub compare: Option<String>,
+    /// The pid of the server behind --target (on this machine): its CPU time per request
+    /// is read from /proc and shown.
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// The pid of the --compare server (on this machine), for its CPU time per request.
+    #[arg(long)]
+    pub compare_pid: Option<u32>,
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -36,25 +44,54 @@ pub struct PingArgs {
 struct Target {
     name: String,
     addr: SocketAddr,
+    /// The server's process, for its CPU time.
+    pid: Option<u32>,
     rates: Vec<f64>,
     samples: Vec<Duration>,
+    /// Server CPU seconds and requests over the measured windows.
+    cpu: Option<(f64, u64)>,
+}
+
+/// User plus system CPU seconds of process `pid`, from /proc.
+fn cpu_seconds(pid: u32) -> std::io::Result<f64> {
+    let dir = std::path::PathBuf::from(format!("/proc/{pid}"));
+    ProcessStats::read_from(&dir)
+        .map(|p| p.cpu_seconds)
+        .ok_or_else(|| std::io::Error::other(format!("cannot read {}", dir.display())))
+}
+
+/// One measured run.
+struct Window {
+    rate: f64,
+    requests: u64,
+    samples: Vec<Duration>,
+    /// The server's CPU seconds over the window, when its pid is known.
+    cpu: Option<f64>,
 }
 
 /// One measured run against `addr`: requests per second and round-trip samples.
 async fn measure(
     addr: SocketAddr,
+    pid: Option<u32>,
     args: &PingArgs,
-) -> Result<(f64, Vec<Duration>), std::io::Error> {
+) -> Result<Window, std::io::Error> {
     let load = PingLoad::start(addr, args.connections as usize, args.depth as usize).await?;
     tokio::time::sleep(args.common.warmup).await;
     load.record_latencies();
     let before = load.answered();
+    let cpu_before = pid.map(cpu_seconds).transpose()?;
     let started = Instant::now();
     tokio::time::sleep(args.common.duration).await;
-    let count = load.answered() - before;
+    let requests = load.answered() - before;
+    let cpu_after = pid.map(cpu_seconds).transpose()?;
     let elapsed = started.elapsed().as_secs_f64();
     let samples = load.stop().await?;
-    Ok((count as f64 / elapsed.max(f64::MIN_POSITIVE), samples))
+    Ok(Window {
+        rate: requests as f64 / elapsed.max(f64::MIN_POSITIVE),
+        requests,
+        samples,
+        cpu: cpu_before.zip(cpu_after).map(|(b, a)| a - b),
+    })
 }
 
 /// Runs `colony bench ping`.
@@ -66,8 +103,10 @@ pub async fn run(args: PingArgs) -> Result<(), BenchError> {
     let mut targets = vec![Target {
         name: "colony".into(),
         addr: resolve(&args.target, allow).await?,
+        pid: args.pid,
         rates: Vec::new(),
         samples: Vec::new(),
+        cpu: None,
     }];
     let mut echo = None;
     match args.compare.as_deref() {
@@ -78,34 +117,43 @@ pub async fn run(args: PingArgs) -> Result<(), BenchError> {
                 source,
             })?;
             echo = Some(task);
+            // The echo runs in this process, beside the load: its CPU is not told apart.
             targets.push(Target {
                 name: "raw".into(),
                 addr,
+                pid: None,
                 rates: Vec::new(),
                 samples: Vec::new(),
+                cpu: None,
             });
         }
         Some(other) => match other.strip_prefix("redis://") {
             Some(hostport) => targets.push(Target {
                 name: "redis".into(),
                 addr: resolve(hostport.trim_end_matches('/'), allow).await?,
+                pid: args.compare_pid,
                 rates: Vec::new(),
                 samples: Vec::new(),
+                cpu: None,
             }),
             None => return Err(BenchError::Compare(other.to_owned())),
         },
     }
     for _ in 0..args.common.repeat {
         for t in &mut targets {
-            let (rate, samples) =
-                measure(t.addr, &args)
-                    .await
-                    .map_err(|source| BenchError::Load {
-                        target: t.name.clone(),
-                        source,
-                    })?;
-            t.rates.push(rate);
-            t.samples.extend(samples);
+            let w = measure(t.addr, t.pid, &args)
+                .await
+                .map_err(|source| BenchError::Load {
+                    target: t.name.clone(),
+                    source,
+                })?;
+            t.rates.push(w.rate);
+            t.samples.extend(w.samples);
+            if let Some(cpu) = w.cpu {
+                let (sum, n) = t.cpu.get_or_insert((0.0, 0));
+                *sum += cpu;
+                *n += w.requests;
+            }
         }
     }
     if let Some(task) = echo {
@@ -115,14 +163,19 @@ pub async fn run(args: PingArgs) -> Result<(), BenchError> {
     let summaries: Vec<Summary> = targets
         .into_iter()
         .map(|t| {
-            Summary::new(
+            let mut s = Summary::new(
                 "ping",
                 &t.name,
                 t.addr.to_string(),
                 load.clone(),
                 &t.rates,
                 t.samples,
-            )
+            );
+            s.server_cpu_us_per_request = t
+                .cpu
+                .filter(|(_, n)| *n > 0)
+                .map(|(cpu, n)| cpu * 1e6 / n as f64);
+            s
         })
         .collect();
     let ratio = match summaries.as_slice() {

@@ -28,6 +28,9 @@ pub struct Summary {
     pub p50_us: f64,
     /// 99th percentile round trip, microseconds.
     pub p99_us: f64,
+    /// The server's CPU microseconds per request over the measured runs (`--pid`,
+    /// `--compare-pid`); `null` when its process was not given.
+    pub server_cpu_us_per_request: Option<f64>,
 }
 
 /// The `q` quantile (0..=1) of sorted `samples`, nearest rank.
@@ -75,6 +78,7 @@ impl Summary {
             throughput_max: rates.iter().copied().fold(0.0, f64::max),
             p50_us: micros(quantile(&samples, 0.5)),
             p99_us: micros(quantile(&samples, 0.99)),
+            server_cpu_us_per_request: None,
         }
     }
 }
@@ -82,12 +86,20 @@ impl Summary {
 /// The table of `summaries`, with a header.
 pub fn table(summaries: &[Summary]) -> String {
     let mut out = format!(
-        "{:<7} {:<8} {:<22} {:>8} {:>14} {:>25} {:>10} {:>10}\n",
-        "bench", "target", "addr", "load", "req/s median", "req/s range", "p50 µs", "p99 µs"
+        "{:<7} {:<8} {:<22} {:>8} {:>14} {:>25} {:>10} {:>10} {:>12}\n",
+        "bench",
+        "target",
+        "addr",
+        "load",
+        "req/s median",
+        "req/s range",
+        "p50 µs",
+        "p99 µs",
+        "cpu µs/req"
     );
     for s in summaries {
         out.push_str(&format!(
-            "{:<7} {:<8} {:<22} {:>8} {:>14.0} {:>25} {:>10.1} {:>10.1}\n",
+            "{:<7} {:<8} {:<22} {:>8} {:>14.0} {:>25} {:>10.1} {:>10.1} {:>12}\n",
             s.bench,
             s.target,
             s.addr,
@@ -95,7 +107,9 @@ pub fn table(summaries: &[Summary]) -> String {
             s.throughput_median,
             format!("{:.0}..{:.0}", s.throughput_min, s.throughput_max),
             s.p50_us,
-            s.p99_us
+            s.p99_us,
+            s.server_cpu_us_per_request
+                .map_or("-".into(), |c| format!("{c:.2}"))
         ));
     }
     out
