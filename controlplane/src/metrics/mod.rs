@@ -28,7 +28,7 @@ use prometheus_client::encoding::{
 };
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -222,6 +222,10 @@ pub struct Metrics {
     pub auth_refusals: AuthRefusals,
     /// Requests turned away by a rate limit, by plane.
     pub rate_limited: RateLimited,
+    /// `/ws` connections open now (upgraded and attached to the hub).
+    pub ws_connections: Gauge,
+    /// Events the `/ws` hub published (numbered), whoever was listening.
+    pub ws_events: Counter,
 }
 
 impl Metrics {
@@ -251,6 +255,18 @@ impl Metrics {
         let heartbeats = Counter::default();
         let auth_refusals = AuthRefusals::default();
         let rate_limited = RateLimited::default();
+        let ws_connections = Gauge::default();
+        let ws_events = Counter::default();
+        registry.register(
+            "ws_connections",
+            "/ws connections open now",
+            ws_connections.clone(),
+        );
+        registry.register(
+            "ws_events",
+            "Events published by the /ws hub",
+            ws_events.clone(),
+        );
         registry.register(
             "http_requests",
             "HTTP requests answered, by plane, method, route and status",
@@ -297,6 +313,8 @@ impl Metrics {
             heartbeats,
             auth_refusals,
             rate_limited,
+            ws_connections,
+            ws_events,
         }
     }
 
