@@ -97,17 +97,17 @@ async fn ping_prints_a_table_with_median_and_range() {
     assert!(ok, "{stderr}");
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 2, "{stdout}");
-    assert!(lines[0].contains("req/s median") && lines[0].contains("p99 µs"));
+    assert!(lines[0].contains("median") && lines[0].contains("p99 µs"));
     let row: Vec<&str> = lines[1].split_whitespace().collect();
     assert_eq!(
-        &row[..4],
-        ["ping", "colony", target.as_str(), "1x1"],
+        &row[..5],
+        ["ping", "colony", target.as_str(), "1x1", "req/s"],
         "{stdout}"
     );
-    assert!(row[4].parse::<f64>().unwrap() > 0.0, "{stdout}");
-    assert!(row[5].contains(".."), "{stdout}");
+    assert!(row[5].parse::<f64>().unwrap() > 0.0, "{stdout}");
+    assert!(row[6].contains(".."), "{stdout}");
     // The backend's CPU per request, read from /proc because its pid was given.
-    let cpu: f64 = row[8]
+    let cpu: f64 = row[9]
         .parse()
         .unwrap_or_else(|_| panic!("no cpu µs/req: {stdout}"));
     assert!(cpu >= 0.0, "{stdout}");
@@ -139,4 +139,64 @@ async fn a_remote_target_is_refused_without_allow_remote() {
     .await;
     assert!(!ok);
     assert!(stderr.contains("--allow-remote"), "{stderr}");
+}
+
+#[tokio::test]
+async fn ticks_measures_a_colony_and_checks_it_against_the_reference() {
+    let mut cluster = Cluster::new();
+    cluster.start_coordinator(&[]);
+    for _ in 0..2 {
+        cluster.start_backend(&["--heartbeat-interval", "100ms"]);
+    }
+    let a = cluster.coordinator_address().await;
+    let control = format!("{}:{}", a["ip"].as_str().unwrap(), a["http_port"]);
+    eventually(DEADLINE, "2 backends ACTIVE", || async {
+        let h = cluster.health().await;
+        let n = h["components"]
+            .as_array()?
+            .iter()
+            .filter(|c| c["type"] == "backend" && c["status"] == "ACTIVE")
+            .count();
+        (n == 2).then_some(())
+    })
+    .await;
+    let (ok, stdout, stderr) = bench(&[
+        "ticks",
+        "--control",
+        &control,
+        "--width-in-shards",
+        "2",
+        "--height-in-shards",
+        "2",
+        "--shard-width",
+        "32",
+        "--shard-height",
+        "32",
+        "--duration",
+        "300ms",
+        "--warmup",
+        "100ms",
+        "--repeat",
+        "1",
+        "--json",
+    ])
+    .await;
+    assert!(ok, "{stderr}");
+    let lines: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    assert_eq!(lines[0]["unit"], "ticks/s");
+    assert_eq!(lines[1]["unit"], "cells/s");
+    assert_eq!(lines[0]["load"], "2x2 of 32x32");
+    let ticks = lines[0]["throughput_median"].as_f64().unwrap();
+    assert!(ticks > 0.0, "{stdout}");
+    assert_eq!(
+        lines[1]["throughput_median"].as_f64().unwrap(),
+        ticks * 4096.0
+    );
+    assert!(lines[0]["p50_us"].is_null());
+    assert_eq!(lines[2]["reference"], "match", "{stdout}");
+    assert!(lines[2]["tick"].as_u64().unwrap() > 0, "{stdout}");
 }

@@ -5,10 +5,12 @@
 //! | file | owns |
 //! |---|---|
 //! | [`ping`] | `colony bench ping`: inline `PING` round trips, `--compare` |
+//! | [`ticks`] | `colony bench ticks`: ticks/s and cell updates/s, checked against the kernel |
 //! | [`report`] | results, their summary, the table and the JSON |
 
 pub mod ping;
 pub mod report;
+pub mod ticks;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -29,6 +31,10 @@ pub enum BenchCommand {
     /// flight per connection, optionally interleaved with the same load against another
     /// server (--compare), printing the ratio.
     Ping(ping::PingArgs),
+    /// Start a colony of the given size on a running cluster (replacing its colony), run it,
+    /// print ticks/s and cell updates/s, then pause it and check it against the same world
+    /// run in this process.
+    Ticks(ticks::TicksArgs),
 }
 
 /// Flags every benchmark shares.
@@ -110,6 +116,7 @@ pub async fn resolve(target: &str, allow_remote: bool) -> Result<SocketAddr, Ben
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.command {
         BenchCommand::Ping(args) => ping::run(args).await?,
+        BenchCommand::Ticks(args) => ticks::run(args).await?,
     }
     Ok(())
 }

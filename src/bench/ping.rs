@@ -167,7 +167,7 @@ pub async fn run(args: PingArgs) -> Result<(), BenchError> {
                 "ping",
                 &t.name,
                 t.addr.to_string(),
-                load.clone(),
+                (load.clone(), "req/s"),
                 &t.rates,
                 t.samples,
             );

@@ -16,18 +16,20 @@ pub struct Summary {
     pub addr: String,
     /// The load's shape, such as `4x16` (connections × depth).
     pub load: String,
+    /// What the throughput counts per second (`req/s`, `ticks/s`, `cells/s`).
+    pub unit: &'static str,
     /// Measured runs.
     pub repeats: usize,
-    /// Median requests per second over the runs.
+    /// Median throughput over the runs, in `unit`.
     pub throughput_median: f64,
-    /// Slowest run's requests per second.
+    /// Slowest run's throughput.
     pub throughput_min: f64,
-    /// Fastest run's requests per second.
+    /// Fastest run's throughput.
     pub throughput_max: f64,
-    /// Median round trip, microseconds.
-    pub p50_us: f64,
-    /// 99th percentile round trip, microseconds.
-    pub p99_us: f64,
+    /// Median latency, microseconds (`null` where the bench times no single operation).
+    pub p50_us: Option<f64>,
+    /// 99th percentile latency, microseconds.
+    pub p99_us: Option<f64>,
     /// The server's CPU microseconds per request over the measured runs (`--pid`,
     /// `--compare-pid`); `null` when its process was not given.
     pub server_cpu_us_per_request: Option<f64>,
@@ -56,28 +58,31 @@ pub fn median(values: &[f64]) -> f64 {
 }
 
 impl Summary {
-    /// The summary of `rates` (requests/s per run) and all runs' latency `samples`.
+    /// The summary of `rates` (`unit` per run) and all runs' latency `samples` (none: no
+    /// percentiles).
     pub fn new(
         bench: &'static str,
         target: &str,
         addr: String,
-        load: String,
+        (load, unit): (String, &'static str),
         rates: &[f64],
         mut samples: Vec<Duration>,
     ) -> Self {
         samples.sort_unstable();
         let micros = |d: Duration| d.as_secs_f64() * 1e6;
+        let has = !samples.is_empty();
         Summary {
             bench,
             target: target.to_owned(),
             addr,
             load,
+            unit,
             repeats: rates.len(),
             throughput_median: median(rates),
             throughput_min: rates.iter().copied().fold(f64::INFINITY, f64::min),
             throughput_max: rates.iter().copied().fold(0.0, f64::max),
-            p50_us: micros(quantile(&samples, 0.5)),
-            p99_us: micros(quantile(&samples, 0.99)),
+            p50_us: has.then(|| micros(quantile(&samples, 0.5))),
+            p99_us: has.then(|| micros(quantile(&samples, 0.99))),
             server_cpu_us_per_request: None,
         }
     }
@@ -86,28 +91,30 @@ impl Summary {
 /// The table of `summaries`, with a header.
 pub fn table(summaries: &[Summary]) -> String {
     let mut out = format!(
-        "{:<7} {:<8} {:<22} {:>8} {:>14} {:>25} {:>10} {:>10} {:>12}\n",
+        "{:<7} {:<8} {:<22} {:>14} {:>8} {:>14} {:>25} {:>10} {:>10} {:>12}\n",
         "bench",
         "target",
         "addr",
         "load",
-        "req/s median",
-        "req/s range",
+        "unit",
+        "median",
+        "range",
         "p50 µs",
         "p99 µs",
         "cpu µs/req"
     );
     for s in summaries {
         out.push_str(&format!(
-            "{:<7} {:<8} {:<22} {:>8} {:>14.0} {:>25} {:>10.1} {:>10.1} {:>12}\n",
+            "{:<7} {:<8} {:<22} {:>14} {:>8} {:>14.0} {:>25} {:>10} {:>10} {:>12}\n",
             s.bench,
             s.target,
             s.addr,
             s.load,
+            s.unit,
             s.throughput_median,
             format!("{:.0}..{:.0}", s.throughput_min, s.throughput_max),
-            s.p50_us,
-            s.p99_us,
+            s.p50_us.map_or("-".into(), |v| format!("{v:.1}")),
+            s.p99_us.map_or("-".into(), |v| format!("{v:.1}")),
             s.server_cpu_us_per_request
                 .map_or("-".into(), |c| format!("{c:.2}"))
         ));
@@ -135,7 +142,7 @@ mod tests {
             "ping",
             "raw",
             "127.0.0.1:1".into(),
-            "1x1".into(),
+            ("1x1".into(), "req/s"),
             &[10.0, 30.0, 20.0],
             vec![Duration::from_micros(5); 10],
         );
@@ -143,7 +150,7 @@ mod tests {
             (s.throughput_median, s.throughput_min, s.throughput_max),
             (20.0, 10.0, 30.0)
         );
-        assert_eq!(s.p50_us, 5.0);
+        assert_eq!(s.p50_us, Some(5.0));
         assert!(table(&[s]).lines().count() == 2);
     }
 }
