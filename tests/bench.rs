@@ -25,6 +25,28 @@ async fn bench(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// Runs `colony bench ARGS` briefly (300 ms, one repeat) with `--json`; it must succeed.
+/// Returns the JSON objects it printed, and the raw output for messages.
+async fn bench_json(args: &[&str]) -> (Vec<Value>, String) {
+    let brief = [
+        "--duration",
+        "300ms",
+        "--warmup",
+        "100ms",
+        "--repeat",
+        "1",
+        "--json",
+    ];
+    let all: Vec<&str> = args.iter().chain(brief.iter()).copied().collect();
+    let (ok, stdout, stderr) = bench(&all).await;
+    assert!(ok, "{stderr}");
+    let lines = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (lines, stdout)
+}
+
 /// A cluster of one backend, its data-plane address and its pid.
 async fn backend_data_address() -> (Cluster, String, String) {
     let mut cluster = Cluster::new();
@@ -38,7 +60,7 @@ async fn backend_data_address() -> (Cluster, String, String) {
 #[tokio::test]
 async fn ping_prints_json_per_result_and_the_ratio_to_the_raw_echo() {
     let (_cluster, target, _) = backend_data_address().await;
-    let (ok, stdout, stderr) = bench(&[
+    let (lines, stdout) = bench_json(&[
         "ping",
         "--target",
         &target,
@@ -46,22 +68,10 @@ async fn ping_prints_json_per_result_and_the_ratio_to_the_raw_echo() {
         "2",
         "--depth",
         "4",
-        "--duration",
-        "300ms",
-        "--warmup",
-        "100ms",
-        "--repeat",
-        "1",
         "--compare",
         "raw",
-        "--json",
     ])
     .await;
-    assert!(ok, "{stderr}");
-    let lines: Vec<Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
     assert_eq!(lines.len(), 3, "{stdout}");
     for (line, target) in lines.iter().zip(["colony", "raw"]) {
         assert_eq!(line["bench"], "ping", "{line}");
@@ -150,17 +160,8 @@ async fn ticks_measures_a_colony_and_checks_it_against_the_reference() {
     }
     let a = cluster.coordinator_address().await;
     let control = format!("{}:{}", a["ip"].as_str().unwrap(), a["http_port"]);
-    eventually(DEADLINE, "2 backends ACTIVE", || async {
-        let h = cluster.health().await;
-        let n = h["components"]
-            .as_array()?
-            .iter()
-            .filter(|c| c["type"] == "backend" && c["status"] == "ACTIVE")
-            .count();
-        (n == 2).then_some(())
-    })
-    .await;
-    let (ok, stdout, stderr) = bench(&[
+    cluster.backends_active(2).await;
+    let (lines, stdout) = bench_json(&[
         "ticks",
         "--control",
         &control,
@@ -172,20 +173,8 @@ async fn ticks_measures_a_colony_and_checks_it_against_the_reference() {
         "32",
         "--shard-height",
         "32",
-        "--duration",
-        "300ms",
-        "--warmup",
-        "100ms",
-        "--repeat",
-        "1",
-        "--json",
     ])
     .await;
-    assert!(ok, "{stderr}");
-    let lines: Vec<Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
     assert_eq!(lines.len(), 3, "{stdout}");
     assert_eq!(lines[0]["unit"], "ticks/s");
     assert_eq!(lines[1]["unit"], "cells/s");

@@ -141,16 +141,7 @@ async fn prometheus_scrapes_a_ticking_cluster_and_every_dashboard_query_has_data
     }
     let a = cluster.coordinator_address().await;
     let control = format!("http://{}:{}", a["ip"].as_str().unwrap(), a["http_port"]);
-    eventually(DEADLINE, "2 backends ACTIVE", || async {
-        let h = cluster.health().await;
-        let n = h["components"]
-            .as_array()?
-            .iter()
-            .filter(|c| c["type"] == "backend" && c["status"] == "ACTIVE")
-            .count();
-        (n == 2).then_some(())
-    })
-    .await;
+    cluster.backends_active(2).await;
     let post = |path: &str, body: Value| {
         cluster
             .http
