@@ -8,7 +8,7 @@
 //! | file | owns |
 //! |---|---|
 //! | this one | the registry, HTTP, refusal and rate-limit counters, the health collector |
-//! | [`collectors`] | the simulation, colony and process collectors |
+//! | `collectors` | the simulation, colony and process collectors |
 //! | [`process`] | reading `/proc/self` |
 
 mod collectors;
