@@ -60,6 +60,10 @@ pub enum Command {
     /// Run a world in this process (all cores) and print what GET /colony would show after
     /// the same ticks on a cluster: tick, population and fingerprint, to check any run.
     Reference(ReferenceArgs),
+    /// Load generators to run against a cluster: a table (or --json) of throughput over
+    /// repeats and p50/p99 latency. Loads stop by themselves; targets must be loopback
+    /// unless --allow-remote.
+    Bench(crate::bench::BenchArgs),
 }
 
 /// Flags of `colony coordinator`.

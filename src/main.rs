@@ -1,6 +1,7 @@
 //! `colony`: the one binary. Parses the command line, starts tracing, and hands typed
 //! configuration to the subcommand; everything else lives in the library crates.
 
+mod bench;
 mod claim;
 mod cli;
 mod liveness;
@@ -40,6 +41,7 @@ fn main() -> std::process::ExitCode {
             Command::Up(args) => up::run(args).await,
             Command::Status(args) => status::run(args).await,
             Command::Reference(args) => reference::run(args),
+            Command::Bench(args) => bench::run(args).await,
         }
     });
     match result {

@@ -387,7 +387,7 @@ pub async fn start_coordinator(
         Some(identity),
         read_access(&operator),
     );
-    let metrics = Metrics::new(data_plane.clone(), Some(health.clone()));
+    let metrics = Metrics::coordinator(data_plane.clone(), health.clone(), colony.clone());
     let access = Access::new(operator, &metrics);
     // Pages served from the management port are this node's own dashboard.
     let dashboard = Some(address.mgmt_port);

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::{json, Value};
 
-const STALE_AFTER: Duration = Duration::from_millis(300);
 const DOWN_AFTER: Duration = Duration::from_millis(1000);
 const HEARTBEAT: Duration = Duration::from_millis(100);
 

@@ -198,6 +198,7 @@ impl Core {
 
     /// Numbers, records and broadcasts one event.
     pub(crate) fn publish(&self, kind: EventKind, data: &Value) {
+        self.state.metrics.ws_events.inc();
         let mut log = self.log.lock();
         log.seq += 1;
         let seq = log.seq;

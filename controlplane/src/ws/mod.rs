@@ -155,7 +155,10 @@ async fn upgrade(
                         socket
                     };
                     let attached = core.attach(resume).await;
+                    let open = core.state.metrics.ws_connections.clone();
+                    open.inc();
                     connection::serve(socket, core, events, attached, permit, session).await;
+                    open.dec();
                 }),
         )
     }

@@ -906,3 +906,32 @@ async fn a_flood_is_rate_limited_per_connection_and_others_are_unaffected() {
     let hub = server.hub.as_ref().unwrap();
     assert_eq!(hub.core.state.metrics.rate_limited.get("ws"), limited);
 }
+
+#[tokio::test]
+async fn metrics_count_open_connections_and_published_events() {
+    let server = serve(limits()).await;
+    let metrics = server.hub.as_ref().unwrap().core.state.metrics.clone();
+    assert_eq!(metrics.ws_connections.get(), 0);
+    let mut c = connect(server.addr, "").await;
+    assert_eq!(next(&mut c).await["event"], "registry_loaded");
+    assert_eq!(metrics.ws_connections.get(), 1);
+    // A node seen for the first time is an event.
+    server
+        .health
+        .record(heartbeat("backend_9000", 9000), tokio::time::Instant::now())
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while metrics.ws_events.get() == 0 {
+        assert!(std::time::Instant::now() < deadline, "no event counted");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(metrics.render().contains("colony_ws_connections 1"));
+    drop(c);
+    while metrics.ws_connections.get() != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the closed connection still counts"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

@@ -28,6 +28,7 @@ use super::alerts::{AlertLog, AlertsView};
 use super::config::HealthConfig;
 use super::events::HealthEvent;
 use super::node_state::{NodeState, Transition};
+use super::stats::HealthStats;
 use super::views::{Component, Counts, HealthStatus};
 use crate::time::{millis, rfc3339};
 use crate::wire::heartbeat::{Heartbeat, HeartbeatError, NodeType};
@@ -96,6 +97,7 @@ struct Inner {
     alerts: Mutex<AlertLog>,
     events: broadcast::Sender<HealthEvent>,
     me: Option<SelfComponent>,
+    stats: HealthStats,
 }
 
 /// Per-node health, shared by the heartbeat handler, the sweeper and the read endpoints.
@@ -127,6 +129,7 @@ impl HealthTracker {
                     started: SystemTime::now(),
                     started_at: Instant::now(),
                 }),
+                stats: HealthStats::default(),
             }),
         }
     }
@@ -215,6 +218,7 @@ impl HealthTracker {
                     changed = Some(transition(record, target, wall, now));
                 }
                 let gap = now.saturating_duration_since(record.last_heard);
+                self.inner.stats.heartbeat_gap(gap);
                 record.node_type = hb.node_type;
                 record.last_seen = wall;
                 record.last_heard = now;
@@ -276,6 +280,9 @@ impl HealthTracker {
                 address: hb.address,
             });
         }
+        if let Some(t) = &changed {
+            self.inner.stats.transition(t.from, t.to);
+        }
         if let Some(t) = changed {
             match t.from {
                 Some(from) if from.is_failure() => {
@@ -334,6 +341,7 @@ impl HealthTracker {
                 record.failed_since = Some(now);
             }
             let t = transition(record, target, SystemTime::now(), now);
+            self.inner.stats.transition(t.from, t.to);
             changes.push((entry.key().clone(), entry.node_type, silence, t));
         }
         for node_id in forget {
@@ -560,6 +568,27 @@ impl HealthTracker {
         self.inner.alerts.lock().resolve_all(subject);
     }
 
+    /// The heartbeat inter-arrival histogram and state-transition counters.
+    pub fn stats(&self) -> &HealthStats {
+        &self.inner.stats
+    }
+
+    /// Seconds since each known node's last heartbeat, by node id (the coordinator itself is
+    /// not listed: it sends none).
+    pub fn heartbeat_ages(&self, now: Instant) -> Vec<(String, f64)> {
+        let mut ages: Vec<(String, f64)> = self
+            .inner
+            .nodes
+            .iter()
+            .map(|e| {
+                let age = now.saturating_duration_since(e.last_heard);
+                (e.key().clone(), age.as_secs_f64())
+            })
+            .collect();
+        ages.sort_by(|a, b| a.0.cmp(&b.0));
+        ages
+    }
+
     /// Counts for metrics.
     pub fn counts(&self) -> Counts {
         let mut counts = Counts::default();
@@ -630,6 +659,37 @@ mod tests {
 
     fn state(t: &HealthTracker, id: &str) -> NodeState {
         t.node(id).unwrap().status
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stats_count_every_transition_and_each_gap_once() {
+        let t = HealthTracker::new(config(), None);
+        let start = Instant::now();
+        t.record(hb("b1", 1), start).unwrap();
+        t.record(hb("b1", 2), start + Duration::from_millis(100))
+            .unwrap();
+        t.record(hb("b2", 1), start + Duration::from_millis(100))
+            .unwrap();
+        t.sweep(start + Duration::from_millis(450));
+        t.record(hb("b1", 3), start + Duration::from_millis(500))
+            .unwrap();
+        assert_eq!(
+            t.stats().transitions(),
+            vec![
+                ("NONE", "ACTIVE", 2),
+                ("ACTIVE", "STALE", 2),
+                ("STALE", "ACTIVE", 1)
+            ]
+        );
+        // Gaps of b1 only (100 ms, 400 ms): a first heartbeat has none.
+        let gaps = t.stats().interarrival();
+        assert_eq!(gaps.count, 2);
+        assert!((gaps.sum_seconds - 0.5).abs() < 1e-9, "{gaps:?}");
+        let ages = t.heartbeat_ages(start + Duration::from_millis(600));
+        assert_eq!(ages.len(), 2);
+        assert_eq!(ages[0].0, "b1");
+        assert!((ages[0].1 - 0.1).abs() < 1e-9, "{ages:?}");
+        assert!((ages[1].1 - 0.5).abs() < 1e-9, "{ages:?}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,10 +1,22 @@
 //! Prometheus metrics (`GET /metrics`) through `prometheus-client`, the Prometheus project's
-//! own Rust client: HTTP requests, heartbeats and refused credentials as live counters, and
-//! node states and data-plane counters collected from their owners at scrape time, so nothing
-//! is counted twice.
+//! own Rust client: HTTP requests (with a latency histogram), heartbeats and refused
+//! credentials as live counters, and node states, heartbeat ages and transitions, the colony,
+//! a backend's simulation, data-plane counters and the process's CPU, memory and fds
+//! collected from their owners at scrape time, so nothing is counted twice. Conventions:
+//! units in names, `_total` counters, `_seconds` histograms.
+//!
+//! | file | owns |
+//! |---|---|
+//! | this one | the registry, HTTP, refusal and rate-limit counters, the health collector |
+//! | `collectors` | the simulation, colony and process collectors |
+//! | [`process`] | reading `/proc/self` |
+
+mod collectors;
+pub mod process;
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::MatchedPath;
 use axum::http::Method;
@@ -17,8 +29,11 @@ use prometheus_client::encoding::{
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use self::collectors::{single, ColonyCollector, ConstHistogram, ProcessCollector, SimCollector};
+use crate::coordinator::colony::ColonyManager;
 use crate::coordinator::health::tracker::HealthTracker;
 
 /// Labels of the HTTP request counter. Nothing in it is allocated per request: the method
@@ -78,26 +93,58 @@ pub fn method_label(method: &Method) -> &'static str {
     }
 }
 
-/// The HTTP request counter, shared by every listener of a node.
-#[derive(Debug, Clone, Default)]
+/// Labels of the HTTP latency histogram: by route, not status, so a route has one series.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LatencyLabels {
+    plane: &'static str,
+    route: RouteLabel,
+}
+
+type LatencyFamily = Family<LatencyLabels, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(dataplane::LATENCY_BUCKETS)
+}
+
+/// The HTTP request counter and latency histogram, shared by every listener of a node.
+#[derive(Debug, Clone)]
 pub struct HttpMetrics {
     requests: Family<HttpLabels, Counter>,
+    latency: LatencyFamily,
+}
+
+impl Default for HttpMetrics {
+    fn default() -> Self {
+        HttpMetrics {
+            requests: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram),
+        }
+    }
 }
 
 impl HttpMetrics {
-    /// Counts one answered request; `route` is the matched route, `None` for no route.
+    /// Counts one answered request that took `took` to answer; `route` is the matched
+    /// route, `None` for no route.
     pub fn observe(
         &self,
         plane: &'static str,
         method: &'static str,
         route: Option<MatchedPath>,
         status: u16,
+        took: Duration,
     ) {
+        let route = RouteLabel(route);
+        self.latency
+            .get_or_create(&LatencyLabels {
+                plane,
+                route: route.clone(),
+            })
+            .observe(took.as_secs_f64());
         self.requests
             .get_or_create(&HttpLabels {
                 plane,
                 method,
-                route: RouteLabel(route),
+                route,
                 status,
             })
             .inc();
@@ -179,12 +226,34 @@ pub struct Metrics {
     pub auth_refusals: AuthRefusals,
     /// Requests turned away by a rate limit, by plane.
     pub rate_limited: RateLimited,
+    /// `/ws` connections open now (upgraded and attached to the hub).
+    pub ws_connections: Gauge,
+    /// Events the `/ws` hub published (numbered), whoever was listening.
+    pub ws_events: Counter,
 }
 
 impl Metrics {
     /// A registry with this node's data-plane counters and, on the coordinator, its health
-    /// tracker.
+    /// tracker; without one (a backend), the simulation counters of its shard store.
     pub fn new(data_plane: DataPlane, health: Option<HealthTracker>) -> Self {
+        Self::build(data_plane, health, None)
+    }
+
+    /// The coordinator's registry: as [`Metrics::new`] with its health tracker, plus its
+    /// colony's tick, population and state.
+    pub fn coordinator(
+        data_plane: DataPlane,
+        health: HealthTracker,
+        colony: ColonyManager,
+    ) -> Self {
+        Self::build(data_plane, Some(health), Some(colony))
+    }
+
+    fn build(
+        data_plane: DataPlane,
+        health: Option<HealthTracker>,
+        colony: Option<ColonyManager>,
+    ) -> Self {
         let mut registry = Registry::with_prefix("colony");
         let http = HttpMetrics::default();
         let heartbeats = Counter::default();
@@ -192,10 +261,27 @@ impl Metrics {
         let heartbeat_channels = Gauge::default();
         let auth_refusals = AuthRefusals::default();
         let rate_limited = RateLimited::default();
+        let ws_connections = Gauge::default();
+        let ws_events = Counter::default();
+        registry.register(
+            "ws_connections",
+            "/ws connections open now",
+            ws_connections.clone(),
+        );
+        registry.register(
+            "ws_events",
+            "Events published by the /ws hub",
+            ws_events.clone(),
+        );
         registry.register(
             "http_requests",
             "HTTP requests answered, by plane, method, route and status",
             http.requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "Time to answer an HTTP request, by plane and route",
+            http.latency.clone(),
         );
         registry.register(
             "heartbeats_received",
@@ -226,11 +312,18 @@ impl Metrics {
         // into the same counter, so one family shows every plane.
         let data_refusals = auth_refusals.clone();
         data_plane.on_refusal(move |reason| data_refusals.count("data", reason));
+        registry.register_collector(Box::new(ProcessCollector));
+        if health.is_none() {
+            registry.register_collector(Box::new(SimCollector(data_plane.store().clone())));
+        }
         registry.register_collector(Box::new(DataPlaneCollector(data_plane)));
         if let Some(health) = health {
             registry.register_collector(Box::new(HealthCollector(health)));
         }
         registry.register_collector(Box::new(LogLimitCollector));
+        if let Some(colony) = colony {
+            registry.register_collector(Box::new(ColonyCollector(colony)));
+        }
         Metrics {
             registry: Arc::new(registry),
             http,
@@ -239,6 +332,8 @@ impl Metrics {
             heartbeat_channels,
             auth_refusals,
             rate_limited,
+            ws_connections,
+            ws_events,
         }
     }
 
@@ -338,6 +433,17 @@ struct StateLabel {
     state: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NodeLabel {
+    node: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TransitionLabels {
+    from: &'static str,
+    to: &'static str,
+}
+
 impl Collector for HealthCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let counts = self.0.counts();
@@ -365,14 +471,157 @@ impl Collector for HealthCollector {
             None,
             open.metric_type(),
         )?)?;
+        let stats = self.0.stats();
+        single(
+            &mut encoder,
+            "heartbeat_interarrival_seconds",
+            "Time between two heartbeats of one node, over every node of the cluster",
+            &ConstHistogram(stats.interarrival()),
+        )?;
+        let mut ages = encoder.encode_descriptor(
+            "heartbeat_age_seconds",
+            "Time since each node's last heartbeat",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (node, age) in self.0.heartbeat_ages(tokio::time::Instant::now()) {
+            ConstGauge::new(age).encode(ages.encode_family(&NodeLabel { node })?)?;
+        }
+        let mut moves = encoder.encode_descriptor(
+            "node_transitions",
+            "Node state transitions by from (NONE: first seen) and to",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (from, to, n) in stats.transitions() {
+            ConstCounter::new(n).encode(moves.encode_family(&TransitionLabels { from, to })?)?;
+        }
         Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use shared::NodeAddress;
+
     use super::*;
+    use crate::coordinator::health::config::HealthConfig;
+    use crate::wire::heartbeat::{Heartbeat, NodeType};
     use shared::log_limit::LogLimit;
+
+    fn data_plane() -> DataPlane {
+        DataPlane::new(dataplane::DataPlaneConfig::default())
+    }
+
+    fn hb(id: &str, seq: u64) -> Heartbeat {
+        Heartbeat {
+            instance_id: id.into(),
+            node_type: NodeType::Backend,
+            address: NodeAddress::new([127, 0, 0, 1].into(), 9000, 9001, 9002),
+            boot_id: "boot".into(),
+            seq,
+            metrics: Default::default(),
+            leaving: false,
+        }
+    }
+
+    /// The value of the sample `series` (name and labels exactly as rendered).
+    fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+    }
+
+    #[tokio::test]
+    async fn coordinator_renders_colony_heartbeat_and_http_latency_series() {
+        let health = HealthTracker::new(HealthConfig::default(), None);
+        let now = tokio::time::Instant::now();
+        health.record(hb("b1", 1), now).unwrap();
+        health
+            .record(hb("b1", 2), now + Duration::from_millis(200))
+            .unwrap();
+        let colony = crate::coordinator::colony::testing::manager(Arc::new(
+            shared::registry::InMemoryClusterRegistry::new(),
+        ));
+        let metrics = Metrics::coordinator(data_plane(), health, colony);
+        metrics
+            .http
+            .observe("mgmt", "GET", None, 404, Duration::from_millis(3));
+        let text = metrics.render();
+        assert_eq!(sample(&text, "colony_colony_tick"), Some(0.0), "{text}");
+        assert_eq!(
+            sample(&text, "colony_colony_state{state=\"none\"}"),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(&text, "colony_heartbeat_interarrival_seconds_count"),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "colony_heartbeat_interarrival_seconds_bucket{le=\"0.25\"}"
+            ),
+            Some(1.0)
+        );
+        assert!(sample(&text, "colony_heartbeat_age_seconds{node=\"b1\"}").is_some());
+        assert_eq!(
+            sample(
+                &text,
+                "colony_node_transitions_total{from=\"NONE\",to=\"ACTIVE\"}"
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "colony_http_request_duration_seconds_count{plane=\"mgmt\",route=\"unmatched\"}"
+            ),
+            Some(1.0)
+        );
+        assert!(sample(&text, "colony_process_resident_memory_bytes").is_some_and(|v| v > 0.0));
+        // The backend's simulation series are not the coordinator's.
+        assert!(!text.contains("colony_ticks_completed"));
+    }
+
+    #[test]
+    fn backend_renders_simulation_and_process_series() {
+        let dp = data_plane();
+        let sim = dp.store().sim_stats().clone();
+        sim.batch(4, Duration::from_millis(2), Duration::from_millis(1));
+        sim.peer("b2").sent(100);
+        sim.checkpoints
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let text = Metrics::new(dp, None).render();
+        assert_eq!(
+            sample(&text, "colony_ticks_completed_total"),
+            Some(4.0),
+            "{text}"
+        );
+        assert_eq!(
+            sample(&text, "colony_tick_batch_duration_seconds_count"),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(&text, "colony_border_wait_seconds_total"),
+            Some(0.001)
+        );
+        assert_eq!(sample(&text, "colony_checkpoints_total"), Some(1.0));
+        assert_eq!(sample(&text, "colony_recoveries_total"), Some(0.0));
+        assert_eq!(sample(&text, "colony_shards_held"), Some(0.0));
+        assert_eq!(
+            sample(&text, "colony_border_sent_bytes_total{peer=\"b2\"}"),
+            Some(100.0)
+        );
+        assert_eq!(
+            sample(&text, "colony_border_received_frames_total{peer=\"b2\"}"),
+            Some(0.0)
+        );
+        assert!(sample(&text, "colony_process_open_fds").is_some_and(|v| v >= 3.0));
+        assert!(sample(&text, "colony_process_cpu_seconds_total").is_some());
+    }
 
     #[test]
     fn suppressed_log_lines_are_counted_by_site() {
