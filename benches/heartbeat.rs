@@ -457,12 +457,23 @@ fn main() {
         // A few hundred handshakes at a time: the listen backlog is finite.
         let mut channels = Vec::with_capacity(channel_nodes);
         for batch in (0..channel_nodes).collect::<Vec<_>>().chunks(256) {
+            // Each channel's first heartbeat goes at once, as a backend's does: the
+            // coordinator closes a channel that carries none within 10 s.
             let opening: Vec<_> = batch
                 .iter()
-                .map(|_| tokio::spawn(open_channel(port)))
+                .map(|&node| {
+                    let signer = signer.clone();
+                    tokio::spawn(async move {
+                        let mut channel = open_channel(port).await;
+                        assert!(
+                            frame(&mut channel, &signer, &body(300_000 + node, "channel", 1)).await
+                        );
+                        channel
+                    })
+                })
                 .collect();
             for o in opening {
-                channels.push((o.await.unwrap(), 0));
+                channels.push((o.await.unwrap(), 1));
             }
         }
         channels
