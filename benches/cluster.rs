@@ -159,12 +159,14 @@ fn main() {
                 (started.elapsed().as_secs_f64(), answer)
             }
         };
-        // Warm up, then size the runs to about `secs` each.
-        let (t, _) = run(50).await;
-        let ticks = ((secs / (t / 50.0)) as u64).clamp(50, 200_000);
+        // Warm up (the first run also opens every link), then size the runs to about `secs`
+        // each from a second run long enough to time.
+        run(50).await;
+        let (t, _) = run(500).await;
+        let ticks = ((secs / (t / 500.0)) as u64).clamp(50, 200_000);
         let mut best_cluster = 0f64;
         let mut best_reference = 0f64;
-        let mut done = 50;
+        let mut done = 550;
         for _ in 0..rounds {
             let (t, answer) = run(ticks).await;
             done += ticks;
