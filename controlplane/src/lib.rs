@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod node_auth;
 pub mod operator;
 pub mod rate_limit;
+pub mod spawner;
 pub mod state;
 pub mod time;
 pub mod token_reporter;

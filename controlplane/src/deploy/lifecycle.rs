@@ -17,7 +17,7 @@
 //! starts again those that were running. If the node is killed outright, each `start.sh` is
 //! told by the kernel (`setpriv --pdeathsig TERM`, when util-linux's `setpriv` is installed)
 //! as `colony up`'s children are; the kernel sends it when the *thread* that forked the child
-//! ends, so every `start.sh` is forked by one long-lived spawner thread.
+//! ends, so every `start.sh` is forked by one long-lived spawner thread ([`crate::spawner`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -30,7 +30,7 @@ use nix::unistd::Pid;
 use serde::Serialize;
 use tokio::io::AsyncReadExt;
 use tokio::process::{Child, Command};
-use tokio::sync::{broadcast, oneshot, watch};
+use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -41,6 +41,7 @@ use crate::deploy::manifest::{HealthSpec, Manifest, Protocol, ServiceKind};
 use crate::deploy::service::{
     Execution, HealthStatus, Location, Pending, ServiceEndpoint, ServiceEntry, ServiceState, Store,
 };
+use crate::spawner::Spawner;
 use crate::time::rfc3339;
 
 /// Where `setpriv` is looked for.
@@ -196,7 +197,7 @@ impl Services {
             slots.insert(entry.name.clone(), Slot { entry, run: None });
         }
         let (events, _) = broadcast::channel(1024);
-        let spawner = Spawner::start(tokio::runtime::Handle::current())
+        let spawner = Spawner::start(tokio::runtime::Handle::current(), "colony-deploy-spawner")
             .map_err(|e| DeployError::io("starting", "the service spawner thread", e))?;
         Ok(Services {
             inner: Arc::new(Inner {
@@ -741,7 +742,8 @@ impl Services {
         let program = start_command();
         let mut command = self.command(dir, &program);
         command.stdout(Stdio::from(out)).stderr(Stdio::from(err));
-        self.inner.spawner.spawn(command).await
+        let mut command = command;
+        self.inner.spawner.spawn(move || command.spawn()).await
     }
 
     /// A command run in `dir` with the clean environment and the deploy user.
@@ -997,40 +999,5 @@ async fn health_loop(
             node: services.inner.config.node.clone(),
             status,
         });
-    }
-}
-
-/// The request the spawner thread answers: a command to fork, and where the child goes.
-type SpawnRequest = (Command, oneshot::Sender<std::io::Result<Child>>);
-
-/// Forks every `start.sh` from one long-lived thread: the parent-death signal follows the
-/// forking thread, and a runtime worker could be retired under a running service.
-#[derive(Debug)]
-struct Spawner {
-    requests: std::sync::mpsc::Sender<SpawnRequest>,
-}
-
-impl Spawner {
-    fn start(runtime: tokio::runtime::Handle) -> std::io::Result<Spawner> {
-        let (requests, incoming) = std::sync::mpsc::channel::<SpawnRequest>();
-        std::thread::Builder::new()
-            .name("colony-deploy-spawner".to_owned())
-            .spawn(move || {
-                // tokio's child handles register with the runtime that reaps them.
-                let _runtime = runtime.enter();
-                while let Ok((mut command, reply)) = incoming.recv() {
-                    if let Err(Ok(mut orphan)) = reply.send(command.spawn()) {
-                        let _ = orphan.start_kill();
-                    }
-                }
-            })?;
-        Ok(Spawner { requests })
-    }
-
-    async fn spawn(&self, command: Command) -> std::io::Result<Child> {
-        let gone = || std::io::Error::other("the spawner thread has stopped");
-        let (reply, child) = oneshot::channel();
-        self.requests.send((command, reply)).map_err(|_| gone())?;
-        child.await.map_err(|_| gone())?
     }
 }
