@@ -157,6 +157,12 @@ pub struct DeployArgs {
     /// How long stop.sh, then SIGTERM, get before a deployed service is killed.
     #[arg(long, env = "COLONY_DEPLOY_STOP_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub deploy_stop_grace: Duration,
+
+    /// Coordinator: how often it asks each live backend for its deployed services, which /ws
+    /// and the dashboard list with the coordinator's own (their state changes and health
+    /// checks reach /ws this late at most). Backends ignore it.
+    #[arg(long, env = "COLONY_DEPLOY_POLL_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    pub deploy_poll_interval: Duration,
 }
 
 impl DeployArgs {

@@ -3,10 +3,15 @@
 //! | route | who | answer |
 //! |---|---|---|
 //! | `PUT /deploy/{file}?activate=bool` | the coordinator (a signed node call) | installs and starts the package, streaming its steps as NDJSON ([`crate::deploy::forward`]) |
+//! | `GET /deploy/services` | the coordinator (a signed node call) | `{"services":[…]}`: every service deployed here, with its state and last health check |
+//! | `POST /deploy/services/{name}/{action}` | the coordinator (a signed node call) | `start`, `stop` or `restart` one: `{"service":{…}}`, or `{"error","code"}` |
 //!
 //! The signature is checked before a byte of the body is read; the body is streamed to disk
 //! under the package limit and its SHA-256 compared with the signed digest before anything
-//! is installed. Merged after [`crate::http::harden`]: it brings its own timeout.
+//! is installed. The service list is signed too although it changes nothing: it names
+//! install directories and pids, which are the node's business. Merged after
+//! [`crate::http::harden`]: it brings its own timeout, which a start (up to the start
+//! timeout) or a stop (up to the stop grace, twice) needs.
 
 use std::convert::Infallible;
 
@@ -14,8 +19,8 @@ use axum::body::{Body, Bytes};
 use axum::extract::{OriginalUri, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::put;
-use axum::Router;
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use shared::signing::unix_millis;
@@ -26,11 +31,12 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::deploy::deployer::{Deployer, UploadLimits};
-use crate::deploy::forward::{Line, RemoteProgress, DIGEST_HEADER};
+use crate::deploy::forward::{Line, RemoteProgress, ServicesAnswer, DIGEST_HEADER};
 use crate::deploy::lifecycle::DeployEvent;
 use crate::deploy::package::PackageFile;
 use crate::error::ApiError;
 use crate::node_auth::{single_header, NodeAuth, NodeAuthRejection};
+use crate::ws::services::Verb;
 
 #[derive(Debug, Clone)]
 struct DeployState {
@@ -40,7 +46,8 @@ struct DeployState {
     node: String,
 }
 
-/// `PUT /deploy/{file}` for node `node`. Merge it after [`crate::http::harden`].
+/// `PUT /deploy/{file}` and the service routes for node `node`. Merge it after
+/// [`crate::http::harden`].
 pub fn router(deployer: Deployer, auth: NodeAuth, limits: UploadLimits, node: String) -> Router {
     let layers = ServiceBuilder::new()
         .layer(CatchPanicLayer::custom(|_| {
@@ -52,6 +59,8 @@ pub fn router(deployer: Deployer, auth: NodeAuth, limits: UploadLimits, node: St
         ));
     Router::new()
         .route("/deploy/{file}", put(receive))
+        .route("/deploy/services", get(services_list))
+        .route("/deploy/services/{name}/{action}", post(service_action))
         .layer(layers)
         .with_state(DeployState {
             deployer,
@@ -68,26 +77,21 @@ async fn receive(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Response> {
-    let path = uri.path_and_query().map_or(uri.path(), |pq| pq.as_str());
-    let refuse = |e: shared::signing::SignatureError| {
-        state.auth.count_refusal(e.code());
-        NodeAuthRejection::Signature(e).into_response()
-    };
-    let pending = single_header(&headers)
-        .and_then(|value| state.auth.verifier().check_header(value, unix_millis()))
-        .map_err(refuse)?;
-    let digest = headers
+    // The digest stands for the body in the signature, so it is checked as sent: a request
+    // without a valid signature is refused (401) whatever its digest looks like.
+    let sent = headers
         .get(DIGEST_HEADER)
         .and_then(|v| v.to_str().ok())
-        .filter(|d| d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit()))
-        .ok_or_else(|| {
-            ApiError::BadRequest(format!("{DIGEST_HEADER} must be the body's hex SHA-256"))
-                .into_response()
-        })?
-        .to_ascii_lowercase();
-    pending
-        .verify("PUT", path, digest.as_bytes())
-        .map_err(refuse)?;
+        .unwrap_or_default();
+    check_signed(&state.auth, &headers, "PUT", &uri, sent.as_bytes())
+        .map_err(IntoResponse::into_response)?;
+    if sent.len() != 64 || !sent.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::BadRequest(format!(
+            "{DIGEST_HEADER} must be the body's hex SHA-256"
+        ))
+        .into_response());
+    }
+    let digest = sent.to_ascii_lowercase();
     let activate = uri.query().is_some_and(|q| q.contains("activate=true"));
     let file = PackageFile::parse(&file)
         .map_err(|e| ApiError::BadRequest(e.to_string()).into_response())?;
@@ -95,6 +99,83 @@ async fn receive(
         .await
         .map_err(IntoResponse::into_response)?;
     Ok(stream_deploy(state, file, activate))
+}
+
+/// Refuses the request unless it carries a node's signature of `method`, its path with its
+/// query as sent, and `body` (for a package, the digest that stands for it).
+fn check_signed(
+    auth: &NodeAuth,
+    headers: &HeaderMap,
+    method: &str,
+    uri: &axum::http::Uri,
+    body: &[u8],
+) -> Result<(), NodeAuthRejection> {
+    let path = uri.path_and_query().map_or(uri.path(), |pq| pq.as_str());
+    let refuse = |e: shared::signing::SignatureError| {
+        auth.count_refusal(e.code());
+        NodeAuthRejection::Signature(e)
+    };
+    single_header(headers)
+        .and_then(|value| auth.verifier().check_header(value, unix_millis()))
+        .and_then(|pending| pending.verify(method, path, body))
+        .map_err(refuse)
+}
+
+async fn services_list(
+    State(state): State<DeployState>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+) -> Result<Json<ServicesAnswer>, Response> {
+    check_signed(&state.auth, &headers, "GET", &uri, b"").map_err(IntoResponse::into_response)?;
+    Ok(Json(ServicesAnswer::List {
+        services: state.deployer.services().list(),
+    }))
+}
+
+async fn service_action(
+    State(state): State<DeployState>,
+    Path((name, action)): Path<(String, String)>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<ServicesAnswer>, Response> {
+    check_signed(&state.auth, &headers, "POST", &uri, &body)
+        .map_err(IntoResponse::into_response)?;
+    let refuse = |status: StatusCode, code: &str, error: String| {
+        let answer = ServicesAnswer::Error {
+            error,
+            code: code.to_owned(),
+        };
+        (status, Json(answer)).into_response()
+    };
+    let Some(verb) = Verb::parse(&action) else {
+        return Err(refuse(
+            StatusCode::BAD_REQUEST,
+            "invalid_params",
+            format!("the action must be start, stop or restart, not {action:?}"),
+        ));
+    };
+    tracing::info!(service = %name, action = %action, "service action from the coordinator");
+    let services = state.deployer.services();
+    let result = match verb {
+        Verb::Start => services.start(&name).await,
+        Verb::Stop => services.stop(&name).await,
+        Verb::Restart => services.restart(&name).await,
+    };
+    match result {
+        Ok(entry) => Ok(Json(ServicesAnswer::One {
+            service: Box::new(entry),
+        })),
+        Err(e) => {
+            let code = crate::deploy::deployer::error_code(&e);
+            let status = match code {
+                "not_found" => StatusCode::NOT_FOUND,
+                "deploy_failed" => StatusCode::INTERNAL_SERVER_ERROR,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            Err(refuse(status, code, e.to_string()))
+        }
+    }
 }
 
 /// Streams the body into the packages dir, checking its size and digest on the way.

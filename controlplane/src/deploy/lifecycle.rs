@@ -132,6 +132,12 @@ pub enum DeployEvent {
         /// The result.
         status: HealthStatus,
     },
+    /// A backend is no longer live and its services left the coordinator's view
+    /// ([`crate::deploy::remote`]); viewers get the whole state again.
+    NodeGone {
+        /// The backend.
+        node: String,
+    },
 }
 
 /// One step of a deployment.
