@@ -436,3 +436,61 @@ async fn a_package_is_forwarded_to_a_backend_by_a_signed_call_and_runs_there() {
         "{loaded}"
     );
 }
+
+#[tokio::test]
+async fn colony_up_gives_its_backends_its_deploy_root() {
+    let root = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    // The scripts run as `nobody` (we are root here): it must reach the install dir.
+    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let root_arg = root.path().display().to_string();
+    let up = Up::start_with_env(
+        1,
+        &[
+            "--no-start",
+            "--deploy-root",
+            &root_arg,
+            "--deploy-poll-interval",
+            "200ms",
+        ],
+        &[("COLONY_OPERATOR_TOKEN", TOKEN)],
+    )
+    .await;
+    let backend = up.backend(0);
+    let port = free_port();
+    assert_eq!(
+        upload(
+            &up.mgmt,
+            "echo-3.0.tar.gz",
+            package("echo", "3.0", port),
+            Some(TOKEN)
+        )
+        .await,
+        StatusCode::CREATED
+    );
+    let mut ws = operator_ws(&up.mgmt).await;
+    let r = ws
+        .request(
+            "deploy_package",
+            json!({"package": "echo-3.0.tar.gz", "target": backend}),
+        )
+        .await;
+    assert_eq!(r["data"]["service"]["state"]["state"], "running", "{r}");
+    assert_eq!(probe(port).as_deref(), Some("3.0"));
+    // Installed under the root colony up was given, and recorded by the backend there.
+    assert!(root.path().join("echo-3.0/manifest.yaml").is_file());
+    assert!(root
+        .path()
+        .join(".colony")
+        .join(&backend)
+        .join("services.json")
+        .is_file());
+    let list = ws.request("list_services", json!({})).await;
+    assert_eq!(
+        deployed(&list, "echo")["location"]["node"],
+        backend.as_str()
+    );
+    drop(ws);
+    drop(up);
+    assert_eq!(probe(port), None);
+}
