@@ -21,14 +21,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use futures::StreamExt;
-use sha2::{Digest, Sha256};
 use shared::signing::unix_millis;
-use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
-use tower::ServiceBuilder;
-use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::timeout::TimeoutLayer;
 
 use crate::deploy::deployer::{Deployer, UploadLimits};
 use crate::deploy::forward::{Line, RemoteProgress, ServicesAnswer, DIGEST_HEADER};
@@ -49,25 +43,16 @@ struct DeployState {
 /// `PUT /deploy/{file}` and the service routes for node `node`. Merge it after
 /// [`crate::http::harden`].
 pub fn router(deployer: Deployer, auth: NodeAuth, limits: UploadLimits, node: String) -> Router {
-    let layers = ServiceBuilder::new()
-        .layer(CatchPanicLayer::custom(|_| {
-            ApiError::Internal("handler panicked".into()).into_response()
-        }))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            limits.timeout,
-        ));
-    Router::new()
+    let routes = Router::new()
         .route("/deploy/{file}", put(receive))
         .route("/deploy/services", get(services_list))
-        .route("/deploy/services/{name}/{action}", post(service_action))
-        .layer(layers)
-        .with_state(DeployState {
-            deployer,
-            auth,
-            limits,
-            node,
-        })
+        .route("/deploy/services/{name}/{action}", post(service_action));
+    crate::upload::streamed(routes, limits.timeout).with_state(DeployState {
+        deployer,
+        auth,
+        limits,
+        node,
+    })
 }
 
 async fn receive(
@@ -95,9 +80,14 @@ async fn receive(
     let activate = uri.query().is_some_and(|q| q.contains("activate=true"));
     let file = PackageFile::parse(&file)
         .map_err(|e| ApiError::BadRequest(e.to_string()).into_response())?;
-    store(&state, &file, body, &digest)
-        .await
-        .map_err(IntoResponse::into_response)?;
+    crate::upload::receive(
+        body,
+        &state.deployer.package_path(&file),
+        state.limits.max_package,
+        Some(&digest),
+    )
+    .await
+    .map_err(IntoResponse::into_response)?;
     Ok(stream_deploy(state, file, activate))
 }
 
@@ -176,56 +166,6 @@ async fn service_action(
             Err(refuse(status, code, e.to_string()))
         }
     }
-}
-
-/// Streams the body into the packages dir, checking its size and digest on the way.
-async fn store(
-    state: &DeployState,
-    file: &PackageFile,
-    body: Body,
-    digest: &str,
-) -> Result<(), ApiError> {
-    let dir = state.deployer.packages_dir().to_owned();
-    tokio::fs::create_dir_all(&dir)
-        .await
-        .map_err(|e| ApiError::Internal(format!("creating {}: {e}", dir.display())))?;
-    let temp = tempfile::Builder::new()
-        .prefix(".upload-")
-        .tempfile_in(&dir)
-        .map_err(|e| ApiError::Internal(format!("creating a temp file: {e}")))?;
-    let mut out = tokio::fs::File::from_std(
-        temp.reopen()
-            .map_err(|e| ApiError::Internal(format!("opening the upload: {e}")))?,
-    );
-    let mut hasher = Sha256::new();
-    let mut size = 0u64;
-    let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("reading the body: {e}")))?;
-        size += chunk.len() as u64;
-        if size > state.limits.max_package {
-            return Err(ApiError::PayloadTooLarge(format!(
-                "a package may be at most {} bytes",
-                state.limits.max_package
-            )));
-        }
-        hasher.update(&chunk);
-        out.write_all(&chunk)
-            .await
-            .map_err(|e| ApiError::Internal(format!("writing the upload: {e}")))?;
-    }
-    out.sync_all()
-        .await
-        .map_err(|e| ApiError::Internal(format!("writing the upload: {e}")))?;
-    if hex::encode(hasher.finalize()) != digest {
-        return Err(ApiError::BadRequest(
-            "the body does not match the signed digest".to_owned(),
-        ));
-    }
-    let path = state.deployer.package_path(file);
-    temp.persist(&path)
-        .map_err(|e| ApiError::Internal(format!("storing {}: {}", path.display(), e.error)))?;
-    Ok(())
 }
 
 /// Deploys, answering each step as a line as it happens, then the result.

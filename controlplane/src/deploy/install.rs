@@ -145,25 +145,23 @@ impl Installer {
         set_mode(temp.path(), 0o755)?;
         on_step(Step::Extracted);
         let temp = temp.keep();
-        if let Err(e) = fs::rename(&temp, &dir) {
-            let _ = fs::remove_dir_all(&temp);
-            // Another node sharing this root installed the same version meanwhile: it is
-            // there, whole (a rename is atomic), as if it had been before.
-            if fs::symlink_metadata(&dir).is_ok() {
-                on_step(Step::Installed);
-                return Ok(Installed {
-                    manifest,
-                    dir,
-                    fresh: false,
-                });
+        let fresh = match fs::rename(&temp, &dir) {
+            Ok(()) => true,
+            Err(e) => {
+                let _ = fs::remove_dir_all(&temp);
+                // Another node sharing this root installed the same version meanwhile: it
+                // is there, whole (a rename is atomic), as if it had been before.
+                if fs::symlink_metadata(&dir).is_err() {
+                    return Err(DeployError::io("renaming the install into", &dir, e));
+                }
+                false
             }
-            return Err(DeployError::io("renaming the install into", &dir, e));
-        }
+        };
         on_step(Step::Installed);
         Ok(Installed {
             manifest,
             dir,
-            fresh: true,
+            fresh,
         })
     }
 }
