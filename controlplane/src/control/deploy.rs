@@ -223,3 +223,122 @@ fn stream_deploy(state: DeployState, file: PackageFile, activate: bool) -> Respo
     )
         .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use axum::http::Request;
+    use http_body_util::BodyExt;
+    use serde_json::Value;
+    use shared::secret::ClusterSecret;
+    use shared::signing::{RequestSigner, SignatureVerifier, HEADER};
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::deploy::install::Installer;
+    use crate::deploy::lifecycle::{RunAs, Services, ServicesConfig};
+
+    fn secret(text: &str) -> ClusterSecret {
+        ClusterSecret::from_env_value(text).unwrap()
+    }
+
+    /// A backend's deploy routes over an empty deploy root, and its node auth.
+    fn backend(dir: &tempfile::TempDir) -> (Router, NodeAuth) {
+        let services = Services::open(ServicesConfig {
+            node: "b1".to_owned(),
+            host: "127.0.0.1".to_owned(),
+            state_dir: dir.path().join("state"),
+            run_as: RunAs::Current,
+            start_timeout: Duration::from_secs(5),
+            stop_grace: Duration::from_secs(1),
+        })
+        .unwrap();
+        let deployer = Deployer::new(
+            Installer::new(dir.path().join("opt"), Default::default()),
+            services,
+        );
+        let auth = NodeAuth::new(
+            SignatureVerifier::new(&secret("deploy-routes-secret-0123")),
+            crate::metrics::AuthRefusals::default(),
+            "control",
+        );
+        let app = router(
+            deployer,
+            auth.clone(),
+            UploadLimits::default(),
+            "b1".to_owned(),
+        );
+        (app, auth)
+    }
+
+    async fn call(
+        app: &Router,
+        method: &str,
+        path: &str,
+        signature: Option<String>,
+    ) -> (StatusCode, Value) {
+        let mut request = Request::builder().method(method).uri(path);
+        if let Some(signature) = signature {
+            request = request.header(HEADER, signature);
+        }
+        let response = app
+            .clone()
+            .oneshot(request.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    #[tokio::test]
+    async fn the_service_routes_answer_only_a_node_and_say_why_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let (app, auth) = backend(&dir);
+        let node = RequestSigner::new(&secret("deploy-routes-secret-0123"));
+        let stranger = RequestSigner::new(&secret("not-the-cluster-secret-01"));
+        let list = "/deploy/services";
+        let stop = "/deploy/services/web/stop";
+        for (method, path, signature, reason) in [
+            ("GET", list, None, "missing"),
+            (
+                "GET",
+                list,
+                Some(stranger.sign("GET", list, b"")),
+                "unknown_key",
+            ),
+            // Signed for another route: the path is part of what is signed.
+            ("GET", list, Some(node.sign("GET", stop, b"")), "bad_mac"),
+            ("POST", stop, None, "missing"),
+            ("POST", stop, Some(node.sign("POST", list, b"")), "bad_mac"),
+        ] {
+            let before = auth.refusals(reason);
+            let (status, answer) = call(&app, method, path, signature).await;
+            assert_eq!(
+                status,
+                StatusCode::UNAUTHORIZED,
+                "{method} {path}: {answer}"
+            );
+            assert_eq!(answer["code"], reason);
+            assert_eq!(auth.refusals(reason), before + 1);
+        }
+
+        let (status, answer) = call(&app, "GET", list, Some(node.sign("GET", list, b""))).await;
+        assert_eq!(
+            (status, answer),
+            (StatusCode::OK, serde_json::json!({"services": []}))
+        );
+        let (status, answer) = call(&app, "POST", stop, Some(node.sign("POST", stop, b""))).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{answer}");
+        assert_eq!(answer["code"], "not_found");
+        let explode = "/deploy/services/web/explode";
+        let (status, answer) =
+            call(&app, "POST", explode, Some(node.sign("POST", explode, b""))).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+        assert_eq!(answer["code"], "invalid_params");
+    }
+}

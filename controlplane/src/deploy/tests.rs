@@ -374,6 +374,7 @@ fn malformed_manifests_are_refused() {
 fn names_and_versions_that_cannot_be_a_directory_are_refused() {
     for (manifest, check) in [
         (&b"name: ''\nversion: 1.0.0\n"[..], "empty"),
+        (b"name: demo\nversion: ''\n", "version"),
         (b"name: demo\nversion: '../1'\n", "version"),
         (b"name: demo\nversion: .hidden\n", "version"),
     ] {
