@@ -417,6 +417,45 @@ async fn a_package_is_forwarded_to_a_backend_by_a_signed_call_and_runs_there() {
     assert_eq!(r["error"]["code"], "not_found", "{r}");
     assert_eq!(probe(port).as_deref(), Some("2.1"));
 
+    // The same name on the coordinator too (on another port): an action must say which.
+    let port2 = free_port();
+    assert_eq!(
+        upload(
+            &mgmt,
+            "echo-2.1.tar.gz",
+            package("echo", "2.1", port2),
+            Some(TOKEN)
+        )
+        .await,
+        StatusCode::CREATED
+    );
+    let r = ws
+        .request(
+            "deploy_package",
+            json!({"package": "echo-2.1.tar.gz", "target": "coordinator"}),
+        )
+        .await;
+    assert_eq!(r["data"]["service"]["state"]["state"], "running", "{r}");
+    let r = ws
+        .request("service_action", json!({"name": "echo", "action": "stop"}))
+        .await;
+    assert_eq!(r["error"]["code"], "invalid_params", "{r}");
+    let message = r["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("coordinator") && message.contains(backend.as_str()),
+        "{r}"
+    );
+    assert_eq!(probe(port2).as_deref(), Some("2.1"));
+    let r = ws
+        .request(
+            "service_action",
+            json!({"name": "echo", "node": "coordinator", "action": "stop"}),
+        )
+        .await;
+    assert_eq!(r["data"]["deployed"]["state"]["state"], "stopped", "{r}");
+    assert_eq!(probe(port2), None);
+    assert_eq!(probe(port).as_deref(), Some("2.1"));
+
     // The backend stops: its service with it, and it leaves the coordinator's list.
     drop(cluster.backends.remove(0));
     assert_eq!(probe(port), None);
@@ -432,7 +471,7 @@ async fn a_package_is_forwarded_to_a_backend_by_a_signed_call_and_runs_there() {
             .as_array()
             .unwrap()
             .iter()
-            .any(|s| s["name"] == "echo"),
+            .any(|s| s["location"]["node"] == backend.as_str()),
         "{loaded}"
     );
 }
