@@ -93,11 +93,13 @@ async fn mgmt(cluster: &Cluster) -> String {
     format!("127.0.0.1:{}", a["mgmt_port"])
 }
 
+/// The one place this file builds an HTTP client (the transport is chosen here).
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
 async fn upload(mgmt: &str, file: &str, body: Vec<u8>, token: Option<&str>) -> StatusCode {
-    let mut request = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap()
+    let mut request = http_client()
         .put(format!("http://{mgmt}/packages/{file}"))
         .body(body);
     if let Some(token) = token {
@@ -296,10 +298,7 @@ async fn a_package_is_forwarded_to_a_backend_by_a_signed_call_and_runs_there() {
         StatusCode::CREATED
     );
     // Nobody but a node may call the backend's deploy route.
-    let forged = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap()
+    let forged = http_client()
         .put(format!("http://{control}/deploy/echo-2.1.tar.gz"))
         .body(package("echo", "2.1", port))
         .send()
@@ -367,7 +366,7 @@ async fn a_package_is_forwarded_to_a_backend_by_a_signed_call_and_runs_there() {
     );
 
     // Nobody but a node may list or drive the backend's services.
-    let anyone = reqwest::Client::builder().no_proxy().build().unwrap();
+    let anyone = http_client();
     let listed = anyone
         .get(format!("http://{control}/deploy/services"))
         .send()

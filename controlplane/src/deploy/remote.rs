@@ -14,8 +14,10 @@
 //! writes from nodes. The price: changes show up to one interval late, and of several health
 //! checks between two rounds only the last is relayed.
 //!
-//! Actions on a remote service and forwarded deployments record the backend's answer at
-//! once, so what the caller then lists matches what it was answered. A backend that is no
+//! A service seen for the first time (deployed just now, or known again after a coordinator
+//! restart) is announced with `from: "unknown"`. Actions on a remote service and forwarded
+//! deployments record the backend's answer at once, so what the caller then lists matches
+//! what it was answered. A backend that is no
 //! longer live (DOWN, LEFT, forgotten) takes its services out of the view: they stop with
 //! their node, and the coordinator cannot vouch for them.
 //!
