@@ -31,6 +31,8 @@ pub mod operator;
 pub mod rate_limit;
 pub mod spawner;
 pub mod state;
+#[cfg(test)]
+mod test_http;
 pub mod time;
 pub mod token_reporter;
 pub mod upload;

@@ -229,11 +229,9 @@ mod tests {
     use std::time::Duration;
 
     use axum::http::Request;
-    use http_body_util::BodyExt;
     use serde_json::Value;
     use shared::secret::ClusterSecret;
     use shared::signing::{RequestSigner, SignatureVerifier, HEADER};
-    use tower::ServiceExt;
 
     use super::*;
     use crate::deploy::install::Installer;
@@ -282,17 +280,7 @@ mod tests {
         if let Some(signature) = signature {
             request = request.header(HEADER, signature);
         }
-        let response = app
-            .clone()
-            .oneshot(request.body(Body::empty()).unwrap())
-            .await
-            .unwrap();
-        let status = response.status();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        (
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        )
+        crate::test_http::answer(app, request.body(Body::empty()).unwrap()).await
     }
 
     #[tokio::test]
