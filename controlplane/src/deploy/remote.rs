@@ -144,9 +144,8 @@ impl RemoteServices {
             let mut nodes = self.inner.nodes.lock();
             let gone: Vec<String> = nodes
                 .iter()
-                .filter(|(node, _)| !live.contains(*node))
-                .map(|(node, services)| (node.clone(), services.is_empty()))
-                .filter_map(|(node, empty)| (!empty).then_some(node))
+                .filter(|(node, services)| !live.contains(*node) && !services.is_empty())
+                .map(|(node, _)| node.clone())
                 .collect();
             nodes.retain(|node, _| live.contains(node));
             gone
