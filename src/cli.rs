@@ -15,6 +15,7 @@ use controlplane::coordinator::processes::RestartPolicy;
 use controlplane::http::HttpLimits;
 use controlplane::operator::OperatorConfig;
 use controlplane::rate_limit::{RateLimit, RateLimitError};
+use controlplane::serve::{raise_nofile_limit, FdBudget, ServeLimits};
 use dataplane::DataPlaneConfig;
 use shared::registry::{ClusterRegistry, RegistryConfig, RegistryError, RegistryKind};
 use shared::sim::WorldParams;
@@ -451,6 +452,26 @@ pub struct HttpArgs {
     /// HTTP requests taking longer than this are answered 408.
     #[arg(long, env = "COLONY_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub request_timeout: Duration,
+
+    /// An HTTP request header must be complete this long after the connection opens (or
+    /// after its first byte on a kept-alive connection); slower connections are closed.
+    #[arg(long, env = "COLONY_HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub http_header_timeout: Duration,
+
+    /// A kept-alive HTTP connection with no request for this long is closed.
+    #[arg(long, env = "COLONY_HTTP_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub http_idle_timeout: Duration,
+
+    /// Connections each HTTP listener serves at once. At the cap the connection idle
+    /// longest is closed to make room; if none is idle the newcomer gets a 503.
+    #[arg(long, env = "COLONY_HTTP_MAX_CONNECTIONS", default_value_t = ServeLimits::DEFAULT.max_connections)]
+    pub http_max_connections: usize,
+
+    /// File descriptors the HTTP listeners leave for everything else (outgoing
+    /// connections, the data plane, files). At start-up the soft open-files limit is raised
+    /// to the hard limit; the HTTP listeners together hold at most that limit less this.
+    #[arg(long, env = "COLONY_FD_RESERVE", default_value_t = 256)]
+    pub fd_reserve: usize,
 }
 
 impl HttpArgs {
@@ -460,6 +481,17 @@ impl HttpArgs {
             max_body: self.max_body,
             request_timeout: self.request_timeout,
         }
+    }
+
+    /// The HTTP listeners' connection limits, and their share of this process's file
+    /// descriptors (raising the open-files limit the first time).
+    pub fn serving(&self) -> (ServeLimits, FdBudget) {
+        let limits = ServeLimits {
+            header_timeout: self.http_header_timeout,
+            idle_timeout: self.http_idle_timeout,
+            max_connections: self.http_max_connections,
+        };
+        (limits, raise_nofile_limit(self.fd_reserve))
     }
 }
 

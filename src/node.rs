@@ -14,11 +14,12 @@ use controlplane::coordinator::colony::{ColonyConfig, ColonyManager};
 use controlplane::coordinator::health::tracker::HealthTracker;
 use controlplane::coordinator::processes::ProcessManager;
 use controlplane::heartbeat_sender::HeartbeatSender;
-use controlplane::http::{harden, serve_on_own_thread, HttpLimits};
+use controlplane::http::{harden, serve_limited_on_own_thread, HttpLimits};
 use controlplane::management;
 use controlplane::metrics::Metrics;
 use controlplane::node_auth::NodeAuth;
 use controlplane::operator::{Access, OperatorConfig};
+use controlplane::serve::{FdBudget, ServeLimits};
 use controlplane::state::{MgmtState, NodeInfo};
 use controlplane::token_reporter::TokenReporter;
 use controlplane::wire::heartbeat::NodeType;
@@ -187,16 +188,17 @@ impl Tasks {
         self.set.spawn(task);
     }
 
-    fn serve_http(&mut self, listener: TcpListener, router: Router, what: &'static str) {
+    fn serve_http(
+        &mut self,
+        listener: TcpListener,
+        router: Router,
+        (limits, budget): (ServeLimits, FdBudget),
+        what: &'static str,
+    ) {
         let shutdown = self.shutdown.clone();
         self.set.spawn(async move {
-            // With each peer's address: the operator check trusts loopback clients.
-            let served = axum::serve(
-                listener,
-                router.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await;
+            let served =
+                controlplane::serve::serve(listener, router, limits, budget, shutdown, what).await;
             if let Err(e) = served {
                 warn!(listener = what, error = %e, "HTTP listener failed");
             }
@@ -211,7 +213,7 @@ impl Tasks {
         data_plane: &DataPlane,
         control: Router,
         (mgmt, mgmt_tasks): (Router, TaskTracker),
-        limits: HttpLimits,
+        (limits, serving): (HttpLimits, (ServeLimits, FdBudget)),
         metrics: &Metrics,
     ) {
         let (dp, token) = (data_plane.clone(), self.shutdown.clone());
@@ -221,13 +223,19 @@ impl Tasks {
             }
         });
         let control = harden(control, limits, metrics.http.clone(), "control");
-        self.serve_http(listeners.control, control, "control");
+        self.serve_http(listeners.control, control, serving.clone(), "control");
         let mgmt = harden(mgmt, limits, metrics.http.clone(), "mgmt");
         let token = self.shutdown.clone();
         self.spawn(async move {
-            if let Err(e) =
-                serve_on_own_thread(listeners.mgmt, mgmt, mgmt_tasks, token, "mgmt").await
-            {
+            let served = serve_limited_on_own_thread(
+                listeners.mgmt,
+                mgmt,
+                serving,
+                mgmt_tasks,
+                token,
+                "mgmt",
+            );
+            if let Err(e) = served.await {
                 warn!(listener = "mgmt", error = %e, "HTTP listener failed");
             }
         });
@@ -401,7 +409,7 @@ pub async fn start_coordinator(
             &access.guard("control", args.bind.bind_ip, dashboard),
         ),
         (management::coordinator_router(mgmt.clone()), mgmt.tasks),
-        limits,
+        (limits, args.http.serving()),
         &metrics,
     );
     // A colony the backends kept while no coordinator followed it is taken over.
@@ -519,7 +527,7 @@ pub async fn run_backend(args: BackendArgs) -> anyhow::Result<()> {
             &access.guard("control", args.bind.bind_ip, None),
         ),
         (management::backend_router(mgmt.clone()), mgmt.tasks),
-        limits,
+        (limits, args.http.serving()),
         &metrics,
     );
     log_listening("backend", &instance_id, &address);
