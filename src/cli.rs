@@ -61,6 +61,10 @@ pub enum Command {
     /// Run a world in this process (all cores) and print what GET /colony would show after
     /// the same ticks on a cluster: tick, population and fingerprint, to check any run.
     Reference(ReferenceArgs),
+    /// Make a cluster CA and one certificate per node for TLS between nodes (DESIGN §15):
+    /// DIR/ca.pem, DIR/ca-key.pem, and DIR/NAME.pem, DIR/NAME-key.pem per
+    /// --node NAME:IP (keys mode 0600). For a test bed or a small cluster.
+    Certs(crate::certs::CertsArgs),
 }
 
 /// Flags of `colony coordinator`.

@@ -1,6 +1,7 @@
 //! `colony`: the one binary. Parses the command line, starts tracing, and hands typed
 //! configuration to the subcommand; everything else lives in the library crates.
 
+mod certs;
 mod cli;
 mod node;
 mod reference;
@@ -38,6 +39,7 @@ fn main() -> std::process::ExitCode {
             Command::Up(args) => up::run(args).await,
             Command::Status(args) => status::run(args).await,
             Command::Reference(args) => reference::run(args),
+            Command::Certs(args) => certs::run(args),
         }
     });
     match result {
