@@ -198,7 +198,8 @@ impl Tasks {
         let shutdown = self.shutdown.clone();
         self.set.spawn(async move {
             let served =
-                controlplane::serve::serve(listener, router, limits, budget, shutdown, what).await;
+                controlplane::serve::serve(listener, router, limits, budget, None, shutdown, what)
+                    .await;
             if let Err(e) = served {
                 warn!(listener = what, error = %e, "HTTP listener failed");
             }

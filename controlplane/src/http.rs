@@ -119,7 +119,7 @@ pub async fn serve_limited_on_own_thread(
     what: &'static str,
 ) -> std::io::Result<()> {
     shared::own_thread::serve_on_own_thread(what, listener, move |listener| async move {
-        let served = crate::serve::serve(listener, router, limits, budget, shutdown, what);
+        let served = crate::serve::serve(listener, router, limits, budget, None, shutdown, what);
         let result = tokio::select! {
             served = served => served,
             () = keep_a_timer_pending() => Ok(()),

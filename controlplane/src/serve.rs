@@ -32,6 +32,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
 use parking_lot::Mutex;
+use shared::tls::Tls;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -145,8 +146,9 @@ pub fn raise_nofile_limit(reserve: usize) -> FdBudget {
         .clone()
 }
 
-/// Serves `router` on `listener` until `shutdown`, within `limits` and `budget`; each
-/// request carries its peer's address (axum's `ConnectInfo`). On shutdown stops accepting,
+/// Serves `router` on `listener` until `shutdown`, within `limits` and `budget`, over TLS
+/// if `tls` is given; each request carries its peer's address (axum's `ConnectInfo`) and,
+/// over TLS, a [`TlsPeer`]. On shutdown stops accepting,
 /// asks every connection to finish its request and close, and resolves when all have (the
 /// caller bounds that with its grace period). Upgraded connections (WebSockets) are no
 /// longer this loop's once upgraded, but keep their slot until they close.
@@ -159,6 +161,7 @@ pub async fn serve(
     router: Router,
     limits: ServeLimits,
     budget: FdBudget,
+    tls: Option<Tls>,
     shutdown: CancellationToken,
     what: &'static str,
 ) -> io::Result<()> {
@@ -198,12 +201,15 @@ pub async fn serve(
             refusals.warn(|suppressed| {
                 tracing::warn!(listener = what, %peer, suppressed, limit = slots.limit, "connection refused: too many connections");
             });
-            refuse(&stream);
+            // A TLS client could not read a plaintext answer: it is only closed.
+            if tls.is_none() {
+                refuse(&stream);
+            }
             continue;
         };
-        let (router, shutdown) = (router.clone(), shutdown.clone());
+        let (router, tls, shutdown) = (router.clone(), tls.clone(), shutdown.clone());
         connections.spawn(serve_connection(
-            stream, peer, slot, router, limits, shutdown,
+            stream, peer, slot, router, limits, tls, shutdown,
         ));
     }
     connections.close();
@@ -222,26 +228,81 @@ fn refuse(stream: &TcpStream) {
     let _ = stream.try_write(answer.as_bytes());
 }
 
-/// Serves one admitted connection until it closes, a limit cuts it or shutdown finishes it.
+/// What a request learns of its connection's TLS: whether the peer proved a node
+/// certificate for its own address ([`shared::tls::is_node`]). Absent on a plaintext
+/// listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TlsPeer {
+    /// The peer presented a certificate from the cluster CA naming its address.
+    pub is_node: bool,
+}
+
+/// Serves one admitted connection until it closes, a limit cuts it or shutdown finishes it;
+/// over TLS if `tls` is given, after a handshake bounded by its timeout.
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     slot: Slot,
     router: Router,
     limits: ServeLimits,
+    tls: Option<Tls>,
     shutdown: CancellationToken,
 ) {
     let activity = slot.activity.clone();
-    let io = TokioIo::new(Watched {
+    let watched = Watched {
         inner: stream,
         activity: activity.clone(),
         _slot: slot,
-    });
+    };
+    let Some(tls) = tls else {
+        drive(watched, peer, None, activity, router, limits, shutdown).await;
+        return;
+    };
+    match tls.accept(watched).await {
+        Ok(stream) => {
+            let certificates = stream.get_ref().1.peer_certificates();
+            let peer_tls = TlsPeer {
+                is_node: shared::tls::is_node(certificates, peer.ip()),
+            };
+            drive(
+                stream,
+                peer,
+                Some(peer_tls),
+                activity,
+                router,
+                limits,
+                shutdown,
+            )
+            .await;
+        }
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            activity.detached.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Serves HTTP on `io` (plain or TLS) with the connection's watchdog.
+async fn drive<I>(
+    io: I,
+    peer: SocketAddr,
+    peer_tls: Option<TlsPeer>,
+    activity: Arc<Activity>,
+    router: Router,
+    limits: ServeLimits,
+    shutdown: CancellationToken,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let io = TokioIo::new(io);
     let tracked = activity.clone();
     let service = router
         .map_request(
             move |mut req: axum::extract::Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(ConnectInfo(peer));
+                if let Some(peer_tls) = peer_tls {
+                    req.extensions_mut().insert(peer_tls);
+                }
                 req.map(axum::body::Body::new)
             },
         )
@@ -576,5 +637,135 @@ impl Hush {
         *last = Some(now);
         drop(last);
         log(self.suppressed.swap(0, Ordering::Relaxed));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::routing::get;
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa,
+        KeyPair, SanType,
+    };
+    use shared::tls::TlsFiles;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Node files for 127.0.0.1 under a fresh CA in `dir`; `name` names them.
+    fn certify(
+        dir: &std::path::Path,
+        issuer: &CertifiedIssuer<'_, KeyPair>,
+        name: &str,
+    ) -> TlsFiles {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = vec![SanType::IpAddress("127.0.0.1".parse().unwrap())];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = params.signed_by(&key, issuer).unwrap();
+        let files = TlsFiles {
+            cert: dir.join(format!("{name}.pem")),
+            key: dir.join(format!("{name}-key.pem")),
+            ca: dir.join("ca.pem"),
+        };
+        std::fs::write(&files.cert, cert.pem()).unwrap();
+        std::fs::write(&files.key, key.serialize_pem()).unwrap();
+        files
+    }
+
+    async fn who(req: axum::extract::Request) -> &'static str {
+        match req.extensions().get::<TlsPeer>() {
+            Some(TlsPeer { is_node: true }) => "node",
+            Some(TlsPeer { is_node: false }) => "anyone",
+            None => "plaintext",
+        }
+    }
+
+    /// `GET /who` over `stream`; the answer's body.
+    async fn ask<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S) -> String {
+        stream
+            .write_all(b"GET /who HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer).await;
+        let answer = String::from_utf8_lossy(&answer).into_owned();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        answer
+            .rsplit("\r\n\r\n")
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    #[tokio::test]
+    async fn over_tls_requests_learn_whether_the_peer_is_a_node_and_plaintext_gets_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut params = CertificateParams::default();
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        let timeout = Duration::from_millis(300);
+        let server_tls = Tls::load(&certify(dir.path(), &ca, "server"), timeout).unwrap();
+        let node_tls = Tls::load(&certify(dir.path(), &ca, "node"), timeout).unwrap();
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let served = tokio::spawn(serve(
+            listener,
+            Router::new().route("/who", get(who)),
+            ServeLimits::DEFAULT,
+            FdBudget::new(64),
+            Some(server_tls),
+            stop.clone(),
+            "test",
+        ));
+
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let stream = node_tls.connect(addr.ip(), tcp).await.unwrap();
+        assert_eq!(ask(stream).await, "node");
+
+        let anonymous = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(shared::tls::roots(&dir.path().join("ca.pem")).unwrap())
+        .with_no_client_auth();
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let stream = tokio_rustls::TlsConnector::from(Arc::new(anonymous))
+            .connect(
+                rustls::pki_types::ServerName::IpAddress(addr.ip().into()),
+                tcp,
+            )
+            .await
+            .unwrap();
+        assert_eq!(ask(stream).await, "anyone");
+
+        // Plaintext HTTP gets no HTTP answer, and the connection is closed.
+        let mut plain = TcpStream::connect(addr).await.unwrap();
+        plain
+            .write_all(b"GET /who HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut answer))
+            .await
+            .expect("plaintext connection closed")
+            .ok();
+        assert!(!String::from_utf8_lossy(&answer).contains("HTTP/1.1"));
+        // A silent one is closed by the handshake timeout.
+        let mut silent = TcpStream::connect(addr).await.unwrap();
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut buf))
+            .await
+            .expect("silent connection closed by the handshake timeout");
+        assert!(matches!(read, Ok(0) | Err(_)));
+
+        stop.cancel();
+        served.await.unwrap().unwrap();
     }
 }
