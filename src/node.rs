@@ -361,6 +361,7 @@ pub async fn start_coordinator(
     let identity = Identity {
         instance_id: node_id.to_owned(),
         secret: secret.clone(),
+        tls: None,
     };
     let health = HealthTracker::new(health_config, Some((node_id.to_owned(), address)));
     let mut colony_config = ColonyConfig::default();
@@ -484,6 +485,7 @@ pub async fn run_backend(args: BackendArgs) -> anyhow::Result<()> {
         Some(Identity {
             instance_id: instance_id.clone(),
             secret: secret.clone(),
+            tls: None,
         }),
         read_access(&operator),
     );

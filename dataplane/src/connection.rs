@@ -8,13 +8,13 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use codec::{CodecError, ColonyCodec, Decoded, Message, Reply};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_util::codec::{Decoder, Encoder};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::client::Socket;
 use crate::cmd::{self, Answer, Deferred, Session};
 use crate::state::Shared;
 
@@ -22,7 +22,7 @@ use crate::state::Shared;
 const BUFFER_CAPACITY: usize = 8 * 1024;
 
 pub(crate) struct Connection {
-    socket: TcpStream,
+    socket: Socket,
     codec: ColonyCodec,
     read_buf: BytesMut,
     write_buf: BytesMut,
@@ -52,13 +52,17 @@ enum End {
 }
 
 impl Connection {
-    pub(crate) fn new(socket: TcpStream, shared: Arc<Shared>) -> Self {
+    /// A connection on `socket`; `not_a_node` when TLS showed the peer holds no node
+    /// certificate for its address, so it may not HELLO.
+    pub(crate) fn new(socket: Socket, shared: Arc<Shared>, not_a_node: bool) -> Self {
+        let mut session = Session::new(&shared);
+        session.not_a_node = not_a_node;
         Connection {
             socket,
             codec: ColonyCodec::new(shared.config.limits),
             read_buf: BytesMut::with_capacity(BUFFER_CAPACITY),
             write_buf: BytesMut::with_capacity(BUFFER_CAPACITY),
-            session: Session::new(&shared),
+            session,
             shared,
         }
     }
@@ -223,20 +227,30 @@ impl Connection {
         if self.write_buf.is_empty() {
             return Ok(());
         }
-        // Usually the socket takes it all at once, without arming a timer.
-        match self.socket.try_write(&self.write_buf) {
-            Ok(n) if n == self.write_buf.len() => {
-                self.write_buf.clear();
-                return Ok(());
+        // Usually the socket takes it all at once, without arming a timer: one attempt that
+        // does not wait (and a flush, which sends what TLS buffered; a no-op on TCP).
+        {
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            let mut socket = std::pin::Pin::new(&mut self.socket);
+            match socket.as_mut().poll_write(&mut cx, &self.write_buf) {
+                std::task::Poll::Ready(Ok(n)) => {
+                    let _ = self.write_buf.split_to(n);
+                }
+                std::task::Poll::Ready(Err(e)) => return Err(e),
+                std::task::Poll::Pending => {}
             }
-            Ok(n) => {
-                let _ = self.write_buf.split_to(n);
+            if self.write_buf.is_empty() {
+                if let std::task::Poll::Ready(result) = socket.poll_flush(&mut cx) {
+                    return result;
+                }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
         }
         // A peer that stops reading must not pin this task forever.
-        match tokio::time::timeout(limit, self.socket.write_all(&self.write_buf)).await {
+        let rest = async {
+            self.socket.write_all(&self.write_buf).await?;
+            self.socket.flush().await
+        };
+        match tokio::time::timeout(limit, rest).await {
             Ok(result) => result?,
             Err(_) => {
                 return Err(std::io::Error::new(

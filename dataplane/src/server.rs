@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::access::{ReadAccess, RefusalSink};
+use crate::client::Socket;
 use crate::config::DataPlaneConfig;
 use crate::connection::Connection;
 use crate::identity::Identity;
@@ -150,7 +151,15 @@ impl DataPlane {
             let Ok(permit) = permits.clone().try_acquire_owned() else {
                 self.shared.stats.refused();
                 warn!(%peer, limit = config.max_connections, "connection refused: limit reached");
-                tracker.spawn(refuse(socket, config.max_connections));
+                // A TLS client could not read a plaintext refusal: it is only closed.
+                if self
+                    .shared
+                    .identity
+                    .as_ref()
+                    .is_none_or(|i| i.tls.is_none())
+                {
+                    tracker.spawn(refuse(socket, config.max_connections));
+                }
                 continue;
             };
             let shared = self.shared.clone();
@@ -158,8 +167,28 @@ impl DataPlane {
             let span = tracing::info_span!("conn", %peer);
             tracker.spawn(
                 async move {
+                    // The handshake runs here, not in the accept loop, so a slow client
+                    // holds only its own task (for at most the handshake timeout).
+                    let tls = shared.identity.as_ref().and_then(|i| i.tls.as_ref());
+                    let (socket, not_a_node): (Socket, bool) = match tls {
+                        None => (Box::new(socket), false),
+                        Some(tls) => match tls.accept(socket).await {
+                            Ok(stream) => {
+                                let certs = stream.get_ref().1.peer_certificates();
+                                let node = shared::tls::is_node(certs, peer.ip());
+                                (Box::new(stream), !node)
+                            }
+                            Err(e) => {
+                                debug!(error = %e, "TLS handshake failed");
+                                drop(permit);
+                                return;
+                            }
+                        },
+                    };
                     shared.stats.opened();
-                    Connection::new(socket, shared.clone()).run(token).await;
+                    Connection::new(socket, shared.clone(), not_a_node)
+                        .run(token)
+                        .await;
                     shared.stats.closed();
                     drop(permit);
                 }

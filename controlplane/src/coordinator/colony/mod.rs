@@ -628,6 +628,7 @@ pub(crate) mod testing {
             Identity {
                 instance_id: "coordinator".into(),
                 secret,
+                tls: None,
             },
             ColonyConfig::default(),
             None,
