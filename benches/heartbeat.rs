@@ -314,7 +314,7 @@ fn main() {
     rt.block_on(run("measured", Duration::from_secs_f64(secs.max(1.0))));
     let (server, client, wall) = shares(tracking);
     let status: serde_json::Value = rt.block_on(async {
-        reqwest::Client::builder()
+        shared::tls::http_client(None)
             .no_proxy()
             .build()
             .unwrap()

@@ -19,6 +19,7 @@ use controlplane::serve::{raise_nofile_limit, FdBudget, ServeLimits};
 use dataplane::DataPlaneConfig;
 use shared::registry::{ClusterRegistry, RegistryConfig, RegistryError, RegistryKind};
 use shared::sim::WorldParams;
+use shared::tls::{Tls, TlsFiles};
 
 /// Colony: a cluster runtime for a sharded cellular simulation.
 ///
@@ -117,6 +118,9 @@ pub struct CoordinatorArgs {
 
     #[command(flatten)]
     pub http: HttpArgs,
+
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 /// Flags of `colony backend`.
@@ -166,6 +170,9 @@ pub struct BackendArgs {
 
     #[command(flatten)]
     pub http: HttpArgs,
+
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 /// Flags of `colony up`.
@@ -249,6 +256,11 @@ pub struct StatusArgs {
 
     #[command(flatten)]
     pub token: TokenArgs,
+
+    /// A TLS cluster: the same --tls-cert/--tls-key/--tls-ca as a node of it (a node's
+    /// certificate for this host's address; only the CA is checked against the server).
+    #[command(flatten)]
+    pub tls: TlsArgs,
 
     /// Print JSON instead of a table.
     #[arg(long)]
@@ -443,6 +455,80 @@ impl HealthArgs {
         };
         config.validate()?;
         Ok(config)
+    }
+}
+
+/// TLS between nodes (DESIGN §15): all three files, or none for plaintext.
+#[derive(Debug, Args, Clone)]
+pub struct TlsArgs {
+    /// This node's certificate (PEM, from `colony certs`): with --tls-key and --tls-ca, every
+    /// listener speaks only TLS and every call to another node uses it.
+    #[arg(long, env = "COLONY_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// This node's private key (PEM).
+    #[arg(long, env = "COLONY_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
+    /// The cluster CA's certificate (PEM): peers must present certificates it signed.
+    #[arg(long, env = "COLONY_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// How long a TLS handshake may take before the connection is dropped.
+    #[arg(long, env = "COLONY_TLS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub tls_handshake_timeout: Duration,
+}
+
+impl TlsArgs {
+    /// The files, if all three are given; `None` if none is (plaintext).
+    ///
+    /// # Errors
+    /// Some but not all three are given.
+    pub fn files(&self) -> anyhow::Result<Option<TlsFiles>> {
+        match (&self.tls_cert, &self.tls_key, &self.tls_ca) {
+            (Some(cert), Some(key), Some(ca)) => Ok(Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                ca: ca.clone(),
+            })),
+            (None, None, None) => Ok(None),
+            _ => anyhow::bail!(
+                "TLS needs all three of --tls-cert, --tls-key and --tls-ca (or none, for plaintext)"
+            ),
+        }
+    }
+
+    /// The node's TLS, loaded; `None` without the flags.
+    ///
+    /// # Errors
+    /// As [`TlsArgs::files`], or a file that cannot be loaded.
+    pub fn load(&self) -> anyhow::Result<Option<Tls>> {
+        let Some(files) = self.files()? else {
+            return Ok(None);
+        };
+        let tls = Tls::load(&files, self.tls_handshake_timeout)
+            .map_err(|e| anyhow::anyhow!("cannot load the TLS material: {e}"))?;
+        Ok(Some(tls))
+    }
+
+    /// The flags that give a child process the same TLS (paths, never contents).
+    pub fn argv(&self) -> Vec<String> {
+        let mut argv = Vec::new();
+        for (flag, path) in [
+            ("--tls-cert", &self.tls_cert),
+            ("--tls-key", &self.tls_key),
+            ("--tls-ca", &self.tls_ca),
+        ] {
+            if let Some(path) = path {
+                argv.push(flag.to_owned());
+                argv.push(path.display().to_string());
+            }
+        }
+        if !argv.is_empty() {
+            argv.push("--tls-handshake-timeout".to_owned());
+            argv.push(humantime::format_duration(self.tls_handshake_timeout).to_string());
+        }
+        argv
     }
 }
 

@@ -28,6 +28,7 @@ use shared::operator::OperatorToken;
 use shared::registry::{spawn_registration, ClusterRegistry, RegistryKind, Role};
 use shared::secret::ClusterSecret;
 use shared::signing::{RequestSigner, SignatureVerifier};
+use shared::tls::Tls;
 use shared::token::{TokenIssuer, TokenVerifier};
 use shared::NodeAddress;
 use tokio::net::TcpListener;
@@ -36,7 +37,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::cli::{BackendArgs, BindArgs, CoordinatorArgs, RegistryArgs, SecretArgs, TokenArgs};
+use crate::cli::{
+    BackendArgs, BindArgs, CoordinatorArgs, RegistryArgs, SecretArgs, TlsArgs, TokenArgs,
+};
 
 /// The three bound listeners of a node.
 struct Listeners {
@@ -76,6 +79,20 @@ impl Listeners {
             port(&self.mgmt)?,
         ))
     }
+}
+
+/// The node's TLS from `--tls-*`, said once in the log; `None` (plaintext) without them.
+fn load_tls(args: &TlsArgs) -> anyhow::Result<Option<Tls>> {
+    let tls = args.load()?;
+    match &tls {
+        Some(tls) => info!(
+            cert = ?args.tls_cert,
+            handshake_timeout = ?tls.handshake_timeout(),
+            "TLS on every listener and every call to another node"
+        ),
+        None => info!("no TLS: listeners and calls to other nodes are plaintext"),
+    }
+    Ok(tls)
 }
 
 /// The cluster secret: COLONY_CLUSTER_SECRET, else --secret-file, else (file registry only)
@@ -193,12 +210,13 @@ impl Tasks {
         listener: TcpListener,
         router: Router,
         (limits, budget): (ServeLimits, FdBudget),
+        tls: Option<Tls>,
         what: &'static str,
     ) {
         let shutdown = self.shutdown.clone();
         self.set.spawn(async move {
             let served =
-                controlplane::serve::serve(listener, router, limits, budget, None, shutdown, what)
+                controlplane::serve::serve(listener, router, limits, budget, tls, shutdown, what)
                     .await;
             if let Err(e) = served {
                 warn!(listener = what, error = %e, "HTTP listener failed");
@@ -206,13 +224,14 @@ impl Tasks {
         });
     }
 
-    /// Serves a node's three listeners: the data plane, and the two HTTP planes hardened.
-    /// `mgmt` is the management router and the tracker of the tasks it starts.
+    /// Serves a node's three listeners: the data plane (over TLS if its identity has it),
+    /// and the two HTTP planes hardened and over `tls` if given. `mgmt` is the management
+    /// router and the tracker of the tasks it starts.
     fn serve_planes(
         &mut self,
         listeners: Listeners,
         data_plane: &DataPlane,
-        control: Router,
+        (control, tls): (Router, Option<Tls>),
         (mgmt, mgmt_tasks): (Router, TaskTracker),
         (limits, serving): (HttpLimits, (ServeLimits, FdBudget)),
         metrics: &Metrics,
@@ -224,7 +243,13 @@ impl Tasks {
             }
         });
         let control = harden(control, limits, metrics.http.clone(), "control");
-        self.serve_http(listeners.control, control, serving.clone(), "control");
+        self.serve_http(
+            listeners.control,
+            control,
+            serving.clone(),
+            tls.clone(),
+            "control",
+        );
         let mgmt = harden(mgmt, limits, metrics.http.clone(), "mgmt");
         let token = self.shutdown.clone();
         self.spawn(async move {
@@ -232,7 +257,7 @@ impl Tasks {
                 listeners.mgmt,
                 mgmt,
                 serving,
-                mgmt_tasks,
+                (mgmt_tasks, tls),
                 token,
                 "mgmt",
             );
@@ -342,6 +367,7 @@ pub async fn start_coordinator(
     let data_config = args.data_plane.config()?;
     let health_config = args.health.config()?;
     let limits: HttpLimits = args.http.limits();
+    let tls = load_tls(&args.tls)?;
     let registry = node_registry(&args.registry).await?;
     let secret = load_secret(&args.secret, &args.registry)?;
     let operator = operator_config(
@@ -361,7 +387,7 @@ pub async fn start_coordinator(
     let identity = Identity {
         instance_id: node_id.to_owned(),
         secret: secret.clone(),
-        tls: None,
+        tls: tls.clone(),
     };
     let health = HealthTracker::new(health_config, Some((node_id.to_owned(), address)));
     let mut colony_config = ColonyConfig::default();
@@ -406,9 +432,12 @@ pub async fn start_coordinator(
     tasks.serve_planes(
         listeners,
         &data_plane,
-        control::coordinator_router(
-            colony.clone(),
-            &access.guard("control", args.bind.bind_ip, dashboard),
+        (
+            control::coordinator_router(
+                colony.clone(),
+                &access.guard("control", args.bind.bind_ip, dashboard),
+            ),
+            tls,
         ),
         (management::coordinator_router(mgmt.clone()), mgmt.tasks),
         (limits, args.http.serving()),
@@ -459,6 +488,7 @@ pub async fn run_backend(args: BackendArgs) -> anyhow::Result<()> {
         shared::registry::validate_instance_id(id).context("--instance-id")?;
     }
     let limits = args.http.limits();
+    let tls = load_tls(&args.tls)?;
     let registry = node_registry(&args.registry).await?;
     let secret = load_secret(&args.secret, &args.registry)?;
     let operator = operator_config(
@@ -485,7 +515,7 @@ pub async fn run_backend(args: BackendArgs) -> anyhow::Result<()> {
         Some(Identity {
             instance_id: instance_id.clone(),
             secret: secret.clone(),
-            tls: None,
+            tls: tls.clone(),
         }),
         read_access(&operator),
     );
@@ -495,6 +525,7 @@ pub async fn run_backend(args: BackendArgs) -> anyhow::Result<()> {
         registry.clone(),
         RequestSigner::new(&secret),
         instance_id.clone(),
+        tls.as_ref(),
         reporter_token.clone(),
     );
     let control_state = BackendControl {
@@ -525,9 +556,12 @@ pub async fn run_backend(args: BackendArgs) -> anyhow::Result<()> {
     tasks.serve_planes(
         listeners,
         &data_plane,
-        control::backend_router(
-            control_state,
-            &access.guard("control", args.bind.bind_ip, None),
+        (
+            control::backend_router(
+                control_state,
+                &access.guard("control", args.bind.bind_ip, None),
+            ),
+            tls.clone(),
         ),
         (management::backend_router(mgmt.clone()), mgmt.tasks),
         (limits, args.http.serving()),
@@ -551,7 +585,7 @@ pub async fn run_backend(args: BackendArgs) -> anyhow::Result<()> {
         address,
         args.heartbeat_interval,
         data_plane_metrics(&data_plane),
-        RequestSigner::new(&secret),
+        (RequestSigner::new(&secret), tls.as_ref()),
     )
     .context("cannot make a boot id")?
     .spawn(heartbeat_token.clone());
@@ -560,7 +594,7 @@ pub async fn run_backend(args: BackendArgs) -> anyhow::Result<()> {
     info!(signal, "shutting down");
     unregister(registry.as_ref(), &role, registration, registration_token).await;
     if let Some(coordinator) = args.up_coordinator {
-        crate::up::forget_dead_coordinator(registry.as_ref(), coordinator).await;
+        crate::up::forget_dead_coordinator(registry.as_ref(), coordinator, tls.as_ref()).await;
     }
     heartbeat_token.cancel();
     reporter_token.cancel();

@@ -40,7 +40,7 @@ async fn ports(cluster: &Cluster) -> Ports {
 /// A client that opens a new connection per request, so no pooled connection of its own
 /// can be one the server closed as idle.
 fn fresh_client() -> reqwest::Client {
-    reqwest::Client::builder()
+    shared::tls::http_client(None)
         .no_proxy()
         .pool_max_idle_per_host(0)
         .timeout(Duration::from_secs(5))

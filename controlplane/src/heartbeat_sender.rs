@@ -53,6 +53,8 @@ pub type MetricsSource = Arc<dyn Fn() -> BTreeMap<String, f64> + Send + Sync>;
 pub struct HeartbeatSender {
     registry: Arc<dyn ClusterRegistry>,
     client: reqwest::Client,
+    /// `http`, or `https` with TLS between nodes.
+    scheme: &'static str,
     instance_id: String,
     node_type: NodeType,
     address: NodeAddress,
@@ -63,8 +65,8 @@ pub struct HeartbeatSender {
 }
 
 impl HeartbeatSender {
-    /// A sender for the node `instance_id` at `address`, signing with `signer`, with a new
-    /// boot id: one sender per process start.
+    /// A sender for the node `instance_id` at `address`, signing with `signer` and calling
+    /// over `tls` when given, with a new boot id: one sender per process start.
     ///
     /// # Errors
     /// The system random source failed to make the boot id.
@@ -75,16 +77,16 @@ impl HeartbeatSender {
         address: NodeAddress,
         interval: Duration,
         metrics: MetricsSource,
-        signer: RequestSigner,
+        (signer, tls): (RequestSigner, Option<&shared::tls::Tls>),
     ) -> Result<Self, getrandom::Error> {
-        let client = reqwest::Client::builder()
+        let client = shared::tls::http_client(tls)
             .timeout(interval.max(Duration::from_secs(1)))
-            .no_proxy()
             .build()
             .unwrap_or_default();
         Ok(HeartbeatSender {
             registry,
             client,
+            scheme: shared::tls::scheme(tls),
             instance_id,
             node_type,
             address,
@@ -180,7 +182,11 @@ impl HeartbeatSender {
             leaving,
         };
         let body = serde_json::to_vec(&heartbeat)?;
-        let url = format!("http://{}{HEARTBEAT_PATH}", target.to_mgmt_address());
+        let url = format!(
+            "{}://{}{HEARTBEAT_PATH}",
+            self.scheme,
+            target.to_mgmt_address()
+        );
         let response = self
             .client
             .post(&url)

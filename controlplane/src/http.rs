@@ -89,7 +89,15 @@ pub async fn serve_on_own_thread(
 ) -> std::io::Result<()> {
     let limits = ServeLimits::DEFAULT;
     let budget = FdBudget::new(limits.max_connections);
-    serve_limited_on_own_thread(listener, router, (limits, budget), tasks, shutdown, what).await
+    serve_limited_on_own_thread(
+        listener,
+        router,
+        (limits, budget),
+        (tasks, None),
+        shutdown,
+        what,
+    )
+    .await
 }
 
 /// Serves `router` on `listener` until `shutdown`, within `limits` (see [`crate::serve`]),
@@ -114,12 +122,12 @@ pub async fn serve_limited_on_own_thread(
     listener: TcpListener,
     router: Router,
     (limits, budget): (ServeLimits, FdBudget),
-    tasks: TaskTracker,
+    (tasks, tls): (TaskTracker, Option<shared::tls::Tls>),
     shutdown: CancellationToken,
     what: &'static str,
 ) -> std::io::Result<()> {
     shared::own_thread::serve_on_own_thread(what, listener, move |listener| async move {
-        let served = crate::serve::serve(listener, router, limits, budget, None, shutdown, what);
+        let served = crate::serve::serve(listener, router, limits, budget, tls, shutdown, what);
         let result = tokio::select! {
             served = served => served,
             () = keep_a_timer_pending() => Ok(()),

@@ -40,17 +40,17 @@ impl TokenReporter {
     }
 
     /// Starts the task that sends the outcomes of backend `instance_id` to the coordinator the
-    /// registry names, signed with `signer`, until `shutdown`.
+    /// registry names, signed with `signer` and over `tls` when given, until `shutdown`.
     pub fn spawn(
         registry: Arc<dyn ClusterRegistry>,
         signer: RequestSigner,
         instance_id: String,
+        tls: Option<&shared::tls::Tls>,
         shutdown: CancellationToken,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (queue, outcomes) = mpsc::channel(QUEUE);
-        let client = reqwest::Client::builder()
+        let client = shared::tls::http_client(tls)
             .timeout(REPORT_TIMEOUT)
-            .no_proxy()
             .build()
             .unwrap_or_default();
         let sender = Sender {
@@ -58,6 +58,7 @@ impl TokenReporter {
             signer,
             instance_id,
             client,
+            scheme: shared::tls::scheme(tls),
             coordinator: None,
         };
         let task = tokio::spawn(sender.run(outcomes, shutdown));
@@ -97,6 +98,8 @@ struct Sender {
     signer: RequestSigner,
     instance_id: String,
     client: reqwest::Client,
+    /// `http`, or `https` with TLS between nodes.
+    scheme: &'static str,
     /// The coordinator last reached; looked up again after a failure.
     coordinator: Option<NodeAddress>,
 }
@@ -169,7 +172,11 @@ impl Sender {
     }
 
     async fn post(&self, target: NodeAddress, body: &[u8]) -> Result<(), String> {
-        let url = format!("http://{}{REPORT_PATH}", target.to_mgmt_address());
+        let url = format!(
+            "{}://{}{REPORT_PATH}",
+            self.scheme,
+            target.to_mgmt_address()
+        );
         let response = self
             .client
             .post(&url)

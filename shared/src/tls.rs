@@ -197,6 +197,58 @@ impl Tls {
     }
 }
 
+/// `https` with TLS, `http` without: the scheme of URLs to other nodes' HTTP planes.
+pub fn scheme(tls: Option<&Tls>) -> &'static str {
+    if tls.is_some() {
+        "https"
+    } else {
+        "http"
+    }
+}
+
+/// An HTTP client builder for calls to other nodes (and for tools and tests): over TLS with
+/// `tls`'s configuration (trusting only the cluster CA, presenting the node's certificate),
+/// else plaintext. No proxy: nodes talk directly.
+///
+/// reqwest is built without a crypto provider of its own (its default would pull aws-lc), so
+/// every client must be given a configuration; without `tls` it gets one on ring that trusts
+/// nothing, so `https` URLs fail while `http` works. Also installs ring as the process's
+/// default provider, so a client built elsewhere with `reqwest::Client::builder()` does not
+/// panic for want of one.
+pub fn http_client(tls: Option<&Tls>) -> reqwest::ClientBuilder {
+    // Err only means a default is already installed, which is as good.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let config = match tls {
+        Some(tls) => tls.client_config(),
+        None => plain_client_config(),
+    };
+    reqwest::Client::builder()
+        .no_proxy()
+        .use_preconfigured_tls((*config).clone())
+}
+
+/// A client configuration that trusts no server: for clients that only speak plaintext.
+fn plain_client_config() -> Arc<ClientConfig> {
+    static PLAIN: std::sync::OnceLock<Arc<ClientConfig>> = std::sync::OnceLock::new();
+    PLAIN
+        .get_or_init(|| {
+            let config = ClientConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .map(|b| {
+                    b.with_root_certificates(RootCertStore::empty())
+                        .with_no_client_auth()
+                });
+            // The ring provider supports the default versions, so this cannot fail; if it
+            // ever did, an empty-provider config still serves plaintext.
+            Arc::new(config.unwrap_or_else(|_| {
+                ClientConfig::builder()
+                    .with_root_certificates(RootCertStore::empty())
+                    .with_no_client_auth()
+            }))
+        })
+        .clone()
+}
+
 /// Whether a peer at `peer_ip` is a node: it presented a certificate (which the handshake
 /// checked chains to the cluster CA) whose IP SAN is `peer_ip`. A client with no
 /// certificate, or a node's certificate used from another address, is not.

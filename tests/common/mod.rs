@@ -318,7 +318,7 @@ impl Cluster {
             dir: tempfile::tempdir().unwrap(),
             coordinator: None,
             backends: Vec::new(),
-            http: reqwest::Client::builder()
+            http: shared::tls::http_client(None)
                 .no_proxy()
                 .timeout(Duration::from_secs(5))
                 .build()
