@@ -214,6 +214,24 @@ async fn a_tls_cluster_runs_the_reference_colony_and_keeps_strangers_out() {
         1,
         "{metrics}"
     );
+    // `colony status` reads a TLS coordinator with the flags, and cannot without them.
+    let status = |tls: bool| {
+        let mut cmd = std::process::Command::new(colony_bin());
+        cmd.args(["status", "--registry-dir", &registry]);
+        if tls {
+            cmd.args(["--tls-cert", &cert, "--tls-key", &key, "--tls-ca", &ca]);
+        }
+        cmd.output().unwrap()
+    };
+    let with = status(true);
+    assert!(with.status.success(), "{with:?}");
+    assert!(
+        String::from_utf8_lossy(&with.stdout).contains("overall: "),
+        "{with:?}"
+    );
+    let without = status(false);
+    assert!(!without.status.success(), "{without:?}");
+
     // The intruder's HELLO was refused on a backend's data plane: counted there.
     let backend_mgmt = port_of(&up.seen, "backend_", "mgmt https://");
     let metrics = anyone
@@ -232,4 +250,31 @@ async fn a_tls_cluster_runs_the_reference_colony_and_keeps_strangers_out() {
                 && l.ends_with(" 1")),
         "{metrics}"
     );
+}
+
+#[test]
+fn a_node_given_only_some_tls_flags_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    for role in ["coordinator", "backend"] {
+        let out = std::process::Command::new(colony_bin())
+            .args([role, "--registry-dir"])
+            .arg(dir.path())
+            .args([
+                "--internal-port",
+                "0",
+                "--http-port",
+                "0",
+                "--mgmt-port",
+                "0",
+            ])
+            .args(["--tls-cert", "node.pem", "--tls-ca", "ca.pem"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{role}: {out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("all three of --tls-cert, --tls-key and --tls-ca"),
+            "{role}: {stderr}"
+        );
+    }
 }
