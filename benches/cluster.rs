@@ -5,6 +5,9 @@
 //! colony-start JSON body), runs ticks and times them; then runs `colony reference` for the
 //! same world and ticks in one process (all cores) and compares cell-update rates. The runs
 //! alternate `CLUSTER_ROUNDS` times (default 3); the best of each is reported.
+//! `CLUSTER_CHECKPOINT_EVERY` (default 100, the coordinator's default) sets how often the
+//! backends take a checkpoint and send its copies (DESIGN §14); a large value shows what the
+//! copies cost.
 //!
 //! Run: `cargo bench --bench cluster`.
 
@@ -51,6 +54,7 @@ fn main() {
     } else {
         0.3
     };
+    let checkpoint_every = (env("CLUSTER_CHECKPOINT_EVERY", 100.0) as u64).to_string();
     let world: Value = std::env::var("CLUSTER_WORLD")
         .ok()
         .and_then(|w| serde_json::from_str(&w).ok())
@@ -76,7 +80,12 @@ fn main() {
                 "--mgmt-port",
                 "0",
             ])
-            .args(["--registry-dir", &registry, "--checkpoint-every", "100"])
+            .args([
+                "--registry-dir",
+                &registry,
+                "--checkpoint-every",
+                &checkpoint_every,
+            ])
             .spawn()
             .unwrap(),
     );
@@ -150,12 +159,14 @@ fn main() {
                 (started.elapsed().as_secs_f64(), answer)
             }
         };
-        // Warm up, then size the runs to about `secs` each.
-        let (t, _) = run(50).await;
-        let ticks = ((secs / (t / 50.0)) as u64).clamp(50, 200_000);
+        // Warm up (the first run also opens every link), then size the runs to about `secs`
+        // each from a second run long enough to time.
+        run(50).await;
+        let (t, _) = run(500).await;
+        let ticks = ((secs / (t / 500.0)) as u64).clamp(50, 200_000);
         let mut best_cluster = 0f64;
         let mut best_reference = 0f64;
-        let mut done = 50;
+        let mut done = 550;
         for _ in 0..rounds {
             let (t, answer) = run(ticks).await;
             done += ticks;

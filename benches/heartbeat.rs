@@ -17,6 +17,12 @@
 //! the coordinator, and reqwest's own per-request cost took CPU from the server in the ingest
 //! phase. Its CPU share is printed too.
 //!
+//! 3. and 4. The same two figures over the persistent heartbeat channel (`/heartbeat/ws`, the
+//!    backends' default): ingest over `HB_CONNS` channels (one node each, one frame at a time
+//!    as the sender does, each answer read and checked), then 10 000 nodes at 1/s, each on a
+//!    channel of its own as a backend holds it (`HB_CHANNEL_NODES` to change the count; the
+//!    bench needs twice that many file descriptors between the two processes).
+//!
 //! `HB_WORKERS` sets the coordinator's `--worker-threads` (the management plane, heartbeats
 //! included, runs on a thread of its own either way); `HB_COLONY` runs another `colony`
 //! binary, to compare builds under the same load.
@@ -31,6 +37,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::{SinkExt, StreamExt};
 use shared::secret::ClusterSecret;
 use shared::signing::RequestSigner;
 use shared::test_support::free_port;
@@ -217,6 +224,83 @@ async fn track(
     }
 }
 
+type Channel =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type WsMessage = tokio_tungstenite::tungstenite::Message;
+
+/// Opens one heartbeat channel.
+async fn open_channel(port: u16) -> Channel {
+    let (channel, _) =
+        tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/heartbeat/ws"))
+            .await
+            .unwrap();
+    channel
+}
+
+/// Sends one signed heartbeat frame and reads its answer; true if it was accepted.
+async fn frame(channel: &mut Channel, signer: &RequestSigner, body: &str) -> bool {
+    let signature = signer.sign("CHANNEL", "/heartbeat/ws", body.as_bytes());
+    channel
+        .send(WsMessage::Text(format!("{signature}\n{body}").into()))
+        .await
+        .unwrap();
+    loop {
+        match channel.next().await {
+            Some(Ok(WsMessage::Text(answer))) => return answer.contains(r#""status":"ACTIVE""#),
+            Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {}
+            other => panic!("the coordinator closed a heartbeat channel: {other:?}"),
+        }
+    }
+}
+
+/// Channel `conn` of the ingest phase: one node, as fast as answered.
+async fn ingest_channel(
+    port: u16,
+    signer: RequestSigner,
+    conn: usize,
+    until: Instant,
+    done: Arc<AtomicU64>,
+) {
+    let mut channel = open_channel(port).await;
+    let mut seq = 0u64;
+    while Instant::now() < until {
+        seq += 1;
+        if frame(&mut channel, &signer, &body(200_000 + conn, "ingest", seq)).await {
+            done.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Node `node` of `nodes` on its own channel, once a second from `start` (spread over the
+/// first second by its number), until `end`; its seqs continue from `seq`. Hands back the
+/// channel and the last seq, so the next phase goes on with the same run of the node.
+#[allow(clippy::too_many_arguments)]
+async fn track_channel(
+    mut channel: Channel,
+    mut seq: u64,
+    signer: RequestSigner,
+    node: usize,
+    nodes: usize,
+    start: tokio::time::Instant,
+    end: Instant,
+    sent: Arc<AtomicU64>,
+) -> (Channel, u64) {
+    let offset = Duration::from_secs(1).mul_f64(node as f64 / nodes as f64);
+    let mut tick = tokio::time::interval_at(start + offset, Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let end = tokio::time::Instant::from_std(end);
+    loop {
+        // Not past `end` waiting for a tick: the phase's wall time is the measure.
+        if tokio::time::timeout_at(end, tick.tick()).await.is_err() {
+            return (channel, seq);
+        }
+        seq += 1;
+        if frame(&mut channel, &signer, &body(300_000 + node, "channel", seq)).await {
+            sent.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 fn main() {
     let benching = std::env::args().any(|a| a == "--bench");
     let env = |k: &str, d: f64| {
@@ -313,19 +397,22 @@ fn main() {
     let tracking = mark();
     rt.block_on(run("measured", Duration::from_secs_f64(secs.max(1.0))));
     let (server, client, wall) = shares(tracking);
-    let status: serde_json::Value = rt.block_on(async {
-        shared::tls::http_client(None)
-            .no_proxy()
-            .build()
-            .unwrap()
-            .get(format!("http://127.0.0.1:{port}/health/status"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    });
+    let health = || -> serde_json::Value {
+        rt.block_on(async {
+            shared::tls::http_client(None)
+                .no_proxy()
+                .build()
+                .unwrap()
+                .get(format!("http://127.0.0.1:{port}/health/status"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap()
+        })
+    };
+    let status = health();
     println!(
         "tracking {nodes} nodes at 1 heartbeat/s over {track_conns} keep-alive connections: {:.0} heartbeats/s received, coordinator CPU {:.1}% of one core (user {:.1}%, kernel {:.1}%), load generator {:.0}%; {} components, {} active",
         sent.load(Ordering::Relaxed) as f64 / wall,
@@ -336,4 +423,110 @@ fn main() {
         status["total_components"],
         status["active"],
     );
+
+    // 3. Ingest over the channel.
+    let done = Arc::new(AtomicU64::new(0));
+    let ingest_mark = mark();
+    let until = ingest_mark.2 + Duration::from_secs_f64(secs);
+    rt.block_on(async {
+        let tasks: Vec<_> = (0..conns)
+            .map(|c| tokio::spawn(ingest_channel(port, signer.clone(), c, until, done.clone())))
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    let (server, client, wall) = shares(ingest_mark);
+    println!(
+        "heartbeat ingest over the channel: {:.0} heartbeats/s over {conns} channels ({secs}s); coordinator CPU {:.0}% of one core (user {:.0}%, kernel {:.0}%), load generator {:.0}%",
+        done.load(Ordering::Relaxed) as f64 / wall,
+        server.0 + server.1,
+        server.0,
+        server.1,
+        client.0 + client.1,
+    );
+
+    // 4. Many nodes at 1 heartbeat/s, each on its own channel.
+    let channel_nodes = if benching {
+        env("HB_CHANNEL_NODES", 10_000.0) as usize
+    } else {
+        200
+    };
+    let opened = Instant::now();
+    let channels: Vec<(Channel, u64)> = rt.block_on(async {
+        // A few hundred handshakes at a time: the listen backlog is finite.
+        let mut channels = Vec::with_capacity(channel_nodes);
+        for batch in (0..channel_nodes).collect::<Vec<_>>().chunks(256) {
+            // Each channel's first heartbeat goes at once, as a backend's does: the
+            // coordinator closes a channel that carries none within 10 s.
+            let opening: Vec<_> = batch
+                .iter()
+                .map(|&node| {
+                    let signer = signer.clone();
+                    tokio::spawn(async move {
+                        let mut channel = open_channel(port).await;
+                        assert!(
+                            frame(&mut channel, &signer, &body(300_000 + node, "channel", 1)).await
+                        );
+                        channel
+                    })
+                })
+                .collect();
+            for o in opening {
+                channels.push((o.await.unwrap(), 1));
+            }
+        }
+        channels
+    });
+    let opened = opened.elapsed();
+    let sent = Arc::new(AtomicU64::new(0));
+    let run = |channels: Vec<(Channel, u64)>, measure: Duration| {
+        let signer = signer.clone();
+        let sent = sent.clone();
+        async move {
+            let start = tokio::time::Instant::now();
+            let end = Instant::now() + measure;
+            let n = channels.len();
+            let tasks: Vec<_> = channels
+                .into_iter()
+                .enumerate()
+                .map(|(node, (channel, seq))| {
+                    tokio::spawn(track_channel(
+                        channel,
+                        seq,
+                        signer.clone(),
+                        node,
+                        n,
+                        start,
+                        end,
+                        sent.clone(),
+                    ))
+                })
+                .collect();
+            let mut back = Vec::with_capacity(n);
+            for t in tasks {
+                back.push(t.await.unwrap());
+            }
+            back
+        }
+    };
+    // Every node's first heartbeat binds its channel; then steady state is measured.
+    let warm = rt.block_on(run(channels, Duration::from_secs(1)));
+    sent.store(0, Ordering::Relaxed);
+    let tracking = mark();
+    let channels = rt.block_on(run(warm, Duration::from_secs_f64(secs.max(1.0))));
+    let (server, client, wall) = shares(tracking);
+    let status = health();
+    println!(
+        "tracking {channel_nodes} nodes at 1 heartbeat/s over a channel each (opened in {:.1}s): {:.0} heartbeats/s received, coordinator CPU {:.1}% of one core (user {:.1}%, kernel {:.1}%), load generator {:.0}%; {} components, {} active",
+        opened.as_secs_f64(),
+        sent.load(Ordering::Relaxed) as f64 / wall,
+        server.0 + server.1,
+        server.0,
+        server.1,
+        client.0 + client.1,
+        status["total_components"],
+        status["active"],
+    );
+    drop(channels);
 }

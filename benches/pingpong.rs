@@ -15,14 +15,11 @@
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use dataplane::loadgen::PingLoad;
 use shared::test_support::free_port;
 use shared::test_support::proc_cpu::cpu_seconds;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 const CONFIGS: [(usize, usize); 4] = [(1, 1), (1, 64), (16, 16), (50, 1)];
 
@@ -91,24 +88,6 @@ fn start_redis() -> Option<Server> {
     })
 }
 
-/// One connection keeping `depth` PINGs in flight until `stop`; counts answers.
-async fn drive(addr: SocketAddr, depth: usize, stop: Arc<AtomicBool>, done: Arc<AtomicU64>) {
-    let mut socket = TcpStream::connect(addr).await.expect("connect");
-    socket.set_nodelay(true).expect("nodelay");
-    let burst = b"PING\r\n".repeat(depth);
-    let mut buf = vec![0u8; 64 * 1024];
-    while !stop.load(Ordering::Relaxed) {
-        socket.write_all(&burst).await.expect("write");
-        let mut answers = 0;
-        while answers < depth {
-            let n = socket.read(&mut buf).await.expect("read");
-            assert!(n > 0, "server closed");
-            answers += buf[..n].iter().filter(|&&b| b == b'\n').count();
-        }
-        done.fetch_add(depth as u64, Ordering::Relaxed);
-    }
-}
-
 /// User plus system CPU seconds of process `pid`.
 fn total_cpu_seconds(pid: &str) -> f64 {
     let (user, system) = cpu_seconds(pid);
@@ -134,26 +113,20 @@ fn measure(server: &Server, conns: usize, depth: usize, secs: f64) -> Run {
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let stop = Arc::new(AtomicBool::new(false));
-        let done = Arc::new(AtomicU64::new(0));
-        let tasks: Vec<_> = (0..conns)
-            .map(|_| tokio::spawn(drive(addr, depth, stop.clone(), done.clone())))
-            .collect();
+        // The same load generator as `colony bench ping`.
+        let load = PingLoad::start(addr, conns, depth).await.expect("connect");
         // Warm up, then count over the window.
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let start_count = done.load(Ordering::Relaxed);
+        let start_count = load.answered();
         let started = Instant::now();
         let cpu_before = total_cpu_seconds(&pid);
         let own_before = total_cpu_seconds("self");
         tokio::time::sleep(Duration::from_secs_f64(secs)).await;
-        let count = done.load(Ordering::Relaxed) - start_count;
+        let count = load.answered() - start_count;
         let elapsed = started.elapsed().as_secs_f64();
         let cpu = total_cpu_seconds(&pid) - cpu_before;
         let own = total_cpu_seconds("self") - own_before;
-        stop.store(true, Ordering::Relaxed);
-        for t in tasks {
-            let _ = t.await;
-        }
+        load.stop().await.expect("load");
         let per_request_us = if count > 0 {
             cpu * 1e6 / count as f64
         } else {

@@ -17,7 +17,8 @@
 # Each node runs with --bind-ip and --advertise-ip set to its own address and the default-style
 # ports (coordinator 8082-8084, every backend 9000-9002: ids stay unique because the advertise
 # IP is not loopback). NODE_ARGS go to every node (e.g. TLS or health flags); a file
-# HOSTS_DIR/HOST.args, one argument per line, adds arguments for one host only.
+# /tmp/colony-netns-T/hosts/HOST.args, one argument per line, adds arguments for one host only
+# (write it before `up` for the first start, or before `start`).
 # Logs and pids live in the state directory /tmp/colony-netns-T/.
 set -euo pipefail
 
@@ -128,7 +129,9 @@ case "$cmd" in
   up)
     count="${positional[0]:-}"
     [[ "$count" =~ ^[0-9]+$ ]] && [ "$count" -ge 1 ] && [ "$count" -le 200 ] || die "up needs N, the number of backends (1-200)"
-    if [ -d "$state" ]; then die "test bed '$tag' exists ($state): run '$0 down --tag $tag' first"; fi
+    # The state directory may already hold per-host arguments (hosts/HOST.args); a test bed
+    # that was brought up (even half-way) has its count file.
+    if [ -e "$state/count" ]; then die "test bed '$tag' exists ($state): run '$0 down --tag $tag' first"; fi
     mkdir -p "$state/hosts"
     if [ -z "$registry" ]; then registry="$state/registry"; fi
     mkdir -p "$registry"

@@ -8,6 +8,11 @@ command -v nc >/dev/null || need_apt+=(netcat-openbsd)
 # The dashboard's browser tests drive Debian's headless Chromium over the DevTools protocol
 # themselves (tests/dashboard/cdp.rs), so no WebDriver is needed.
 command -v chromium >/dev/null || need_apt+=(chromium)
+# The many-hosts tests' test bed (scripts/netns-cluster.sh) makes network namespaces with ip.
+command -v ip >/dev/null || need_apt+=(iproute2)
+# tests/prometheus.rs scrapes a cluster with Debian's Prometheus server, started by the test
+# itself on loopback (the package's own service is not used).
+command -v prometheus >/dev/null || need_apt+=(prometheus)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"

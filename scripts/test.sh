@@ -54,7 +54,8 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "cargo test --workspace"
 tests=0
-cargo test --workspace --locked -- --color never || tests=$?
+# Every test binary runs even after a failure, so one run shows every failing test.
+cargo test --workspace --locked --no-fail-fast -- --color never || tests=$?
 
 # Even after failed tests: a leftover is a bug of its own, and it would disturb the next run.
 step "no colony process left running"

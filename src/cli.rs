@@ -66,6 +66,10 @@ pub enum Command {
     /// DIR/ca.pem, DIR/ca-key.pem, and DIR/NAME.pem, DIR/NAME-key.pem per
     /// --node NAME:IP (keys mode 0600). For a test bed or a small cluster.
     Certs(crate::certs::CertsArgs),
+    /// Load generators to run against a cluster: a table (or --json) of throughput over
+    /// repeats and p50/p99 latency. Loads stop by themselves; targets must be loopback
+    /// unless --allow-remote.
+    Bench(crate::bench::BenchArgs),
 }
 
 /// Flags of `colony coordinator`.
@@ -121,6 +125,94 @@ pub struct CoordinatorArgs {
 
     #[command(flatten)]
     pub tls: TlsArgs,
+
+    #[command(flatten)]
+    pub deploy: DeployArgs,
+}
+
+/// Flags of deployed packages (DESIGN §16).
+#[derive(Debug, Args, Clone)]
+pub struct DeployArgs {
+    /// Where deployed packages are installed, each in {root}/{sanitized name}-{version}/.
+    /// This node's registry of deployed services (services.json), its uploaded packages and
+    /// the services' logs are kept under {root}/.colony/{instance id}/.
+    #[arg(long, env = "COLONY_DEPLOY_ROOT", default_value = "/opt")]
+    pub deploy_root: PathBuf,
+
+    /// When the node runs as root, deployed scripts run as this user.
+    #[arg(long, env = "COLONY_DEPLOY_USER", default_value = "nobody")]
+    pub deploy_user: String,
+
+    /// Largest package upload (PUT /packages/{file}), in bytes.
+    #[arg(long, env = "COLONY_MAX_PACKAGE", default_value_t = 256 * 1024 * 1024)]
+    pub max_package: u64,
+
+    /// Longest a package upload may take.
+    #[arg(long, env = "COLONY_PACKAGE_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    pub package_timeout: Duration,
+
+    /// Most bytes a package may unpack to (tar headers included): gzip bombs stop here.
+    #[arg(long, env = "COLONY_MAX_UNPACKED", default_value_t = 1024 * 1024 * 1024)]
+    pub max_unpacked: u64,
+
+    /// Most entries (files, directories, links) a package may hold.
+    #[arg(long, env = "COLONY_MAX_PACKAGE_FILES", default_value_t = 10_000)]
+    pub max_package_files: u64,
+
+    /// Longest a deployed service's start.sh may take to become ready before it is killed.
+    #[arg(long, env = "COLONY_DEPLOY_START_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub deploy_start_timeout: Duration,
+
+    /// How long stop.sh, then SIGTERM, get before a deployed service is killed.
+    #[arg(long, env = "COLONY_DEPLOY_STOP_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub deploy_stop_grace: Duration,
+}
+
+impl DeployArgs {
+    /// The deployments of node `node`, advertised at `host`, with the upload limits.
+    ///
+    /// # Errors
+    /// The registry of deployed services cannot be read. (A deploy user that does not exist
+    /// does not stop the node: its deployments fail, saying why.)
+    pub fn open(
+        &self,
+        node: &str,
+        host: &str,
+    ) -> anyhow::Result<(
+        controlplane::deploy::deployer::Deployer,
+        controlplane::management::packages::UploadLimits,
+    )> {
+        use controlplane::deploy::archive::ArchiveLimits;
+        use controlplane::deploy::deployer::Deployer;
+        use controlplane::deploy::install::Installer;
+        use controlplane::deploy::lifecycle::{RunAs, Services, ServicesConfig};
+        let run_as = RunAs::resolve(&self.deploy_user);
+        if let RunAs::Unavailable(reason) = &run_as {
+            tracing::warn!(%reason, "deployed packages cannot run on this node");
+        }
+        let services = Services::open(ServicesConfig {
+            node: node.to_owned(),
+            host: host.to_owned(),
+            state_dir: self.deploy_root.join(".colony").join(node),
+            run_as,
+            start_timeout: self.deploy_start_timeout,
+            stop_grace: self.deploy_stop_grace,
+        })?;
+        let installer = Installer::new(
+            &self.deploy_root,
+            ArchiveLimits {
+                max_files: self.max_package_files,
+                max_unpacked: self.max_unpacked,
+            },
+        );
+        Ok((
+            Deployer::new(installer, services),
+            controlplane::management::packages::UploadLimits {
+                max_package: self.max_package,
+                timeout: self.package_timeout,
+            },
+        ))
+    }
 }
 
 /// Flags of `colony backend`.
@@ -141,7 +233,10 @@ pub struct BackendArgs {
     #[arg(long, env = "COLONY_MGMT_PORT", default_value_t = 0)]
     pub mgmt_port: u16,
 
-    /// Instance id in the registry and in health reports [default: backend_{internal port}].
+    /// Instance id in the registry and in health reports [default: backend_{internal port} when
+    /// the advertise IP is loopback, else backend_{advertise IP, '.' and ':' as '-'}_{internal
+    /// port}, e.g. backend_198-18-0-11_9000]. A node whose id another live node holds at a
+    /// different address refuses to start.
     #[arg(long, env = "COLONY_INSTANCE_ID")]
     pub instance_id: Option<String>,
 
@@ -173,6 +268,9 @@ pub struct BackendArgs {
 
     #[command(flatten)]
     pub tls: TlsArgs,
+
+    #[command(flatten)]
+    pub deploy: DeployArgs,
 }
 
 /// Flags of `colony up`.
@@ -603,6 +701,25 @@ pub struct DataPlaneArgs {
     #[arg(long, env = "COLONY_IDLE_TIMEOUT", default_value = "300s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
 
+    /// Close a data-plane connection whose request, once begun, is not complete within this
+    /// long (bytes trickled in do not reset it).
+    #[arg(long, env = "COLONY_INCOMPLETE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub incomplete_timeout: Duration,
+
+    /// Unsent answers (bytes) a data-plane connection may hold before the node stops reading
+    /// that client's requests until it reads its answers.
+    #[arg(long, env = "COLONY_MAX_PENDING_OUTPUT", default_value_t = 1024 * 1024)]
+    pub max_pending_output: usize,
+
+    /// Cut a data-plane client that leaves its pending answers unread for this long.
+    #[arg(long, env = "COLONY_OUTPUT_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub output_timeout: Duration,
+
+    /// Bytes of partly received data-plane requests all unauthenticated connections together
+    /// may hold beyond their first 8 KiB each; a client needing more while it is spent is cut.
+    #[arg(long, env = "COLONY_PARTIAL_BUDGET", default_value_t = 64 * 1024 * 1024)]
+    pub partial_budget: usize,
+
     /// Data-plane connections served at once; more are refused with an error line.
     #[arg(long, env = "COLONY_MAX_CONNECTIONS", default_value_t = 1024)]
     pub max_connections: usize,
@@ -628,6 +745,10 @@ impl DataPlaneArgs {
                 max_frame: self.max_frame,
             },
             idle_timeout: self.idle_timeout,
+            incomplete_timeout: self.incomplete_timeout,
+            max_pending_output: self.max_pending_output,
+            output_timeout: self.output_timeout,
+            partial_budget: self.partial_budget,
             max_connections: self.max_connections,
             grace: self.grace,
             halo_timeout: self.halo_timeout,

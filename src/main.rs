@@ -1,8 +1,11 @@
 //! `colony`: the one binary. Parses the command line, starts tracing, and hands typed
 //! configuration to the subcommand; everything else lives in the library crates.
 
+mod bench;
 mod certs;
+mod claim;
 mod cli;
+mod liveness;
 mod node;
 mod reference;
 mod status;
@@ -40,6 +43,7 @@ fn main() -> std::process::ExitCode {
             Command::Status(args) => status::run(args).await,
             Command::Reference(args) => reference::run(args),
             Command::Certs(args) => certs::run(args),
+            Command::Bench(args) => bench::run(args).await,
         }
     });
     match result {

@@ -13,6 +13,8 @@ use controlplane::control::{self, BackendControl};
 use controlplane::coordinator::colony::{ColonyConfig, ColonyManager};
 use controlplane::coordinator::health::tracker::HealthTracker;
 use controlplane::coordinator::processes::ProcessManager;
+use controlplane::deploy::deployer::Deployer;
+use controlplane::deploy::forward::Forwarder;
 use controlplane::heartbeat_sender::HeartbeatSender;
 use controlplane::http::{harden, serve_limited_on_own_thread, HttpLimits};
 use controlplane::management;
@@ -225,14 +227,15 @@ impl Tasks {
     }
 
     /// Serves a node's three listeners: the data plane (over TLS if its identity has it),
-    /// and the two HTTP planes hardened and over `tls` if given. `mgmt` is the management
-    /// router and the tracker of the tasks it starts.
+    /// and the two HTTP planes hardened and over `tls` if given. `control` and `mgmt` come
+    /// with the routes merged after the standard layers (forwarded deployments and package
+    /// uploads, which have their own limits); `mgmt` also with the tracker of its tasks.
     fn serve_planes(
         &mut self,
         listeners: Listeners,
         data_plane: &DataPlane,
-        (control, tls): (Router, Option<Tls>),
-        (mgmt, mgmt_tasks): (Router, TaskTracker),
+        (control, deploys, tls): (Router, Option<Router>, Option<Tls>),
+        (mgmt, mgmt_tasks, uploads): (Router, TaskTracker, Option<Router>),
         (limits, serving): (HttpLimits, (ServeLimits, FdBudget)),
         metrics: &Metrics,
     ) {
@@ -242,7 +245,11 @@ impl Tasks {
                 warn!(error = %e, "data plane failed");
             }
         });
-        let control = harden(control, limits, metrics.http.clone(), "control");
+        let mut control = harden(control, limits, metrics.http.clone(), "control");
+        // Forwarded deployments bring their own body limit and timeout (control::deploy).
+        if let Some(deploys) = deploys {
+            control = control.merge(deploys);
+        }
         self.serve_http(
             listeners.control,
             control,
@@ -250,7 +257,11 @@ impl Tasks {
             tls.clone(),
             "control",
         );
-        let mgmt = harden(mgmt, limits, metrics.http.clone(), "mgmt");
+        let mut mgmt = harden(mgmt, limits, metrics.http.clone(), "mgmt");
+        // Uploads bring their own body limit and timeout (management::packages).
+        if let Some(uploads) = uploads {
+            mgmt = mgmt.merge(uploads);
+        }
         let token = self.shutdown.clone();
         self.spawn(async move {
             let served = serve_limited_on_own_thread(
@@ -336,6 +347,7 @@ pub struct CoordinatorHandle {
     pub address: NodeAddress,
     /// Its colony.
     pub colony: ColonyManager,
+    deployer: Deployer,
     registry: Arc<dyn ClusterRegistry>,
     registration: tokio::task::JoinHandle<()>,
     registration_token: CancellationToken,
@@ -347,6 +359,8 @@ impl CoordinatorHandle {
     /// Unregisters, then stops every listener within the grace period.
     pub async fn stop(self) {
         self.colony.close();
+        // Deployed services stop with their node (the registry keeps them as running).
+        self.deployer.services().shutdown().await;
         unregister(
             self.registry.as_ref(),
             &Role::Coordinator,
@@ -409,10 +423,17 @@ pub async fn start_coordinator(
         Some(identity),
         read_access(&operator),
     );
-    let metrics = Metrics::new(data_plane.clone(), Some(health.clone()));
+    let metrics = Metrics::coordinator(data_plane.clone(), health.clone(), colony.clone());
     let access = Access::new(operator, &metrics);
     // Pages served from the management port are this node's own dashboard.
     let dashboard = Some(address.mgmt_port);
+    let (deployer, upload_limits) = args.deploy.open(node_id, &address.ip.to_string())?;
+    let deployer = deployer.with_forwarder(Forwarder::new(
+        RequestSigner::new(&secret),
+        args.deploy.package_timeout + args.deploy.deploy_start_timeout,
+        tls.as_ref(),
+    )?);
+    let deploy = Some(deployer.clone());
     let mgmt = MgmtState {
         node: NodeInfo::new(node_id, NodeType::Coordinator, address),
         node_auth: NodeAuth::new(
@@ -425,6 +446,7 @@ pub async fn start_coordinator(
         health: Some(health.clone()),
         processes,
         colony: Some(colony.clone()),
+        deploy: deploy.clone(),
         tasks: TaskTracker::new(),
     };
 
@@ -437,9 +459,18 @@ pub async fn start_coordinator(
                 colony.clone(),
                 &access.guard("control", args.bind.bind_ip, dashboard),
             ),
+            None,
             tls,
         ),
-        (management::coordinator_router(mgmt.clone()), mgmt.tasks),
+        (
+            management::coordinator_router(mgmt.clone()),
+            mgmt.tasks,
+            Some(management::packages::router(
+                deployer.clone(),
+                &mgmt.guard,
+                upload_limits,
+            )),
+        ),
         (limits, args.http.serving()),
         &metrics,
     );
@@ -450,6 +481,9 @@ pub async fn start_coordinator(
         let _ = sweeper.await;
     });
     log_listening("coordinator", node_id, &address);
+    // Deployed services that were running when the coordinator last stopped start again.
+    let restoring = deployer.clone();
+    tasks.spawn(async move { restoring.services().restore().await });
 
     let registration_token = CancellationToken::new();
     let registration = spawn_registration(
@@ -461,6 +495,7 @@ pub async fn start_coordinator(
     Ok(CoordinatorHandle {
         address,
         colony: colony_handle,
+        deployer,
         registry,
         registration,
         registration_token,
@@ -506,7 +541,11 @@ pub async fn run_backend(args: BackendArgs) -> anyhow::Result<()> {
     let instance_id = args
         .instance_id
         .clone()
-        .unwrap_or_else(|| shared::registry::default_backend_id(address.internal_port));
+        .unwrap_or_else(|| shared::registry::default_backend_id(address.ip, address.internal_port));
+    // Before serving anything: a node refused here has touched neither the registry nor the
+    // cluster, and exits with the reason.
+    let probe = crate::liveness::probe_client(tls.as_ref())?;
+    crate::claim::claim_instance_id(registry.as_ref(), &instance_id, address, &probe).await?;
 
     let secret = Arc::new(secret);
     let data_plane = DataPlane::with_access(
@@ -541,6 +580,9 @@ pub async fn run_backend(args: BackendArgs) -> anyhow::Result<()> {
         store: data_plane.store().clone(),
     };
     let access = Access::new(operator, &metrics);
+    // Packages the coordinator forwards run here (DESIGN §16).
+    let (deployer, upload_limits) = args.deploy.open(&instance_id, &address.ip.to_string())?;
+    let deploy_auth = control_state.node_auth.clone();
     let mgmt = MgmtState {
         node: NodeInfo::new(instance_id.clone(), NodeType::Backend, address),
         node_auth: control_state.node_auth.clone(),
@@ -549,6 +591,7 @@ pub async fn run_backend(args: BackendArgs) -> anyhow::Result<()> {
         health: None,
         processes: None,
         colony: None,
+        deploy: None,
         tasks: TaskTracker::new(),
     };
 
@@ -561,13 +604,21 @@ pub async fn run_backend(args: BackendArgs) -> anyhow::Result<()> {
                 control_state,
                 &access.guard("control", args.bind.bind_ip, None),
             ),
+            Some(control::deploy::router(
+                deployer.clone(),
+                deploy_auth,
+                upload_limits,
+                instance_id.clone(),
+            )),
             tls.clone(),
         ),
-        (management::backend_router(mgmt.clone()), mgmt.tasks),
+        (management::backend_router(mgmt.clone()), mgmt.tasks, None),
         (limits, args.http.serving()),
         &metrics,
     );
     log_listening("backend", &instance_id, &address);
+    let restoring = deployer.clone();
+    tasks.spawn(async move { restoring.services().restore().await });
 
     let role = Role::Backend(instance_id.clone());
     let registration_token = CancellationToken::new();
@@ -594,8 +645,11 @@ pub async fn run_backend(args: BackendArgs) -> anyhow::Result<()> {
     info!(signal, "shutting down");
     unregister(registry.as_ref(), &role, registration, registration_token).await;
     if let Some(coordinator) = args.up_coordinator {
-        crate::up::forget_dead_coordinator(registry.as_ref(), coordinator, tls.as_ref()).await;
+        crate::liveness::forget_dead_coordinator(registry.as_ref(), coordinator, tls.as_ref())
+            .await;
     }
+    // Deployed services stop with their node (the registry keeps them as running).
+    deployer.services().shutdown().await;
     heartbeat_token.cancel();
     reporter_token.cancel();
     if tokio::time::timeout(Duration::from_secs(2), heartbeats)

@@ -6,7 +6,7 @@
 //! Killed outright (SIGKILL), `colony up` cannot clean up, so the pieces do it between them:
 //! the kernel sends each backend SIGTERM (the process manager's parent-death signal), each
 //! backend unregisters itself as on any SIGTERM and removes the dead coordinator's entry
-//! ([`forget_dead_coordinator`]), and whatever still lingers (a backend that was killed too)
+//! ([`crate::liveness::forget_dead_coordinator`]), and whatever still lingers (a backend that was killed too)
 //! is removed by the next `colony up` before it starts, once it has seen that the node does
 //! not answer ([`remove_dead_entries`]).
 //!
@@ -14,7 +14,6 @@
 //! (mode 0600) and prints its path and how to send it, never the token. Children get the
 //! token by that path or by inheriting COLONY_OPERATOR_TOKEN, never on their command line.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +27,7 @@ use shared::NodeAddress;
 use tracing::{info, warn};
 
 use crate::cli::UpArgs;
+use crate::liveness::Http;
 use crate::node::{load_operator_token, operator_token_path, start_coordinator};
 
 /// The operator token of this cluster, and where it is kept for people.
@@ -87,19 +87,15 @@ fn plan(args: &UpArgs) -> anyhow::Result<Vec<Planned>> {
             };
             let ports = [port(0)?, port(1)?, port(2)?];
             Ok(Planned {
-                id: shared::registry::default_backend_id(ports[0]),
+                id: shared::registry::default_backend_id(
+                    args.coordinator.bind.advertise_ip,
+                    ports[0],
+                ),
                 ports,
             })
         })
         .collect()
 }
-
-/// How long a registered node's management port gets to answer before its entry counts as
-/// left over. Generous: wrongly removing a live node's entry is worse than a slow start.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// How long a backend whose `colony up` stopped answering waits to see it gone for good.
-const PARENT_EXIT_WAIT: Duration = Duration::from_secs(1);
 
 fn backend_spec(
     args: &UpArgs,
@@ -461,7 +457,7 @@ async fn remove_dead_entries(
     let client = http_client(None, tls)?;
     if before_start {
         match registry.discover_coordinator().await {
-            Ok(Some(entry)) if answers(&client, &entry).await => bail!(
+            Ok(Some(entry)) if crate::liveness::answers(&client, &entry).await => bail!(
                 "a coordinator already runs at {} (mgmt {}), registered in {}: stop it, or give this cluster its own --registry-dir",
                 entry.to_internal_address(),
                 entry.to_mgmt_address(),
@@ -487,7 +483,9 @@ async fn remove_dead_entries(
     for (id, entry) in registered {
         if planned.iter().any(|p| p.id == id) {
             let client = client.clone();
-            checks.spawn(async move { (!answers(&client, &entry).await).then_some((id, entry)) });
+            checks.spawn(async move {
+                (!crate::liveness::answers(&client, &entry).await).then_some((id, entry))
+            });
         }
     }
     while let Some(checked) = checks.join_next().await {
@@ -502,82 +500,6 @@ async fn remove_dead_entries(
         }
     }
     Ok(())
-}
-
-/// True if the node at `address` answers `GET /health` on its management port.
-async fn answers(client: &Http, address: &NodeAddress) -> bool {
-    let url = format!("{}://{}/health", client.scheme, address.to_mgmt_address());
-    client
-        .client
-        .get(&url)
-        .timeout(PROBE_TIMEOUT)
-        .send()
-        .await
-        .is_ok_and(|r| r.status().is_success())
-}
-
-/// Run by a backend `colony up` started (`--up-coordinator`), as it shuts down: if it is
-/// stopping because `colony up` died (the parent-death signal), nothing else will remove the
-/// dead coordinator's registry entry, so it does, if the entry still names that coordinator
-/// and nothing answers there. Every backend of the cluster tries; removing is idempotent.
-///
-/// A coordinator that does not answer may only be busy, so the entry goes only once our
-/// parent is gone too. That is checked last, and waited for a moment: the kernel tells us
-/// when the thread that forked us exits, and the rest of the dying process (and with it our
-/// re-parenting) may lag that by a few milliseconds. A stop by a live `colony up` costs no
-/// wait: its coordinator answers.
-///
-/// A new `colony up` could register the same address between our probe and our removal;
-/// the window is a few milliseconds right after the old one died, and a new one first
-/// spends longer than that cleaning up and binding.
-pub async fn forget_dead_coordinator(
-    registry: &dyn ClusterRegistry,
-    coordinator: SocketAddr,
-    tls: Option<&Tls>,
-) {
-    if shared::lifeline::parent().is_none() {
-        return;
-    }
-    let entry = match registry.discover_coordinator().await {
-        Ok(Some(entry)) => entry,
-        Ok(None) => return,
-        Err(e) => {
-            warn!(error = %e, "cannot read the coordinator's registry entry");
-            return;
-        }
-    };
-    if SocketAddr::new(entry.ip, entry.internal_port) != coordinator {
-        return;
-    }
-    let Ok(client) = http_client(None, tls) else {
-        return;
-    };
-    if answers(&client, &entry).await {
-        return;
-    }
-    let deadline = tokio::time::Instant::now() + PARENT_EXIT_WAIT;
-    while !shared::lifeline::parent_gone() {
-        if tokio::time::Instant::now() >= deadline {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    match registry.unregister_coordinator().await {
-        Ok(()) => {
-            info!(coordinator = %coordinator, "colony up died: removed its coordinator's registry entry")
-        }
-        Err(e) => {
-            warn!(error = %e, "colony up died; cannot remove its coordinator's registry entry")
-        }
-    }
-}
-
-/// An HTTP client to the cluster's nodes, and the scheme of its URLs.
-#[derive(Clone)]
-struct Http {
-    client: reqwest::Client,
-    /// `http`, or `https` with TLS.
-    scheme: &'static str,
 }
 
 /// The client `colony up` calls its coordinator with: as the operator, with the token if

@@ -402,3 +402,64 @@ async fn a_node_without_an_operator_token_refuses_token_and_keeps_the_connection
     );
     shutdown.cancel();
 }
+
+#[tokio::test]
+async fn pipelined_requests_are_all_answered_in_order_through_backpressure() {
+    // A tiny output bound forces hundreds of turns and flushes; nothing may be lost or
+    // reordered, and a client that does read is never cut.
+    let server = start_server(DataPlaneConfig {
+        max_pending_output: 4096,
+        ..config()
+    })
+    .await;
+    let mut c = LineClient::connect(server.addr).await;
+    let mut burst = Vec::new();
+    for i in 0..3000 {
+        burst.extend_from_slice(format!("{{\"type\":\"echo\",\"payload\":\"{i}\"}}\n").as_bytes());
+    }
+    c.send(&burst).await;
+    for i in 0..3000 {
+        let answer = c.json().await;
+        let expected = serde_json::json!(i.to_string().into_bytes());
+        assert_eq!(answer["payload"], expected, "answer {i}: {answer}");
+    }
+    c.send(b"PING\n").await;
+    assert_eq!(c.line().await.unwrap(), "PONG");
+}
+
+#[tokio::test]
+async fn a_request_trickled_byte_by_byte_is_cut_but_requests_keep_a_connection() {
+    let server = start_server(DataPlaneConfig {
+        incomplete_timeout: Duration::from_millis(300),
+        ..config()
+    })
+    .await;
+    // Complete requests, each well within the timeout, keep the connection for longer than it.
+    let mut steady = LineClient::connect(server.addr).await;
+    for _ in 0..6 {
+        steady.send(b"PI").await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        steady.send(b"NG\n").await;
+        assert_eq!(steady.line().await.unwrap(), "PONG");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // One request trickled in is cut once it has been incomplete for the timeout.
+    let mut trickle = LineClient::connect(server.addr).await;
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 512];
+    let answer = loop {
+        trickle.send(b"x").await;
+        // Waits for an answer before the next byte, so the server's last words are read
+        // before a byte it no longer reads could reset the connection. `read` is cancel-safe.
+        let read = tokio::time::timeout(
+            Duration::from_millis(50),
+            tokio::io::AsyncReadExt::read(&mut trickle.reader, &mut buf),
+        );
+        if let Ok(n) = read.await {
+            break String::from_utf8_lossy(&buf[..n.unwrap()]).into_owned();
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "never cut");
+    };
+    assert!(answer.contains("request_timeout"), "{answer}");
+    trickle.expect_closed().await;
+}

@@ -193,12 +193,13 @@ async fn run_until(live: &Live, target: u64, tick: u64) {
     .await;
 }
 
-/// The open alert about `node`, if any.
+/// The open `backend_lost` alert about `node`, if any. (The node has other alerts too: its
+/// heartbeat channel closing makes it STALE at once.)
 fn alert_about(alerts: &Value, node: &str) -> Option<Value> {
     alerts["open"]
         .as_array()?
         .iter()
-        .find(|a| a["node_id"] == node)
+        .find(|a| a["node_id"] == node && a["kind"] == "backend_lost")
         .cloned()
 }
 

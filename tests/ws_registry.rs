@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::{json, Value};
 
-const STALE_AFTER: Duration = Duration::from_millis(300);
 const DOWN_AFTER: Duration = Duration::from_millis(1000);
 const HEARTBEAT: Duration = Duration::from_millis(100);
 
@@ -78,10 +77,11 @@ async fn kill_9_pushes_stale_then_down_within_the_thresholds() {
         )
         .await;
     let to_down = killed.elapsed();
-    // The last heartbeat came at most one interval before the kill; the sweeper looks
-    // often; generous slack above for a loaded machine.
+    // The backend's heartbeat channel closes with the process: STALE at once, not after
+    // the threshold (generous slack for a loaded machine). DOWN still waits for the
+    // threshold, counted from the last heartbeat, at most one interval before the kill.
     assert!(
-        to_stale + HEARTBEAT >= STALE_AFTER && to_stale <= STALE_AFTER + Duration::from_secs(1),
+        to_stale <= Duration::from_secs(1),
         "STALE after {to_stale:?}"
     );
     assert!(
@@ -213,10 +213,11 @@ async fn bad_input_is_answered_and_the_socket_stays_open() {
             "invalid_params",
         ),
         (
-            r#"{"id":"3","type":"request","action":"deploy_package","params":{"package":"x.tar.gz"}}"#
+            // Not name-version.tar.gz (issue 16: deploy_package is supported now).
+            r#"{"id":"3","type":"request","action":"deploy_package","params":{"package":"x.tar.gz","target":"coordinator"}}"#
                 .into(),
             json!("3"),
-            "not_supported",
+            "invalid_params",
         ),
         (
             r#"{"id":"4","type":"request","action":"service_action","params":{"name":"coordinator","action":"restart"}}"#

@@ -113,6 +113,23 @@ impl ColonyCodec {
         }
     }
 
+    /// After [`Decoder::decode`] returned `Ok(None)`: `None` if nothing of a request is
+    /// buffered in `src`, else the number of bytes still missing to complete it, at least 1
+    /// (exact for a binary frame whose length has arrived; 1 for a text line, whose end is
+    /// unknown). A line being discarded for its length counts as incomplete.
+    pub fn incomplete(&self, src: &BytesMut) -> Option<usize> {
+        match self.framing {
+            Some(Framing::Text) if self.discarding || !src.is_empty() => Some(1),
+            Some(Framing::Binary) if !src.is_empty() => {
+                let need = src.get(..HEADER_LEN).map_or(HEADER_LEN, |h| {
+                    HEADER_LEN + u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize
+                });
+                Some(need.saturating_sub(src.len()).max(1))
+            }
+            _ => None,
+        }
+    }
+
     fn decode_text(&mut self, src: &mut BytesMut) -> Option<Decoded> {
         loop {
             let newline = memchr::memchr(b'\n', &src[self.scanned..]).map(|i| self.scanned + i);
@@ -175,7 +192,8 @@ impl ColonyCodec {
         }
         let total = HEADER_LEN + len;
         if src.len() < total {
-            src.reserve(total - src.len());
+            // No reserve for the whole frame here: the connection grows its buffer as bytes
+            // arrive, against its memory budget, so a header alone cannot claim 8 MiB.
             return Ok(None);
         }
         let frame = src.split_to(total);

@@ -146,6 +146,47 @@ fn a_truncated_frame_then_eof_is_reported() {
 }
 
 #[test]
+fn incomplete_requests_are_told_apart_from_an_empty_buffer() {
+    // Binary: the missing byte count is exact once the length has arrived, and a header
+    // announcing a large frame reserves nothing (the connection grows its buffer itself).
+    let mut codec = ColonyCodec::new(Limits::default());
+    let mut buf = BytesMut::new();
+    assert_eq!(codec.incomplete(&buf), None);
+    buf.extend_from_slice(&[0, 0x80]);
+    assert!(codec.decode(&mut buf).unwrap().is_none());
+    assert_eq!(codec.incomplete(&buf), Some(2));
+    buf.extend_from_slice(&[0, 0, 1, 2, 3]);
+    assert!(codec.decode(&mut buf).unwrap().is_none());
+    assert_eq!(codec.incomplete(&buf), Some(4 + 0x80_0000 - 7));
+    assert!(buf.capacity() < 1024 * 1024, "{}", buf.capacity());
+    let mut whole = frame(&Message::Ping);
+    let mut codec = ColonyCodec::new(Limits::default());
+    assert!(codec.decode(&mut whole).unwrap().is_some());
+    assert_eq!(codec.incomplete(&whole), None);
+
+    // Text: a line without its newline is incomplete; so is one being discarded.
+    let mut codec = ColonyCodec::new(small_limits());
+    let mut buf = BytesMut::from(&b"PING\nPI"[..]);
+    assert!(codec.decode(&mut buf).unwrap().is_some());
+    assert!(codec.decode(&mut buf).unwrap().is_none());
+    assert_eq!(codec.incomplete(&buf), Some(1));
+    buf.extend_from_slice(&[b'x'; 64]);
+    assert!(matches!(
+        codec.decode(&mut buf).unwrap(),
+        Some(Decoded::Invalid(ProtocolError::LineTooLong { .. }))
+    ));
+    assert!(buf.is_empty());
+    assert_eq!(
+        codec.incomplete(&buf),
+        Some(1),
+        "still inside the long line"
+    );
+    buf.extend_from_slice(b"x\n");
+    assert!(codec.decode(&mut buf).unwrap().is_none());
+    assert_eq!(codec.incomplete(&buf), None);
+}
+
+#[test]
 fn encoding_an_oversized_frame_fails_cleanly() {
     let mut codec = ColonyCodec::with_framing(small_limits(), Framing::Binary);
     let mut buf = BytesMut::from(&b"keep"[..]);

@@ -1,7 +1,13 @@
-//! The backend's side of heartbeats: find the coordinator through the registry, then `POST`
-//! a heartbeat to its management port every interval; say goodbye on shutdown. Every
+//! The backend's side of heartbeats: find the coordinator through the registry, then send a
+//! heartbeat to its management port every interval; say goodbye on shutdown. Every
 //! heartbeat is a signed node call (DESIGN §13) carrying this process's boot id and a `seq`
 //! that rises with each one, so the coordinator can refuse a replayed one.
+//!
+//! Heartbeats go over the persistent heartbeat channel ([`crate::wire::channel`]) by default:
+//! one WebSocket frame each, and a channel the coordinator sees close tells it at once that
+//! this node may be gone. When the channel cannot be opened (an older coordinator, its
+//! channel cap reached) or breaks, that heartbeat is `POST`ed instead, and the channel is
+//! tried again after [`CHANNEL_RETRY`].
 //!
 //! Start order does not matter: until the coordinator is registered the sender waits,
 //! logging that it does. After repeated failures it looks the coordinator up again, since a
@@ -17,6 +23,10 @@ use shared::NodeAddress;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use futures::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+use crate::wire::channel::{frame, ChannelAnswer, CHANNEL_METHOD, CHANNEL_PATH};
 use crate::wire::heartbeat::{new_boot_id, Heartbeat, NodeType};
 
 /// Failed posts in a row after which the coordinator is looked up again.
@@ -26,6 +36,23 @@ const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The route heartbeats go to.
 const HEARTBEAT_PATH: &str = "/heartbeat";
+/// After the channel could not be opened, heartbeats are `POST`ed this long before the
+/// channel is tried again.
+pub const CHANNEL_RETRY: Duration = Duration::from_secs(5);
+
+/// An open heartbeat channel: a WebSocket over plain TCP, or over TLS between nodes.
+type Channel = tokio_tungstenite::WebSocketStream<dataplane::Socket>;
+
+/// Why the channel could not carry a heartbeat.
+#[derive(Debug, thiserror::Error)]
+enum ChannelError {
+    /// The heartbeat could not be encoded.
+    #[error("cannot encode the heartbeat: {0}")]
+    Encode(#[from] serde_json::Error),
+    /// The channel broke, closed, or did not answer in time.
+    #[error("heartbeat channel broke: {0}")]
+    Broken(String),
+}
 
 /// Why one heartbeat was not accepted.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +71,14 @@ enum PostError {
         /// Its answer.
         body: String,
     },
+    /// The coordinator refused a heartbeat sent over the channel.
+    #[error("coordinator refused the heartbeat ({code}): {error}")]
+    ChannelRefused {
+        /// The reason code.
+        code: String,
+        /// Its message.
+        error: String,
+    },
 }
 
 /// Produces the metrics a heartbeat carries.
@@ -55,6 +90,8 @@ pub struct HeartbeatSender {
     client: reqwest::Client,
     /// `http`, or `https` with TLS between nodes.
     scheme: &'static str,
+    /// The node's TLS material, for the heartbeat channel's handshake.
+    tls: Option<shared::tls::Tls>,
     instance_id: String,
     node_type: NodeType,
     address: NodeAddress,
@@ -62,6 +99,15 @@ pub struct HeartbeatSender {
     metrics: MetricsSource,
     signer: RequestSigner,
     boot_id: String,
+    use_channel: bool,
+}
+
+/// Where heartbeats go now: the coordinator, and the channel to it if one is open.
+#[derive(Default)]
+struct Link {
+    channel: Option<Channel>,
+    /// No channel is tried before this.
+    retry_at: Option<tokio::time::Instant>,
 }
 
 impl HeartbeatSender {
@@ -87,6 +133,7 @@ impl HeartbeatSender {
             registry,
             client,
             scheme: shared::tls::scheme(tls),
+            tls: tls.cloned(),
             instance_id,
             node_type,
             address,
@@ -94,7 +141,15 @@ impl HeartbeatSender {
             metrics,
             signer,
             boot_id: new_boot_id()?,
+            use_channel: true,
         })
+    }
+
+    /// Whether to use the heartbeat channel (the default) or only `POST /heartbeat`.
+    #[must_use]
+    pub fn with_channel(mut self, use_channel: bool) -> Self {
+        self.use_channel = use_channel;
+        self
     }
 
     /// This run's boot id.
@@ -112,6 +167,7 @@ impl HeartbeatSender {
         let mut seq = 0u64;
         let mut waits = 0u64;
         let mut failures = 0u32;
+        let mut link = Link::default();
         loop {
             if coordinator.is_none() {
                 match self.registry.discover_coordinator().await {
@@ -135,8 +191,7 @@ impl HeartbeatSender {
                 }
             }
             if let Some(target) = coordinator {
-                seq += 1;
-                match self.post(target, seq, false).await {
+                match self.beat(&mut link, target, &mut seq, false).await {
                     Ok(()) => {
                         if failures > 0 {
                             info!(failed = failures, "heartbeats reach the coordinator again");
@@ -150,6 +205,7 @@ impl HeartbeatSender {
                         }
                         if failures >= REDISCOVER_AFTER {
                             coordinator = None;
+                            link = Link::default();
                         }
                     }
                 }
@@ -161,8 +217,15 @@ impl HeartbeatSender {
             }
         }
         if let Some(target) = coordinator {
-            match tokio::time::timeout(GOODBYE_TIMEOUT, self.post(target, seq + 1, true)).await {
-                Ok(Ok(())) => info!("told the coordinator we are leaving"),
+            let goodbye = self.beat(&mut link, target, &mut seq, true);
+            match tokio::time::timeout(GOODBYE_TIMEOUT, goodbye).await {
+                Ok(Ok(())) => {
+                    info!("told the coordinator we are leaving");
+                    if let Some(mut channel) = link.channel.take() {
+                        // After the goodbye, so the close is not taken for a crash.
+                        let _ = tokio::time::timeout(GOODBYE_TIMEOUT, channel.close(None)).await;
+                    }
+                }
                 Ok(Err(e)) => {
                     warn!(error = %e, "goodbye not delivered; the coordinator will see us go STALE")
                 }
@@ -171,8 +234,142 @@ impl HeartbeatSender {
         }
     }
 
-    async fn post(&self, target: NodeAddress, seq: u64, leaving: bool) -> Result<(), PostError> {
-        let heartbeat = Heartbeat {
+    /// Sends heartbeat `seq + 1` (a goodbye if `leaving`): over the channel when there is one
+    /// or it can be opened, else (or when the channel breaks) by `POST`, with a new `seq`
+    /// since the broken frame may have arrived.
+    async fn beat(
+        &self,
+        link: &mut Link,
+        target: NodeAddress,
+        seq: &mut u64,
+        leaving: bool,
+    ) -> Result<(), PostError> {
+        let now = tokio::time::Instant::now();
+        if self.use_channel && link.channel.is_none() && link.retry_at.is_none_or(|at| now >= at) {
+            match self.open(target).await {
+                Ok(channel) => {
+                    info!(coordinator = %target.to_mgmt_address(), "heartbeat channel open");
+                    link.channel = Some(channel);
+                    link.retry_at = None;
+                }
+                Err(e) => {
+                    debug!(error = %e, "cannot open the heartbeat channel; posting heartbeats");
+                    link.retry_at = Some(now + CHANNEL_RETRY);
+                }
+            }
+        }
+        if let Some(channel) = link.channel.as_mut() {
+            *seq += 1;
+            match self.send_frame(channel, *seq, leaving).await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(refused)) => return Err(refused),
+                Err(e) => {
+                    warn!(error = %e, "heartbeat channel lost; posting this heartbeat");
+                    link.channel = None;
+                    link.retry_at = Some(tokio::time::Instant::now() + CHANNEL_RETRY);
+                }
+            }
+        }
+        *seq += 1;
+        self.post(target, *seq, leaving).await
+    }
+
+    /// Opens the channel to `target`: TCP, the TLS handshake when nodes speak TLS (checking
+    /// the coordinator's certificate and presenting ours), then the WebSocket upgrade.
+    async fn open(&self, target: NodeAddress) -> Result<Channel, ChannelError> {
+        let address = target.to_mgmt_address();
+        let url = format!("{}://{address}{CHANNEL_PATH}", self.ws_scheme());
+        let connect = async {
+            let tcp = tokio::net::TcpStream::connect(&address)
+                .await
+                .map_err(|e| ChannelError::Broken(e.to_string()))?;
+            let _ = tcp.set_nodelay(true);
+            let socket: dataplane::Socket = match &self.tls {
+                Some(tls) => Box::new(
+                    tls.connect(target.ip, tcp)
+                        .await
+                        .map_err(|e| ChannelError::Broken(e.to_string()))?,
+                ),
+                None => Box::new(tcp),
+            };
+            tokio_tungstenite::client_async(url, socket)
+                .await
+                .map(|(channel, _)| channel)
+                .map_err(|e| ChannelError::Broken(e.to_string()))
+        };
+        match tokio::time::timeout(self.answer_timeout(), connect).await {
+            Ok(result) => result,
+            Err(_) => Err(ChannelError::Broken("timed out opening it".into())),
+        }
+    }
+
+    /// `wss` over TLS, `ws` without.
+    fn ws_scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "wss"
+        } else {
+            "ws"
+        }
+    }
+
+    /// One frame and its answer: `Err` when the channel is no longer usable, `Ok(Err)` when
+    /// the coordinator refused the heartbeat.
+    async fn send_frame(
+        &self,
+        channel: &mut Channel,
+        seq: u64,
+        leaving: bool,
+    ) -> Result<Result<(), PostError>, ChannelError> {
+        let body = serde_json::to_vec(&self.heartbeat(seq, leaving))?;
+        let signature = self.signer.sign(CHANNEL_METHOD, CHANNEL_PATH, &body);
+        let exchange = async {
+            channel
+                .send(WsMessage::Text(frame(&signature, &body).into()))
+                .await
+                .map_err(|e| ChannelError::Broken(e.to_string()))?;
+            loop {
+                match channel.next().await {
+                    Some(Ok(WsMessage::Text(text))) => {
+                        return serde_json::from_str::<ChannelAnswer>(&text)
+                            .map_err(|e| ChannelError::Broken(format!("unreadable answer: {e}")))
+                    }
+                    Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => {}
+                    Some(Ok(WsMessage::Close(frame))) => {
+                        return Err(ChannelError::Broken(format!("closed: {frame:?}")))
+                    }
+                    Some(Ok(WsMessage::Binary(_))) => {
+                        return Err(ChannelError::Broken("a binary answer".into()))
+                    }
+                    Some(Err(e)) => return Err(ChannelError::Broken(e.to_string())),
+                    None => return Err(ChannelError::Broken("closed".into())),
+                }
+            }
+        };
+        let answer = tokio::time::timeout(self.answer_timeout(), exchange)
+            .await
+            .map_err(|_| ChannelError::Broken("no answer in time".into()))??;
+        Ok(match answer {
+            ChannelAnswer {
+                error: Some(error),
+                code,
+                ..
+            } => Err(PostError::ChannelRefused {
+                code: code.unwrap_or_default(),
+                error,
+            }),
+            _ => {
+                debug!(seq, "heartbeat accepted over the channel");
+                Ok(())
+            }
+        })
+    }
+
+    fn answer_timeout(&self) -> Duration {
+        self.interval.max(Duration::from_secs(1))
+    }
+
+    fn heartbeat(&self, seq: u64, leaving: bool) -> Heartbeat {
+        Heartbeat {
             instance_id: self.instance_id.clone(),
             node_type: self.node_type,
             address: self.address,
@@ -180,8 +377,11 @@ impl HeartbeatSender {
             seq,
             metrics: (self.metrics)(),
             leaving,
-        };
-        let body = serde_json::to_vec(&heartbeat)?;
+        }
+    }
+
+    async fn post(&self, target: NodeAddress, seq: u64, leaving: bool) -> Result<(), PostError> {
+        let body = serde_json::to_vec(&self.heartbeat(seq, leaving))?;
         let url = format!(
             "{}://{}{HEARTBEAT_PATH}",
             self.scheme,

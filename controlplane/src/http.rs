@@ -211,7 +211,7 @@ where
         let method = crate::metrics::method_label(req.method());
         Counted {
             inner: self.inner.call(req),
-            observed: Some((method, route)),
+            observed: Some((method, route, std::time::Instant::now())),
             metrics: self.metrics.clone(),
             plane: self.plane,
         }
@@ -223,7 +223,8 @@ where
 #[derive(Debug)]
 struct Counted<F> {
     inner: F,
-    observed: Option<(&'static str, Option<MatchedPath>)>,
+    /// The method, route and start of the request, until it is counted.
+    observed: Option<(&'static str, Option<MatchedPath>, std::time::Instant)>,
     metrics: HttpMetrics,
     plane: &'static str,
 }
@@ -237,9 +238,14 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         let result = ready!(Pin::new(&mut this.inner).poll(cx));
-        if let (Ok(response), Some((method, route))) = (&result, this.observed.take()) {
-            this.metrics
-                .observe(this.plane, method, route, response.status().as_u16());
+        if let (Ok(response), Some((method, route, started))) = (&result, this.observed.take()) {
+            this.metrics.observe(
+                this.plane,
+                method,
+                route,
+                response.status().as_u16(),
+                started.elapsed(),
+            );
         }
         Poll::Ready(result)
     }

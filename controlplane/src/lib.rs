@@ -11,7 +11,7 @@
 //! | layer | modules |
 //! |---|---|
 //! | what crosses the wire, and time formatting | [`wire`], [`time`] |
-//! | the coordinator's domain, typed errors and no HTTP | [`coordinator`] |
+//! | the coordinator's domain and deployed packages, typed errors and no HTTP | [`coordinator`], [`deploy`] |
 //! | metrics, rate limits, HTTP errors, node signatures and who may call what | [`metrics`], [`rate_limit`], [`error`], then [`node_auth`], [`operator`] |
 //! | what the routers share, the layers every listener gets, the accept loop with its connection limits, and the backend's token reports | [`state`], [`http`], [`serve`], [`token_reporter`] |
 //! | the routers | [`control`], [`dashboard`], [`ws`], then [`management`], which merges the last two |
@@ -20,6 +20,7 @@
 pub mod control;
 pub mod coordinator;
 pub mod dashboard;
+pub mod deploy;
 pub mod error;
 pub mod heartbeat_sender;
 pub mod http;
@@ -29,6 +30,7 @@ pub mod node_auth;
 pub mod operator;
 pub mod rate_limit;
 pub mod serve;
+pub mod spawner;
 pub mod state;
 pub mod time;
 pub mod token_reporter;

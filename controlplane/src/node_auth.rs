@@ -63,6 +63,31 @@ impl NodeAuth {
         self.refusals.get(self.plane, reason)
     }
 
+    /// Refuses, as `not_a_node_certificate` (counted), a caller whose TLS connection showed
+    /// no node certificate for its address: over TLS the signature alone is not enough, the
+    /// secret may have leaked and the node key is per host (DESIGN §13). Plaintext callers
+    /// carry no [`TlsPeer`] and pass.
+    ///
+    /// # Errors
+    /// [`NodeAuthRejection::NotANode`].
+    pub fn require_node(
+        &self,
+        extensions: &axum::http::Extensions,
+        path: &str,
+    ) -> Result<(), NodeAuthRejection> {
+        if let Some(TlsPeer { is_node: false }) = extensions.get::<TlsPeer>() {
+            self.count_refusal(NOT_A_NODE);
+            tracing::debug!(
+                plane = self.plane,
+                path,
+                reason = NOT_A_NODE,
+                "node call refused"
+            );
+            return Err(NodeAuthRejection::NotANode);
+        }
+        Ok(())
+    }
+
     fn refuse(&self, error: SignatureError, path: &str) -> NodeAuthRejection {
         self.count_refusal(error.code());
         // Debug, not warn: anyone can make these, and the counter is the durable record.
@@ -134,18 +159,7 @@ where
             .get::<OriginalUri>()
             .map_or_else(|| req.uri().clone(), |o| o.0.clone());
         let path = uri.path_and_query().map_or(uri.path(), |pq| pq.as_str());
-        // Over TLS the signature alone is not enough: the secret may have leaked, the node
-        // key is per host (DESIGN §13).
-        if let Some(TlsPeer { is_node: false }) = req.extensions().get::<TlsPeer>() {
-            auth.count_refusal(NOT_A_NODE);
-            tracing::debug!(
-                plane = auth.plane,
-                path,
-                reason = NOT_A_NODE,
-                "node call refused"
-            );
-            return Err(NodeAuthRejection::NotANode);
-        }
+        auth.require_node(req.extensions(), path)?;
         let pending = match single_header(req.headers()) {
             Ok(value) => auth.verifier.check_header(value, unix_millis()),
             Err(e) => Err(e),
@@ -175,7 +189,7 @@ where
 
 /// The one `Colony-Signature` value; two are malformed, since a proxy or client that adds a
 /// second one leaves it unclear which was signed.
-fn single_header(headers: &HeaderMap) -> Result<Option<&[u8]>, SignatureError> {
+pub(crate) fn single_header(headers: &HeaderMap) -> Result<Option<&[u8]>, SignatureError> {
     let mut values = headers.get_all(HEADER).iter();
     let first = values.next().map(|v| v.as_bytes());
     if values.next().is_some() {

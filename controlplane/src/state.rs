@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 use crate::coordinator::colony::ColonyManager;
 use crate::coordinator::health::tracker::HealthTracker;
 use crate::coordinator::processes::ProcessManager;
+use crate::deploy::deployer::Deployer;
 use crate::metrics::Metrics;
 use crate::node_auth::NodeAuth;
 use crate::operator::Guard;
@@ -63,6 +64,8 @@ pub struct MgmtState {
     pub processes: Option<ProcessManager>,
     /// The colony (coordinator only).
     pub colony: Option<ColonyManager>,
+    /// Deployed packages and their services (DESIGN §16), where deploying is enabled.
+    pub deploy: Option<Deployer>,
     /// Tasks the management routes start that outlive their request: `/ws` connections and
     /// the `/ws` event pump. Whoever serves the routes waits on it after the listener stops
     /// ([`crate::http::serve_on_own_thread`]), so sockets can say goodbye.

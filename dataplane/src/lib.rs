@@ -2,9 +2,12 @@
 //! backend the shards it holds and the tick engine that advances them, exchanging borders with
 //! neighbouring backends over this same plane.
 //!
-//! Owns sockets and connection policy (limits, idle timeout, connection cap, graceful drain);
-//! the bytes-to-messages work is `codec`'s. One task per connection; each connection answers
-//! its requests in order, batching the answers of a pipelined burst into one write.
+//! Owns sockets and connection policy (limits, idle and incomplete-request timeouts,
+//! backpressure, the node-wide budget for partly received requests, connection cap, graceful
+//! drain); the bytes-to-messages work is `codec`'s. One task per connection; each connection
+//! answers its requests in order, batching the answers of a pipelined burst into one write,
+//! a bounded number per turn. A connection that authenticates as a node (HELLO/AUTH) moves to
+//! the node lane, a thread of its own, so no client traffic delays the cluster's.
 //!
 //! Modules depend on each other one way (`scripts/module-cycles.sh`, run by `scripts/test.sh`, fails on a cycle):
 //!
@@ -17,10 +20,11 @@
 //! - recovery (DESIGN §14): `shards` and `tick_loop` → `copies` (copies of shard cells at
 //!   checkpoints, the commit and the fence) and `holders` (who keeps whose replicas);
 //! - leaves that import no other module: `config`, `stats`, `identity`, `access`, `client`, `batch`,
-//!   `copies`, `holders`.
+//!   `copies`, `holders`, `budget`, `stream`.
 
 mod access;
 mod batch;
+mod budget;
 mod client;
 mod cmd;
 mod config;
@@ -29,17 +33,20 @@ mod copies;
 mod engine;
 mod holders;
 mod identity;
+pub mod loadgen;
 mod peers;
 mod server;
 mod shards;
+mod sim_stats;
 mod state;
 mod stats;
+mod stream;
 mod tick_loop;
 
 pub use access::ReadAccess;
 pub use batch::Target;
-pub use client::{Client, ClientError};
-pub use config::{ConfigError, DataPlaneConfig};
+pub use client::{Client, ClientError, Socket};
+pub use config::{ConfigError, DataPlaneConfig, PARTIAL_BASE};
 pub use copies::{CopyError, CopyStore, MAX_AHEAD};
 pub use engine::{Engine, EngineError, EngineState};
 pub use holders::{replica_holders, replicas_expected, replicated_by, ring, REPLICAS};
@@ -47,4 +54,5 @@ pub use identity::Identity;
 pub use peers::PeerError;
 pub use server::DataPlane;
 pub use shards::{LocalColony, RestoreError, ShardFigures, ShardSlot, ShardStore};
+pub use sim_stats::{Histogram, HistogramSnapshot, PeerTraffic, SimStats, LATENCY_BUCKETS};
 pub use stats::Stats;

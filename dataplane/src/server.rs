@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use codec::{Limits, Message, Style};
+use shared::log_limit::{LogLimit, DEFAULT_INTERVAL};
+use shared::warn_limited;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -13,18 +15,23 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::access::{ReadAccess, RefusalSink};
-use crate::client::Socket;
+use crate::budget::Budget;
 use crate::config::DataPlaneConfig;
 use crate::connection::Connection;
 use crate::identity::Identity;
 use crate::shards::ShardStore;
 use crate::state::Shared;
 use crate::stats::Stats;
+use crate::stream::{Movable, ServerStream};
 
 /// Longest pause between failed `accept` calls (e.g. when out of file descriptors).
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 /// How long a refused client gets to receive its error line before the socket is dropped.
 const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Refusals at the connection cap: a reconnect loop makes them at line rate, so at most one
+/// line per interval, with the count held back.
+static REFUSED_LOG: LogLimit = LogLimit::new("dataplane_connection_refused", DEFAULT_INTERVAL);
 
 /// A data-plane server. Cheap to clone; clones share counters, shards and identity.
 #[derive(Debug, Clone)]
@@ -63,6 +70,7 @@ impl DataPlane {
                 identity,
                 access,
                 refusals: RefusalSink::new(),
+                partial: Budget::new(config.partial_budget),
             }),
         }
     }
@@ -89,10 +97,11 @@ impl DataPlane {
     }
 
     /// [`DataPlane::serve`] on a thread of its own, with a single-threaded runtime, and
-    /// returns once the server has drained. Like Redis's event loop, every connection (and
-    /// every tick engine started from one) then runs on that thread: no task hops between
-    /// worker threads and no thread wake-ups on the request path, and the HTTP planes on the
-    /// caller's runtime can never delay a data-plane answer.
+    /// returns once the server has drained. Like Redis's event loop, every client connection
+    /// then runs on that thread (and every authenticated node, with the tick engines it
+    /// starts, on the node lane next to it): no task hops between worker threads and no
+    /// thread wake-ups on the request path, and the HTTP planes on the caller's runtime can
+    /// never delay a data-plane answer.
     ///
     /// # Errors
     /// The thread or its runtime cannot be created, or the listener cannot move to it.
@@ -121,6 +130,10 @@ impl DataPlane {
         let config = self.shared.config;
         let permits = Arc::new(Semaphore::new(config.max_connections));
         let tracker = TaskTracker::new();
+        // Without a lane (no thread to be had) nodes are served here like everyone else.
+        let lane = NodeLane::start()
+            .inspect_err(|e| warn!(error = %e, "no node lane; nodes share the client thread"))
+            .ok();
         let mut backoff = Duration::from_millis(5);
         loop {
             let accepted = tokio::select! {
@@ -150,7 +163,12 @@ impl DataPlane {
             }
             let Ok(permit) = permits.clone().try_acquire_owned() else {
                 self.shared.stats.refused();
-                warn!(%peer, limit = config.max_connections, "connection refused: limit reached");
+                warn_limited!(
+                    REFUSED_LOG,
+                    %peer,
+                    limit = config.max_connections,
+                    "connection refused: limit reached"
+                );
                 // A TLS client could not read a plaintext refusal: it is only closed.
                 if self
                     .shared
@@ -165,18 +183,20 @@ impl DataPlane {
             let shared = self.shared.clone();
             let token = shutdown.child_token();
             let span = tracing::info_span!("conn", %peer);
+            let lane_handle = lane.as_ref().map(NodeLane::handle);
+            let tasks = tracker.clone();
             tracker.spawn(
                 async move {
                     // The handshake runs here, not in the accept loop, so a slow client
                     // holds only its own task (for at most the handshake timeout).
                     let tls = shared.identity.as_ref().and_then(|i| i.tls.as_ref());
-                    let (socket, not_a_node): (Socket, bool) = match tls {
-                        None => (Box::new(socket), false),
-                        Some(tls) => match tls.accept(socket).await {
+                    let (socket, not_a_node) = match tls {
+                        None => (ServerStream::Plain(socket), false),
+                        Some(tls) => match tls.accept(Movable::new(socket)).await {
                             Ok(stream) => {
                                 let certs = stream.get_ref().1.peer_certificates();
                                 let node = shared::tls::is_node(certs, peer.ip());
-                                (Box::new(stream), !node)
+                                (ServerStream::Tls(Box::new(stream)), !node)
                             }
                             Err(e) => {
                                 debug!(error = %e, "TLS handshake failed");
@@ -186,11 +206,30 @@ impl DataPlane {
                         },
                     };
                     shared.stats.opened();
-                    Connection::new(socket, shared.clone(), not_a_node)
-                        .run(token)
-                        .await;
-                    shared.stats.closed();
-                    drop(permit);
+                    let connection =
+                        Connection::new(socket, shared.clone(), lane_handle, not_a_node);
+                    let Some((promoted, lane)) = connection.run(token.clone()).await else {
+                        shared.stats.closed();
+                        drop(permit);
+                        return;
+                    };
+                    // An authenticated node: served from now on by the node lane, where no
+                    // client's requests compete with it (the permit goes along).
+                    let span = tracing::Span::current();
+                    tasks.spawn_on(
+                        async move {
+                            match promoted.resume(shared.clone()) {
+                                Ok(connection) => {
+                                    let _ = connection.run(token).await;
+                                }
+                                Err(e) => debug!(error = %e, "node lane cannot take a node"),
+                            }
+                            shared.stats.closed();
+                            drop(permit);
+                        }
+                        .instrument(span),
+                        &lane,
+                    );
                 }
                 .instrument(span),
             );
@@ -208,6 +247,44 @@ impl DataPlane {
         } else {
             info!("data plane drained");
         }
+    }
+}
+
+/// The node lane: a thread of its own with a single-threaded runtime, serving the data-plane
+/// connections of authenticated nodes (peer border links, the coordinator's run and progress
+/// reports) and the tick engines they start. Clients, however many and however busy, are
+/// served on the accept thread, so they can delay a node's frame by no more than the kernel
+/// does.
+///
+/// Dropping it stops the lane's runtime and every task on it.
+struct NodeLane {
+    handle: tokio::runtime::Handle,
+    _stop: tokio_util::sync::DropGuard,
+}
+
+impl NodeLane {
+    fn start() -> std::io::Result<NodeLane> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let handle = runtime.handle().clone();
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
+        let span = tracing::Span::current();
+        std::thread::Builder::new()
+            .name("colony-data-nodes".into())
+            .spawn(move || {
+                let _entered = span.enter();
+                runtime.block_on(stopped.cancelled());
+            })?;
+        Ok(NodeLane {
+            handle,
+            _stop: stop.drop_guard(),
+        })
+    }
+
+    fn handle(&self) -> tokio::runtime::Handle {
+        self.handle.clone()
     }
 }
 

@@ -22,6 +22,7 @@ use shared::topology::{ClusterTopology, ShardCoord};
 use crate::copies::{CopyError, CopyStore};
 use crate::engine::{Engine, EngineError};
 use crate::holders;
+use crate::sim_stats::SimStats;
 
 /// One shard's cells and the tick they are at.
 #[derive(Debug)]
@@ -90,6 +91,8 @@ pub struct LocalColony {
     copies: Arc<CopyStore>,
     /// The shards this backend keeps replicas of in this placement, worked out on first use.
     replicated: OnceLock<BTreeSet<ShardCoord>>,
+    /// The backend's simulation counters (the store's, shared by every placement).
+    stats: Arc<SimStats>,
 }
 
 impl LocalColony {
@@ -99,6 +102,7 @@ impl LocalColony {
         shards: BTreeMap<ShardCoord, ShardSlot>,
         engine: Engine,
         copies: Arc<CopyStore>,
+        stats: Arc<SimStats>,
     ) -> LocalColony {
         LocalColony {
             params: topology.world_params(),
@@ -109,7 +113,18 @@ impl LocalColony {
             engine,
             copies,
             replicated: OnceLock::new(),
+            stats,
         }
+    }
+
+    /// The backend's simulation counters.
+    pub fn stats(&self) -> &Arc<SimStats> {
+        &self.stats
+    }
+
+    /// How many shards this placement holds here.
+    pub fn shards_held(&self) -> usize {
+        self.shards.lock().len()
     }
 
     /// The placement's epoch.
@@ -219,6 +234,7 @@ impl ShardFigures {
 pub struct ShardStore {
     current: Arc<RwLock<Option<Arc<LocalColony>>>>,
     copies: Arc<CopyStore>,
+    stats: Arc<SimStats>,
 }
 
 impl ShardStore {
@@ -235,6 +251,11 @@ impl ShardStore {
     /// The copies, commit and fence of the current colony.
     pub fn copies(&self) -> &Arc<CopyStore> {
         &self.copies
+    }
+
+    /// The simulation counters of every colony this store held.
+    pub fn sim_stats(&self) -> &Arc<SimStats> {
+        &self.stats
     }
 
     /// The cached topology if it belongs to `colony_id`.
@@ -263,6 +284,7 @@ impl ShardStore {
             BTreeMap::new(),
             Engine::default(),
             self.copies.clone(),
+            self.stats.clone(),
         ));
         *current = Some(colony.clone());
         colony
@@ -367,6 +389,7 @@ impl ShardStore {
             shards,
             Engine::starting_at(tick, checkpoint_every),
             self.copies.clone(),
+            self.stats.clone(),
         ));
         if let Some(old) = current.as_ref() {
             old.engine.halt(format!("replaced by epoch {epoch}"));
@@ -374,6 +397,9 @@ impl ShardStore {
         *current = Some(colony.clone());
         drop(current);
         self.copies.rewind_to(tick);
+        self.stats
+            .recoveries
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let figures = colony.figures(tick);
         Ok((colony, figures))
     }

@@ -6,6 +6,7 @@
 //! `state`, one way.
 
 use crate::access::{ReadAccess, RefusalSink};
+use crate::budget::Budget;
 use crate::config::DataPlaneConfig;
 use crate::identity::Identity;
 use crate::shards::ShardStore;
@@ -26,4 +27,6 @@ pub(crate) struct Shared {
     pub(crate) access: ReadAccess,
     /// Where refusals are reported.
     pub(crate) refusals: RefusalSink,
+    /// Bytes of partly received requests, over all unauthenticated connections.
+    pub(crate) partial: Budget,
 }

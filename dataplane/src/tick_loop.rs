@@ -23,8 +23,9 @@
 //! store's.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use codec::{HaloEdge, Message, ShardCells};
 use rayon::prelude::*;
@@ -38,6 +39,7 @@ use crate::holders::replica_holders;
 use crate::identity::Identity;
 use crate::peers::PeerSet;
 use crate::shards::{LocalColony, ShardSlot};
+use crate::sim_stats::PeerTraffic;
 
 /// Bytes of cells per replica message at most (one shard always goes, however large), well
 /// under any frame limit a node may be configured with.
@@ -96,7 +98,17 @@ pub(crate) fn deliver(
     }
     let params = colony.params();
     let mut checked = Vec::with_capacity(edges.len());
+    let mut bytes = 0u64;
+    // Every edge of one HALO comes from one peer: the owner of the shard beside the first
+    // edge's shard on the edge's side.
+    let sender = edges.first().and_then(|e| {
+        let side = Direction::ALL.get(usize::from(e.side))?;
+        let (nx, ny) = params.neighbour(e.x, e.y, *side);
+        colony.topology().backend_of(ShardCoord::new(nx, ny))
+    });
+    let traffic = sender.map(|b| colony.stats().peer(&b.instance_id));
     for e in edges {
+        bytes += e.bits.len() as u64;
         let shard = ShardCoord::new(e.x, e.y);
         if !colony.holds(shard) {
             return Err(EngineError::NotHeld { shard });
@@ -118,6 +130,9 @@ pub(crate) fn deliver(
         }
         let block = Block::from_bytes(w, h, &e.bits).map_err(EngineError::BorderBits)?;
         checked.push(((shard, e.side), block));
+    }
+    if let Some(traffic) = traffic {
+        traffic.received(bytes);
     }
     engine.store_borders(tick, checked)
 }
@@ -207,6 +222,13 @@ async fn run(
         * u64::from(colony.params().shard_width)
         * u64::from(colony.params().shard_height);
     engine.record(colony.figures(engine.tick()));
+    let stats = colony.stats().clone();
+    // Each peer's counters are looked up once here, so a batch only adds to atomics.
+    let traffic: BTreeMap<&str, Arc<PeerTraffic>> = plan
+        .outgoing
+        .keys()
+        .map(|p| (p.as_str(), stats.peer(p)))
+        .collect();
     let mut target_rx = engine.subscribe_target();
     let mut copies_rx = colony.copies().subscribe();
     info!(
@@ -237,6 +259,7 @@ async fn run(
             continue;
         };
         engine.mark_running();
+        let started = Instant::now();
         // 1. Every local shard's border blocks at tick t.
         let borders: HashMap<ShardCoord, [Block; 8]> = colony.with_shards(|shards| {
             shards
@@ -246,7 +269,7 @@ async fn run(
         });
         // 2. Send each remote neighbour what it needs.
         for (peer, wanted) in &plan.outgoing {
-            let batch = wanted
+            let batch: Vec<HaloEdge> = wanted
                 .iter()
                 .filter_map(|(s, d, n, side)| {
                     let block = &borders.get(s)?[d.index()];
@@ -260,6 +283,7 @@ async fn run(
                     })
                 })
                 .collect();
+            let bytes: u64 = batch.iter().map(|e| e.bits.len() as u64).sum();
             peers
                 .send(
                     peer,
@@ -271,9 +295,14 @@ async fn run(
                     },
                 )
                 .await?;
+            if let Some(t) = traffic.get(peer.as_str()) {
+                t.sent(bytes);
+            }
         }
         // 3. Wait for the remote blocks of tick t.
+        let waiting = Instant::now();
         let remote = wait_inbox(engine, &peers, t, plan.remote_needed, halo_timeout).await?;
+        let waited = waiting.elapsed();
         // 4. Fill margins and step every shard through the batch.
         let sources = &plan.sources;
         let fill = |coord: &ShardCoord, slot: &mut ShardSlot| -> Result<(), EngineError> {
@@ -323,10 +352,12 @@ async fn run(
             }
         }
         let end = t + len;
+        stats.batch(len, started.elapsed(), waited);
         if engine.finish_batch(end) {
             // The copies first: once the figures are out, the coordinator may count this
             // checkpoint, and its owner must then be able to go back to it.
             keep_checkpoint(colony, &peers, &holders, end).await?;
+            stats.checkpoints.fetch_add(1, Relaxed);
             engine.record(colony.figures(end));
         }
         engine.set_state(EngineState::Running);

@@ -1,7 +1,7 @@
 //! Colony's shared domain: node addresses, the cluster registry, topology, init tokens, the
 //! cluster secret, signed node calls and the operator token, the simulation kernel, and
-//! process plumbing (tracing, shutdown signals, dying with the parent), and TLS material and
-//! handshakes for the planes to use.
+//! process plumbing (tracing, rate-limited log lines, shutdown signals, dying with the parent),
+//! and TLS material and handshakes for the planes to use.
 //!
 //! Nothing here opens a listener; the servers live in `dataplane` and `controlplane`.
 //!
@@ -11,6 +11,7 @@
 pub mod address;
 pub mod hello;
 pub mod lifeline;
+pub mod log_limit;
 pub mod operator;
 pub mod own_thread;
 pub mod registry;

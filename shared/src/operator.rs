@@ -17,9 +17,8 @@
 //! characters and a newline, mode 0600.
 
 use std::fmt;
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{self, Read};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use hmac::{Hmac, Mac};
@@ -173,7 +172,7 @@ impl OperatorToken {
             })?
             .to_owned();
         let token = Self::new(&text, &origin);
-        warn_if_exposed(path);
+        crate::secret::warn_if_exposed(path, "operator token");
         token
     }
 
@@ -252,22 +251,11 @@ fn keyed(key: &[u8; 32], bytes: &[u8]) -> HmacSha256 {
     mac
 }
 
-fn warn_if_exposed(path: &Path) {
-    if let Ok(meta) = fs::metadata(path) {
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            tracing::warn!(
-                path = %path.display(),
-                mode = format_args!("{mode:o}"),
-                "operator token file is readable by group or others; chmod 600 it"
-            );
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
 
     const GOOD: &str = "an-operator-token-0123";
 

@@ -164,7 +164,9 @@ impl ClusterSecret {
     pub fn load_or_create(path: &Path) -> Result<Self, SecretError> {
         match create_key_file(path) {
             Ok(()) => tracing::info!(path = %path.display(), "created cluster secret file"),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => warn_if_exposed(path),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                warn_if_exposed(path, "cluster secret")
+            }
             Err(source) => {
                 return Err(SecretError::Create {
                     path: path.to_owned(),
@@ -296,14 +298,16 @@ fn write_new_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
     file.sync_all()
 }
 
-fn warn_if_exposed(path: &Path) {
+/// Warns if the file at `path`, holding `what` (`cluster secret`, `operator token`), is
+/// readable by group or others. It is still used: refusing would only break a working node.
+pub(crate) fn warn_if_exposed(path: &Path, what: &str) {
     if let Ok(meta) = fs::metadata(path) {
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
             tracing::warn!(
                 path = %path.display(),
                 mode = format_args!("{mode:o}"),
-                "cluster secret file is readable by group or others; chmod 600 it"
+                "{what} file is readable by group or others; chmod 600 it"
             );
         }
     }

@@ -404,6 +404,20 @@ impl Cluster {
         self.get_json(&url).await
     }
 
+    /// Waits until the coordinator's health shows `n` backends ACTIVE.
+    pub async fn backends_active(&self, n: usize) {
+        eventually(DEADLINE, &format!("{n} backends ACTIVE"), || async {
+            let h = self.health().await;
+            let active = h["components"]
+                .as_array()?
+                .iter()
+                .filter(|c| c["type"] == "backend" && c["status"] == "ACTIVE")
+                .count();
+            (active == n).then_some(())
+        })
+        .await;
+    }
+
     /// The health component of `node_id`, if the coordinator knows it.
     pub async fn component(&self, node_id: &str) -> Option<serde_json::Value> {
         let health = self.health().await;

@@ -3,7 +3,8 @@
 //! to STALE and DOWN without a reload, its colony view starts a colony on a fresh cluster
 //! and shows its picture, and follows a lost backend (the shard map recolours, the alert
 //! names it), and with `--require-token` it asks for the operator token and then runs and
-//! pauses the colony. Every request the page makes goes to the coordinator's
+//! pauses the colony; its services view lists a deployed package and stops and starts it.
+//! Every request the page makes goes to the coordinator's
 //! management port (no CDN, nothing external). Screenshots are saved under
 //! `target/test-artifacts/`.
 //!
@@ -64,7 +65,14 @@ fn assert_no_console_errors(events: &[cdp::Event], allowed_404s: &[&str]) {
             }
             "Log.entryAdded" if params["entry"]["level"] == "error" => {
                 let entry = &params["entry"];
-                let url = entry["url"].as_str().unwrap_or_default();
+                // A failed WebSocket is reported by Chromium under the URL of the script
+                // that opened it, and names the socket's own URL in its text.
+                let text = entry["text"].as_str().unwrap_or_default();
+                let url = text
+                    .strip_prefix("WebSocket connection to '")
+                    .and_then(|rest| rest.split('\'').next())
+                    .or(entry["url"].as_str())
+                    .unwrap_or_default();
                 let path = url.split('?').next().unwrap_or_default();
                 let expected =
                     entry["source"] == "network" && allowed_404s.iter().any(|a| path.ends_with(a));
@@ -740,4 +748,93 @@ async fn with_require_token_the_page_asks_for_the_token_then_runs_and_pauses_the
         .await
         .expect("colony up did not stop within 30s")
         .unwrap();
+}
+
+/// A package whose start.sh just sleeps: Running as soon as it starts.
+fn sleeper_package(name: &str, version: &str) -> Vec<u8> {
+    use std::io::Write;
+    let manifest = format!("name: {name}\nversion: '{version}'\n");
+    let mut builder = tar::Builder::new(Vec::new());
+    for (path, data) in [
+        ("manifest.yaml", manifest.as_str()),
+        ("scripts/start.sh", "#!/bin/sh\nexec sleep 600\n"),
+        ("scripts/stop.sh", "#!/bin/sh\n"),
+    ] {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o755);
+        header.set_cksum();
+        builder
+            .append_data(&mut header, path, data.as_bytes())
+            .unwrap();
+    }
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&builder.into_inner().unwrap()).unwrap();
+    gz.finish().unwrap()
+}
+
+#[tokio::test]
+async fn the_services_view_lists_deployed_services_and_stops_and_starts_them() {
+    use std::os::unix::fs::PermissionsExt;
+    // The scripts run as `nobody` (the tests run as root): it must reach the install dir.
+    let root = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let root_arg = root.path().display().to_string();
+    let up = Up::start(1, &["--no-start", "--deploy-root", &root_arg]).await;
+    let token = std::fs::read_to_string(up.dir.path().join("output/operator.token"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let uploaded = shared::tls::http_client(None)
+        .no_proxy()
+        .build()
+        .unwrap()
+        .put(format!("http://{}/packages/nap-1.0.tar.gz", up.mgmt))
+        .bearer_auth(&token)
+        .body(sleeper_package("nap", "1.0"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(uploaded.status(), 201);
+    let auth = format!("Bearer {token}");
+    let mut ws = WsClient::connect_with(&up.mgmt, "", &[("authorization", auth.as_str())])
+        .await
+        .unwrap();
+    let r = ws
+        .request(
+            "deploy_package",
+            json!({"package": "nap-1.0.tar.gz", "target": "coordinator"}),
+        )
+        .await;
+    assert_eq!(r["data"]["service"]["state"]["state"], "running", "{r}");
+
+    let browser = cdp::Browser::launch(WIDTH, HEIGHT).await;
+    let page = browser.new_page().await;
+    page.navigate(&format!("http://{}/#services", up.mgmt))
+        .await;
+    page.wait_for(SETTLED, DEADLINE).await;
+    let state = "(document.querySelector('#deployed tbody tr td:nth-child(3)') || {}).textContent";
+    page.wait_for(&format!("{state} === 'running'"), DEADLINE)
+        .await;
+    assert_eq!(
+        page.eval("document.querySelector('#deployed tbody tr td:nth-child(4)').textContent")
+            .await,
+        "coordinator"
+    );
+    assert_eq!(
+        page.eval("document.getElementById('health-view').hidden")
+            .await,
+        true
+    );
+    // Stop and start from the page (a loopback page acts as the operator).
+    page.eval("document.querySelector('#deployed button[data-action=\"stop\"]').click()")
+        .await;
+    page.wait_for(&format!("{state} === 'stopped'"), DEADLINE)
+        .await;
+    page.eval("document.querySelector('#deployed button[data-action=\"start\"]').click()")
+        .await;
+    page.wait_for(&format!("{state} === 'running'"), DEADLINE)
+        .await;
+    save_screenshot(&page, "services-view.png").await;
+    assert_no_console_errors(&page.events().await, &[]);
 }

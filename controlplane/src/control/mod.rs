@@ -9,6 +9,7 @@
 //! | `POST /colony/pause` | coordinator | stop every backend at one common tick |
 //! | `POST /colony/rebalance` | coordinator | spread the shards over every live backend at the next checkpoint |
 //! | `GET /colony/image.png` | coordinator | the world as a PNG |
+//! | `PUT /deploy/{file}` | backend | a signed node call from the coordinator: install and start a package ([`deploy`], merged after the standard layers) |
 //! | `POST /init-colony-shard` | backend | a signed node call carrying an init token: build one shard |
 //! | `GET /shards` | backend | the shards held here |
 //! | `GET /shards/{x}/{y}` | backend | one shard's cells at its current tick |
@@ -17,6 +18,7 @@
 //! `--protect-reads` ([`crate::operator`]); the init is a node's call, checked by its token.
 
 mod colony;
+pub mod deploy;
 mod init;
 mod shards;
 

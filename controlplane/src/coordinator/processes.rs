@@ -10,7 +10,7 @@
 //! Children die with this process however it dies, SIGKILL included: each is told our pid in
 //! [`shared::lifeline::PARENT_PID_ENV`] and asks the kernel for SIGTERM when we die. The kernel
 //! sends it when the *thread* that forked the child exits, not the process, so every child is
-//! forked by one spawner thread that lives as long as this manager; a runtime worker could be
+//! forked by one spawner thread ([`crate::spawner`]) that lives as long as this manager; a runtime worker could be
 //! retired under a child, and the child would be told its parent died. Children also get a
 //! process group of their own, so a Ctrl-C or SIGHUP from the terminal reaches `colony up`
 //! alone, which then stops them in order instead of racing them.
@@ -25,12 +25,13 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde::Serialize;
 use tokio::process::{Child, Command};
-use tokio::sync::{broadcast, oneshot, watch, Mutex};
+use tokio::sync::{broadcast, watch, Mutex};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::spawner::Spawner;
 use crate::time::rfc3339;
 
 /// How to run one managed process.
@@ -291,7 +292,7 @@ impl ProcessManager {
     pub fn new(grace: Duration, supervision: Supervision) -> Result<Self, ProcessError> {
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|e| ProcessError::Spawner(std::io::Error::other(e)))?;
-        let spawner = Spawner::start(runtime).map_err(ProcessError::Spawner)?;
+        let spawner = Spawner::start(runtime, "colony-spawner").map_err(ProcessError::Spawner)?;
         let (events, _) = broadcast::channel(256);
         Ok(ProcessManager {
             table: Arc::new(Mutex::new(Table::default())),
@@ -396,14 +397,14 @@ impl ProcessManager {
     /// event.
     async fn launch(&self, managed: &mut Managed) -> Result<ProcessInfo, ProcessError> {
         let name = managed.spec.name.clone();
-        let child =
-            self.spawner
-                .spawn(&managed.spec)
-                .await
-                .map_err(|source| ProcessError::Spawn {
-                    name: name.clone(),
-                    source,
-                })?;
+        let child = {
+            let spec = managed.spec.clone();
+            self.spawner.spawn(move || spawn(&spec)).await
+        }
+        .map_err(|source| ProcessError::Spawn {
+            name: name.clone(),
+            source,
+        })?;
         managed.pid = child.id();
         managed.state = State::Running;
         managed.exit = None;
@@ -627,47 +628,6 @@ impl ProcessManager {
         };
         drop(table);
         let _ = self.events.send(ProcessEvent { process: info });
-    }
-}
-
-/// The request the spawner thread answers: a process to fork, and where the child goes.
-type SpawnRequest = (ProcessSpec, oneshot::Sender<std::io::Result<Child>>);
-
-/// Forks every child from one long-lived thread (see the module docs for why).
-#[derive(Debug)]
-struct Spawner {
-    requests: std::sync::mpsc::Sender<SpawnRequest>,
-}
-
-impl Spawner {
-    /// Starts the thread. It runs until every [`ProcessManager`] clone is gone; when it
-    /// ends, any child still running is sent SIGTERM by the kernel, which is what should
-    /// happen to children nobody manages.
-    fn start(runtime: tokio::runtime::Handle) -> std::io::Result<Spawner> {
-        let (requests, incoming) = std::sync::mpsc::channel::<SpawnRequest>();
-        std::thread::Builder::new()
-            .name("colony-spawner".to_owned())
-            .spawn(move || {
-                // tokio's child handles register with the runtime that reaps them.
-                let _runtime = runtime.enter();
-                while let Ok((spec, reply)) = incoming.recv() {
-                    // Nobody waits for this child any more (the start was cancelled), so
-                    // nobody would watch or stop it: end it now.
-                    if let Err(Ok(mut orphan)) = reply.send(spawn(&spec)) {
-                        let _ = orphan.start_kill();
-                    }
-                }
-            })?;
-        Ok(Spawner { requests })
-    }
-
-    async fn spawn(&self, spec: &ProcessSpec) -> std::io::Result<Child> {
-        let gone = || std::io::Error::other("the spawner thread has stopped");
-        let (reply, child) = oneshot::channel();
-        self.requests
-            .send((spec.clone(), reply))
-            .map_err(|_| gone())?;
-        child.await.map_err(|_| gone())?
     }
 }
 

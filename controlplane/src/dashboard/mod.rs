@@ -14,8 +14,10 @@
 //! need not follow the control plane's internals. Only the listed calls are forwarded.
 //!
 //! The page itself lives in `assets/` as plain HTML, CSS and JavaScript, no build step. It
-//! reads state from `/ws`. Only the colony view changes state (it starts a colony when there
-//! is none, and has run/pause buttons); the health view only reads.
+//! reads state from `/ws`. The colony view changes state (it starts a colony when there
+//! is none, and has run/pause buttons), and so does the services view (deployed packages:
+//! state, version, node, last health check, with start/stop/restart sent as `/ws`
+//! `service_action`); the health view only reads.
 //!
 //! Who may call what (DESIGN §13, [`crate::operator`]): the page and its assets are open (they
 //! hold no cluster data); the `GET`s under `/api` are reads; a forwarded `POST` needs the

@@ -5,19 +5,23 @@
 //! | `GET /health` | every node | this node's own liveness (open even with `--protect-reads`: it is the liveness probe) |
 //! | `GET /metrics` | every node | Prometheus text |
 //! | `POST /heartbeat` | coordinator | records a node's signed heartbeat (or goodbye) |
+//! | `GET /heartbeat/ws` | coordinator | the persistent heartbeat channel: one signed heartbeat per frame ([`channel`]) |
 //! | `POST /tokens/report` | coordinator | a backend's signed report of what it did with init tokens |
 //! | `GET /tokens` | coordinator | the init-token audit (the operator: [`crate::operator::Guard::operator`]) |
 //! | `GET /health/status` | coordinator | every component's state |
 //! | `GET /health/stale` | coordinator | components STALE or DOWN |
 //! | `GET /alerts` | coordinator | open and resolved alerts |
+//! | `PUT /packages/{file}` | coordinator | a package upload (the operator's token, always; [`packages`], merged after the standard layers) |
 //! | `GET /ws` | coordinator | the service registry over WebSocket ([`crate::ws`]) |
 //! | `GET /`, `/assets/*`, `/api/*` | coordinator | the live dashboard ([`crate::dashboard`]) |
 //!
 //! Everything but `/health`, `/heartbeat` (a node's call) and the dashboard's page and
 //! assets is a read: open unless `--protect-reads` ([`crate::operator`]).
 
+pub mod channel;
 mod health;
 mod heartbeat;
+pub mod packages;
 pub mod tokens;
 
 use axum::routing::{get, post};
@@ -50,6 +54,10 @@ pub fn coordinator_router_with(state: MgmtState, limits: WsLimits) -> Router {
         .merge(reads)
         .with_state(state.clone())
         .merge(tokens::operator_routes(state.clone()).route_layer(state.guard.operator()))
+        .merge(channel::router(channel::ChannelState::new(
+            &state,
+            channel::ChannelLimits::default(),
+        )))
         .merge(ws::router(Hub::new(state.clone(), limits)))
         .merge(dashboard::router(state))
 }
@@ -126,6 +134,7 @@ mod tests {
             health: Some(health.clone()),
             processes: None,
             colony,
+            deploy: None,
             tasks: tokio_util::task::TaskTracker::new(),
         };
         let limits = HttpLimits {

@@ -8,6 +8,7 @@
 //! coordinator does with a heartbeat is [`crate::coordinator::health`], what a backend does
 //! with an init is [`crate::control`].
 
+pub mod channel;
 pub mod heartbeat;
 pub mod init;
 pub mod tokens;

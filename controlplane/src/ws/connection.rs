@@ -18,8 +18,9 @@ use serde_json::{json, Value};
 use tokio::sync::{broadcast, mpsc, OwnedSemaphorePermit};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
+use super::deployed;
 use super::hub::{Attached, Core, Published};
 use super::protocol::{
     events_param, parse_request, response_text, string_param, Action, EventKind, EventSet, Request,
@@ -28,6 +29,10 @@ use super::protocol::{
 use super::services::{self, Verb};
 use crate::operator::{Caller, Denied, Guard, Need};
 use crate::rate_limit::{RateLimit, TokenBucket};
+
+/// Clients dropped for being too slow, at most one line per interval: anyone can be slow.
+static SLOW_LOG: shared::log_limit::LogLimit =
+    shared::log_limit::LogLimit::new("ws_client_too_slow", shared::log_limit::DEFAULT_INTERVAL);
 
 /// The metrics label of refusals and rate limits on `/ws`.
 const PLANE: &str = "ws";
@@ -167,18 +172,13 @@ async fn read_loop(
             }
             Some(Err(e)) => {
                 let e = e.into_inner();
-                let too_big = matches!(
-                    e.downcast_ref::<tokio_tungstenite::tungstenite::Error>(),
-                    Some(tokio_tungstenite::tungstenite::Error::Capacity(_))
-                );
                 debug!(error = %e, "ws read failed");
-                if too_big {
-                    // tungstenite will not read past a message over the hard limit, so the
-                    // connection cannot go on; say why before closing.
-                    let text = format!("message larger than {} bytes", core.limits.max_frame);
-                    let _ = responses.send(close(close_code::SIZE, &text)).await;
-                } else {
-                    done.cancel();
+                match read_failure(&e, core) {
+                    // Say why before closing; the connection cannot go on either way.
+                    Some(closing) => {
+                        let _ = responses.send(closing).await;
+                    }
+                    None => done.cancel(),
                 }
                 return;
             }
@@ -213,6 +213,9 @@ async fn read_loop(
                 },
             },
         };
+        // Time spent answering (a deploy_package waits for its service to start) is not the
+        // client's silence.
+        heard = Instant::now();
         if responses.send(Message::Text(answer.into())).await.is_err() {
             return;
         }
@@ -248,16 +251,28 @@ async fn answer(
         Action::Auth => auth(&state.guard, session, request),
         Action::ListServices => Ok(json!({
             "services": services::list(state).await,
+            "deployed": deployed::list(state),
             "seq": core.seq(),
         })),
         Action::GetService => {
             let name = string_param(request, "name")?;
-            let service = services::get(state, name)
-                .await
-                .ok_or_else(|| WsError::new(id(), "not_found", format!("no service named {name:?}")))?;
-            Ok(json!({ "service": service }))
+            if let Some(service) = services::get(state, name).await {
+                return Ok(json!({ "service": service }));
+            }
+            let service = deployed::get(state, name).ok_or_else(|| {
+                WsError::new(id(), "not_found", format!("no service named {name:?}"))
+            })?;
+            Ok(json!({ "service": service, "deployed": true }))
         }
-        Action::ListEndpoints => Ok(json!({ "endpoints": services::list_endpoints(state).await })),
+        Action::ListEndpoints => {
+            let mut endpoints: Vec<Value> = services::list_endpoints(state)
+                .await
+                .into_iter()
+                .filter_map(|e| serde_json::to_value(e).ok())
+                .collect();
+            endpoints.extend(deployed::endpoints(state));
+            Ok(json!({ "endpoints": endpoints }))
+        }
         Action::ServiceAction => {
             let name = string_param(request, "name")?;
             let verb_name = string_param(request, "action")?;
@@ -268,16 +283,19 @@ async fn answer(
                     format!("params.action must be start, stop or restart, not {verb_name:?}"),
                 )
             })?;
-            info!(service = name, action = verb_name, "service action requested over /ws");
+            info!(
+                service = name,
+                action = verb_name,
+                "service action requested over /ws"
+            );
+            if let Some(result) = deployed::act(state, request, name, verb).await {
+                return result;
+            }
             services::act(state, name, verb)
                 .await
                 .map_err(|e| WsError::new(id(), e.code(), e.to_string()))
         }
-        Action::DeployPackage => Err(WsError::new(
-            id(),
-            "not_supported",
-            "deploy_package is not supported: Colony runs only its own `colony backend` processes, started by `colony up` or by hand; there is no package format to deploy yet",
-        )),
+        Action::DeployPackage => deployed::deploy(state, request).await,
         Action::Subscribe | Action::Unsubscribe => {
             let kinds = events_param(request)?;
             let mut now = EventSet::none();
@@ -414,7 +432,14 @@ pub(crate) async fn unlock(
         };
         heard = Instant::now();
         let answer = match message {
-            None | Some(Err(_)) => return None,
+            None => return None,
+            Some(Err(e)) => {
+                let e = e.into_inner();
+                if let Some(closing) = read_failure(&e, core) {
+                    let _ = send(&mut socket, closing, timeout).await;
+                }
+                return None;
+            }
             // tungstenite queued the close reply; reading on sends it and then ends.
             Some(Ok(Message::Close(_) | Message::Ping(_) | Message::Pong(_))) => continue,
             Some(Ok(Message::Binary(_))) => session.limit(guard, None).unwrap_or_else(|| {
@@ -524,7 +549,7 @@ async fn write_loop(
                     None => continue,
                 },
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    warn!(missed, last_seq = seen, "ws client too slow; dropping it");
+                    shared::warn_limited!(SLOW_LOG, missed, last_seq = seen, "ws client too slow; dropping it");
                     let reason = format!("too slow: {missed} events missed; reconnect with ?since={seen}");
                     let _ = write(&mut sink, close(close_code::POLICY, &reason), timeout).await;
                     done.cancel();
@@ -566,9 +591,27 @@ async fn write(
             false
         }
         Err(_) => {
-            warn!(timeout = ?timeout, "ws write timed out; dropping the client");
+            shared::warn_limited!(SLOW_LOG, timeout = ?timeout, "ws write timed out; dropping the client");
             false
         }
+    }
+}
+
+/// The close frame a read failure deserves, if the client can still be told: 1009 for a
+/// message over the hard limit (tungstenite will not read past it), 1007 for a text message
+/// that is not UTF-8 (RFC 6455 §7.4.1). `None` for a broken connection.
+fn read_failure(error: &axum::BoxError, core: &Core) -> Option<Message> {
+    use tokio_tungstenite::tungstenite::Error;
+    match error.downcast_ref::<Error>() {
+        Some(Error::Capacity(_)) => {
+            let text = format!("message larger than {} bytes", core.limits.max_frame);
+            Some(close(close_code::SIZE, &text))
+        }
+        Some(Error::Utf8(_)) => Some(close(
+            close_code::INVALID,
+            "a text message must be valid UTF-8",
+        )),
+        _ => None,
     }
 }
 

@@ -22,6 +22,7 @@ use super::protocol::{event_text, EventKind};
 use super::services;
 use crate::coordinator::health::events::HealthEvent;
 use crate::coordinator::processes::ProcessEvent;
+use crate::deploy::lifecycle::DeployEvent;
 use crate::state::MgmtState;
 use crate::time::rfc3339;
 
@@ -116,6 +117,23 @@ pub(crate) struct Core {
     /// Cancelled when the router holding the hub is dropped (the listener stopped).
     pub(crate) shutdown: CancellationToken,
     pump: OnceLock<()>,
+    /// The last `registry_loaded` built, shared by the connections that attach while it is
+    /// current: a reconnect loop costs one snapshot per event or per [`LOADED_MAX_AGE`], not
+    /// one per connection. Async, so that connections arriving together wait for one build.
+    loaded: tokio::sync::Mutex<Option<Loaded>>,
+}
+
+/// How long a built `registry_loaded` is handed out while no event has been published (it
+/// also shows values that change without an event, such as heartbeat times).
+const LOADED_MAX_AGE: Duration = Duration::from_secs(1);
+
+/// A `registry_loaded` as sent, and what it is current for.
+#[derive(Debug)]
+struct Loaded {
+    seq: u64,
+    reason: &'static str,
+    built: tokio::time::Instant,
+    text: Utf8Bytes,
 }
 
 impl std::fmt::Debug for Core {
@@ -156,6 +174,7 @@ impl Hub {
                 connections: Arc::new(Semaphore::new(limits.max_connections)),
                 shutdown: shutdown.clone(),
                 pump: OnceLock::new(),
+                loaded: tokio::sync::Mutex::new(None),
             }),
             _alive: Arc::new(shutdown.drop_guard()),
         }
@@ -179,6 +198,7 @@ impl Core {
 
     /// Numbers, records and broadcasts one event.
     pub(crate) fn publish(&self, kind: EventKind, data: &Value) {
+        self.state.metrics.ws_events.inc();
         let mut log = self.log.lock();
         log.seq += 1;
         let seq = log.seq;
@@ -232,13 +252,33 @@ impl Core {
         // The snapshot is read after `seq` was taken, so it is at least as new as `seq`;
         // events after `seq` may repeat a change it already shows, which is harmless
         // because every event states a new value rather than a difference.
-        let snapshot = self.snapshot(reason).await;
         Attached {
-            loaded: Some(event_text(EventKind::RegistryLoaded, seq, &snapshot).into()),
+            loaded: Some(self.loaded(seq, reason).await),
             replay: Vec::new(),
             after: seq,
             events,
         }
+    }
+
+    /// The `registry_loaded` text for a connection attaching at `seq`: the shared one if it
+    /// was built at `seq` for the same reason less than [`LOADED_MAX_AGE`] ago, else a new
+    /// one (then shared).
+    async fn loaded(&self, seq: u64, reason: &'static str) -> Utf8Bytes {
+        let mut cached = self.loaded.lock().await;
+        if let Some(c) = cached.as_ref() {
+            if c.seq == seq && c.reason == reason && c.built.elapsed() < LOADED_MAX_AGE {
+                return c.text.clone();
+            }
+        }
+        let snapshot = self.snapshot(reason).await;
+        let text: Utf8Bytes = event_text(EventKind::RegistryLoaded, seq, &snapshot).into();
+        *cached = Some(Loaded {
+            seq,
+            reason,
+            built: tokio::time::Instant::now(),
+            text: text.clone(),
+        });
+        text
     }
 
     /// The `registry_loaded` payload: everything a client needs to draw the cluster.
@@ -270,6 +310,7 @@ impl Core {
             "managed_processes": state.processes.is_some(),
             "summary": summary,
             "services": services::list(state).await,
+            "deployed": super::deployed::list(state),
             "alerts": health.map(|h| h.alerts()),
             "colony": state.colony.as_ref().map(|c| c.status()),
         })
@@ -285,6 +326,11 @@ async fn pump(core: std::sync::Weak<Core>, shutdown: CancellationToken) {
     let mut processes = strong.state.processes.as_ref().map(|p| p.subscribe());
     let colony = strong.state.colony.clone();
     let mut recoveries = colony.as_ref().map(|c| c.subscribe_recoveries());
+    let mut deployments = strong
+        .state
+        .deploy
+        .as_ref()
+        .map(|d| d.services().subscribe());
     let mut poll = tokio::time::interval(strong.limits.colony_poll);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     drop(strong);
@@ -333,6 +379,14 @@ async fn pump(core: std::sync::Weak<Core>, shutdown: CancellationToken) {
                     // Each event stands alone; a missed one is in the logs and the alerts.
                     Err(broadcast::error::RecvError::Lagged(n)) => warn!(missed = n, "colony_recovery events dropped"),
                     Err(broadcast::error::RecvError::Closed) => recoveries = None,
+                }
+            }
+            event = recv(&mut deployments) => {
+                let Some(core) = core.upgrade() else { break };
+                match event {
+                    Ok(event) => publish_deploy(&core, event),
+                    Err(broadcast::error::RecvError::Lagged(n)) => resync(&core, n, "deploy").await,
+                    Err(broadcast::error::RecvError::Closed) => deployments = None,
                 }
             }
             _ = poll.tick(), if colony.is_some() => {
@@ -409,6 +463,36 @@ fn publish_health(core: &Core, event: HealthEvent) {
         }
         // Answered with a whole snapshot by the pump.
         HealthEvent::NodeForgotten { .. } => {}
+    }
+}
+
+/// Deployed services' events, marked `"kind": "deployed"` so clients tell them from nodes'.
+fn publish_deploy(core: &Core, event: DeployEvent) {
+    match event {
+        DeployEvent::Progress(progress) => match serde_json::to_value(&progress) {
+            Ok(data) => core.publish(EventKind::DeploymentProgress, &data),
+            Err(e) => warn!(error = %e, "cannot encode a deployment_progress event"),
+        },
+        DeployEvent::StateChanged { from, service } => core.publish(
+            EventKind::ServiceStateChanged,
+            &json!({
+                "service": service.name, "kind": "deployed", "from": from,
+                "to": service.state.name(), "at": rfc3339(SystemTime::now()),
+                "deployed": service,
+            }),
+        ),
+        DeployEvent::Health {
+            service,
+            node,
+            status,
+        } => core.publish(
+            EventKind::HealthCheckResult,
+            &json!({
+                "service": service, "kind": "deployed", "node": node,
+                "healthy": status.healthy, "status": if status.healthy { "healthy" } else { "unhealthy" },
+                "detail": status.detail, "at": status.at,
+            }),
+        ),
     }
 }
 

@@ -10,7 +10,8 @@
 //! `{"type":"event","event","seq","data"}`. The first message of every connection is a
 //! `registry_loaded` event with the whole state (or, on a resume, the events missed since
 //! `N`). Actions: `list_services`, `get_service`, `list_endpoints`, `service_action`,
-//! `deploy_package` (answers `not_supported`), `subscribe`, `unsubscribe`, `auth`. A new
+//! `deploy_package` ([`deployed`]), `subscribe`, `unsubscribe`, `auth`. Deployed services
+//! are listed under `deployed` beside the nodes' `services`. A new
 //! connection receives every event type until it unsubscribes.
 //!
 //! Who may do what (DESIGN §13): the upgrade is judged like any HTTP request
@@ -31,6 +32,7 @@
 //! ([`crate::dashboard`]).
 
 mod connection;
+pub mod deployed;
 mod hub;
 pub mod protocol;
 pub mod services;
@@ -41,13 +43,17 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use serde::Deserialize;
-use tracing::warn;
 
 pub use hub::{Hub, Published, Resume, WsLimits};
 use protocol::EventSet;
 
 use crate::error::ApiError;
 use crate::operator::{Need, Peer};
+
+/// Refusals at the connection cap, at most one line per interval: a reconnect loop makes
+/// them at line rate.
+static REFUSED_LOG: shared::log_limit::LogLimit =
+    shared::log_limit::LogLimit::new("ws_connection_refused", shared::log_limit::DEFAULT_INTERVAL);
 
 /// The `/ws` route over `hub`.
 pub fn router(hub: Hub) -> Router {
@@ -117,7 +123,8 @@ async fn upgrade(
         })?;
         let core = hub.core.clone();
         let permit = core.connections.clone().try_acquire_owned().map_err(|_| {
-            warn!(
+            shared::warn_limited!(
+                REFUSED_LOG,
                 limit = core.limits.max_connections,
                 "ws connection refused: at the limit"
             );
@@ -148,7 +155,10 @@ async fn upgrade(
                         socket
                     };
                     let attached = core.attach(resume).await;
+                    let open = core.state.metrics.ws_connections.clone();
+                    open.inc();
                     connection::serve(socket, core, events, attached, permit, session).await;
+                    open.dec();
                 }),
         )
     }

@@ -23,7 +23,7 @@ pub enum EventKind {
     HealthCheckResult,
     /// The colony's tick, population and ticks/s (a few times a second at most).
     ColonyProgress,
-    /// Progress of a package deployment (none yet: `deploy_package` is not supported).
+    /// A step of a package deployment (DESIGN §16).
     DeploymentProgress,
     /// The colony was placed again: backends lost (who, which shards moved where, how many
     /// ticks were redone), a rebalance, or a restarted coordinator taking it over.
@@ -151,7 +151,7 @@ pub enum Action {
     ListEndpoints,
     /// `start`, `stop` or `restart` a managed process.
     ServiceAction,
-    /// Deploy a package (not supported yet).
+    /// Deploy an uploaded package to a node.
     DeployPackage,
     /// Receive more event kinds.
     Subscribe,

@@ -76,6 +76,7 @@ fn state(config: crate::operator::OperatorConfig) -> (MgmtState, HealthTracker) 
         health: Some(health.clone()),
         processes: None,
         colony: None,
+        deploy: None,
         tasks: TaskTracker::new(),
     };
     (state, health)
@@ -382,6 +383,45 @@ async fn every_bad_input_gets_an_error_and_the_socket_stays() {
     let frame = close.expect("a close frame with a reason");
     assert_eq!(frame.code, CloseCode::Size);
     assert!(frame.reason.contains("8192"), "{}", frame.reason);
+}
+
+#[tokio::test]
+async fn connections_attaching_together_share_one_registry_loaded() {
+    let (state, health) = state(Default::default());
+    let hub = Hub::new(state, limits());
+    let a = hub.core.attach(None).await.loaded.unwrap();
+    let b = hub.core.attach(None).await.loaded.unwrap();
+    // The same bytes, not an equal copy: built once, shared.
+    assert_eq!(a.as_str().as_ptr(), b.as_str().as_ptr());
+    // A change publishes an event: the next connection gets a snapshot that shows it.
+    health
+        .record(heartbeat("backend_9000", 9000), tokio::time::Instant::now())
+        .unwrap();
+    hub.core.publish(EventKind::RegistryLoaded, &json!({}));
+    let c = hub.core.attach(None).await.loaded.unwrap();
+    assert_ne!(a.as_str().as_ptr(), c.as_str().as_ptr());
+    assert!(c.as_str().contains("backend_9000"), "{}", c.as_str());
+}
+
+#[tokio::test]
+async fn a_text_message_that_is_not_utf8_is_closed_with_1007() {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    let server = serve(limits()).await;
+    let mut c = connect(server.addr, "").await;
+    next_event(&mut c, "registry_loaded").await;
+    let bad = Frame::message(vec![b'{', 0xff, 0xfe, b'}'], OpCode::Data(Data::Text), true);
+    c.send(Message::Frame(bad)).await.unwrap();
+    let close = loop {
+        match tokio::time::timeout(WAIT, c.next()).await.unwrap() {
+            Some(Ok(Message::Close(frame))) => break frame,
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    let frame = close.expect("a close frame with a reason");
+    assert_eq!(frame.code, CloseCode::Invalid, "{frame:?}");
+    assert!(frame.reason.contains("UTF-8"), "{}", frame.reason);
 }
 
 #[tokio::test]
@@ -869,4 +909,33 @@ async fn a_flood_is_rate_limited_per_connection_and_others_are_unaffected() {
     assert!(r["data"]["endpoints"].is_array(), "{r}");
     let hub = server.hub.as_ref().unwrap();
     assert_eq!(hub.core.state.metrics.rate_limited.get("ws"), limited);
+}
+
+#[tokio::test]
+async fn metrics_count_open_connections_and_published_events() {
+    let server = serve(limits()).await;
+    let metrics = server.hub.as_ref().unwrap().core.state.metrics.clone();
+    assert_eq!(metrics.ws_connections.get(), 0);
+    let mut c = connect(server.addr, "").await;
+    assert_eq!(next(&mut c).await["event"], "registry_loaded");
+    assert_eq!(metrics.ws_connections.get(), 1);
+    // A node seen for the first time is an event.
+    server
+        .health
+        .record(heartbeat("backend_9000", 9000), tokio::time::Instant::now())
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while metrics.ws_events.get() == 0 {
+        assert!(std::time::Instant::now() < deadline, "no event counted");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(metrics.render().contains("colony_ws_connections 1"));
+    drop(c);
+    while metrics.ws_connections.get() != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the closed connection still counts"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }

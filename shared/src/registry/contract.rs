@@ -303,7 +303,7 @@ pub async fn unregister_backend_removes_only_it(f: &Fixture) -> CheckResult {
     let reg = f.registry.as_ref();
     expect_empty(CHECK, reg).await?;
     for port in [9000, 9010, 9020] {
-        let id = super::default_backend_id(port);
+        let id = super::default_backend_id(std::net::Ipv4Addr::LOCALHOST.into(), port);
         attempt!(
             CHECK,
             reg.register_backend(&id, v4(port, port + 1, port + 2)),
@@ -524,7 +524,7 @@ pub async fn concurrent_registrations_are_all_kept(f: &Fixture) -> CheckResult {
             let port = 10_000 + n;
             registry
                 .register_backend(
-                    &super::default_backend_id(port),
+                    &super::default_backend_id(std::net::Ipv4Addr::LOCALHOST.into(), port),
                     v4(port, port + 1000, port + 2000),
                 )
                 .await
@@ -541,7 +541,7 @@ pub async fn concurrent_registrations_are_all_kept(f: &Fixture) -> CheckResult {
         .map(|n| 10_000 + n)
         .map(|port| {
             (
-                super::default_backend_id(port),
+                super::default_backend_id(std::net::Ipv4Addr::LOCALHOST.into(), port),
                 v4(port, port + 1000, port + 2000),
             )
         })

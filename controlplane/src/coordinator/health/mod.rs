@@ -8,6 +8,7 @@
 //! | [`alerts`] | the alert log behind `GET /alerts` |
 //! | [`events`] | the live feed subscribers (the `/ws` hub) read |
 //! | [`views`] | `GET /health/status` and the counts behind `/metrics` |
+//! | [`stats`] | the heartbeat inter-arrival histogram and transition counters of `/metrics` |
 //!
 //! The heartbeat body itself is a wire type ([`crate::wire::heartbeat`]); the routes that
 //! serve these views are in [`crate::management`].
@@ -16,5 +17,6 @@ pub mod alerts;
 pub mod config;
 pub mod events;
 pub mod node_state;
+pub mod stats;
 pub mod tracker;
 pub mod views;

@@ -17,16 +17,18 @@ use std::time::{Duration, SystemTime};
 
 use dashmap::DashMap;
 use parking_lot::Mutex;
+use shared::log_limit::LogLimit;
 use shared::NodeAddress;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::warn;
 
 use super::alerts::{AlertLog, AlertsView};
 use super::config::HealthConfig;
 use super::events::HealthEvent;
 use super::node_state::{NodeState, Transition};
+use super::stats::HealthStats;
 use super::views::{Component, Counts, HealthStatus};
 use crate::time::{millis, rfc3339};
 use crate::wire::heartbeat::{Heartbeat, HeartbeatError, NodeType};
@@ -39,6 +41,18 @@ pub const HEALTH_CHECK_EVENT_EVERY: Duration = Duration::from_secs(1);
 /// Boot ids remembered per node after it restarted, so a heartbeat replayed from an earlier run
 /// is refused; restarts faster than this many per signature window are not a real concern.
 const RETIRED_BOOTS: usize = 4;
+
+/// Node transitions are logged at most once a second per kind, with the count held back:
+/// thousands of fake nodes coming and going must not turn the log into the attack. Every
+/// transition is still an event (`/ws`) and, for failures, an alert.
+const TRANSITION_LOG_INTERVAL: Duration = Duration::from_secs(1);
+static STATE_LOG: LogLimit = LogLimit::new("health_node_state", TRANSITION_LOG_INTERVAL);
+static RECOVERED_LOG: LogLimit = LogLimit::new("health_node_recovered", TRANSITION_LOG_INTERVAL);
+static RESTARTED_LOG: LogLimit = LogLimit::new("health_node_restarted", TRANSITION_LOG_INTERVAL);
+static MISSED_LOG: LogLimit =
+    LogLimit::new("health_node_missed_heartbeats", TRANSITION_LOG_INTERVAL);
+static CHANNEL_LOG: LogLimit = LogLimit::new("health_node_channel_closed", TRANSITION_LOG_INTERVAL);
+static FORGOT_LOG: LogLimit = LogLimit::new("health_node_forgotten", TRANSITION_LOG_INTERVAL);
 
 #[derive(Debug)]
 struct NodeRecord {
@@ -83,6 +97,7 @@ struct Inner {
     alerts: Mutex<AlertLog>,
     events: broadcast::Sender<HealthEvent>,
     me: Option<SelfComponent>,
+    stats: HealthStats,
 }
 
 /// Per-node health, shared by the heartbeat handler, the sweeper and the read endpoints.
@@ -114,6 +129,7 @@ impl HealthTracker {
                     started: SystemTime::now(),
                     started_at: Instant::now(),
                 }),
+                stats: HealthStats::default(),
             }),
         }
     }
@@ -202,6 +218,7 @@ impl HealthTracker {
                     changed = Some(transition(record, target, wall, now));
                 }
                 let gap = now.saturating_duration_since(record.last_heard);
+                self.inner.stats.heartbeat_gap(gap);
                 record.node_type = hb.node_type;
                 record.last_seen = wall;
                 record.last_heard = now;
@@ -255,7 +272,7 @@ impl HealthTracker {
             }
         }
         if let Some((old_boot, old_seq)) = restarted {
-            info!(node = %hb.instance_id, old_boot, old_seq, new_seq = hb.seq, "node restarted: new boot id, its heartbeat sequence starts again");
+            shared::info_limited!(RESTARTED_LOG, node = %hb.instance_id, old_boot, old_seq, new_seq = hb.seq, "node restarted: new boot id, its heartbeat sequence starts again");
         }
         if moved {
             let _ = self.inner.events.send(HealthEvent::EndpointUpdated {
@@ -263,14 +280,17 @@ impl HealthTracker {
                 address: hb.address,
             });
         }
+        if let Some(t) = &changed {
+            self.inner.stats.transition(t.from, t.to);
+        }
         if let Some(t) = changed {
             match t.from {
                 Some(from) if from.is_failure() => {
-                    info!(node = %hb.instance_id, from = from.as_str(), to = t.to.as_str(), flap = flapped, "node recovered");
+                    shared::info_limited!(RECOVERED_LOG, node = %hb.instance_id, from = from.as_str(), to = t.to.as_str(), flap = flapped, "node recovered");
                     self.inner.alerts.lock().resolve_all(&hb.instance_id);
                 }
                 _ => {
-                    info!(node = %hb.instance_id, to = t.to.as_str(), address = %hb.address, "node state")
+                    shared::info_limited!(STATE_LOG, node = %hb.instance_id, to = t.to.as_str(), address = %hb.address, "node state")
                 }
             }
             if t.to == NodeState::Left {
@@ -321,6 +341,7 @@ impl HealthTracker {
                 record.failed_since = Some(now);
             }
             let t = transition(record, target, SystemTime::now(), now);
+            self.inner.stats.transition(t.from, t.to);
             changes.push((entry.key().clone(), entry.node_type, silence, t));
         }
         for node_id in forget {
@@ -331,7 +352,7 @@ impl HealthTracker {
                 NodeState::Down => ("node_down", "critical"),
                 _ => ("node_stale", "warning"),
             };
-            warn!(node = %node_id, to = t.to.as_str(), silence = ?silence, "node missed heartbeats");
+            shared::warn_limited!(MISSED_LOG, node = %node_id, to = t.to.as_str(), silence = ?silence, "node missed heartbeats");
             self.inner.alerts.lock().raise(
                 &node_id,
                 kind,
@@ -346,6 +367,38 @@ impl HealthTracker {
         }
     }
 
+    /// Suspects `node_id` at once: its persistent heartbeat channel closed (DESIGN §9, §13).
+    /// An ACTIVE node of the same run (`boot_id`) goes STALE now, with the same alert as a
+    /// missed heartbeat; DOWN still waits for `down_after` of silence, so a node that opens a
+    /// new channel (or posts) in time only flaps. A node of another run, or not ACTIVE, is
+    /// left alone: a stale channel of a restarted node says nothing about the new run.
+    /// Returns whether the node moved.
+    pub fn suspect(&self, node_id: &str, boot_id: &str, now: Instant) -> bool {
+        let (node_type, t) = {
+            let Some(mut record) = self.inner.nodes.get_mut(node_id) else {
+                return false;
+            };
+            if record.state != NodeState::Active || record.boot_id != boot_id {
+                return false;
+            }
+            let record = &mut *record;
+            record.failed_since.get_or_insert(now);
+            (
+                record.node_type,
+                transition(record, NodeState::Stale, SystemTime::now(), now),
+            )
+        };
+        shared::warn_limited!(CHANNEL_LOG, node = %node_id, to = t.to.as_str(), "node's heartbeat channel closed");
+        self.inner.alerts.lock().raise(
+            node_id,
+            "node_stale",
+            "warning",
+            format!("{node_id} is STALE: its heartbeat channel closed"),
+        );
+        self.emit(node_id, node_type, t);
+        true
+    }
+
     /// Drops `node_id` if it is still DOWN or LEFT past `forget_after` (a heartbeat may have
     /// brought it back since the sweep looked).
     fn forget(&self, node_id: &str, now: Instant) {
@@ -356,7 +409,7 @@ impl HealthTracker {
         }) else {
             return;
         };
-        info!(node = %node_id, state = record.state.as_str(), after = ?forget_after, "forgot node: gone longer than --forget-after");
+        shared::info_limited!(FORGOT_LOG, node = %node_id, state = record.state.as_str(), after = ?forget_after, "forgot node: gone longer than --forget-after");
         self.inner.alerts.lock().resolve_all(&node_id);
         let _ = self.inner.events.send(HealthEvent::NodeForgotten {
             node_id,
@@ -515,6 +568,27 @@ impl HealthTracker {
         self.inner.alerts.lock().resolve_all(subject);
     }
 
+    /// The heartbeat inter-arrival histogram and state-transition counters.
+    pub fn stats(&self) -> &HealthStats {
+        &self.inner.stats
+    }
+
+    /// Seconds since each known node's last heartbeat, by node id (the coordinator itself is
+    /// not listed: it sends none).
+    pub fn heartbeat_ages(&self, now: Instant) -> Vec<(String, f64)> {
+        let mut ages: Vec<(String, f64)> = self
+            .inner
+            .nodes
+            .iter()
+            .map(|e| {
+                let age = now.saturating_duration_since(e.last_heard);
+                (e.key().clone(), age.as_secs_f64())
+            })
+            .collect();
+        ages.sort_by(|a, b| a.0.cmp(&b.0));
+        ages
+    }
+
     /// Counts for metrics.
     pub fn counts(&self) -> Counts {
         let mut counts = Counts::default();
@@ -588,6 +662,37 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn stats_count_every_transition_and_each_gap_once() {
+        let t = HealthTracker::new(config(), None);
+        let start = Instant::now();
+        t.record(hb("b1", 1), start).unwrap();
+        t.record(hb("b1", 2), start + Duration::from_millis(100))
+            .unwrap();
+        t.record(hb("b2", 1), start + Duration::from_millis(100))
+            .unwrap();
+        t.sweep(start + Duration::from_millis(450));
+        t.record(hb("b1", 3), start + Duration::from_millis(500))
+            .unwrap();
+        assert_eq!(
+            t.stats().transitions(),
+            vec![
+                ("NONE", "ACTIVE", 2),
+                ("ACTIVE", "STALE", 2),
+                ("STALE", "ACTIVE", 1)
+            ]
+        );
+        // Gaps of b1 only (100 ms, 400 ms): a first heartbeat has none.
+        let gaps = t.stats().interarrival();
+        assert_eq!(gaps.count, 2);
+        assert!((gaps.sum_seconds - 0.5).abs() < 1e-9, "{gaps:?}");
+        let ages = t.heartbeat_ages(start + Duration::from_millis(600));
+        assert_eq!(ages.len(), 2);
+        assert_eq!(ages[0].0, "b1");
+        assert!((ages[0].1 - 0.1).abs() < 1e-9, "{ages:?}");
+        assert!((ages[1].1 - 0.5).abs() < 1e-9, "{ages:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn silence_walks_active_stale_down_and_a_heartbeat_recovers() {
         let t = HealthTracker::new(config(), None);
         let mut events = t.subscribe();
@@ -629,6 +734,34 @@ mod tests {
                 NodeState::Active
             ]
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_closed_channel_is_stale_at_once_and_down_still_waits_for_the_threshold() {
+        let t = HealthTracker::new(config(), None);
+        let start = Instant::now();
+        t.record(hb("b1", 1), start).unwrap();
+        // Another run's channel, or an unknown node, says nothing.
+        assert!(!t.suspect("b1", "boot-0", start));
+        assert!(!t.suspect("nobody", "boot-1", start));
+        assert_eq!(state(&t, "b1"), NodeState::Active);
+        assert!(t.suspect("b1", "boot-1", start + Duration::from_millis(10)));
+        assert_eq!(state(&t, "b1"), NodeState::Stale);
+        let open = t.alerts().open;
+        assert_eq!(open.len(), 1);
+        assert_eq!(open[0].kind, "node_stale");
+        // Already suspected: nothing more.
+        assert!(!t.suspect("b1", "boot-1", start + Duration::from_millis(20)));
+        t.sweep(start + Duration::from_millis(999));
+        assert_eq!(state(&t, "b1"), NodeState::Stale);
+        t.sweep(start + Duration::from_secs(1));
+        assert_eq!(state(&t, "b1"), NodeState::Down);
+        // A goodbye is not suspected.
+        let mut bye = hb("b2", 1);
+        bye.leaving = true;
+        t.record(bye, start).unwrap();
+        assert!(!t.suspect("b2", "boot-1", start));
+        assert_eq!(state(&t, "b2"), NodeState::Left);
     }
 
     #[tokio::test(start_paused = true)]

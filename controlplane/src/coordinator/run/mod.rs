@@ -6,7 +6,7 @@
 //! on, DESIGN §14).
 //!
 //! A colony outlives its placements: the links, reporters and announcers of one epoch are a
-//! [`Placement`], replaced whole when shards are placed again; the run's target, its
+//! `Placement`, replaced whole when shards are placed again; the run's target, its
 //! consistent checkpoint and its failure belong to the colony. Backends tick on their own;
 //! the coordinator is never on a tick's critical path.
 //!
@@ -97,7 +97,7 @@ impl Trouble {
 }
 
 /// A started colony's run control. Dropping it does not stop the backends; [`ColonyRun::close`]
-/// stops following them and [`ColonyRun::fail`] stops them.
+/// stops following them and `ColonyRun::fail` stops them.
 pub struct ColonyRun {
     colony_id: String,
     placement: RwLock<Arc<Placement>>,

@@ -39,6 +39,7 @@
   // ---- state ----
   const model = {
     services: new Map(), // name -> {name, kind, state, health, process, endpoints, spark: [], at}
+    deployed: new Map(), // name -> the service entry of a deployed package (DESIGN §16)
     alerts: { open: [], resolved: [] },
     colony: null,
     topology: null,
@@ -180,6 +181,10 @@
 
   function onResponse(msg) {
     const e = msg.error;
+    if (typeof msg.id === "string" && msg.id.startsWith("svc-")) {
+      if (e && e.code === "unauthorized" && !operatorToken) askToken(e.message);
+      return onServiceResponse(msg);
+    }
     if (typeof msg.id === "string" && msg.id.startsWith("auth-")) {
       if (!e) { wsAuthed = true; renderOperator(); return; }
       setToken(null);
@@ -263,6 +268,8 @@
         endpoints: s.endpoints, spark: prev ? prev.spark : [], at: performance.now(),
       });
     }
+    model.deployed = new Map((d.deployed || []).map((s) => [s.name, s]));
+    renderDeployed();
     if (d.alerts) model.alerts = d.alerts;
     if (d.coordinator) {
       const a = d.coordinator.address;
@@ -284,6 +291,10 @@
   }
 
   function stateChanged(d) {
+    if (d.kind === "deployed") {
+      if (d.deployed) model.deployed.set(d.service, d.deployed);
+      return renderDeployed();
+    }
     if (d.kind === "process") {
       service(d.service).process = d.process;
     } else {
@@ -302,6 +313,11 @@
   }
 
   function healthCheck(d) {
+    if (d.kind === "deployed") {
+      const s = model.deployed.get(d.service);
+      if (s) s.last_health_check = { healthy: d.healthy, at: d.at, detail: d.detail };
+      return renderDeployed();
+    }
     const s = service(d.service, d.node_type);
     const h = s.health || (s.health = { node_id: d.service, metrics: {} });
     h.status = d.status;
@@ -699,13 +715,72 @@
     }
   }
 
+  // ---- services view: deployed packages ----
+  let actionSeq = 0;
+  function renderDeployed() {
+    const body = document.querySelector("#deployed tbody");
+    body.replaceChildren();
+    $("deployed-empty").hidden = model.deployed.size > 0;
+    for (const s of model.deployed.values()) {
+      const tr = document.createElement("tr");
+      const cell = (text, title) => {
+        const td = document.createElement("td");
+        td.textContent = text;
+        if (title) td.title = title;
+        tr.append(td);
+        return td;
+      };
+      cell(s.name, s.dir);
+      cell(s.version + (s.pending ? " (" + s.pending.version + " on restart)" : ""));
+      const state = s.state || {};
+      cell(state.state || "?", state.reason || "").dataset.state = state.state || "";
+      cell((s.location || {}).node || "");
+      cell((s.endpoints || []).map((e) => e.name + " " + e.address).join(", "));
+      const h = s.last_health_check;
+      cell(h ? (h.healthy ? "healthy" : "unhealthy") + " at " + new Date(h.at).toLocaleTimeString() : "—", h ? h.detail : "");
+      const actions = document.createElement("td");
+      for (const verb of ["start", "stop", "restart"]) {
+        const b = document.createElement("button");
+        b.textContent = verb;
+        b.dataset.service = s.name;
+        b.dataset.action = verb;
+        actions.append(b);
+      }
+      tr.append(actions);
+      body.append(tr);
+    }
+  }
+  // service_action over the socket, as the operator (the socket presents the tab's token).
+  function serviceAction(name, verb) {
+    if (!socket || socket.readyState !== WebSocket.OPEN) return;
+    actionSeq += 1;
+    const box = $("services-message");
+    box.className = "message";
+    box.textContent = verb + " " + name + "…";
+    socket.send(JSON.stringify({ id: "svc-" + actionSeq, type: "request", action: "service_action", params: { name, action: verb } }));
+  }
+  function onServiceResponse(msg) {
+    const box = $("services-message");
+    if (msg.error) {
+      box.className = "message error";
+      box.textContent = msg.error.message;
+      return;
+    }
+    const s = msg.data && msg.data.deployed;
+    if (s) { model.deployed.set(s.name, s); renderDeployed(); }
+    box.textContent = (msg.data && msg.data.service) + ": " + (s && s.state ? s.state.state : "done");
+  }
+
   // ---- views ----
   function showView() {
     const colony = location.hash === "#colony";
-    $("health-view").hidden = colony;
+    const services = location.hash === "#services";
+    $("health-view").hidden = colony || services;
     $("colony-view").hidden = !colony;
-    $("tab-health").classList.toggle("current", !colony);
+    $("services-view").hidden = !services;
+    $("tab-health").classList.toggle("current", !colony && !services);
     $("tab-colony").classList.toggle("current", colony);
+    $("tab-services").classList.toggle("current", services);
     if (colony && !colonyOpened) {
       colonyOpened = true;
       ensureColony();
@@ -734,6 +809,10 @@
     setPictureMode(pictureMode === "png" ? "shards" : "png");
     pictureTick = null;
     refreshPicture(true);
+  });
+  $("deployed").addEventListener("click", (e) => {
+    const b = e.target.closest("button[data-action]");
+    if (b) serviceAction(b.dataset.service, b.dataset.action);
   });
   window.addEventListener("hashchange", showView);
   setInterval(tickClocks, 250);

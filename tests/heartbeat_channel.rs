@@ -1,0 +1,316 @@
+//! The persistent heartbeat channel (`/heartbeat/ws`, DESIGN §9, §13) over real processes:
+//! backends use it by default, a crash is suspected the moment its channel closes (STALE long
+//! before `--stale-after`), a goodbye over it is LEFT, forged and replayed frames are refused
+//! and counted without touching anyone else's channel, and `POST /heartbeat` still works.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use shared::secret::ClusterSecret;
+use shared::signing::RequestSigner;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn metrics(cluster: &Cluster) -> String {
+    cluster
+        .http
+        .get(cluster.mgmt_url("/metrics").await)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The value of the sample line starting with `name` (labels included), 0 if absent.
+fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn open(cluster: &Cluster) -> Socket {
+    let url = cluster
+        .mgmt_url("/heartbeat/ws")
+        .await
+        .replace("http://", "ws://");
+    tokio_tungstenite::connect_async(url).await.unwrap().0
+}
+
+fn heartbeat(node: &str, boot: &str, seq: u64) -> Vec<u8> {
+    json!({"instance_id": node, "node_type": "backend",
+           "address": {"ip":"127.0.0.1","internal_port":1,"http_port":2,"mgmt_port":3},
+           "boot_id": boot, "seq": seq})
+    .to_string()
+    .into_bytes()
+}
+
+fn frame(signer: &RequestSigner, method: &str, path: &str, body: &[u8]) -> Message {
+    let signature = signer.sign(method, path, body);
+    Message::Text(format!("{signature}\n{}", String::from_utf8_lossy(body)).into())
+}
+
+/// The next text answer on `socket`, as JSON.
+async fn answer(socket: &mut Socket) -> Value {
+    loop {
+        match tokio::time::timeout(DEADLINE, socket.next()).await.unwrap() {
+            Some(Ok(Message::Text(text))) => return serde_json::from_str(&text).unwrap(),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            other => panic!("expected an answer, got {other:?}"),
+        }
+    }
+}
+
+/// The close code `socket` ends with.
+async fn closed_with(socket: &mut Socket) -> Option<CloseCode> {
+    loop {
+        match tokio::time::timeout(DEADLINE, socket.next()).await.unwrap() {
+            Some(Ok(Message::Close(frame))) => return frame.map(|f| f.code),
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => return None,
+        }
+    }
+}
+
+async fn status_of(cluster: &Cluster, id: &str) -> Option<String> {
+    Some(cluster.component(id).await?["status"].as_str()?.to_owned())
+}
+
+#[tokio::test]
+async fn a_killed_backend_is_stale_at_once_and_a_stopped_one_says_goodbye_over_the_channel() {
+    let mut cluster = Cluster::new();
+    // Thresholds far above the waits below: only the channel's close can explain STALE.
+    cluster.start_coordinator(&["--stale-after", "4s", "--down-after", "5s"]);
+    cluster.start_backend(&["--heartbeat-interval", "100ms"]);
+    cluster.start_backend(&["--heartbeat-interval", "100ms"]);
+    let (killed_id, _) = cluster.backend_identity(0).await;
+    let (stopped_id, _) = cluster.backend_identity(1).await;
+    for i in 0..2 {
+        cluster.backends[i].wait_for("heartbeat channel open").await;
+    }
+    let text = eventually(DEADLINE, "heartbeats over two channels", || async {
+        let text = metrics(&cluster).await;
+        (sample(&text, "colony_heartbeat_channels") == 2.0
+            && sample(&text, "colony_heartbeat_channel_received_total") >= 6.0)
+            .then_some(text)
+    })
+    .await;
+    // Every heartbeat came over the channel: none was posted.
+    assert!(
+        !text.contains(r#"route="/heartbeat",status="200""#),
+        "{text}"
+    );
+    for id in [&killed_id, &stopped_id] {
+        assert_eq!(status_of(&cluster, id).await.as_deref(), Some("ACTIVE"));
+    }
+
+    cluster.backends[0].signal("KILL");
+    let killed = Instant::now();
+    eventually(Duration::from_secs(2), "STALE at once", || async {
+        (status_of(&cluster, &killed_id).await.as_deref() == Some("STALE")).then_some(())
+    })
+    .await;
+    assert!(
+        killed.elapsed() < Duration::from_secs(4),
+        "not the threshold"
+    );
+    let alerts = cluster.get_json(&cluster.mgmt_url("/alerts").await).await;
+    let stale: Vec<_> = alerts["open"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["node_id"] == killed_id.as_str())
+        .collect();
+    assert_eq!(stale.len(), 1, "{alerts}");
+    assert_eq!(stale[0]["kind"], "node_stale");
+    assert!(
+        stale[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("channel closed"),
+        "{alerts}"
+    );
+    // DOWN still waits for its threshold.
+    eventually(DEADLINE, "DOWN by threshold", || async {
+        (status_of(&cluster, &killed_id).await.as_deref() == Some("DOWN")).then_some(())
+    })
+    .await;
+    assert!(killed.elapsed() >= Duration::from_secs(5));
+    // The other backend was not disturbed.
+    assert_eq!(
+        status_of(&cluster, &stopped_id).await.as_deref(),
+        Some("ACTIVE")
+    );
+
+    // A graceful stop: the goodbye goes over the channel, and its close is not a crash.
+    cluster.backends[1].signal("TERM");
+    cluster.backends[1]
+        .wait_for("told the coordinator we are leaving")
+        .await;
+    eventually(DEADLINE, "LEFT", || async {
+        (status_of(&cluster, &stopped_id).await.as_deref() == Some("LEFT")).then_some(())
+    })
+    .await;
+    eventually(DEADLINE, "channels closed", || async {
+        (sample(&metrics(&cluster).await, "colony_heartbeat_channels") == 0.0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        status_of(&cluster, &stopped_id).await.as_deref(),
+        Some("LEFT")
+    );
+    let text = metrics(&cluster).await;
+    assert!(
+        !text.contains(r#"route="/heartbeat",status="200""#),
+        "the goodbye was posted: {text}"
+    );
+}
+
+#[tokio::test]
+async fn forged_and_replayed_frames_are_refused_counted_and_close_nothing_else() {
+    let mut cluster = Cluster::new();
+    cluster.start_coordinator(&[]);
+    cluster.start_backend(&["--heartbeat-interval", "100ms"]);
+    let (backend, _) = cluster.backend_identity(0).await;
+    cluster.backends[0].wait_for("heartbeat channel open").await;
+    let secret = cluster.secret();
+    let signer = RequestSigner::new(&secret);
+    let stranger =
+        RequestSigner::new(&ClusterSecret::from_env_value("a-stranger-secret-0123").unwrap());
+    let path = "/heartbeat/ws";
+
+    // A stranger's signature: refused, counted, and its (unbound) channel closed.
+    let mut socket = open(&cluster).await;
+    let body = heartbeat("intruder", "b1", 1);
+    socket
+        .send(frame(&stranger, "CHANNEL", path, &body))
+        .await
+        .unwrap();
+    assert_eq!(answer(&mut socket).await["code"], "unknown_key");
+    assert_eq!(closed_with(&mut socket).await, Some(CloseCode::Policy));
+    // A frame signed as a POST (a captured POST replayed onto the channel): wrong MAC.
+    let mut socket = open(&cluster).await;
+    socket
+        .send(frame(&signer, "POST", "/heartbeat", &body))
+        .await
+        .unwrap();
+    assert_eq!(answer(&mut socket).await["code"], "bad_mac");
+    assert_eq!(closed_with(&mut socket).await, Some(CloseCode::Policy));
+
+    // A good node's channel: accepted, then a replayed frame is refused on it.
+    let mut node = open(&cluster).await;
+    let first = frame(&signer, "CHANNEL", path, &heartbeat("node_fake", "b1", 1));
+    node.send(first.clone()).await.unwrap();
+    assert_eq!(
+        answer(&mut node).await,
+        json!({"seq": 1, "status": "ACTIVE"})
+    );
+    node.send(first).await.unwrap();
+    let replayed = answer(&mut node).await;
+    assert_eq!(replayed["code"], "replay", "{replayed}");
+    // Someone else's heartbeat on a bound channel is refused too.
+    node.send(frame(
+        &signer,
+        "CHANNEL",
+        path,
+        &heartbeat("node_other", "b1", 1),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(answer(&mut node).await["code"], "channel_node");
+    node.send(frame(
+        &signer,
+        "CHANNEL",
+        path,
+        &heartbeat("node_fake", "b1", 2),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(answer(&mut node).await["seq"], 2);
+    assert!(cluster.component("intruder").await.is_none());
+    assert!(cluster.component("node_other").await.is_none());
+
+    // A channel frame is no POST either: the method is in the signed string.
+    let url = cluster.mgmt_url("/heartbeat").await;
+    let response = cluster
+        .http
+        .post(&url)
+        .header("content-type", "application/json")
+        .header(
+            shared::signing::HEADER,
+            signer.sign("CHANNEL", path, &heartbeat("node_fake", "b1", 3)),
+        )
+        .body(heartbeat("node_fake", "b1", 3))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::UNAUTHORIZED);
+    // The POST path still works next to the channels.
+    let response = signed_post(
+        &cluster.http,
+        &secret,
+        &url,
+        heartbeat("node_post", "b1", 1),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::OK);
+    assert_eq!(
+        status_of(&cluster, "node_post").await.as_deref(),
+        Some("ACTIVE")
+    );
+
+    let text = metrics(&cluster).await;
+    for (reason, count) in [
+        ("unknown_key", 1.0),
+        ("bad_mac", 2.0),
+        ("replay", 1.0),
+        ("channel_node", 1.0),
+    ] {
+        let name = format!(r#"colony_auth_refusals_total{{plane="mgmt",reason="{reason}"}}"#);
+        assert_eq!(sample(&text, &name), count, "{name} in {text}");
+    }
+
+    // Nothing else was closed: the backend's channel carries on, and it stays ACTIVE.
+    let before = cluster.component(&backend).await.unwrap()["heartbeats"]
+        .as_u64()
+        .unwrap();
+    eventually(DEADLINE, "the backend keeps heartbeating", || async {
+        let c = cluster.component(&backend).await?;
+        (c["heartbeats"].as_u64()? >= before + 3 && c["status"] == "ACTIVE").then_some(())
+    })
+    .await;
+    assert!(
+        !cluster.backends[0]
+            .seen
+            .iter()
+            .any(|l| l.contains("heartbeat channel lost")),
+        "the backend's channel broke"
+    );
+    assert_eq!(
+        sample(&metrics(&cluster).await, "colony_heartbeat_channels"),
+        2.0
+    );
+
+    // The fake node's channel closing is suspicion at once.
+    drop(node);
+    eventually(DEADLINE, "node_fake STALE", || async {
+        (status_of(&cluster, "node_fake").await.as_deref() == Some("STALE")).then_some(())
+    })
+    .await;
+    assert_eq!(
+        status_of(&cluster, &backend).await.as_deref(),
+        Some("ACTIVE")
+    );
+}
