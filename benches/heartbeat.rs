@@ -399,7 +399,7 @@ fn main() {
     let (server, client, wall) = shares(tracking);
     let health = || -> serde_json::Value {
         rt.block_on(async {
-            reqwest::Client::builder()
+            shared::tls::http_client(None)
                 .no_proxy()
                 .build()
                 .unwrap()

@@ -95,7 +95,7 @@ async fn mgmt(cluster: &Cluster) -> String {
 
 /// The one place this file builds an HTTP client (the transport is chosen here).
 fn http_client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().unwrap()
+    shared::tls::http_client(None).build().unwrap()
 }
 
 async fn upload(mgmt: &str, file: &str, body: Vec<u8>, token: Option<&str>) -> StatusCode {

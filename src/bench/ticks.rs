@@ -64,7 +64,7 @@ async fn call(request: reqwest::RequestBuilder) -> Result<Value, BenchError> {
 pub async fn run(args: TicksArgs) -> Result<(), BenchError> {
     let addr = resolve(&args.control, args.common.allow_remote).await?;
     let base = format!("http://{addr}");
-    let http = reqwest::Client::builder()
+    let http = shared::tls::http_client(None)
         .no_proxy()
         .timeout(Duration::from_secs(60))
         .build()

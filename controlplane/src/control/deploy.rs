@@ -60,6 +60,7 @@ async fn receive(
     Path(file): Path<String>,
     OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
+    extensions: axum::http::Extensions,
     body: Body,
 ) -> Result<Response, Response> {
     // The digest stands for the body in the signature, so it is checked as sent: a request
@@ -68,8 +69,14 @@ async fn receive(
         .get(DIGEST_HEADER)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    check_signed(&state.auth, &headers, "PUT", &uri, sent.as_bytes())
-        .map_err(IntoResponse::into_response)?;
+    check_signed(
+        &state.auth,
+        (&headers, &extensions),
+        "PUT",
+        &uri,
+        sent.as_bytes(),
+    )
+    .map_err(IntoResponse::into_response)?;
     if sent.len() != 64 || !sent.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(ApiError::BadRequest(format!(
             "{DIGEST_HEADER} must be the body's hex SHA-256"
@@ -95,12 +102,13 @@ async fn receive(
 /// query as sent, and `body` (for a package, the digest that stands for it).
 fn check_signed(
     auth: &NodeAuth,
-    headers: &HeaderMap,
+    (headers, extensions): (&HeaderMap, &axum::http::Extensions),
     method: &str,
     uri: &axum::http::Uri,
     body: &[u8],
 ) -> Result<(), NodeAuthRejection> {
     let path = uri.path_and_query().map_or(uri.path(), |pq| pq.as_str());
+    auth.require_node(extensions, path)?;
     let refuse = |e: shared::signing::SignatureError| {
         auth.count_refusal(e.code());
         NodeAuthRejection::Signature(e)
@@ -115,8 +123,10 @@ async fn services_list(
     State(state): State<DeployState>,
     OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
+    extensions: axum::http::Extensions,
 ) -> Result<Json<ServicesAnswer>, Response> {
-    check_signed(&state.auth, &headers, "GET", &uri, b"").map_err(IntoResponse::into_response)?;
+    check_signed(&state.auth, (&headers, &extensions), "GET", &uri, b"")
+        .map_err(IntoResponse::into_response)?;
     Ok(Json(ServicesAnswer::List {
         services: state.deployer.services().list(),
     }))
@@ -127,9 +137,10 @@ async fn service_action(
     Path((name, action)): Path<(String, String)>,
     OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
+    extensions: axum::http::Extensions,
     body: Bytes,
 ) -> Result<Json<ServicesAnswer>, Response> {
-    check_signed(&state.auth, &headers, "POST", &uri, &body)
+    check_signed(&state.auth, (&headers, &extensions), "POST", &uri, &body)
         .map_err(IntoResponse::into_response)?;
     let refuse = |status: StatusCode, code: &str, error: String| {
         let answer = ServicesAnswer::Error {

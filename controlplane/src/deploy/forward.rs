@@ -112,9 +112,11 @@ const LIST_TIMEOUT: Duration = Duration::from_secs(5);
 ///
 /// # Errors
 /// [`DeployError::Forward`] if the client cannot be built.
-pub fn http_client(timeout: Duration) -> Result<reqwest::Client, DeployError> {
-    reqwest::Client::builder()
-        .no_proxy()
+pub fn http_client(
+    timeout: Duration,
+    tls: Option<&shared::tls::Tls>,
+) -> Result<reqwest::Client, DeployError> {
+    shared::tls::http_client(tls)
         .connect_timeout(Duration::from_secs(5))
         .timeout(timeout)
         .build()
@@ -150,17 +152,25 @@ pub enum ServicesAnswer {
 pub struct Forwarder {
     signer: RequestSigner,
     client: reqwest::Client,
+    /// `http`, or `https` with TLS between nodes.
+    scheme: &'static str,
 }
 
 impl Forwarder {
-    /// A forwarder signing with `signer`; a whole deployment may take `timeout`.
+    /// A forwarder signing with `signer`, over `tls` when given; a whole deployment may
+    /// take `timeout`.
     ///
     /// # Errors
     /// [`DeployError::Forward`] if the HTTP client cannot be built.
-    pub fn new(signer: RequestSigner, timeout: Duration) -> Result<Self, DeployError> {
+    pub fn new(
+        signer: RequestSigner,
+        timeout: Duration,
+        tls: Option<&shared::tls::Tls>,
+    ) -> Result<Self, DeployError> {
         Ok(Forwarder {
             signer,
-            client: http_client(timeout)?,
+            client: http_client(timeout, tls)?,
+            scheme: shared::tls::scheme(tls),
         })
     }
 
@@ -173,7 +183,7 @@ impl Forwarder {
         let signature = self.signer.sign("GET", SERVICES_PATH, b"");
         let request = self
             .client
-            .get(format!("http://{control}{SERVICES_PATH}"))
+            .get(format!("{}://{control}{SERVICES_PATH}", self.scheme))
             .header(HEADER, signature)
             .timeout(LIST_TIMEOUT);
         match call(request).await? {
@@ -202,7 +212,7 @@ impl Forwarder {
         let signature = self.signer.sign("POST", &path, b"");
         let request = self
             .client
-            .post(format!("http://{control}{path}"))
+            .post(format!("{}://{control}{path}", self.scheme))
             .header(HEADER, signature);
         match call(request).await? {
             ServicesAnswer::One { service } => Ok(*service),
@@ -252,7 +262,7 @@ impl Forwarder {
         });
         let response = self
             .client
-            .put(format!("http://{control}{uri_path}"))
+            .put(format!("{}://{control}{uri_path}", self.scheme))
             .header(HEADER, signature)
             .header(DIGEST_HEADER, &digest)
             .header(reqwest::header::CONTENT_LENGTH, len)

@@ -272,6 +272,7 @@ mod tests {
             Forwarder::new(
                 shared::signing::RequestSigner::new(&secret),
                 Duration::from_secs(1),
+                None,
             )
             .expect("a client"),
         )
