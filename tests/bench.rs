@@ -12,10 +12,14 @@ use common::*;
 use serde_json::Value;
 
 /// Runs `colony bench ARGS` to the end; returns (success, stdout, stderr).
-async fn bench(args: &[&str]) -> (bool, String, String) {
+/// `args` is split at whitespace (the temp paths tests pass have none).
+async fn bench(args: &str) -> (bool, String, String) {
     let out = tokio::time::timeout(
         std::time::Duration::from_secs(60),
-        colony_command().arg("bench").args(args).output(),
+        colony_command()
+            .arg("bench")
+            .args(args.split_whitespace())
+            .output(),
     )
     .await
     .expect("colony bench did not stop by itself")
@@ -27,20 +31,13 @@ async fn bench(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// A brief run: 300 ms measured, once.
+const BRIEF: &str = "--duration 300ms --warmup 100ms --repeat 1";
+
 /// Runs `colony bench ARGS` briefly (300 ms, one repeat) with `--json`; it must succeed.
 /// Returns the JSON objects it printed, and the raw output for messages.
-async fn bench_json(args: &[&str]) -> (Vec<Value>, String) {
-    let brief = [
-        "--duration",
-        "300ms",
-        "--warmup",
-        "100ms",
-        "--repeat",
-        "1",
-        "--json",
-    ];
-    let all: Vec<&str> = args.iter().chain(brief.iter()).copied().collect();
-    let (ok, stdout, stderr) = bench(&all).await;
+async fn bench_json(args: &str) -> (Vec<Value>, String) {
+    let (ok, stdout, stderr) = bench(&format!("{args} {BRIEF} --json")).await;
     assert!(ok, "{stderr}");
     let lines = stdout
         .lines()
@@ -62,17 +59,9 @@ async fn backend_data_address() -> (Cluster, String, String) {
 #[tokio::test]
 async fn ping_prints_json_per_result_and_the_ratio_to_the_raw_echo() {
     let (_cluster, target, _) = backend_data_address().await;
-    let (lines, stdout) = bench_json(&[
-        "ping",
-        "--target",
-        &target,
-        "--connections",
-        "2",
-        "--depth",
-        "4",
-        "--compare",
-        "raw",
-    ])
+    let (lines, stdout) = bench_json(&format!(
+        "ping --target {target} --connections 2 --depth 4 --compare raw"
+    ))
     .await;
     assert_eq!(lines.len(), 3, "{stdout}");
     for (line, target) in lines.iter().zip(["colony", "raw"]) {
@@ -94,17 +83,9 @@ async fn ping_prints_json_per_result_and_the_ratio_to_the_raw_echo() {
 #[tokio::test]
 async fn ping_prints_a_table_with_median_and_range() {
     let (_cluster, target, pid) = backend_data_address().await;
-    let (ok, stdout, stderr) = bench(&[
-        "ping",
-        "--target",
-        &target,
-        "--duration",
-        "300ms",
-        "--repeat",
-        "2",
-        "--pid",
-        &pid,
-    ])
+    let (ok, stdout, stderr) = bench(&format!(
+        "ping --target {target} --duration 300ms --repeat 2 --pid {pid}"
+    ))
     .await;
     assert!(ok, "{stderr}");
     let lines: Vec<&str> = stdout.lines().collect();
@@ -128,27 +109,12 @@ async fn ping_prints_a_table_with_median_and_range() {
 #[tokio::test]
 async fn a_remote_target_is_refused_without_allow_remote() {
     // A documentation address (TEST-NET-1): refused before any connection is tried.
-    let (ok, stdout, stderr) = bench(&[
-        "ping",
-        "--target",
-        "192.0.2.1:8082",
-        "--duration",
-        "300ms",
-        "--repeat",
-        "1",
-    ])
-    .await;
+    let (ok, stdout, stderr) =
+        bench("ping --target 192.0.2.1:8082 --duration 300ms --repeat 1").await;
     assert!(!ok);
     assert!(stdout.is_empty(), "{stdout}");
     assert!(stderr.contains("--allow-remote"), "{stderr}");
-    let (ok, _, stderr) = bench(&[
-        "ping",
-        "--target",
-        "127.0.0.1:1",
-        "--compare",
-        "redis://192.0.2.1:6379",
-    ])
-    .await;
+    let (ok, _, stderr) = bench("ping --target 127.0.0.1:1 --compare redis://192.0.2.1:6379").await;
     assert!(!ok);
     assert!(stderr.contains("--allow-remote"), "{stderr}");
 }
@@ -163,19 +129,10 @@ async fn ticks_measures_a_colony_and_checks_it_against_the_reference() {
     let a = cluster.coordinator_address().await;
     let control = format!("{}:{}", a["ip"].as_str().unwrap(), a["http_port"]);
     cluster.backends_active(2).await;
-    let (lines, stdout) = bench_json(&[
-        "ticks",
-        "--control",
-        &control,
-        "--width-in-shards",
-        "2",
-        "--height-in-shards",
-        "2",
-        "--shard-width",
-        "32",
-        "--shard-height",
-        "32",
-    ])
+    let (lines, stdout) = bench_json(&format!(
+        "ticks --control {control} --width-in-shards 2 --height-in-shards 2 \
+         --shard-width 32 --shard-height 32"
+    ))
     .await;
     assert_eq!(lines.len(), 3, "{stdout}");
     assert_eq!(lines[0]["unit"], "ticks/s");
@@ -191,6 +148,15 @@ async fn ticks_measures_a_colony_and_checks_it_against_the_reference() {
     assert!(lines[0]["p50_us"].is_null());
     assert_eq!(lines[2]["reference"], "match", "{stdout}");
     assert!(lines[2]["tick"].as_u64().unwrap() > 0, "{stdout}");
+}
+
+/// A cluster of a coordinator alone, and its management address.
+async fn coordinator_mgmt() -> (Cluster, String) {
+    let mut cluster = Cluster::new();
+    cluster.start_coordinator(&[]);
+    let a = cluster.coordinator_address().await;
+    let mgmt = format!("{}:{}", a["ip"].as_str().unwrap(), a["mgmt_port"]);
+    (cluster, mgmt)
 }
 
 /// The backends the cluster's file registry lists, sorted.
@@ -250,19 +216,9 @@ async fn frames_finds_the_backend_in_the_registry_and_reports_frames_and_bytes()
     let dir = cluster.registry_dir();
     backends_registered(&cluster, 1).await;
     // No --target: the first backend the registry lists.
-    let (lines, stdout) = bench_json(&[
-        "frames",
-        "--registry-dir",
-        &dir,
-        "--connections",
-        "2",
-        "--depth",
-        "2",
-        "--size",
-        "1024",
-        "--pid",
-        &pid,
-    ])
+    let (lines, stdout) = bench_json(&format!(
+        "frames --registry-dir {dir} --connections 2 --depth 2 --size 1024 --pid {pid}"
+    ))
     .await;
     assert_eq!(lines.len(), 2, "{stdout}");
     assert_result(&lines[0], "frames", "colony", "frames/s");
@@ -284,17 +240,12 @@ async fn frames_presents_the_operator_token_to_a_node_that_protects_reads() {
     let token = token.display().to_string();
     let i = cluster.start_backend(&["--protect-reads", "--operator-token-file", &token]);
     let (_, target) = cluster.backend_identity(i).await;
-    let brief = ["--duration", "300ms", "--warmup", "0s", "--repeat", "1"];
-    let (ok, _, stderr) = bench(&[&["frames", "--target", &target][..], &brief].concat()).await;
+    let (ok, _, stderr) = bench(&format!("frames --target {target} {BRIEF}")).await;
     assert!(!ok, "echo answered without the token");
     assert!(stderr.contains("TOKEN <operator token>"), "{stderr}");
-    let (lines, stdout) = bench_json(&[
-        "frames",
-        "--target",
-        &target,
-        "--operator-token-file",
-        &token,
-    ])
+    let (lines, stdout) = bench_json(&format!(
+        "frames --target {target} --operator-token-file {token}"
+    ))
     .await;
     assert_eq!(lines.len(), 2, "{stdout}");
     assert_result(&lines[0], "frames", "colony", "frames/s");
@@ -302,23 +253,12 @@ async fn frames_presents_the_operator_token_to_a_node_that_protects_reads() {
 
 #[tokio::test]
 async fn heartbeats_over_the_channel_and_post_side_by_side_and_the_nodes_leave() {
-    let mut cluster = Cluster::new();
-    cluster.start_coordinator(&[]);
-    let a = cluster.coordinator_address().await;
-    let mgmt = format!("{}:{}", a["ip"].as_str().unwrap(), a["mgmt_port"]);
+    let (cluster, mgmt) = coordinator_mgmt().await;
     let dir = cluster.registry_dir();
     // The secret as the nodes take it: the file registry's output/cluster.key.
-    let (lines, stdout) = bench_json(&[
-        "heartbeats",
-        "--target",
-        &mgmt,
-        "--registry-dir",
-        &dir,
-        "--nodes",
-        "4",
-        "--nodes-per-connection",
-        "2",
-    ])
+    let (lines, stdout) = bench_json(&format!(
+        "heartbeats --target {mgmt} --registry-dir {dir} --nodes 4 --nodes-per-connection 2"
+    ))
     .await;
     assert_eq!(lines.len(), 3, "{stdout}");
     assert_result(&lines[0], "heartbeats", "channel", "hb/s");
@@ -342,27 +282,14 @@ async fn heartbeats_over_the_channel_and_post_side_by_side_and_the_nodes_leave()
 
 #[tokio::test]
 async fn heartbeats_signed_with_another_secret_fail_the_bench() {
-    let mut cluster = Cluster::new();
-    cluster.start_coordinator(&[]);
-    let a = cluster.coordinator_address().await;
-    let mgmt = format!("{}:{}", a["ip"].as_str().unwrap(), a["mgmt_port"]);
+    let (cluster, mgmt) = coordinator_mgmt().await;
     let wrong = cluster.dir.path().join("wrong.key");
     std::fs::write(&wrong, "not-the-cluster-secret-at-all-0123").unwrap();
     let wrong = wrong.display().to_string();
     for transport in ["channel", "post"] {
-        let (ok, stdout, stderr) = bench(&[
-            "heartbeats",
-            "--target",
-            &mgmt,
-            "--secret-file",
-            &wrong,
-            "--transport",
-            transport,
-            "--duration",
-            "300ms",
-            "--repeat",
-            "1",
-        ])
+        let (ok, stdout, stderr) = bench(&format!(
+            "heartbeats --target {mgmt} --secret-file {wrong} --transport {transport} {BRIEF}"
+        ))
         .await;
         assert!(!ok, "{transport}: {stdout}");
         assert!(
@@ -375,22 +302,11 @@ async fn heartbeats_signed_with_another_secret_fail_the_bench() {
 
 #[tokio::test]
 async fn heartbeats_print_a_table_row_per_transport() {
-    let mut cluster = Cluster::new();
-    cluster.start_coordinator(&[]);
-    let a = cluster.coordinator_address().await;
-    let mgmt = format!("{}:{}", a["ip"].as_str().unwrap(), a["mgmt_port"]);
+    let (cluster, mgmt) = coordinator_mgmt().await;
     let dir = cluster.registry_dir();
-    let (ok, stdout, stderr) = bench(&[
-        "heartbeats",
-        "--target",
-        &mgmt,
-        "--registry-dir",
-        &dir,
-        "--duration",
-        "300ms",
-        "--repeat",
-        "2",
-    ])
+    let (ok, stdout, stderr) = bench(&format!(
+        "heartbeats --target {mgmt} --registry-dir {dir} --duration 300ms --repeat 2"
+    ))
     .await;
     assert!(ok, "{stderr}");
     assert_table(
@@ -410,15 +326,9 @@ async fn registry_measures_register_and_discover_and_leaves_the_registry_as_it_w
     let (cluster, _, _) = backend_data_address().await;
     let dir = cluster.registry_dir();
     let before = backends_registered(&cluster, 1).await;
-    let (lines, stdout) = bench_json(&[
-        "registry",
-        "--registry",
-        "file",
-        "--registry-dir",
-        &dir,
-        "--workers",
-        "2",
-    ])
+    let (lines, stdout) = bench_json(&format!(
+        "registry --registry file --registry-dir {dir} --workers 2"
+    ))
     .await;
     assert_eq!(lines.len(), 2, "{stdout}");
     assert_result(&lines[0], "registry", "register", "ops/s");
@@ -474,19 +384,10 @@ async fn ping_compares_against_a_real_nats_server() {
     let (_cluster, target, _) = backend_data_address().await;
     let nats_pid = nats.id().unwrap().to_string();
     let compare = format!("nats://127.0.0.1:{port}");
-    let (lines, stdout) = bench_json(&[
-        "ping",
-        "--target",
-        &target,
-        "--connections",
-        "2",
-        "--depth",
-        "2",
-        "--compare",
-        &compare,
-        "--compare-pid",
-        &nats_pid,
-    ])
+    let (lines, stdout) = bench_json(&format!(
+        "ping --target {target} --connections 2 --depth 2 --compare {compare} \
+         --compare-pid {nats_pid}"
+    ))
     .await;
     assert_eq!(lines.len(), 3, "{stdout}");
     assert_result(&lines[0], "ping", "colony", "req/s");
@@ -503,9 +404,8 @@ async fn frames_and_registry_print_tables() {
     let (cluster, target, _) = backend_data_address().await;
     let dir = cluster.registry_dir();
     backends_registered(&cluster, 1).await;
-    let brief = ["--duration", "300ms", "--warmup", "50ms", "--repeat", "2"];
-    let (ok, stdout, stderr) =
-        bench(&[&["frames", "--target", &target][..], &brief].concat()).await;
+    let brief = "--duration 300ms --warmup 50ms --repeat 2";
+    let (ok, stdout, stderr) = bench(&format!("frames --target {target} {brief}")).await;
     assert!(ok, "{stderr}");
     assert_table(
         &stdout,
@@ -515,8 +415,7 @@ async fn frames_and_registry_print_tables() {
         ],
         0,
     );
-    let (ok, stdout, stderr) =
-        bench(&[&["registry", "--registry-dir", &dir][..], &brief].concat()).await;
+    let (ok, stdout, stderr) = bench(&format!("registry --registry-dir {dir} {brief}")).await;
     assert!(ok, "{stderr}");
     assert_table(
         &stdout,

@@ -7,8 +7,8 @@ use clap::Args;
 use dataplane::loadgen::frames;
 
 use super::report::print;
-use super::runner::{measure, Target};
-use super::{locate, operator_token, BenchError, CommonArgs, Listener};
+use super::runner::{measure, summaries, Target};
+use super::{locate, operator_token, BenchError, CommonArgs, Listener, ShapeArgs};
 use crate::cli::TokenArgs;
 
 /// Flags of `colony bench frames`.
@@ -18,12 +18,9 @@ pub struct FramesArgs {
     /// registry].
     #[arg(long)]
     pub target: Option<String>,
-    /// Connections.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
-    pub connections: u32,
-    /// Frames in flight per connection.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
-    pub depth: u32,
+    /// Connections, and frames in flight on each.
+    #[command(flatten)]
+    pub shape: ShapeArgs,
     /// Payload bytes per frame (the data plane's frame limit bounds it).
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(0..=8 * 1024 * 1024))]
     pub size: u32,
@@ -45,8 +42,8 @@ pub async fn run(args: FramesArgs) -> Result<(), BenchError> {
     let addr = locate(args.target.as_deref(), Listener::BackendData, &args.common).await?;
     let token = operator_token(&args.token, &args.common.registry)?;
     let (connections, depth, size) = (
-        args.connections as usize,
-        args.depth as usize,
+        args.shape.connections as usize,
+        args.shape.depth as usize,
         args.size as usize,
     );
     let mut targets = [Target::load(
@@ -62,15 +59,12 @@ pub async fn run(args: FramesArgs) -> Result<(), BenchError> {
     let load = format!("{connections}x{depth}x{size}B");
     // Sent and received: the payload crosses twice per frame.
     let bytes = 2.0 * f64::from(args.size) / 1e6;
-    let summaries: Vec<_> = outcomes
-        .iter()
-        .flat_map(|o| {
-            [
-                o.summary("frames", &load, "frames/s", 1.0),
-                o.summary("frames", &load, "MB/s", bytes),
-            ]
-        })
-        .collect();
+    let summaries = summaries(
+        &outcomes,
+        "frames",
+        &load,
+        &[("frames/s", 1.0), ("MB/s", bytes)],
+    );
     print(&summaries, &[], args.common.json);
     Ok(())
 }

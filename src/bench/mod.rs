@@ -87,6 +87,17 @@ pub struct CommonArgs {
     pub registry: RegistryArgs,
 }
 
+/// Connections and requests in flight on each: the shape of a data-plane load.
+#[derive(Debug, Args, Clone, Copy)]
+pub struct ShapeArgs {
+    /// Connections.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub connections: u32,
+    /// Requests in flight per connection.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub depth: u32,
+}
+
 /// Why a benchmark did not run.
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {

@@ -7,8 +7,9 @@ use clap::Args;
 use dataplane::loadgen::{ping, spawn_echo, Handshake};
 
 use super::report::{print, ratio};
+use super::runner::summaries;
 use super::runner::{measure, Target};
-use super::{locate, resolve, BenchError, CommonArgs, Listener};
+use super::{locate, resolve, BenchError, CommonArgs, Listener, ShapeArgs};
 
 /// Flags of `colony bench ping`.
 #[derive(Debug, Args)]
@@ -17,12 +18,8 @@ pub struct PingArgs {
     /// internal port) [default: the first backend in the registry].
     #[arg(long)]
     pub target: Option<String>,
-    /// Connections.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
-    pub connections: u32,
-    /// Requests in flight per connection.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
-    pub depth: u32,
+    #[command(flatten)]
+    pub shape: ShapeArgs,
     /// Run the same load against another server too, interleaved: `raw` (a built-in line
     /// echo on loopback: this machine's loopback limit), `redis://HOST:PORT` or
     /// `nats://HOST:PORT` (PING/PONG after NATS's INFO/CONNECT handshake).
@@ -47,7 +44,7 @@ fn target(
     args: &PingArgs,
     handshake: Handshake,
 ) -> Target {
-    let (connections, depth) = (args.connections as usize, args.depth as usize);
+    let (connections, depth) = (args.shape.connections as usize, args.shape.depth as usize);
     Target::load(name, addr.to_string(), pid, move || {
         ping(addr, connections, depth, handshake)
     })
@@ -89,11 +86,8 @@ pub async fn run(args: PingArgs) -> Result<(), BenchError> {
     if let Some(task) = echo {
         task.abort();
     }
-    let load = format!("{}x{}", args.connections, args.depth);
-    let summaries: Vec<_> = outcomes?
-        .iter()
-        .map(|o| o.summary("ping", &load, "req/s", 1.0))
-        .collect();
+    let load = format!("{}x{}", args.shape.connections, args.shape.depth);
+    let summaries = summaries(&outcomes?, "ping", &load, &[("req/s", 1.0)]);
     let notes: Vec<_> = ratio("ping", &summaries).into_iter().collect();
     print(&summaries, &notes, args.common.json);
     Ok(())

@@ -11,7 +11,7 @@ use shared::registry::load::{start, Op};
 use shared::registry::RegistryKind;
 
 use super::report::print;
-use super::runner::{measure, Target};
+use super::runner::{measure, summaries, Target};
 use super::{BenchError, CommonArgs};
 
 /// Flags of `colony bench registry` (the registry itself: the common `--registry` flags).
@@ -72,10 +72,7 @@ pub async fn run(args: RegistryBenchArgs) -> Result<(), BenchError> {
         .collect();
     let outcomes = measure("registry", &mut targets, &args.common).await?;
     let load = format!("{workers}w");
-    let summaries: Vec<_> = outcomes
-        .iter()
-        .map(|o| o.summary("registry", &load, "ops/s", 1.0))
-        .collect();
+    let summaries = summaries(&outcomes, "registry", &load, &[("ops/s", 1.0)]);
     print(&summaries, &[], args.common.json);
     Ok(())
 }

@@ -137,6 +137,24 @@ impl Outcome {
     }
 }
 
+/// The summaries of `outcomes`, each in every `(unit, scale)` of `units` in turn (see
+/// [`Outcome::summary`]).
+pub fn summaries(
+    outcomes: &[Outcome],
+    bench: &'static str,
+    load: &str,
+    units: &[(&'static str, f64)],
+) -> Vec<Summary> {
+    outcomes
+        .iter()
+        .flat_map(|o| {
+            units
+                .iter()
+                .map(move |&(unit, scale)| o.summary(bench, load, unit, scale))
+        })
+        .collect()
+}
+
 /// A progress bar on stderr if it is a terminal, else one that draws nothing (output that
 /// goes to a file or a pipe stays clean).
 fn progress(total: Duration) -> ProgressBar {

@@ -13,7 +13,7 @@ use shared::sim::{run_reference, WorldParams};
 use tokio::sync::OnceCell;
 
 use super::report::{print, Note};
-use super::runner::{measure, Running, Target};
+use super::runner::{measure, summaries, Running, Target};
 use super::{http_client, locate, operator_token, BenchError, CommonArgs, Listener};
 use crate::cli::TokenArgs;
 
@@ -167,15 +167,12 @@ pub async fn run(args: TicksArgs) -> Result<(), BenchError> {
         * f64::from(args.height_in_shards)
         * f64::from(args.shard_width)
         * f64::from(args.shard_height);
-    let summaries: Vec<_> = outcome
-        .iter()
-        .flat_map(|o| {
-            [
-                o.summary("ticks", &load, "ticks/s", 1.0),
-                o.summary("ticks", &load, "cells/s", cells),
-            ]
-        })
-        .collect();
+    let summaries = summaries(
+        &outcome,
+        "ticks",
+        &load,
+        &[("ticks/s", 1.0), ("cells/s", cells)],
+    );
     let verdict = Note {
         text: format!(
             "reference at tick {at}: {}",
