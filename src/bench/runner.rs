@@ -221,7 +221,15 @@ pub async fn measure(
             let done = load.completed().await?.saturating_sub(before);
             let cpu_after = target.pid.map(cpu_seconds).transpose()?;
             let elapsed = started.elapsed().as_secs_f64();
-            outcome.samples.extend(load.stop().await?);
+            let samples = load.stop().await.map_err(|e| match e {
+                // Name the target whose load failed.
+                BenchError::Io(source) => BenchError::Load {
+                    target: target.name.clone(),
+                    source,
+                },
+                other => other,
+            })?;
+            outcome.samples.extend(samples);
             outcome
                 .rates
                 .push(done as f64 / elapsed.max(f64::MIN_POSITIVE));
