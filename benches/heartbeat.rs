@@ -111,7 +111,7 @@ struct Phase {
 /// The coordinator's `/health/status`.
 async fn health(mgmt: SocketAddr) -> serde_json::Value {
     let url = format!("http://{mgmt}/health/status");
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let client = shared::tls::http_client(None).no_proxy().build().unwrap();
     client.get(url).send().await.unwrap().json().await.unwrap()
 }
 

@@ -91,7 +91,7 @@ async fn mgmt(cluster: &Cluster) -> String {
 }
 
 async fn upload(mgmt: &str, file: &str, body: Vec<u8>, token: Option<&str>) -> StatusCode {
-    let mut request = reqwest::Client::builder()
+    let mut request = shared::tls::http_client(None)
         .no_proxy()
         .build()
         .unwrap()
@@ -293,7 +293,7 @@ async fn a_package_is_forwarded_to_a_backend_by_a_signed_call_and_runs_there() {
         StatusCode::CREATED
     );
     // Nobody but a node may call the backend's deploy route.
-    let forged = reqwest::Client::builder()
+    let forged = shared::tls::http_client(None)
         .no_proxy()
         .build()
         .unwrap()

@@ -114,7 +114,7 @@ pub async fn frames(
 ) -> Result<Load, ClientError> {
     let mut clients = Vec::with_capacity(connections);
     for _ in 0..connections {
-        let mut client = Client::from_stream(connect(addr).await?, Limits::default());
+        let mut client = Client::from_stream(Box::new(connect(addr).await?), Limits::default());
         if let Some(token) = token {
             let presented = Message::Token {
                 token: Redacted(token.expose().to_owned()),

@@ -260,7 +260,8 @@ pub fn operator_token(
 
 /// The HTTP client of every bench that speaks HTTP through a client (the control plane of
 /// `ticks`): no proxy, bounded calls, and the operator token on every request if there is
-/// one. The one place a bench builds a reqwest client.
+/// one. The one place a bench builds a reqwest client (TLS flags, when `colony bench` gets
+/// them, give `shared::tls::http_client` its configuration here).
 ///
 /// # Errors
 /// [`BenchError::Http`].
@@ -273,7 +274,7 @@ pub fn http_client(token: Option<&OperatorToken>) -> Result<reqwest::Client, Ben
         value.set_sensitive(true);
         headers.insert(reqwest::header::AUTHORIZATION, value);
     }
-    reqwest::Client::builder()
+    shared::tls::http_client(None)
         .no_proxy()
         .timeout(Duration::from_secs(60))
         .default_headers(headers)

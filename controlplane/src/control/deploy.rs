@@ -66,9 +66,14 @@ async fn receive(
     Path(file): Path<String>,
     OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
+    extensions: axum::http::Extensions,
     body: Body,
 ) -> Result<Response, Response> {
     let path = uri.path_and_query().map_or(uri.path(), |pq| pq.as_str());
+    state
+        .auth
+        .require_node(&extensions, path)
+        .map_err(IntoResponse::into_response)?;
     let refuse = |e: shared::signing::SignatureError| {
         state.auth.count_refusal(e.code());
         NodeAuthRejection::Signature(e).into_response()

@@ -92,21 +92,31 @@ pub async fn digest(path: &Path) -> Result<String, DeployError> {
 pub struct Forwarder {
     signer: RequestSigner,
     client: reqwest::Client,
+    /// `http`, or `https` with TLS between nodes.
+    scheme: &'static str,
 }
 
 impl Forwarder {
-    /// A forwarder signing with `signer`; a whole deployment may take `timeout`.
+    /// A forwarder signing with `signer`, over `tls` when given; a whole deployment may
+    /// take `timeout`.
     ///
     /// # Errors
     /// [`DeployError::Forward`] if the HTTP client cannot be built.
-    pub fn new(signer: RequestSigner, timeout: Duration) -> Result<Self, DeployError> {
-        let client = reqwest::Client::builder()
-            .no_proxy()
+    pub fn new(
+        signer: RequestSigner,
+        timeout: Duration,
+        tls: Option<&shared::tls::Tls>,
+    ) -> Result<Self, DeployError> {
+        let client = shared::tls::http_client(tls)
             .connect_timeout(Duration::from_secs(5))
             .timeout(timeout)
             .build()
             .map_err(|e| DeployError::Forward(e.to_string()))?;
-        Ok(Forwarder { signer, client })
+        Ok(Forwarder {
+            signer,
+            client,
+            scheme: shared::tls::scheme(tls),
+        })
     }
 
     /// Sends the package at `path` to the backend whose control plane is `control`
@@ -149,7 +159,7 @@ impl Forwarder {
         });
         let response = self
             .client
-            .put(format!("http://{control}{uri_path}"))
+            .put(format!("{}://{control}{uri_path}", self.scheme))
             .header(HEADER, signature)
             .header(DIGEST_HEADER, &digest)
             .header(reqwest::header::CONTENT_LENGTH, len)
