@@ -32,6 +32,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use controlplane::loadgen::{heartbeats, Nodes, Transport};
+use shared::loadgen::Connector;
 use shared::secret::ClusterSecret;
 use shared::signing::RequestSigner;
 use shared::test_support::free_port;
@@ -125,9 +126,15 @@ fn phase(
 ) -> Phase {
     rt.block_on(async {
         let opening = Instant::now();
-        let load = heartbeats(target.0, target.1.clone(), transport, &nodes)
-            .await
-            .unwrap();
+        let load = heartbeats(
+            target.0,
+            &Connector::plain(),
+            target.1.clone(),
+            transport,
+            &nodes,
+        )
+        .await
+        .unwrap();
         let opened = opening.elapsed();
         tokio::time::sleep(settle).await;
         let (server0, client0) = (cpu_seconds(pid), cpu_seconds("self"));

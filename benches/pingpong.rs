@@ -18,6 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use dataplane::loadgen::{ping, Handshake};
+use shared::loadgen::Connector;
 use shared::test_support::free_port;
 use shared::test_support::proc_cpu::cpu_seconds;
 
@@ -114,7 +115,7 @@ fn measure(server: &Server, conns: usize, depth: usize, secs: f64) -> Run {
         .expect("runtime");
     rt.block_on(async {
         // The same load generator as `colony bench ping`.
-        let load = ping(addr, conns, depth, Handshake::None)
+        let load = ping(addr, &Connector::plain(), conns, depth, Handshake::None)
             .await
             .expect("connect");
         // Warm up, then count over the window.

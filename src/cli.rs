@@ -568,16 +568,18 @@ impl HealthArgs {
 /// TLS between nodes (DESIGN §15): all three files, or none for plaintext.
 #[derive(Debug, Args, Clone)]
 pub struct TlsArgs {
-    /// This node's certificate (PEM, from `colony certs`): with --tls-key and --tls-ca, every
-    /// listener speaks only TLS and every call to another node uses it.
+    /// The certificate presented (PEM, from `colony certs`). With --tls-key and --tls-ca, a
+    /// node's listeners speak only TLS and its calls to other nodes use it; `colony bench`
+    /// connects with it, as a node.
     #[arg(long, env = "COLONY_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
 
-    /// This node's private key (PEM).
+    /// The private key of --tls-cert (PEM).
     #[arg(long, env = "COLONY_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
 
-    /// The cluster CA's certificate (PEM): peers must present certificates it signed.
+    /// The cluster CA's certificate (PEM): servers and peers must present certificates it
+    /// signed.
     #[arg(long, env = "COLONY_TLS_CA")]
     pub tls_ca: Option<PathBuf>,
 

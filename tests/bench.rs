@@ -2,7 +2,8 @@
 //! (structure and non-zero throughput, never speed); `ping --compare` measures the built-in
 //! echo and a real nats-server too; `frames` presents the operator token and `heartbeats`
 //! the cluster secret as nodes do (a wrong one fails); `registry` leaves the registry as it
-//! was; a non-loopback target is refused without `--allow-remote`.
+//! was; a non-loopback target is refused without `--allow-remote`; with `--tls-*` every
+//! load reaches a TLS cluster, and a plaintext one against it is told the server speaks TLS.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -425,4 +426,94 @@ async fn frames_and_registry_print_tables() {
         ],
         0,
     );
+}
+
+/// `colony certs` for one node at 127.0.0.1 in `dir`; the `--tls-*` flags that use it.
+fn tls_flags(dir: &std::path::Path) -> (shared::tls::TlsFiles, String) {
+    let out = std::process::Command::new(colony_bin())
+        .args(["certs", "--out"])
+        .arg(dir.join("pki"))
+        .args(["--node", "local:127.0.0.1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let files = shared::tls::TlsFiles {
+        cert: dir.join("pki/local.pem"),
+        key: dir.join("pki/local-key.pem"),
+        ca: dir.join("pki/ca.pem"),
+    };
+    let flags = format!(
+        "--tls-cert {} --tls-key {} --tls-ca {}",
+        files.cert.display(),
+        files.key.display(),
+        files.ca.display()
+    );
+    (files, flags)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_load_reaches_a_tls_cluster_with_the_tls_flags_and_plaintext_is_told_why_not() {
+    let pki = tempfile::tempdir().unwrap();
+    let (files, tls) = tls_flags(pki.path());
+    let node_tls: Vec<&str> = tls.split_whitespace().collect();
+    let mut cluster = Cluster::new();
+    cluster.start_coordinator(&node_tls);
+    let mut backend = node_tls.clone();
+    backend.extend(["--heartbeat-interval", "100ms"]);
+    cluster.start_backend(&backend);
+    let dir = cluster.registry_dir();
+
+    // Health read as a node would, over TLS: the backend ACTIVE before ticks can start.
+    let node = shared::tls::Tls::load(&files, std::time::Duration::from_secs(5)).unwrap();
+    let http = shared::tls::http_client(Some(&node)).build().unwrap();
+    let a = cluster.coordinator_address().await;
+    let health = format!(
+        "https://{}:{}/health/status",
+        a["ip"].as_str().unwrap(),
+        a["mgmt_port"]
+    );
+    eventually(DEADLINE, "the backend ACTIVE over TLS", || async {
+        let h: Value = http.get(&health).send().await.ok()?.json().await.ok()?;
+        h["components"]
+            .as_array()?
+            .iter()
+            .any(|c| c["type"] == "backend" && c["status"] == "ACTIVE")
+            .then_some(())
+    })
+    .await;
+
+    // Targets from the registry, every connection over TLS.
+    let (lines, stdout) = bench_json(&format!("ping --registry-dir {dir} {tls}")).await;
+    assert_result(&lines[0], "ping", "colony", "req/s");
+    let (lines, stdout_frames) =
+        bench_json(&format!("frames --registry-dir {dir} --size 512 {tls}")).await;
+    assert_result(&lines[0], "frames", "colony", "frames/s");
+    // Heartbeats are node-only: taken because the bench presents the node certificate.
+    let (lines, stdout_hb) =
+        bench_json(&format!("heartbeats --registry-dir {dir} --nodes 2 {tls}")).await;
+    assert_result(&lines[0], "heartbeats", "channel", "hb/s");
+    assert_result(&lines[1], "heartbeats", "post", "hb/s");
+    let (lines, stdout_ticks) = bench_json(&format!(
+        "ticks --registry-dir {dir} --width-in-shards 1 --height-in-shards 1 \
+         --shard-width 16 --shard-height 16 {tls}"
+    ))
+    .await;
+    assert_eq!(
+        lines.last().unwrap()["reference"],
+        "match",
+        "{stdout}{stdout_frames}{stdout_hb}{stdout_ticks}"
+    );
+
+    // Without the flags the TLS listener gives a plaintext load nothing; the bench says why.
+    let (ok, _, stderr) = bench(&format!("ping --registry-dir {dir} {BRIEF}")).await;
+    assert!(!ok);
+    assert!(stderr.contains("speaks TLS"), "{stderr}");
+    // Some flags but not all: refused before any load.
+    let (ok, _, stderr) = bench(&format!(
+        "ping --registry-dir {dir} --tls-ca {} {BRIEF}",
+        files.ca.display()
+    ))
+    .await;
+    assert!(!ok);
+    assert!(stderr.contains("all three"), "{stderr}");
 }

@@ -18,10 +18,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
-use shared::loadgen::{connect, timed, Load, Worker};
+use shared::loadgen::{connect, timed, Connector, Load, LoadStream, Worker};
 use shared::signing::{RequestSigner, HEADER};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::WebSocketStream;
 
@@ -82,16 +81,16 @@ fn refused(answer: &str) -> std::io::Error {
 
 /// One keep-alive HTTP/1.1 connection posting heartbeats, one request at a time.
 struct Post {
-    stream: TcpStream,
+    stream: LoadStream,
     host: String,
     request: Vec<u8>,
     answer: Vec<u8>,
 }
 
 impl Post {
-    async fn open(addr: SocketAddr) -> std::io::Result<Post> {
+    async fn open(addr: SocketAddr, connector: &Connector) -> std::io::Result<Post> {
         Ok(Post {
-            stream: connect(addr).await?,
+            stream: connect(addr, connector).await?,
             host: addr.to_string(),
             request: Vec::with_capacity(512),
             answer: Vec::with_capacity(512),
@@ -109,6 +108,8 @@ impl Post {
             body.len()
         )?;
         self.stream.write_all(&self.request).await?;
+        // A no-op on TCP; over TLS it makes sure the records have left.
+        self.stream.flush().await?;
         self.answer.clear();
         let mut chunk = [0u8; 2048];
         let closed = || std::io::Error::other("the coordinator closed a keep-alive connection");
@@ -148,12 +149,12 @@ impl Post {
 }
 
 /// One heartbeat channel.
-struct Channel(WebSocketStream<TcpStream>);
+struct Channel(WebSocketStream<LoadStream>);
 
 impl Channel {
-    async fn open(addr: SocketAddr) -> std::io::Result<Channel> {
-        let url = format!("ws://{addr}{CHANNEL_PATH}");
-        let (ws, _) = tokio_tungstenite::client_async(url, connect(addr).await?)
+    async fn open(addr: SocketAddr, connector: &Connector) -> std::io::Result<Channel> {
+        let url = format!("{}://{addr}{CHANNEL_PATH}", connector.ws_scheme());
+        let (ws, _) = tokio_tungstenite::client_async(url, connect(addr, connector).await?)
             .await
             .map_err(std::io::Error::other)?;
         Ok(Channel(ws))
@@ -208,8 +209,9 @@ struct Carrier {
     connections: usize,
 }
 
-/// Starts the heartbeat load of `nodes` against the management port `addr`, signed by
-/// `signer`. Every connection is open before this returns; a channel's first heartbeat
+/// Starts the heartbeat load of `nodes` against the management port `addr` (connections
+/// made by `connector`: over TLS, a coordinator takes heartbeats only from a node
+/// certificate naming the caller's address), signed by `signer`. Every connection is open before this returns; a channel's first heartbeat
 /// goes at once, as a backend's does (the coordinator closes a channel that carries none
 /// within 10 s).
 ///
@@ -217,6 +219,7 @@ struct Carrier {
 /// A connection that cannot be made or a first heartbeat refused.
 pub async fn heartbeats(
     addr: SocketAddr,
+    connector: &Connector,
     signer: RequestSigner,
     transport: Transport,
     nodes: &Nodes,
@@ -237,8 +240,10 @@ pub async fn heartbeats(
             let (prefix, boot) = (nodes.prefix.clone(), nodes.boot.clone());
             async move {
                 let mut conn = match transport {
-                    Transport::Post => Conn::Post(Post::open(addr).await?),
-                    Transport::Channel => Conn::Channel(Box::new(Channel::open(addr).await?)),
+                    Transport::Post => Conn::Post(Post::open(addr, connector).await?),
+                    Transport::Channel => {
+                        Conn::Channel(Box::new(Channel::open(addr, connector).await?))
+                    }
                 };
                 let mut seq = 0;
                 if let (Transport::Channel, Some(n)) = (transport, first) {

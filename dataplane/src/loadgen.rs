@@ -13,10 +13,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use codec::{Limits, Message, Redacted};
-use shared::loadgen::{connect, timed, Load, Worker};
+use shared::loadgen::{connect, timed, Connector, Load, LoadStream, Worker};
 use shared::operator::OperatorToken;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
 use crate::client::{Client, ClientError};
@@ -31,9 +30,13 @@ pub enum Handshake {
     Nats,
 }
 
-/// Opens a ping connection to `addr` and does `handshake`.
-async fn open_ping(addr: SocketAddr, handshake: Handshake) -> std::io::Result<TcpStream> {
-    let mut socket = connect(addr).await?;
+/// Opens a ping connection to `addr` through `connector` and does `handshake`.
+async fn open_ping(
+    addr: SocketAddr,
+    connector: &Connector,
+    handshake: Handshake,
+) -> std::io::Result<LoadStream> {
+    let mut socket = connect(addr, connector).await?;
     if handshake == Handshake::Nats {
         let mut info = String::new();
         // The INFO line is read through a buffer dropped right after: NATS sends nothing
@@ -52,20 +55,22 @@ async fn open_ping(addr: SocketAddr, handshake: Handshake) -> std::io::Result<Tc
     Ok(socket)
 }
 
-/// Starts the ping load: `connections` connections to `addr`, each with `depth` PINGs in
-/// flight. Every connection is made (and has done its handshake) before this returns.
+/// Starts the ping load: `connections` connections to `addr` (made by `connector`), each
+/// with `depth` PINGs in flight. Every connection is made (and has done its handshake)
+/// before this returns.
 ///
 /// # Errors
 /// A connection that cannot be made or a failed handshake.
 pub async fn ping(
     addr: SocketAddr,
+    connector: &Connector,
     connections: usize,
     depth: usize,
     handshake: Handshake,
 ) -> std::io::Result<Load> {
     let mut sockets = Vec::with_capacity(connections);
     for _ in 0..connections {
-        sockets.push(open_ping(addr, handshake).await?);
+        sockets.push(open_ping(addr, connector, handshake).await?);
     }
     let depth = depth.max(1);
     Ok(Load::spawn(sockets, move |socket, worker| {
@@ -74,7 +79,7 @@ pub async fn ping(
 }
 
 async fn drive_ping(
-    mut socket: TcpStream,
+    mut socket: LoadStream,
     depth: usize,
     mut worker: Worker,
 ) -> std::io::Result<Vec<std::time::Duration>> {
@@ -83,6 +88,8 @@ async fn drive_ping(
     while worker.running() {
         let sent = Instant::now();
         socket.write_all(&burst).await?;
+        // A no-op on TCP; over TLS it makes sure the records have left.
+        socket.flush().await?;
         let mut answers = 0;
         while answers < depth {
             let n = timed(socket.read(&mut buf)).await?;
@@ -98,7 +105,8 @@ async fn drive_ping(
     Ok(worker.into_samples())
 }
 
-/// Starts the frame load: `connections` binary connections to `addr`, each with `depth`
+/// Starts the frame load: `connections` binary connections to `addr` (made by
+/// `connector`), each with `depth`
 /// `echo` frames of `size` payload bytes in flight; each answer must carry the payload back.
 /// With `token`, each connection first presents the operator token (a node with
 /// `--protect-reads` answers nothing else before it).
@@ -107,6 +115,7 @@ async fn drive_ping(
 /// A connection that cannot be made, or a refused token.
 pub async fn frames(
     addr: SocketAddr,
+    connector: &Connector,
     connections: usize,
     depth: usize,
     size: usize,
@@ -114,7 +123,8 @@ pub async fn frames(
 ) -> Result<Load, ClientError> {
     let mut clients = Vec::with_capacity(connections);
     for _ in 0..connections {
-        let mut client = Client::from_stream(Box::new(connect(addr).await?), Limits::default());
+        let mut client =
+            Client::from_stream(Box::new(connect(addr, connector).await?), Limits::default());
         if let Some(token) = token {
             let presented = Message::Token {
                 token: Redacted(token.expose().to_owned()),
@@ -190,7 +200,7 @@ mod tests {
     #[tokio::test]
     async fn a_load_against_the_echo_counts_answers_and_latencies() {
         let (addr, echo) = spawn_echo().await.unwrap();
-        let load = ping(addr, 2, 4, Handshake::None).await.unwrap();
+        let load = ping(addr, &Connector::plain(), 2, 4, Handshake::None).await.unwrap();
         load.record_latencies();
         let deadline = Instant::now() + Duration::from_secs(10);
         while load.completed() < 100 {
@@ -214,7 +224,7 @@ mod tests {
             socket.write_all(b"+OK redis?\r\n").await.unwrap();
             let _ = socket.read(&mut [0u8; 64]).await;
         });
-        let err = ping(addr, 1, 1, Handshake::Nats).await.unwrap_err();
+        let err = ping(addr, &Connector::plain(), 1, 1, Handshake::Nats).await.unwrap_err();
         assert!(err.to_string().contains("not a NATS server"), "{err}");
         server.abort();
     }

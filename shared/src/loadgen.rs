@@ -3,16 +3,22 @@
 //! and (once asked) keeping each operation's latency. What an operation is (a PING burst, an
 //! echo frame, a signed heartbeat, a registry call) belongs to the crate that speaks it
 //! (`dataplane::loadgen`, `controlplane::loadgen`, [`crate::registry::load`]); this owns only
-//! the counting, the stop and the one place load connections are made ([`connect`]).
+//! the counting, the stop and the one place load connections are made ([`connect`], over
+//! the [`Connector`] a load is given: plaintext, or TLS as a node speaks it).
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
+
+use crate::tls::Tls;
 
 /// Latencies kept per worker at most, so a long run cannot grow without bound.
 const MAX_SAMPLES: usize = 1 << 20;
@@ -21,15 +27,162 @@ const MAX_SAMPLES: usize = 1 << 20;
 /// stuck server still stops by itself.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Opens one load connection to `addr` (no Nagle: loads measure round trips). Every load
-/// generator connects through here, so transport options (TLS) are added in one place.
+/// How a load's connections are made: plaintext, or TLS with a node's configuration (the
+/// cluster CA, and the certificate presented, which node-only calls need). A value handed to
+/// every load rather than a process-wide setting, so one run can load a TLS cluster and a
+/// plaintext server (`--compare`) side by side.
+#[derive(Debug, Clone, Default)]
+pub struct Connector {
+    tls: Option<Tls>,
+}
+
+impl Connector {
+    /// Plaintext connections.
+    pub fn plain() -> Connector {
+        Connector { tls: None }
+    }
+
+    /// TLS connections with `tls` (plaintext if `None`).
+    pub fn new(tls: Option<Tls>) -> Connector {
+        Connector { tls }
+    }
+
+    /// The TLS connections are made with, if any.
+    pub fn tls(&self) -> Option<&Tls> {
+        self.tls.as_ref()
+    }
+
+    /// `https` over TLS, `http` without: the scheme of a load's HTTP URLs.
+    pub fn http_scheme(&self) -> &'static str {
+        crate::tls::scheme(self.tls.as_ref())
+    }
+
+    /// `wss` over TLS, `ws` without: the scheme of a load's WebSocket URLs.
+    pub fn ws_scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "wss"
+        } else {
+            "ws"
+        }
+    }
+}
+
+/// A load connection: a TCP stream, or TLS over one. An enum rather than a boxed stream so
+/// a plaintext load (the data-plane figures compared with Redis) pays no indirection.
+#[derive(Debug)]
+pub enum LoadStream {
+    /// Plaintext.
+    Plain(TcpStream),
+    /// TLS (boxed: its state is large).
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for LoadStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            LoadStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            LoadStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for LoadStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            LoadStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            LoadStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            LoadStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            LoadStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            LoadStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            LoadStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            LoadStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            LoadStream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            LoadStream::Plain(s) => s.is_write_vectored(),
+            LoadStream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+}
+
+/// Opens one load connection to `addr` (no Nagle: loads measure round trips), over TLS if
+/// `connector` has it (the server's certificate must chain to the cluster CA and name
+/// `addr`'s IP, as between nodes). Every load generator connects through here.
 ///
 /// # Errors
-/// The connection cannot be made.
-pub async fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
+/// The connection cannot be made, or the TLS handshake fails or times out.
+pub async fn connect(addr: SocketAddr, connector: &Connector) -> std::io::Result<LoadStream> {
     let socket = TcpStream::connect(addr).await?;
     socket.set_nodelay(true)?;
-    Ok(socket)
+    match &connector.tls {
+        None => Ok(LoadStream::Plain(socket)),
+        Some(tls) => tls
+            .connect(addr.ip(), socket)
+            .await
+            .map(|s| LoadStream::Tls(Box::new(s)))
+            .map_err(|e| std::io::Error::other(format!("{addr}: {e}"))),
+    }
+}
+
+/// Whether the server at `addr` speaks TLS: it answers a TLS hello with a certificate (which
+/// this probe, trusting nothing, then refuses). Lets a plaintext load that failed say why:
+/// a TLS server just closes a plaintext connection, which by itself says nothing.
+pub async fn speaks_tls(addr: SocketAddr) -> bool {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let Ok(builder) =
+        rustls::ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions()
+    else {
+        return false;
+    };
+    let config = builder
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    let probe = async {
+        let socket = TcpStream::connect(addr).await?;
+        let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, socket)
+            .await
+    };
+    match tokio::time::timeout(READ_TIMEOUT, probe).await {
+        // Only a server that sent a certificate gets this far and is refused for it.
+        Ok(Err(e)) => e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            .is_some_and(|e| matches!(e, rustls::Error::InvalidCertificate(_))),
+        // Trusting nothing, a handshake cannot succeed; a timeout says nothing either.
+        Ok(Ok(_)) | Err(_) => false,
+    }
 }
 
 /// Waits for `read` at most [`READ_TIMEOUT`]; a timeout is an I/O error.

@@ -8,7 +8,7 @@ use dataplane::loadgen::frames;
 
 use super::report::print;
 use super::runner::{measure, summaries, Target};
-use super::{locate, operator_token, BenchError, CommonArgs, Listener, ShapeArgs};
+use super::{explain, locate, operator_token, BenchError, CommonArgs, Listener, ShapeArgs};
 use crate::cli::TokenArgs;
 
 /// Flags of `colony bench frames`.
@@ -41,21 +41,25 @@ pub struct FramesArgs {
 pub async fn run(args: FramesArgs) -> Result<(), BenchError> {
     let addr = locate(args.target.as_deref(), Listener::BackendData, &args.common).await?;
     let token = operator_token(&args.token, &args.common.registry)?;
+    let connector = args.common.connector()?;
     let (connections, depth, size) = (
         args.shape.connections as usize,
         args.shape.depth as usize,
         args.size as usize,
     );
-    let mut targets = [Target::load(
-        "colony",
-        addr.to_string(),
-        args.pid,
+    let mut targets = [Target::load("colony", addr.to_string(), args.pid, {
+        let connector = connector.clone();
         move || {
-            let token = token.clone();
-            async move { frames(addr, connections, depth, size, token.as_deref()).await }
-        },
-    )];
-    let outcomes = measure("frames", &mut targets, &args.common).await?;
+            let (token, connector) = (token.clone(), connector.clone());
+            async move { frames(addr, &connector, connections, depth, size, token.as_deref()).await }
+        }
+    })];
+    let outcomes = explain(
+        measure("frames", &mut targets, &args.common).await,
+        addr,
+        &connector,
+    )
+    .await?;
     let load = format!("{connections}x{depth}x{size}B");
     // Sent and received: the payload crosses twice per frame.
     let bytes = 2.0 * f64::from(args.size) / 1e6;

@@ -13,7 +13,7 @@ use shared::signing::RequestSigner;
 
 use super::report::{print, ratio};
 use super::runner::{measure, Target};
-use super::{cluster_secret, locate, BenchError, CommonArgs, Listener};
+use super::{cluster_secret, explain, locate, BenchError, CommonArgs, Listener};
 use crate::cli::SecretArgs;
 
 /// Which transports to measure.
@@ -68,6 +68,7 @@ pub async fn run(args: HeartbeatsArgs) -> Result<(), BenchError> {
     )
     .await?;
     let signer = RequestSigner::new(&cluster_secret(&args.secret, &args.common.registry)?);
+    let connector = args.common.connector()?;
     let transports: &[Transport] = match args.transport {
         Transports::Both => &[Transport::Channel, Transport::Post],
         Transports::Channel => &[Transport::Channel],
@@ -84,18 +85,24 @@ pub async fn run(args: HeartbeatsArgs) -> Result<(), BenchError> {
     let mut targets: Vec<Target> = transports
         .iter()
         .map(|&transport| {
-            let (signer, nodes) = (signer.clone(), nodes.clone());
+            let (signer, nodes, connector) = (signer.clone(), nodes.clone(), connector.clone());
             Target::load(transport.name(), addr.to_string(), args.pid, move || {
-                let (signer, mut nodes) = (signer.clone(), nodes.clone());
+                let (signer, mut nodes, connector) =
+                    (signer.clone(), nodes.clone(), connector.clone());
                 async move {
                     // Each run is a new boot of the nodes: their seqs start again.
                     nodes.boot = new_boot_id().map_err(std::io::Error::other)?;
-                    heartbeats(addr, signer, transport, &nodes).await
+                    heartbeats(addr, &connector, signer, transport, &nodes).await
                 }
             })
         })
         .collect();
-    let outcomes = measure("heartbeats", &mut targets, &args.common).await?;
+    let outcomes = explain(
+        measure("heartbeats", &mut targets, &args.common).await,
+        addr,
+        &connector,
+    )
+    .await?;
     let per = args.nodes_per_connection.max(1);
     let summaries: Vec<_> = outcomes
         .iter()

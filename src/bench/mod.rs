@@ -33,7 +33,10 @@ use shared::operator::{OperatorToken, OperatorTokenError};
 use shared::registry::{RegistryError, RegistryKind};
 use shared::secret::{ClusterSecret, SecretError};
 
-use crate::cli::{RegistryArgs, SecretArgs, TokenArgs};
+use shared::loadgen::Connector;
+use shared::tls::{Tls, TlsError};
+
+use crate::cli::{RegistryArgs, SecretArgs, TlsArgs, TokenArgs};
 
 /// `colony bench`.
 #[derive(Debug, Args)]
@@ -85,6 +88,26 @@ pub struct CommonArgs {
     /// Where targets not given by a flag are found, as the nodes find each other.
     #[command(flatten)]
     pub registry: RegistryArgs,
+    /// TLS as the nodes speak it: against a cluster started with --tls-*, give the bench
+    /// the cluster CA and a node certificate for this machine's address (`colony certs`);
+    /// heartbeats, like every node-only call, are taken only with one.
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+impl CommonArgs {
+    /// How load connections and HTTP calls are made: with TLS if `--tls-*` are given.
+    ///
+    /// # Errors
+    /// [`BenchError::TlsFlags`] or [`BenchError::Tls`].
+    pub fn connector(&self) -> Result<Connector, BenchError> {
+        let files = self.tls.files().map_err(|_| BenchError::TlsFlags)?;
+        let tls = files
+            .map(|files| Tls::load(&files, self.tls.tls_handshake_timeout))
+            .transpose()
+            .map_err(BenchError::Tls)?;
+        Ok(Connector::new(tls))
+    }
 }
 
 /// Connections and requests in flight on each: the shape of a data-plane load.
@@ -136,6 +159,18 @@ pub enum BenchError {
     /// The operator token could not be read.
     #[error("the operator token")]
     Token(#[from] OperatorTokenError),
+    /// Some but not all of the TLS files are given.
+    #[error("TLS needs all three of --tls-cert, --tls-key and --tls-ca (or none, for plaintext)")]
+    TlsFlags,
+    /// The TLS files could not be loaded.
+    #[error("cannot load the TLS material")]
+    Tls(#[source] TlsError),
+    /// A plaintext load failed against a server that speaks TLS.
+    #[error("{addr} speaks TLS: give the bench --tls-ca, --tls-cert and --tls-key as the nodes have them")]
+    NeedsTls {
+        /// The target.
+        addr: SocketAddr,
+    },
     /// The HTTP client could not be built.
     #[error("the HTTP client")]
     Http(#[source] reqwest::Error),
@@ -258,14 +293,33 @@ pub fn operator_token(
     })
 }
 
+/// `result`, except that a failed plaintext load against a server that speaks TLS says so:
+/// such a server just closes the connection, which by itself explains nothing.
+pub async fn explain<T>(
+    result: Result<T, BenchError>,
+    addr: SocketAddr,
+    connector: &Connector,
+) -> Result<T, BenchError> {
+    match result {
+        Err(BenchError::Load { .. } | BenchError::Http(_))
+            if connector.tls().is_none() && shared::loadgen::speaks_tls(addr).await =>
+        {
+            Err(BenchError::NeedsTls { addr })
+        }
+        other => other,
+    }
+}
+
 /// The HTTP client of every bench that speaks HTTP through a client (the control plane of
-/// `ticks`): no proxy, bounded calls, and the operator token on every request if there is
-/// one. The one place a bench builds a reqwest client (TLS flags, when `colony bench` gets
-/// them, give `shared::tls::http_client` its configuration here).
+/// `ticks`): no proxy, bounded calls, TLS as `connector` has it, and the operator token on
+/// every request if there is one. The one place a bench builds a reqwest client.
 ///
 /// # Errors
 /// [`BenchError::Http`].
-pub fn http_client(token: Option<&OperatorToken>) -> Result<reqwest::Client, BenchError> {
+pub fn http_client(
+    token: Option<&OperatorToken>,
+    connector: &Connector,
+) -> Result<reqwest::Client, BenchError> {
     let mut headers = reqwest::header::HeaderMap::new();
     if let Some(token) = token {
         let mut value =
@@ -274,7 +328,7 @@ pub fn http_client(token: Option<&OperatorToken>) -> Result<reqwest::Client, Ben
         value.set_sensitive(true);
         headers.insert(reqwest::header::AUTHORIZATION, value);
     }
-    shared::tls::http_client(None)
+    shared::tls::http_client(connector.tls())
         .no_proxy()
         .timeout(Duration::from_secs(60))
         .default_headers(headers)

@@ -9,7 +9,9 @@ use dataplane::loadgen::{ping, spawn_echo, Handshake};
 use super::report::{print, ratio};
 use super::runner::summaries;
 use super::runner::{measure, Target};
-use super::{locate, resolve, BenchError, CommonArgs, Listener, ShapeArgs};
+use shared::loadgen::Connector;
+
+use super::{explain, locate, resolve, BenchError, CommonArgs, Listener, ShapeArgs};
 
 /// Flags of `colony bench ping`.
 #[derive(Debug, Args)]
@@ -42,11 +44,14 @@ fn target(
     addr: std::net::SocketAddr,
     pid: Option<u32>,
     args: &PingArgs,
+    connector: &Connector,
     handshake: Handshake,
 ) -> Target {
     let (connections, depth) = (args.shape.connections as usize, args.shape.depth as usize);
+    let connector = connector.clone();
     Target::load(name, addr.to_string(), pid, move || {
-        ping(addr, connections, depth, handshake)
+        let connector = connector.clone();
+        async move { ping(addr, &connector, connections, depth, handshake).await }
     })
 }
 
@@ -57,7 +62,17 @@ fn target(
 pub async fn run(args: PingArgs) -> Result<(), BenchError> {
     let allow = args.common.allow_remote;
     let addr = locate(args.target.as_deref(), Listener::BackendData, &args.common).await?;
-    let mut targets = vec![target("colony", addr, args.pid, &args, Handshake::None)];
+    let connector = args.common.connector()?;
+    // The servers compared with are plaintext, whatever the cluster speaks.
+    let plain = Connector::plain();
+    let mut targets = vec![target(
+        "colony",
+        addr,
+        args.pid,
+        &args,
+        &connector,
+        Handshake::None,
+    )];
     let mut echo = None;
     match args.compare.as_deref() {
         None => {}
@@ -68,7 +83,7 @@ pub async fn run(args: PingArgs) -> Result<(), BenchError> {
             })?;
             echo = Some(task);
             // The echo runs in this process, beside the load: its CPU is not told apart.
-            targets.push(target("raw", addr, None, &args, Handshake::None));
+            targets.push(target("raw", addr, None, &args, &plain, Handshake::None));
         }
         Some(other) => {
             let (name, handshake, hostport) = if let Some(h) = other.strip_prefix("redis://") {
@@ -79,10 +94,22 @@ pub async fn run(args: PingArgs) -> Result<(), BenchError> {
                 return Err(BenchError::Compare(other.to_owned()));
             };
             let addr = resolve(hostport.trim_end_matches('/'), allow).await?;
-            targets.push(target(name, addr, args.compare_pid, &args, handshake));
+            targets.push(target(
+                name,
+                addr,
+                args.compare_pid,
+                &args,
+                &plain,
+                handshake,
+            ));
         }
     }
-    let outcomes = measure("ping", &mut targets, &args.common).await;
+    let outcomes = explain(
+        measure("ping", &mut targets, &args.common).await,
+        addr,
+        &connector,
+    )
+    .await;
     if let Some(task) = echo {
         task.abort();
     }

@@ -14,7 +14,7 @@ use tokio::sync::OnceCell;
 
 use super::report::{print, Note};
 use super::runner::{measure, summaries, Running, Target};
-use super::{http_client, locate, operator_token, BenchError, CommonArgs, Listener};
+use super::{explain, http_client, locate, operator_token, BenchError, CommonArgs, Listener};
 use crate::cli::TokenArgs;
 
 /// Flags of `colony bench ticks`.
@@ -143,9 +143,10 @@ pub async fn run(args: TicksArgs) -> Result<(), BenchError> {
         "rule": "B3/S23", "seed": args.seed, "density": 0.35,
     });
     let params: WorldParams = serde_json::from_value(world.clone()).map_err(failed)?;
+    let connector = args.common.connector()?;
     let colony = Colony {
-        http: http_client(token.as_deref())?,
-        base: format!("http://{addr}"),
+        http: http_client(token.as_deref(), &connector)?,
+        base: format!("{}://{addr}", connector.http_scheme()),
         world,
         started: Arc::new(OnceCell::new()),
     };
@@ -153,7 +154,12 @@ pub async fn run(args: TicksArgs) -> Result<(), BenchError> {
     let mut targets = [Target::new("colony", addr.to_string(), None, move || {
         colony.clone().start()
     })];
-    let outcome = measure("ticks", &mut targets, &args.common).await?;
+    let outcome = explain(
+        measure("ticks", &mut targets, &args.common).await,
+        addr,
+        &connector,
+    )
+    .await?;
     let paused = call(http.post(format!("{base}/colony/pause")).json(&json!({}))).await?;
     let at = tick(&paused);
     let expected = run_reference(&params, at).map_err(failed)?;
