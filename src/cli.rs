@@ -130,12 +130,14 @@ pub struct CoordinatorArgs {
     pub deploy: DeployArgs,
 }
 
-/// Flags of deployed packages (DESIGN §16).
+/// Flags of deployed packages (DESIGN §16). `colony up` passes them (but the poll
+/// interval) to its backends, so packages deployed to a backend follow them too.
 #[derive(Debug, Args, Clone)]
 pub struct DeployArgs {
     /// Where deployed packages are installed, each in {root}/{sanitized name}-{version}/.
     /// This node's registry of deployed services (services.json), its uploaded packages and
-    /// the services' logs are kept under {root}/.colony/{instance id}/.
+    /// the services' logs are kept under {root}/.colony/{instance id}/. `colony up` gives
+    /// its backends the same root (and the other deploy flags but the poll interval).
     #[arg(long, env = "COLONY_DEPLOY_ROOT", default_value = "/opt")]
     pub deploy_root: PathBuf,
 
@@ -143,7 +145,8 @@ pub struct DeployArgs {
     #[arg(long, env = "COLONY_DEPLOY_USER", default_value = "nobody")]
     pub deploy_user: String,
 
-    /// Largest package upload (PUT /packages/{file}), in bytes.
+    /// Largest package, in bytes: an upload to the coordinator (PUT /packages/{file}), or
+    /// one the coordinator forwards to a backend.
     #[arg(long, env = "COLONY_MAX_PACKAGE", default_value_t = 256 * 1024 * 1024)]
     pub max_package: u64,
 
@@ -166,6 +169,12 @@ pub struct DeployArgs {
     /// How long stop.sh, then SIGTERM, get before a deployed service is killed.
     #[arg(long, env = "COLONY_DEPLOY_STOP_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub deploy_stop_grace: Duration,
+
+    /// Coordinator: how often it asks each live backend for its deployed services, which /ws
+    /// and the dashboard list with the coordinator's own (their state changes and health
+    /// checks reach /ws this late at most). Backends ignore it.
+    #[arg(long, env = "COLONY_DEPLOY_POLL_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    pub deploy_poll_interval: Duration,
 }
 
 impl DeployArgs {

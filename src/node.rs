@@ -484,6 +484,15 @@ pub async fn start_coordinator(
     // Deployed services that were running when the coordinator last stopped start again.
     let restoring = deployer.clone();
     tasks.spawn(async move { restoring.services().restore().await });
+    // Those deployed on backends are followed by polling them (deploy::remote says why).
+    if let Some(remote) = deployer.remote() {
+        let live = health.clone();
+        tasks.spawn(remote.clone().poll(
+            move || controlplane::ws::deployed::live_backends(&live),
+            args.deploy.deploy_poll_interval,
+            tasks.shutdown.clone(),
+        ));
+    }
 
     let registration_token = CancellationToken::new();
     let registration = spawn_registration(

@@ -26,7 +26,7 @@ use shared::tls::Tls;
 use shared::NodeAddress;
 use tracing::{info, warn};
 
-use crate::cli::UpArgs;
+use crate::cli::{DeployArgs, UpArgs};
 use crate::liveness::Http;
 use crate::node::{load_operator_token, operator_token_path, start_coordinator};
 
@@ -146,6 +146,7 @@ fn backend_spec(
     if c.operator.protect_reads {
         argv.push("--protect-reads".into());
     }
+    argv.extend(deploy_args(&c.deploy));
     Ok(ProcessSpec {
         name: planned.id.clone(),
         program,
@@ -157,6 +158,32 @@ fn backend_spec(
             .join("logs")
             .join(format!("{}.log", planned.id)),
     })
+}
+
+/// The deploy flags a backend gets: the coordinator's, so packages forwarded to a backend
+/// install under the same `--deploy-root`, run as the same user, and meet the same limits
+/// (all nodes of `colony up` share one host; each keeps its registry of deployed services
+/// in `{root}/.colony/{instance id}/`). The poll interval is the coordinator's alone.
+fn deploy_args(deploy: &DeployArgs) -> Vec<String> {
+    let duration = |d| humantime::format_duration(d).to_string();
+    vec![
+        "--deploy-root".into(),
+        deploy.deploy_root.display().to_string(),
+        "--deploy-user".into(),
+        deploy.deploy_user.clone(),
+        "--max-package".into(),
+        deploy.max_package.to_string(),
+        "--package-timeout".into(),
+        duration(deploy.package_timeout),
+        "--max-unpacked".into(),
+        deploy.max_unpacked.to_string(),
+        "--max-package-files".into(),
+        deploy.max_package_files.to_string(),
+        "--deploy-start-timeout".into(),
+        duration(deploy.deploy_start_timeout),
+        "--deploy-stop-grace".into(),
+        duration(deploy.deploy_stop_grace),
+    ]
 }
 
 /// `colony up`.
@@ -528,4 +555,59 @@ fn tail(path: &str, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    #[test]
+    fn backends_get_the_deploy_flags_colony_up_was_given() {
+        let up = Cli::try_parse_from([
+            "colony",
+            "up",
+            "--deploy-root",
+            "/srv/colony apps",
+            "--deploy-user",
+            "svc",
+            "--max-package",
+            "1000",
+            "--package-timeout",
+            "90s",
+            "--max-unpacked",
+            "5000",
+            "--max-package-files",
+            "7",
+            "--deploy-start-timeout",
+            "1m 30s",
+            "--deploy-stop-grace",
+            "250ms",
+        ])
+        .unwrap();
+        let Command::Up(up) = up.command else {
+            panic!("not up: {up:?}")
+        };
+        let backend = Cli::try_parse_from(
+            ["colony".to_owned(), "backend".to_owned()]
+                .into_iter()
+                .chain(deploy_args(&up.coordinator.deploy)),
+        )
+        .unwrap();
+        let Command::Backend(backend) = backend.command else {
+            panic!("not backend: {backend:?}")
+        };
+        // Every flag arrives as given (the poll interval is the coordinator's alone and
+        // stays at its default on both sides here).
+        assert_eq!(
+            format!("{:?}", backend.deploy),
+            format!("{:?}", up.coordinator.deploy)
+        );
+        assert_eq!(
+            backend.deploy.deploy_root,
+            std::path::Path::new("/srv/colony apps")
+        );
+    }
 }

@@ -26,6 +26,28 @@ const REPORT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The route reports go to.
 pub const REPORT_PATH: &str = "/tokens/report";
 
+/// Why a report did not reach the coordinator.
+#[derive(Debug, thiserror::Error)]
+enum ReportError {
+    /// The registry names no coordinator.
+    #[error("no coordinator registered")]
+    NoCoordinator,
+    /// The registry could not be read.
+    #[error("cannot find the coordinator: {0}")]
+    Registry(#[from] shared::registry::RegistryError),
+    /// The call failed: no connection, a timeout, a broken TLS handshake.
+    #[error("cannot reach the coordinator: {0}")]
+    Call(#[from] reqwest::Error),
+    /// The coordinator answered with an error.
+    #[error("coordinator answered {status}: {body}")]
+    Refused {
+        /// Its status.
+        status: reqwest::StatusCode,
+        /// Its answer's body.
+        body: String,
+    },
+}
+
 /// Where a backend's init handler drops token outcomes. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct TokenReporter {
@@ -141,18 +163,18 @@ impl Sender {
                 return;
             }
         };
-        let mut last_error = String::new();
+        let mut last_error = ReportError::NoCoordinator;
         for _ in 0..2 {
             let target = match self.coordinator {
                 Some(target) => target,
                 None => match self.registry.discover_coordinator().await {
                     Ok(Some(found)) => *self.coordinator.insert(found),
                     Ok(None) => {
-                        last_error = "no coordinator registered".into();
+                        last_error = ReportError::NoCoordinator;
                         break;
                     }
                     Err(e) => {
-                        last_error = e.to_string();
+                        last_error = e.into();
                         break;
                     }
                 },
@@ -171,7 +193,7 @@ impl Sender {
         warn!(count, error = %last_error, "token outcomes not reported to the coordinator");
     }
 
-    async fn post(&self, target: NodeAddress, body: &[u8]) -> Result<(), String> {
+    async fn post(&self, target: NodeAddress, body: &[u8]) -> Result<(), ReportError> {
         let url = format!(
             "{}://{}{REPORT_PATH}",
             self.scheme,
@@ -184,14 +206,13 @@ impl Sender {
             .header(HEADER, self.signer.sign("POST", REPORT_PATH, body))
             .body(body.to_vec())
             .send()
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         let status = response.status();
         if status.is_success() {
             Ok(())
         } else {
-            let text = response.text().await.unwrap_or_default();
-            Err(format!("coordinator answered {status}: {text}"))
+            let body = response.text().await.unwrap_or_default();
+            Err(ReportError::Refused { status, body })
         }
     }
 }

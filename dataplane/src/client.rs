@@ -103,12 +103,18 @@ impl Client {
             Some(tls) => Box::new(tls.connect(tcp.peer_addr()?.ip(), tcp).await?),
             None => Box::new(tcp),
         };
-        Ok(Client {
+        Ok(Client::from_stream(socket, limits))
+    }
+
+    /// A client on a connection made elsewhere (the load generators make theirs in one
+    /// place, `shared::loadgen::connect`).
+    pub fn from_stream(socket: Socket, limits: Limits) -> Self {
+        Client {
             socket,
             codec: ColonyCodec::with_framing(limits, Framing::Binary),
             read_buf: BytesMut::with_capacity(8 * 1024),
             write_buf: BytesMut::with_capacity(8 * 1024),
-        })
+        }
     }
 
     /// Queues a request without sending it; [`Client::flush`] sends the queue.

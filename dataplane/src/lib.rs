@@ -45,7 +45,7 @@ mod tick_loop;
 
 pub use access::ReadAccess;
 pub use batch::Target;
-pub use client::{Client, ClientError, Socket};
+pub use client::{Client, ClientError, Socket, Stream};
 pub use config::{ConfigError, DataPlaneConfig, PARTIAL_BASE};
 pub use copies::{CopyError, CopyStore, MAX_AHEAD};
 pub use engine::{Engine, EngineError, EngineState};

@@ -11,6 +11,7 @@
 pub mod address;
 pub mod hello;
 pub mod lifeline;
+pub mod loadgen;
 pub mod log_limit;
 pub mod operator;
 pub mod own_thread;

@@ -807,6 +807,15 @@ async fn the_services_view_lists_deployed_services_and_stops_and_starts_them() {
         )
         .await;
     assert_eq!(r["data"]["service"]["state"]["state"], "running", "{r}");
+    // The same service on the backend too: the view lists both, each with its node.
+    let backend = up.backend(0);
+    let r = ws
+        .request(
+            "deploy_package",
+            json!({"package": "nap-1.0.tar.gz", "target": backend}),
+        )
+        .await;
+    assert_eq!(r["data"]["service"]["state"]["state"], "running", "{r}");
 
     let browser = cdp::Browser::launch(WIDTH, HEIGHT).await;
     let page = browser.new_page().await;
@@ -835,6 +844,19 @@ async fn the_services_view_lists_deployed_services_and_stops_and_starts_them() {
         .await;
     page.wait_for(&format!("{state} === 'running'"), DEADLINE)
         .await;
+    // The backend's row: its node, and its stop button stops it there, not the
+    // coordinator's service of the same name.
+    let second = |n: u8| {
+        format!("(document.querySelector('#deployed tbody tr:nth-child(2) td:nth-child({n})') || {{}}).textContent")
+    };
+    page.wait_for(&format!("{} === 'running'", second(3)), DEADLINE)
+        .await;
+    assert_eq!(page.eval(&second(4)).await, backend.as_str());
+    page.eval("document.querySelector('#deployed tbody tr:nth-child(2) button[data-action=\"stop\"]').click()")
+        .await;
+    page.wait_for(&format!("{} === 'stopped'", second(3)), DEADLINE)
+        .await;
+    assert_eq!(page.eval(state).await, "running");
     save_screenshot(&page, "services-view.png").await;
     assert_no_console_errors(&page.events().await, &[]);
 }
