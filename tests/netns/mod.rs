@@ -177,7 +177,7 @@ impl TestBed {
         let _ = std::fs::remove_dir_all(&state);
         let pki = tls.then(|| make_certs(&net, backends));
         let http = match &pki {
-            Some(dir) => reqwest::Client::builder()
+            Some(dir) => shared::tls::http_client(None)
                 .use_preconfigured_tls(anonymous_tls(&dir.path().join("ca.pem"))),
             None => shared::tls::http_client(None),
         };
