@@ -2,8 +2,8 @@
 # Cluster ticks/s with TLS against plaintext on the network-namespace test bed (issue 15):
 # two beds of one coordinator and N backends each (scripts/netns-cluster.sh), one plaintext
 # and one with TLS on every node (`colony certs`, a certificate per host address), up side by
-# side; the same world runs on each in turn, REPEAT times, interleaved (plain, tls, plain, …),
-# so both see the same machine load. Reports, does not assert: a table of ticks/s per run,
+# side; the same world runs on each in turn, REPEAT times, interleaved (plain, tls, tls, plain,
+# …), so both see the same machine load. Reports, does not assert: a table of ticks/s per run,
 # the medians and their ratio. The two beds must end at the same population and fingerprint.
 #
 #   sudo scripts/netns-bench.sh [--bin PATH] [--backends N] [--ticks K] [--warmup W] [--repeat R]
@@ -128,11 +128,14 @@ for t in "${tags[@]}"; do
   [ "$placed" -eq "$backends" ] || die "bed $t: shards on $placed backends, not $backends"
 done
 size="$(api bnplain 8083 /topology | jq -r '"\(.width_in_shards)x\(.height_in_shards) shards of \(.shard_width)x\(.shard_height)"' 2>/dev/null || echo "?")"
-echo "world: $size on $backends backends per bed; $repeat runs of $ticks ticks each (after $warmup warm-up ticks), plain and tls interleaved"
+echo "world: $size on $backends backends per bed; $repeat runs of $ticks ticks each (after $warmup warm-up ticks), plain and tls interleaved, ABBA"
 printf '%-4s %-6s %10s %10s\n' run bed seconds ticks/s
 declare -A rates=([bnplain]="" [bntls]="")
 for r in $(seq 1 "$repeat"); do
-  for t in "${tags[@]}"; do
+  # ABBA: which bed goes first alternates, so neither always runs right after the other.
+  order=("${tags[@]}")
+  [ $((r % 2)) -eq 0 ] && order=("${tags[1]}" "${tags[0]}")
+  for t in "${order[@]}"; do
     [ "$warmup" -gt 0 ] && run_ticks "$t" "$warmup" >/dev/null
     secs="$(run_ticks "$t" "$ticks")"
     rate="$(echo "$ticks / $secs" | bc -l)"
