@@ -181,7 +181,7 @@ async fn a_tls_cluster_runs_the_reference_colony_and_keeps_strangers_out() {
     let text = String::from_utf8_lossy(&buf[..n]).into_owned();
     assert!(text.contains("not_a_node_certificate"), "{text}");
 
-    let anyone = reqwest::Client::builder()
+    let anyone = shared::tls::http_client(None)
         .no_proxy()
         .use_preconfigured_tls((*config).clone())
         .build()

@@ -188,6 +188,12 @@ pub enum Message {
         state: String,
         /// Why it failed, if it did.
         error: Option<String>,
+        /// When it failed because it could not reach a peer backend (a link it could not
+        /// establish or use again within a bound, while the peer may be alive): the peer's
+        /// instance id, so the coordinator can tell a cut link from a lost backend.
+        /// Optional and omitted when empty: older coordinators ignore it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        unreachable_peer: Option<String>,
         /// Figures of this backend's shards at recorded ticks after `after_tick`.
         checkpoints: Vec<Checkpoint>,
         /// Per checkpoint tick this backend keeps copies at: how many shards it holds a
@@ -579,6 +585,7 @@ mod tests {
                 until_tick: 0,
                 state: "idle".into(),
                 error: None,
+                unreachable_peer: None,
                 checkpoints: vec![],
                 held: vec![],
             },

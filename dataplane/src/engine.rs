@@ -35,6 +35,15 @@ pub enum EngineState {
     Running,
     /// Stopped for good; the reason says why.
     Failed(String),
+    /// Stopped for good because the link to `peer` could not be used or made again while
+    /// `peer` may well be alive (a partition between two backends): the coordinator is told
+    /// who, so it can drop one side of the cut instead of retrying into it.
+    PeerUnreachable {
+        /// Why, for people.
+        reason: String,
+        /// The peer's instance id.
+        peer: String,
+    },
 }
 
 impl EngineState {
@@ -42,7 +51,7 @@ impl EngineState {
         match self {
             EngineState::Idle => "idle",
             EngineState::Running => "running",
-            EngineState::Failed(_) => "failed",
+            EngineState::Failed(_) | EngineState::PeerUnreachable { .. } => "failed",
         }
     }
 }
@@ -125,6 +134,20 @@ pub enum EngineError {
     /// A link to a neighbouring backend failed.
     #[error(transparent)]
     Peer(#[from] PeerError),
+    /// A neighbour's borders did not arrive in time and a fresh connection to `peer`, whose
+    /// borders were among the missing, could not be made: the path between the two is cut
+    /// (or the peer is gone; the coordinator tells the two apart).
+    #[error("borders of tick {tick} did not arrive within {timeout:?} and peer {peer} cannot be reached: {why}")]
+    PeerUnreachable {
+        /// The tick waited for.
+        tick: u64,
+        /// How long the engine waited.
+        timeout: Duration,
+        /// The peer's instance id.
+        peer: String,
+        /// What the fresh connection ran into.
+        why: String,
+    },
     /// A neighbour's borders did not arrive in time.
     #[error("borders of tick {tick} did not arrive within {timeout:?} ({have} of {needed}); a neighbouring backend stopped")]
     BordersLate {
@@ -165,6 +188,22 @@ pub enum EngineError {
         /// The shard.
         shard: ShardCoord,
     },
+}
+
+impl EngineError {
+    /// The peer this error says is cut off, when it says one is: a border wait that found the
+    /// peer unreachable, or a link to it that broke (not one it refused: the peer answered).
+    pub fn unreachable_peer(&self) -> Option<&str> {
+        match self {
+            EngineError::PeerUnreachable { peer, .. } => Some(peer),
+            EngineError::Peer(
+                PeerError::Unreachable { peer, .. }
+                | PeerError::Lost { peer, .. }
+                | PeerError::Closed { peer },
+            ) => Some(peer),
+            _ => None,
+        }
+    }
 }
 
 /// A remote border block waiting for its tick: receiving shard and margin side.
@@ -287,8 +326,14 @@ impl Engine {
             tick,
             until_tick: self.target().until,
             state: state.name().to_owned(),
+            unreachable_peer: match &state {
+                EngineState::PeerUnreachable { peer, .. } => Some(peer.clone()),
+                _ => None,
+            },
             error: match state {
-                EngineState::Failed(reason) => Some(reason),
+                EngineState::Failed(reason) | EngineState::PeerUnreachable { reason, .. } => {
+                    Some(reason)
+                }
                 _ => None,
             },
             checkpoints,
@@ -309,14 +354,16 @@ impl Engine {
         let started = tokio::time::Instant::now();
         let mut rx = self.state.subscribe();
         let news = |(tick, state): &(u64, EngineState)| {
-            matches!(state, EngineState::Failed(_))
-                || (*tick > after_tick
-                    && self
-                        .checkpoints
-                        .lock()
-                        .range(after_tick + 1..)
-                        .next()
-                        .is_some())
+            matches!(
+                state,
+                EngineState::Failed(_) | EngineState::PeerUnreachable { .. }
+            ) || (*tick > after_tick
+                && self
+                    .checkpoints
+                    .lock()
+                    .range(after_tick + 1..)
+                    .next()
+                    .is_some())
         };
         also.mark_unchanged();
         let _ = tokio::time::timeout(wait, async {

@@ -23,6 +23,9 @@ use crate::identity::Identity;
 /// How long connecting to a peer may take, retries included.
 const CONNECT_DEADLINE: Duration = Duration::from_secs(5);
 
+/// Longest a probe of a peer ([`PeerSet::unreachable`]) may take: connect, handshake, PING.
+const PROBE_DEADLINE: Duration = Duration::from_secs(5);
+
 /// Why a link to a peer backend could not be made, or broke. Clone, so the first failure can
 /// be kept for every later caller; the causes are shared behind `Arc`s for that.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -95,6 +98,10 @@ pub enum PeerError {
 #[derive(Debug)]
 pub struct PeerSet {
     links: HashMap<String, tokio::sync::Mutex<Link>>,
+    /// Each peer's data-plane address, for probes.
+    addresses: std::collections::BTreeMap<String, String>,
+    /// Who this backend is, and its TLS, for probes.
+    identity: Identity,
     failure: watch::Receiver<Option<PeerError>>,
     failure_tx: watch::Sender<Option<PeerError>>,
 }
@@ -124,6 +131,7 @@ impl PeerSet {
     ) -> Result<PeerSet, PeerError> {
         let (failure_tx, failure) = watch::channel(None);
         let mut links = HashMap::new();
+        let mut addresses = std::collections::BTreeMap::new();
         for peer in peers {
             let address = topology
                 .backend(peer)
@@ -152,9 +160,12 @@ impl PeerSet {
                 buf: BytesMut::with_capacity(16 * 1024),
             };
             links.insert(peer.clone(), tokio::sync::Mutex::new(link));
+            addresses.insert(peer.clone(), address);
         }
         Ok(PeerSet {
             links,
+            addresses,
+            identity: identity.clone(),
             failure,
             failure_tx,
         })
@@ -208,6 +219,46 @@ impl PeerSet {
             Some(reason) => Err(reason.clone()),
             None => Ok(()),
         }
+    }
+
+    /// Probes every peer at once over a fresh connection (connect, handshake, `PING`), each
+    /// for at most `within` (capped at [`PROBE_DEADLINE`]), and names the first one (by
+    /// instance id) that did not answer `PONG`, with why. A peer that answers is reachable
+    /// even if its borders are late: it is waiting for someone else. `None`: all answered.
+    pub async fn unreachable(&self, within: Duration) -> Option<(String, String)> {
+        let within = within.min(PROBE_DEADLINE);
+        let mut probes = tokio::task::JoinSet::new();
+        for (peer, address) in &self.addresses {
+            let (peer, address, tls) = (peer.clone(), address.clone(), self.identity.tls.clone());
+            probes.spawn(async move {
+                let probe = async {
+                    let mut client = Client::connect_tls(
+                        address.as_str(),
+                        codec::Limits::default(),
+                        tls.as_ref(),
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                    match client.request(&Message::Ping).await {
+                        Ok(Message::Pong) => Ok(()),
+                        Ok(other) => Err(format!("answered PING with {other:?}")),
+                        Err(e) => Err(e.to_string()),
+                    }
+                };
+                let outcome = match tokio::time::timeout(within, probe).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => Err(format!("no answer to a probe within {within:?}")),
+                };
+                outcome
+                    .err()
+                    .map(|why| (peer, format!("{why} (at {address})")))
+            });
+        }
+        let mut failed: Vec<(String, String)> =
+            probes.join_all().await.into_iter().flatten().collect();
+        // The first by instance id, whatever order the probes ended in.
+        failed.sort();
+        failed.into_iter().next()
     }
 
     /// Resolves when a link fails (never, if none does).

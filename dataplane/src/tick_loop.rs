@@ -71,7 +71,14 @@ pub(crate) fn ensure_started(
         };
         if let Err(reason) = result {
             warn!(colony = colony.colony_id(), tick = engine.tick(), %reason, "tick engine failed");
-            engine.set_state(EngineState::Failed(reason.to_string()));
+            let state = match reason.unreachable_peer() {
+                Some(peer) => EngineState::PeerUnreachable {
+                    peer: peer.to_owned(),
+                    reason: reason.to_string(),
+                },
+                None => EngineState::Failed(reason.to_string()),
+            };
+            engine.set_state(state);
         }
     });
 }
@@ -421,6 +428,13 @@ async fn keep_checkpoint(
 }
 
 /// Waits until every remote border block of tick `t` is in, then takes them.
+///
+/// When `timeout` passes first, every peer is probed over a fresh connection: one that cannot
+/// be reached is named ([`EngineError::PeerUnreachable`]), so the coordinator can drop one
+/// side of a cut path instead of retrying into it (DESIGN §15). If every peer answers, the
+/// stall is a neighbour's own (it waits for someone else, who will report the cut), so this
+/// engine gives it one more `timeout` before failing without naming anyone: the backends at
+/// the ends of a cut report first.
 async fn wait_inbox(
     engine: &Engine,
     peers: &PeerSet,
@@ -428,7 +442,8 @@ async fn wait_inbox(
     needed: usize,
     timeout: Duration,
 ) -> Result<HashMap<EdgeKey, Block>, EngineError> {
-    let deadline = tokio::time::Instant::now() + timeout;
+    let mut deadline = tokio::time::Instant::now() + timeout;
+    let mut probed = false;
     loop {
         let notified = engine.arrivals().notified();
         tokio::pin!(notified);
@@ -440,6 +455,18 @@ async fn wait_inbox(
         tokio::select! {
             _ = &mut notified => {}
             _ = tokio::time::sleep_until(deadline) => {
+                if !probed {
+                    probed = true;
+                    // At most half the wait: a backend further from the cut, whose probe
+                    // finds everyone and which then waits a whole `timeout` more, reports
+                    // after the ends do even when a cut path drops packets silently and
+                    // every probe into it runs to its limit.
+                    if let Some((peer, why)) = peers.unreachable(timeout / 2).await {
+                        return Err(EngineError::PeerUnreachable { tick: t, timeout, peer, why });
+                    }
+                    deadline = tokio::time::Instant::now() + timeout;
+                    continue;
+                }
                 let have = engine.borders_in(t);
                 return Err(EngineError::BordersLate {
                     tick: t,

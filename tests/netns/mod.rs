@@ -128,8 +128,13 @@ pub struct TestBed {
     /// system, as machines would share a directory).
     pub registry: tempfile::TempDir,
     pub backends: usize,
-    /// A client for the bed's HTTP planes, presenting the operator token.
+    /// A client for the bed's HTTP planes, presenting the operator token (over TLS, a
+    /// human's client: it trusts the bed's CA and shows no certificate).
     pub http: reqwest::Client,
+    /// With TLS on ([`TestBed::up_tls`]): the `colony certs` directory, with `ca.pem`, one
+    /// `HOST.pem`/`HOST-key.pem` per host for its own address, and `tester.pem` for the
+    /// bridge address (`NET.1`), which is where this test's own connections come from.
+    pub pki: Option<tempfile::TempDir>,
 }
 
 impl TestBed {
@@ -138,6 +143,22 @@ impl TestBed {
     /// TLS files can join them). `None` (after printing why) when the machine cannot run a
     /// test bed and [`REQUIRE_ENV`] is not `1`.
     pub fn up(backends: usize, coordinator: &[&str], backend: &[&str]) -> Option<TestBed> {
+        Self::up_with(backends, coordinator, backend, false)
+    }
+
+    /// As [`TestBed::up`], with TLS on every node (DESIGN §15): `colony certs` makes one CA
+    /// and a certificate per host whose IP SAN is that host's own address, and each node is
+    /// started with its own `--tls-cert/--tls-key` and the CA.
+    pub fn up_tls(backends: usize, coordinator: &[&str], backend: &[&str]) -> Option<TestBed> {
+        Self::up_with(backends, coordinator, backend, true)
+    }
+
+    fn up_with(
+        backends: usize,
+        coordinator: &[&str],
+        backend: &[&str],
+        tls: bool,
+    ) -> Option<TestBed> {
         if let Some(why) = unavailable() {
             if std::env::var(REQUIRE_ENV).is_ok_and(|v| v == "1") {
                 panic!("{REQUIRE_ENV}=1 but the network-namespace test bed cannot run: {why}");
@@ -154,13 +175,20 @@ impl TestBed {
         let state = PathBuf::from(format!("/tmp/colony-netns-{tag}"));
         // A directory left by a test that was killed outright (same pid, long ago) goes first.
         let _ = std::fs::remove_dir_all(&state);
+        let pki = tls.then(|| make_certs(&net, backends));
+        let http = match &pki {
+            Some(dir) => shared::tls::http_client(None)
+                .use_preconfigured_tls(anonymous_tls(&dir.path().join("ca.pem"))),
+            None => shared::tls::http_client(None),
+        };
         let bed = TestBed {
             tag,
             net,
             state,
             registry: tempfile::tempdir().unwrap(),
             backends,
-            http: shared::tls::http_client(None)
+            pki,
+            http: http
                 .no_proxy()
                 .timeout(Duration::from_secs(10))
                 .default_headers(
@@ -177,6 +205,22 @@ impl TestBed {
         bed.add_host_args("c", coordinator);
         for k in 1..=backends {
             bed.add_host_args(&format!("b{k}"), backend);
+        }
+        if bed.pki.is_some() {
+            let hosts =
+                std::iter::once("c".to_owned()).chain((1..=backends).map(|k| format!("b{k}")));
+            for host in hosts {
+                let (cert, key, ca) = bed.tls_files(&host);
+                let (cert, key, ca) = (
+                    cert.display().to_string(),
+                    key.display().to_string(),
+                    ca.display().to_string(),
+                );
+                bed.add_host_args(
+                    &host,
+                    &["--tls-cert", &cert, "--tls-key", &key, "--tls-ca", &ca],
+                );
+            }
         }
         let registry = bed.registry.path().display().to_string();
         let bin = crate::common::colony_bin();
@@ -230,14 +274,33 @@ impl TestBed {
         }
     }
 
+    /// `https` on a TLS bed, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.pki.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
     /// The coordinator's control plane base URL.
     pub fn control(&self) -> String {
-        format!("http://{}:8083", self.ip("c"))
+        format!("{}://{}:8083", self.scheme(), self.ip("c"))
     }
 
     /// The coordinator's management plane base URL.
     pub fn mgmt(&self) -> String {
-        format!("http://{}:8084", self.ip("c"))
+        format!("{}://{}:8084", self.scheme(), self.ip("c"))
+    }
+
+    /// `(cert, key, ca)` of `name` (a host, or `tester`) on a TLS bed.
+    pub fn tls_files(&self, name: &str) -> (PathBuf, PathBuf, PathBuf) {
+        let dir = self.pki.as_ref().expect("a TLS test bed").path();
+        (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}-key.pem")),
+            dir.join("ca.pem"),
+        )
     }
 
     /// The default instance id of backend `host` on the bed (DESIGN §2).
@@ -391,6 +454,34 @@ impl TestBed {
         }
         left
     }
+}
+
+/// `colony certs` for a bed on `net` with `backends` backends: the coordinator, every backend
+/// and the tester (the bridge address, where this machine's connections come from).
+fn make_certs(net: &str, backends: usize) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(crate::common::colony_bin());
+    cmd.args(["certs", "--out"]).arg(dir.path());
+    cmd.args(["--node", &format!("c:{net}.10")]);
+    cmd.args(["--node", &format!("tester:{net}.1")]);
+    for k in 1..=backends {
+        cmd.args(["--node", &format!("b{k}:{net}.{}", 10 + k)]);
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "colony certs: {out:?}");
+    dir
+}
+
+/// A rustls client configuration that trusts the CA in `ca` and shows no certificate: a
+/// human's `curl --cacert ca.pem` or `openssl s_client -CAfile ca.pem`.
+pub fn anonymous_tls(ca: &Path) -> rustls::ClientConfig {
+    rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(shared::tls::roots(ca).unwrap())
+    .with_no_client_auth()
 }
 
 /// True if `pid` runs (a zombie waiting for its reaper does not count: it has exited).

@@ -151,6 +151,9 @@ pub enum BackendError {
         backend: String,
         /// Its reason.
         reason: String,
+        /// The peer it says it cannot reach, when that is why (a cut path between two
+        /// backends, or a lost peer: the re-placement's fence tells the two apart).
+        unreachable_peer: Option<String>,
     },
     /// The backend answered a report request with something else.
     #[error("{backend} answered a report with {answer:?}")]

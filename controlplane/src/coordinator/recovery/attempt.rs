@@ -69,6 +69,14 @@ pub(super) async fn attempt_once(
             }
         }
     }
+    // A cut between two backends that both answered: drop one side, deterministically.
+    if let Mode::Partition { reporter, peer } = mode {
+        if fenced.contains_key(reporter) && fenced.contains_key(peer) {
+            let dropped = plan::side_to_drop(&old.topology, reporter, peer).to_owned();
+            warn!(colony = %colony_id, %reporter, %peer, %dropped, "both ends of a cut path answer; dropping one from the run");
+            fenced.remove(&dropped);
+        }
+    }
     // The checkpoint to go back to: the newest consistent one (when taking a colony over,
     // the newest any backend was told; every backend keeps its copies of that one).
     let tick = consistent.tick;
@@ -83,7 +91,9 @@ pub(super) async fn attempt_once(
             &old.topology,
             fenced.values().map(|f| f.entry.clone()).collect(),
         ),
-        Mode::Lost | Mode::Adopt => plan::keep_and_fill(&old.topology, &survivors),
+        Mode::Lost | Mode::Partition { .. } | Mode::Adopt => {
+            plan::keep_and_fill(&old.topology, &survivors)
+        }
     }
     .map_err(|e| Setback::Fatal(e.to_string()))?;
     let sources = plan::sources(&old.topology, &new, &held_at, tick).map_err(|e| match e {

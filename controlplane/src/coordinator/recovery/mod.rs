@@ -28,6 +28,13 @@
 //! success, or a few re-placements in a row without the colony getting past `C`, fail the
 //! run, because something other than a lost backend is wrong.
 //!
+//! A backend that reports it cannot reach a peer while both still answer (a path between two
+//! backends is cut, DESIGN §15) would fail the same way after every re-placement that keeps
+//! both, so the re-placement drops one of the two ([`plan::side_to_drop`]: deterministic,
+//! whichever end reports first) and goes on without it, as after a loss. The dropped backend
+//! stays a live node (it still heartbeats) and takes shards again at the next colony start or
+//! rebalance once the path is healed.
+//!
 //! The supervisor also watches node health: a backend the health tracker calls DOWN is
 //! trouble even if its links still stand (a frozen process keeps its sockets open).
 
@@ -45,10 +52,10 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::coordinator::error::ColonyError;
+use crate::coordinator::error::{BackendError, ColonyError};
 use crate::coordinator::health::events::HealthEvent;
 use crate::coordinator::health::node_state::NodeState;
-use crate::coordinator::run::{Call, ColonyRun};
+use crate::coordinator::run::{Call, ColonyRun, Trouble};
 use attempt::{attempt_once, Setback};
 use event::announce;
 pub use event::{Moved, RecoveryEvent};
@@ -81,6 +88,16 @@ pub struct Context {
 enum Mode {
     /// Backends were lost (or an engine failed): survivors keep their shards.
     Lost,
+    /// Backend `reporter` cannot reach backend `peer` (DESIGN §15): if both answer the fence
+    /// they are both alive and the path between them is cut, so one of them
+    /// ([`plan::side_to_drop`]) is dropped from the run as if lost; if one does not answer,
+    /// it is simply lost. Survivors keep their shards, as after a loss.
+    Partition {
+        /// The backend that reported.
+        reporter: String,
+        /// The peer it cannot reach.
+        peer: String,
+    },
     /// Spread every shard over these backends (and those of the placement now).
     Rebalance(Vec<BackendEntry>),
     /// A restarted coordinator takes the colony over; its figures at `C` are not known yet.
@@ -90,7 +107,8 @@ enum Mode {
 impl Mode {
     fn kind(&self) -> &'static str {
         match self {
-            Mode::Lost => "backend_lost",
+            // A backend dropped to heal a partition is lost to the run like any other.
+            Mode::Lost | Mode::Partition { .. } => "backend_lost",
             Mode::Rebalance(_) => "rebalance",
             Mode::Adopt => "adopted",
         }
@@ -129,7 +147,7 @@ pub async fn supervise(
                     }
                     // Troubles of a placement already replaced were its consequences.
                     Woken::Call(Call::Trouble(t)) if t.epoch != run.epoch() => continue,
-                    Woken::Call(Call::Trouble(_)) => (Mode::Lost, None),
+                    Woken::Call(Call::Trouble(t)) => (partition_or_lost(&run, &t), None),
                     Woken::Call(Call::Rebalance { backends, reply }) => {
                         (Mode::Rebalance(backends), Some(reply))
                     }
@@ -141,7 +159,11 @@ pub async fn supervise(
                 // A colony that keeps failing from the same checkpoint has a problem no
                 // re-placement solves.
                 fruitless = match (&mode, last_restored) {
-                    (Mode::Lost, Some(tick)) if tick == event.restored_tick => fruitless + 1,
+                    (Mode::Lost | Mode::Partition { .. }, Some(tick))
+                        if tick == event.restored_tick =>
+                    {
+                        fruitless + 1
+                    }
                     _ => 1,
                 };
                 last_restored = Some(event.restored_tick);
@@ -166,6 +188,25 @@ pub async fn supervise(
                 return;
             }
         }
+    }
+}
+
+/// The re-placement a trouble calls for: a backend that says it cannot reach a peer of the
+/// placement in force names a possible partition; anything else is a loss.
+fn partition_or_lost(run: &ColonyRun, trouble: &Trouble) -> Mode {
+    match &trouble.error {
+        BackendError::Failed {
+            backend,
+            unreachable_peer: Some(peer),
+            ..
+        } if peer != backend && run.placement().backends().any(|b| b == peer) => {
+            warn!(colony = run.colony_id(), backend = %backend, peer = %peer, "a backend cannot reach a peer");
+            Mode::Partition {
+                reporter: backend.clone(),
+                peer: peer.clone(),
+            }
+        }
+        _ => Mode::Lost,
     }
 }
 

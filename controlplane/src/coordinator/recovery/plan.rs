@@ -65,6 +65,24 @@ pub(crate) fn with_owners(
     serde_json::from_value(json).map_err(|e| bad(&e))
 }
 
+/// Of two backends that cannot reach each other (both alive), the one to drop from the run:
+/// the one holding fewer shards in `topology` (fewer shards move and fewer ticks of work are
+/// redone elsewhere), and of two holding as many, the greater instance id. Depends only on
+/// the pair and the placement, never on which end reported the cut first, so both ends'
+/// reports lead to the same decision.
+pub(crate) fn side_to_drop<'a>(topology: &ClusterTopology, a: &'a str, b: &'a str) -> &'a str {
+    let held = |id: &str| {
+        topology
+            .placement()
+            .filter(|(_, owner)| owner.instance_id == id)
+            .count()
+    };
+    match held(a).cmp(&held(b)).then_with(|| b.cmp(a)) {
+        std::cmp::Ordering::Less => a,
+        _ => b,
+    }
+}
+
 /// After a loss: every shard of a survivor stays; the others go to `survivors` (instance
 /// ids of `topology`'s backends), grown from the survivors' blocks.
 ///
@@ -255,6 +273,23 @@ mod tests {
 
     fn ids(ids: &[&str]) -> BTreeSet<String> {
         ids.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn the_side_of_a_cut_dropped_holds_fewer_shards_or_has_the_greater_id_whoever_reports() {
+        // 3 backends on 4 × 2 shards: one holds fewer than the others.
+        let t = topology(3, 4, 2);
+        let count = |id: &str| t.placement().filter(|(_, o)| o.instance_id == id).count();
+        let mut by_load: Vec<&str> = vec!["b0", "b1", "b2"];
+        by_load.sort_by_key(|id| (count(id), std::cmp::Reverse(*id)));
+        let (fewest, other) = (by_load[0], by_load[2]);
+        assert!(count(fewest) < count(other), "{by_load:?}");
+        assert_eq!(side_to_drop(&t, fewest, other), fewest);
+        assert_eq!(side_to_drop(&t, other, fewest), fewest);
+        // As many shards each: the greater id, from either end.
+        let even = topology(2, 4, 2);
+        assert_eq!(side_to_drop(&even, "b0", "b1"), "b1");
+        assert_eq!(side_to_drop(&even, "b1", "b0"), "b1");
     }
 
     /// True if `shards` form one 4-connected block on the torus of `t`.

@@ -473,6 +473,7 @@ impl ColonyRun {
                     tick,
                     state,
                     error,
+                    unreachable_peer,
                     checkpoints,
                     held,
                     ..
@@ -482,6 +483,7 @@ impl ColonyRun {
                         BackendError::Failed {
                             backend: id,
                             reason: error.unwrap_or_default(),
+                            unreachable_peer,
                         }
                     } else {
                         let report = Report {
@@ -632,6 +634,7 @@ impl ColonyRun {
             let trouble = BackendError::Failed {
                 backend: error.backend().to_owned(),
                 reason: error.to_string(),
+                unreachable_peer: None,
             };
             self.report_trouble(epoch, trouble);
         }
