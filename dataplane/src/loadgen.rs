@@ -200,7 +200,9 @@ mod tests {
     #[tokio::test]
     async fn a_load_against_the_echo_counts_answers_and_latencies() {
         let (addr, echo) = spawn_echo().await.unwrap();
-        let load = ping(addr, &Connector::plain(), 2, 4, Handshake::None).await.unwrap();
+        let load = ping(addr, &Connector::plain(), 2, 4, Handshake::None)
+            .await
+            .unwrap();
         load.record_latencies();
         let deadline = Instant::now() + Duration::from_secs(10);
         while load.completed() < 100 {
@@ -224,7 +226,9 @@ mod tests {
             socket.write_all(b"+OK redis?\r\n").await.unwrap();
             let _ = socket.read(&mut [0u8; 64]).await;
         });
-        let err = ping(addr, &Connector::plain(), 1, 1, Handshake::Nats).await.unwrap_err();
+        let err = ping(addr, &Connector::plain(), 1, 1, Handshake::Nats)
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("not a NATS server"), "{err}");
         server.abort();
     }
