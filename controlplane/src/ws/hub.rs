@@ -249,25 +249,36 @@ impl Core {
                 events,
             };
         }
-        // The snapshot is read after `seq` was taken, so it is at least as new as `seq`;
-        // events after `seq` may repeat a change it already shows, which is harmless
+        // The snapshot is read after its seq was taken, so it is at least as new as that
+        // seq; events after it may repeat a change it already shows, which is harmless
         // because every event states a new value rather than a difference.
+        let (loaded, replay, after) = self.loaded(seq, reason).await;
         Attached {
-            loaded: Some(self.loaded(seq, reason).await),
-            replay: Vec::new(),
-            after: seq,
+            loaded: Some(loaded),
+            replay,
+            after,
             events,
         }
     }
 
-    /// The `registry_loaded` text for a connection attaching at `seq`: the shared one if it
-    /// was built at `seq` for the same reason less than [`LOADED_MAX_AGE`] ago, else a new
-    /// one (then shared).
-    async fn loaded(&self, seq: u64, reason: &'static str) -> Utf8Bytes {
+    /// The `registry_loaded` text for a connection attaching at `seq`, the events to replay
+    /// after it, and the seq they reach: the shared snapshot if it was built for the same
+    /// reason less than [`LOADED_MAX_AGE`] ago and only health checks and colony progress
+    /// were published since (replayed after it), else a new one (then shared). In a large
+    /// cluster health checks come many times a second; rebuilding a snapshot of every node
+    /// for each reconnect after each of them was what let a `/ws` reconnect loop saturate
+    /// the management thread.
+    async fn loaded(
+        &self,
+        seq: u64,
+        reason: &'static str,
+    ) -> (Utf8Bytes, Vec<Arc<Published>>, u64) {
         let mut cached = self.loaded.lock().await;
         if let Some(c) = cached.as_ref() {
-            if c.seq == seq && c.reason == reason && c.built.elapsed() < LOADED_MAX_AGE {
-                return c.text.clone();
+            if c.reason == reason && c.built.elapsed() < LOADED_MAX_AGE {
+                if let Some(missed) = self.only_updates_between(c.seq, seq) {
+                    return (c.text.clone(), missed, seq.max(c.seq));
+                }
             }
         }
         let snapshot = self.snapshot(reason).await;
@@ -278,7 +289,36 @@ impl Core {
             built: tokio::time::Instant::now(),
             text: text.clone(),
         });
-        text
+        (text, Vec::new(), seq)
+    }
+
+    /// The events published after `from` up to `to`, if the history still holds them all
+    /// and each only updates a value a snapshot shows (a health check, colony progress):
+    /// replayed after a snapshot taken at `from`, they bring it to `to`.
+    fn only_updates_between(&self, from: u64, to: u64) -> Option<Vec<Arc<Published>>> {
+        if from >= to {
+            return Some(Vec::new());
+        }
+        let log = self.log.lock();
+        let oldest = log.recent.front().map_or(log.seq + 1, |e| e.seq);
+        if from + 1 < oldest {
+            return None;
+        }
+        let missed: Vec<Arc<Published>> = log
+            .recent
+            .iter()
+            .filter(|e| e.seq > from && e.seq <= to)
+            .cloned()
+            .collect();
+        missed
+            .iter()
+            .all(|e| {
+                matches!(
+                    e.kind,
+                    EventKind::HealthCheckResult | EventKind::ColonyProgress
+                )
+            })
+            .then_some(missed)
     }
 
     /// The `registry_loaded` payload: everything a client needs to draw the cluster.
