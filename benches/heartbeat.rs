@@ -1,31 +1,34 @@
-//! Heartbeat ingest on a real coordinator process, and the cost of tracking many nodes.
+//! Heartbeat ingest on a real coordinator process, and the cost of tracking many nodes, over
+//! `POST /heartbeat` and over the persistent heartbeat channel (`/heartbeat/ws`, the backends'
+//! default), in one run.
 //!
-//! 1. Ingest: `HB_CONNS` keep-alive connections (default 8) post heartbeats for 1 000
+//! 1. POST ingest: `HB_CONNS` keep-alive connections (default 8) post heartbeats for 1 000
 //!    distinct nodes as fast as the coordinator answers, for `HB_SECS` (default 3): the
 //!    figure is heartbeats/s accepted.
-//! 2. Tracking: 10 000 simulated nodes, each heartbeating once a second (paced), over
+//! 2. POST tracking: 10 000 simulated nodes, each heartbeating once a second (paced), over
 //!    `HB_TRACK_CONNS` keep-alive connections (default 20, 500 nodes each), for `HB_SECS`:
 //!    the figure is the coordinator's CPU time over wall time (share of one core), read from
 //!    its own /proc/<pid>/stat only.
+//! 3. Channel ingest: `HB_CONNS` channels (one node each), first one frame at a time as the
+//!    sender does, then `HB_WINDOW` frames in flight per channel (default 32: the frames of
+//!    many nodes arriving together, without the load generator's round trips setting the
+//!    pace); each answer is read and checked.
+//! 4. Channel tracking: 10 000 nodes at 1/s (`HB_CHANNEL_NODES` to change the count), each on
+//!    a channel of its own as a backend holds it; the figure is again the coordinator's CPU
+//!    share, and its RSS with every channel open. The phase is bounded: channels that do not
+//!    open within [`OPEN_TIMEOUT`] or answer within [`ANSWER_TIMEOUT`] are counted as lost,
+//!    not waited for (the bench needs twice as many file descriptors as nodes).
 //!
-//! Every heartbeat is a full `POST /heartbeat` (the body a backend sends, the headers reqwest
-//! sends, and a `Colony-Signature` made for that request with the cluster secret, as a backend
-//! signs it) on a keep-alive HTTP/1.1 connection, one request at a time per connection, as the
-//! backends' sender does; each answer is read and must be 200, so a refused signature or a
-//! replayed `seq` would show as a lower figure. The load generator writes
-//! requests and reads answers itself rather than through reqwest: it shares this machine with
-//! the coordinator, and reqwest's own per-request cost took CPU from the server in the ingest
-//! phase. Its CPU share is printed too.
-//!
-//! 3. and 4. The same two figures over the persistent heartbeat channel (`/heartbeat/ws`, the
-//!    backends' default): ingest over `HB_CONNS` channels (one node each, one frame at a time
-//!    as the sender does, each answer read and checked), then 10 000 nodes at 1/s, each on a
-//!    channel of its own as a backend holds it (`HB_CHANNEL_NODES` to change the count; the
-//!    bench needs twice that many file descriptors between the two processes).
+//! Every heartbeat is signed with the cluster secret as a backend signs it; each answer is
+//! read and must accept it, so a refused signature or a replayed `seq` would show as a lower
+//! figure. The POST load generator writes requests and reads answers itself rather than
+//! through reqwest: it shares this machine with the coordinator, and reqwest's own
+//! per-request cost took CPU from the server. The load generator's CPU share is printed too.
 //!
 //! `HB_WORKERS` sets the coordinator's `--worker-threads` (the management plane, heartbeats
 //! included, runs on a thread of its own either way); `HB_COLONY` runs another `colony`
-//! binary, to compare builds under the same load.
+//! binary; `HB_COMPARE=<colony binary>` runs every phase against that binary as well, first,
+//! and prints the two side by side (before/after a change, under the same load).
 //!
 //! Run: `cargo bench --bench heartbeat`. The load generator runs on the same machine.
 
@@ -44,6 +47,12 @@ use shared::test_support::free_port;
 use shared::test_support::proc_cpu::cpu_seconds;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+/// Longest a channel may take to open and have its first heartbeat accepted.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest the answer to one frame may take before its channel counts as lost.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
 struct Coordinator {
     child: Child,
@@ -58,11 +67,9 @@ impl Drop for Coordinator {
     }
 }
 
-fn start() -> Coordinator {
+fn start(program: &str) -> Coordinator {
     let dir = tempfile::tempdir().unwrap();
     let mgmt = free_port();
-    let program =
-        std::env::var("HB_COLONY").unwrap_or_else(|_| env!("CARGO_BIN_EXE_colony").into());
     let child = Command::new(program)
         .args([
             "coordinator",
@@ -102,6 +109,22 @@ impl Coordinator {
         let key = self.dir.path().join("output/cluster.key");
         RequestSigner::new(&ClusterSecret::from_file(&key).unwrap())
     }
+
+    fn rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .map_or(0.0, |kib| kib / 1024.0)
+    }
+}
+
+/// The one HTTP client of this bench (reads `/health/status`).
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
 }
 
 /// A heartbeat of node `node`, run `boot`, number `seq`; seqs rise per node within a boot.
@@ -228,52 +251,83 @@ type Channel =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 type WsMessage = tokio_tungstenite::tungstenite::Message;
 
-/// Opens one heartbeat channel.
-async fn open_channel(port: u16) -> Channel {
-    let (channel, _) =
-        tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/heartbeat/ws"))
-            .await
-            .unwrap();
-    channel
-}
-
-/// Sends one signed heartbeat frame and reads its answer; true if it was accepted.
-async fn frame(channel: &mut Channel, signer: &RequestSigner, body: &str) -> bool {
-    let signature = signer.sign("CHANNEL", "/heartbeat/ws", body.as_bytes());
-    channel
-        .send(WsMessage::Text(format!("{signature}\n{body}").into()))
-        .await
-        .unwrap();
-    loop {
-        match channel.next().await {
-            Some(Ok(WsMessage::Text(answer))) => return answer.contains(r#""status":"ACTIVE""#),
-            Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {}
-            other => panic!("the coordinator closed a heartbeat channel: {other:?}"),
-        }
+/// Opens one heartbeat channel. A small read buffer: tungstenite's default (128 KiB) is
+/// zeroed on every read and, over 10 000 channels, would cost the load generator more memory
+/// and CPU than the coordinator it measures.
+async fn open_channel(port: u16) -> Option<Channel> {
+    let config = WebSocketConfig::default().read_buffer_size(4096);
+    let url = format!("ws://127.0.0.1:{port}/heartbeat/ws");
+    let connect = tokio_tungstenite::connect_async_with_config(url, Some(config), true);
+    match tokio::time::timeout(OPEN_TIMEOUT, connect).await {
+        Ok(Ok((channel, _))) => Some(channel),
+        _ => None,
     }
 }
 
-/// Channel `conn` of the ingest phase: one node, as fast as answered.
+/// The frame of one signed heartbeat.
+fn signed_frame(signer: &RequestSigner, body: &str) -> WsMessage {
+    let signature = signer.sign("CHANNEL", "/heartbeat/ws", body.as_bytes());
+    WsMessage::Text(format!("{signature}\n{body}").into())
+}
+
+/// The next answer on `channel`: `Some(accepted)`, or `None` if the channel closed or the
+/// answer did not come within [`ANSWER_TIMEOUT`].
+async fn answer(channel: &mut Channel) -> Option<bool> {
+    let read = async {
+        loop {
+            match channel.next().await? {
+                Ok(WsMessage::Text(answer)) => {
+                    return Some(answer.contains(r#""status":"ACTIVE""#))
+                }
+                Ok(WsMessage::Ping(_) | WsMessage::Pong(_)) => {}
+                _ => return None,
+            }
+        }
+    };
+    tokio::time::timeout(ANSWER_TIMEOUT, read).await.ok()?
+}
+
+/// Sends one signed heartbeat frame and reads its answer (see [`answer`]).
+async fn frame(channel: &mut Channel, signer: &RequestSigner, body: &str) -> Option<bool> {
+    channel.send(signed_frame(signer, body)).await.ok()?;
+    answer(channel).await
+}
+
+/// Channel `conn` of the ingest phase: one node, with `window` frames in flight (sent
+/// together, then their answers read), until `until`.
 async fn ingest_channel(
     port: u16,
     signer: RequestSigner,
     conn: usize,
+    window: usize,
     until: Instant,
     done: Arc<AtomicU64>,
 ) {
-    let mut channel = open_channel(port).await;
+    let mut channel = open_channel(port).await.expect("an ingest channel opens");
     let mut seq = 0u64;
     while Instant::now() < until {
-        seq += 1;
-        if frame(&mut channel, &signer, &body(200_000 + conn, "ingest", seq)).await {
-            done.fetch_add(1, Ordering::Relaxed);
+        for _ in 0..window {
+            seq += 1;
+            let frame = signed_frame(&signer, &body(200_000 + conn, "ingest", seq));
+            channel.feed(frame).await.unwrap();
+        }
+        channel.flush().await.unwrap();
+        for _ in 0..window {
+            match answer(&mut channel).await {
+                Some(true) => {
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                Some(false) => {}
+                None => panic!("the coordinator closed an ingest channel"),
+            }
         }
     }
 }
 
 /// Node `node` of `nodes` on its own channel, once a second from `start` (spread over the
 /// first second by its number), until `end`; its seqs continue from `seq`. Hands back the
-/// channel and the last seq, so the next phase goes on with the same run of the node.
+/// channel and the last seq, so the next phase goes on with the same run of the node, or
+/// `None` if the channel was lost.
 #[allow(clippy::too_many_arguments)]
 async fn track_channel(
     mut channel: Channel,
@@ -284,7 +338,7 @@ async fn track_channel(
     start: tokio::time::Instant,
     end: Instant,
     sent: Arc<AtomicU64>,
-) -> (Channel, u64) {
+) -> Option<(Channel, u64)> {
     let offset = Duration::from_secs(1).mul_f64(node as f64 / nodes as f64);
     let mut tick = tokio::time::interval_at(start + offset, Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -292,39 +346,55 @@ async fn track_channel(
     loop {
         // Not past `end` waiting for a tick: the phase's wall time is the measure.
         if tokio::time::timeout_at(end, tick.tick()).await.is_err() {
-            return (channel, seq);
+            return Some((channel, seq));
         }
         seq += 1;
-        if frame(&mut channel, &signer, &body(300_000 + node, "channel", seq)).await {
-            sent.fetch_add(1, Ordering::Relaxed);
+        match frame(&mut channel, &signer, &body(300_000 + node, "channel", seq)).await {
+            Some(true) => {
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(false) => {}
+            None => return None,
         }
     }
 }
 
-fn main() {
-    let benching = std::env::args().any(|a| a == "--bench");
-    let env = |k: &str, d: f64| {
-        std::env::var(k)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(d)
-    };
-    let secs = if benching { env("HB_SECS", 3.0) } else { 0.3 };
-    let conns = env("HB_CONNS", 8.0) as usize;
-    let wanted = if benching { 10_000 } else { 500 };
-    let track_conns = (env("HB_TRACK_CONNS", 20.0) as usize).clamp(1, wanted);
-    let per_conn = wanted / track_conns;
-    let nodes = per_conn * track_conns;
+/// A line of the comparison: its name, its figure, its decimals.
+type Row = (&'static str, fn(&Figures) -> f64, usize);
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let coordinator = start();
+/// One run's figures.
+#[derive(Debug, Default, Clone)]
+struct Figures {
+    post_ingest: f64,
+    post_tracking_cpu: f64,
+    channel_ingest: f64,
+    channel_ingest_window: f64,
+    channel_tracking_cpu: f64,
+    channel_tracking_rate: f64,
+    channels_open: usize,
+    channels_lost: usize,
+    opened_secs: f64,
+    rss_mib: f64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Settings {
+    secs: f64,
+    conns: usize,
+    window: usize,
+    nodes: usize,
+    track_conns: usize,
+    channel_nodes: usize,
+}
+
+/// Every phase against `program`, printing each figure as it comes.
+fn run(rt: &tokio::runtime::Runtime, program: &str, s: Settings) -> Figures {
+    let mut figures = Figures::default();
+    let coordinator = start(program);
     let port = coordinator.mgmt;
     let signer = coordinator.signer();
     let pid = coordinator.child.id().to_string();
+    let per_conn = s.nodes / s.track_conns;
     // CPU shares (user %, kernel %) of the coordinator and of this process since `mark()`.
     let mark = || (cpu_seconds(&pid), cpu_seconds("self"), Instant::now());
     let shares = |(server0, client0, at): ((f64, f64), (f64, f64), Instant)| {
@@ -341,14 +411,26 @@ fn main() {
             wall,
         )
     };
+    let http = http_client();
+    let health = || -> serde_json::Value {
+        rt.block_on(async {
+            http.get(format!("http://127.0.0.1:{port}/health/status"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap()
+        })
+    };
+    println!("== {program}");
 
-    // 1. Ingest.
+    // 1. Ingest over POST.
     let done = Arc::new(AtomicU64::new(0));
     let ingest_mark = mark();
-    let started = ingest_mark.2;
-    let until = started + Duration::from_secs_f64(secs);
+    let until = ingest_mark.2 + Duration::from_secs_f64(s.secs);
     rt.block_on(async {
-        let tasks: Vec<_> = (0..conns)
+        let tasks: Vec<_> = (0..s.conns)
             .map(|c| tokio::spawn(ingest(port, signer.clone(), c, until, done.clone())))
             .collect();
         for t in tasks {
@@ -356,29 +438,32 @@ fn main() {
         }
     });
     let (server, client, wall) = shares(ingest_mark);
+    figures.post_ingest = done.load(Ordering::Relaxed) as f64 / wall;
     println!(
-        "heartbeat ingest: {:.0} heartbeats/s over {conns} keep-alive connections ({secs}s); coordinator CPU {:.0}% of one core (user {:.0}%, kernel {:.0}%), load generator {:.0}%",
-        done.load(Ordering::Relaxed) as f64 / wall,
+        "heartbeat ingest over POST: {:.0} heartbeats/s over {} keep-alive connections ({}s); coordinator CPU {:.0}% of one core (user {:.0}%, kernel {:.0}%), load generator {:.0}%",
+        figures.post_ingest,
+        s.conns,
+        s.secs,
         server.0 + server.1,
         server.0,
         server.1,
         client.0 + client.1,
     );
 
-    // 2. Tracking many nodes at 1 heartbeat/s each.
+    // 2. Tracking many nodes at 1 heartbeat/s over POST.
     let sent = Arc::new(AtomicU64::new(0));
-    let run = |boot: &'static str, measure: Duration| {
+    let tracking_run = |boot: &'static str, measure: Duration| {
         let sent = sent.clone();
         let signer = signer.clone();
         async move {
-            let tasks: Vec<_> = (0..track_conns)
+            let tasks: Vec<_> = (0..s.track_conns)
                 .map(|c| {
                     let task = track(
                         port,
                         signer.clone(),
                         boot,
                         c,
-                        track_conns,
+                        s.track_conns,
                         per_conn,
                         measure,
                         sent.clone(),
@@ -392,31 +477,22 @@ fn main() {
         }
     };
     // Register every node once, then measure steady state.
-    rt.block_on(run("warmup", Duration::from_secs(1)));
+    rt.block_on(tracking_run("warmup", Duration::from_secs(1)));
     sent.store(0, Ordering::Relaxed);
     let tracking = mark();
-    rt.block_on(run("measured", Duration::from_secs_f64(secs.max(1.0))));
+    rt.block_on(tracking_run(
+        "measured",
+        Duration::from_secs_f64(s.secs.max(1.0)),
+    ));
     let (server, client, wall) = shares(tracking);
-    let health = || -> serde_json::Value {
-        rt.block_on(async {
-            reqwest::Client::builder()
-                .no_proxy()
-                .build()
-                .unwrap()
-                .get(format!("http://127.0.0.1:{port}/health/status"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap()
-        })
-    };
+    figures.post_tracking_cpu = server.0 + server.1;
     let status = health();
     println!(
-        "tracking {nodes} nodes at 1 heartbeat/s over {track_conns} keep-alive connections: {:.0} heartbeats/s received, coordinator CPU {:.1}% of one core (user {:.1}%, kernel {:.1}%), load generator {:.0}%; {} components, {} active",
+        "tracking {} nodes at 1 heartbeat/s over {} keep-alive connections: {:.0} heartbeats/s received, coordinator CPU {:.1}% of one core (user {:.1}%, kernel {:.1}%), load generator {:.0}%; {} components, {} active",
+        per_conn * s.track_conns,
+        s.track_conns,
         sent.load(Ordering::Relaxed) as f64 / wall,
-        server.0 + server.1,
+        figures.post_tracking_cpu,
         server.0,
         server.1,
         client.0 + client.1,
@@ -424,39 +500,46 @@ fn main() {
         status["active"],
     );
 
-    // 3. Ingest over the channel.
-    let done = Arc::new(AtomicU64::new(0));
-    let ingest_mark = mark();
-    let until = ingest_mark.2 + Duration::from_secs_f64(secs);
-    rt.block_on(async {
-        let tasks: Vec<_> = (0..conns)
-            .map(|c| tokio::spawn(ingest_channel(port, signer.clone(), c, until, done.clone())))
-            .collect();
-        for t in tasks {
-            t.await.unwrap();
+    // 3. Ingest over the channel: one frame at a time, then `window` in flight.
+    for window in [1, s.window] {
+        let done = Arc::new(AtomicU64::new(0));
+        let ingest_mark = mark();
+        let until = ingest_mark.2 + Duration::from_secs_f64(s.secs);
+        rt.block_on(async {
+            let tasks: Vec<_> = (0..s.conns)
+                .map(|c| {
+                    let task = ingest_channel(port, signer.clone(), c, window, until, done.clone());
+                    tokio::spawn(task)
+                })
+                .collect();
+            for t in tasks {
+                t.await.unwrap();
+            }
+        });
+        let (server, client, wall) = shares(ingest_mark);
+        let rate = done.load(Ordering::Relaxed) as f64 / wall;
+        if window == 1 {
+            figures.channel_ingest = rate;
+        } else {
+            figures.channel_ingest_window = rate;
         }
-    });
-    let (server, client, wall) = shares(ingest_mark);
-    println!(
-        "heartbeat ingest over the channel: {:.0} heartbeats/s over {conns} channels ({secs}s); coordinator CPU {:.0}% of one core (user {:.0}%, kernel {:.0}%), load generator {:.0}%",
-        done.load(Ordering::Relaxed) as f64 / wall,
-        server.0 + server.1,
-        server.0,
-        server.1,
-        client.0 + client.1,
-    );
+        println!(
+            "heartbeat ingest over the channel: {rate:.0} heartbeats/s over {} channels, {window} frame(s) in flight each ({}s); coordinator CPU {:.0}% of one core (user {:.0}%, kernel {:.0}%), load generator {:.0}%",
+            s.conns,
+            s.secs,
+            server.0 + server.1,
+            server.0,
+            server.1,
+            client.0 + client.1,
+        );
+    }
 
     // 4. Many nodes at 1 heartbeat/s, each on its own channel.
-    let channel_nodes = if benching {
-        env("HB_CHANNEL_NODES", 10_000.0) as usize
-    } else {
-        200
-    };
     let opened = Instant::now();
     let channels: Vec<(Channel, u64)> = rt.block_on(async {
         // A few hundred handshakes at a time: the listen backlog is finite.
-        let mut channels = Vec::with_capacity(channel_nodes);
-        for batch in (0..channel_nodes).collect::<Vec<_>>().chunks(256) {
+        let mut channels = Vec::with_capacity(s.channel_nodes);
+        for batch in (0..s.channel_nodes).collect::<Vec<_>>().chunks(256) {
             // Each channel's first heartbeat goes at once, as a backend's does: the
             // coordinator closes a channel that carries none within 10 s.
             let opening: Vec<_> = batch
@@ -464,25 +547,30 @@ fn main() {
                 .map(|&node| {
                     let signer = signer.clone();
                     tokio::spawn(async move {
-                        let mut channel = open_channel(port).await;
-                        assert!(
-                            frame(&mut channel, &signer, &body(300_000 + node, "channel", 1)).await
-                        );
-                        channel
+                        let mut channel = open_channel(port).await?;
+                        let first = body(300_000 + node, "channel", 1);
+                        match frame(&mut channel, &signer, &first).await {
+                            Some(true) => Some(channel),
+                            _ => None,
+                        }
                     })
                 })
                 .collect();
             for o in opening {
-                channels.push((o.await.unwrap(), 1));
+                match o.await.unwrap() {
+                    Some(channel) => channels.push((channel, 1)),
+                    None => figures.channels_lost += 1,
+                }
             }
         }
         channels
     });
-    let opened = opened.elapsed();
+    figures.opened_secs = opened.elapsed().as_secs_f64();
     let sent = Arc::new(AtomicU64::new(0));
-    let run = |channels: Vec<(Channel, u64)>, measure: Duration| {
+    let lost = Arc::new(AtomicU64::new(0));
+    let channel_run = |channels: Vec<(Channel, u64)>, measure: Duration| {
         let signer = signer.clone();
-        let sent = sent.clone();
+        let (sent, lost) = (sent.clone(), lost.clone());
         async move {
             let start = tokio::time::Instant::now();
             let end = Instant::now() + measure;
@@ -505,28 +593,127 @@ fn main() {
                 .collect();
             let mut back = Vec::with_capacity(n);
             for t in tasks {
-                back.push(t.await.unwrap());
+                match t.await.unwrap() {
+                    Some(kept) => back.push(kept),
+                    None => {
+                        lost.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
             }
             back
         }
     };
-    // Every node's first heartbeat binds its channel; then steady state is measured.
-    let warm = rt.block_on(run(channels, Duration::from_secs(1)));
+    // Every node's first heartbeat bound its channel; one more second settles the pace,
+    // then steady state is measured.
+    let warm = rt.block_on(channel_run(channels, Duration::from_secs(1)));
     sent.store(0, Ordering::Relaxed);
     let tracking = mark();
-    let channels = rt.block_on(run(warm, Duration::from_secs_f64(secs.max(1.0))));
+    let channels = rt.block_on(channel_run(warm, Duration::from_secs_f64(s.secs.max(1.0))));
     let (server, client, wall) = shares(tracking);
+    figures.channel_tracking_cpu = server.0 + server.1;
+    figures.channel_tracking_rate = sent.load(Ordering::Relaxed) as f64 / wall;
+    figures.channels_lost += lost.load(Ordering::Relaxed) as usize;
+    figures.channels_open = channels.len();
+    figures.rss_mib = coordinator.rss_mib();
     let status = health();
     println!(
-        "tracking {channel_nodes} nodes at 1 heartbeat/s over a channel each (opened in {:.1}s): {:.0} heartbeats/s received, coordinator CPU {:.1}% of one core (user {:.1}%, kernel {:.1}%), load generator {:.0}%; {} components, {} active",
-        opened.as_secs_f64(),
-        sent.load(Ordering::Relaxed) as f64 / wall,
-        server.0 + server.1,
+        "tracking {} nodes at 1 heartbeat/s over a channel each ({} open after {:.1}s, {} lost): {:.0} heartbeats/s received, coordinator CPU {:.1}% of one core (user {:.1}%, kernel {:.1}%), load generator {:.0}%, coordinator RSS {:.0} MiB; {} components, {} active",
+        s.channel_nodes,
+        figures.channels_open,
+        figures.opened_secs,
+        figures.channels_lost,
+        figures.channel_tracking_rate,
+        figures.channel_tracking_cpu,
         server.0,
         server.1,
         client.0 + client.1,
+        figures.rss_mib,
         status["total_components"],
         status["active"],
     );
     drop(channels);
+    figures
+}
+
+fn main() {
+    let benching = std::env::args().any(|a| a == "--bench");
+    let env = |k: &str, d: f64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let wanted = if benching { 10_000 } else { 500 };
+    let track_conns = (env("HB_TRACK_CONNS", 20.0) as usize).clamp(1, wanted);
+    let settings = Settings {
+        secs: if benching { env("HB_SECS", 3.0) } else { 0.3 },
+        conns: env("HB_CONNS", 8.0) as usize,
+        window: (env("HB_WINDOW", 32.0) as usize).max(1),
+        nodes: wanted / track_conns * track_conns,
+        track_conns,
+        channel_nodes: if benching {
+            env("HB_CHANNEL_NODES", 10_000.0) as usize
+        } else {
+            200
+        },
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let this = std::env::var("HB_COLONY").unwrap_or_else(|_| env!("CARGO_BIN_EXE_colony").into());
+    let Ok(before) = std::env::var("HB_COMPARE") else {
+        run(&rt, &this, settings);
+        return;
+    };
+    let old = run(&rt, &before, settings);
+    let new = run(&rt, &this, settings);
+    println!("\n{:<58} {:>14} {:>14}", "", "HB_COMPARE", "this build");
+    let rows: [Row; 9] = [
+        ("POST ingest, heartbeats/s", |f| f.post_ingest, 0),
+        (
+            "POST, 10 000 nodes at 1/s: coordinator CPU % of a core",
+            |f| f.post_tracking_cpu,
+            1,
+        ),
+        (
+            "channel ingest, 1 in flight, heartbeats/s",
+            |f| f.channel_ingest,
+            0,
+        ),
+        (
+            "channel ingest, HB_WINDOW in flight, heartbeats/s",
+            |f| f.channel_ingest_window,
+            0,
+        ),
+        (
+            "channels, N nodes at 1/s: coordinator CPU % of a core",
+            |f| f.channel_tracking_cpu,
+            1,
+        ),
+        (
+            "channels, N nodes at 1/s: heartbeats/s answered",
+            |f| f.channel_tracking_rate,
+            0,
+        ),
+        ("channels open at the end", |f| f.channels_open as f64, 0),
+        (
+            "channels lost (not opened or not answered)",
+            |f| f.channels_lost as f64,
+            0,
+        ),
+        (
+            "coordinator RSS with the channels open, MiB",
+            |f| f.rss_mib,
+            0,
+        ),
+    ];
+    for (name, get, decimals) in rows {
+        println!(
+            "{name:<58} {:>14.decimals$} {:>14.decimals$}",
+            get(&old),
+            get(&new)
+        );
+    }
 }
