@@ -21,7 +21,7 @@ use tracing::{debug, warn};
 use super::protocol::{event_text, EventKind};
 use super::services;
 use crate::coordinator::health::events::HealthEvent;
-use crate::coordinator::processes::ProcessEvent;
+use crate::coordinator::processes::{ProcessEvent, ProcessInfo};
 use crate::deploy::lifecycle::DeployEvent;
 use crate::state::MgmtState;
 use crate::time::rfc3339;
@@ -281,8 +281,26 @@ impl Core {
                 }
             }
         }
-        let snapshot = self.snapshot(reason).await;
-        let text: Utf8Bytes = event_text(EventKind::RegistryLoaded, seq, &snapshot).into();
+        // Built and written out on a blocking thread: for thousands of nodes that takes long
+        // enough to hold back every heartbeat queued behind it on the management thread.
+        let processes = self.processes().await;
+        let (state, stream) = (self.state.clone(), self.stream.clone());
+        let text: Utf8Bytes = match tokio::task::spawn_blocking(move || {
+            let snapshot = snapshot_of(&state, &stream, reason, processes);
+            event_text(EventKind::RegistryLoaded, seq, &snapshot)
+        })
+        .await
+        {
+            Ok(text) => text.into(),
+            // The blocking pool is gone (the runtime is stopping) or the build panicked:
+            // build it here rather than fail the connection.
+            Err(e) => {
+                debug!(error = %e, "registry_loaded built on the management thread");
+                let processes = self.processes().await;
+                let snapshot = snapshot_of(&self.state, &self.stream, reason, processes);
+                event_text(EventKind::RegistryLoaded, seq, &snapshot).into()
+            }
+        };
         *cached = Some(Loaded {
             seq,
             reason,
@@ -322,39 +340,67 @@ impl Core {
     }
 
     /// The `registry_loaded` payload: everything a client needs to draw the cluster.
-    pub(crate) async fn snapshot(&self, reason: &str) -> Value {
-        let state = &self.state;
-        let health = state.health.as_ref();
-        let summary = health.map(|h| {
-            let s = h.status();
-            json!({
-                "overall_status": s.overall_status, "total_components": s.total_components,
-                "active": s.active, "stale": s.stale, "down": s.down, "left": s.left,
-            })
-        });
-        json!({
-            "reason": reason,
-            "stream": self.stream,
-            "coordinator": {
-                "node_id": state.node.node_id,
-                "address": state.node.address,
-                "started": rfc3339(state.node.started),
-            },
-            "thresholds": health.map(|h| {
-                let c = h.config();
-                json!({
-                    "stale_after_ms": c.stale_after.as_millis(),
-                    "down_after_ms": c.down_after.as_millis(),
-                })
-            }),
-            "managed_processes": state.processes.is_some(),
-            "summary": summary,
-            "services": services::list(state).await,
-            "deployed": super::deployed::list(state),
-            "alerts": health.map(|h| h.alerts()),
-            "colony": state.colony.as_ref().map(|c| c.status()),
-        })
+    /// Built on a blocking thread, as [`Core::loaded`] builds it.
+    pub(crate) async fn snapshot(&self, reason: &'static str) -> Value {
+        let processes = self.processes().await;
+        let (state, stream) = (self.state.clone(), self.stream.clone());
+        let build = move || snapshot_of(&state, &stream, reason, processes);
+        match tokio::task::spawn_blocking(build).await {
+            Ok(snapshot) => snapshot,
+            Err(e) => {
+                debug!(error = %e, "registry_loaded built on the management thread");
+                let processes = self.processes().await;
+                snapshot_of(&self.state, &self.stream, reason, processes)
+            }
+        }
     }
+
+    /// The managed processes, if this node manages any.
+    async fn processes(&self) -> Vec<ProcessInfo> {
+        match &self.state.processes {
+            Some(p) => p.list().await,
+            None => Vec::new(),
+        }
+    }
+}
+
+/// The `registry_loaded` payload of `state`, with its managed `processes` already read.
+fn snapshot_of(
+    state: &MgmtState,
+    stream: &str,
+    reason: &str,
+    processes: Vec<ProcessInfo>,
+) -> Value {
+    let health = state.health.as_ref();
+    let summary = health.map(|h| {
+        let s = h.status();
+        json!({
+            "overall_status": s.overall_status, "total_components": s.total_components,
+            "active": s.active, "stale": s.stale, "down": s.down, "left": s.left,
+        })
+    });
+    json!({
+        "reason": reason,
+        "stream": stream,
+        "coordinator": {
+            "node_id": state.node.node_id,
+            "address": state.node.address,
+            "started": rfc3339(state.node.started),
+        },
+        "thresholds": health.map(|h| {
+            let c = h.config();
+            json!({
+                "stale_after_ms": c.stale_after.as_millis(),
+                "down_after_ms": c.down_after.as_millis(),
+            })
+        }),
+        "managed_processes": state.processes.is_some(),
+        "summary": summary,
+        "services": services::list_with(state, processes),
+        "deployed": super::deployed::list(state),
+        "alerts": health.map(|h| h.alerts()),
+        "colony": state.colony.as_ref().map(|c| c.status()),
+    })
 }
 
 /// Turns every source into numbered events until shutdown (or until the hub is gone).

@@ -46,6 +46,8 @@ pub const HEALTH_CHECK_EVENT_EVERY: Duration = Duration::from_secs(1);
 /// second on the management thread, ahead of the heartbeats themselves. State changes are
 /// never held back: they are their own events.
 pub const HEALTH_CHECK_EVENTS_PER_SECOND: u64 = 250;
+/// Health events a subscriber may fall behind by before it misses some.
+const EVENT_QUEUE: usize = 16 * 1024;
 /// Boot ids remembered per node after it restarted, so a heartbeat replayed from an earlier run
 /// is refused; restarts faster than this many per signature window are not a real concern.
 const RETIRED_BOOTS: usize = 4;
@@ -128,7 +130,10 @@ pub struct Recorded {
 impl HealthTracker {
     /// A tracker; `me` lists the coordinator itself as an always-ACTIVE component.
     pub fn new(config: HealthConfig, me: Option<(String, NodeAddress)>) -> Self {
-        let (events, _) = broadcast::channel(1024);
+        // Room for thousands of nodes joining at once (each a transition, an endpoint and a
+        // health check): a subscriber that falls further behind resyncs with a snapshot of
+        // every node, which is what a burst must not cost.
+        let (events, _) = broadcast::channel(EVENT_QUEUE);
         HealthTracker {
             inner: Arc::new(Inner {
                 config,
