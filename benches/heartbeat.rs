@@ -294,7 +294,8 @@ async fn frame(channel: &mut Channel, signer: &RequestSigner, body: &str) -> Opt
 }
 
 /// Channel `conn` of the ingest phase: one node, with `window` frames in flight (sent
-/// together, then their answers read), until `until`.
+/// together, then their answers read), until `until`; counted in `closed` and ended if the
+/// coordinator closes it or does not answer.
 async fn ingest_channel(
     port: u16,
     signer: RequestSigner,
@@ -302,8 +303,12 @@ async fn ingest_channel(
     window: usize,
     until: Instant,
     done: Arc<AtomicU64>,
+    closed: Arc<AtomicU64>,
 ) {
-    let mut channel = open_channel(port).await.expect("an ingest channel opens");
+    let Some(mut channel) = open_channel(port).await else {
+        closed.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
     let mut seq = 0u64;
     while Instant::now() < until {
         for _ in 0..window {
@@ -318,7 +323,10 @@ async fn ingest_channel(
                     done.fetch_add(1, Ordering::Relaxed);
                 }
                 Some(false) => {}
-                None => panic!("the coordinator closed an ingest channel"),
+                None => {
+                    closed.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
             }
         }
     }
@@ -503,12 +511,14 @@ fn run(rt: &tokio::runtime::Runtime, program: &str, s: Settings) -> Figures {
     // 3. Ingest over the channel: one frame at a time, then `window` in flight.
     for window in [1, s.window] {
         let done = Arc::new(AtomicU64::new(0));
+        let closed = Arc::new(AtomicU64::new(0));
         let ingest_mark = mark();
         let until = ingest_mark.2 + Duration::from_secs_f64(s.secs);
         rt.block_on(async {
             let tasks: Vec<_> = (0..s.conns)
                 .map(|c| {
-                    let task = ingest_channel(port, signer.clone(), c, window, until, done.clone());
+                    let (done, closed) = (done.clone(), closed.clone());
+                    let task = ingest_channel(port, signer.clone(), c, window, until, done, closed);
                     tokio::spawn(task)
                 })
                 .collect();
@@ -524,9 +534,10 @@ fn run(rt: &tokio::runtime::Runtime, program: &str, s: Settings) -> Figures {
             figures.channel_ingest_window = rate;
         }
         println!(
-            "heartbeat ingest over the channel: {rate:.0} heartbeats/s over {} channels, {window} frame(s) in flight each ({}s); coordinator CPU {:.0}% of one core (user {:.0}%, kernel {:.0}%), load generator {:.0}%",
+            "heartbeat ingest over the channel: {rate:.0} heartbeats/s over {} channels, {window} frame(s) in flight each ({}s, {} channels closed early); coordinator CPU {:.0}% of one core (user {:.0}%, kernel {:.0}%), load generator {:.0}%",
             s.conns,
             s.secs,
+            closed.load(Ordering::Relaxed),
             server.0 + server.1,
             server.0,
             server.1,
