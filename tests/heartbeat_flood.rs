@@ -25,6 +25,7 @@ use dataplane::Client;
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use shared::signing::RequestSigner;
+use shared::test_support::proc_cpu;
 use shared::sim::{run_reference, WorldParams};
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -61,14 +62,9 @@ fn world() -> Value {
 }
 
 fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    kib * 1024
+    let rss = proc_cpu::rss_bytes(&pid.to_string());
+    assert!(rss > 0, "the coordinator's RSS is readable");
+    rss
 }
 
 /// A fake node's heartbeat: a valid body, as a backend sends it.
