@@ -442,7 +442,7 @@ async fn pump(core: std::sync::Weak<Core>, shutdown: CancellationToken) {
                         core.publish(EventKind::RegistryLoaded, &snapshot);
                     }
                     Ok(event) => publish_health(&core, event),
-                    Err(broadcast::error::RecvError::Lagged(n)) => resync(&core, n, "health").await,
+                    Err(broadcast::error::RecvError::Lagged(n)) => resync(&core, n, "health", &mut health).await,
                     Err(broadcast::error::RecvError::Closed) => health = None,
                 }
             }
@@ -457,7 +457,7 @@ async fn pump(core: std::sync::Weak<Core>, shutdown: CancellationToken) {
                             "process": process,
                         }));
                     }
-                    Err(broadcast::error::RecvError::Lagged(n)) => resync(&core, n, "process").await,
+                    Err(broadcast::error::RecvError::Lagged(n)) => resync(&core, n, "process", &mut processes).await,
                     Err(broadcast::error::RecvError::Closed) => processes = None,
                 }
             }
@@ -477,7 +477,7 @@ async fn pump(core: std::sync::Weak<Core>, shutdown: CancellationToken) {
                 let Some(core) = core.upgrade() else { break };
                 match event {
                     Ok(event) => publish_deploy(&core, event),
-                    Err(broadcast::error::RecvError::Lagged(n)) => resync(&core, n, "deploy").await,
+                    Err(broadcast::error::RecvError::Lagged(n)) => resync(&core, n, "deploy", &mut deployments).await,
                     Err(broadcast::error::RecvError::Closed) => deployments = None,
                 }
             }
@@ -490,7 +490,7 @@ async fn pump(core: std::sync::Weak<Core>, shutdown: CancellationToken) {
                         core.publish(EventKind::RegistryLoaded, &snapshot);
                     }
                     Ok(event) => publish_deploy(&core, event),
-                    Err(broadcast::error::RecvError::Lagged(n)) => resync(&core, n, "remote deploy").await,
+                    Err(broadcast::error::RecvError::Lagged(n)) => resync(&core, n, "remote deploy", &mut remote_deployments).await,
                     Err(broadcast::error::RecvError::Closed) => remote_deployments = None,
                 }
             }
@@ -604,12 +604,23 @@ fn publish_deploy(core: &Core, event: DeployEvent) {
 }
 
 /// The pump itself fell behind a source: clients get the whole state again, numbered like
-/// any event, so nothing they hold stays wrong.
-async fn resync(core: &Core, missed: u64, source: &str) {
+/// any event, so nothing they hold stays wrong. The source's backlog is skipped first: the
+/// snapshot, read after that, already shows every change still queued, and working through
+/// thousands of them (a crowd of nodes joining) only put the pump behind again, so each
+/// resync brought on the next.
+async fn resync<T: Clone>(
+    core: &Core,
+    missed: u64,
+    source: &str,
+    rx: &mut Option<broadcast::Receiver<T>>,
+) {
     warn!(
         missed,
         source, "ws event pump fell behind; sending clients the whole state again"
     );
+    if let Some(rx) = rx.as_mut() {
+        *rx = rx.resubscribe();
+    }
     let snapshot = core.snapshot("resync").await;
     core.publish(EventKind::RegistryLoaded, &snapshot);
 }
