@@ -345,7 +345,7 @@ impl HeartbeatSender {
                 }
             }
         };
-        let answer = tokio::time::timeout(self.answer_timeout(), exchange)
+        let answer = tokio::time::timeout(self.frame_answer_timeout(), exchange)
             .await
             .map_err(|_| ChannelError::Broken("no answer in time".into()))??;
         Ok(match answer {
@@ -362,6 +362,15 @@ impl HeartbeatSender {
                 Ok(())
             }
         })
+    }
+
+    /// How long a frame's answer may take before the channel is given up. Longer than
+    /// [`Self::answer_timeout`]: giving up a channel closes it, and the coordinator suspects
+    /// a node whose channel closed at once (STALE), while a heartbeat that is only slow is
+    /// still within the coordinator's own threshold (3 s by default). Up to three intervals,
+    /// so a node with a short interval still falls back to `POST` quickly.
+    fn frame_answer_timeout(&self) -> Duration {
+        (3 * self.interval).clamp(Duration::from_secs(1), Duration::from_secs(3))
     }
 
     fn answer_timeout(&self) -> Duration {

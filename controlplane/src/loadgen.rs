@@ -4,7 +4,10 @@
 //! - [`Transport::Post`]: `POST /heartbeat` on keep-alive HTTP/1.1 connections, one request
 //!   at a time per connection as the backends' sender does, several nodes per connection;
 //! - [`Transport::Channel`]: the persistent channel ([`CHANNEL_PATH`]), one node per channel
-//!   (a channel is bound to the node of its first heartbeat), one frame at a time.
+//!   (a channel is bound to the node of its first heartbeat), one frame at a time as the
+//!   sender does, or [`Nodes::in_flight`] frames written together before their answers are
+//!   read (the frames of many nodes arriving at once, without the load generator's round
+//!   trips setting the pace).
 //!
 //! Each heartbeat is signed with the cluster secret as a backend signs it and its answer is
 //! read; a refusal (a wrong secret, a replayed `seq`) fails the load rather than lowering a
@@ -21,6 +24,7 @@ use futures::{SinkExt, StreamExt};
 use shared::loadgen::{connect, timed, Connector, Load, LoadStream, Worker};
 use shared::signing::{RequestSigner, HEADER};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::WebSocketStream;
 
@@ -31,6 +35,10 @@ pub const HEARTBEAT_PATH: &str = "/heartbeat";
 
 /// Connections opened at once while a load starts: the listen backlog is finite.
 const OPEN_BATCH: usize = 256;
+/// Each channel's read buffer. An answer is a few dozen bytes; tungstenite's default
+/// (128 KiB) is zero-filled before every read and, over 10 000 channels, cost the load
+/// generator more memory and CPU than the coordinator it measures.
+const READ_BUFFER: usize = 4 * 1024;
 
 /// How heartbeats reach the coordinator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +72,10 @@ pub struct Nodes {
     pub pace: Option<Duration>,
     /// The boot id of this run of the nodes: `seq` starts again at 1 under a new one.
     pub boot: String,
+    /// Channel only: heartbeats written together on a channel before their answers are
+    /// read, each turn (1, or 0, is one at a time, as a backend's sender does). POST sends
+    /// one at a time whatever this is.
+    pub in_flight: usize,
 }
 
 /// A heartbeat of node `id` (its `n` picks a distinct fake address), as a backend sends it.
@@ -154,19 +166,37 @@ struct Channel(WebSocketStream<LoadStream>);
 impl Channel {
     async fn open(addr: SocketAddr, connector: &Connector) -> std::io::Result<Channel> {
         let url = format!("{}://{addr}{CHANNEL_PATH}", connector.ws_scheme());
-        let (ws, _) = tokio_tungstenite::client_async(url, connect(addr, connector).await?)
-            .await
-            .map_err(std::io::Error::other)?;
+        let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);
+        let (ws, _) = tokio_tungstenite::client_async_with_config(
+            url,
+            connect(addr, connector).await?,
+            Some(config),
+        )
+        .await
+        .map_err(std::io::Error::other)?;
         Ok(Channel(ws))
     }
 
-    /// Sends one signed heartbeat frame and reads its answer, which must accept it.
-    async fn send(&mut self, signer: &RequestSigner, body: &str) -> std::io::Result<()> {
-        let signature = signer.sign(CHANNEL_METHOD, CHANNEL_PATH, body.as_bytes());
-        self.0
-            .send(WsMessage::Text(frame(&signature, body.as_bytes()).into()))
-            .await
-            .map_err(std::io::Error::other)?;
+    /// Sends one signed heartbeat frame per body, written together, then reads their
+    /// answers, each of which must accept its heartbeat.
+    async fn send(&mut self, signer: &RequestSigner, bodies: &[String]) -> std::io::Result<()> {
+        for body in bodies {
+            let signature = signer.sign(CHANNEL_METHOD, CHANNEL_PATH, body.as_bytes());
+            let text = frame(&signature, body.as_bytes());
+            self.0
+                .feed(WsMessage::Text(text.into()))
+                .await
+                .map_err(std::io::Error::other)?;
+        }
+        self.0.flush().await.map_err(std::io::Error::other)?;
+        for _ in bodies {
+            self.answer().await?;
+        }
+        Ok(())
+    }
+
+    /// Reads the answer to the oldest frame not yet answered, which must accept it.
+    async fn answer(&mut self) -> std::io::Result<()> {
         loop {
             match timed(async { Ok(self.0.next().await) }).await? {
                 Some(Ok(WsMessage::Text(answer))) if answer.contains(r#""status":"#) => {
@@ -191,10 +221,17 @@ enum Conn {
 }
 
 impl Conn {
-    async fn send(&mut self, signer: &RequestSigner, body: &str) -> std::io::Result<()> {
+    /// Sends the heartbeats of `bodies` (on a channel together, by POST one by one) and
+    /// reads every answer.
+    async fn send(&mut self, signer: &RequestSigner, bodies: &[String]) -> std::io::Result<()> {
         match self {
-            Conn::Post(post) => post.send(signer, body).await,
-            Conn::Channel(channel) => channel.send(signer, body).await,
+            Conn::Post(post) => {
+                for body in bodies {
+                    post.send(signer, body).await?;
+                }
+                Ok(())
+            }
+            Conn::Channel(channel) => channel.send(signer, bodies).await,
         }
     }
 }
@@ -248,11 +285,8 @@ pub async fn heartbeats(
                 let mut seq = 0;
                 if let (Transport::Channel, Some(n)) = (transport, first) {
                     seq = 1;
-                    conn.send(
-                        &signer,
-                        &body(&format!("{prefix}_{n}"), n, &boot, seq, false),
-                    )
-                    .await?;
+                    let first = body(&format!("{prefix}_{n}"), n, &boot, seq, false);
+                    conn.send(&signer, &[first]).await?;
                 }
                 Ok::<_, std::io::Error>(Carrier {
                     conn,
@@ -267,27 +301,42 @@ pub async fn heartbeats(
             carriers.push(carrier?);
         }
     }
-    let (prefix, boot, pace) = (nodes.prefix.clone(), nodes.boot.clone(), nodes.pace);
+    let turn = Turn {
+        prefix: nodes.prefix.clone(),
+        boot: nodes.boot.clone(),
+        pace: nodes.pace,
+        in_flight: match transport {
+            Transport::Post => 1,
+            Transport::Channel => nodes.in_flight.max(1),
+        },
+    };
     Ok(Load::spawn(carriers, move |carrier, worker| {
-        drive(
-            carrier,
-            signer.clone(),
-            prefix.clone(),
-            boot.clone(),
-            pace,
-            worker,
-        )
+        drive(carrier, signer.clone(), turn.clone(), worker)
     }))
+}
+
+/// What every worker of a load does each turn.
+#[derive(Debug, Clone)]
+struct Turn {
+    prefix: String,
+    boot: String,
+    pace: Option<Duration>,
+    /// Heartbeats sent together each turn.
+    in_flight: usize,
 }
 
 async fn drive(
     mut c: Carrier,
     signer: RequestSigner,
-    prefix: String,
-    boot: String,
-    pace: Option<Duration>,
+    turn_of: Turn,
     mut worker: Worker,
 ) -> std::io::Result<Vec<Duration>> {
+    let Turn {
+        prefix,
+        boot,
+        pace,
+        in_flight,
+    } = turn_of;
     // Paced: this connection's nodes take turns, one every pace / nodes, its first turn
     // shifted by its place so the connections do not send in step.
     let mut tick = pace.filter(|_| !c.nodes.is_empty()).map(|pace| {
@@ -302,6 +351,7 @@ async fn drive(
         tick
     });
     let mut turn = 0usize;
+    let mut bodies = Vec::with_capacity(in_flight);
     while worker.running() && !c.nodes.is_empty() {
         if let Some(tick) = tick.as_mut() {
             // Never wait past a stop for a slow pace: look again every 100 ms.
@@ -315,24 +365,19 @@ async fn drive(
         let n = c.nodes.get(turn % c.nodes.len()).copied().unwrap_or(0);
         turn += 1;
         // Every node of a connection shares its seq counter: seqs still rise per node.
-        c.seq += 1;
+        bodies.clear();
+        for _ in 0..in_flight {
+            c.seq += 1;
+            bodies.push(body(&format!("{prefix}_{n}"), n, &boot, c.seq, false));
+        }
         let started = Instant::now();
-        c.conn
-            .send(
-                &signer,
-                &body(&format!("{prefix}_{n}"), n, &boot, c.seq, false),
-            )
-            .await?;
-        worker.completed(1, started);
+        c.conn.send(&signer, &bodies).await?;
+        worker.completed(bodies.len() as u64, started);
     }
     for &n in &c.nodes {
         c.seq += 1;
-        c.conn
-            .send(
-                &signer,
-                &body(&format!("{prefix}_{n}"), n, &boot, c.seq, true),
-            )
-            .await?;
+        let goodbye = body(&format!("{prefix}_{n}"), n, &boot, c.seq, true);
+        c.conn.send(&signer, &[goodbye]).await?;
     }
     Ok(worker.into_samples())
 }

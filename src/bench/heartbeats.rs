@@ -42,6 +42,10 @@ pub struct HeartbeatsArgs {
     /// Each node heartbeats once per this interval [default: as fast as answered].
     #[arg(long, value_parser = humantime::parse_duration)]
     pub pace: Option<Duration>,
+    /// Heartbeats written together on each channel before their answers are read (POST
+    /// sends one at a time); 1 is what a backend does.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub in_flight: u32,
     /// The transports measured.
     #[arg(long, value_enum, default_value_t = Transports::Both)]
     pub transport: Transports,
@@ -81,6 +85,7 @@ pub async fn run(args: HeartbeatsArgs) -> Result<(), BenchError> {
         per_connection: args.nodes_per_connection as usize,
         pace: args.pace,
         boot: String::new(),
+        in_flight: args.in_flight as usize,
     };
     let mut targets: Vec<Target> = transports
         .iter()

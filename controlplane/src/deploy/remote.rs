@@ -14,6 +14,11 @@
 //! writes from nodes. The price: changes show up to one interval late, and of several health
 //! checks between two rounds only the last is relayed.
 //!
+//! A backend that does not answer is asked less often, one round skipped after its first
+//! miss, then 3, 7, up to [`MAX_SKIPPED_ROUNDS`]: every heartbeating backend is polled, and
+//! nodes that heartbeat but serve no control plane (thousands of them in the heartbeat flood
+//! test) made the coordinator spend about half its CPU opening connections that were refused.
+//!
 //! A service seen for the first time (deployed just now, or known again after a coordinator
 //! restart) is announced with `from: "unknown"`. Actions on a remote service and forwarded
 //! deployments record the backend's answer at once, so what the caller then lists matches
@@ -24,7 +29,7 @@
 //! Not here: which backends are live ([`crate::ws::deployed::live_backends`] reads the health
 //! tracker), nor the `/ws` answers.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,6 +45,8 @@ use crate::deploy::service::ServiceEntry;
 
 /// Backends asked at once in a polling round.
 const POLL_CONCURRENCY: usize = 8;
+/// Most rounds a backend that keeps not answering is left out of in a row.
+const MAX_SKIPPED_ROUNDS: u64 = 15;
 
 /// A live backend: where to ask for its services.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +69,15 @@ struct Inner {
     /// By backend, then by service name.
     nodes: parking_lot::Mutex<BTreeMap<String, BTreeMap<String, ServiceEntry>>>,
     events: broadcast::Sender<DeployEvent>,
+    misses: parking_lot::Mutex<Misses>,
+}
+
+/// The polling rounds so far, and the backends that did not answer their last ones.
+#[derive(Debug, Default)]
+struct Misses {
+    round: u64,
+    /// By backend: rounds missed in a row, and the round it is asked again.
+    by_node: HashMap<String, (u32, u64)>,
 }
 
 impl RemoteServices {
@@ -73,6 +89,7 @@ impl RemoteServices {
                 forwarder,
                 nodes: parking_lot::Mutex::new(BTreeMap::new()),
                 events,
+                misses: parking_lot::Mutex::new(Misses::default()),
             }),
         }
     }
@@ -177,12 +194,28 @@ impl RemoteServices {
     }
 
     /// One polling round over `backends`: each one's list replaces what was known of it (a
-    /// backend that does not answer keeps its last list until it is no longer live), and
-    /// backends not among them are forgotten.
+    /// backend that does not answer keeps its last list until it is no longer live, and is
+    /// asked again only after some rounds), and backends not among them are forgotten.
     pub async fn poll_once(&self, backends: Vec<Backend>) {
         let live: BTreeSet<String> = backends.iter().map(|b| b.node.clone()).collect();
+        let (round, due) = {
+            let mut misses = self.inner.misses.lock();
+            misses.round += 1;
+            let round = misses.round;
+            misses.by_node.retain(|node, _| live.contains(node));
+            let due: Vec<Backend> = backends
+                .into_iter()
+                .filter(|b| {
+                    misses
+                        .by_node
+                        .get(&b.node)
+                        .is_none_or(|&(_, next)| next <= round)
+                })
+                .collect();
+            (round, due)
+        };
         let forwarder = self.inner.forwarder.clone();
-        let mut answers = futures::stream::iter(backends)
+        let mut answers = futures::stream::iter(due)
             .map(|backend| {
                 let forwarder = forwarder.clone();
                 async move {
@@ -193,14 +226,27 @@ impl RemoteServices {
             .buffer_unordered(POLL_CONCURRENCY);
         while let Some((backend, answer)) = answers.next().await {
             match answer {
-                Ok(entries) => self.replace(&backend.node, entries),
+                Ok(entries) => {
+                    self.inner.misses.lock().by_node.remove(&backend.node);
+                    self.replace(&backend.node, entries);
+                }
                 // Debug: a backend that just went away fails every round until it is DOWN.
                 Err(e) => {
+                    self.missed(&backend.node, round);
                     debug!(node = %backend.node, error = %e, "cannot list a backend's deployed services")
                 }
             }
         }
         self.keep_only(&live);
+    }
+
+    /// `node` did not answer in `round`: it sits out 1, 3, 7, then [`MAX_SKIPPED_ROUNDS`].
+    fn missed(&self, node: &str, round: u64) {
+        let mut misses = self.inner.misses.lock();
+        let (in_a_row, next) = misses.by_node.entry(node.to_owned()).or_insert((0, 0));
+        *in_a_row = in_a_row.saturating_add(1);
+        let skipped = (1u64 << (*in_a_row).min(8)).saturating_sub(1);
+        *next = round + skipped.min(MAX_SKIPPED_ROUNDS) + 1;
     }
 
     /// Polls `backends()` every `every` until `token` is cancelled.
@@ -416,5 +462,41 @@ mod tests {
         assert_eq!(remote.find("web").len(), 1);
         remote.poll_once(Vec::new()).await;
         assert!(remote.find("web").is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_backend_that_does_not_answer_is_asked_less_and_less_often() {
+        let remote = remote();
+        // Takes every connection and closes it at once: each ask is counted, then fails.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let control = listener.local_addr().unwrap().to_string();
+        let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = asked.clone();
+        let server = tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                drop(socket);
+            }
+        });
+        let b1 = Backend {
+            node: "b1".to_owned(),
+            control,
+        };
+        let mut rounds_asked = Vec::new();
+        for round in 1..=12 {
+            let before = asked.load(std::sync::atomic::Ordering::SeqCst);
+            remote.poll_once(vec![b1.clone()]).await;
+            if asked.load(std::sync::atomic::Ordering::SeqCst) > before {
+                rounds_asked.push(round);
+            }
+        }
+        // Asked, then 1, 3 and 7 rounds left out.
+        assert_eq!(rounds_asked, [1, 3, 7]);
+        // Once no longer live and live again, it starts afresh.
+        remote.poll_once(Vec::new()).await;
+        let before = asked.load(std::sync::atomic::Ordering::SeqCst);
+        remote.poll_once(vec![b1]).await;
+        assert!(asked.load(std::sync::atomic::Ordering::SeqCst) > before);
+        server.abort();
     }
 }

@@ -518,11 +518,9 @@ async fn write_loop(
             .iter()
             .filter_map(|e| wanted(e, &mut seen, &subscription)),
     );
-    for text in first.collect::<Vec<_>>() {
-        if !write(&mut sink, Message::Text(text), timeout).await {
-            done.cancel();
-            return;
-        }
+    if !write_batch(&mut sink, first.collect(), timeout).await {
+        done.cancel();
+        return;
     }
     seen = seen.max(after);
     let mut ping = tokio::time::interval_at(
@@ -544,14 +542,37 @@ async fn write_loop(
                 None => return,
             },
             e = events.recv() => match e {
-                Ok(event) => match wanted(&event, &mut seen, &subscription) {
-                    Some(text) => Message::Text(text),
-                    None => continue,
-                },
+                Ok(event) => {
+                    // Events already queued behind this one go out in the same write: in a
+                    // burst (thousands of nodes joining) one system call per event per client
+                    // kept the management thread from its heartbeats.
+                    let mut batch: Vec<Utf8Bytes> = wanted(&event, &mut seen, &subscription).into_iter().collect();
+                    let mut missed = None;
+                    while batch.len() < WRITE_BATCH {
+                        match events.try_recv() {
+                            Ok(event) => batch.extend(wanted(&event, &mut seen, &subscription)),
+                            Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                                missed = Some(n);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    if !write_batch(&mut sink, batch, timeout).await {
+                        done.cancel();
+                        return;
+                    }
+                    match missed {
+                        Some(missed) => {
+                            too_slow(&mut sink, missed, seen, timeout).await;
+                            done.cancel();
+                            return;
+                        }
+                        None => continue,
+                    }
+                }
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    shared::warn_limited!(SLOW_LOG, missed, last_seq = seen, "ws client too slow; dropping it");
-                    let reason = format!("too slow: {missed} events missed; reconnect with ?since={seen}");
-                    let _ = write(&mut sink, close(close_code::POLICY, &reason), timeout).await;
+                    too_slow(&mut sink, missed, seen, timeout).await;
                     done.cancel();
                     return;
                 }
@@ -563,6 +584,54 @@ async fn write_loop(
         if !write(&mut sink, message, timeout).await || closing {
             done.cancel();
             return;
+        }
+    }
+}
+
+/// Most events written out together.
+const WRITE_BATCH: usize = 64;
+
+/// Drops a client that fell `missed` events behind, telling it where to resume.
+async fn too_slow(
+    sink: &mut SplitSink<WebSocket, Message>,
+    missed: u64,
+    seen: u64,
+    timeout: std::time::Duration,
+) {
+    shared::warn_limited!(
+        SLOW_LOG,
+        missed,
+        last_seq = seen,
+        "ws client too slow; dropping it"
+    );
+    let reason = format!("too slow: {missed} events missed; reconnect with ?since={seen}");
+    let _ = write(sink, close(close_code::POLICY, &reason), timeout).await;
+}
+
+/// Writes `texts` with one flush, within `timeout`; false if the client is gone or too slow.
+async fn write_batch(
+    sink: &mut SplitSink<WebSocket, Message>,
+    texts: Vec<Utf8Bytes>,
+    timeout: std::time::Duration,
+) -> bool {
+    if texts.is_empty() {
+        return true;
+    }
+    let all = async {
+        for text in texts {
+            sink.feed(Message::Text(text)).await?;
+        }
+        sink.flush().await
+    };
+    match tokio::time::timeout(timeout, all).await {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            debug!(error = %e, "ws write failed");
+            false
+        }
+        Err(_) => {
+            shared::warn_limited!(SLOW_LOG, timeout = ?timeout, "ws write timed out; dropping the client");
+            false
         }
     }
 }

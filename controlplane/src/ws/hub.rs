@@ -21,7 +21,7 @@ use tracing::{debug, warn};
 use super::protocol::{event_text, EventKind};
 use super::services;
 use crate::coordinator::health::events::HealthEvent;
-use crate::coordinator::processes::ProcessEvent;
+use crate::coordinator::processes::{ProcessEvent, ProcessInfo};
 use crate::deploy::lifecycle::DeployEvent;
 use crate::state::MgmtState;
 use crate::time::rfc3339;
@@ -249,72 +249,158 @@ impl Core {
                 events,
             };
         }
-        // The snapshot is read after `seq` was taken, so it is at least as new as `seq`;
-        // events after `seq` may repeat a change it already shows, which is harmless
+        // The snapshot is read after its seq was taken, so it is at least as new as that
+        // seq; events after it may repeat a change it already shows, which is harmless
         // because every event states a new value rather than a difference.
+        let (loaded, replay, after) = self.loaded(seq, reason).await;
         Attached {
-            loaded: Some(self.loaded(seq, reason).await),
-            replay: Vec::new(),
-            after: seq,
+            loaded: Some(loaded),
+            replay,
+            after,
             events,
         }
     }
 
-    /// The `registry_loaded` text for a connection attaching at `seq`: the shared one if it
-    /// was built at `seq` for the same reason less than [`LOADED_MAX_AGE`] ago, else a new
-    /// one (then shared).
-    async fn loaded(&self, seq: u64, reason: &'static str) -> Utf8Bytes {
+    /// The `registry_loaded` text for a connection attaching at `seq`, the events to replay
+    /// after it, and the seq they reach: the shared snapshot if it was built for the same
+    /// reason less than [`LOADED_MAX_AGE`] ago and only health checks and colony progress
+    /// were published since (replayed after it), else a new one (then shared). In a large
+    /// cluster health checks come many times a second; rebuilding a snapshot of every node
+    /// for each reconnect after each of them was what let a `/ws` reconnect loop saturate
+    /// the management thread.
+    async fn loaded(
+        &self,
+        seq: u64,
+        reason: &'static str,
+    ) -> (Utf8Bytes, Vec<Arc<Published>>, u64) {
         let mut cached = self.loaded.lock().await;
         if let Some(c) = cached.as_ref() {
-            if c.seq == seq && c.reason == reason && c.built.elapsed() < LOADED_MAX_AGE {
-                return c.text.clone();
+            if c.reason == reason && c.built.elapsed() < LOADED_MAX_AGE {
+                if let Some(missed) = self.only_updates_between(c.seq, seq) {
+                    return (c.text.clone(), missed, seq.max(c.seq));
+                }
             }
         }
-        let snapshot = self.snapshot(reason).await;
-        let text: Utf8Bytes = event_text(EventKind::RegistryLoaded, seq, &snapshot).into();
+        // Built and written out on a blocking thread: for thousands of nodes that takes long
+        // enough to hold back every heartbeat queued behind it on the management thread.
+        let processes = self.processes().await;
+        let (state, stream) = (self.state.clone(), self.stream.clone());
+        let text: Utf8Bytes = match tokio::task::spawn_blocking(move || {
+            let snapshot = snapshot_of(&state, &stream, reason, processes);
+            event_text(EventKind::RegistryLoaded, seq, &snapshot)
+        })
+        .await
+        {
+            Ok(text) => text.into(),
+            // The blocking pool is gone (the runtime is stopping) or the build panicked:
+            // build it here rather than fail the connection.
+            Err(e) => {
+                debug!(error = %e, "registry_loaded built on the management thread");
+                let processes = self.processes().await;
+                let snapshot = snapshot_of(&self.state, &self.stream, reason, processes);
+                event_text(EventKind::RegistryLoaded, seq, &snapshot).into()
+            }
+        };
         *cached = Some(Loaded {
             seq,
             reason,
             built: tokio::time::Instant::now(),
             text: text.clone(),
         });
-        text
+        (text, Vec::new(), seq)
+    }
+
+    /// The events published after `from` up to `to`, if the history still holds them all
+    /// and each only updates a value a snapshot shows (a health check, colony progress):
+    /// replayed after a snapshot taken at `from`, they bring it to `to`.
+    fn only_updates_between(&self, from: u64, to: u64) -> Option<Vec<Arc<Published>>> {
+        if from >= to {
+            return Some(Vec::new());
+        }
+        let log = self.log.lock();
+        let oldest = log.recent.front().map_or(log.seq + 1, |e| e.seq);
+        if from + 1 < oldest {
+            return None;
+        }
+        let missed: Vec<Arc<Published>> = log
+            .recent
+            .iter()
+            .filter(|e| e.seq > from && e.seq <= to)
+            .cloned()
+            .collect();
+        missed
+            .iter()
+            .all(|e| {
+                matches!(
+                    e.kind,
+                    EventKind::HealthCheckResult | EventKind::ColonyProgress
+                )
+            })
+            .then_some(missed)
     }
 
     /// The `registry_loaded` payload: everything a client needs to draw the cluster.
-    pub(crate) async fn snapshot(&self, reason: &str) -> Value {
-        let state = &self.state;
-        let health = state.health.as_ref();
-        let summary = health.map(|h| {
-            let s = h.status();
-            json!({
-                "overall_status": s.overall_status, "total_components": s.total_components,
-                "active": s.active, "stale": s.stale, "down": s.down, "left": s.left,
-            })
-        });
-        json!({
-            "reason": reason,
-            "stream": self.stream,
-            "coordinator": {
-                "node_id": state.node.node_id,
-                "address": state.node.address,
-                "started": rfc3339(state.node.started),
-            },
-            "thresholds": health.map(|h| {
-                let c = h.config();
-                json!({
-                    "stale_after_ms": c.stale_after.as_millis(),
-                    "down_after_ms": c.down_after.as_millis(),
-                })
-            }),
-            "managed_processes": state.processes.is_some(),
-            "summary": summary,
-            "services": services::list(state).await,
-            "deployed": super::deployed::list(state),
-            "alerts": health.map(|h| h.alerts()),
-            "colony": state.colony.as_ref().map(|c| c.status()),
-        })
+    /// Built on a blocking thread, as [`Core::loaded`] builds it.
+    pub(crate) async fn snapshot(&self, reason: &'static str) -> Value {
+        let processes = self.processes().await;
+        let (state, stream) = (self.state.clone(), self.stream.clone());
+        let build = move || snapshot_of(&state, &stream, reason, processes);
+        match tokio::task::spawn_blocking(build).await {
+            Ok(snapshot) => snapshot,
+            Err(e) => {
+                debug!(error = %e, "registry_loaded built on the management thread");
+                let processes = self.processes().await;
+                snapshot_of(&self.state, &self.stream, reason, processes)
+            }
+        }
     }
+
+    /// The managed processes, if this node manages any.
+    async fn processes(&self) -> Vec<ProcessInfo> {
+        match &self.state.processes {
+            Some(p) => p.list().await,
+            None => Vec::new(),
+        }
+    }
+}
+
+/// The `registry_loaded` payload of `state`, with its managed `processes` already read.
+fn snapshot_of(
+    state: &MgmtState,
+    stream: &str,
+    reason: &str,
+    processes: Vec<ProcessInfo>,
+) -> Value {
+    let health = state.health.as_ref();
+    let summary = health.map(|h| {
+        let s = h.status();
+        json!({
+            "overall_status": s.overall_status, "total_components": s.total_components,
+            "active": s.active, "stale": s.stale, "down": s.down, "left": s.left,
+        })
+    });
+    json!({
+        "reason": reason,
+        "stream": stream,
+        "coordinator": {
+            "node_id": state.node.node_id,
+            "address": state.node.address,
+            "started": rfc3339(state.node.started),
+        },
+        "thresholds": health.map(|h| {
+            let c = h.config();
+            json!({
+                "stale_after_ms": c.stale_after.as_millis(),
+                "down_after_ms": c.down_after.as_millis(),
+            })
+        }),
+        "managed_processes": state.processes.is_some(),
+        "summary": summary,
+        "services": services::list_with(state, processes),
+        "deployed": super::deployed::list(state),
+        "alerts": health.map(|h| h.alerts()),
+        "colony": state.colony.as_ref().map(|c| c.status()),
+    })
 }
 
 /// Turns every source into numbered events until shutdown (or until the hub is gone).
@@ -356,7 +442,7 @@ async fn pump(core: std::sync::Weak<Core>, shutdown: CancellationToken) {
                         core.publish(EventKind::RegistryLoaded, &snapshot);
                     }
                     Ok(event) => publish_health(&core, event),
-                    Err(broadcast::error::RecvError::Lagged(n)) => resync(&core, n, "health").await,
+                    Err(broadcast::error::RecvError::Lagged(n)) => resync(&core, n, "health", &mut health).await,
                     Err(broadcast::error::RecvError::Closed) => health = None,
                 }
             }
@@ -371,7 +457,7 @@ async fn pump(core: std::sync::Weak<Core>, shutdown: CancellationToken) {
                             "process": process,
                         }));
                     }
-                    Err(broadcast::error::RecvError::Lagged(n)) => resync(&core, n, "process").await,
+                    Err(broadcast::error::RecvError::Lagged(n)) => resync(&core, n, "process", &mut processes).await,
                     Err(broadcast::error::RecvError::Closed) => processes = None,
                 }
             }
@@ -391,7 +477,7 @@ async fn pump(core: std::sync::Weak<Core>, shutdown: CancellationToken) {
                 let Some(core) = core.upgrade() else { break };
                 match event {
                     Ok(event) => publish_deploy(&core, event),
-                    Err(broadcast::error::RecvError::Lagged(n)) => resync(&core, n, "deploy").await,
+                    Err(broadcast::error::RecvError::Lagged(n)) => resync(&core, n, "deploy", &mut deployments).await,
                     Err(broadcast::error::RecvError::Closed) => deployments = None,
                 }
             }
@@ -404,7 +490,7 @@ async fn pump(core: std::sync::Weak<Core>, shutdown: CancellationToken) {
                         core.publish(EventKind::RegistryLoaded, &snapshot);
                     }
                     Ok(event) => publish_deploy(&core, event),
-                    Err(broadcast::error::RecvError::Lagged(n)) => resync(&core, n, "remote deploy").await,
+                    Err(broadcast::error::RecvError::Lagged(n)) => resync(&core, n, "remote deploy", &mut remote_deployments).await,
                     Err(broadcast::error::RecvError::Closed) => remote_deployments = None,
                 }
             }
@@ -518,12 +604,23 @@ fn publish_deploy(core: &Core, event: DeployEvent) {
 }
 
 /// The pump itself fell behind a source: clients get the whole state again, numbered like
-/// any event, so nothing they hold stays wrong.
-async fn resync(core: &Core, missed: u64, source: &str) {
+/// any event, so nothing they hold stays wrong. The source's backlog is skipped first: the
+/// snapshot, read after that, already shows every change still queued, and working through
+/// thousands of them (a crowd of nodes joining) only put the pump behind again, so each
+/// resync brought on the next.
+async fn resync<T: Clone>(
+    core: &Core,
+    missed: u64,
+    source: &str,
+    rx: &mut Option<broadcast::Receiver<T>>,
+) {
     warn!(
         missed,
         source, "ws event pump fell behind; sending clients the whole state again"
     );
+    if let Some(rx) = rx.as_mut() {
+        *rx = rx.resubscribe();
+    }
     let snapshot = core.snapshot("resync").await;
     core.publish(EventKind::RegistryLoaded, &snapshot);
 }

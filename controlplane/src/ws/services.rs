@@ -65,15 +65,21 @@ pub fn endpoints(service: &str, address: &NodeAddress) -> Vec<Endpoint> {
 
 /// Every service: the coordinator first, then by name.
 pub async fn list(state: &MgmtState) -> Vec<Service> {
+    let processes = match &state.processes {
+        Some(p) => p.list().await,
+        None => Vec::new(),
+    };
+    list_with(state, processes)
+}
+
+/// [`list`] with the managed processes already read: no await, so it can run on a
+/// blocking thread.
+pub fn list_with(state: &MgmtState, processes: Vec<ProcessInfo>) -> Vec<Service> {
     let components = state
         .health
         .as_ref()
         .map(|h| h.status().components)
         .unwrap_or_default();
-    let processes = match &state.processes {
-        Some(p) => p.list().await,
-        None => Vec::new(),
-    };
     let mut services: Vec<Service> = components
         .into_iter()
         .map(|c| {

@@ -404,6 +404,28 @@ async fn connections_attaching_together_share_one_registry_loaded() {
 }
 
 #[tokio::test]
+async fn health_checks_since_a_shared_registry_loaded_are_replayed_after_it() {
+    let (state, _health) = state(Default::default());
+    let hub = Hub::new(state, limits());
+    let a = hub.core.attach(None).await;
+    hub.core.publish(
+        EventKind::HealthCheckResult,
+        &json!({"service": "backend_9000"}),
+    );
+    hub.core
+        .publish(EventKind::ColonyProgress, &json!({"tick": 1}));
+    let b = hub.core.attach(None).await;
+    // The same snapshot, and the two events after it, bring the client to the same point.
+    assert_eq!(
+        a.loaded.unwrap().as_str().as_ptr(),
+        b.loaded.unwrap().as_str().as_ptr()
+    );
+    let replayed: Vec<u64> = b.replay.iter().map(|e| e.seq).collect();
+    assert_eq!(replayed, [a.after + 1, a.after + 2]);
+    assert_eq!(b.after, a.after + 2);
+}
+
+#[tokio::test]
 async fn a_text_message_that_is_not_utf8_is_closed_with_1007() {
     use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
     use tokio_tungstenite::tungstenite::protocol::frame::Frame;

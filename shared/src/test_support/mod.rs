@@ -5,7 +5,8 @@
 //!
 //! - [`moto`]: moto's SSM-compatible server on loopback, for the SSM registry's tests.
 //! - [`logs`]: the warnings a test process logged, as text.
-//! - [`proc_cpu`]: a process's CPU time from `/proc`, for benches that report server cost.
+//! - [`proc_cpu`]: a process's CPU time and RSS from `/proc`, for benches and tests that
+//!   report server cost.
 //! - [`free_port`]: a loopback port to start a server on.
 //!
 //! The registry contract suite is [`crate::registry::contract`], behind the same feature.

@@ -12,6 +12,7 @@
 //! times are kept only to show people when something happened.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -38,6 +39,15 @@ const STALL_TOLERANCE: Duration = Duration::from_millis(10);
 /// At most one [`HealthEvent::HealthCheckResult`] per node this often: heartbeats may come
 /// every 10 ms, and a live view needs far fewer.
 pub const HEALTH_CHECK_EVENT_EVERY: Duration = Duration::from_secs(1);
+/// At most about this many [`HealthEvent::HealthCheckResult`]s a second over the whole
+/// cluster: beyond this many nodes, each node's comes every `nodes / this` seconds instead of
+/// every [`HEALTH_CHECK_EVENT_EVERY`]. Each event is serialised and written to every `/ws`
+/// client; at one per node per second, 5 000 nodes and 20 clients made 100 000 writes a
+/// second on the management thread, ahead of the heartbeats themselves. State changes are
+/// never held back: they are their own events.
+pub const HEALTH_CHECK_EVENTS_PER_SECOND: u64 = 250;
+/// Health events a subscriber may fall behind by before it misses some.
+const EVENT_QUEUE: usize = 16 * 1024;
 /// Boot ids remembered per node after it restarted, so a heartbeat replayed from an earlier run
 /// is refused; restarts faster than this many per signature window are not a real concern.
 const RETIRED_BOOTS: usize = 4;
@@ -94,6 +104,10 @@ struct SelfComponent {
 struct Inner {
     config: HealthConfig,
     nodes: DashMap<String, NodeRecord>,
+    /// How often each node may have a [`HealthEvent::HealthCheckResult`], in milliseconds:
+    /// [`HEALTH_CHECK_EVENT_EVERY`], stretched by the sweeper as the cluster grows past
+    /// [`HEALTH_CHECK_EVENTS_PER_SECOND`] nodes.
+    check_every_ms: AtomicU64,
     alerts: Mutex<AlertLog>,
     events: broadcast::Sender<HealthEvent>,
     me: Option<SelfComponent>,
@@ -116,11 +130,15 @@ pub struct Recorded {
 impl HealthTracker {
     /// A tracker; `me` lists the coordinator itself as an always-ACTIVE component.
     pub fn new(config: HealthConfig, me: Option<(String, NodeAddress)>) -> Self {
-        let (events, _) = broadcast::channel(1024);
+        // Room for thousands of nodes joining at once (each a transition, an endpoint and a
+        // health check): a subscriber that falls further behind resyncs with a snapshot of
+        // every node, which is what a burst must not cost.
+        let (events, _) = broadcast::channel(EVENT_QUEUE);
         HealthTracker {
             inner: Arc::new(Inner {
                 config,
                 nodes: DashMap::new(),
+                check_every_ms: AtomicU64::new(millis(HEALTH_CHECK_EVENT_EVERY)),
                 alerts: Mutex::new(AlertLog::default()),
                 events,
                 me: me.map(|(node_id, address)| SelfComponent {
@@ -166,6 +184,7 @@ impl HealthTracker {
         let mut restarted = None;
         // (heartbeats so far, gap since the previous one), when a check event is due.
         let mut check = None;
+        let check_every = Duration::from_millis(self.inner.check_every_ms.load(Relaxed));
         match self.inner.nodes.get_mut(hb.instance_id.as_str()) {
             Some(mut record) => {
                 let record = &mut *record;
@@ -224,9 +243,9 @@ impl HealthTracker {
                 record.last_heard = now;
                 record.heartbeats += 1;
                 record.seq = hb.seq;
-                let due = record.last_check_event.is_none_or(|last| {
-                    now.saturating_duration_since(last) >= HEALTH_CHECK_EVENT_EVERY
-                });
+                let due = record
+                    .last_check_event
+                    .is_none_or(|last| now.saturating_duration_since(last) >= check_every);
                 if due && target == NodeState::Active {
                     record.last_check_event = Some(now);
                     check = Some((record.heartbeats, Some(millis(gap))));
@@ -320,7 +339,9 @@ impl HealthTracker {
         let config = self.inner.config;
         let mut changes = Vec::new();
         let mut forget = Vec::new();
+        let mut nodes = 0u64;
         for mut entry in self.inner.nodes.iter_mut() {
+            nodes += 1;
             if entry
                 .gone_since
                 .is_some_and(|since| now.saturating_duration_since(since) >= config.forget_after)
@@ -344,6 +365,10 @@ impl HealthTracker {
             self.inner.stats.transition(t.from, t.to);
             changes.push((entry.key().clone(), entry.node_type, silence, t));
         }
+        let spread = Duration::from_millis(1000 * nodes / HEALTH_CHECK_EVENTS_PER_SECOND);
+        self.inner
+            .check_every_ms
+            .store(millis(spread.max(HEALTH_CHECK_EVENT_EVERY)), Relaxed);
         for node_id in forget {
             self.forget(&node_id, now);
         }
@@ -523,13 +548,19 @@ impl HealthTracker {
         HealthStatus::of(components)
     }
 
-    /// Nodes that are STALE or DOWN.
+    /// Nodes that are STALE or DOWN, by node id. Only those are built: a monitor polls this,
+    /// and in a large healthy cluster it is short while the full status is not.
     pub fn stale(&self) -> Vec<Component> {
-        self.status()
-            .components
-            .into_iter()
-            .filter(|c| c.status.is_failure())
-            .collect()
+        let now = Instant::now();
+        let mut stale: Vec<Component> = self
+            .inner
+            .nodes
+            .iter()
+            .filter(|e| e.state.is_failure())
+            .map(|e| self.component(e.key(), e.value(), now))
+            .collect();
+        stale.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        stale
     }
 
     /// Instance ids of the nodes ACTIVE now.
@@ -796,6 +827,39 @@ mod tests {
                 ("b2".to_owned(), 1, None),
             ]
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn health_check_results_are_spread_out_in_a_large_cluster() {
+        let t = HealthTracker::new(
+            HealthConfig {
+                stale_after: Duration::from_secs(30),
+                down_after: Duration::from_secs(60),
+                ..config()
+            },
+            None,
+        );
+        let start = Instant::now();
+        // Twice the cluster-wide budget: each node's health check every 2 s, not every 1 s.
+        let nodes = 2 * HEALTH_CHECK_EVENTS_PER_SECOND;
+        for n in 0..nodes {
+            t.record(hb(&format!("n{n}"), 1), start).unwrap();
+        }
+        t.sweep(start);
+        let mut events = t.subscribe();
+        for i in 1..=50u64 {
+            t.record(hb("n0", i + 1), start + Duration::from_millis(100 * i))
+                .unwrap();
+        }
+        let mut checks = Vec::new();
+        while let Ok(e) = events.try_recv() {
+            if let HealthEvent::HealthCheckResult { seq, .. } = e {
+                checks.push(seq);
+            }
+        }
+        // At 2 s and 4 s after the first (seq 1 at 0 s); every heartbeat still counted.
+        assert_eq!(checks, [21, 41]);
+        assert_eq!(t.node("n0").unwrap().heartbeats, 51);
     }
 
     #[tokio::test(start_paused = true)]
