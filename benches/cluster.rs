@@ -108,7 +108,7 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(120)).build().unwrap();
+        let http = shared::tls::http_client(None).no_proxy().timeout(Duration::from_secs(120)).build().unwrap();
         let coordinator_file = dir.path().join("output/ssm/coordinator.json");
         let deadline = Instant::now() + Duration::from_secs(30);
         let address: Value = loop {

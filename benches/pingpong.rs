@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use dataplane::loadgen::PingLoad;
+use dataplane::loadgen::{ping, Handshake};
 use shared::test_support::free_port;
 use shared::test_support::proc_cpu::cpu_seconds;
 
@@ -114,15 +114,17 @@ fn measure(server: &Server, conns: usize, depth: usize, secs: f64) -> Run {
         .expect("runtime");
     rt.block_on(async {
         // The same load generator as `colony bench ping`.
-        let load = PingLoad::start(addr, conns, depth).await.expect("connect");
+        let load = ping(addr, conns, depth, Handshake::None)
+            .await
+            .expect("connect");
         // Warm up, then count over the window.
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let start_count = load.answered();
+        let start_count = load.completed();
         let started = Instant::now();
         let cpu_before = total_cpu_seconds(&pid);
         let own_before = total_cpu_seconds("self");
         tokio::time::sleep(Duration::from_secs_f64(secs)).await;
-        let count = load.answered() - start_count;
+        let count = load.completed() - start_count;
         let elapsed = started.elapsed().as_secs_f64();
         let cpu = total_cpu_seconds(&pid) - cpu_before;
         let own = total_cpu_seconds("self") - own_before;

@@ -134,7 +134,7 @@ async fn round(backends: usize, world: &Value) -> (Duration, Duration, Value) {
                 .unwrap(),
         );
     }
-    let http = reqwest::Client::builder()
+    let http = shared::tls::http_client(None)
         .no_proxy()
         .timeout(Duration::from_secs(60))
         .build()

@@ -11,6 +11,8 @@
 //! - `discover`: `discover_backends` with all of them registered, cache off (SSM: every page
 //!   of `GetParametersByPath`, 10 per page), and `cached` with the default 1 s cache.
 //!
+//! Each call is timed by `shared::registry::load`, as `colony bench registry` times it.
+//!
 //! Run: `cargo bench --bench registry` (`REGISTRY_ROUNDS`, default 20, sets how many times
 //! each discovery is timed). Figures are p50 / p90 in milliseconds. moto is a single Python
 //! process, so SSM figures say what the client does per call and how calls add up, not what
@@ -18,19 +20,21 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_ssm::config::{Credentials, SharedCredentialsProvider};
+use shared::registry::load::{discover, register};
 use shared::registry::{
     ClusterRegistry, FileClusterRegistry, SsmClusterRegistry, SsmOptions, DEFAULT_CACHE_TTL,
 };
 use shared::test_support::moto;
-use shared::NodeAddress;
 
-const COUNTS: [u16; 3] = [1, 10, 100];
+const COUNTS: [u32; 3] = [1, 10, 100];
+
+/// The fake backends' prefix (`colony bench registry`'s calls, timed the same way).
+const PREFIX: &str = "backend";
 
 /// Makes fresh, empty registries of one kind, each instance a separate client like a node's.
 trait Kind {
@@ -98,19 +102,6 @@ impl Kind for Ssm {
     }
 }
 
-fn address(n: u16) -> NodeAddress {
-    NodeAddress::new(
-        Ipv4Addr::LOCALHOST.into(),
-        10_000 + n,
-        20_000 + n,
-        30_000 + n,
-    )
-}
-
-fn id(n: u16) -> String {
-    format!("backend_{}", 10_000 + n)
-}
-
 /// p50 and p90 in milliseconds.
 fn percentiles(mut samples: Vec<Duration>) -> (f64, f64) {
     samples.sort();
@@ -123,7 +114,7 @@ fn percentiles(mut samples: Vec<Duration>) -> (f64, f64) {
 
 struct Row {
     registry: &'static str,
-    backends: u16,
+    backends: u32,
     register: (f64, f64),
     reregister: (f64, f64),
     all_at_once: f64,
@@ -131,36 +122,29 @@ struct Row {
     cached: (f64, f64),
 }
 
-async fn measure(kind: &impl Kind, count: u16, rounds: usize) -> Row {
+async fn measure(kind: &impl Kind, count: u32, rounds: usize) -> Row {
     // One by one, first registrations.
     let ns = kind.namespace().await;
     let registry = (ns.open)(Duration::ZERO).await;
-    let mut register = Vec::new();
+    let mut first = Vec::new();
     for n in 0..count {
-        let started = Instant::now();
-        registry.register_backend(&id(n), address(n)).await.unwrap();
-        register.push(started.elapsed());
+        first.push(register(registry.as_ref(), PREFIX, n).await.unwrap());
     }
-    let mut reregister = Vec::new();
+    let mut again = Vec::new();
     for n in 0..count {
-        let started = Instant::now();
-        registry.register_backend(&id(n), address(n)).await.unwrap();
-        reregister.push(started.elapsed());
+        again.push(register(registry.as_ref(), PREFIX, n).await.unwrap());
     }
-    let mut discover = Vec::new();
+    let mut listing = Vec::new();
     for _ in 0..rounds {
-        let started = Instant::now();
-        let found = registry.discover_backends().await.unwrap();
-        discover.push(started.elapsed());
-        assert_eq!(found.len(), usize::from(count));
+        let (took, found) = discover(registry.as_ref()).await.unwrap();
+        listing.push(took);
+        assert_eq!(found, count as usize);
     }
     let cached_registry = (ns.open)(DEFAULT_CACHE_TTL).await;
     cached_registry.discover_backends().await.unwrap();
     let mut cached = Vec::new();
     for _ in 0..rounds {
-        let started = Instant::now();
-        cached_registry.discover_backends().await.unwrap();
-        cached.push(started.elapsed());
+        cached.push(discover(cached_registry.as_ref()).await.unwrap().0);
     }
 
     // Every backend at once, each its own instance, in a fresh namespace.
@@ -172,7 +156,7 @@ async fn measure(kind: &impl Kind, count: u16, rounds: usize) -> Row {
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for (n, registry) in (0..count).zip(instances) {
-        tasks.spawn(async move { registry.register_backend(&id(n), address(n)).await });
+        tasks.spawn(async move { register(registry.as_ref(), PREFIX, n).await });
     }
     while let Some(done) = tasks.join_next().await {
         done.unwrap().unwrap();
@@ -181,16 +165,16 @@ async fn measure(kind: &impl Kind, count: u16, rounds: usize) -> Row {
     let check = (ns.open)(Duration::ZERO).await;
     assert_eq!(
         check.discover_backends().await.unwrap().len(),
-        usize::from(count)
+        count as usize
     );
 
     Row {
         registry: kind.name(),
         backends: count,
-        register: percentiles(register),
-        reregister: percentiles(reregister),
+        register: percentiles(first),
+        reregister: percentiles(again),
         all_at_once,
-        discover: percentiles(discover),
+        discover: percentiles(listing),
         cached: percentiles(cached),
     }
 }
@@ -202,7 +186,7 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(if quick { 2 } else { 20 });
-    let counts: &[u16] = if quick { &COUNTS[..1] } else { &COUNTS };
+    let counts: &[u32] = if quick { &COUNTS[..1] } else { &COUNTS };
 
     let moto = moto::Moto::start();
     let sdk = SdkConfig::builder()

@@ -13,6 +13,9 @@ command -v ip >/dev/null || need_apt+=(iproute2)
 # tests/prometheus.rs scrapes a cluster with Debian's Prometheus server, started by the test
 # itself on loopback (the package's own service is not used).
 command -v prometheus >/dev/null || need_apt+=(prometheus)
+# `colony bench ping --compare nats://` is tested against Debian's nats-server, started by
+# the test on loopback (the package's own service is not used). It installs in /usr/sbin.
+command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || need_apt+=(nats-server)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"

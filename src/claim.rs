@@ -55,7 +55,7 @@ pub async fn claim_instance_id(
     registry: &dyn ClusterRegistry,
     id: &str,
     ours: NodeAddress,
-    client: &reqwest::Client,
+    client: &crate::liveness::Http,
 ) -> Result<Claim, ClaimError> {
     let registered = match registry.discover_backends().await {
         Ok(registered) => registered,
@@ -91,8 +91,8 @@ mod tests {
 
     use super::*;
 
-    fn client() -> reqwest::Client {
-        crate::liveness::probe_client().unwrap()
+    fn client() -> crate::liveness::Http {
+        crate::liveness::probe_client(None).unwrap()
     }
 
     fn at(mgmt: u16) -> NodeAddress {

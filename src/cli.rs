@@ -15,9 +15,11 @@ use controlplane::coordinator::processes::RestartPolicy;
 use controlplane::http::HttpLimits;
 use controlplane::operator::OperatorConfig;
 use controlplane::rate_limit::{RateLimit, RateLimitError};
+use controlplane::serve::{raise_nofile_limit, FdBudget, ServeLimits};
 use dataplane::DataPlaneConfig;
 use shared::registry::{ClusterRegistry, RegistryConfig, RegistryError, RegistryKind};
 use shared::sim::WorldParams;
+use shared::tls::{Tls, TlsFiles};
 
 /// Colony: a cluster runtime for a sharded cellular simulation.
 ///
@@ -60,6 +62,10 @@ pub enum Command {
     /// Run a world in this process (all cores) and print what GET /colony would show after
     /// the same ticks on a cluster: tick, population and fingerprint, to check any run.
     Reference(ReferenceArgs),
+    /// Make a cluster CA and one certificate per node for TLS between nodes (DESIGN §15):
+    /// DIR/ca.pem, DIR/ca-key.pem, and DIR/NAME.pem, DIR/NAME-key.pem per
+    /// --node NAME:IP (keys mode 0600). For a test bed or a small cluster.
+    Certs(crate::certs::CertsArgs),
     /// Load generators to run against a cluster: a table (or --json) of throughput over
     /// repeats and p50/p99 latency. Loads stop by themselves; targets must be loopback
     /// unless --allow-remote.
@@ -118,15 +124,20 @@ pub struct CoordinatorArgs {
     pub http: HttpArgs,
 
     #[command(flatten)]
+    pub tls: TlsArgs,
+
+    #[command(flatten)]
     pub deploy: DeployArgs,
 }
 
-/// Flags of deployed packages (DESIGN §16).
+/// Flags of deployed packages (DESIGN §16). `colony up` passes them (but the poll
+/// interval) to its backends, so packages deployed to a backend follow them too.
 #[derive(Debug, Args, Clone)]
 pub struct DeployArgs {
     /// Where deployed packages are installed, each in {root}/{sanitized name}-{version}/.
     /// This node's registry of deployed services (services.json), its uploaded packages and
-    /// the services' logs are kept under {root}/.colony/{instance id}/.
+    /// the services' logs are kept under {root}/.colony/{instance id}/. `colony up` gives
+    /// its backends the same root (and the other deploy flags but the poll interval).
     #[arg(long, env = "COLONY_DEPLOY_ROOT", default_value = "/opt")]
     pub deploy_root: PathBuf,
 
@@ -134,7 +145,8 @@ pub struct DeployArgs {
     #[arg(long, env = "COLONY_DEPLOY_USER", default_value = "nobody")]
     pub deploy_user: String,
 
-    /// Largest package upload (PUT /packages/{file}), in bytes.
+    /// Largest package, in bytes: an upload to the coordinator (PUT /packages/{file}), or
+    /// one the coordinator forwards to a backend.
     #[arg(long, env = "COLONY_MAX_PACKAGE", default_value_t = 256 * 1024 * 1024)]
     pub max_package: u64,
 
@@ -157,6 +169,12 @@ pub struct DeployArgs {
     /// How long stop.sh, then SIGTERM, get before a deployed service is killed.
     #[arg(long, env = "COLONY_DEPLOY_STOP_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub deploy_stop_grace: Duration,
+
+    /// Coordinator: how often it asks each live backend for its deployed services, which /ws
+    /// and the dashboard list with the coordinator's own (their state changes and health
+    /// checks reach /ws this late at most). Backends ignore it.
+    #[arg(long, env = "COLONY_DEPLOY_POLL_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    pub deploy_poll_interval: Duration,
 }
 
 impl DeployArgs {
@@ -258,6 +276,9 @@ pub struct BackendArgs {
     pub http: HttpArgs,
 
     #[command(flatten)]
+    pub tls: TlsArgs,
+
+    #[command(flatten)]
     pub deploy: DeployArgs,
 }
 
@@ -342,6 +363,11 @@ pub struct StatusArgs {
 
     #[command(flatten)]
     pub token: TokenArgs,
+
+    /// A TLS cluster: the same --tls-cert/--tls-key/--tls-ca as a node of it (a node's
+    /// certificate for this host's address; only the CA is checked against the server).
+    #[command(flatten)]
+    pub tls: TlsArgs,
 
     /// Print JSON instead of a table.
     #[arg(long)]
@@ -539,6 +565,80 @@ impl HealthArgs {
     }
 }
 
+/// TLS between nodes (DESIGN §15): all three files, or none for plaintext.
+#[derive(Debug, Args, Clone)]
+pub struct TlsArgs {
+    /// This node's certificate (PEM, from `colony certs`): with --tls-key and --tls-ca, every
+    /// listener speaks only TLS and every call to another node uses it.
+    #[arg(long, env = "COLONY_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// This node's private key (PEM).
+    #[arg(long, env = "COLONY_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
+    /// The cluster CA's certificate (PEM): peers must present certificates it signed.
+    #[arg(long, env = "COLONY_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// How long a TLS handshake may take before the connection is dropped.
+    #[arg(long, env = "COLONY_TLS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub tls_handshake_timeout: Duration,
+}
+
+impl TlsArgs {
+    /// The files, if all three are given; `None` if none is (plaintext).
+    ///
+    /// # Errors
+    /// Some but not all three are given.
+    pub fn files(&self) -> anyhow::Result<Option<TlsFiles>> {
+        match (&self.tls_cert, &self.tls_key, &self.tls_ca) {
+            (Some(cert), Some(key), Some(ca)) => Ok(Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                ca: ca.clone(),
+            })),
+            (None, None, None) => Ok(None),
+            _ => anyhow::bail!(
+                "TLS needs all three of --tls-cert, --tls-key and --tls-ca (or none, for plaintext)"
+            ),
+        }
+    }
+
+    /// The node's TLS, loaded; `None` without the flags.
+    ///
+    /// # Errors
+    /// As [`TlsArgs::files`], or a file that cannot be loaded.
+    pub fn load(&self) -> anyhow::Result<Option<Tls>> {
+        let Some(files) = self.files()? else {
+            return Ok(None);
+        };
+        let tls = Tls::load(&files, self.tls_handshake_timeout)
+            .map_err(|e| anyhow::anyhow!("cannot load the TLS material: {e}"))?;
+        Ok(Some(tls))
+    }
+
+    /// The flags that give a child process the same TLS (paths, never contents).
+    pub fn argv(&self) -> Vec<String> {
+        let mut argv = Vec::new();
+        for (flag, path) in [
+            ("--tls-cert", &self.tls_cert),
+            ("--tls-key", &self.tls_key),
+            ("--tls-ca", &self.tls_ca),
+        ] {
+            if let Some(path) = path {
+                argv.push(flag.to_owned());
+                argv.push(path.display().to_string());
+            }
+        }
+        if !argv.is_empty() {
+            argv.push("--tls-handshake-timeout".to_owned());
+            argv.push(humantime::format_duration(self.tls_handshake_timeout).to_string());
+        }
+        argv
+    }
+}
+
 /// Limits of the HTTP listeners.
 #[derive(Debug, Args, Clone)]
 pub struct HttpArgs {
@@ -549,6 +649,26 @@ pub struct HttpArgs {
     /// HTTP requests taking longer than this are answered 408.
     #[arg(long, env = "COLONY_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub request_timeout: Duration,
+
+    /// An HTTP request header must be complete this long after the connection opens (or
+    /// after its first byte on a kept-alive connection); slower connections are closed.
+    #[arg(long, env = "COLONY_HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub http_header_timeout: Duration,
+
+    /// A kept-alive HTTP connection with no request for this long is closed.
+    #[arg(long, env = "COLONY_HTTP_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub http_idle_timeout: Duration,
+
+    /// Connections each HTTP listener serves at once. At the cap the connection idle
+    /// longest is closed to make room; if none is idle the newcomer gets a 503.
+    #[arg(long, env = "COLONY_HTTP_MAX_CONNECTIONS", default_value_t = ServeLimits::DEFAULT.max_connections)]
+    pub http_max_connections: usize,
+
+    /// File descriptors the HTTP listeners leave for everything else (outgoing
+    /// connections, the data plane, files). At start-up the soft open-files limit is raised
+    /// to the hard limit; the HTTP listeners together hold at most that limit less this.
+    #[arg(long, env = "COLONY_FD_RESERVE", default_value_t = 256)]
+    pub fd_reserve: usize,
 }
 
 impl HttpArgs {
@@ -558,6 +678,17 @@ impl HttpArgs {
             max_body: self.max_body,
             request_timeout: self.request_timeout,
         }
+    }
+
+    /// The HTTP listeners' connection limits, and their share of this process's file
+    /// descriptors (raising the open-files limit the first time).
+    pub fn serving(&self) -> (ServeLimits, FdBudget) {
+        let limits = ServeLimits {
+            header_timeout: self.http_header_timeout,
+            idle_timeout: self.http_idle_timeout,
+            max_connections: self.http_max_connections,
+        };
+        (limits, raise_nofile_limit(self.fd_reserve))
     }
 }
 

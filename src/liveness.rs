@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use shared::registry::ClusterRegistry;
+use shared::tls::Tls;
 use shared::NodeAddress;
 use tracing::{info, warn};
 
@@ -17,10 +18,20 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a backend whose `colony up` stopped answering waits to see it gone for good.
 const PARENT_EXIT_WAIT: Duration = Duration::from_secs(1);
 
+/// An HTTP client to the cluster's nodes, and the scheme of its URLs.
+#[derive(Clone)]
+pub struct Http {
+    /// The client, over TLS when the cluster speaks it.
+    pub client: reqwest::Client,
+    /// `http`, or `https` with TLS.
+    pub scheme: &'static str,
+}
+
 /// True if the node at `address` answers `GET /health` on its management port.
-pub async fn answers(client: &reqwest::Client, address: &NodeAddress) -> bool {
-    let url = format!("http://{}/health", address.to_mgmt_address());
+pub async fn answers(client: &Http, address: &NodeAddress) -> bool {
+    let url = format!("{}://{}/health", client.scheme, address.to_mgmt_address());
     client
+        .client
         .get(&url)
         .timeout(PROBE_TIMEOUT)
         .send()
@@ -28,13 +39,17 @@ pub async fn answers(client: &reqwest::Client, address: &NodeAddress) -> bool {
         .is_ok_and(|r| r.status().is_success())
 }
 
-/// A client for liveness probes: no proxy, no credentials (`GET /health` needs none).
-pub fn probe_client() -> anyhow::Result<reqwest::Client> {
-    reqwest::Client::builder()
-        .no_proxy()
+/// A client for liveness probes, over `tls` if given: no credentials (`GET /health` needs
+/// none).
+pub fn probe_client(tls: Option<&Tls>) -> anyhow::Result<Http> {
+    let client = shared::tls::http_client(tls)
         .timeout(PROBE_TIMEOUT)
         .build()
-        .context("cannot build an HTTP client")
+        .context("cannot build an HTTP client")?;
+    Ok(Http {
+        client,
+        scheme: shared::tls::scheme(tls),
+    })
 }
 
 /// Run by a backend `colony up` started (`--up-coordinator`), as it shuts down: if it is
@@ -51,7 +66,11 @@ pub fn probe_client() -> anyhow::Result<reqwest::Client> {
 /// A new `colony up` could register the same address between our probe and our removal;
 /// the window is a few milliseconds right after the old one died, and a new one first
 /// spends longer than that cleaning up and binding.
-pub async fn forget_dead_coordinator(registry: &dyn ClusterRegistry, coordinator: SocketAddr) {
+pub async fn forget_dead_coordinator(
+    registry: &dyn ClusterRegistry,
+    coordinator: SocketAddr,
+    tls: Option<&Tls>,
+) {
     if shared::lifeline::parent().is_none() {
         return;
     }
@@ -66,7 +85,7 @@ pub async fn forget_dead_coordinator(registry: &dyn ClusterRegistry, coordinator
     if SocketAddr::new(entry.ip, entry.internal_port) != coordinator {
         return;
     }
-    let Ok(client) = probe_client() else {
+    let Ok(client) = probe_client(tls) else {
         return;
     };
     if answers(&client, &entry).await {

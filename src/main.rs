@@ -2,6 +2,7 @@
 //! configuration to the subcommand; everything else lives in the library crates.
 
 mod bench;
+mod certs;
 mod claim;
 mod cli;
 mod liveness;
@@ -41,6 +42,7 @@ fn main() -> std::process::ExitCode {
             Command::Up(args) => up::run(args).await,
             Command::Status(args) => status::run(args).await,
             Command::Reference(args) => reference::run(args),
+            Command::Certs(args) => certs::run(args),
             Command::Bench(args) => bench::run(args).await,
         }
     });

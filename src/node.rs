@@ -16,11 +16,12 @@ use controlplane::coordinator::processes::ProcessManager;
 use controlplane::deploy::deployer::Deployer;
 use controlplane::deploy::forward::Forwarder;
 use controlplane::heartbeat_sender::HeartbeatSender;
-use controlplane::http::{harden, serve_on_own_thread, HttpLimits};
+use controlplane::http::{harden, serve_limited_on_own_thread, HttpLimits};
 use controlplane::management;
 use controlplane::metrics::Metrics;
 use controlplane::node_auth::NodeAuth;
 use controlplane::operator::{Access, OperatorConfig};
+use controlplane::serve::{FdBudget, ServeLimits};
 use controlplane::state::{MgmtState, NodeInfo};
 use controlplane::token_reporter::TokenReporter;
 use controlplane::wire::heartbeat::NodeType;
@@ -29,6 +30,7 @@ use shared::operator::OperatorToken;
 use shared::registry::{spawn_registration, ClusterRegistry, RegistryKind, Role};
 use shared::secret::ClusterSecret;
 use shared::signing::{RequestSigner, SignatureVerifier};
+use shared::tls::Tls;
 use shared::token::{TokenIssuer, TokenVerifier};
 use shared::NodeAddress;
 use tokio::net::TcpListener;
@@ -37,7 +39,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::cli::{BackendArgs, BindArgs, CoordinatorArgs, RegistryArgs, SecretArgs, TokenArgs};
+use crate::cli::{
+    BackendArgs, BindArgs, CoordinatorArgs, RegistryArgs, SecretArgs, TlsArgs, TokenArgs,
+};
 
 /// The three bound listeners of a node.
 struct Listeners {
@@ -77,6 +81,20 @@ impl Listeners {
             port(&self.mgmt)?,
         ))
     }
+}
+
+/// The node's TLS from `--tls-*`, said once in the log; `None` (plaintext) without them.
+fn load_tls(args: &TlsArgs) -> anyhow::Result<Option<Tls>> {
+    let tls = args.load()?;
+    match &tls {
+        Some(tls) => info!(
+            cert = ?args.tls_cert,
+            handshake_timeout = ?tls.handshake_timeout(),
+            "TLS on every listener and every call to another node"
+        ),
+        None => info!("no TLS: listeners and calls to other nodes are plaintext"),
+    }
+    Ok(tls)
 }
 
 /// The cluster secret: COLONY_CLUSTER_SECRET, else --secret-file, else (file registry only)
@@ -189,32 +207,36 @@ impl Tasks {
         self.set.spawn(task);
     }
 
-    fn serve_http(&mut self, listener: TcpListener, router: Router, what: &'static str) {
+    fn serve_http(
+        &mut self,
+        listener: TcpListener,
+        router: Router,
+        (limits, budget): (ServeLimits, FdBudget),
+        tls: Option<Tls>,
+        what: &'static str,
+    ) {
         let shutdown = self.shutdown.clone();
         self.set.spawn(async move {
-            // With each peer's address: the operator check trusts loopback clients.
-            let served = axum::serve(
-                listener,
-                router.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await;
+            let served =
+                controlplane::serve::serve(listener, router, limits, budget, tls, shutdown, what)
+                    .await;
             if let Err(e) = served {
                 warn!(listener = what, error = %e, "HTTP listener failed");
             }
         });
     }
 
-    /// Serves a node's three listeners: the data plane, and the two HTTP planes hardened.
-    /// `mgmt` is the management router, the tracker of the tasks it starts, and the routes
-    /// merged after the standard layers (package uploads, which have their own limits).
+    /// Serves a node's three listeners: the data plane (over TLS if its identity has it),
+    /// and the two HTTP planes hardened and over `tls` if given. `control` and `mgmt` come
+    /// with the routes merged after the standard layers (forwarded deployments and package
+    /// uploads, which have their own limits); `mgmt` also with the tracker of its tasks.
     fn serve_planes(
         &mut self,
         listeners: Listeners,
         data_plane: &DataPlane,
-        (control, deploys): (Router, Option<Router>),
+        (control, deploys, tls): (Router, Option<Router>, Option<Tls>),
         (mgmt, mgmt_tasks, uploads): (Router, TaskTracker, Option<Router>),
-        limits: HttpLimits,
+        (limits, serving): (HttpLimits, (ServeLimits, FdBudget)),
         metrics: &Metrics,
     ) {
         let (dp, token) = (data_plane.clone(), self.shutdown.clone());
@@ -228,7 +250,13 @@ impl Tasks {
         if let Some(deploys) = deploys {
             control = control.merge(deploys);
         }
-        self.serve_http(listeners.control, control, "control");
+        self.serve_http(
+            listeners.control,
+            control,
+            serving.clone(),
+            tls.clone(),
+            "control",
+        );
         let mut mgmt = harden(mgmt, limits, metrics.http.clone(), "mgmt");
         // Uploads bring their own body limit and timeout (management::packages).
         if let Some(uploads) = uploads {
@@ -236,9 +264,15 @@ impl Tasks {
         }
         let token = self.shutdown.clone();
         self.spawn(async move {
-            if let Err(e) =
-                serve_on_own_thread(listeners.mgmt, mgmt, mgmt_tasks, token, "mgmt").await
-            {
+            let served = serve_limited_on_own_thread(
+                listeners.mgmt,
+                mgmt,
+                serving,
+                (mgmt_tasks, tls),
+                token,
+                "mgmt",
+            );
+            if let Err(e) = served.await {
                 warn!(listener = "mgmt", error = %e, "HTTP listener failed");
             }
         });
@@ -347,6 +381,7 @@ pub async fn start_coordinator(
     let data_config = args.data_plane.config()?;
     let health_config = args.health.config()?;
     let limits: HttpLimits = args.http.limits();
+    let tls = load_tls(&args.tls)?;
     let registry = node_registry(&args.registry).await?;
     let secret = load_secret(&args.secret, &args.registry)?;
     let operator = operator_config(
@@ -366,6 +401,7 @@ pub async fn start_coordinator(
     let identity = Identity {
         instance_id: node_id.to_owned(),
         secret: secret.clone(),
+        tls: tls.clone(),
     };
     let health = HealthTracker::new(health_config, Some((node_id.to_owned(), address)));
     let mut colony_config = ColonyConfig::default();
@@ -395,6 +431,7 @@ pub async fn start_coordinator(
     let deployer = deployer.with_forwarder(Forwarder::new(
         RequestSigner::new(&secret),
         args.deploy.package_timeout + args.deploy.deploy_start_timeout,
+        tls.as_ref(),
     )?);
     let deploy = Some(deployer.clone());
     let mgmt = MgmtState {
@@ -423,6 +460,7 @@ pub async fn start_coordinator(
                 &access.guard("control", args.bind.bind_ip, dashboard),
             ),
             None,
+            tls,
         ),
         (
             management::coordinator_router(mgmt.clone()),
@@ -433,7 +471,7 @@ pub async fn start_coordinator(
                 upload_limits,
             )),
         ),
-        limits,
+        (limits, args.http.serving()),
         &metrics,
     );
     // A colony the backends kept while no coordinator followed it is taken over.
@@ -446,6 +484,15 @@ pub async fn start_coordinator(
     // Deployed services that were running when the coordinator last stopped start again.
     let restoring = deployer.clone();
     tasks.spawn(async move { restoring.services().restore().await });
+    // Those deployed on backends are followed by polling them (deploy::remote says why).
+    if let Some(remote) = deployer.remote() {
+        let live = health.clone();
+        tasks.spawn(remote.clone().poll(
+            move || controlplane::ws::deployed::live_backends(&live),
+            args.deploy.deploy_poll_interval,
+            tasks.shutdown.clone(),
+        ));
+    }
 
     let registration_token = CancellationToken::new();
     let registration = spawn_registration(
@@ -485,6 +532,7 @@ pub async fn run_backend(args: BackendArgs) -> anyhow::Result<()> {
         shared::registry::validate_instance_id(id).context("--instance-id")?;
     }
     let limits = args.http.limits();
+    let tls = load_tls(&args.tls)?;
     let registry = node_registry(&args.registry).await?;
     let secret = load_secret(&args.secret, &args.registry)?;
     let operator = operator_config(
@@ -505,7 +553,7 @@ pub async fn run_backend(args: BackendArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| shared::registry::default_backend_id(address.ip, address.internal_port));
     // Before serving anything: a node refused here has touched neither the registry nor the
     // cluster, and exits with the reason.
-    let probe = crate::liveness::probe_client()?;
+    let probe = crate::liveness::probe_client(tls.as_ref())?;
     crate::claim::claim_instance_id(registry.as_ref(), &instance_id, address, &probe).await?;
 
     let secret = Arc::new(secret);
@@ -515,6 +563,7 @@ pub async fn run_backend(args: BackendArgs) -> anyhow::Result<()> {
         Some(Identity {
             instance_id: instance_id.clone(),
             secret: secret.clone(),
+            tls: tls.clone(),
         }),
         read_access(&operator),
     );
@@ -524,6 +573,7 @@ pub async fn run_backend(args: BackendArgs) -> anyhow::Result<()> {
         registry.clone(),
         RequestSigner::new(&secret),
         instance_id.clone(),
+        tls.as_ref(),
         reporter_token.clone(),
     );
     let control_state = BackendControl {
@@ -569,9 +619,10 @@ pub async fn run_backend(args: BackendArgs) -> anyhow::Result<()> {
                 upload_limits,
                 instance_id.clone(),
             )),
+            tls.clone(),
         ),
         (management::backend_router(mgmt.clone()), mgmt.tasks, None),
-        limits,
+        (limits, args.http.serving()),
         &metrics,
     );
     log_listening("backend", &instance_id, &address);
@@ -594,7 +645,7 @@ pub async fn run_backend(args: BackendArgs) -> anyhow::Result<()> {
         address,
         args.heartbeat_interval,
         data_plane_metrics(&data_plane),
-        RequestSigner::new(&secret),
+        (RequestSigner::new(&secret), tls.as_ref()),
     )
     .context("cannot make a boot id")?
     .spawn(heartbeat_token.clone());
@@ -603,7 +654,8 @@ pub async fn run_backend(args: BackendArgs) -> anyhow::Result<()> {
     info!(signal, "shutting down");
     unregister(registry.as_ref(), &role, registration, registration_token).await;
     if let Some(coordinator) = args.up_coordinator {
-        crate::liveness::forget_dead_coordinator(registry.as_ref(), coordinator).await;
+        crate::liveness::forget_dead_coordinator(registry.as_ref(), coordinator, tls.as_ref())
+            .await;
     }
     // Deployed services stop with their node (the registry keeps them as running).
     deployer.services().shutdown().await;

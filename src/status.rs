@@ -26,7 +26,8 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
         }),
         Some(c) => {
             let token = crate::node::load_operator_token(&args.token, &args.registry)?;
-            fetch_health(&c.to_mgmt_address(), token.as_deref()).await
+            let tls = args.tls.load()?;
+            fetch_health(&c.to_mgmt_address(), token.as_deref(), tls.as_ref()).await
         }
     };
 
@@ -109,13 +110,13 @@ enum HealthError {
 async fn fetch_health(
     mgmt: &str,
     token: Option<&shared::operator::OperatorToken>,
+    tls: Option<&shared::tls::Tls>,
 ) -> Result<Value, HealthError> {
-    let client = reqwest::Client::builder()
+    let client = shared::tls::http_client(tls)
         .timeout(Duration::from_secs(3))
-        .no_proxy()
         .build()
         .map_err(HealthError::Client)?;
-    let url = format!("http://{mgmt}/health/status");
+    let url = format!("{}://{mgmt}/health/status", shared::tls::scheme(tls));
     let mut request = client.get(&url);
     if let Some(token) = token {
         request = request.bearer_auth(token.expose());

@@ -22,10 +22,12 @@ use controlplane::coordinator::processes::{ProcessManager, ProcessSpec, Supervis
 use serde_json::Value;
 use shared::operator::OperatorToken;
 use shared::registry::{ClusterRegistry, RegistryKind};
+use shared::tls::Tls;
 use shared::NodeAddress;
 use tracing::{info, warn};
 
-use crate::cli::UpArgs;
+use crate::cli::{DeployArgs, UpArgs};
+use crate::liveness::Http;
 use crate::node::{load_operator_token, operator_token_path, start_coordinator};
 
 /// The operator token of this cluster, and where it is kept for people.
@@ -127,6 +129,8 @@ fn backend_spec(
         "--up-coordinator".into(),
         coordinator.to_internal_address(),
     ];
+    // Paths, never contents: every backend loads the same certificate (all on this host).
+    argv.extend(c.tls.argv());
     if let Some(file) = &c.secret.secret_file {
         argv.push("--secret-file".into());
         argv.push(file.display().to_string());
@@ -142,6 +146,7 @@ fn backend_spec(
     if c.operator.protect_reads {
         argv.push("--protect-reads".into());
     }
+    argv.extend(deploy_args(&c.deploy));
     Ok(ProcessSpec {
         name: planned.id.clone(),
         program,
@@ -155,6 +160,32 @@ fn backend_spec(
     })
 }
 
+/// The deploy flags a backend gets: the coordinator's, so packages forwarded to a backend
+/// install under the same `--deploy-root`, run as the same user, and meet the same limits
+/// (all nodes of `colony up` share one host; each keeps its registry of deployed services
+/// in `{root}/.colony/{instance id}/`). The poll interval is the coordinator's alone.
+fn deploy_args(deploy: &DeployArgs) -> Vec<String> {
+    let duration = |d| humantime::format_duration(d).to_string();
+    vec![
+        "--deploy-root".into(),
+        deploy.deploy_root.display().to_string(),
+        "--deploy-user".into(),
+        deploy.deploy_user.clone(),
+        "--max-package".into(),
+        deploy.max_package.to_string(),
+        "--package-timeout".into(),
+        duration(deploy.package_timeout),
+        "--max-unpacked".into(),
+        deploy.max_unpacked.to_string(),
+        "--max-package-files".into(),
+        deploy.max_package_files.to_string(),
+        "--deploy-start-timeout".into(),
+        duration(deploy.deploy_start_timeout),
+        "--deploy-stop-grace".into(),
+        duration(deploy.deploy_stop_grace),
+    ]
+}
+
 /// `colony up`.
 pub async fn run(mut args: UpArgs) -> anyhow::Result<()> {
     // Listening from the start: a signal while the cluster comes up stops it cleanly too.
@@ -163,7 +194,8 @@ pub async fn run(mut args: UpArgs) -> anyhow::Result<()> {
     let operator = operator_token(&mut args, kind)?;
     let planned = plan(&args)?;
     let registry = args.coordinator.registry.open().await?;
-    remove_dead_entries(registry.as_ref(), &planned, true).await?;
+    let tls = args.coordinator.tls.load()?;
+    remove_dead_entries(registry.as_ref(), &planned, true, tls.as_ref()).await?;
     let processes = ProcessManager::new(
         args.coordinator.data_plane.grace,
         Supervision {
@@ -180,7 +212,7 @@ pub async fn run(mut args: UpArgs) -> anyhow::Result<()> {
                 .add(backend_spec(&args, kind, p, &address)?)
                 .await?;
         }
-        let client = http_client(operator.token.as_deref())?;
+        let client = http_client(operator.token.as_deref(), coordinator.colony.tls())?;
         wait_active(&client, &processes, &planned, &address, args.ready_timeout).await?;
         let topology = if args.no_start {
             None
@@ -203,7 +235,7 @@ pub async fn run(mut args: UpArgs) -> anyhow::Result<()> {
     processes.stop_all().await;
     coordinator.stop().await;
     // A backend killed rather than stopped could not unregister itself.
-    if let Err(e) = remove_dead_entries(registry.as_ref(), &planned, false).await {
+    if let Err(e) = remove_dead_entries(registry.as_ref(), &planned, false, tls.as_ref()).await {
         warn!(error = %e, "cannot clean up after the backends");
     }
     outcome
@@ -211,13 +243,17 @@ pub async fn run(mut args: UpArgs) -> anyhow::Result<()> {
 
 /// Polls the coordinator until every planned backend is ACTIVE, showing progress.
 async fn wait_active(
-    client: &reqwest::Client,
+    client: &Http,
     processes: &ProcessManager,
     planned: &[Planned],
     address: &shared::NodeAddress,
     timeout: Duration,
 ) -> anyhow::Result<()> {
-    let url = format!("http://{}/health/status", address.to_mgmt_address());
+    let url = format!(
+        "{}://{}/health/status",
+        client.scheme,
+        address.to_mgmt_address()
+    );
     let deadline = tokio::time::Instant::now() + timeout;
     let mut shown = usize::MAX;
     loop {
@@ -235,7 +271,7 @@ async fn wait_active(
                 }
             }
         }
-        let active = match client.get(&url).send().await {
+        let active = match client.client.get(&url).send().await {
             Ok(r) => r
                 .json::<Value>()
                 .await
@@ -274,13 +310,18 @@ fn count_active(health: &Value, planned: &[Planned]) -> usize {
 }
 
 async fn start_colony(
-    client: &reqwest::Client,
+    client: &Http,
     address: &shared::NodeAddress,
     body: Option<&str>,
 ) -> anyhow::Result<Value> {
-    let url = format!("http://{}/colony-start", address.to_http_address());
+    let url = format!(
+        "{}://{}/colony-start",
+        client.scheme,
+        address.to_http_address()
+    );
     let key = format!("colony-up-{}", std::process::id());
     let response = client
+        .client
         .post(&url)
         .header("Idempotency-Key", key)
         .header("content-type", "application/json")
@@ -310,6 +351,16 @@ fn print_summary(
     operator: &Operator,
 ) {
     let ip = address.ip;
+    let tls = args
+        .coordinator
+        .tls
+        .tls_ca
+        .as_ref()
+        .filter(|_| args.coordinator.tls.tls_cert.is_some());
+    let (s, curl) = match tls {
+        Some(ca) => ("https", format!("curl --cacert {}", ca.display())),
+        None => ("http", "curl".to_owned()),
+    };
     println!();
     match topology {
         Some(t) => println!(
@@ -328,21 +379,28 @@ fn print_summary(
         ),
     }
     println!(
-        "  coordinator    data {}  control http://{}  mgmt http://{}",
+        "  coordinator    data {}  control {s}://{}  mgmt {s}://{}",
         address.to_internal_address(),
         address.to_http_address(),
         address.to_mgmt_address()
     );
     for p in planned {
         println!(
-            "  {:<14} data {ip}:{}  control http://{ip}:{}  mgmt http://{ip}:{}",
+            "  {:<14} data {ip}:{}  control {s}://{ip}:{}  mgmt {s}://{ip}:{}",
             p.id, p.ports[0], p.ports[1], p.ports[2]
         );
     }
     println!();
-    println!("Dashboard: http://{}/", address.to_mgmt_address());
+    println!("Dashboard: {s}://{}/", address.to_mgmt_address());
+    let nc = match tls {
+        Some(ca) => format!(
+            "openssl s_client -quiet -CAfile {} -connect {ip}:",
+            ca.display()
+        ),
+        None => format!("nc {ip} "),
+    };
     println!(
-        "Try: nc {ip} {}  (then PING, SHARDS, SHARD 0 0)   curl http://{}/topology",
+        "Try: {nc}{}  (then PING, SHARDS, SHARD 0 0)   {curl} {s}://{}/topology",
         planned
             .first()
             .map_or(address.internal_port, |p| p.ports[0]),
@@ -365,7 +423,12 @@ fn print_summary(
 fn print_operator(address: &shared::NodeAddress, args: &UpArgs, operator: &Operator) {
     let example = |token: &str| {
         format!(
-            "curl -H \"Authorization: Bearer {token}\" -XPOST http://{}/colony/pause",
+            "curl -H \"Authorization: Bearer {token}\" -XPOST {}://{}/colony/pause",
+            if args.coordinator.tls.tls_cert.is_some() {
+                "https"
+            } else {
+                "http"
+            },
             address.to_http_address()
         )
     };
@@ -416,8 +479,9 @@ async fn remove_dead_entries(
     registry: &dyn ClusterRegistry,
     planned: &[Planned],
     before_start: bool,
+    tls: Option<&Tls>,
 ) -> anyhow::Result<()> {
-    let client = http_client(None)?;
+    let client = http_client(None, tls)?;
     if before_start {
         match registry.discover_coordinator().await {
             Ok(Some(entry)) if crate::liveness::answers(&client, &entry).await => bail!(
@@ -466,8 +530,8 @@ async fn remove_dead_entries(
 }
 
 /// The client `colony up` calls its coordinator with: as the operator, with the token if
-/// there is one (it needs it with --require-token or --protect-reads).
-fn http_client(token: Option<&OperatorToken>) -> anyhow::Result<reqwest::Client> {
+/// there is one (it needs it with --require-token or --protect-reads), over `tls` if given.
+fn http_client(token: Option<&OperatorToken>, tls: Option<&Tls>) -> anyhow::Result<Http> {
     let mut headers = reqwest::header::HeaderMap::new();
     if let Some(token) = token {
         let mut value =
@@ -476,16 +540,74 @@ fn http_client(token: Option<&OperatorToken>) -> anyhow::Result<reqwest::Client>
         value.set_sensitive(true);
         headers.insert(reqwest::header::AUTHORIZATION, value);
     }
-    reqwest::Client::builder()
-        .no_proxy()
+    let client = shared::tls::http_client(tls)
         .timeout(Duration::from_secs(30))
         .default_headers(headers)
         .build()
-        .context("cannot build an HTTP client")
+        .context("cannot build an HTTP client")?;
+    Ok(Http {
+        client,
+        scheme: shared::tls::scheme(tls),
+    })
 }
 
 fn tail(path: &str, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    #[test]
+    fn backends_get_the_deploy_flags_colony_up_was_given() {
+        let up = Cli::try_parse_from([
+            "colony",
+            "up",
+            "--deploy-root",
+            "/srv/colony apps",
+            "--deploy-user",
+            "svc",
+            "--max-package",
+            "1000",
+            "--package-timeout",
+            "90s",
+            "--max-unpacked",
+            "5000",
+            "--max-package-files",
+            "7",
+            "--deploy-start-timeout",
+            "1m 30s",
+            "--deploy-stop-grace",
+            "250ms",
+        ])
+        .unwrap();
+        let Command::Up(up) = up.command else {
+            panic!("not up: {up:?}")
+        };
+        let backend = Cli::try_parse_from(
+            ["colony".to_owned(), "backend".to_owned()]
+                .into_iter()
+                .chain(deploy_args(&up.coordinator.deploy)),
+        )
+        .unwrap();
+        let Command::Backend(backend) = backend.command else {
+            panic!("not backend: {backend:?}")
+        };
+        // Every flag arrives as given (the poll interval is the coordinator's alone and
+        // stays at its default on both sides here).
+        assert_eq!(
+            format!("{:?}", backend.deploy),
+            format!("{:?}", up.coordinator.deploy)
+        );
+        assert_eq!(
+            backend.deploy.deploy_root,
+            std::path::Path::new("/srv/colony apps")
+        );
+    }
 }

@@ -188,7 +188,7 @@ async fn bad_heartbeats_get_a_4xx_and_change_nothing() {
     ];
     for body in bodies {
         // A fresh connection per case: the server may close one after refusing a huge body.
-        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        let http = shared::tls::http_client(None).no_proxy().build().unwrap();
         let response = signed_post(&http, &secret, &url, body.clone())
             .send()
             .await

@@ -65,7 +65,7 @@ async fn registry(port: u16, prefix: &str) -> SsmClusterRegistry {
 }
 
 fn http() -> reqwest::Client {
-    reqwest::Client::builder()
+    shared::tls::http_client(None)
         .no_proxy()
         .timeout(Duration::from_secs(5))
         .build()

@@ -89,7 +89,7 @@ async fn up_starts_a_colony_and_sigint_leaves_nothing_behind() {
         .find(|w| w.starts_with("http://"))
         .unwrap()
         .to_owned();
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let client = shared::tls::http_client(None).no_proxy().build().unwrap();
     let topology: serde_json::Value = client
         .get(format!("{control}/topology"))
         .send()

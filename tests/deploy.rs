@@ -2,7 +2,8 @@
 //! upload with the operator token (refused without it, even from loopback, and over the
 //! limit), `deploy_package` over `/ws` with every progress step in order, the service's
 //! port answering as the deploy user, stop and restart, the service back after the
-//! coordinator restarts and gone when it is killed; and a package forwarded to a backend.
+//! coordinator restarts and gone when it is killed; and a package forwarded to a backend,
+//! listed and stopped and started through the coordinator, its events relayed.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -80,6 +81,8 @@ fn start_coordinator(cluster: &mut Cluster, root: &str) {
             root,
             "--max-package",
             "3000000",
+            "--deploy-poll-interval",
+            "200ms",
         ],
         &[("COLONY_OPERATOR_TOKEN", TOKEN)],
     ));
@@ -90,11 +93,13 @@ async fn mgmt(cluster: &Cluster) -> String {
     format!("127.0.0.1:{}", a["mgmt_port"])
 }
 
+/// The one place this file builds an HTTP client (the transport is chosen here).
+fn http_client() -> reqwest::Client {
+    shared::tls::http_client(None).build().unwrap()
+}
+
 async fn upload(mgmt: &str, file: &str, body: Vec<u8>, token: Option<&str>) -> StatusCode {
-    let mut request = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap()
+    let mut request = http_client()
         .put(format!("http://{mgmt}/packages/{file}"))
         .body(body);
     if let Some(token) = token {
@@ -293,10 +298,7 @@ async fn a_package_is_forwarded_to_a_backend_by_a_signed_call_and_runs_there() {
         StatusCode::CREATED
     );
     // Nobody but a node may call the backend's deploy route.
-    let forged = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap()
+    let forged = http_client()
         .put(format!("http://{control}/deploy/echo-2.1.tar.gz"))
         .body(package("echo", "2.1", port))
         .send()
@@ -343,7 +345,190 @@ async fn a_package_is_forwarded_to_a_backend_by_a_signed_call_and_runs_there() {
         .join("echo-2.1")
         .exists());
 
-    // The backend stops: its service with it.
+    // The coordinator lists it, on the backend.
+    let list = ws.request("list_services", json!({})).await;
+    let echo = deployed(&list, "echo");
+    assert_eq!(echo["location"]["node"], backend.as_str(), "{list}");
+    assert_eq!(echo["state"]["state"], "running", "{list}");
+    // Its health checks run on the backend and reach the coordinator's /ws by its polls.
+    let health = ws
+        .event_where("health_check_result", DEADLINE, |d| {
+            d["service"] == "echo" && d["kind"] == "deployed"
+        })
+        .await;
+    assert_eq!(health["data"]["node"], backend.as_str(), "{health}");
+    assert_eq!(health["data"]["healthy"], true, "{health}");
+    let list = ws.request("list_services", json!({})).await;
+    assert_eq!(
+        deployed(&list, "echo")["last_health_check"]["healthy"],
+        true,
+        "{list}"
+    );
+
+    // Nobody but a node may list or drive the backend's services.
+    let anyone = http_client();
+    let listed = anyone
+        .get(format!("http://{control}/deploy/services"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.status(), StatusCode::UNAUTHORIZED);
+    let stopped = anyone
+        .post(format!("http://{control}/deploy/services/echo/stop"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stopped.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(probe(port).as_deref(), Some("2.1"));
+
+    // Stopped and started through the coordinator: forwarded to the backend.
+    let r = ws
+        .request("service_action", json!({"name": "echo", "action": "stop"}))
+        .await;
+    assert_eq!(r["data"]["deployed"]["state"]["state"], "stopped", "{r}");
+    assert_eq!(r["data"]["node"], backend.as_str(), "{r}");
+    assert_eq!(probe(port), None);
+    let changed = ws
+        .event_where("service_state_changed", DEADLINE, |d| {
+            d["service"] == "echo" && d["to"] == "stopped"
+        })
+        .await;
+    assert_eq!(
+        changed["data"]["deployed"]["location"]["node"],
+        backend.as_str(),
+        "{changed}"
+    );
+    let r = ws
+        .request(
+            "service_action",
+            json!({"name": "echo", "node": backend, "action": "start"}),
+        )
+        .await;
+    assert_eq!(r["data"]["deployed"]["state"]["state"], "running", "{r}");
+    assert_eq!(probe(port).as_deref(), Some("2.1"));
+    // A node that does not run it is not asked.
+    let r = ws
+        .request(
+            "service_action",
+            json!({"name": "echo", "node": "coordinator", "action": "stop"}),
+        )
+        .await;
+    assert_eq!(r["error"]["code"], "not_found", "{r}");
+    assert_eq!(probe(port).as_deref(), Some("2.1"));
+
+    // The same name on the coordinator too (on another port): an action must say which.
+    let port2 = free_port();
+    assert_eq!(
+        upload(
+            &mgmt,
+            "echo-2.1.tar.gz",
+            package("echo", "2.1", port2),
+            Some(TOKEN)
+        )
+        .await,
+        StatusCode::CREATED
+    );
+    let r = ws
+        .request(
+            "deploy_package",
+            json!({"package": "echo-2.1.tar.gz", "target": "coordinator"}),
+        )
+        .await;
+    assert_eq!(r["data"]["service"]["state"]["state"], "running", "{r}");
+    let r = ws
+        .request("service_action", json!({"name": "echo", "action": "stop"}))
+        .await;
+    assert_eq!(r["error"]["code"], "invalid_params", "{r}");
+    let message = r["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("coordinator") && message.contains(backend.as_str()),
+        "{r}"
+    );
+    assert_eq!(probe(port2).as_deref(), Some("2.1"));
+    let r = ws
+        .request(
+            "service_action",
+            json!({"name": "echo", "node": "coordinator", "action": "stop"}),
+        )
+        .await;
+    assert_eq!(r["data"]["deployed"]["state"]["state"], "stopped", "{r}");
+    assert_eq!(probe(port2), None);
+    assert_eq!(probe(port).as_deref(), Some("2.1"));
+
+    // The backend stops: its service with it, and it leaves the coordinator's list.
     drop(cluster.backends.remove(0));
+    assert_eq!(probe(port), None);
+    // Its goodbye makes it LEFT; the next poll takes its services away and every viewer
+    // gets the whole state again.
+    let loaded = ws
+        .event_where("registry_loaded", DEADLINE, |d| {
+            d["reason"] == "backend_gone"
+        })
+        .await;
+    assert!(
+        !loaded["data"]["deployed"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["location"]["node"] == backend.as_str()),
+        "{loaded}"
+    );
+}
+
+#[tokio::test]
+async fn colony_up_gives_its_backends_its_deploy_root() {
+    let root = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    // The scripts run as `nobody` (we are root here): it must reach the install dir.
+    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let root_arg = root.path().display().to_string();
+    let up = Up::start_with_env(
+        1,
+        &[
+            "--no-start",
+            "--deploy-root",
+            &root_arg,
+            "--deploy-poll-interval",
+            "200ms",
+        ],
+        &[("COLONY_OPERATOR_TOKEN", TOKEN)],
+    )
+    .await;
+    let backend = up.backend(0);
+    let port = free_port();
+    assert_eq!(
+        upload(
+            &up.mgmt,
+            "echo-3.0.tar.gz",
+            package("echo", "3.0", port),
+            Some(TOKEN)
+        )
+        .await,
+        StatusCode::CREATED
+    );
+    let mut ws = operator_ws(&up.mgmt).await;
+    let r = ws
+        .request(
+            "deploy_package",
+            json!({"package": "echo-3.0.tar.gz", "target": backend}),
+        )
+        .await;
+    assert_eq!(r["data"]["service"]["state"]["state"], "running", "{r}");
+    assert_eq!(probe(port).as_deref(), Some("3.0"));
+    // Installed under the root colony up was given, and recorded by the backend there.
+    assert!(root.path().join("echo-3.0/manifest.yaml").is_file());
+    assert!(root
+        .path()
+        .join(".colony")
+        .join(&backend)
+        .join("services.json")
+        .is_file());
+    let list = ws.request("list_services", json!({})).await;
+    assert_eq!(
+        deployed(&list, "echo")["location"]["node"],
+        backend.as_str()
+    );
+    drop(ws);
+    drop(up);
     assert_eq!(probe(port), None);
 }

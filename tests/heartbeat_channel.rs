@@ -145,7 +145,14 @@ async fn a_killed_backend_is_stale_at_once_and_a_stopped_one_says_goodbye_over_t
         (status_of(&cluster, &killed_id).await.as_deref() == Some("DOWN")).then_some(())
     })
     .await;
-    assert!(killed.elapsed() >= Duration::from_secs(5));
+    // DOWN counts from the last heartbeat received (up to an interval before the kill, more
+    // when 2 loaded cores delayed it), so the bound is looser than --down-after, but far
+    // from the immediate STALE: the close alone does not make a node DOWN.
+    assert!(
+        killed.elapsed() >= Duration::from_secs(3),
+        "DOWN after {:?}, not by the threshold",
+        killed.elapsed()
+    );
     // The other backend was not disturbed.
     assert_eq!(
         status_of(&cluster, &stopped_id).await.as_deref(),

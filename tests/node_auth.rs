@@ -392,7 +392,7 @@ async fn a_node_down_longer_than_forget_after_is_forgotten() {
 async fn the_cluster_secret_appears_in_no_log_answer_registry_metric_or_command_line() {
     const SECRET: &str = "s3cret-that-must-never-show-up-0123456789";
     let mut up = Up::start_with_env(1, &[], &[("COLONY_CLUSTER_SECRET", SECRET)]).await;
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let http = shared::tls::http_client(None).no_proxy().build().unwrap();
     let mgmt = format!("http://{}", up.mgmt);
     let control = text(&http, &format!("{mgmt}/health/status")).await;
     let mut seen = vec![control];

@@ -104,7 +104,7 @@ async fn metrics(http: &reqwest::Client, mgmt: &str, token: Option<&str>) -> Str
 }
 
 fn client() -> reqwest::Client {
-    reqwest::Client::builder()
+    shared::tls::http_client(None)
         .no_proxy()
         .timeout(Duration::from_secs(30))
         .build()

@@ -40,9 +40,8 @@ const HEARTBEAT_PATH: &str = "/heartbeat";
 /// channel is tried again.
 pub const CHANNEL_RETRY: Duration = Duration::from_secs(5);
 
-/// An open heartbeat channel.
-type Channel =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+/// An open heartbeat channel: a WebSocket over plain TCP, or over TLS between nodes.
+type Channel = tokio_tungstenite::WebSocketStream<dataplane::Socket>;
 
 /// Why the channel could not carry a heartbeat.
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +88,10 @@ pub type MetricsSource = Arc<dyn Fn() -> BTreeMap<String, f64> + Send + Sync>;
 pub struct HeartbeatSender {
     registry: Arc<dyn ClusterRegistry>,
     client: reqwest::Client,
+    /// `http`, or `https` with TLS between nodes.
+    scheme: &'static str,
+    /// The node's TLS material, for the heartbeat channel's handshake.
+    tls: Option<shared::tls::Tls>,
     instance_id: String,
     node_type: NodeType,
     address: NodeAddress,
@@ -108,8 +111,8 @@ struct Link {
 }
 
 impl HeartbeatSender {
-    /// A sender for the node `instance_id` at `address`, signing with `signer`, with a new
-    /// boot id: one sender per process start.
+    /// A sender for the node `instance_id` at `address`, signing with `signer` and calling
+    /// over `tls` when given, with a new boot id: one sender per process start.
     ///
     /// # Errors
     /// The system random source failed to make the boot id.
@@ -120,16 +123,17 @@ impl HeartbeatSender {
         address: NodeAddress,
         interval: Duration,
         metrics: MetricsSource,
-        signer: RequestSigner,
+        (signer, tls): (RequestSigner, Option<&shared::tls::Tls>),
     ) -> Result<Self, getrandom::Error> {
-        let client = reqwest::Client::builder()
+        let client = shared::tls::http_client(tls)
             .timeout(interval.max(Duration::from_secs(1)))
-            .no_proxy()
             .build()
             .unwrap_or_default();
         Ok(HeartbeatSender {
             registry,
             client,
+            scheme: shared::tls::scheme(tls),
+            tls: tls.cloned(),
             instance_id,
             node_type,
             address,
@@ -270,14 +274,41 @@ impl HeartbeatSender {
         self.post(target, *seq, leaving).await
     }
 
-    /// Opens the channel to `target`.
+    /// Opens the channel to `target`: TCP, the TLS handshake when nodes speak TLS (checking
+    /// the coordinator's certificate and presenting ours), then the WebSocket upgrade.
     async fn open(&self, target: NodeAddress) -> Result<Channel, ChannelError> {
-        let url = format!("ws://{}{CHANNEL_PATH}", target.to_mgmt_address());
-        let connect = tokio_tungstenite::connect_async(url);
+        let address = target.to_mgmt_address();
+        let url = format!("{}://{address}{CHANNEL_PATH}", self.ws_scheme());
+        let connect = async {
+            let tcp = tokio::net::TcpStream::connect(&address)
+                .await
+                .map_err(|e| ChannelError::Broken(e.to_string()))?;
+            let _ = tcp.set_nodelay(true);
+            let socket: dataplane::Socket = match &self.tls {
+                Some(tls) => Box::new(
+                    tls.connect(target.ip, tcp)
+                        .await
+                        .map_err(|e| ChannelError::Broken(e.to_string()))?,
+                ),
+                None => Box::new(tcp),
+            };
+            tokio_tungstenite::client_async(url, socket)
+                .await
+                .map(|(channel, _)| channel)
+                .map_err(|e| ChannelError::Broken(e.to_string()))
+        };
         match tokio::time::timeout(self.answer_timeout(), connect).await {
-            Ok(Ok((channel, _))) => Ok(channel),
-            Ok(Err(e)) => Err(ChannelError::Broken(e.to_string())),
+            Ok(result) => result,
             Err(_) => Err(ChannelError::Broken("timed out opening it".into())),
+        }
+    }
+
+    /// `wss` over TLS, `ws` without.
+    fn ws_scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "wss"
+        } else {
+            "ws"
         }
     }
 
@@ -351,7 +382,11 @@ impl HeartbeatSender {
 
     async fn post(&self, target: NodeAddress, seq: u64, leaving: bool) -> Result<(), PostError> {
         let body = serde_json::to_vec(&self.heartbeat(seq, leaving))?;
-        let url = format!("http://{}{HEARTBEAT_PATH}", target.to_mgmt_address());
+        let url = format!(
+            "{}://{}{HEARTBEAT_PATH}",
+            self.scheme,
+            target.to_mgmt_address()
+        );
         let response = self
             .client
             .post(&url)

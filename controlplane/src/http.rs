@@ -1,6 +1,6 @@
 //! Layers every HTTP listener gets: a body-size limit, a request timeout, request tracing,
 //! panic containment, request counting, and a JSON 404 for unknown routes; and
-//! [`serve_on_own_thread`] for the management plane.
+//! [`serve_limited_on_own_thread`] for the management plane.
 //!
 //! The layers are stacked into one service and applied with a single `Router::layer`: axum
 //! boxes each route once per `layer` call, so five calls meant five boxed futures and five
@@ -26,6 +26,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::error::{not_found, ApiError};
 use crate::metrics::HttpMetrics;
+use crate::serve::{FdBudget, ServeLimits};
 
 /// Limits of one HTTP listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,9 +75,34 @@ pub fn harden(
     router.fallback(not_found).layer(layers)
 }
 
-/// Serves `router` on `listener` until `shutdown`, on a thread of its own with a
-/// single-threaded runtime, telling handlers each peer's address (axum's `ConnectInfo`);
-/// resolves when it has stopped. Tasks the handlers spawn (a
+/// [`serve_limited_on_own_thread`] with the default connection limits and a budget of
+/// as many descriptors as connections.
+///
+/// # Errors
+/// As [`serve_limited_on_own_thread`].
+pub async fn serve_on_own_thread(
+    listener: TcpListener,
+    router: Router,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+    what: &'static str,
+) -> std::io::Result<()> {
+    let limits = ServeLimits::DEFAULT;
+    let budget = FdBudget::new(limits.max_connections);
+    serve_limited_on_own_thread(
+        listener,
+        router,
+        (limits, budget),
+        (tasks, None),
+        shutdown,
+        what,
+    )
+    .await
+}
+
+/// Serves `router` on `listener` until `shutdown`, within `limits` (see [`crate::serve`]),
+/// on a thread of its own with a single-threaded runtime, telling handlers each peer's
+/// address (axum's `ConnectInfo`); resolves when it has stopped. Tasks the handlers spawn (a
 /// WebSocket's, say) run there too; those on `tasks` get a grace period (a second) to
 /// finish after the listener stops.
 ///
@@ -92,20 +118,16 @@ pub fn harden(
 /// # Errors
 /// The listener cannot be moved to the new runtime, or the thread cannot start; or serving
 /// fails.
-pub async fn serve_on_own_thread(
+pub async fn serve_limited_on_own_thread(
     listener: TcpListener,
     router: Router,
-    tasks: TaskTracker,
+    (limits, budget): (ServeLimits, FdBudget),
+    (tasks, tls): (TaskTracker, Option<shared::tls::Tls>),
     shutdown: CancellationToken,
     what: &'static str,
 ) -> std::io::Result<()> {
     shared::own_thread::serve_on_own_thread(what, listener, move |listener| async move {
-        // With each peer's address: the operator check trusts loopback clients (DESIGN §13).
-        let served = axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown.cancelled_owned());
+        let served = crate::serve::serve(listener, router, limits, budget, tls, shutdown, what);
         let result = tokio::select! {
             served = served => served,
             () = keep_a_timer_pending() => Ok(()),

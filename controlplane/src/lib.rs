@@ -13,9 +13,9 @@
 //! | what crosses the wire, and time formatting | [`wire`], [`time`] |
 //! | the coordinator's domain and deployed packages, typed errors and no HTTP | [`coordinator`], [`deploy`] |
 //! | metrics, rate limits, HTTP errors, node signatures and who may call what | [`metrics`], [`rate_limit`], [`error`], then [`node_auth`], [`operator`] |
-//! | what the routers share, the layers every listener gets, and the backend's token reports | [`state`], [`http`], [`token_reporter`] |
+//! | what the routers share, the layers every listener gets (and upload routes instead), the accept loop with its connection limits, and the backend's token reports | [`state`], [`http`], [`upload`], [`serve`], [`token_reporter`] |
 //! | the routers | [`control`], [`dashboard`], [`ws`], then [`management`], which merges the last two |
-//! | the backend's heartbeat client | [`heartbeat_sender`] |
+//! | the backend's heartbeat client, and the heartbeat load of `colony bench` | [`heartbeat_sender`], [`loadgen`] |
 //! | the fuzz campaign's entry points (feature `fuzzing`; nothing imports them) | `fuzzing` |
 
 pub mod control;
@@ -27,15 +27,20 @@ pub mod error;
 pub mod fuzzing;
 pub mod heartbeat_sender;
 pub mod http;
+pub mod loadgen;
 pub mod management;
 pub mod metrics;
 pub mod node_auth;
 pub mod operator;
 pub mod rate_limit;
+pub mod serve;
 pub mod spawner;
 pub mod state;
+#[cfg(test)]
+mod test_http;
 pub mod time;
 pub mod token_reporter;
+pub mod upload;
 pub mod wire;
 pub mod ws;
 

@@ -22,6 +22,8 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 use shared::signing::{unix_millis, SignatureError, SignatureVerifier, HEADER};
 
+use crate::serve::TlsPeer;
+
 use crate::error::{ApiError, ApiJson};
 use crate::metrics::AuthRefusals;
 
@@ -61,6 +63,31 @@ impl NodeAuth {
         self.refusals.get(self.plane, reason)
     }
 
+    /// Refuses, as `not_a_node_certificate` (counted), a caller whose TLS connection showed
+    /// no node certificate for its address: over TLS the signature alone is not enough, the
+    /// secret may have leaked and the node key is per host (DESIGN §13). Plaintext callers
+    /// carry no [`TlsPeer`] and pass.
+    ///
+    /// # Errors
+    /// [`NodeAuthRejection::NotANode`].
+    pub fn require_node(
+        &self,
+        extensions: &axum::http::Extensions,
+        path: &str,
+    ) -> Result<(), NodeAuthRejection> {
+        if let Some(TlsPeer { is_node: false }) = extensions.get::<TlsPeer>() {
+            self.count_refusal(NOT_A_NODE);
+            tracing::debug!(
+                plane = self.plane,
+                path,
+                reason = NOT_A_NODE,
+                "node call refused"
+            );
+            return Err(NodeAuthRejection::NotANode);
+        }
+        Ok(())
+    }
+
     fn refuse(&self, error: SignatureError, path: &str) -> NodeAuthRejection {
         self.count_refusal(error.code());
         // Debug, not warn: anyone can make these, and the counter is the durable record.
@@ -80,6 +107,10 @@ pub enum NodeAuthRejection {
     /// The signature is missing or wrong: 401.
     #[error(transparent)]
     Signature(SignatureError),
+    /// Over TLS, the caller showed no node certificate for its address: 401
+    /// `not_a_node_certificate`, whatever it signed.
+    #[error("node calls need a node certificate from the cluster CA naming the caller's address")]
+    NotANode,
     /// The signature is right but the body is not (unreadable, too large, not JSON, wrong
     /// shape): the same answers as [`ApiJson`]'s.
     #[error(transparent)]
@@ -94,12 +125,21 @@ impl IntoResponse for NodeAuthRejection {
                 Json(json!({ "error": e.to_string(), "code": e.code() })),
             )
                 .into_response(),
+            NodeAuthRejection::NotANode => (
+                StatusCode::UNAUTHORIZED,
+                Json(json!({ "error": self.to_string(), "code": NOT_A_NODE })),
+            )
+                .into_response(),
             NodeAuthRejection::Body(e) => e.into_response(),
         }
     }
 }
 
-/// A JSON body from a request signed by a node. Refusals answer as [`NodeAuthRejection`].
+/// The refusal reason of a node call over TLS without a node certificate.
+pub const NOT_A_NODE: &str = "not_a_node_certificate";
+
+/// A JSON body from a request signed by a node (and, over TLS, sent with a node
+/// certificate). Refusals answer as [`NodeAuthRejection`].
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SignedJson<T>(pub T);
 
@@ -119,6 +159,7 @@ where
             .get::<OriginalUri>()
             .map_or_else(|| req.uri().clone(), |o| o.0.clone());
         let path = uri.path_and_query().map_or(uri.path(), |pq| pq.as_str());
+        auth.require_node(req.extensions(), path)?;
         let pending = match single_header(req.headers()) {
             Ok(value) => auth.verifier.check_header(value, unix_millis()),
             Err(e) => Err(e),

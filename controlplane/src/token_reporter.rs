@@ -26,6 +26,28 @@ const REPORT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The route reports go to.
 pub const REPORT_PATH: &str = "/tokens/report";
 
+/// Why a report did not reach the coordinator.
+#[derive(Debug, thiserror::Error)]
+enum ReportError {
+    /// The registry names no coordinator.
+    #[error("no coordinator registered")]
+    NoCoordinator,
+    /// The registry could not be read.
+    #[error("cannot find the coordinator: {0}")]
+    Registry(#[from] shared::registry::RegistryError),
+    /// The call failed: no connection, a timeout, a broken TLS handshake.
+    #[error("cannot reach the coordinator: {0}")]
+    Call(#[from] reqwest::Error),
+    /// The coordinator answered with an error.
+    #[error("coordinator answered {status}: {body}")]
+    Refused {
+        /// Its status.
+        status: reqwest::StatusCode,
+        /// Its answer's body.
+        body: String,
+    },
+}
+
 /// Where a backend's init handler drops token outcomes. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct TokenReporter {
@@ -40,17 +62,17 @@ impl TokenReporter {
     }
 
     /// Starts the task that sends the outcomes of backend `instance_id` to the coordinator the
-    /// registry names, signed with `signer`, until `shutdown`.
+    /// registry names, signed with `signer` and over `tls` when given, until `shutdown`.
     pub fn spawn(
         registry: Arc<dyn ClusterRegistry>,
         signer: RequestSigner,
         instance_id: String,
+        tls: Option<&shared::tls::Tls>,
         shutdown: CancellationToken,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (queue, outcomes) = mpsc::channel(QUEUE);
-        let client = reqwest::Client::builder()
+        let client = shared::tls::http_client(tls)
             .timeout(REPORT_TIMEOUT)
-            .no_proxy()
             .build()
             .unwrap_or_default();
         let sender = Sender {
@@ -58,6 +80,7 @@ impl TokenReporter {
             signer,
             instance_id,
             client,
+            scheme: shared::tls::scheme(tls),
             coordinator: None,
         };
         let task = tokio::spawn(sender.run(outcomes, shutdown));
@@ -97,6 +120,8 @@ struct Sender {
     signer: RequestSigner,
     instance_id: String,
     client: reqwest::Client,
+    /// `http`, or `https` with TLS between nodes.
+    scheme: &'static str,
     /// The coordinator last reached; looked up again after a failure.
     coordinator: Option<NodeAddress>,
 }
@@ -138,18 +163,18 @@ impl Sender {
                 return;
             }
         };
-        let mut last_error = String::new();
+        let mut last_error = ReportError::NoCoordinator;
         for _ in 0..2 {
             let target = match self.coordinator {
                 Some(target) => target,
                 None => match self.registry.discover_coordinator().await {
                     Ok(Some(found)) => *self.coordinator.insert(found),
                     Ok(None) => {
-                        last_error = "no coordinator registered".into();
+                        last_error = ReportError::NoCoordinator;
                         break;
                     }
                     Err(e) => {
-                        last_error = e.to_string();
+                        last_error = e.into();
                         break;
                     }
                 },
@@ -168,8 +193,12 @@ impl Sender {
         warn!(count, error = %last_error, "token outcomes not reported to the coordinator");
     }
 
-    async fn post(&self, target: NodeAddress, body: &[u8]) -> Result<(), String> {
-        let url = format!("http://{}{REPORT_PATH}", target.to_mgmt_address());
+    async fn post(&self, target: NodeAddress, body: &[u8]) -> Result<(), ReportError> {
+        let url = format!(
+            "{}://{}{REPORT_PATH}",
+            self.scheme,
+            target.to_mgmt_address()
+        );
         let response = self
             .client
             .post(&url)
@@ -177,14 +206,13 @@ impl Sender {
             .header(HEADER, self.signer.sign("POST", REPORT_PATH, body))
             .body(body.to_vec())
             .send()
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         let status = response.status();
         if status.is_success() {
             Ok(())
         } else {
-            let text = response.text().await.unwrap_or_default();
-            Err(format!("coordinator answered {status}: {text}"))
+            let body = response.text().await.unwrap_or_default();
+            Err(ReportError::Refused { status, body })
         }
     }
 }

@@ -3,9 +3,18 @@
 use bytes::BytesMut;
 use codec::{CodecError, ColonyCodec, Decoded, Framing, Limits, Message};
 use shared::secret::ClusterSecret;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use shared::tls::{Tls, TlsError};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio_util::codec::{Decoder, Encoder};
+
+/// A data-plane byte stream: a TCP socket, or TLS over one.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + Sync> Stream for S {}
+
+/// A boxed [`Stream`], so plaintext and TLS connections are the same type.
+pub type Socket = Box<dyn Stream>;
 
 /// The error for an answer that is not the one a step of an exchange expects.
 fn refused(answer: Message) -> ClientError {
@@ -21,6 +30,9 @@ pub enum ClientError {
     /// Connecting, reading or writing failed.
     #[error("data plane I/O: {0}")]
     Io(#[from] std::io::Error),
+    /// The TLS handshake failed or timed out.
+    #[error("data plane TLS: {0}")]
+    Tls(#[from] TlsError),
     /// The server's bytes did not decode, or a request did not encode.
     #[error("data plane framing: {0}")]
     Codec(#[from] CodecError),
@@ -41,12 +53,17 @@ pub enum ClientError {
 }
 
 /// A binary-framing connection to a data plane.
-#[derive(Debug)]
 pub struct Client {
-    socket: TcpStream,
+    socket: Socket,
     codec: ColonyCodec,
     read_buf: BytesMut,
     write_buf: BytesMut,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").finish_non_exhaustive()
+    }
 }
 
 impl Client {
@@ -66,14 +83,38 @@ impl Client {
         addr: impl ToSocketAddrs,
         limits: Limits,
     ) -> Result<Self, ClientError> {
-        let socket = TcpStream::connect(addr).await?;
-        socket.set_nodelay(true)?;
-        Ok(Client {
+        Client::connect_tls(addr, limits, None).await
+    }
+
+    /// Connects with explicit limits, over TLS when `tls` is given: the server must present
+    /// a certificate from the cluster CA naming the address connected to.
+    ///
+    /// # Errors
+    /// [`ClientError::Io`] if the connection fails, [`ClientError::Tls`] if the handshake
+    /// does.
+    pub async fn connect_tls(
+        addr: impl ToSocketAddrs,
+        limits: Limits,
+        tls: Option<&Tls>,
+    ) -> Result<Self, ClientError> {
+        let tcp = TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        let socket: Socket = match tls {
+            Some(tls) => Box::new(tls.connect(tcp.peer_addr()?.ip(), tcp).await?),
+            None => Box::new(tcp),
+        };
+        Ok(Client::from_stream(socket, limits))
+    }
+
+    /// A client on a connection made elsewhere (the load generators make theirs in one
+    /// place, `shared::loadgen::connect`).
+    pub fn from_stream(socket: Socket, limits: Limits) -> Self {
+        Client {
             socket,
             codec: ColonyCodec::with_framing(limits, Framing::Binary),
             read_buf: BytesMut::with_capacity(8 * 1024),
             write_buf: BytesMut::with_capacity(8 * 1024),
-        })
+        }
     }
 
     /// Queues a request without sending it; [`Client::flush`] sends the queue.
@@ -91,6 +132,8 @@ impl Client {
     /// [`ClientError::Io`] if the write fails.
     pub async fn flush(&mut self) -> Result<(), ClientError> {
         self.socket.write_all(&self.write_buf).await?;
+        // TLS buffers what it encrypts; TCP's flush does nothing.
+        self.socket.flush().await?;
         self.write_buf.clear();
         Ok(())
     }
@@ -154,7 +197,7 @@ impl Client {
 
     /// The socket, the bytes read but not yet decoded, and the codec, for a caller that
     /// reads and writes from separate tasks.
-    pub fn into_parts(self) -> (TcpStream, BytesMut, ColonyCodec) {
+    pub fn into_parts(self) -> (Socket, BytesMut, ColonyCodec) {
         (self.socket, self.read_buf, self.codec)
     }
 
@@ -164,6 +207,7 @@ impl Client {
     /// [`ClientError::Io`] if the write fails.
     pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
         self.socket.write_all(bytes).await?;
+        self.socket.flush().await?;
         Ok(())
     }
 }

@@ -22,8 +22,7 @@ use bytes::{BufMut, BytesMut};
 use codec::{CodecError, ColonyCodec, Decoded, Message, Reply};
 use shared::log_limit::{LogLimit, DEFAULT_INTERVAL};
 use shared::warn_limited;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::runtime::Handle;
 use tokio::time::Instant;
 use tokio_util::codec::{Decoder, Encoder};
@@ -33,6 +32,7 @@ use tracing::debug;
 use crate::cmd::{self, Answer, Deferred, Session};
 use crate::config::PARTIAL_BASE;
 use crate::state::Shared;
+use crate::stream::{Parked, ServerStream};
 
 /// Initial capacity of each buffer; they grow up to the codec limits when needed.
 const BUFFER_CAPACITY: usize = 8 * 1024;
@@ -53,7 +53,7 @@ static INCOMPLETE_LOG: LogLimit = LogLimit::new("dataplane_cut_request_timeout",
 static FRAMING_LOG: LogLimit = LogLimit::new("dataplane_framing_error", DEFAULT_INTERVAL);
 
 pub(crate) struct Connection {
-    socket: TcpStream,
+    socket: ServerStream,
     codec: ColonyCodec,
     read_buf: BytesMut,
     write_buf: BytesMut,
@@ -118,7 +118,7 @@ impl Drop for Grant {
 /// A connection on its way to the node lane: its socket out of the reactor it came from,
 /// and everything it had buffered or learned.
 pub(crate) struct Promoted {
-    socket: std::net::TcpStream,
+    socket: Parked,
     codec: ColonyCodec,
     read_buf: BytesMut,
     write_buf: BytesMut,
@@ -131,7 +131,7 @@ impl Promoted {
     /// The connection again, on the runtime this is called on.
     pub(crate) fn resume(self, shared: Arc<Shared>) -> std::io::Result<Connection> {
         Ok(Connection {
-            socket: TcpStream::from_std(self.socket)?,
+            socket: self.socket.resume()?,
             codec: self.codec,
             read_buf: self.read_buf,
             write_buf: self.write_buf,
@@ -150,13 +150,22 @@ impl Promoted {
 
 impl Connection {
     /// A new client's connection; once it authenticates as a node it asks to move to `lane`.
-    pub(crate) fn new(socket: TcpStream, shared: Arc<Shared>, lane: Option<Handle>) -> Self {
+    /// `not_a_node` when TLS showed the peer holds no node certificate for its address, so
+    /// it may not HELLO.
+    pub(crate) fn new(
+        socket: ServerStream,
+        shared: Arc<Shared>,
+        lane: Option<Handle>,
+        not_a_node: bool,
+    ) -> Self {
+        let mut session = Session::new(&shared);
+        session.not_a_node = not_a_node;
         Connection {
             socket,
             codec: ColonyCodec::new(shared.config.limits),
             read_buf: BytesMut::with_capacity(BUFFER_CAPACITY),
             write_buf: BytesMut::with_capacity(BUFFER_CAPACITY),
-            session: Session::new(&shared),
+            session,
             grant: Grant {
                 shared: shared.clone(),
                 bytes: 0,
@@ -206,7 +215,7 @@ impl Connection {
     /// Takes the socket out of this thread's reactor for the node lane.
     fn promote(self) -> Option<(Promoted, Handle)> {
         let lane = self.lane?;
-        let socket = match self.socket.into_std() {
+        let socket = match self.socket.park() {
             Ok(socket) => socket,
             Err(e) => {
                 debug!(error = %e, "cannot move an authenticated node to the node lane");
@@ -497,20 +506,30 @@ impl Connection {
         if self.write_buf.is_empty() {
             return Ok(());
         }
-        // Usually the socket takes it all at once, without arming a timer.
-        match self.socket.try_write(&self.write_buf) {
-            Ok(n) if n == self.write_buf.len() => {
-                self.write_buf.clear();
-                return Ok(());
+        // Usually the socket takes it all at once, without arming a timer: one attempt that
+        // does not wait (and a flush, which sends what TLS buffered; a no-op on TCP).
+        {
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            let mut socket = std::pin::Pin::new(&mut self.socket);
+            match socket.as_mut().poll_write(&mut cx, &self.write_buf) {
+                std::task::Poll::Ready(Ok(n)) => {
+                    let _ = self.write_buf.split_to(n);
+                }
+                std::task::Poll::Ready(Err(e)) => return Err(e),
+                std::task::Poll::Pending => {}
             }
-            Ok(n) => {
-                let _ = self.write_buf.split_to(n);
+            if self.write_buf.is_empty() {
+                if let std::task::Poll::Ready(result) = socket.poll_flush(&mut cx) {
+                    return result;
+                }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
         }
         // A peer that stops reading must not pin this task forever.
-        match tokio::time::timeout(limit, self.socket.write_all(&self.write_buf)).await {
+        let rest = async {
+            self.socket.write_all(&self.write_buf).await?;
+            self.socket.flush().await
+        };
+        match tokio::time::timeout(limit, rest).await {
             Ok(result) => result?,
             Err(_) => {
                 return Err(std::io::Error::new(

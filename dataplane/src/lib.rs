@@ -20,7 +20,7 @@
 //! - recovery (DESIGN §14): `shards` and `tick_loop` → `copies` (copies of shard cells at
 //!   checkpoints, the commit and the fence) and `holders` (who keeps whose replicas);
 //! - leaves that import no other module: `config`, `stats`, `identity`, `access`, `client`, `batch`,
-//!   `copies`, `holders`, `budget`.
+//!   `copies`, `holders`, `budget`, `stream`.
 
 mod access;
 mod batch;
@@ -40,11 +40,12 @@ mod shards;
 mod sim_stats;
 mod state;
 mod stats;
+mod stream;
 mod tick_loop;
 
 pub use access::ReadAccess;
 pub use batch::Target;
-pub use client::{Client, ClientError};
+pub use client::{Client, ClientError, Socket, Stream};
 pub use config::{ConfigError, DataPlaneConfig, PARTIAL_BASE};
 pub use copies::{CopyError, CopyStore, MAX_AHEAD};
 pub use engine::{Engine, EngineError, EngineState};

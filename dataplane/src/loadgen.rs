@@ -1,126 +1,91 @@
-//! [`PingLoad`]: the inline-`PING` load generator shared by `colony bench ping` and the
-//! `pingpong` cargo bench. Each connection keeps `depth` `PING\r\n` in flight and counts
-//! answer lines, so the same load runs against Colony (`PONG\n`), Redis (`+PONG\r\n`) or a
-//! line echo. Loopback-only use is the caller's check; this only generates load.
+//! The data-plane loads of `colony bench ping|frames` and the `pingpong` cargo bench, run in
+//! [`shared::loadgen::Load`]:
+//! - [`ping`]: each connection keeps `depth` inline `PING\r\n` in flight and counts answer
+//!   lines, so the same load runs against Colony (`PONG\n`), Redis (`+PONG\r\n`), NATS
+//!   (`PONG\r\n`, after its handshake: [`Handshake::Nats`]) or a line echo ([`spawn_echo`]);
+//! - [`frames`]: each connection keeps `depth` binary `echo` frames of a given payload in
+//!   flight, so the payload crosses the connection both ways.
+//!
+//! Loopback-only use is the caller's check; this only generates load.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use codec::{Limits, Message, Redacted};
+use shared::loadgen::{connect, timed, Load, Worker};
+use shared::operator::OperatorToken;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
-/// A read that takes longer than this ends the connection's load with an error, so a load
-/// against a stuck server still stops by itself.
-pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::client::{Client, ClientError};
 
-/// Round trips kept per connection at most, so a long run cannot grow without bound.
-const MAX_SAMPLES: usize = 1 << 20;
-
-/// A running ping load: `connections` connections, each with `depth` requests in flight.
-#[derive(Debug)]
-pub struct PingLoad {
-    stop: Arc<AtomicBool>,
-    recording: Arc<AtomicBool>,
-    answered: Arc<AtomicU64>,
-    tasks: Vec<JoinHandle<std::io::Result<Vec<Duration>>>>,
+/// What a connection says before its first PING.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handshake {
+    /// Nothing (Colony, Redis, a line echo).
+    None,
+    /// NATS: read the server's `INFO` line, answer `CONNECT {}` (not verbose, so no `+OK`
+    /// follows), then PINGs are answered `PONG`.
+    Nats,
 }
 
-impl PingLoad {
-    /// Connects every connection to `addr`, then starts the load.
-    ///
-    /// # Errors
-    /// A connection that cannot be made.
-    pub async fn start(
-        addr: SocketAddr,
-        connections: usize,
-        depth: usize,
-    ) -> std::io::Result<Self> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let recording = Arc::new(AtomicBool::new(false));
-        let answered = Arc::new(AtomicU64::new(0));
-        let mut sockets = Vec::with_capacity(connections);
-        for _ in 0..connections {
-            let socket = TcpStream::connect(addr).await?;
-            socket.set_nodelay(true)?;
-            sockets.push(socket);
+/// Opens a ping connection to `addr` and does `handshake`.
+async fn open_ping(addr: SocketAddr, handshake: Handshake) -> std::io::Result<TcpStream> {
+    let mut socket = connect(addr).await?;
+    if handshake == Handshake::Nats {
+        let mut info = String::new();
+        // The INFO line is read through a buffer dropped right after: NATS sends nothing
+        // more until it is spoken to, so no bytes of a later answer can be lost in it.
+        timed(BufReader::new(&mut socket).read_line(&mut info)).await?;
+        if !info.starts_with("INFO ") {
+            return Err(std::io::Error::other(format!(
+                "not a NATS server: it said {:?}",
+                info.trim_end()
+            )));
         }
-        let tasks = sockets
-            .into_iter()
-            .map(|socket| {
-                tokio::spawn(drive(
-                    socket,
-                    depth.max(1),
-                    stop.clone(),
-                    recording.clone(),
-                    answered.clone(),
-                ))
-            })
-            .collect();
-        Ok(PingLoad {
-            stop,
-            recording,
-            answered,
-            tasks,
-        })
+        socket
+            .write_all(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\n")
+            .await?;
     }
-
-    /// Answers received so far, over every connection.
-    pub fn answered(&self) -> u64 {
-        self.answered.load(Relaxed)
-    }
-
-    /// From now on, keeps each round trip's latency (after a warm-up, say).
-    pub fn record_latencies(&self) {
-        self.recording.store(true, Relaxed);
-    }
-
-    /// Stops the load and returns the round trips recorded (one per burst of `depth`).
-    ///
-    /// # Errors
-    /// The first connection that failed (closed, timed out, or a write or read error).
-    pub async fn stop(self) -> std::io::Result<Vec<Duration>> {
-        self.stop.store(true, Relaxed);
-        let mut all = Vec::new();
-        let mut first_error = None;
-        for task in self.tasks {
-            match task.await {
-                Ok(Ok(samples)) => all.extend(samples),
-                Ok(Err(e)) => {
-                    first_error.get_or_insert(e);
-                }
-                Err(e) => {
-                    first_error.get_or_insert(std::io::Error::other(e));
-                }
-            }
-        }
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(all),
-        }
-    }
+    Ok(socket)
 }
 
-async fn drive(
+/// Starts the ping load: `connections` connections to `addr`, each with `depth` PINGs in
+/// flight. Every connection is made (and has done its handshake) before this returns.
+///
+/// # Errors
+/// A connection that cannot be made or a failed handshake.
+pub async fn ping(
+    addr: SocketAddr,
+    connections: usize,
+    depth: usize,
+    handshake: Handshake,
+) -> std::io::Result<Load> {
+    let mut sockets = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        sockets.push(open_ping(addr, handshake).await?);
+    }
+    let depth = depth.max(1);
+    Ok(Load::spawn(sockets, move |socket, worker| {
+        drive_ping(socket, depth, worker)
+    }))
+}
+
+async fn drive_ping(
     mut socket: TcpStream,
     depth: usize,
-    stop: Arc<AtomicBool>,
-    recording: Arc<AtomicBool>,
-    answered: Arc<AtomicU64>,
-) -> std::io::Result<Vec<Duration>> {
+    mut worker: Worker,
+) -> std::io::Result<Vec<std::time::Duration>> {
     let burst = b"PING\r\n".repeat(depth);
     let mut buf = vec![0u8; 64 * 1024];
-    let mut samples = Vec::new();
-    while !stop.load(Relaxed) {
+    while worker.running() {
         let sent = Instant::now();
         socket.write_all(&burst).await?;
         let mut answers = 0;
         while answers < depth {
-            let n = tokio::time::timeout(READ_TIMEOUT, socket.read(&mut buf))
-                .await
-                .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer"))??;
+            let n = timed(socket.read(&mut buf)).await?;
             if n == 0 {
                 return Err(std::io::ErrorKind::UnexpectedEof.into());
             }
@@ -128,16 +93,74 @@ async fn drive(
                 .get(..n)
                 .map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count());
         }
-        answered.fetch_add(depth as u64, Relaxed);
-        if recording.load(Relaxed) && samples.len() < MAX_SAMPLES {
-            samples.push(sent.elapsed());
-        }
+        worker.completed(depth as u64, sent);
     }
-    Ok(samples)
+    Ok(worker.into_samples())
+}
+
+/// Starts the frame load: `connections` binary connections to `addr`, each with `depth`
+/// `echo` frames of `size` payload bytes in flight; each answer must carry the payload back.
+/// With `token`, each connection first presents the operator token (a node with
+/// `--protect-reads` answers nothing else before it).
+///
+/// # Errors
+/// A connection that cannot be made, or a refused token.
+pub async fn frames(
+    addr: SocketAddr,
+    connections: usize,
+    depth: usize,
+    size: usize,
+    token: Option<&OperatorToken>,
+) -> Result<Load, ClientError> {
+    let mut clients = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        let mut client = Client::from_stream(Box::new(connect(addr).await?), Limits::default());
+        if let Some(token) = token {
+            let presented = Message::Token {
+                token: Redacted(token.expose().to_owned()),
+            };
+            match client.request(&presented).await? {
+                Message::TokenAccepted => {}
+                other => return Err(ClientError::Unexpected(Box::new(other))),
+            }
+        }
+        clients.push(client);
+    }
+    let payload = Arc::new(vec![0xA5u8; size]);
+    Ok(Load::spawn(clients, move |client, worker| {
+        drive_frames(client, depth.max(1), payload.clone(), worker)
+    }))
+}
+
+async fn drive_frames(
+    mut client: Client,
+    depth: usize,
+    payload: Arc<Vec<u8>>,
+    mut worker: Worker,
+) -> std::io::Result<Vec<std::time::Duration>> {
+    let echo = Message::Echo {
+        payload: payload.as_ref().clone(),
+    };
+    let failed = |e: ClientError| std::io::Error::other(e.to_string());
+    while worker.running() {
+        let sent = Instant::now();
+        for _ in 0..depth {
+            client.queue(&echo).map_err(failed)?;
+        }
+        client.flush().await.map_err(failed)?;
+        for _ in 0..depth {
+            match timed(async { client.recv().await.map_err(failed) }).await? {
+                Message::EchoReply { payload: back } if back.len() == payload.len() => {}
+                other => return Err(failed(ClientError::Unexpected(Box::new(other)))),
+            }
+        }
+        worker.completed(depth as u64, sent);
+    }
+    Ok(worker.into_samples())
 }
 
 /// A line echo on `127.0.0.1`: every byte read is written back, so each `PING\r\n` gets its
-/// line back. Against it, [`PingLoad`] measures the loopback limit of this machine. Serves
+/// line back. Against it, [`ping`] measures the loopback limit of this machine. Serves
 /// until the returned task is aborted.
 ///
 /// # Errors
@@ -160,20 +183,39 @@ pub async fn spawn_echo() -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[tokio::test]
     async fn a_load_against_the_echo_counts_answers_and_latencies() {
         let (addr, echo) = spawn_echo().await.unwrap();
-        let load = PingLoad::start(addr, 2, 4).await.unwrap();
+        let load = ping(addr, 2, 4, Handshake::None).await.unwrap();
         load.record_latencies();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while load.answered() < 100 {
+        while load.completed() < 100 {
             assert!(Instant::now() < deadline, "no answers");
             tokio::task::yield_now().await;
         }
         let samples = load.stop().await.unwrap();
         assert!(!samples.is_empty());
         echo.abort();
+    }
+
+    #[tokio::test]
+    async fn a_nats_handshake_refuses_a_server_that_is_not_nats() {
+        // A server that greets with something other than INFO is refused.
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            socket.write_all(b"+OK redis?\r\n").await.unwrap();
+            let _ = socket.read(&mut [0u8; 64]).await;
+        });
+        let err = ping(addr, 1, 1, Handshake::Nats).await.unwrap_err();
+        assert!(err.to_string().contains("not a NATS server"), "{err}");
+        server.abort();
     }
 }

@@ -100,11 +100,16 @@ pub struct PeerSet {
 }
 
 /// The writing side of one link.
-#[derive(Debug)]
 struct Link {
-    socket: tokio::net::tcp::OwnedWriteHalf,
+    socket: tokio::io::WriteHalf<crate::client::Socket>,
     codec: ColonyCodec,
     buf: BytesMut,
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link").finish_non_exhaustive()
+    }
 }
 
 impl PeerSet {
@@ -133,7 +138,7 @@ impl PeerSet {
                     source: Arc::new(e),
                 })?;
             let (socket, leftover, codec) = client.into_parts();
-            let (read, write) = socket.into_split();
+            let (read, write) = tokio::io::split(socket);
             tokio::spawn(reader(
                 peer.clone(),
                 read,
@@ -178,7 +183,12 @@ impl PeerSet {
                 peer: peer.to_owned(),
                 source: Arc::new(e),
             })?;
-        if let Err(e) = link.socket.write_all(&link.buf).await {
+        // The flush sends what TLS buffered; on TCP it does nothing.
+        let written = async {
+            link.socket.write_all(&link.buf).await?;
+            link.socket.flush().await
+        };
+        if let Err(e) = written.await {
             let error = PeerError::Lost {
                 peer: peer.to_owned(),
                 source: Arc::new(e),
@@ -216,7 +226,9 @@ async fn connect(address: &str, identity: &Identity) -> Result<Client, ClientErr
     let mut pause = Duration::from_millis(20);
     loop {
         let attempt = async {
-            let mut client = Client::connect(address).await?;
+            let mut client =
+                Client::connect_tls(address, codec::Limits::default(), identity.tls.as_ref())
+                    .await?;
             client
                 .authenticate(&identity.instance_id, &identity.secret)
                 .await?;
@@ -238,7 +250,7 @@ async fn connect(address: &str, identity: &Identity) -> Result<Client, ClientErr
 /// the set failed.
 async fn reader(
     peer: String,
-    mut socket: tokio::net::tcp::OwnedReadHalf,
+    mut socket: tokio::io::ReadHalf<crate::client::Socket>,
     mut buf: BytesMut,
     mut codec: ColonyCodec,
     failure: watch::Sender<Option<PeerError>>,

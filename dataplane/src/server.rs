@@ -22,6 +22,7 @@ use crate::identity::Identity;
 use crate::shards::ShardStore;
 use crate::state::Shared;
 use crate::stats::Stats;
+use crate::stream::{Movable, ServerStream};
 
 /// Longest pause between failed `accept` calls (e.g. when out of file descriptors).
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
@@ -168,7 +169,15 @@ impl DataPlane {
                     limit = config.max_connections,
                     "connection refused: limit reached"
                 );
-                tracker.spawn(refuse(socket, config.max_connections));
+                // A TLS client could not read a plaintext refusal: it is only closed.
+                if self
+                    .shared
+                    .identity
+                    .as_ref()
+                    .is_none_or(|i| i.tls.is_none())
+                {
+                    tracker.spawn(refuse(socket, config.max_connections));
+                }
                 continue;
             };
             let shared = self.shared.clone();
@@ -178,8 +187,27 @@ impl DataPlane {
             let tasks = tracker.clone();
             tracker.spawn(
                 async move {
+                    // The handshake runs here, not in the accept loop, so a slow client
+                    // holds only its own task (for at most the handshake timeout).
+                    let tls = shared.identity.as_ref().and_then(|i| i.tls.as_ref());
+                    let (socket, not_a_node) = match tls {
+                        None => (ServerStream::Plain(socket), false),
+                        Some(tls) => match tls.accept(Movable::new(socket)).await {
+                            Ok(stream) => {
+                                let certs = stream.get_ref().1.peer_certificates();
+                                let node = shared::tls::is_node(certs, peer.ip());
+                                (ServerStream::Tls(Box::new(stream)), !node)
+                            }
+                            Err(e) => {
+                                debug!(error = %e, "TLS handshake failed");
+                                drop(permit);
+                                return;
+                            }
+                        },
+                    };
                     shared.stats.opened();
-                    let connection = Connection::new(socket, shared.clone(), lane_handle);
+                    let connection =
+                        Connection::new(socket, shared.clone(), lane_handle, not_a_node);
                     let Some((promoted, lane)) = connection.run(token.clone()).await else {
                         shared.stats.closed();
                         drop(permit);

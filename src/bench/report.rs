@@ -8,15 +8,17 @@ use serde::Serialize;
 /// The summary of one target's runs.
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
-    /// The benchmark (`ping`).
+    /// The benchmark (`ping`, `frames`, `heartbeats`, `ticks`, `registry`).
     pub bench: &'static str,
-    /// What was loaded (`colony`, `raw`, `redis`).
+    /// What was loaded (`colony`, `raw`, `redis`, `nats`; `post` or `channel`; `register`
+    /// or `discover`).
     pub target: String,
     /// Its address.
     pub addr: String,
     /// The load's shape, such as `4x16` (connections × depth).
     pub load: String,
-    /// What the throughput counts per second (`req/s`, `ticks/s`, `cells/s`).
+    /// What the throughput counts per second (`req/s`, `frames/s`, `MB/s`, `hb/s`,
+    /// `ops/s`, `ticks/s`, `cells/s`).
     pub unit: &'static str,
     /// Measured runs.
     pub repeats: usize,
@@ -88,10 +90,19 @@ impl Summary {
     }
 }
 
+/// A throughput for the table: whole numbers, but two decimals below 100 (MB/s, ticks/s).
+fn figure(v: f64) -> String {
+    if v < 100.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.0}")
+    }
+}
+
 /// The table of `summaries`, with a header.
 pub fn table(summaries: &[Summary]) -> String {
     let mut out = format!(
-        "{:<7} {:<8} {:<22} {:>14} {:>8} {:>14} {:>25} {:>10} {:>10} {:>12}\n",
+        "{:<10} {:<8} {:<22} {:>14} {:>8} {:>14} {:>25} {:>10} {:>10} {:>12}\n",
         "bench",
         "target",
         "addr",
@@ -105,14 +116,14 @@ pub fn table(summaries: &[Summary]) -> String {
     );
     for s in summaries {
         out.push_str(&format!(
-            "{:<7} {:<8} {:<22} {:>14} {:>8} {:>14.0} {:>25} {:>10} {:>10} {:>12}\n",
+            "{:<10} {:<8} {:<22} {:>14} {:>8} {:>14} {:>25} {:>10} {:>10} {:>12}\n",
             s.bench,
             s.target,
             s.addr,
             s.load,
             s.unit,
-            s.throughput_median,
-            format!("{:.0}..{:.0}", s.throughput_min, s.throughput_max),
+            figure(s.throughput_median),
+            format!("{}..{}", figure(s.throughput_min), figure(s.throughput_max)),
             s.p50_us.map_or("-".into(), |v| format!("{v:.1}")),
             s.p99_us.map_or("-".into(), |v| format!("{v:.1}")),
             s.server_cpu_us_per_request
@@ -120,6 +131,52 @@ pub fn table(summaries: &[Summary]) -> String {
         ));
     }
     out
+}
+
+/// A line printed after the results: its text under the table, or its JSON object.
+#[derive(Debug, Clone)]
+pub struct Note {
+    /// Under the table.
+    pub text: String,
+    /// With `--json`.
+    pub json: serde_json::Value,
+}
+
+/// The ratio of the first summary's median throughput to the second's (`colony / redis`,
+/// `channel / post`), when both ran.
+pub fn ratio(bench: &'static str, summaries: &[Summary]) -> Option<Note> {
+    let (Some(of), Some(to)) = (summaries.first(), summaries.get(1)) else {
+        return None;
+    };
+    if to.throughput_median <= 0.0 {
+        return None;
+    }
+    let ratio = of.throughput_median / to.throughput_median;
+    Some(Note {
+        text: format!(
+            "ratio {} / {}: {ratio:.2} (median throughput)",
+            of.target, to.target
+        ),
+        json: serde_json::json!({"bench": bench, "ratio": ratio, "of": of.target, "to": to.target}),
+    })
+}
+
+/// Prints `summaries` and `notes`: a table and lines under it, or with `json` one object
+/// per line.
+pub fn print(summaries: &[Summary], notes: &[Note], json: bool) {
+    if json {
+        for s in summaries {
+            println!("{}", serde_json::to_string(s).unwrap_or_default());
+        }
+        for n in notes {
+            println!("{}", n.json);
+        }
+    } else {
+        print!("{}", table(summaries));
+        for n in notes {
+            println!("{}", n.text);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -3,21 +3,27 @@
 //! window; at the end it pauses the colony and checks it against the same world run in this
 //! process by the shared simulation kernel (what `colony reference` runs), bit for bit.
 
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
+use async_trait::async_trait;
 use clap::Args;
 use serde_json::{json, Value};
 use shared::sim::{run_reference, WorldParams};
+use tokio::sync::OnceCell;
 
-use super::report::{table, Summary};
-use super::{resolve, BenchError, CommonArgs};
+use super::report::{print, Note};
+use super::runner::{measure, summaries, Running, Target};
+use super::{http_client, locate, operator_token, BenchError, CommonArgs, Listener};
+use crate::cli::TokenArgs;
 
 /// Flags of `colony bench ticks`.
 #[derive(Debug, Args)]
 pub struct TicksArgs {
-    /// The coordinator's control plane, `host:port`. The colony it runs is replaced.
+    /// The coordinator's control plane, `host:port`; the colony it runs is replaced
+    /// [default: the coordinator in the registry].
     #[arg(long)]
-    pub control: String,
+    pub control: Option<String>,
     /// Shards across.
     #[arg(long, default_value_t = 4)]
     pub width_in_shards: u32,
@@ -33,6 +39,9 @@ pub struct TicksArgs {
     /// The seed of the initial cells.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Starting, running and pausing a colony are the operator's calls.
+    #[command(flatten)]
+    pub token: TokenArgs,
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -56,49 +65,95 @@ async fn call(request: reqwest::RequestBuilder) -> Result<Value, BenchError> {
     Ok(body)
 }
 
+/// The colony's tick, read from the control plane.
+fn tick(v: &Value) -> u64 {
+    v["tick"].as_u64().unwrap_or(0)
+}
+
+/// The colony under measurement: started by the first run, then watched by every run.
+#[derive(Clone)]
+struct Colony {
+    http: reqwest::Client,
+    base: String,
+    world: Value,
+    started: Arc<OnceCell<()>>,
+}
+
+#[async_trait]
+impl Running for Colony {
+    async fn completed(&mut self) -> Result<u64, BenchError> {
+        Ok(tick(
+            &call(self.http.get(format!("{}/colony", self.base))).await?,
+        ))
+    }
+
+    /// The ticks of a colony are not timed one by one.
+    fn record_latencies(&self) {}
+
+    /// The colony keeps ticking between runs; it is paused once, after the last.
+    async fn stop(self: Box<Self>) -> Result<Vec<Duration>, BenchError> {
+        Ok(Vec::new())
+    }
+}
+
+impl Colony {
+    /// Starts the colony (restarting any) and runs it, the first time only.
+    async fn start(self) -> Result<Box<dyn Running>, BenchError> {
+        self.started
+            .get_or_try_init(|| async {
+                let mut start = self.world.clone();
+                start["restart"] = json!(true);
+                call(
+                    self.http
+                        .post(format!("{}/colony-start", self.base))
+                        .json(&start),
+                )
+                .await?;
+                // Paused after the last run; this cap only bounds a run whose bench died.
+                let cap = 1_000_000_000u64;
+                call(
+                    self.http
+                        .post(format!("{}/colony/run", self.base))
+                        .json(&json!({ "ticks": cap })),
+                )
+                .await
+                .map(drop)
+            })
+            .await?;
+        Ok(Box::new(self))
+    }
+}
+
 /// Runs `colony bench ticks`.
 ///
 /// # Errors
 /// A refused target, a control plane that refuses, or a colony that differs from the
 /// reference.
 pub async fn run(args: TicksArgs) -> Result<(), BenchError> {
-    let addr = resolve(&args.control, args.common.allow_remote).await?;
-    let base = format!("http://{addr}");
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .map_err(failed)?;
+    let addr = locate(
+        args.control.as_deref(),
+        Listener::CoordinatorControl,
+        &args.common,
+    )
+    .await?;
+    let token = operator_token(&args.token, &args.common.registry)?;
     let world = json!({
         "width_in_shards": args.width_in_shards, "height_in_shards": args.height_in_shards,
         "shard_width": args.shard_width, "shard_height": args.shard_height,
         "rule": "B3/S23", "seed": args.seed, "density": 0.35,
     });
     let params: WorldParams = serde_json::from_value(world.clone()).map_err(failed)?;
-    let mut start = world.clone();
-    start["restart"] = json!(true);
-    call(http.post(format!("{base}/colony-start")).json(&start)).await?;
-    // Paused below once measured; this cap only bounds a run whose bench died first.
-    let cap = 1_000_000_000u64;
-    call(
-        http.post(format!("{base}/colony/run"))
-            .json(&json!({ "ticks": cap })),
-    )
-    .await?;
-    let tick = |v: &Value| v["tick"].as_u64().unwrap_or(0);
-    tokio::time::sleep(args.common.warmup).await;
-    let cells = f64::from(args.width_in_shards)
-        * f64::from(args.height_in_shards)
-        * f64::from(args.shard_width)
-        * f64::from(args.shard_height);
-    let mut rates = Vec::new();
-    for _ in 0..args.common.repeat {
-        let before = tick(&call(http.get(format!("{base}/colony"))).await?);
-        let started = Instant::now();
-        tokio::time::sleep(args.common.duration).await;
-        let after = tick(&call(http.get(format!("{base}/colony"))).await?);
-        rates.push(after.saturating_sub(before) as f64 / started.elapsed().as_secs_f64());
-    }
+    let colony = Colony {
+        http: http_client(token.as_deref())?,
+        base: format!("http://{addr}"),
+        world,
+        started: Arc::new(OnceCell::new()),
+    };
+    let (http, base) = (colony.http.clone(), colony.base.clone());
+    let mut targets = [Target::new("colony", addr.to_string(), None, move || {
+        colony.clone().start()
+    })];
+    let outcome = measure("ticks", &mut targets, &args.common).await?;
     let paused = call(http.post(format!("{base}/colony/pause")).json(&json!({}))).await?;
     let at = tick(&paused);
     let expected = run_reference(&params, at).map_err(failed)?;
@@ -108,39 +163,25 @@ pub async fn run(args: TicksArgs) -> Result<(), BenchError> {
         "{}x{} of {}x{}",
         args.width_in_shards, args.height_in_shards, args.shard_width, args.shard_height
     );
-    let cell_rates: Vec<f64> = rates.iter().map(|r| r * cells).collect();
-    let summaries = [
-        Summary::new(
-            "ticks",
-            "colony",
-            addr.to_string(),
-            (load.clone(), "ticks/s"),
-            &rates,
-            Vec::new(),
-        ),
-        Summary::new(
-            "ticks",
-            "colony",
-            addr.to_string(),
-            (load, "cells/s"),
-            &cell_rates,
-            Vec::new(),
-        ),
-    ];
-    let verdict = json!({"bench": "ticks", "reference": if matches { "match" } else { "differs" },
-                         "tick": at, "population": paused["population"], "fingerprint": paused["fingerprint"]});
-    if args.common.json {
-        for s in &summaries {
-            println!("{}", serde_json::to_string(s).unwrap_or_default());
-        }
-        println!("{verdict}");
-    } else {
-        print!("{}", table(&summaries));
-        println!(
+    let cells = f64::from(args.width_in_shards)
+        * f64::from(args.height_in_shards)
+        * f64::from(args.shard_width)
+        * f64::from(args.shard_height);
+    let summaries = summaries(
+        &outcome,
+        "ticks",
+        &load,
+        &[("ticks/s", 1.0), ("cells/s", cells)],
+    );
+    let verdict = Note {
+        text: format!(
             "reference at tick {at}: {}",
             if matches { "match" } else { "DIFFERS" }
-        );
-    }
+        ),
+        json: json!({"bench": "ticks", "reference": if matches { "match" } else { "differs" },
+                     "tick": at, "population": paused["population"], "fingerprint": paused["fingerprint"]}),
+    };
+    print(&summaries, &[verdict], args.common.json);
     if !matches {
         return Err(failed(format!(
             "the colony differs from the reference at tick {at}: {paused} vs {expected:?}"

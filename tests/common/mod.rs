@@ -140,10 +140,17 @@ pub struct Proc {
 impl Proc {
     pub fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Proc {
         let mut cmd = colony_command();
-        cmd.args(args)
-            .env("RUST_LOG", "info")
-            .envs(envs.iter().copied())
-            .stdin(Stdio::null())
+        cmd.args(args).envs(envs.iter().copied());
+        Proc::from_command(cmd)
+    }
+
+    /// Starts `cmd` (which must carry what [`colony_command`] sets, and may wrap `colony`
+    /// in a program that execs it, such as `prlimit`) with its output scanned.
+    pub fn from_command(mut cmd: Command) -> Proc {
+        if !cmd.as_std().get_envs().any(|(k, _)| k == "RUST_LOG") {
+            cmd.env("RUST_LOG", "info");
+        }
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn colony");
@@ -311,7 +318,7 @@ impl Cluster {
             dir: tempfile::tempdir().unwrap(),
             coordinator: None,
             backends: Vec::new(),
-            http: reqwest::Client::builder()
+            http: shared::tls::http_client(None)
                 .no_proxy()
                 .timeout(Duration::from_secs(5))
                 .build()

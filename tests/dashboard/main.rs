@@ -151,7 +151,7 @@ async fn pid_of(mgmt: &str, name: &str) -> u32 {
 }
 
 async fn control_status(mgmt: &str, path: &str) -> (u16, Value) {
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let http = shared::tls::http_client(None).no_proxy().build().unwrap();
     let cluster: Value = http
         .get(format!("http://{mgmt}/api/cluster"))
         .send()
@@ -463,7 +463,7 @@ async fn the_colony_view_follows_a_lost_backend_and_the_shards_that_move() {
     let phase = "document.getElementById('colony-view').dataset.phase";
     page.wait_for(&format!("{phase} === 'ready'"), Duration::from_secs(60))
         .await;
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let http = shared::tls::http_client(None).no_proxy().build().unwrap();
     let cluster: Value = http
         .get(format!("http://{}/api/cluster", up.mgmt))
         .send()
@@ -630,7 +630,7 @@ async fn with_require_token_the_page_asks_for_the_token_then_runs_and_pauses_the
     // Reads stay open; the start itself wants the token, even from this machine.
     let (status, _) = control_status(&up.mgmt, "topology").await;
     assert_eq!(status, 404, "the cluster is not fresh");
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let http = shared::tls::http_client(None).no_proxy().build().unwrap();
     let refused = http
         .post(format!("http://{}/api/control/colony-start", up.mgmt))
         .send()
@@ -785,7 +785,7 @@ async fn the_services_view_lists_deployed_services_and_stops_and_starts_them() {
         .unwrap()
         .trim()
         .to_owned();
-    let uploaded = reqwest::Client::builder()
+    let uploaded = shared::tls::http_client(None)
         .no_proxy()
         .build()
         .unwrap()
@@ -804,6 +804,15 @@ async fn the_services_view_lists_deployed_services_and_stops_and_starts_them() {
         .request(
             "deploy_package",
             json!({"package": "nap-1.0.tar.gz", "target": "coordinator"}),
+        )
+        .await;
+    assert_eq!(r["data"]["service"]["state"]["state"], "running", "{r}");
+    // The same service on the backend too: the view lists both, each with its node.
+    let backend = up.backend(0);
+    let r = ws
+        .request(
+            "deploy_package",
+            json!({"package": "nap-1.0.tar.gz", "target": backend}),
         )
         .await;
     assert_eq!(r["data"]["service"]["state"]["state"], "running", "{r}");
@@ -835,6 +844,19 @@ async fn the_services_view_lists_deployed_services_and_stops_and_starts_them() {
         .await;
     page.wait_for(&format!("{state} === 'running'"), DEADLINE)
         .await;
+    // The backend's row: its node, and its stop button stops it there, not the
+    // coordinator's service of the same name.
+    let second = |n: u8| {
+        format!("(document.querySelector('#deployed tbody tr:nth-child(2) td:nth-child({n})') || {{}}).textContent")
+    };
+    page.wait_for(&format!("{} === 'running'", second(3)), DEADLINE)
+        .await;
+    assert_eq!(page.eval(&second(4)).await, backend.as_str());
+    page.eval("document.querySelector('#deployed tbody tr:nth-child(2) button[data-action=\"stop\"]').click()")
+        .await;
+    page.wait_for(&format!("{} === 'stopped'", second(3)), DEADLINE)
+        .await;
+    assert_eq!(page.eval(state).await, "running");
     save_screenshot(&page, "services-view.png").await;
     assert_no_console_errors(&page.events().await, &[]);
 }

@@ -160,7 +160,7 @@ impl TestBed {
             state,
             registry: tempfile::tempdir().unwrap(),
             backends,
-            http: reqwest::Client::builder()
+            http: shared::tls::http_client(None)
                 .no_proxy()
                 .timeout(Duration::from_secs(10))
                 .default_headers(

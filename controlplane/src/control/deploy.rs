@@ -3,10 +3,15 @@
 //! | route | who | answer |
 //! |---|---|---|
 //! | `PUT /deploy/{file}?activate=bool` | the coordinator (a signed node call) | installs and starts the package, streaming its steps as NDJSON ([`crate::deploy::forward`]) |
+//! | `GET /deploy/services` | the coordinator (a signed node call) | `{"services":[…]}`: every service deployed here, with its state and last health check |
+//! | `POST /deploy/services/{name}/{action}` | the coordinator (a signed node call) | `start`, `stop` or `restart` one: `{"service":{…}}`, or `{"error","code"}` |
 //!
 //! The signature is checked before a byte of the body is read; the body is streamed to disk
 //! under the package limit and its SHA-256 compared with the signed digest before anything
-//! is installed. Merged after [`crate::http::harden`]: it brings its own timeout.
+//! is installed. The service list is signed too although it changes nothing: it names
+//! install directories and pids, which are the node's business. Merged after
+//! [`crate::http::harden`]: it brings its own timeout, which a start (up to the start
+//! timeout) or a stop (up to the stop grace, twice) needs.
 
 use std::convert::Infallible;
 
@@ -14,23 +19,18 @@ use axum::body::{Body, Bytes};
 use axum::extract::{OriginalUri, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::put;
-use axum::Router;
-use futures::StreamExt;
-use sha2::{Digest, Sha256};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
 use shared::signing::unix_millis;
-use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
-use tower::ServiceBuilder;
-use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::timeout::TimeoutLayer;
 
 use crate::deploy::deployer::{Deployer, UploadLimits};
-use crate::deploy::forward::{Line, RemoteProgress, DIGEST_HEADER};
+use crate::deploy::forward::{Line, RemoteProgress, ServicesAnswer, DIGEST_HEADER};
 use crate::deploy::lifecycle::DeployEvent;
 use crate::deploy::package::PackageFile;
 use crate::error::ApiError;
 use crate::node_auth::{single_header, NodeAuth, NodeAuthRejection};
+use crate::ws::services::Verb;
 
 #[derive(Debug, Clone)]
 struct DeployState {
@@ -40,25 +40,19 @@ struct DeployState {
     node: String,
 }
 
-/// `PUT /deploy/{file}` for node `node`. Merge it after [`crate::http::harden`].
+/// `PUT /deploy/{file}` and the service routes for node `node`. Merge it after
+/// [`crate::http::harden`].
 pub fn router(deployer: Deployer, auth: NodeAuth, limits: UploadLimits, node: String) -> Router {
-    let layers = ServiceBuilder::new()
-        .layer(CatchPanicLayer::custom(|_| {
-            ApiError::Internal("handler panicked".into()).into_response()
-        }))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            limits.timeout,
-        ));
-    Router::new()
+    let routes = Router::new()
         .route("/deploy/{file}", put(receive))
-        .layer(layers)
-        .with_state(DeployState {
-            deployer,
-            auth,
-            limits,
-            node,
-        })
+        .route("/deploy/services", get(services_list))
+        .route("/deploy/services/{name}/{action}", post(service_action));
+    crate::upload::streamed(routes, limits.timeout).with_state(DeployState {
+        deployer,
+        auth,
+        limits,
+        node,
+    })
 }
 
 async fn receive(
@@ -66,85 +60,123 @@ async fn receive(
     Path(file): Path<String>,
     OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
+    extensions: axum::http::Extensions,
     body: Body,
 ) -> Result<Response, Response> {
-    let path = uri.path_and_query().map_or(uri.path(), |pq| pq.as_str());
-    let refuse = |e: shared::signing::SignatureError| {
-        state.auth.count_refusal(e.code());
-        NodeAuthRejection::Signature(e).into_response()
-    };
-    let pending = single_header(&headers)
-        .and_then(|value| state.auth.verifier().check_header(value, unix_millis()))
-        .map_err(refuse)?;
-    let digest = headers
+    // The digest stands for the body in the signature, so it is checked as sent: a request
+    // without a valid signature is refused (401) whatever its digest looks like.
+    let sent = headers
         .get(DIGEST_HEADER)
         .and_then(|v| v.to_str().ok())
-        .filter(|d| d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit()))
-        .ok_or_else(|| {
-            ApiError::BadRequest(format!("{DIGEST_HEADER} must be the body's hex SHA-256"))
-                .into_response()
-        })?
-        .to_ascii_lowercase();
-    pending
-        .verify("PUT", path, digest.as_bytes())
-        .map_err(refuse)?;
+        .unwrap_or_default();
+    check_signed(
+        &state.auth,
+        (&headers, &extensions),
+        "PUT",
+        &uri,
+        sent.as_bytes(),
+    )
+    .map_err(IntoResponse::into_response)?;
+    if sent.len() != 64 || !sent.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::BadRequest(format!(
+            "{DIGEST_HEADER} must be the body's hex SHA-256"
+        ))
+        .into_response());
+    }
+    let digest = sent.to_ascii_lowercase();
     let activate = uri.query().is_some_and(|q| q.contains("activate=true"));
     let file = PackageFile::parse(&file)
         .map_err(|e| ApiError::BadRequest(e.to_string()).into_response())?;
-    store(&state, &file, body, &digest)
-        .await
-        .map_err(IntoResponse::into_response)?;
+    crate::upload::receive(
+        body,
+        &state.deployer.package_path(&file),
+        state.limits.max_package,
+        Some(&digest),
+    )
+    .await
+    .map_err(IntoResponse::into_response)?;
     Ok(stream_deploy(state, file, activate))
 }
 
-/// Streams the body into the packages dir, checking its size and digest on the way.
-async fn store(
-    state: &DeployState,
-    file: &PackageFile,
-    body: Body,
-    digest: &str,
-) -> Result<(), ApiError> {
-    let dir = state.deployer.packages_dir().to_owned();
-    tokio::fs::create_dir_all(&dir)
-        .await
-        .map_err(|e| ApiError::Internal(format!("creating {}: {e}", dir.display())))?;
-    let temp = tempfile::Builder::new()
-        .prefix(".upload-")
-        .tempfile_in(&dir)
-        .map_err(|e| ApiError::Internal(format!("creating a temp file: {e}")))?;
-    let mut out = tokio::fs::File::from_std(
-        temp.reopen()
-            .map_err(|e| ApiError::Internal(format!("opening the upload: {e}")))?,
-    );
-    let mut hasher = Sha256::new();
-    let mut size = 0u64;
-    let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("reading the body: {e}")))?;
-        size += chunk.len() as u64;
-        if size > state.limits.max_package {
-            return Err(ApiError::PayloadTooLarge(format!(
-                "a package may be at most {} bytes",
-                state.limits.max_package
-            )));
-        }
-        hasher.update(&chunk);
-        out.write_all(&chunk)
-            .await
-            .map_err(|e| ApiError::Internal(format!("writing the upload: {e}")))?;
-    }
-    out.sync_all()
-        .await
-        .map_err(|e| ApiError::Internal(format!("writing the upload: {e}")))?;
-    if hex::encode(hasher.finalize()) != digest {
-        return Err(ApiError::BadRequest(
-            "the body does not match the signed digest".to_owned(),
+/// Refuses the request unless it carries a node's signature of `method`, its path with its
+/// query as sent, and `body` (for a package, the digest that stands for it).
+fn check_signed(
+    auth: &NodeAuth,
+    (headers, extensions): (&HeaderMap, &axum::http::Extensions),
+    method: &str,
+    uri: &axum::http::Uri,
+    body: &[u8],
+) -> Result<(), NodeAuthRejection> {
+    let path = uri.path_and_query().map_or(uri.path(), |pq| pq.as_str());
+    auth.require_node(extensions, path)?;
+    let refuse = |e: shared::signing::SignatureError| {
+        auth.count_refusal(e.code());
+        NodeAuthRejection::Signature(e)
+    };
+    single_header(headers)
+        .and_then(|value| auth.verifier().check_header(value, unix_millis()))
+        .and_then(|pending| pending.verify(method, path, body))
+        .map_err(refuse)
+}
+
+async fn services_list(
+    State(state): State<DeployState>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    extensions: axum::http::Extensions,
+) -> Result<Json<ServicesAnswer>, Response> {
+    check_signed(&state.auth, (&headers, &extensions), "GET", &uri, b"")
+        .map_err(IntoResponse::into_response)?;
+    Ok(Json(ServicesAnswer::List {
+        services: state.deployer.services().list(),
+    }))
+}
+
+async fn service_action(
+    State(state): State<DeployState>,
+    Path((name, action)): Path<(String, String)>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    extensions: axum::http::Extensions,
+    body: Bytes,
+) -> Result<Json<ServicesAnswer>, Response> {
+    check_signed(&state.auth, (&headers, &extensions), "POST", &uri, &body)
+        .map_err(IntoResponse::into_response)?;
+    let refuse = |status: StatusCode, code: &str, error: String| {
+        let answer = ServicesAnswer::Error {
+            error,
+            code: code.to_owned(),
+        };
+        (status, Json(answer)).into_response()
+    };
+    let Some(verb) = Verb::parse(&action) else {
+        return Err(refuse(
+            StatusCode::BAD_REQUEST,
+            "invalid_params",
+            format!("the action must be start, stop or restart, not {action:?}"),
         ));
+    };
+    tracing::info!(service = %name, action = %action, "service action from the coordinator");
+    let services = state.deployer.services();
+    let result = match verb {
+        Verb::Start => services.start(&name).await,
+        Verb::Stop => services.stop(&name).await,
+        Verb::Restart => services.restart(&name).await,
+    };
+    match result {
+        Ok(entry) => Ok(Json(ServicesAnswer::One {
+            service: Box::new(entry),
+        })),
+        Err(e) => {
+            let code = crate::deploy::deployer::error_code(&e);
+            let status = match code {
+                "not_found" => StatusCode::NOT_FOUND,
+                "deploy_failed" => StatusCode::INTERNAL_SERVER_ERROR,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            Err(refuse(status, code, e.to_string()))
+        }
     }
-    let path = state.deployer.package_path(file);
-    temp.persist(&path)
-        .map_err(|e| ApiError::Internal(format!("storing {}: {}", path.display(), e.error)))?;
-    Ok(())
 }
 
 /// Deploys, answering each step as a line as it happens, then the result.
@@ -201,4 +233,111 @@ fn stream_deploy(state: DeployState, file: PackageFile, activate: bool) -> Respo
         Body::from_stream(body),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use axum::http::Request;
+    use serde_json::Value;
+    use shared::secret::ClusterSecret;
+    use shared::signing::{RequestSigner, SignatureVerifier, HEADER};
+
+    use super::*;
+    use crate::deploy::install::Installer;
+    use crate::deploy::lifecycle::{RunAs, Services, ServicesConfig};
+
+    fn secret(text: &str) -> ClusterSecret {
+        ClusterSecret::from_env_value(text).unwrap()
+    }
+
+    /// A backend's deploy routes over an empty deploy root, and its node auth.
+    fn backend(dir: &tempfile::TempDir) -> (Router, NodeAuth) {
+        let services = Services::open(ServicesConfig {
+            node: "b1".to_owned(),
+            host: "127.0.0.1".to_owned(),
+            state_dir: dir.path().join("state"),
+            run_as: RunAs::Current,
+            start_timeout: Duration::from_secs(5),
+            stop_grace: Duration::from_secs(1),
+        })
+        .unwrap();
+        let deployer = Deployer::new(
+            Installer::new(dir.path().join("opt"), Default::default()),
+            services,
+        );
+        let auth = NodeAuth::new(
+            SignatureVerifier::new(&secret("deploy-routes-secret-0123")),
+            crate::metrics::AuthRefusals::default(),
+            "control",
+        );
+        let app = router(
+            deployer,
+            auth.clone(),
+            UploadLimits::default(),
+            "b1".to_owned(),
+        );
+        (app, auth)
+    }
+
+    async fn call(
+        app: &Router,
+        method: &str,
+        path: &str,
+        signature: Option<String>,
+    ) -> (StatusCode, Value) {
+        let mut request = Request::builder().method(method).uri(path);
+        if let Some(signature) = signature {
+            request = request.header(HEADER, signature);
+        }
+        crate::test_http::answer(app, request.body(Body::empty()).unwrap()).await
+    }
+
+    #[tokio::test]
+    async fn the_service_routes_answer_only_a_node_and_say_why_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let (app, auth) = backend(&dir);
+        let node = RequestSigner::new(&secret("deploy-routes-secret-0123"));
+        let stranger = RequestSigner::new(&secret("not-the-cluster-secret-01"));
+        let list = "/deploy/services";
+        let stop = "/deploy/services/web/stop";
+        for (method, path, signature, reason) in [
+            ("GET", list, None, "missing"),
+            (
+                "GET",
+                list,
+                Some(stranger.sign("GET", list, b"")),
+                "unknown_key",
+            ),
+            // Signed for another route: the path is part of what is signed.
+            ("GET", list, Some(node.sign("GET", stop, b"")), "bad_mac"),
+            ("POST", stop, None, "missing"),
+            ("POST", stop, Some(node.sign("POST", list, b"")), "bad_mac"),
+        ] {
+            let before = auth.refusals(reason);
+            let (status, answer) = call(&app, method, path, signature).await;
+            assert_eq!(
+                status,
+                StatusCode::UNAUTHORIZED,
+                "{method} {path}: {answer}"
+            );
+            assert_eq!(answer["code"], reason);
+            assert_eq!(auth.refusals(reason), before + 1);
+        }
+
+        let (status, answer) = call(&app, "GET", list, Some(node.sign("GET", list, b""))).await;
+        assert_eq!(
+            (status, answer),
+            (StatusCode::OK, serde_json::json!({"services": []}))
+        );
+        let (status, answer) = call(&app, "POST", stop, Some(node.sign("POST", stop, b""))).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{answer}");
+        assert_eq!(answer["code"], "not_found");
+        let explode = "/deploy/services/web/explode";
+        let (status, answer) =
+            call(&app, "POST", explode, Some(node.sign("POST", explode, b""))).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+        assert_eq!(answer["code"], "invalid_params");
+    }
 }

@@ -90,10 +90,8 @@ pub fn backend_router(state: BackendControl, guard: &Guard) -> Router {
 mod tests {
     use axum::body::Body;
     use axum::http::{Request, StatusCode};
-    use http_body_util::BodyExt;
     use serde_json::{json, Value};
     use shared::registry::InMemoryClusterRegistry;
-    use tower::ServiceExt;
 
     use super::*;
     use crate::coordinator::colony::testing::{manager, topology};
@@ -145,14 +143,7 @@ mod tests {
         if let Some(key) = key {
             request = request.header("idempotency-key", key);
         }
-        let request = request.body(Body::from(body.to_owned())).unwrap();
-        let response = app.clone().oneshot(request).await.unwrap();
-        let status = response.status();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        (
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        )
+        crate::test_http::answer(app, request.body(Body::from(body.to_owned())).unwrap()).await
     }
 
     #[tokio::test]
@@ -278,17 +269,7 @@ mod tests {
         if let Some(signature) = signature {
             request = request.header(shared::signing::HEADER, signature);
         }
-        let response = app
-            .clone()
-            .oneshot(request.body(Body::from(body.to_owned())).unwrap())
-            .await
-            .unwrap();
-        let status = response.status();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        (
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        )
+        crate::test_http::answer(app, request.body(Body::from(body.to_owned())).unwrap()).await
     }
 
     #[tokio::test]

@@ -65,12 +65,15 @@ const ICON_SVG: &str = include_str!("assets/icon.svg");
 struct Dashboard {
     state: MgmtState,
     client: reqwest::Client,
+    /// `http`, or `https` with TLS between nodes (and on this node's ports).
+    scheme: &'static str,
 }
 
 /// The dashboard's routes over the coordinator's management state.
 pub fn router(state: MgmtState) -> Router {
-    let client = reqwest::Client::builder()
-        .no_proxy()
+    let tls = state.colony.as_ref().and_then(|c| c.tls());
+    let scheme = shared::tls::scheme(tls);
+    let client = shared::tls::http_client(tls)
         .timeout(FORWARD_TIMEOUT)
         .build()
         .unwrap_or_default();
@@ -89,7 +92,11 @@ pub fn router(state: MgmtState) -> Router {
         .route("/", get(index))
         .route("/assets/{file}", get(asset))
         .merge(api)
-        .with_state(Dashboard { state, client })
+        .with_state(Dashboard {
+            state,
+            client,
+            scheme,
+        })
 }
 
 /// `GET /`.
@@ -127,8 +134,8 @@ async fn cluster(State(d): State<Dashboard>) -> Json<Value> {
     Json(json!({
         "node_id": node.node_id,
         "address": node.address,
-        "control": format!("http://{}", node.address.to_http_address()),
-        "mgmt": format!("http://{}", node.address.to_mgmt_address()),
+        "control": format!("{}://{}", d.scheme, node.address.to_http_address()),
+        "mgmt": format!("{}://{}", d.scheme, node.address.to_mgmt_address()),
         "managed_processes": d.state.processes.is_some(),
         "thresholds": d.state.health.as_ref().map(|h| {
             let c = h.config();
@@ -160,7 +167,11 @@ async fn forward(
                 .join(", ")
         )));
     }
-    let mut url = format!("http://{}/{path}", d.state.node.address.to_http_address());
+    let mut url = format!(
+        "{}://{}/{path}",
+        d.scheme,
+        d.state.node.address.to_http_address()
+    );
     if let Some(q) = query {
         url.push('?');
         url.push_str(&q);
@@ -197,7 +208,8 @@ async fn shard(
         .backend_of(ShardCoord::new(x, y))
         .ok_or_else(|| ApiError::NotFound(format!("no shard ({x}, {y}) in this colony")))?;
     let url = format!(
-        "http://{}/shards/{x}/{y}",
+        "{}://{}/shards/{x}/{y}",
+        d.scheme,
         backend.address.to_http_address()
     );
     let mut request = d.client.get(&url);

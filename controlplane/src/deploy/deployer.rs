@@ -10,6 +10,7 @@ use crate::deploy::forward::Forwarder;
 use crate::deploy::install::{Installer, Step};
 use crate::deploy::lifecycle::Services;
 use crate::deploy::package::PackageFile;
+use crate::deploy::remote::RemoteServices;
 use crate::deploy::service::{ServiceEntry, ServiceState};
 
 /// Limits of a package upload (to the coordinator, or forwarded to a backend).
@@ -62,7 +63,7 @@ pub struct Deployer {
     installer: Installer,
     services: Services,
     packages: PathBuf,
-    forwarder: Option<Forwarder>,
+    remote: Option<RemoteServices>,
 }
 
 impl Deployer {
@@ -75,15 +76,21 @@ impl Deployer {
             installer,
             services,
             packages,
-            forwarder: None,
+            remote: None,
         }
     }
 
-    /// This deployer also forwards packages to backends (the coordinator's does).
+    /// This deployer also forwards packages to backends and keeps a view of the services
+    /// deployed there (the coordinator's does).
     #[must_use]
     pub fn with_forwarder(mut self, forwarder: Forwarder) -> Self {
-        self.forwarder = Some(forwarder);
+        self.remote = Some(RemoteServices::new(forwarder));
         self
+    }
+
+    /// The services deployed on backends, on a node that forwards.
+    pub fn remote(&self) -> Option<&RemoteServices> {
+        self.remote.as_ref()
     }
 
     /// Sends the uploaded package `file` to the backend `target` whose control plane is
@@ -99,21 +106,25 @@ impl Deployer {
         control: &str,
         activate: bool,
     ) -> Result<ServiceEntry, DeployError> {
-        let Some(forwarder) = &self.forwarder else {
+        let Some(remote) = &self.remote else {
             return Err(DeployError::Forward(
                 "this node does not forward packages".to_owned(),
             ));
         };
         let services = self.services.clone();
         let package = file.as_str().to_owned();
-        let result = forwarder
+        let result = remote
+            .forwarder()
             .forward(&self.package_path(file), file, control, activate, |p| {
                 services.progress(&package, target, known_step(&p.step), p.detail);
             })
             .await;
-        if let Err(e) = &result {
-            self.services
-                .progress(&package, target, "failed", Some(e.to_string()));
+        match &result {
+            Ok(entry) => remote.record(target, entry.clone()),
+            Err(e) => {
+                self.services
+                    .progress(&package, target, "failed", Some(e.to_string()));
+            }
         }
         result
     }

@@ -2,6 +2,9 @@
 //! The routers turn it into an HTTP status or a `/ws` error; nothing here knows about either.
 
 use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::deploy::archive::START_SCRIPT;
 
 /// Why a package was refused or could not be installed.
 #[derive(Debug, thiserror::Error)]
@@ -95,9 +98,13 @@ pub enum DeployError {
     /// A command of `requires.commands` is not on `PATH`.
     #[error("required command {0:?} is not on PATH (or not executable)")]
     MissingCommand(String),
-    /// `start.sh` exited, or did not become ready in time.
+    /// The service could not be started (its `start.sh` could not be run, or this node may
+    /// run nothing).
     #[error("{0}")]
     StartFailed(String),
+    /// `start.sh` ran but the service did not become ready.
+    #[error(transparent)]
+    NotReady(#[from] NotReady),
     /// A backend could not be reached, or answered a forwarded deployment wrongly.
     #[error("forwarding to the backend failed: {0}")]
     Forward(String),
@@ -137,7 +144,22 @@ impl DeployError {
     pub fn is_refusal(&self) -> bool {
         !matches!(
             self,
-            DeployError::Io { .. } | DeployError::StartFailed(_) | DeployError::Forward(_)
+            DeployError::Io { .. }
+                | DeployError::StartFailed(_)
+                | DeployError::NotReady(_)
+                | DeployError::Forward(_)
         )
     }
+}
+
+/// Why a started service did not become ready (its health check passing, or its TCP ports
+/// accepting connections).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotReady {
+    /// `start.sh` exited first: how (its exit status), with the last lines of its output.
+    #[error("{0}")]
+    Exited(String),
+    /// It was not ready within the start timeout, and was killed.
+    #[error("{START_SCRIPT} was not ready within {}; killed", humantime::format_duration(*.0))]
+    TimedOut(Duration),
 }

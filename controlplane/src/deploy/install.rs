@@ -14,6 +14,9 @@ use crate::deploy::package::PackageFile;
 /// The prefix of the temp dirs installs extract into; leftovers of a crash carry it.
 const TEMP_PREFIX: &str = ".installing-";
 
+/// How long a temp dir must be untouched before a starting node takes it for a leftover.
+pub const LEFTOVER_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// A step of an install, for `deployment_progress`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
@@ -57,13 +60,23 @@ impl Installer {
         &self.root
     }
 
-    /// Removes temp dirs left by an install that a crash interrupted.
+    /// Removes temp dirs left by an install that a crash interrupted. Only those untouched
+    /// for [`LEFTOVER_AGE`]: nodes may share a root (`colony up`'s do), and a younger one
+    /// may be another node's install in progress.
     pub fn clean_leftovers(&self) {
         let Ok(dir) = fs::read_dir(&self.root) else {
             return;
         };
+        let old = |entry: &fs::DirEntry| {
+            entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|at| at.elapsed().ok())
+                .is_some_and(|age| age >= LEFTOVER_AGE)
+        };
         for entry in dir.flatten() {
-            if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+            if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) && old(&entry) {
                 if let Err(e) = fs::remove_dir_all(entry.path()) {
                     tracing::warn!(path = %entry.path().display(), error = %e, "cannot remove a half-done install");
                 }
@@ -132,15 +145,23 @@ impl Installer {
         set_mode(temp.path(), 0o755)?;
         on_step(Step::Extracted);
         let temp = temp.keep();
-        if let Err(e) = fs::rename(&temp, &dir) {
-            let _ = fs::remove_dir_all(&temp);
-            return Err(DeployError::io("renaming the install into", &dir, e));
-        }
+        let fresh = match fs::rename(&temp, &dir) {
+            Ok(()) => true,
+            Err(e) => {
+                let _ = fs::remove_dir_all(&temp);
+                // Another node sharing this root installed the same version meanwhile: it
+                // is there, whole (a rename is atomic), as if it had been before.
+                if fs::symlink_metadata(&dir).is_err() {
+                    return Err(DeployError::io("renaming the install into", &dir, e));
+                }
+                false
+            }
+        };
         on_step(Step::Installed);
         Ok(Installed {
             manifest,
             dir,
-            fresh: true,
+            fresh,
         })
     }
 }

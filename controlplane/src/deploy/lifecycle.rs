@@ -36,7 +36,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::deploy::archive::{START_SCRIPT, STOP_SCRIPT};
-use crate::deploy::error::DeployError;
+use crate::deploy::error::{DeployError, NotReady};
 use crate::deploy::manifest::{HealthSpec, Manifest, Protocol, ServiceKind};
 use crate::deploy::service::{
     Execution, HealthStatus, Location, Pending, ServiceEndpoint, ServiceEntry, ServiceState, Store,
@@ -131,6 +131,12 @@ pub enum DeployEvent {
         node: String,
         /// The result.
         status: HealthStatus,
+    },
+    /// A backend is no longer live and its services left the coordinator's view
+    /// ([`crate::deploy::remote`]); viewers get the whole state again.
+    NodeGone {
+        /// The backend.
+        node: String,
     },
 }
 
@@ -400,7 +406,8 @@ impl Services {
     /// Starts `name` (its dependencies first). Starting a running service does nothing.
     ///
     /// # Errors
-    /// [`DeployError::UnknownService`], the dependency errors, [`DeployError::StartFailed`].
+    /// [`DeployError::UnknownService`], the dependency errors, [`DeployError::StartFailed`],
+    /// [`DeployError::NotReady`].
     pub async fn start(&self, name: &str) -> Result<ServiceEntry, DeployError> {
         let _op = self.inner.ops.lock().await;
         self.start_locked(name).await
@@ -547,7 +554,7 @@ impl Services {
                 }
                 Ok(())
             }
-            Err(reason) => {
+            Err(not_ready) => {
                 // Exited by itself: the watcher has recorded why. Timed out: kill it.
                 if exited.borrow().is_none() {
                     self.mark_stopping(name);
@@ -555,19 +562,23 @@ impl Services {
                     let mut exited = exited;
                     let _ = exited.wait_for(Option::is_some).await;
                 }
-                self.fail(name, reason.clone());
-                Err(DeployError::StartFailed(reason))
+                self.fail(name, not_ready.to_string());
+                Err(DeployError::NotReady(not_ready))
             }
         }
     }
 
     /// Waits until the service is ready, or says why it is not.
+    ///
+    /// # Errors
+    /// [`NotReady::Exited`] when `start.sh` exits first, [`NotReady::TimedOut`] past the
+    /// start timeout (the caller kills it).
     async fn await_ready(
         &self,
         manifest: &Manifest,
         dir: &Path,
         mut exited: watch::Receiver<Option<String>>,
-    ) -> Result<(), String> {
+    ) -> Result<(), NotReady> {
         let timeout = self.inner.config.start_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
         let ports: Vec<u16> = manifest
@@ -579,7 +590,7 @@ impl Services {
             .collect();
         loop {
             if let Some(how) = exited.borrow().clone() {
-                return Err(how);
+                return Err(NotReady::Exited(how));
             }
             let ready = match &manifest.health {
                 Some(spec) => self.run_health(dir, spec).await.healthy,
@@ -590,9 +601,7 @@ impl Services {
                 return Ok(());
             }
             tokio::select! {
-                _ = tokio::time::sleep_until(deadline) => {
-                    return Err(format!("{START_SCRIPT} was not ready within {}; killed", humantime::format_duration(timeout)));
-                }
+                _ = tokio::time::sleep_until(deadline) => return Err(NotReady::TimedOut(timeout)),
                 _ = tokio::time::sleep(PROBE_EVERY) => {}
                 _ = exited.changed() => {}
             }

@@ -1,7 +1,8 @@
 //! Deployed packages (DESIGN §16): what a package is ([`package`], [`manifest`]), how its
 //! archive is checked and unpacked ([`archive`]) and installed ([`install`]), the services
 //! they become ([`service`]) and how those run ([`lifecycle`]); [`deployer`] strings the
-//! steps together.
+//! steps together. On the coordinator, [`forward`] sends packages and service actions to
+//! backends, and [`remote`] keeps its view of the services deployed there.
 //!
 //! Nothing here speaks HTTP or `/ws`: the routers call in and turn [`DeployError`] into
 //! their own answers.
@@ -14,6 +15,7 @@ pub mod install;
 pub mod lifecycle;
 pub mod manifest;
 pub mod package;
+pub mod remote;
 pub mod service;
 
 #[cfg(test)]

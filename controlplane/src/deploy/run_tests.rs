@@ -10,6 +10,7 @@ use flate2::write::GzEncoder;
 use flate2::Compression;
 
 use super::deployer::Deployer;
+use super::error::NotReady;
 use super::install::Installer;
 use super::lifecycle::{start_order, DeployEvent, RunAs, Services, ServicesConfig};
 use super::package::PackageFile;
@@ -295,6 +296,10 @@ async fn a_start_script_that_exits_at_once_fails_with_its_status_and_output() {
         .deploy("crash-1.tar.gz", &bytes, false)
         .await
         .unwrap_err();
+    assert!(
+        matches!(&err, DeployError::NotReady(NotReady::Exited(_))),
+        "{err:?}"
+    );
     let text = err.to_string();
     assert!(
         text.contains("exit status: 3") && text.contains("cannot open config"),
@@ -319,6 +324,10 @@ async fn a_start_script_that_never_gets_ready_is_killed_and_fails() {
         .deploy("hang-1.tar.gz", &bytes, false)
         .await
         .unwrap_err();
+    assert!(
+        matches!(&err, DeployError::NotReady(NotReady::TimedOut(t)) if *t == Duration::from_secs(1)),
+        "{err:?}"
+    );
     assert!(
         err.to_string().contains("not ready within 1s; killed"),
         "{err}"

@@ -202,6 +202,24 @@ fn the_same_version_again_is_left_alone() {
 }
 
 #[test]
+fn only_old_temp_dirs_are_taken_for_leftovers_as_nodes_may_share_a_root() {
+    let site = Site::new();
+    let crashed = site.root.join(".installing-crashed");
+    let busy = site.root.join(".installing-busy");
+    fs::create_dir_all(crashed.join("scripts")).unwrap();
+    fs::create_dir_all(&busy).unwrap();
+    let long_ago = std::time::SystemTime::now() - super::install::LEFTOVER_AGE * 2;
+    fs::File::open(&crashed)
+        .unwrap()
+        .set_modified(long_ago)
+        .unwrap();
+    Installer::new(&site.root, ArchiveLimits::default()).clean_leftovers();
+    assert!(!crashed.exists());
+    // Another node's install in progress (colony up's nodes share a root) is left alone.
+    assert!(busy.is_dir());
+}
+
+#[test]
 fn another_version_installs_beside_the_first() {
     let site = Site::new();
     site.install(&Tar::package().gz()).unwrap();
@@ -356,6 +374,7 @@ fn malformed_manifests_are_refused() {
 fn names_and_versions_that_cannot_be_a_directory_are_refused() {
     for (manifest, check) in [
         (&b"name: ''\nversion: 1.0.0\n"[..], "empty"),
+        (b"name: demo\nversion: ''\n", "version"),
         (b"name: demo\nversion: '../1'\n", "version"),
         (b"name: demo\nversion: .hidden\n", "version"),
     ] {

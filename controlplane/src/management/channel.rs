@@ -130,15 +130,20 @@ pub fn router(state: ChannelState) -> Router {
         .with_state(state)
 }
 
-/// `GET /heartbeat/ws`: anyone may open a channel (every frame is signed); the cap is checked
-/// before the upgrade.
+/// `GET /heartbeat/ws`: anyone may open a channel (every frame is signed), except, over TLS,
+/// a caller without a node certificate for its address; the cap is checked before the
+/// upgrade.
 async fn upgrade(
     State(state): State<ChannelState>,
+    extensions: axum::http::Extensions,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
     let core = state.core;
     if core.health.is_none() {
         return ApiError::NotFound("heartbeats go to the coordinator".into()).into_response();
+    }
+    if let Err(refused) = core.auth.require_node(&extensions, CHANNEL_PATH) {
+        return refused.into_response();
     }
     let upgrade = match upgrade {
         Ok(upgrade) => upgrade,

@@ -1,31 +1,63 @@
 //! `/ws` for deployed packages (DESIGN §16): `deploy_package`, and the deployed services
 //! that `list_services`, `get_service`, `list_endpoints` and `service_action` show beside
-//! the cluster's own nodes. The work itself is [`crate::deploy`]'s.
+//! the cluster's own nodes: the coordinator's own and, through its view of them
+//! ([`crate::deploy::remote`]), those on its backends, each with `location.node`. A
+//! `service_action` on a backend's service is forwarded to that backend as a signed call;
+//! when services of one name run on several nodes, `params.node` says which. The work
+//! itself is [`crate::deploy`]'s.
 
 use serde_json::{json, Value};
 
 use super::protocol::{string_param, Request, WsError};
 use super::services::Verb;
+use crate::coordinator::health::node_state::NodeState;
+use crate::coordinator::health::tracker::HealthTracker;
 use crate::deploy::package::PackageFile;
+use crate::deploy::remote::Backend;
 use crate::deploy::service::ServiceEntry;
 use crate::deploy::DeployError;
 use crate::state::MgmtState;
+use crate::wire::heartbeat::NodeType;
 
 /// The name a deploy may use for the coordinator's own host.
 pub const COORDINATOR_TARGET: &str = "coordinator";
 
-/// Every deployed service on this node.
+/// Every deployed service: this node's, then its backends' (by backend, then name).
 pub fn list(state: &MgmtState) -> Vec<ServiceEntry> {
-    state
-        .deploy
-        .as_ref()
-        .map(|d| d.services().list())
-        .unwrap_or_default()
+    let Some(deployer) = &state.deploy else {
+        return Vec::new();
+    };
+    let mut services = deployer.services().list();
+    if let Some(remote) = deployer.remote() {
+        services.extend(remote.list());
+    }
+    services
 }
 
-/// One deployed service.
+/// One deployed service: this node's if it has one of that name, else a backend's.
 pub fn get(state: &MgmtState, name: &str) -> Option<ServiceEntry> {
-    state.deploy.as_ref().and_then(|d| d.services().get(name))
+    let deployer = state.deploy.as_ref()?;
+    deployer.services().get(name).or_else(|| {
+        deployer
+            .remote()
+            .and_then(|r| r.find(name).into_iter().next())
+    })
+}
+
+/// The backends whose deployed services the coordinator follows: those `health` holds as
+/// ACTIVE or STALE (a DOWN or LEFT one is gone, and its services with it).
+pub fn live_backends(health: &HealthTracker) -> Vec<Backend> {
+    health
+        .status()
+        .components
+        .into_iter()
+        .filter(|c| c.node_type == NodeType::Backend)
+        .filter(|c| matches!(c.status, NodeState::Active | NodeState::Stale))
+        .map(|c| Backend {
+            control: c.address.to_http_address(),
+            node: c.node_id,
+        })
+        .collect()
 }
 
 /// Endpoints of deployed services, shaped as the nodes' are.
@@ -40,8 +72,8 @@ pub fn endpoints(state: &MgmtState) -> Vec<Value> {
         .collect()
 }
 
-/// `service_action` on a deployed service, if `name` is one; `None` leaves it to the
-/// managed processes.
+/// `service_action` on a deployed service, if `name` is one (on the node `params.node`
+/// names, if given); `None` leaves it to the managed processes.
 pub async fn act(
     state: &MgmtState,
     request: &Request,
@@ -49,7 +81,45 @@ pub async fn act(
     verb: Verb,
 ) -> Option<Result<Value, WsError>> {
     let deployer = state.deploy.as_ref()?;
-    deployer.services().get(name)?;
+    let node = match request.params.get("node") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(node)) => Some(node.as_str()),
+        Some(_) => {
+            return Some(Err(WsError::new(
+                request.id.clone(),
+                "invalid_params",
+                "params.node must be a node's instance id",
+            )))
+        }
+    };
+    let here = node.is_none_or(|n| n == COORDINATOR_TARGET || n == state.node.node_id);
+    let local = here && deployer.services().get(name).is_some();
+    let remote: Vec<ServiceEntry> = deployer
+        .remote()
+        .map(|r| r.find(name))
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| node.is_none_or(|n| e.location.node == n))
+        .collect();
+    match (local, remote.as_slice()) {
+        (false, []) => return None,
+        (false, [one]) => return Some(act_remote(state, request, one, verb).await),
+        (true, []) => {}
+        _ => {
+            let mut nodes: Vec<&str> = remote.iter().map(|e| e.location.node.as_str()).collect();
+            if local {
+                nodes.insert(0, &state.node.node_id);
+            }
+            return Some(Err(WsError::new(
+                request.id.clone(),
+                "invalid_params",
+                format!(
+                    "{name:?} is deployed on several nodes ({}): say which with params.node",
+                    nodes.join(", ")
+                ),
+            )));
+        }
+    }
     let services = deployer.services();
     let result = match verb {
         Verb::Start => services.start(name).await,
@@ -58,9 +128,42 @@ pub async fn act(
     };
     Some(
         result
-            .map(|entry| json!({ "service": name, "deployed": entry }))
+            .map(|entry| json!({ "service": name, "node": state.node.node_id, "deployed": entry }))
             .map_err(|e| error(request, &e)),
     )
+}
+
+/// `service_action` on `entry`, a service of a backend: forwarded to that backend.
+async fn act_remote(
+    state: &MgmtState,
+    request: &Request,
+    entry: &ServiceEntry,
+    verb: Verb,
+) -> Result<Value, WsError> {
+    let node = &entry.location.node;
+    let (Some(remote), Some(component)) = (
+        state.deploy.as_ref().and_then(|d| d.remote()),
+        state.health.as_ref().and_then(|h| h.node(node)),
+    ) else {
+        return Err(WsError::new(
+            request.id.clone(),
+            "not_found",
+            format!(
+                "{} runs on {node}, which this coordinator no longer knows",
+                entry.name
+            ),
+        ));
+    };
+    let backend = Backend {
+        node: node.clone(),
+        control: component.address.to_http_address(),
+    };
+    tracing::info!(service = %entry.name, node = %node, action = verb.as_str(), "forwarding a service action to a backend");
+    let entry = remote
+        .act(&backend, &entry.name, verb.as_str())
+        .await
+        .map_err(|e| error(request, &e))?;
+    Ok(json!({ "service": entry.name, "node": node, "deployed": entry }))
 }
 
 /// `deploy_package {"package","target","activate"?}`.

@@ -331,6 +331,12 @@ async fn pump(core: std::sync::Weak<Core>, shutdown: CancellationToken) {
         .deploy
         .as_ref()
         .map(|d| d.services().subscribe());
+    let mut remote_deployments = strong
+        .state
+        .deploy
+        .as_ref()
+        .and_then(|d| d.remote())
+        .map(|r| r.subscribe());
     let mut poll = tokio::time::interval(strong.limits.colony_poll);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     drop(strong);
@@ -387,6 +393,19 @@ async fn pump(core: std::sync::Weak<Core>, shutdown: CancellationToken) {
                     Ok(event) => publish_deploy(&core, event),
                     Err(broadcast::error::RecvError::Lagged(n)) => resync(&core, n, "deploy").await,
                     Err(broadcast::error::RecvError::Closed) => deployments = None,
+                }
+            }
+            event = recv(&mut remote_deployments) => {
+                let Some(core) = core.upgrade() else { break };
+                match event {
+                    // As for a forgotten node: no event undoes its services in a view.
+                    Ok(DeployEvent::NodeGone { .. }) => {
+                        let snapshot = core.snapshot("backend_gone").await;
+                        core.publish(EventKind::RegistryLoaded, &snapshot);
+                    }
+                    Ok(event) => publish_deploy(&core, event),
+                    Err(broadcast::error::RecvError::Lagged(n)) => resync(&core, n, "remote deploy").await,
+                    Err(broadcast::error::RecvError::Closed) => remote_deployments = None,
                 }
             }
             _ = poll.tick(), if colony.is_some() => {
@@ -493,6 +512,8 @@ fn publish_deploy(core: &Core, event: DeployEvent) {
                 "detail": status.detail, "at": status.at,
             }),
         ),
+        // Answered with a whole snapshot by the pump.
+        DeployEvent::NodeGone { .. } => {}
     }
 }
 

@@ -165,6 +165,15 @@ impl Verb {
             _ => None,
         }
     }
+
+    /// Its name, as [`Verb::parse`] takes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verb::Start => "start",
+            Verb::Stop => "stop",
+            Verb::Restart => "restart",
+        }
+    }
 }
 
 /// Why a `service_action` failed.

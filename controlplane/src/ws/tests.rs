@@ -548,7 +548,11 @@ async fn a_resume_replays_what_was_missed_or_loads_the_registry_again() {
         (Some(11), Some("service_state_changed"))
     );
 
-    let bad = reqwest::get(format!("http://{}/ws?since=soon", server.addr))
+    let bad = shared::tls::http_client(None)
+        .build()
+        .unwrap()
+        .get(format!("http://{}/ws?since=soon", server.addr))
+        .send()
         .await
         .unwrap();
     assert_eq!(bad.status(), 400);

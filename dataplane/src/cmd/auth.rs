@@ -22,6 +22,13 @@ pub(crate) fn hello(shared: &Shared, session: &mut Session, instance_id: String)
     if shared.identity.is_none() {
         return unavailable();
     }
+    if session.not_a_node {
+        shared.refusals.refused("not_a_node_certificate");
+        return Message::error(
+            "not_a_node_certificate",
+            "HELLO needs a node certificate from the cluster CA naming this connection's address",
+        );
+    }
     if instance_id.is_empty()
         || instance_id.len() > MAX_ID
         || instance_id.chars().any(char::is_control)

@@ -28,6 +28,8 @@ pub(crate) struct Session {
     pub(crate) peer: Option<String>,
     /// Reads are answered: always, unless `--protect-reads`; then after AUTH or TOKEN.
     pub(crate) may_read: bool,
+    /// Over TLS, the peer showed no node certificate for its address: HELLO is refused.
+    pub(crate) not_a_node: bool,
 }
 
 impl Session {
@@ -37,6 +39,7 @@ impl Session {
             challenge: None,
             peer: None,
             may_read: !shared.access.protect_reads,
+            not_a_node: false,
         }
     }
 }

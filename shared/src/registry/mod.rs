@@ -3,7 +3,7 @@
 //! This module owns the [`ClusterRegistry`] trait, its implementations ([`FileClusterRegistry`]
 //! for localhost, [`SsmClusterRegistry`] on AWS SSM Parameter Store, [`InMemoryClusterRegistry`]
 //! for unit tests), the factory that picks one from configuration, instance-id rules, the
-//! background registration task, and (behind the `test-support` feature) the `contract` suite
+//! background registration task, the load `colony bench registry` puts on it ([`load`]), and (behind the `test-support` feature) the `contract` suite
 //! every implementation must pass.
 //!
 //! It does not read Colony's environment variables or flags (the binary parses them and passes
@@ -17,6 +17,7 @@ mod error;
 mod factory;
 mod file;
 mod instance_id;
+pub mod load;
 mod memory;
 mod registration;
 mod ssm;

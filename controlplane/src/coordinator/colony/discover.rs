@@ -17,7 +17,7 @@ use crate::coordinator::error::ColonyError;
 pub(super) async fn live_backends(
     registry: &dyn ClusterRegistry,
     me: &NodeAddress,
-    client: &reqwest::Client,
+    (client, scheme): (&reqwest::Client, &str),
     probe_timeout: Duration,
 ) -> Result<Vec<BackendEntry>, ColonyError> {
     let registered =
@@ -42,7 +42,7 @@ pub(super) async fn live_backends(
         })
         .collect();
     let probes = candidates.iter().map(|(id, address)| async move {
-        let url = format!("http://{}/health", address.to_mgmt_address());
+        let url = format!("{scheme}://{}/health", address.to_mgmt_address());
         let answered = client
             .get(&url)
             .timeout(probe_timeout)

@@ -61,6 +61,8 @@ pub(super) async fn init_all(
 /// [`ColonyConfig`](super::ColonyConfig).
 pub(super) struct Sender<'a> {
     pub(super) client: &'a reqwest::Client,
+    /// `http` or `https` (TLS between nodes).
+    pub(super) scheme: &'static str,
     pub(super) issuer: &'a TokenIssuer,
     pub(super) signer: &'a RequestSigner,
     pub(super) audit: &'a TokenAudit,
@@ -97,7 +99,11 @@ impl Sender<'_> {
         let body =
             format!(r#"{{"shard":{shard_json},"topology":{topology_json},"token":{token_json}}}"#);
         let path = "/init-colony-shard";
-        let url = format!("http://{}{path}", backend.address.to_http_address());
+        let url = format!(
+            "{}://{}{path}",
+            self.scheme,
+            backend.address.to_http_address()
+        );
         let signature = self.signer.sign("POST", path, body.as_bytes());
         let response = self
             .client

@@ -237,11 +237,14 @@ impl ColonyManager {
         config: ColonyConfig,
         health: Option<HealthTracker>,
     ) -> Self {
-        let client = reqwest::Client::builder()
-            .no_proxy()
+        let client = shared::tls::http_client(identity.tls.as_ref())
             .pool_max_idle_per_host(64)
             .build()
-            .unwrap_or_default();
+            .unwrap_or_else(|e| {
+                // Only a TLS backend that cannot start gets here; calls then fail, logged.
+                warn!(error = %e, "cannot build the coordinator's HTTP client");
+                reqwest::Client::new()
+            });
         ColonyManager {
             inner: Arc::new(Inner {
                 registry,
@@ -260,6 +263,16 @@ impl ColonyManager {
                 events: tokio::sync::broadcast::Sender::new(64),
             }),
         }
+    }
+
+    /// The node's TLS, for the calls it makes to other nodes (`None`: plaintext).
+    pub fn tls(&self) -> Option<&shared::tls::Tls> {
+        self.inner.identity.tls.as_ref()
+    }
+
+    /// The scheme of URLs to other nodes' HTTP planes.
+    pub fn scheme(&self) -> &'static str {
+        shared::tls::scheme(self.tls())
     }
 
     /// The init tokens issued, and what the backends said of them.
@@ -363,7 +376,7 @@ impl ColonyManager {
         let backends = match discover::live_backends(
             self.inner.registry.as_ref(),
             &self.inner.me,
-            &self.inner.client,
+            (&self.inner.client, self.scheme()),
             self.inner.config.probe_timeout,
         )
         .await
@@ -431,7 +444,7 @@ impl ColonyManager {
         let backends = discover::live_backends(
             self.inner.registry.as_ref(),
             &self.inner.me,
-            &self.inner.client,
+            (&self.inner.client, self.scheme()),
             self.inner.config.probe_timeout,
         )
         .await?;
@@ -455,7 +468,8 @@ impl ColonyManager {
         );
         let fetches = topology.placement().map(|(shard, backend)| {
             let url = format!(
-                "http://{}/shards/{}/{}",
+                "{}://{}/shards/{}/{}",
+                self.scheme(),
                 backend.address.to_http_address(),
                 shard.x,
                 shard.y
@@ -532,7 +546,7 @@ impl ColonyManager {
         let backends = discover::live_backends(
             self.inner.registry.as_ref(),
             &self.inner.me,
-            &self.inner.client,
+            (&self.inner.client, self.scheme()),
             self.inner.config.probe_timeout,
         )
         .await?;
@@ -551,6 +565,7 @@ impl ColonyManager {
         }
         let sender = init::Sender {
             client: &self.inner.client,
+            scheme: self.scheme(),
             issuer: &self.inner.issuer,
             signer: &self.inner.signer,
             audit: &self.inner.tokens,
@@ -628,6 +643,7 @@ pub(crate) mod testing {
             Identity {
                 instance_id: "coordinator".into(),
                 secret,
+                tls: None,
             },
             ColonyConfig::default(),
             None,

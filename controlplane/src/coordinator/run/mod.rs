@@ -821,6 +821,7 @@ mod tests {
         let identity = Identity {
             instance_id: "coordinator".into(),
             secret,
+            tls: None,
         };
         let cancel = CancellationToken::new();
         let placement = Placement::new(

@@ -22,9 +22,10 @@ use tokio_util::sync::CancellationToken;
 use super::patience;
 use crate::coordinator::error::BackendError;
 
-/// Connects to `address` and authenticates as `identity`.
+/// Connects to `address` (over TLS when `identity` has it) and authenticates as `identity`.
 pub(crate) async fn connect(address: &str, identity: &Identity) -> Result<Client, ClientError> {
-    let mut client = Client::connect(address).await?;
+    let mut client =
+        Client::connect_tls(address, codec::Limits::default(), identity.tls.as_ref()).await?;
     client
         .authenticate(&identity.instance_id, &identity.secret)
         .await?;

@@ -39,7 +39,7 @@
   // ---- state ----
   const model = {
     services: new Map(), // name -> {name, kind, state, health, process, endpoints, spark: [], at}
-    deployed: new Map(), // name -> the service entry of a deployed package (DESIGN §16)
+    deployed: new Map(), // "node/name" -> the service entry of a deployed package (DESIGN §16)
     alerts: { open: [], resolved: [] },
     colony: null,
     topology: null,
@@ -268,7 +268,7 @@
         endpoints: s.endpoints, spark: prev ? prev.spark : [], at: performance.now(),
       });
     }
-    model.deployed = new Map((d.deployed || []).map((s) => [s.name, s]));
+    model.deployed = new Map((d.deployed || []).map((s) => [deployedKey(s), s]));
     renderDeployed();
     if (d.alerts) model.alerts = d.alerts;
     if (d.coordinator) {
@@ -292,7 +292,7 @@
 
   function stateChanged(d) {
     if (d.kind === "deployed") {
-      if (d.deployed) model.deployed.set(d.service, d.deployed);
+      if (d.deployed) model.deployed.set(deployedKey(d.deployed), d.deployed);
       return renderDeployed();
     }
     if (d.kind === "process") {
@@ -314,7 +314,7 @@
 
   function healthCheck(d) {
     if (d.kind === "deployed") {
-      const s = model.deployed.get(d.service);
+      const s = model.deployed.get(d.node + "/" + d.service);
       if (s) s.last_health_check = { healthy: d.healthy, at: d.at, detail: d.detail };
       return renderDeployed();
     }
@@ -716,6 +716,8 @@
   }
 
   // ---- services view: deployed packages ----
+  // Services of one name may run on several nodes (the coordinator's and its backends').
+  function deployedKey(s) { return ((s.location || {}).node || "") + "/" + s.name; }
   let actionSeq = 0;
   function renderDeployed() {
     const body = document.querySelector("#deployed tbody");
@@ -743,6 +745,7 @@
         const b = document.createElement("button");
         b.textContent = verb;
         b.dataset.service = s.name;
+        b.dataset.node = (s.location || {}).node || "";
         b.dataset.action = verb;
         actions.append(b);
       }
@@ -751,13 +754,13 @@
     }
   }
   // service_action over the socket, as the operator (the socket presents the tab's token).
-  function serviceAction(name, verb) {
+  function serviceAction(name, node, verb) {
     if (!socket || socket.readyState !== WebSocket.OPEN) return;
     actionSeq += 1;
     const box = $("services-message");
     box.className = "message";
-    box.textContent = verb + " " + name + "…";
-    socket.send(JSON.stringify({ id: "svc-" + actionSeq, type: "request", action: "service_action", params: { name, action: verb } }));
+    box.textContent = verb + " " + name + " on " + node + "…";
+    socket.send(JSON.stringify({ id: "svc-" + actionSeq, type: "request", action: "service_action", params: { name, node, action: verb } }));
   }
   function onServiceResponse(msg) {
     const box = $("services-message");
@@ -767,7 +770,7 @@
       return;
     }
     const s = msg.data && msg.data.deployed;
-    if (s) { model.deployed.set(s.name, s); renderDeployed(); }
+    if (s) { model.deployed.set(deployedKey(s), s); renderDeployed(); }
     box.textContent = (msg.data && msg.data.service) + ": " + (s && s.state ? s.state.state : "done");
   }
 
@@ -812,7 +815,7 @@
   });
   $("deployed").addEventListener("click", (e) => {
     const b = e.target.closest("button[data-action]");
-    if (b) serviceAction(b.dataset.service, b.dataset.action);
+    if (b) serviceAction(b.dataset.service, b.dataset.node, b.dataset.action);
   });
   window.addEventListener("hashchange", showView);
   setInterval(tickClocks, 250);

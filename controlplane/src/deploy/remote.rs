@@ -1,0 +1,420 @@
+//! [`RemoteServices`]: the coordinator's view of the services deployed on its backends
+//! (DESIGN §16), so `/ws` and the dashboard list and drive them beside its own.
+//!
+//! The coordinator polls: every `--deploy-poll-interval` it asks each live backend for its
+//! services (`GET /deploy/services`, a signed node call, [`Forwarder::services`]) and turns
+//! what changed since the last answer into the events its own services send:
+//! `service_state_changed` when a state, version or pid changed, `health_check_result` when a
+//! newer health check is there. Polling rather than the backends reporting to the coordinator
+//! because: the coordinator already knows every live backend and where its control plane is,
+//! while a backend would have to find the coordinator (which may move on a take-over); a
+//! coordinator that restarts knows every remote service again after one round, where pushed
+//! events sent while it was away would be lost; an answer is the whole state, so a missed
+//! round costs latency, never a wrong view; and no route on the coordinator has to accept
+//! writes from nodes. The price: changes show up to one interval late, and of several health
+//! checks between two rounds only the last is relayed.
+//!
+//! A service seen for the first time (deployed just now, or known again after a coordinator
+//! restart) is announced with `from: "unknown"`. Actions on a remote service and forwarded
+//! deployments record the backend's answer at once, so what the caller then lists matches
+//! what it was answered. A backend that is no
+//! longer live (DOWN, LEFT, forgotten) takes its services out of the view: they stop with
+//! their node, and the coordinator cannot vouch for them.
+//!
+//! Not here: which backends are live ([`crate::ws::deployed::live_backends`] reads the health
+//! tracker), nor the `/ws` answers.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::deploy::error::DeployError;
+use crate::deploy::forward::Forwarder;
+use crate::deploy::lifecycle::DeployEvent;
+use crate::deploy::service::ServiceEntry;
+
+/// Backends asked at once in a polling round.
+const POLL_CONCURRENCY: usize = 8;
+
+/// A live backend: where to ask for its services.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backend {
+    /// Its instance id.
+    pub node: String,
+    /// Its control plane, `ip:port`.
+    pub control: String,
+}
+
+/// The services deployed on the backends, as last heard. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct RemoteServices {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    forwarder: Forwarder,
+    /// By backend, then by service name.
+    nodes: parking_lot::Mutex<BTreeMap<String, BTreeMap<String, ServiceEntry>>>,
+    events: broadcast::Sender<DeployEvent>,
+}
+
+impl RemoteServices {
+    /// Backends' services, reached through `forwarder`.
+    pub fn new(forwarder: Forwarder) -> Self {
+        let (events, _) = broadcast::channel(1024);
+        RemoteServices {
+            inner: Arc::new(Inner {
+                forwarder,
+                nodes: parking_lot::Mutex::new(BTreeMap::new()),
+                events,
+            }),
+        }
+    }
+
+    /// What reaches the backends.
+    pub fn forwarder(&self) -> &Forwarder {
+        &self.inner.forwarder
+    }
+
+    /// Changes to backends' services, as [`DeployEvent`]s; [`DeployEvent::NodeGone`] when a
+    /// backend's services leave the view.
+    pub fn subscribe(&self) -> broadcast::Receiver<DeployEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// Every service of every backend, by backend then name.
+    pub fn list(&self) -> Vec<ServiceEntry> {
+        self.inner
+            .nodes
+            .lock()
+            .values()
+            .flat_map(|services| services.values().cloned())
+            .collect()
+    }
+
+    /// The services named `name`, on whichever backends have one.
+    pub fn find(&self, name: &str) -> Vec<ServiceEntry> {
+        self.inner
+            .nodes
+            .lock()
+            .values()
+            .filter_map(|services| services.get(name).cloned())
+            .collect()
+    }
+
+    /// Records one service of `node` as a backend answered it, announcing what changed.
+    pub fn record(&self, node: &str, entry: ServiceEntry) {
+        let entry = located(node, entry);
+        let old = self
+            .inner
+            .nodes
+            .lock()
+            .entry(node.to_owned())
+            .or_default()
+            .insert(entry.name.clone(), entry.clone());
+        self.announce(node, old.as_ref(), &entry);
+    }
+
+    /// Replaces what is known of `node` by its whole list, announcing what changed.
+    pub fn replace(&self, node: &str, entries: Vec<ServiceEntry>) {
+        let fresh: BTreeMap<String, ServiceEntry> = entries
+            .into_iter()
+            .map(|e| (e.name.clone(), located(node, e)))
+            .collect();
+        let old = self
+            .inner
+            .nodes
+            .lock()
+            .insert(node.to_owned(), fresh.clone())
+            .unwrap_or_default();
+        for entry in fresh.values() {
+            self.announce(node, old.get(&entry.name), entry);
+        }
+    }
+
+    /// Forgets the backends not in `live`, announcing each one forgotten that had services.
+    pub fn keep_only(&self, live: &BTreeSet<String>) {
+        let gone: Vec<String> = {
+            let mut nodes = self.inner.nodes.lock();
+            let gone: Vec<String> = nodes
+                .iter()
+                .filter(|(node, services)| !live.contains(*node) && !services.is_empty())
+                .map(|(node, _)| node.clone())
+                .collect();
+            nodes.retain(|node, _| live.contains(node));
+            gone
+        };
+        for node in gone {
+            debug!(node = %node, "backend no longer live; its deployed services leave the view");
+            let _ = self.inner.events.send(DeployEvent::NodeGone { node });
+        }
+    }
+
+    /// Runs `action` (`start`, `stop`, `restart`) on the service `name` of `backend` and
+    /// records the answer.
+    ///
+    /// # Errors
+    /// As [`Forwarder::act`].
+    pub async fn act(
+        &self,
+        backend: &Backend,
+        name: &str,
+        action: &str,
+    ) -> Result<ServiceEntry, DeployError> {
+        let entry = self
+            .inner
+            .forwarder
+            .act(&backend.control, name, action)
+            .await?;
+        self.record(&backend.node, entry.clone());
+        Ok(located(&backend.node, entry))
+    }
+
+    /// One polling round over `backends`: each one's list replaces what was known of it (a
+    /// backend that does not answer keeps its last list until it is no longer live), and
+    /// backends not among them are forgotten.
+    pub async fn poll_once(&self, backends: Vec<Backend>) {
+        let live: BTreeSet<String> = backends.iter().map(|b| b.node.clone()).collect();
+        let forwarder = self.inner.forwarder.clone();
+        let mut answers = futures::stream::iter(backends)
+            .map(|backend| {
+                let forwarder = forwarder.clone();
+                async move {
+                    let answer = forwarder.services(&backend.control).await;
+                    (backend, answer)
+                }
+            })
+            .buffer_unordered(POLL_CONCURRENCY);
+        while let Some((backend, answer)) = answers.next().await {
+            match answer {
+                Ok(entries) => self.replace(&backend.node, entries),
+                // Debug: a backend that just went away fails every round until it is DOWN.
+                Err(e) => {
+                    debug!(node = %backend.node, error = %e, "cannot list a backend's deployed services")
+                }
+            }
+        }
+        self.keep_only(&live);
+    }
+
+    /// Polls `backends()` every `every` until `token` is cancelled.
+    pub async fn poll(
+        self,
+        backends: impl Fn() -> Vec<Backend> + Send + 'static,
+        every: Duration,
+        token: CancellationToken,
+    ) {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = token.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            tokio::select! {
+                biased;
+                _ = token.cancelled() => return,
+                () = self.poll_once(backends()) => {}
+            }
+        }
+    }
+
+    /// Sends the events `entry` makes of what `old` was.
+    fn announce(&self, node: &str, old: Option<&ServiceEntry>, entry: &ServiceEntry) {
+        // A restart between two rounds leaves the state as it was, with another pid or
+        // version: still a change a viewer must see.
+        let moved = old.is_none_or(|o| {
+            o.state != entry.state || o.version != entry.version || o.execution != entry.execution
+        });
+        if moved {
+            let _ = self.inner.events.send(DeployEvent::StateChanged {
+                from: old.map_or("unknown", |o| o.state.name()),
+                service: Box::new(entry.clone()),
+            });
+        }
+        if let Some(status) = &entry.last_health_check {
+            if old.and_then(|o| o.last_health_check.as_ref()) != Some(status) {
+                let _ = self.inner.events.send(DeployEvent::Health {
+                    service: entry.name.clone(),
+                    node: node.to_owned(),
+                    status: status.clone(),
+                });
+            }
+        }
+    }
+}
+
+/// `entry` placed on `node`: the backend that answered is where it runs, whatever the entry
+/// says.
+fn located(node: &str, mut entry: ServiceEntry) -> ServiceEntry {
+    node.clone_into(&mut entry.location.node);
+    entry
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::deploy::service::{Execution, HealthStatus, Location, ServiceState};
+
+    fn remote() -> RemoteServices {
+        let secret = shared::secret::ClusterSecret::from_env_value("remote-services-secret-01")
+            .expect("a valid secret");
+        RemoteServices::new(
+            Forwarder::new(
+                shared::signing::RequestSigner::new(&secret),
+                Duration::from_secs(1),
+                None,
+            )
+            .expect("a client"),
+        )
+    }
+
+    fn entry(name: &str, state: ServiceState, pid: u32) -> ServiceEntry {
+        ServiceEntry {
+            name: name.to_owned(),
+            version: "1".to_owned(),
+            execution: Execution::ManagedProcess {
+                pid: Some(pid),
+                command: "/bin/sh scripts/start.sh".to_owned(),
+            },
+            location: Location {
+                node: "whatever-it-says".to_owned(),
+            },
+            endpoints: Vec::new(),
+            depends_on: Vec::new(),
+            state,
+            last_health_check: None,
+            dir: PathBuf::from("/opt/x-1"),
+            pending: None,
+        }
+    }
+
+    fn drain(rx: &mut broadcast::Receiver<DeployEvent>) -> Vec<String> {
+        let mut seen = Vec::new();
+        while let Ok(event) = rx.try_recv() {
+            seen.push(match event {
+                DeployEvent::StateChanged { from, service } => format!(
+                    "{}@{} {from}->{}",
+                    service.name,
+                    service.location.node,
+                    service.state.name()
+                ),
+                DeployEvent::Health {
+                    service,
+                    node,
+                    status,
+                } => format!("{service}@{node} healthy={}", status.healthy),
+                DeployEvent::NodeGone { node } => format!("gone {node}"),
+                DeployEvent::Progress(p) => format!("progress {}", p.step),
+            });
+        }
+        seen
+    }
+
+    #[test]
+    fn only_what_changed_between_two_answers_is_announced() {
+        let remote = remote();
+        let mut rx = remote.subscribe();
+        remote.replace(
+            "b1",
+            vec![
+                entry("web", ServiceState::Running, 10),
+                entry("db", ServiceState::Stopped, 11),
+            ],
+        );
+        assert_eq!(
+            drain(&mut rx),
+            ["db@b1 unknown->stopped", "web@b1 unknown->running"]
+        );
+        // The same answer again: nothing.
+        remote.replace(
+            "b1",
+            vec![
+                entry("web", ServiceState::Running, 10),
+                entry("db", ServiceState::Stopped, 11),
+            ],
+        );
+        assert!(drain(&mut rx).is_empty());
+        // A stop, a restart in between (same state, new pid) and a health check.
+        let mut web = entry("web", ServiceState::Running, 12);
+        web.last_health_check = Some(HealthStatus {
+            healthy: true,
+            at: "2026-01-01T00:00:00Z".to_owned(),
+            detail: "ok".to_owned(),
+        });
+        remote.replace(
+            "b1",
+            vec![
+                web,
+                entry(
+                    "db",
+                    ServiceState::Failed {
+                        reason: "exit 1".to_owned(),
+                    },
+                    11,
+                ),
+            ],
+        );
+        assert_eq!(
+            drain(&mut rx),
+            [
+                "db@b1 stopped->failed",
+                "web@b1 running->running",
+                "web@b1 healthy=true"
+            ]
+        );
+        let listed: Vec<(String, String)> = remote
+            .list()
+            .into_iter()
+            .map(|e| (e.location.node, e.name))
+            .collect();
+        assert_eq!(
+            listed,
+            [("b1".into(), "db".into()), ("b1".into(), "web".into())]
+        );
+    }
+
+    #[test]
+    fn a_backend_no_longer_live_takes_its_services_out_of_the_view() {
+        let remote = remote();
+        remote.record("b1", entry("web", ServiceState::Running, 10));
+        remote.record("b2", entry("web", ServiceState::Running, 20));
+        remote.replace("b3", Vec::new());
+        assert_eq!(remote.find("web").len(), 2);
+        let mut rx = remote.subscribe();
+        remote.keep_only(&BTreeSet::from(["b2".to_owned()]));
+        // b3 had nothing to take away.
+        assert_eq!(drain(&mut rx), ["gone b1"]);
+        let left = remote.find("web");
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].location.node, "b2");
+    }
+
+    #[tokio::test]
+    async fn a_backend_that_cannot_be_reached_keeps_its_last_list_while_live() {
+        let remote = remote();
+        remote.record("b1", entry("web", ServiceState::Running, 10));
+        // Nothing listens on a port just released.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let b1 = Backend {
+            node: "b1".to_owned(),
+            control: format!("127.0.0.1:{port}"),
+        };
+        remote.poll_once(vec![b1]).await;
+        assert_eq!(remote.find("web").len(), 1);
+        remote.poll_once(Vec::new()).await;
+        assert!(remote.find("web").is_empty());
+    }
+}
