@@ -14,8 +14,8 @@
 #   - a table of execs/s, run time, corpus size, crashes and hangs is printed at the end.
 # AFL's working files go to fuzz/out/<target>/ (not committed).
 #
-# Needs cargo-afl: `cargo install cargo-afl && cargo afl config --build` (AFL++ is compiled
-# from source; a C compiler and make are enough). Runs outside CI, on the stable toolchain.
+# Needs cargo-afl: `cargo install cargo-afl`, which compiles AFL++ from the sources the crate
+# ships, offline (a C compiler and make are enough). Runs outside CI, on the stable toolchain.
 set -euo pipefail
 
 ALL_TARGETS=(codec_text codec_binary http_bodies ws_request)
@@ -28,7 +28,7 @@ while (($#)); do
         shift 2
         ;;
     -h | --help)
-        sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     *)
@@ -50,7 +50,7 @@ fi
 root="$(cd "$(dirname "$0")/.." && pwd)"
 fuzz="$root/fuzz"
 if ! cargo afl --version >/dev/null 2>&1; then
-    echo "cargo-afl is missing: cargo install cargo-afl && cargo afl config --build" >&2
+    echo "cargo-afl is missing: cargo install cargo-afl (it builds AFL++ too)" >&2
     exit 1
 fi
 
