@@ -8,6 +8,8 @@
 mod codec;
 mod copies;
 mod error;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod message;
 pub mod text;
 

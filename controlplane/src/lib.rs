@@ -16,12 +16,15 @@
 //! | what the routers share, the layers every listener gets (and upload routes instead), the accept loop with its connection limits, and the backend's token reports | [`state`], [`http`], [`upload`], [`serve`], [`token_reporter`] |
 //! | the routers | [`control`], [`dashboard`], [`ws`], then [`management`], which merges the last two |
 //! | the backend's heartbeat client, and the heartbeat load of `colony bench` | [`heartbeat_sender`], [`loadgen`] |
+//! | the fuzz campaign's entry points (feature `fuzzing`; nothing imports them) | `fuzzing` |
 
 pub mod control;
 pub mod coordinator;
 pub mod dashboard;
 pub mod deploy;
 pub mod error;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod heartbeat_sender;
 pub mod http;
 pub mod loadgen;

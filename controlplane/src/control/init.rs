@@ -12,7 +12,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 use shared::token::unix_now;
-use shared::topology::ClusterTopology;
+use shared::topology::{ClusterTopology, ShardCoord};
+use shared::NodeAddress;
 use tracing::{info, warn};
 
 use super::BackendControl;
@@ -62,50 +63,22 @@ pub async fn init_colony_shard(
     let (colony, cached) = match state.store.colony().filter(|c| c.colony_id() == colony_id) {
         Some(colony) => (colony, true),
         None => {
-            let Some(raw) = request.topology else {
-                return refuse(format!(
-                    "missing topology on the first init of colony {colony_id}"
-                ));
+            let topology = match first_init_topology(
+                request.topology,
+                colony_id,
+                &state.address,
+                &state.instance_id,
+                request.shard,
+            ) {
+                Ok(topology) => topology,
+                Err(message) => return refuse(message),
             };
-            let topology: ClusterTopology = match serde_json::from_value(raw) {
-                Ok(t) => t,
-                Err(e) => return refuse(format!("invalid topology: {e}")),
-            };
-            if topology.colony_id() != colony_id {
-                return refuse(format!(
-                    "topology is for colony {} but the token is for colony {colony_id}",
-                    topology.colony_id()
-                ));
-            }
-            if !topology.contains_backend(&state.address) {
-                return refuse(format!(
-                    "this backend ({}) is not among the topology's backends",
-                    state.address.to_internal_address()
-                ));
-            }
-            match topology.backend_of(request.shard) {
-                Some(b) if b.instance_id == state.instance_id => {}
-                Some(b) => {
-                    return refuse(format!(
-                        "shard {} is placed on {}, not on {}",
-                        request.shard, b.instance_id, state.instance_id
-                    ))
-                }
-                None => return refuse(format!("shard {} is outside the world", request.shard)),
-            }
             info!(colony = colony_id, "new colony: topology cached");
             (state.store.adopt(topology), false)
         }
     };
-    match colony.topology().backend_of(request.shard) {
-        Some(b) if b.instance_id == state.instance_id => {}
-        Some(b) => {
-            return refuse(format!(
-                "shard {} is placed on {}, not on {}",
-                request.shard, b.instance_id, state.instance_id
-            ))
-        }
-        None => return refuse(format!("shard {} is outside the world", request.shard)),
+    if let Err(message) = placed_here(colony.topology(), request.shard, &state.instance_id) {
+        return refuse(message);
     }
     match state.store.init_shard(&colony, request.shard) {
         Ok(figures) => InitColonyShardResponse::Ok {
@@ -117,5 +90,57 @@ pub async fn init_colony_shard(
         }
         .into_response(),
         Err(e) => refuse(format!("cannot build shard {}: {e}", request.shard)),
+    }
+}
+
+/// The topology of a colony's first init on this backend, taken from the request: it must be
+/// there, parse, be for the token's colony, list this backend's address and place the shard
+/// on this backend. Pure, so the fuzz campaign (`crate::fuzzing`) runs exactly these checks.
+///
+/// # Errors
+/// Why not, worded for the `Error` answer.
+pub fn first_init_topology(
+    raw: Option<serde_json::Value>,
+    colony_id: &str,
+    address: &NodeAddress,
+    instance_id: &str,
+    shard: ShardCoord,
+) -> Result<ClusterTopology, String> {
+    let Some(raw) = raw else {
+        return Err(format!(
+            "missing topology on the first init of colony {colony_id}"
+        ));
+    };
+    let topology: ClusterTopology =
+        serde_json::from_value(raw).map_err(|e| format!("invalid topology: {e}"))?;
+    if topology.colony_id() != colony_id {
+        return Err(format!(
+            "topology is for colony {} but the token is for colony {colony_id}",
+            topology.colony_id()
+        ));
+    }
+    if !topology.contains_backend(address) {
+        return Err(format!(
+            "this backend ({}) is not among the topology's backends",
+            address.to_internal_address()
+        ));
+    }
+    placed_here(&topology, shard, instance_id)?;
+    Ok(topology)
+}
+
+/// `shard` is in the world and placed on `instance_id`.
+fn placed_here(
+    topology: &ClusterTopology,
+    shard: ShardCoord,
+    instance_id: &str,
+) -> Result<(), String> {
+    match topology.backend_of(shard) {
+        Some(b) if b.instance_id == instance_id => Ok(()),
+        Some(b) => Err(format!(
+            "shard {shard} is placed on {}, not on {instance_id}",
+            b.instance_id
+        )),
+        None => Err(format!("shard {shard} is outside the world")),
     }
 }

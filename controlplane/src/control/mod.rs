@@ -17,9 +17,9 @@
 //! Colony start, run and pause need the operator; the `GET`s are reads, open unless
 //! `--protect-reads` ([`crate::operator`]); the init is a node's call, checked by its token.
 
-mod colony;
+pub(crate) mod colony;
 pub mod deploy;
-mod init;
+pub(crate) mod init;
 mod shards;
 
 use std::sync::Arc;

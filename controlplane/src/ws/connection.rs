@@ -205,13 +205,7 @@ async fn read_loop(
                     .to_text()
                 })
             }
-            Some(Ok(Message::Text(text))) => match session.limit(guard, Some(&text)) {
-                Some(limited) => limited,
-                None => match parse_request(&text) {
-                    Ok(request) => handle(core, subscription, request, session).await,
-                    Err(e) => e.to_text(),
-                },
-            },
+            Some(Ok(Message::Text(text))) => answer_text(core, subscription, session, &text).await,
         };
         // Time spent answering (a deploy_package waits for its service to start) is not the
         // client's silence.
@@ -219,6 +213,23 @@ async fn read_loop(
         if responses.send(Message::Text(answer.into())).await.is_err() {
             return;
         }
+    }
+}
+
+/// The answer to one text message: its share of the rate limit, then the request it holds.
+/// The fuzz campaign (`crate::fuzzing`) answers its inputs through here too.
+pub(crate) async fn answer_text(
+    core: &Core,
+    subscription: &AtomicU32,
+    session: &mut WsSession,
+    text: &str,
+) -> String {
+    match session.limit(&core.state.guard, Some(text)) {
+        Some(limited) => limited,
+        None => match parse_request(text) {
+            Ok(request) => handle(core, subscription, request, session).await,
+            Err(e) => e.to_text(),
+        },
     }
 }
 

@@ -55,6 +55,16 @@ use crate::operator::{Need, Peer};
 static REFUSED_LOG: shared::log_limit::LogLimit =
     shared::log_limit::LogLimit::new("ws_connection_refused", shared::log_limit::DEFAULT_INTERVAL);
 
+/// The answer of the `/ws` handler to one text message on a fresh connection opened by
+/// `caller` (subscribed to every event): the fuzz campaign's way in (`crate::fuzzing`).
+#[cfg(feature = "fuzzing")]
+pub(crate) async fn answer_one(hub: &Hub, caller: crate::operator::Caller, text: &str) -> String {
+    let subscription = std::sync::atomic::AtomicU32::new(EventSet::all().bits());
+    let rate = crate::rate_limit::RateLimit::WS_DEFAULT;
+    let mut session = connection::WsSession::new(caller, rate);
+    connection::answer_text(&hub.core, &subscription, &mut session, text).await
+}
+
 /// The `/ws` route over `hub`.
 pub fn router(hub: Hub) -> Router {
     Router::new().route("/ws", get(upgrade)).with_state(hub)

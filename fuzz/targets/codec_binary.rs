@@ -1,0 +1,7 @@
+//! AFL++ target: `codec::fuzzing::codec_binary` (see there for what it checks).
+
+fn main() {
+    afl::fuzz!(|data: &[u8]| {
+        let _ = codec::fuzzing::codec_binary(data);
+    });
+}
