@@ -5,6 +5,7 @@ mod bench;
 mod certs;
 mod claim;
 mod cli;
+mod command;
 mod liveness;
 mod node;
 mod reference;
@@ -13,7 +14,7 @@ mod up;
 
 use clap::Parser;
 
-use crate::cli::{Cli, Command};
+use crate::command::{Cli, Command};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();

@@ -81,7 +81,7 @@ mod tests {
     use clap::Parser;
 
     use super::*;
-    use crate::cli::{Cli, Command};
+    use crate::command::{Cli, Command};
 
     fn params(flags: &[&str]) -> anyhow::Result<WorldParams> {
         let cli = Cli::try_parse_from(["colony", "reference"].iter().chain(flags)).unwrap();

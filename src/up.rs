@@ -562,7 +562,7 @@ mod tests {
     use clap::Parser;
 
     use super::*;
-    use crate::cli::{Cli, Command};
+    use crate::command::{Cli, Command};
 
     #[test]
     fn backends_get_the_deploy_flags_colony_up_was_given() {
