@@ -759,14 +759,3 @@ fn parse_cell(s: &str) -> Result<[u64; 2], FlagError> {
     };
     Ok([num(x)?, num(y)?])
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::CommandFactory;
-
-    #[test]
-    fn cli_definition_is_consistent() {
-        Cli::command().debug_assert();
-    }
-}

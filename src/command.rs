@@ -55,3 +55,14 @@ pub enum Command {
     /// unless --allow-remote.
     Bench(crate::bench::BenchArgs),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}
