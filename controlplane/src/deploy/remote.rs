@@ -15,7 +15,7 @@
 //! checks between two rounds only the last is relayed.
 //!
 //! A backend that does not answer is asked less often, one round skipped after its first
-//! miss, then 3, 7, up to [`MAX_SKIPPED_ROUNDS`]: every heartbeating backend is polled, and
+//! miss, then 3, 7, up to `MAX_SKIPPED_ROUNDS`: every heartbeating backend is polled, and
 //! nodes that heartbeat but serve no control plane (thousands of them in the heartbeat flood
 //! test) made the coordinator spend about half its CPU opening connections that were refused.
 //!

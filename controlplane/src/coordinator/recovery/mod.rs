@@ -30,7 +30,7 @@
 //!
 //! A backend that reports it cannot reach a peer while both still answer (a path between two
 //! backends is cut, DESIGN §15) would fail the same way after every re-placement that keeps
-//! both, so the re-placement drops one of the two ([`plan::side_to_drop`]: deterministic,
+//! both, so the re-placement drops one of the two (`plan::side_to_drop`: deterministic,
 //! whichever end reports first) and goes on without it, as after a loss. The dropped backend
 //! stays a live node (it still heartbeats) and takes shards again at the next colony start or
 //! rebalance once the path is healed.
