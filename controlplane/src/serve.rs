@@ -644,36 +644,8 @@ impl Hush {
 mod tests {
     use super::*;
     use axum::routing::get;
-    use rcgen::{
-        BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa,
-        KeyPair, SanType,
-    };
-    use shared::tls::TlsFiles;
+    use shared::test_support::pki::TestCa;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    /// Node files for 127.0.0.1 under a fresh CA in `dir`; `name` names them.
-    fn certify(
-        dir: &std::path::Path,
-        issuer: &CertifiedIssuer<'_, KeyPair>,
-        name: &str,
-    ) -> TlsFiles {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::default();
-        params.subject_alt_names = vec![SanType::IpAddress("127.0.0.1".parse().unwrap())];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        let cert = params.signed_by(&key, issuer).unwrap();
-        let files = TlsFiles {
-            cert: dir.join(format!("{name}.pem")),
-            key: dir.join(format!("{name}-key.pem")),
-            ca: dir.join("ca.pem"),
-        };
-        std::fs::write(&files.cert, cert.pem()).unwrap();
-        std::fs::write(&files.key, key.serialize_pem()).unwrap();
-        files
-    }
 
     async fn who(req: axum::extract::Request) -> &'static str {
         match req.extensions().get::<TlsPeer>() {
@@ -703,13 +675,10 @@ mod tests {
     #[tokio::test]
     async fn over_tls_requests_learn_whether_the_peer_is_a_node_and_plaintext_gets_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let mut params = CertificateParams::default();
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        let ca = TestCa::new(dir.path());
         let timeout = Duration::from_millis(300);
-        let server_tls = Tls::load(&certify(dir.path(), &ca, "server"), timeout).unwrap();
-        let node_tls = Tls::load(&certify(dir.path(), &ca, "node"), timeout).unwrap();
+        let server_tls = Tls::load(&ca.node("server"), timeout).unwrap();
+        let node_tls = Tls::load(&ca.node("node"), timeout).unwrap();
 
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

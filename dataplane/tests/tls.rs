@@ -8,50 +8,12 @@ use std::time::Duration;
 
 use codec::{Limits, Message};
 use dataplane::{Client, DataPlane, DataPlaneConfig, Identity, ReadAccess, ShardStore};
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    KeyUsagePurpose, SanType,
-};
 use shared::secret::ClusterSecret;
-use shared::tls::{Tls, TlsFiles};
+use shared::test_support::pki::TestCa;
+use shared::tls::Tls;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
-
-fn ca_params() -> CertificateParams {
-    let mut params = CertificateParams::default();
-    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    params
-}
-
-/// Node material for 127.0.0.1, named `name`, signed by `issuer` (whose certificate is
-/// `ca.pem` in `dir`).
-fn node_files(
-    dir: &std::path::Path,
-    issuer: &CertifiedIssuer<'static, KeyPair>,
-    name: &str,
-) -> TlsFiles {
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::default();
-    params.subject_alt_names = vec![SanType::IpAddress("127.0.0.1".parse().unwrap())];
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    let cert = params.signed_by(&key, issuer).unwrap();
-    let files = TlsFiles {
-        cert: dir.join(format!("{name}.pem")),
-        key: dir.join(format!("{name}-key.pem")),
-        ca: dir.join("ca.pem"),
-    };
-    std::fs::write(&files.cert, cert.pem()).unwrap();
-    std::fs::write(&files.key, key.serialize_pem()).unwrap();
-    files
-}
 
 const HANDSHAKE: Duration = Duration::from_millis(500);
 
@@ -72,10 +34,9 @@ impl Drop for Server {
 
 async fn server() -> Server {
     let dir = tempfile::tempdir().unwrap();
-    let issuer = CertifiedIssuer::self_signed(ca_params(), KeyPair::generate().unwrap()).unwrap();
-    std::fs::write(dir.path().join("ca.pem"), issuer.pem()).unwrap();
-    let server_tls = Tls::load(&node_files(dir.path(), &issuer, "server"), HANDSHAKE).unwrap();
-    let node = Tls::load(&node_files(dir.path(), &issuer, "node"), HANDSHAKE).unwrap();
+    let ca = TestCa::new(dir.path());
+    let server_tls = Tls::load(&ca.node("server"), HANDSHAKE).unwrap();
+    let node = Tls::load(&ca.node("node"), HANDSHAKE).unwrap();
     let secret = Arc::new(ClusterSecret::from_bytes(vec![7; 32], "test").unwrap());
     let plane = DataPlane::with_access(
         DataPlaneConfig::default(),

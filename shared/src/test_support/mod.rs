@@ -7,6 +7,7 @@
 //! - [`logs`]: the warnings a test process logged, as text.
 //! - [`proc_cpu`]: a process's CPU time and RSS from `/proc`, for benches and tests that
 //!   report server cost.
+//! - [`pki`]: a throwaway CA and node certificates for 127.0.0.1, for TLS tests.
 //! - [`free_port`]: a loopback port to start a server on.
 //!
 //! The registry contract suite is [`crate::registry::contract`], behind the same feature.
@@ -15,6 +16,7 @@ use std::net::{Ipv4Addr, TcpListener};
 
 pub mod logs;
 pub mod moto;
+pub mod pki;
 pub mod proc_cpu;
 
 /// A loopback port nothing listens on right now (another process may take it before the
