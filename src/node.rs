@@ -50,14 +50,31 @@ struct Listeners {
     mgmt: TcpListener,
 }
 
+/// How many connections the kernel may queue before the accept loop takes them (capped by
+/// `net.core.somaxconn`). Tokio's `TcpListener::bind` asks for 128: a crowd of nodes or
+/// clients connecting at once overflows that, and a handshake the kernel then completes
+/// with a SYN cookie but drops is a connection the client believes open and the node never
+/// learns of.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// A listener on `addr` with [`LISTEN_BACKLOG`], address reuse as `TcpListener::bind` sets.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 impl Listeners {
     async fn bind(bind: &BindArgs, ports: [u16; 3]) -> anyhow::Result<Listeners> {
         let one = |port, what: &'static str| {
             let addr = SocketAddr::new(bind.bind_ip, port);
             async move {
-                TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("cannot bind the {what} listener on {addr}"))
+                listen(addr).with_context(|| format!("cannot bind the {what} listener on {addr}"))
             }
         };
         Ok(Listeners {
