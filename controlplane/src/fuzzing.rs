@@ -355,9 +355,9 @@ fn init(body: &[u8]) -> Outcome {
         request.shard,
     ) {
         Ok(_) => Outcome::Accepted,
-        Err(message) => Outcome::Refused {
+        Err(refusal) => Outcome::Refused {
             status: 400,
-            message,
+            message: refusal.to_string(),
         },
     }
 }

@@ -71,14 +71,14 @@ pub async fn init_colony_shard(
                 request.shard,
             ) {
                 Ok(topology) => topology,
-                Err(message) => return refuse(message),
+                Err(refusal) => return refuse(refusal.to_string()),
             };
             info!(colony = colony_id, "new colony: topology cached");
             (state.store.adopt(topology), false)
         }
     };
-    if let Err(message) = placed_here(colony.topology(), request.shard, &state.instance_id) {
-        return refuse(message);
+    if let Err(refusal) = placed_here(colony.topology(), request.shard, &state.instance_id) {
+        return refuse(refusal.to_string());
     }
     match state.store.init_shard(&colony, request.shard) {
         Ok(figures) => InitColonyShardResponse::Ok {
@@ -93,37 +93,77 @@ pub async fn init_colony_shard(
     }
 }
 
+/// Why a backend refuses the topology of an init: worded for the `Error` answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TopologyRefusal {
+    /// The colony's first init on this backend came without one.
+    #[error("missing topology on the first init of colony {colony_id}")]
+    Missing {
+        /// The token's colony.
+        colony_id: String,
+    },
+    /// It does not parse as a topology.
+    #[error("invalid topology: {0}")]
+    Invalid(String),
+    /// It is another colony's.
+    #[error("topology is for colony {topology} but the token is for colony {token}")]
+    OtherColony {
+        /// The colony the topology names.
+        topology: String,
+        /// The colony the token names.
+        token: String,
+    },
+    /// This backend's address is not among its backends.
+    #[error("this backend ({address}) is not among the topology's backends")]
+    NotAmongBackends {
+        /// This backend's data-plane address.
+        address: String,
+    },
+    /// The shard is another backend's.
+    #[error("shard {shard} is placed on {owner}, not on {instance_id}")]
+    PlacedElsewhere {
+        /// The shard asked for.
+        shard: ShardCoord,
+        /// The backend the topology places it on.
+        owner: String,
+        /// This backend.
+        instance_id: String,
+    },
+    /// The shard is not in the world.
+    #[error("shard {0} is outside the world")]
+    OutsideWorld(ShardCoord),
+}
+
 /// The topology of a colony's first init on this backend, taken from the request: it must be
 /// there, parse, be for the token's colony, list this backend's address and place the shard
 /// on this backend. Pure, so the fuzz campaign (`crate::fuzzing`) runs exactly these checks.
 ///
 /// # Errors
-/// Why not, worded for the `Error` answer.
+/// Why not, as [`TopologyRefusal`].
 pub fn first_init_topology(
     raw: Option<serde_json::Value>,
     colony_id: &str,
     address: &NodeAddress,
     instance_id: &str,
     shard: ShardCoord,
-) -> Result<ClusterTopology, String> {
+) -> Result<ClusterTopology, TopologyRefusal> {
     let Some(raw) = raw else {
-        return Err(format!(
-            "missing topology on the first init of colony {colony_id}"
-        ));
+        return Err(TopologyRefusal::Missing {
+            colony_id: colony_id.to_owned(),
+        });
     };
     let topology: ClusterTopology =
-        serde_json::from_value(raw).map_err(|e| format!("invalid topology: {e}"))?;
+        serde_json::from_value(raw).map_err(|e| TopologyRefusal::Invalid(e.to_string()))?;
     if topology.colony_id() != colony_id {
-        return Err(format!(
-            "topology is for colony {} but the token is for colony {colony_id}",
-            topology.colony_id()
-        ));
+        return Err(TopologyRefusal::OtherColony {
+            topology: topology.colony_id().to_owned(),
+            token: colony_id.to_owned(),
+        });
     }
     if !topology.contains_backend(address) {
-        return Err(format!(
-            "this backend ({}) is not among the topology's backends",
-            address.to_internal_address()
-        ));
+        return Err(TopologyRefusal::NotAmongBackends {
+            address: address.to_internal_address(),
+        });
     }
     placed_here(&topology, shard, instance_id)?;
     Ok(topology)
@@ -134,13 +174,14 @@ fn placed_here(
     topology: &ClusterTopology,
     shard: ShardCoord,
     instance_id: &str,
-) -> Result<(), String> {
+) -> Result<(), TopologyRefusal> {
     match topology.backend_of(shard) {
         Some(b) if b.instance_id == instance_id => Ok(()),
-        Some(b) => Err(format!(
-            "shard {shard} is placed on {}, not on {instance_id}",
-            b.instance_id
-        )),
-        None => Err(format!("shard {shard} is outside the world")),
+        Some(b) => Err(TopologyRefusal::PlacedElsewhere {
+            shard,
+            owner: b.instance_id.clone(),
+            instance_id: instance_id.to_owned(),
+        }),
+        None => Err(TopologyRefusal::OutsideWorld(shard)),
     }
 }
