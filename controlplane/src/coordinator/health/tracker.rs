@@ -23,7 +23,6 @@ use shared::NodeAddress;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
 
 use super::alerts::{AlertLog, AlertsView};
 use super::config::HealthConfig;
@@ -63,6 +62,9 @@ static MISSED_LOG: LogLimit =
     LogLimit::new("health_node_missed_heartbeats", TRANSITION_LOG_INTERVAL);
 static CHANNEL_LOG: LogLimit = LogLimit::new("health_node_channel_closed", TRANSITION_LOG_INTERVAL);
 static FORGOT_LOG: LogLimit = LogLimit::new("health_node_forgotten", TRANSITION_LOG_INTERVAL);
+/// A late sweep is logged at most once a second: under a sustained backlog every sweep is
+/// late, four times a second.
+static STALL_LOG: LogLimit = LogLimit::new("health_sweep_late", TRANSITION_LOG_INTERVAL);
 
 #[derive(Debug)]
 struct NodeRecord {
@@ -456,26 +458,34 @@ impl HealthTracker {
     /// scheduling noise, the lateness is first credited to every node (Lifeguard's idea:
     /// distrust your own timeliness before blaming others).
     pub fn spawn_sweeper(&self, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
-        let tracker = self.clone();
+        tokio::spawn(self.clone().sweeper(shutdown))
+    }
+
+    /// The sweeper of [`Self::spawn_sweeper`] as a future, to run on the runtime that reads
+    /// the heartbeats: there, whatever keeps heartbeats waiting (a thread starved of CPU, a
+    /// backlog of frames ahead of them) delays the sweep as much, and is credited as the
+    /// sweeper's own stall instead of counted as the nodes' silence. A sweeper on another
+    /// thread ran on time while frames queued for seconds on a loaded management thread,
+    /// and declared STALE the nodes whose heartbeats sat unread.
+    pub async fn sweeper(self, shutdown: CancellationToken) {
         let period = self.inner.config.sweep_period();
-        tokio::spawn(async move {
-            let mut due = Instant::now() + period;
-            loop {
-                tokio::select! {
-                    biased;
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep_until(due) => {}
-                }
-                let now = Instant::now();
-                let late = now.saturating_duration_since(due);
-                if late > STALL_TOLERANCE {
-                    warn!(stall = ?late, "health sweep ran late; that silence is not counted against nodes");
-                    tracker.credit_stall(late, now);
-                }
-                tracker.sweep(now);
-                due = now + period;
+        let mut due = Instant::now() + period;
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep_until(due) => {}
             }
-        })
+            let now = Instant::now();
+            let late = now.saturating_duration_since(due);
+            if late > STALL_TOLERANCE {
+                self.inner.stats.stall(late);
+                shared::warn_limited!(STALL_LOG, stall = ?late, "health sweep ran late; that silence is not counted against nodes");
+                self.credit_stall(late, now);
+            }
+            self.sweep(now);
+            due = now + period;
+        }
     }
 
     fn emit(&self, node_id: &str, node_type: NodeType, transition: Transition) {
