@@ -16,7 +16,7 @@ use controlplane::coordinator::processes::ProcessManager;
 use controlplane::deploy::deployer::Deployer;
 use controlplane::deploy::forward::Forwarder;
 use controlplane::heartbeat_sender::HeartbeatSender;
-use controlplane::http::{harden, serve_limited_on_own_thread, HttpLimits};
+use controlplane::http::{harden, serve_limited_on_own_thread, Beside, HttpLimits};
 use controlplane::management;
 use controlplane::metrics::Metrics;
 use controlplane::node_auth::NodeAuth;
@@ -246,13 +246,14 @@ impl Tasks {
     /// Serves a node's three listeners: the data plane (over TLS if its identity has it),
     /// and the two HTTP planes hardened and over `tls` if given. `control` and `mgmt` come
     /// with the routes merged after the standard layers (forwarded deployments and package
-    /// uploads, which have their own limits); `mgmt` also with the tracker of its tasks.
+    /// uploads, which have their own limits); `mgmt` also with the tracker of its tasks and
+    /// what runs beside it on its thread (the coordinator's failure detector).
     fn serve_planes(
         &mut self,
         listeners: Listeners,
         data_plane: &DataPlane,
         (control, deploys, tls): (Router, Option<Router>, Option<Tls>),
-        (mgmt, mgmt_tasks, uploads): (Router, TaskTracker, Option<Router>),
+        (mgmt, mgmt_tasks, uploads, beside): (Router, TaskTracker, Option<Router>, Option<Beside>),
         (limits, serving): (HttpLimits, (ServeLimits, FdBudget)),
         metrics: &Metrics,
     ) {
@@ -285,7 +286,7 @@ impl Tasks {
                 listeners.mgmt,
                 mgmt,
                 serving,
-                (mgmt_tasks, tls),
+                (mgmt_tasks, tls, beside),
                 token,
                 "mgmt",
             );
@@ -468,6 +469,9 @@ pub async fn start_coordinator(
     };
 
     let mut tasks = Tasks::new();
+    // The failure detector runs on the management thread, where heartbeats are read, so a
+    // stall of that thread is its own and not the nodes' silence (HealthTracker::sweeper).
+    let sweeper: Beside = Box::pin(health.clone().sweeper(tasks.shutdown.clone()));
     tasks.serve_planes(
         listeners,
         &data_plane,
@@ -487,16 +491,13 @@ pub async fn start_coordinator(
                 &mgmt.guard,
                 upload_limits,
             )),
+            Some(sweeper),
         ),
         (limits, args.http.serving()),
         &metrics,
     );
     // A colony the backends kept while no coordinator followed it is taken over.
     colony.spawn_adoption(tasks.shutdown.clone());
-    let sweeper = health.spawn_sweeper(tasks.shutdown.clone());
-    tasks.spawn(async move {
-        let _ = sweeper.await;
-    });
     log_listening("coordinator", node_id, &address);
     // Deployed services that were running when the coordinator last stopped start again.
     let restoring = deployer.clone();
@@ -638,7 +639,12 @@ pub async fn run_backend(args: BackendArgs) -> anyhow::Result<()> {
             )),
             tls.clone(),
         ),
-        (management::backend_router(mgmt.clone()), mgmt.tasks, None),
+        (
+            management::backend_router(mgmt.clone()),
+            mgmt.tasks,
+            None,
+            None,
+        ),
         (limits, args.http.serving()),
         &metrics,
     );

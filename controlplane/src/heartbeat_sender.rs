@@ -39,6 +39,9 @@ const HEARTBEAT_PATH: &str = "/heartbeat";
 /// After the channel could not be opened, heartbeats are `POST`ed this long before the
 /// channel is tried again.
 pub const CHANNEL_RETRY: Duration = Duration::from_secs(5);
+/// How long a heartbeat's answer may take: the coordinator's default `--down-after`. Past
+/// it the node is DOWN there anyway, so giving up the channel sooner only adds a suspicion.
+pub const CHANNEL_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// An open heartbeat channel: a WebSocket over plain TCP, or over TLS between nodes.
 type Channel = tokio_tungstenite::WebSocketStream<dataplane::Socket>;
@@ -126,7 +129,7 @@ impl HeartbeatSender {
         (signer, tls): (RequestSigner, Option<&shared::tls::Tls>),
     ) -> Result<Self, getrandom::Error> {
         let client = shared::tls::http_client(tls)
-            .timeout(interval.max(Duration::from_secs(1)))
+            .timeout(CHANNEL_ANSWER_TIMEOUT.max(3 * interval))
             .build()
             .unwrap_or_default();
         Ok(HeartbeatSender {
@@ -168,6 +171,12 @@ impl HeartbeatSender {
         let mut waits = 0u64;
         let mut failures = 0u32;
         let mut link = Link::default();
+        // Beats keep their rhythm: the next one is due an interval after the last was due,
+        // not an interval after its answer came, so a slow answer does not stretch the gap
+        // the coordinator sees by its own length.
+        let mut schedule = tokio::time::interval(self.interval.max(Duration::from_millis(1)));
+        schedule.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        schedule.tick().await;
         loop {
             if coordinator.is_none() {
                 match self.registry.discover_coordinator().await {
@@ -213,7 +222,7 @@ impl HeartbeatSender {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(self.interval) => {}
+                _ = schedule.tick() => {}
             }
         }
         if let Some(target) = coordinator {
@@ -364,17 +373,21 @@ impl HeartbeatSender {
         })
     }
 
-    /// How long a frame's answer may take before the channel is given up. Longer than
-    /// [`Self::answer_timeout`]: giving up a channel closes it, and the coordinator suspects
-    /// a node whose channel closed at once (STALE), while a heartbeat that is only slow is
-    /// still within the coordinator's own threshold (3 s by default). Up to three intervals,
-    /// so a node with a short interval still falls back to `POST` quickly.
+    /// How long a frame's answer may take before the channel is given up:
+    /// [`CHANNEL_ANSWER_TIMEOUT`], for a slow answer is not a broken channel. Giving a
+    /// channel up closes it, and the coordinator suspects a node whose channel closed at
+    /// once (STALE), while a heartbeat that is only slow (the coordinator is behind) is
+    /// forgiven there as the coordinator's own stall. A channel that really breaks says so
+    /// sooner: an error or a close.
     fn frame_answer_timeout(&self) -> Duration {
-        (3 * self.interval).clamp(Duration::from_secs(1), Duration::from_secs(3))
+        CHANNEL_ANSWER_TIMEOUT.max(3 * self.interval)
     }
 
+    /// How long opening the channel or a `POST` may take: as long as a frame's answer, since
+    /// both wait on the same coordinator. With a second, a coordinator that was behind
+    /// refused every fallback of a node whose channel had gone.
     fn answer_timeout(&self) -> Duration {
-        self.interval.max(Duration::from_secs(1))
+        self.frame_answer_timeout()
     }
 
     fn heartbeat(&self, seq: u64, leaving: bool) -> Heartbeat {

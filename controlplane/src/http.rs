@@ -93,7 +93,7 @@ pub async fn serve_on_own_thread(
         listener,
         router,
         (limits, budget),
-        (tasks, None),
+        (tasks, None, None),
         shutdown,
         what,
     )
@@ -112,6 +112,9 @@ pub async fn serve_on_own_thread(
 /// worker to look for work to steal, which cost about a third of the coordinator's CPU at
 /// 10 000 nodes. Apart, it also answers while the other planes are saturated.
 ///
+/// `beside`, if given, runs on that thread too, for as long as the listener is served: the
+/// coordinator's failure detector, which must be as late as the heartbeats it judges.
+///
 /// Dropping the returned future (a grace period that ran out) stops the thread's runtime and
 /// every task on it.
 ///
@@ -122,11 +125,12 @@ pub async fn serve_limited_on_own_thread(
     listener: TcpListener,
     router: Router,
     (limits, budget): (ServeLimits, FdBudget),
-    (tasks, tls): (TaskTracker, Option<shared::tls::Tls>),
+    (tasks, tls, beside): (TaskTracker, Option<shared::tls::Tls>, Option<Beside>),
     shutdown: CancellationToken,
     what: &'static str,
 ) -> std::io::Result<()> {
     shared::own_thread::serve_on_own_thread(what, listener, move |listener| async move {
+        let beside = beside.map(tokio::spawn);
         let served = crate::serve::serve(listener, router, limits, budget, tls, shutdown, what);
         let result = tokio::select! {
             served = served => served,
@@ -141,6 +145,9 @@ pub async fn serve_limited_on_own_thread(
             .is_err()
         {
             tracing::warn!(plane = what, left = tasks.len(), grace = ?UPGRADED_GRACE, "upgraded connections still open after the grace period; dropping them");
+        }
+        if let Some(beside) = beside {
+            beside.abort();
         }
         result
     })
@@ -159,6 +166,9 @@ async fn keep_a_timer_pending() {
         tokio::time::sleep(PENDING_TIMER).await;
     }
 }
+
+/// Work that runs on a listener's own thread beside it ([`serve_limited_on_own_thread`]).
+pub type Beside = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// How long upgraded connections (WebSockets) get to say goodbye after the listener stops.
 const UPGRADED_GRACE: Duration = Duration::from_secs(1);

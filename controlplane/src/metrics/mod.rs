@@ -478,6 +478,13 @@ impl Collector for HealthCollector {
             "Time between two heartbeats of one node, over every node of the cluster",
             &ConstHistogram(stats.interarrival()),
         )?;
+        let stalled = ConstCounter::new(stats.stalled_seconds());
+        stalled.encode(encoder.encode_descriptor(
+            "health_sweep_stalled_seconds",
+            "Time the failure detector's sweeps ran late (its own thread starved or behind), forgiven to every node",
+            None,
+            stalled.metric_type(),
+        )?)?;
         let mut ages = encoder.encode_descriptor(
             "heartbeat_age_seconds",
             "Time since each node's last heartbeat",

@@ -10,14 +10,12 @@ use serde_json::{json, Value};
 
 use super::protocol::{string_param, Request, WsError};
 use super::services::Verb;
-use crate::coordinator::health::node_state::NodeState;
 use crate::coordinator::health::tracker::HealthTracker;
 use crate::deploy::package::PackageFile;
 use crate::deploy::remote::Backend;
 use crate::deploy::service::ServiceEntry;
 use crate::deploy::DeployError;
 use crate::state::MgmtState;
-use crate::wire::heartbeat::NodeType;
 
 /// The name a deploy may use for the coordinator's own host.
 pub const COORDINATOR_TARGET: &str = "coordinator";
@@ -48,14 +46,11 @@ pub fn get(state: &MgmtState, name: &str) -> Option<ServiceEntry> {
 /// ACTIVE or STALE (a DOWN or LEFT one is gone, and its services with it).
 pub fn live_backends(health: &HealthTracker) -> Vec<Backend> {
     health
-        .status()
-        .components
+        .live_backends()
         .into_iter()
-        .filter(|c| c.node_type == NodeType::Backend)
-        .filter(|c| matches!(c.status, NodeState::Active | NodeState::Stale))
-        .map(|c| Backend {
-            control: c.address.to_http_address(),
-            node: c.node_id,
+        .map(|(node, address)| Backend {
+            control: address.to_http_address(),
+            node,
         })
         .collect()
 }

@@ -373,7 +373,7 @@ fn snapshot_of(
 ) -> Value {
     let health = state.health.as_ref();
     let summary = health.map(|h| {
-        let s = h.status();
+        let s = h.summary();
         json!({
             "overall_status": s.overall_status, "total_components": s.total_components,
             "active": s.active, "stale": s.stale, "down": s.down, "left": s.left,

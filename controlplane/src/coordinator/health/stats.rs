@@ -30,6 +30,8 @@ pub struct HealthStats {
     interarrival: Histogram,
     /// `[from][to]`; `from` 0 is "first seen" (no state before), then [`STATES`] from 1.
     transitions: [[AtomicU64; 4]; 5],
+    /// Milliseconds the sweeper ran late and credited to every node.
+    stalled_ms: AtomicU64,
 }
 
 impl Default for HealthStats {
@@ -37,6 +39,7 @@ impl Default for HealthStats {
         HealthStats {
             interarrival: Histogram::new(&INTERARRIVAL_BUCKETS),
             transitions: Default::default(),
+            stalled_ms: AtomicU64::new(0),
         }
     }
 }
@@ -62,6 +65,18 @@ impl HealthStats {
         if let Some(c) = self.transitions.get(row).and_then(|r| r.get(index(to))) {
             c.fetch_add(1, Relaxed);
         }
+    }
+
+    /// Counts a sweep that ran `late`: silence the detector forgave every node because it
+    /// was not running to hear them.
+    pub fn stall(&self, late: Duration) {
+        let ms = u64::try_from(late.as_millis()).unwrap_or(u64::MAX);
+        self.stalled_ms.fetch_add(ms, Relaxed);
+    }
+
+    /// Seconds of late sweeps forgiven so far.
+    pub fn stalled_seconds(&self) -> f64 {
+        self.stalled_ms.load(Relaxed) as f64 / 1000.0
     }
 
     /// The inter-arrival histogram.
