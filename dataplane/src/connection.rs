@@ -18,7 +18,7 @@
 
 use std::sync::Arc;
 
-use bytes::{BufMut, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 use codec::{CodecError, ColonyCodec, Decoded, Message, Reply};
 use shared::log_limit::{LogLimit, DEFAULT_INTERVAL};
 use shared::warn_limited;
@@ -512,9 +512,8 @@ impl Connection {
             let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
             let mut socket = std::pin::Pin::new(&mut self.socket);
             match socket.as_mut().poll_write(&mut cx, &self.write_buf) {
-                std::task::Poll::Ready(Ok(n)) => {
-                    let _ = self.write_buf.split_to(n);
-                }
+                // `advance`, not `split_to`: no shared buffer, no reference counting.
+                std::task::Poll::Ready(Ok(n)) => self.write_buf.advance(n),
                 std::task::Poll::Ready(Err(e)) => return Err(e),
                 std::task::Poll::Pending => {}
             }
