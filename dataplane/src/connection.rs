@@ -26,11 +26,12 @@ use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::runtime::Handle;
 use tokio::time::Instant;
 use tokio_util::codec::{Decoder, Encoder};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tracing::debug;
 
 use crate::cmd::{self, Answer, Deferred, Session};
 use crate::config::PARTIAL_BASE;
+use crate::gate::Gated;
 use crate::state::Shared;
 use crate::stream::{Parked, ServerStream};
 
@@ -42,6 +43,10 @@ const REQUESTS_PER_TURN: usize = 64;
 const BUDGET_CHUNK: usize = 64 * 1024;
 /// Most bytes read at once by an authenticated node.
 const READ_CHUNK: usize = 64 * 1024;
+
+/// The connection's wait for shutdown, polled first on every wakeup of its task (so a client
+/// that keeps the socket readable cannot hold shutdown off), hence gated.
+type Shutdown = Gated<std::pin::Pin<Box<WaitForCancellationFutureOwned>>>;
 
 /// Cut clients: anyone can cause these at line rate, so each reason is logged at most once
 /// per interval with the count held back (one site per reason, so that a flood of one
@@ -180,7 +185,7 @@ impl Connection {
     /// Serves the client until it leaves, or until it has authenticated as a node and must
     /// move to the node lane: then returns it with the lane to resume it on.
     pub(crate) async fn run(mut self, shutdown: CancellationToken) -> Option<(Promoted, Handle)> {
-        let end = self.serve(&shutdown).await;
+        let end = self.serve(shutdown).await;
         match &end {
             End::Promote => return self.promote(),
             End::PeerClosed | End::Shutdown => debug!(reason = ?end, "connection closed"),
@@ -234,18 +239,19 @@ impl Connection {
         Some((promoted, lane))
     }
 
-    async fn serve(&mut self, shutdown: &CancellationToken) -> End {
+    async fn serve(&mut self, shutdown: CancellationToken) -> End {
         // One timer for the connection's life, moved earlier when an unfinished request
         // starts and re-armed only when it fires early: touching the timer wheel on every
-        // request would cost more than answering a PING.
+        // request would cost more than answering a PING. Gated, as the shutdown wait is:
+        // both are polled on every wakeup, and nearly every wakeup is the socket's.
         let mut armed = self.deadline();
         let timer = tokio::time::sleep_until(armed);
         tokio::pin!(timer);
+        let mut timer = Gated::new(timer);
         // Likewise one registration with the shutdown token, not one per request.
-        let cancelled = shutdown.cancelled();
-        tokio::pin!(cancelled);
+        let mut cancelled: Shutdown = Gated::new(Box::pin(shutdown.cancelled_owned()));
         loop {
-            if let Some(end) = self.drain(false, shutdown).await {
+            if let Some(end) = self.drain(false, &mut cancelled).await {
                 return end;
             }
             self.settle_partial();
@@ -254,7 +260,7 @@ impl Connection {
             }
             let deadline = self.deadline();
             if deadline < armed {
-                timer.as_mut().reset(deadline);
+                timer.get_mut().as_mut().reset(deadline);
                 armed = deadline;
             }
             let Some(room) = self.read_room() else {
@@ -278,7 +284,7 @@ impl Connection {
                 _ = &mut timer => {
                     let deadline = self.deadline();
                     if Instant::now() < deadline {
-                        timer.as_mut().reset(deadline);
+                        timer.get_mut().as_mut().reset(deadline);
                         armed = deadline;
                         continue;
                     }
@@ -288,7 +294,10 @@ impl Connection {
             match read {
                 Err(e) => return End::Io(e),
                 Ok(0) => {
-                    return self.drain(true, shutdown).await.unwrap_or(End::PeerClosed);
+                    return self
+                        .drain(true, &mut cancelled)
+                        .await
+                        .unwrap_or(End::PeerClosed);
                 }
                 Ok(_) => {}
             }
@@ -377,7 +386,7 @@ impl Connection {
 
     /// Answers everything buffered (waiting out deferred answers in order) and flushes,
     /// yielding between turns. `Some` means the connection must end.
-    async fn drain(&mut self, eof: bool, shutdown: &CancellationToken) -> Option<End> {
+    async fn drain(&mut self, eof: bool, shutdown: &mut Shutdown) -> Option<End> {
         loop {
             let step = match self.answer_buffered(eof) {
                 Ok(step) => step,
@@ -397,7 +406,7 @@ impl Connection {
                 Step::Deferred(answer, style) => {
                     let message = tokio::select! {
                         biased;
-                        _ = shutdown.cancelled() => return Some(End::Shutdown),
+                        _ = &mut *shutdown => return Some(End::Shutdown),
                         message = answer => message,
                     };
                     self.encode_answer(&message, style, &mut 0);
