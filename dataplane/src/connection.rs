@@ -27,7 +27,7 @@ use tokio::runtime::Handle;
 use tokio::time::Instant;
 use tokio_util::codec::{Decoder, Encoder};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
-use tracing::debug;
+use tracing::{debug, Instrument};
 
 use crate::cmd::{self, Answer, Deferred, Session};
 use crate::config::PARTIAL_BASE;
@@ -73,6 +73,9 @@ pub(crate) struct Connection {
     last_request: Instant,
     /// When the unfinished request at the head of the read buffer began.
     partial_since: Option<Instant>,
+    /// The connection's span (`peer`), entered only where something may log: entering it
+    /// on every poll of the task, as `Instrument` does, cost more than answering a PING.
+    span: tracing::Span,
 }
 
 /// Where answering the buffered requests stopped.
@@ -130,6 +133,7 @@ pub(crate) struct Promoted {
     session: Session,
     last_request: Instant,
     partial_since: Option<Instant>,
+    span: tracing::Span,
 }
 
 impl Promoted {
@@ -149,6 +153,7 @@ impl Promoted {
             lane: None,
             last_request: self.last_request,
             partial_since: self.partial_since,
+            span: self.span,
         })
     }
 }
@@ -156,12 +161,13 @@ impl Promoted {
 impl Connection {
     /// A new client's connection; once it authenticates as a node it asks to move to `lane`.
     /// `not_a_node` when TLS showed the peer holds no node certificate for its address, so
-    /// it may not HELLO.
+    /// it may not HELLO. What it logs is logged in `span`.
     pub(crate) fn new(
         socket: ServerStream,
         shared: Arc<Shared>,
         lane: Option<Handle>,
         not_a_node: bool,
+        span: tracing::Span,
     ) -> Self {
         let mut session = Session::new(&shared);
         session.not_a_node = not_a_node;
@@ -179,6 +185,7 @@ impl Connection {
             lane,
             last_request: Instant::now(),
             partial_since: None,
+            span,
         }
     }
 
@@ -186,6 +193,8 @@ impl Connection {
     /// move to the node lane: then returns it with the lane to resume it on.
     pub(crate) async fn run(mut self, shutdown: CancellationToken) -> Option<(Promoted, Handle)> {
         let end = self.serve(shutdown).await;
+        let span = self.span.clone();
+        let _entered = span.enter();
         match &end {
             End::Promote => return self.promote(),
             End::PeerClosed | End::Shutdown => debug!(reason = ?end, "connection closed"),
@@ -235,6 +244,7 @@ impl Connection {
             session: self.session,
             last_request: self.last_request,
             partial_since: self.partial_since,
+            span: self.span,
         };
         Some((promoted, lane))
     }
@@ -407,7 +417,7 @@ impl Connection {
                     let message = tokio::select! {
                         biased;
                         _ = &mut *shutdown => return Some(End::Shutdown),
-                        message = answer => message,
+                        message = answer.instrument(self.span.clone()) => message,
                     };
                     self.encode_answer(&message, style, &mut 0);
                     self.shared.stats.add(0, 1, 0);
@@ -460,6 +470,8 @@ impl Connection {
                         self.shared.stats.add(frames_in, frames_out, errors);
                         (frames_in, frames_out, errors) = (0, 0, 0);
                     }
+                    // PING, the commonest request, never logs; any other may.
+                    let _entered = (!matches!(request, Message::Ping)).then(|| self.span.enter());
                     (
                         cmd::dispatch(request, &self.shared, &mut self.session),
                         style,
