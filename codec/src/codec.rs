@@ -146,15 +146,19 @@ impl ColonyCodec {
                     return None;
                 }
                 (false, Some(end)) => {
-                    let line = src.split_to(end + 1);
-                    self.scanned = 0;
-                    let body = strip_eol(&line);
-                    if body.len() > self.limits.max_line {
-                        return Some(Decoded::Invalid(ProtocolError::LineTooLong {
+                    // Parsed in place, then skipped: `split_to` would turn the buffer into a
+                    // shared one and count references on every line.
+                    let body = strip_eol(&src[..=end]);
+                    let parsed = if body.len() > self.limits.max_line {
+                        Err(ProtocolError::LineTooLong {
                             max: self.limits.max_line,
-                        }));
-                    }
-                    match text::parse_line(body) {
+                        })
+                    } else {
+                        text::parse_line(body)
+                    };
+                    src.advance(end + 1);
+                    self.scanned = 0;
+                    match parsed {
                         Ok(Some((message, style))) => {
                             return Some(Decoded::Message(message, style))
                         }

@@ -18,7 +18,7 @@
 
 use std::sync::Arc;
 
-use bytes::{BufMut, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 use codec::{CodecError, ColonyCodec, Decoded, Message, Reply};
 use shared::log_limit::{LogLimit, DEFAULT_INTERVAL};
 use shared::warn_limited;
@@ -26,11 +26,12 @@ use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::runtime::Handle;
 use tokio::time::Instant;
 use tokio_util::codec::{Decoder, Encoder};
-use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tracing::{debug, Instrument};
 
 use crate::cmd::{self, Answer, Deferred, Session};
 use crate::config::PARTIAL_BASE;
+use crate::gate::Gated;
 use crate::state::Shared;
 use crate::stream::{Parked, ServerStream};
 
@@ -42,6 +43,10 @@ const REQUESTS_PER_TURN: usize = 64;
 const BUDGET_CHUNK: usize = 64 * 1024;
 /// Most bytes read at once by an authenticated node.
 const READ_CHUNK: usize = 64 * 1024;
+
+/// The connection's wait for shutdown, polled first on every wakeup of its task (so a client
+/// that keeps the socket readable cannot hold shutdown off), hence gated.
+type Shutdown = Gated<std::pin::Pin<Box<WaitForCancellationFutureOwned>>>;
 
 /// Cut clients: anyone can cause these at line rate, so each reason is logged at most once
 /// per interval with the count held back (one site per reason, so that a flood of one
@@ -68,6 +73,9 @@ pub(crate) struct Connection {
     last_request: Instant,
     /// When the unfinished request at the head of the read buffer began.
     partial_since: Option<Instant>,
+    /// The connection's span (`peer`), entered only where something may log: entering it
+    /// on every poll of the task, as `Instrument` does, cost more than answering a PING.
+    span: tracing::Span,
 }
 
 /// Where answering the buffered requests stopped.
@@ -125,6 +133,7 @@ pub(crate) struct Promoted {
     session: Session,
     last_request: Instant,
     partial_since: Option<Instant>,
+    span: tracing::Span,
 }
 
 impl Promoted {
@@ -144,6 +153,7 @@ impl Promoted {
             lane: None,
             last_request: self.last_request,
             partial_since: self.partial_since,
+            span: self.span,
         })
     }
 }
@@ -151,12 +161,13 @@ impl Promoted {
 impl Connection {
     /// A new client's connection; once it authenticates as a node it asks to move to `lane`.
     /// `not_a_node` when TLS showed the peer holds no node certificate for its address, so
-    /// it may not HELLO.
+    /// it may not HELLO. What it logs is logged in `span`.
     pub(crate) fn new(
         socket: ServerStream,
         shared: Arc<Shared>,
         lane: Option<Handle>,
         not_a_node: bool,
+        span: tracing::Span,
     ) -> Self {
         let mut session = Session::new(&shared);
         session.not_a_node = not_a_node;
@@ -174,13 +185,16 @@ impl Connection {
             lane,
             last_request: Instant::now(),
             partial_since: None,
+            span,
         }
     }
 
     /// Serves the client until it leaves, or until it has authenticated as a node and must
     /// move to the node lane: then returns it with the lane to resume it on.
     pub(crate) async fn run(mut self, shutdown: CancellationToken) -> Option<(Promoted, Handle)> {
-        let end = self.serve(&shutdown).await;
+        let end = self.serve(shutdown).await;
+        let span = self.span.clone();
+        let _entered = span.enter();
         match &end {
             End::Promote => return self.promote(),
             End::PeerClosed | End::Shutdown => debug!(reason = ?end, "connection closed"),
@@ -230,22 +244,24 @@ impl Connection {
             session: self.session,
             last_request: self.last_request,
             partial_since: self.partial_since,
+            span: self.span,
         };
         Some((promoted, lane))
     }
 
-    async fn serve(&mut self, shutdown: &CancellationToken) -> End {
+    async fn serve(&mut self, shutdown: CancellationToken) -> End {
         // One timer for the connection's life, moved earlier when an unfinished request
         // starts and re-armed only when it fires early: touching the timer wheel on every
-        // request would cost more than answering a PING.
+        // request would cost more than answering a PING. Gated, as the shutdown wait is:
+        // both are polled on every wakeup, and nearly every wakeup is the socket's.
         let mut armed = self.deadline();
         let timer = tokio::time::sleep_until(armed);
         tokio::pin!(timer);
+        let mut timer = Gated::new(timer);
         // Likewise one registration with the shutdown token, not one per request.
-        let cancelled = shutdown.cancelled();
-        tokio::pin!(cancelled);
+        let mut cancelled: Shutdown = Gated::new(Box::pin(shutdown.cancelled_owned()));
         loop {
-            if let Some(end) = self.drain(false, shutdown).await {
+            if let Some(end) = self.drain(false, &mut cancelled).await {
                 return end;
             }
             self.settle_partial();
@@ -254,7 +270,7 @@ impl Connection {
             }
             let deadline = self.deadline();
             if deadline < armed {
-                timer.as_mut().reset(deadline);
+                timer.get_mut().as_mut().reset(deadline);
                 armed = deadline;
             }
             let Some(room) = self.read_room() else {
@@ -278,7 +294,7 @@ impl Connection {
                 _ = &mut timer => {
                     let deadline = self.deadline();
                     if Instant::now() < deadline {
-                        timer.as_mut().reset(deadline);
+                        timer.get_mut().as_mut().reset(deadline);
                         armed = deadline;
                         continue;
                     }
@@ -288,7 +304,10 @@ impl Connection {
             match read {
                 Err(e) => return End::Io(e),
                 Ok(0) => {
-                    return self.drain(true, shutdown).await.unwrap_or(End::PeerClosed);
+                    return self
+                        .drain(true, &mut cancelled)
+                        .await
+                        .unwrap_or(End::PeerClosed);
                 }
                 Ok(_) => {}
             }
@@ -377,7 +396,7 @@ impl Connection {
 
     /// Answers everything buffered (waiting out deferred answers in order) and flushes,
     /// yielding between turns. `Some` means the connection must end.
-    async fn drain(&mut self, eof: bool, shutdown: &CancellationToken) -> Option<End> {
+    async fn drain(&mut self, eof: bool, shutdown: &mut Shutdown) -> Option<End> {
         loop {
             let step = match self.answer_buffered(eof) {
                 Ok(step) => step,
@@ -397,8 +416,8 @@ impl Connection {
                 Step::Deferred(answer, style) => {
                     let message = tokio::select! {
                         biased;
-                        _ = shutdown.cancelled() => return Some(End::Shutdown),
-                        message = answer => message,
+                        _ = &mut *shutdown => return Some(End::Shutdown),
+                        message = answer.instrument(self.span.clone()) => message,
                     };
                     self.encode_answer(&message, style, &mut 0);
                     self.shared.stats.add(0, 1, 0);
@@ -451,6 +470,8 @@ impl Connection {
                         self.shared.stats.add(frames_in, frames_out, errors);
                         (frames_in, frames_out, errors) = (0, 0, 0);
                     }
+                    // PING, the commonest request, never logs; any other may.
+                    let _entered = (!matches!(request, Message::Ping)).then(|| self.span.enter());
                     (
                         cmd::dispatch(request, &self.shared, &mut self.session),
                         style,
@@ -512,9 +533,8 @@ impl Connection {
             let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
             let mut socket = std::pin::Pin::new(&mut self.socket);
             match socket.as_mut().poll_write(&mut cx, &self.write_buf) {
-                std::task::Poll::Ready(Ok(n)) => {
-                    let _ = self.write_buf.split_to(n);
-                }
+                // `advance`, not `split_to`: no shared buffer, no reference counting.
+                std::task::Poll::Ready(Ok(n)) => self.write_buf.advance(n),
                 std::task::Poll::Ready(Err(e)) => return Err(e),
                 std::task::Poll::Pending => {}
             }

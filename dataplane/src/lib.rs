@@ -31,6 +31,7 @@ mod config;
 mod connection;
 mod copies;
 mod engine;
+mod gate;
 mod holders;
 mod identity;
 pub mod loadgen;

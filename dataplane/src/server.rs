@@ -182,57 +182,64 @@ impl DataPlane {
             };
             let shared = self.shared.clone();
             let token = shutdown.child_token();
+            // Entered only where the connection may log (see `Connection`), not on every
+            // poll of its task.
             let span = tracing::info_span!("conn", %peer);
             let lane_handle = lane.as_ref().map(NodeLane::handle);
             let tasks = tracker.clone();
-            tracker.spawn(
-                async move {
-                    // The handshake runs here, not in the accept loop, so a slow client
-                    // holds only its own task (for at most the handshake timeout).
-                    let tls = shared.identity.as_ref().and_then(|i| i.tls.as_ref());
-                    let (socket, not_a_node) = match tls {
-                        None => (ServerStream::Plain(socket), false),
-                        Some(tls) => match tls.accept(Movable::new(socket)).await {
-                            Ok(stream) => {
-                                let certs = stream.get_ref().1.peer_certificates();
-                                let node = shared::tls::is_node(certs, peer.ip());
-                                (ServerStream::Tls(Box::new(stream)), !node)
+            tracker.spawn(async move {
+                // The handshake runs here, not in the accept loop, so a slow client
+                // holds only its own task (for at most the handshake timeout).
+                let tls = shared.identity.as_ref().and_then(|i| i.tls.as_ref());
+                let (socket, not_a_node) = match tls {
+                    None => (ServerStream::Plain(socket), false),
+                    Some(tls) => match tls
+                        .accept(Movable::new(socket))
+                        .instrument(span.clone())
+                        .await
+                    {
+                        Ok(stream) => {
+                            let certs = stream.get_ref().1.peer_certificates();
+                            let node = shared::tls::is_node(certs, peer.ip());
+                            (ServerStream::Tls(Box::new(stream)), !node)
+                        }
+                        Err(e) => {
+                            span.in_scope(|| debug!(error = %e, "TLS handshake failed"));
+                            drop(permit);
+                            return;
+                        }
+                    },
+                };
+                shared.stats.opened();
+                let connection = Connection::new(
+                    socket,
+                    shared.clone(),
+                    lane_handle,
+                    not_a_node,
+                    span.clone(),
+                );
+                let Some((promoted, lane)) = connection.run(token.clone()).await else {
+                    shared.stats.closed();
+                    drop(permit);
+                    return;
+                };
+                // An authenticated node: served from now on by the node lane, where no
+                // client's requests compete with it (the permit goes along).
+                tasks.spawn_on(
+                    async move {
+                        match promoted.resume(shared.clone()) {
+                            Ok(connection) => {
+                                let _ = connection.run(token).await;
                             }
-                            Err(e) => {
-                                debug!(error = %e, "TLS handshake failed");
-                                drop(permit);
-                                return;
-                            }
-                        },
-                    };
-                    shared.stats.opened();
-                    let connection =
-                        Connection::new(socket, shared.clone(), lane_handle, not_a_node);
-                    let Some((promoted, lane)) = connection.run(token.clone()).await else {
+                            Err(e) => debug!(error = %e, "node lane cannot take a node"),
+                        }
                         shared.stats.closed();
                         drop(permit);
-                        return;
-                    };
-                    // An authenticated node: served from now on by the node lane, where no
-                    // client's requests compete with it (the permit goes along).
-                    let span = tracing::Span::current();
-                    tasks.spawn_on(
-                        async move {
-                            match promoted.resume(shared.clone()) {
-                                Ok(connection) => {
-                                    let _ = connection.run(token).await;
-                                }
-                                Err(e) => debug!(error = %e, "node lane cannot take a node"),
-                            }
-                            shared.stats.closed();
-                            drop(permit);
-                        }
-                        .instrument(span),
-                        &lane,
-                    );
-                }
-                .instrument(span),
-            );
+                    }
+                    .instrument(span),
+                    &lane,
+                );
+            });
         }
         tracker.close();
         if tokio::time::timeout(config.grace, tracker.wait())
