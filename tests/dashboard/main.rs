@@ -229,16 +229,25 @@ async fn the_health_view_shows_every_node_and_follows_a_kill_without_reload() {
 
     // kill -9 one backend: the row turns STALE, then DOWN, with no reload.
     page.eval("window.__sameDocument = 'yes'").await;
+    let state_of_b1 = format!(
+        "(document.querySelector('#nodes tr[data-node=\"{b1}\"]') || {{dataset: {{}}}}).dataset.state"
+    );
+    // Read before the kill: its channel closing makes it STALE at once, which the page may
+    // draw before the first look after the kill.
+    let before = page
+        .eval(&state_of_b1)
+        .await
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    assert_eq!(before, "ACTIVE", "{b1} before the kill");
     let pid = pid_of(&up.mgmt, &b1).await;
     let killed = std::process::Command::new("kill")
         .args(["-KILL", &pid.to_string()])
         .status()
         .unwrap();
     assert!(killed.success());
-    let state_of_b1 = format!(
-        "(document.querySelector('#nodes tr[data-node=\"{b1}\"]') || {{dataset: {{}}}}).dataset.state"
-    );
-    let mut seen: Vec<String> = Vec::new();
+    let mut seen: Vec<String> = vec![before];
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     while seen.last().map(String::as_str) != Some("DOWN") {
         assert!(
