@@ -35,6 +35,9 @@ use crate::wire::heartbeat::{Heartbeat, HeartbeatError, NodeType};
 
 /// Sweeper lateness below this is scheduling noise, not a stall.
 const STALL_TOLERANCE: Duration = Duration::from_millis(10);
+/// A stall this long is worth a warning (rate-limited); shorter ones, credited all the same,
+/// are only counted and logged at debug level: a busy machine has them all the time.
+const STALL_WARNING: Duration = Duration::from_millis(500);
 /// At most one [`HealthEvent::HealthCheckResult`] per node this often: heartbeats may come
 /// every 10 ms, and a live view needs far fewer.
 pub const HEALTH_CHECK_EVENT_EVERY: Duration = Duration::from_secs(1);
@@ -480,7 +483,11 @@ impl HealthTracker {
             let late = now.saturating_duration_since(due);
             if late > STALL_TOLERANCE {
                 self.inner.stats.stall(late);
-                shared::warn_limited!(STALL_LOG, stall = ?late, "health sweep ran late; that silence is not counted against nodes");
+                if late >= STALL_WARNING {
+                    shared::warn_limited!(STALL_LOG, stall = ?late, "health sweep ran late; that silence is not counted against nodes");
+                } else {
+                    tracing::debug!(stall = ?late, "health sweep ran late; that silence is not counted against nodes");
+                }
                 self.credit_stall(late, now);
             }
             self.sweep(now);
