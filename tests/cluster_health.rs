@@ -156,15 +156,7 @@ async fn a_crash_goes_stale_then_down_and_a_restart_recovers() {
     assert_eq!(alerts["open"], json!([]));
     assert_eq!(alerts["resolved"].as_array().unwrap().len(), 2);
     assert_eq!(cluster.health().await["overall_status"], "HEALTHY");
-    let metrics = cluster
-        .http
-        .get(cluster.mgmt_url("/metrics").await)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = cluster.metrics_text().await;
     assert!(
         metrics.contains("colony_nodes{state=\"ACTIVE\"} 1"),
         "{metrics}"

@@ -208,21 +208,6 @@ async fn pinger(addr: SocketAddr, stop: Arc<AtomicBool>) -> (u32, Duration) {
     (pings, slowest)
 }
 
-async fn post(cluster: &Cluster, url: String, body: Value) -> Value {
-    let r = cluster
-        .http
-        .post(url)
-        .json(&body)
-        .timeout(Duration::from_secs(60))
-        .send()
-        .await
-        .unwrap();
-    let status = r.status();
-    let body: Value = r.json().await.unwrap_or(Value::Null);
-    assert!(status.is_success(), "{status}: {body}");
-    body
-}
-
 // Issue 14's acceptance scenario, about 70 s on 2 loaded cores in a debug build.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fake_nodes_and_ws_reconnects_cannot_make_real_backends_stale() {
@@ -246,7 +231,9 @@ async fn fake_nodes_and_ws_reconnects_cannot_make_real_backends_stale() {
         data_planes.push(internal.parse().unwrap());
     }
     cluster.backends_active(backends).await;
-    post(&cluster, format!("{control}/colony-start"), world()).await;
+    cluster
+        .post_ok(format!("{control}/colony-start"), world())
+        .await;
 
     let pid = cluster.coordinator.as_ref().unwrap().pid();
     let rss_before = rss_bytes(pid);
@@ -321,12 +308,12 @@ async fn fake_nodes_and_ws_reconnects_cannot_make_real_backends_stale() {
     let params: WorldParams = serde_json::from_value(world()).unwrap();
     let mut ticks = 0u64;
     while load_started.elapsed() < LOAD {
-        let answer = post(
-            &cluster,
-            format!("{control}/colony/run"),
-            json!({"ticks": 50, "wait": true}),
-        )
-        .await;
+        let answer = cluster
+            .post_ok(
+                format!("{control}/colony/run"),
+                json!({"ticks": 50, "wait": true}),
+            )
+            .await;
         ticks += 50;
         assert_eq!(answer["tick"], ticks, "{answer}");
         assert_eq!(answer["state"], "idle", "{answer}");
@@ -364,16 +351,7 @@ async fn fake_nodes_and_ws_reconnects_cannot_make_real_backends_stale() {
     let alerts = patient_get(cluster.mgmt_url("/alerts").await).await;
     // How far behind the management thread fell: the sweeps it ran late (forgiven to every
     // node, since heartbeats queued there as long).
-    let metrics = cluster
-        .http
-        .get(cluster.mgmt_url("/metrics").await)
-        .timeout(Duration::from_secs(60))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = cluster.metrics_text().await;
     let stalled = metrics
         .lines()
         .find(|l| !l.starts_with('#') && l.contains("health_sweep_stalled_seconds"))

@@ -53,29 +53,14 @@ fn rss_bytes(pid: u32) -> u64 {
     kib * 1024
 }
 
-async fn post(cluster: &Cluster, url: String, body: Value) -> Value {
-    let r = cluster
-        .http
-        .post(url)
-        .json(&body)
-        .timeout(Duration::from_secs(60))
-        .send()
-        .await
-        .unwrap();
-    let status = r.status();
-    let body: Value = r.json().await.unwrap_or(Value::Null);
-    assert!(status.is_success(), "{status}: {body}");
-    body
-}
-
 /// Runs `ticks` more ticks and checks the colony against the reference at `total`.
 async fn run_and_check(cluster: &Cluster, control: &str, ticks: u64, total: u64) {
-    let answer = post(
-        cluster,
-        format!("{control}/colony/run"),
-        json!({"ticks": ticks, "wait": true}),
-    )
-    .await;
+    let answer = cluster
+        .post_ok(
+            format!("{control}/colony/run"),
+            json!({"ticks": ticks, "wait": true}),
+        )
+        .await;
     let params: WorldParams = serde_json::from_value(world()).unwrap();
     let expected = run_reference(&params, total).unwrap();
     assert_eq!(answer["state"], "idle", "{answer}");
@@ -135,7 +120,9 @@ async fn hostile_clients_cannot_stop_the_colony_or_starve_a_healthy_client() {
         (n == 2).then_some(())
     })
     .await;
-    post(&cluster, format!("{control}/colony-start"), world()).await;
+    cluster
+        .post_ok(format!("{control}/colony-start"), world())
+        .await;
     run_and_check(&cluster, &control, 10, 10).await;
 
     let mut target = None;

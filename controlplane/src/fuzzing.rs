@@ -194,8 +194,8 @@ fn fixture() -> &'static Fixture {
             .build()
             .expect("the fuzz harness needs a runtime");
         #[allow(clippy::expect_used)]
-        let secret =
-            ClusterSecret::from_env_value("fuzz-harness-secret-0123456789abcdef").expect("valid");
+        let secret = ClusterSecret::from_env_value("fuzz-harness-secret-0123456789abcdef")
+            .expect("a constant secret of 36 characters is valid");
         let hub = {
             let _context = runtime.enter();
             Hub::new(coordinator_state(&secret), WsLimits::default())

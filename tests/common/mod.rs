@@ -388,6 +388,35 @@ impl Cluster {
         )
     }
 
+    /// `POST url` with a JSON body, which must succeed; its JSON answer (null if none).
+    pub async fn post_ok(&self, url: String, body: serde_json::Value) -> serde_json::Value {
+        let r = self
+            .http
+            .post(url)
+            .json(&body)
+            .timeout(Duration::from_secs(60))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let body: serde_json::Value = r.json().await.unwrap_or(serde_json::Value::Null);
+        assert!(status.is_success(), "{status}: {body}");
+        body
+    }
+
+    /// The coordinator's `/metrics` text.
+    pub async fn metrics_text(&self) -> String {
+        self.http
+            .get(self.mgmt_url("/metrics").await)
+            .timeout(Duration::from_secs(60))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub async fn get_json(&self, url: &str) -> serde_json::Value {
         self.http
             .get(url)

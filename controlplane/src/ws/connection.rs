@@ -634,17 +634,7 @@ async fn write_batch(
         }
         sink.flush().await
     };
-    match tokio::time::timeout(timeout, all).await {
-        Ok(Ok(())) => true,
-        Ok(Err(e)) => {
-            debug!(error = %e, "ws write failed");
-            false
-        }
-        Err(_) => {
-            shared::warn_limited!(SLOW_LOG, timeout = ?timeout, "ws write timed out; dropping the client");
-            false
-        }
-    }
+    written(tokio::time::timeout(timeout, all).await, timeout)
 }
 
 /// The event's text if this client wants it and has not dealt with it yet; moves `seen`.
@@ -664,7 +654,19 @@ async fn write(
     message: Message,
     timeout: std::time::Duration,
 ) -> bool {
-    match tokio::time::timeout(timeout, sink.send(message)).await {
+    written(
+        tokio::time::timeout(timeout, sink.send(message)).await,
+        timeout,
+    )
+}
+
+/// Whether a write bounded by `timeout` went out; a failure is logged, a timeout warned of
+/// (rate-limited), and either way the client is to be dropped.
+fn written(
+    outcome: Result<Result<(), axum::Error>, tokio::time::error::Elapsed>,
+    timeout: std::time::Duration,
+) -> bool {
+    match outcome {
         Ok(Ok(())) => true,
         Ok(Err(e)) => {
             debug!(error = %e, "ws write failed");
