@@ -24,7 +24,7 @@ use controlplane::operator::{Access, OperatorConfig};
 use controlplane::serve::{FdBudget, ServeLimits};
 use controlplane::state::{MgmtState, NodeInfo};
 use controlplane::token_reporter::TokenReporter;
-use controlplane::wire::heartbeat::NodeType;
+use controlplane::wire::heartbeat::{NodeType, DEPLOYED_DIGEST_METRIC};
 use dataplane::{DataPlane, Identity, ReadAccess, ShardStore};
 use shared::operator::OperatorToken;
 use shared::registry::{spawn_registration, ClusterRegistry, RegistryKind, Role};
@@ -309,11 +309,18 @@ impl Tasks {
     }
 }
 
-fn data_plane_metrics(data_plane: &DataPlane) -> controlplane::heartbeat_sender::MetricsSource {
+/// A backend's heartbeat metrics: its data plane's counters, and the digest of its deployed
+/// services (the coordinator asks for the list only when that changed).
+fn heartbeat_metrics(
+    data_plane: &DataPlane,
+    deployer: &Deployer,
+) -> controlplane::heartbeat_sender::MetricsSource {
     let data_plane = data_plane.clone();
+    let services = deployer.services().clone();
     Arc::new(move || {
         let s = data_plane.stats().snapshot();
         BTreeMap::from([
+            (DEPLOYED_DIGEST_METRIC.to_owned(), services.digest() as f64),
             ("connections".to_owned(), s.connections as f64),
             ("frames_in".to_owned(), s.frames_in as f64),
             ("frames_out".to_owned(), s.frames_out as f64),
@@ -667,7 +674,7 @@ pub async fn run_backend(args: BackendArgs) -> anyhow::Result<()> {
         NodeType::Backend,
         address,
         args.heartbeat_interval,
-        data_plane_metrics(&data_plane),
+        heartbeat_metrics(&data_plane, &deployer),
         (RequestSigner::new(&secret), tls.as_ref()),
     )
     .context("cannot make a boot id")?

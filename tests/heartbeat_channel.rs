@@ -320,4 +320,66 @@ async fn forged_and_replayed_frames_are_refused_counted_and_close_nothing_else()
         status_of(&cluster, &backend).await.as_deref(),
         Some("ACTIVE")
     );
+
+    // Answered sparsely, as backends ask: the first frame, refusals and the goodbye are
+    // answered, the heartbeats between them (within 3 s of the last answer) are not.
+    let url = cluster.mgmt_url("/heartbeat/ws?answers=some").await;
+    let refused = cluster.http.get(&url).send().await.unwrap();
+    assert_eq!(refused.status(), reqwest::StatusCode::BAD_REQUEST);
+    let url = cluster
+        .mgmt_url("/heartbeat/ws?answers=sparse")
+        .await
+        .replace("http://", "ws://");
+    let mut sparse = tokio_tungstenite::connect_async(url).await.unwrap().0;
+    let beat = |seq| {
+        frame(
+            &signer,
+            "CHANNEL",
+            path,
+            &heartbeat("node_sparse", "s1", seq),
+        )
+    };
+    sparse.send(beat(1)).await.unwrap();
+    assert_eq!(
+        answer(&mut sparse).await,
+        json!({"seq": 1, "status": "ACTIVE"})
+    );
+    let first_answered = Instant::now();
+    for seq in 2..=4 {
+        sparse.send(beat(seq)).await.unwrap();
+    }
+    sparse
+        .send(frame(
+            &signer,
+            "POST",
+            "/heartbeat",
+            &heartbeat("node_sparse", "s1", 5),
+        ))
+        .await
+        .unwrap();
+    let next = answer(&mut sparse).await;
+    if first_answered.elapsed() < Duration::from_secs(3) {
+        assert_eq!(next["code"], "bad_mac", "frames 2-4 were answered: {next}");
+    }
+    let goodbye = json!({"instance_id": "node_sparse", "node_type": "backend",
+           "address": {"ip":"127.0.0.1","internal_port":1,"http_port":2,"mgmt_port":3},
+           "boot_id": "s1", "seq": 6, "leaving": true})
+    .to_string()
+    .into_bytes();
+    sparse
+        .send(frame(&signer, "CHANNEL", path, &goodbye))
+        .await
+        .unwrap();
+    let left = loop {
+        let a = answer(&mut sparse).await;
+        if a["seq"] == 6 {
+            break a;
+        }
+    };
+    assert_eq!(left["status"], "LEFT");
+    let c = cluster.component("node_sparse").await.unwrap();
+    assert_eq!(
+        (c["seq"].as_u64(), c["status"].as_str()),
+        (Some(6), Some("LEFT"))
+    );
 }

@@ -23,10 +23,10 @@ use shared::NodeAddress;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-use crate::wire::channel::{frame, ChannelAnswer, CHANNEL_METHOD, CHANNEL_PATH};
+use crate::wire::channel::{frame, ChannelAnswer, CHANNEL_METHOD, CHANNEL_PATH, SPARSE_PATH};
 use crate::wire::heartbeat::{new_boot_id, Heartbeat, NodeType};
 
 /// Failed posts in a row after which the coordinator is looked up again.
@@ -108,9 +108,80 @@ pub struct HeartbeatSender {
 /// Where heartbeats go now: the coordinator, and the channel to it if one is open.
 #[derive(Default)]
 struct Link {
-    channel: Option<Channel>,
+    channel: Option<OpenChannel>,
     /// No channel is tried before this.
     retry_at: Option<tokio::time::Instant>,
+}
+
+/// An open channel and what it still owes.
+struct OpenChannel {
+    channel: Channel,
+    /// When the oldest frame no answer has come for since was sent.
+    unanswered_since: Option<tokio::time::Instant>,
+}
+
+/// What an answer on the channel says about the frame just sent.
+enum Heard {
+    /// A refusal (of this frame or an earlier one).
+    Refused(PostError),
+    /// An acknowledgement of it (and of every frame before).
+    Covers,
+    /// An acknowledgement of earlier frames only.
+    Earlier,
+}
+
+impl OpenChannel {
+    /// Takes in `answer`, read after the frame `seq` was sent at `sent_at`.
+    fn heard(&mut self, answer: ChannelAnswer, seq: u64, sent_at: tokio::time::Instant) -> Heard {
+        match answer {
+            ChannelAnswer {
+                error: Some(error),
+                code,
+                ..
+            } => {
+                // The coordinator is reading; the frame it refused will not be acknowledged.
+                self.unanswered_since = Some(sent_at);
+                Heard::Refused(PostError::ChannelRefused {
+                    code: code.unwrap_or_default(),
+                    error,
+                })
+            }
+            ChannelAnswer { seq: acked, .. } => {
+                debug!(
+                    seq = acked,
+                    "coordinator acknowledged heartbeats over the channel"
+                );
+                if acked.is_some_and(|acked| acked >= seq) {
+                    self.unanswered_since = None;
+                    Heard::Covers
+                } else {
+                    self.unanswered_since = Some(sent_at);
+                    Heard::Earlier
+                }
+            }
+        }
+    }
+}
+
+/// The next answer on `channel`: `Err` when it broke or closed.
+async fn next_answer(channel: &mut Channel) -> Result<ChannelAnswer, ChannelError> {
+    loop {
+        match channel.next().await {
+            Some(Ok(WsMessage::Text(text))) => {
+                return serde_json::from_str::<ChannelAnswer>(&text)
+                    .map_err(|e| ChannelError::Broken(format!("unreadable answer: {e}")))
+            }
+            Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => {}
+            Some(Ok(WsMessage::Close(frame))) => {
+                return Err(ChannelError::Broken(format!("closed: {frame:?}")))
+            }
+            Some(Ok(WsMessage::Binary(_))) => {
+                return Err(ChannelError::Broken("a binary answer".into()))
+            }
+            Some(Err(e)) => return Err(ChannelError::Broken(e.to_string())),
+            None => return Err(ChannelError::Broken("closed".into())),
+        }
+    }
 }
 
 impl HeartbeatSender {
@@ -230,9 +301,10 @@ impl HeartbeatSender {
             match tokio::time::timeout(GOODBYE_TIMEOUT, goodbye).await {
                 Ok(Ok(())) => {
                     info!("told the coordinator we are leaving");
-                    if let Some(mut channel) = link.channel.take() {
+                    if let Some(mut open) = link.channel.take() {
                         // After the goodbye, so the close is not taken for a crash.
-                        let _ = tokio::time::timeout(GOODBYE_TIMEOUT, channel.close(None)).await;
+                        let _ =
+                            tokio::time::timeout(GOODBYE_TIMEOUT, open.channel.close(None)).await;
                     }
                 }
                 Ok(Err(e)) => {
@@ -258,7 +330,10 @@ impl HeartbeatSender {
             match self.open(target).await {
                 Ok(channel) => {
                     info!(coordinator = %target.to_mgmt_address(), "heartbeat channel open");
-                    link.channel = Some(channel);
+                    link.channel = Some(OpenChannel {
+                        channel,
+                        unanswered_since: None,
+                    });
                     link.retry_at = None;
                 }
                 Err(e) => {
@@ -267,9 +342,9 @@ impl HeartbeatSender {
                 }
             }
         }
-        if let Some(channel) = link.channel.as_mut() {
+        if let Some(open) = link.channel.as_mut() {
             *seq += 1;
-            match self.send_frame(channel, *seq, leaving).await {
+            match self.send_frame(open, *seq, leaving).await {
                 Ok(Ok(())) => return Ok(()),
                 Ok(Err(refused)) => return Err(refused),
                 Err(e) => {
@@ -287,7 +362,7 @@ impl HeartbeatSender {
     /// the coordinator's certificate and presenting ours), then the WebSocket upgrade.
     async fn open(&self, target: NodeAddress) -> Result<Channel, ChannelError> {
         let address = target.to_mgmt_address();
-        let url = format!("{}://{address}{CHANNEL_PATH}", self.ws_scheme());
+        let url = format!("{}://{address}{SPARSE_PATH}", self.ws_scheme());
         let connect = async {
             let tcp = tokio::net::TcpStream::connect(&address)
                 .await
@@ -321,56 +396,62 @@ impl HeartbeatSender {
         }
     }
 
-    /// One frame and its answer: `Err` when the channel is no longer usable, `Ok(Err)` when
-    /// the coordinator refused the heartbeat.
+    /// Sends one frame, then reads the answers that have come meanwhile without waiting for
+    /// more: the channel is answered sparsely ([`crate::wire::channel`]), an answer now and
+    /// then acknowledging every frame up to its `seq`. A goodbye waits for its own answer.
+    /// `Err` when the channel is no longer usable, including when a frame has waited longer
+    /// than [`Self::frame_answer_timeout`] with no answer at all; `Ok(Err)` when the
+    /// coordinator refused a heartbeat (this one or an earlier one).
     async fn send_frame(
         &self,
-        channel: &mut Channel,
+        open: &mut OpenChannel,
         seq: u64,
         leaving: bool,
     ) -> Result<Result<(), PostError>, ChannelError> {
         let body = serde_json::to_vec(&self.heartbeat(seq, leaving))?;
         let signature = self.signer.sign(CHANNEL_METHOD, CHANNEL_PATH, &body);
-        let exchange = async {
-            channel
-                .send(WsMessage::Text(frame(&signature, &body).into()))
-                .await
-                .map_err(|e| ChannelError::Broken(e.to_string()))?;
+        let timeout = self.frame_answer_timeout();
+        let sent_at = tokio::time::Instant::now();
+        tokio::time::timeout(
+            timeout,
+            open.channel
+                .send(WsMessage::Text(frame(&signature, &body).into())),
+        )
+        .await
+        .map_err(|_| ChannelError::Broken("could not write a frame in time".into()))?
+        .map_err(|e| ChannelError::Broken(e.to_string()))?;
+        open.unanswered_since.get_or_insert(sent_at);
+        let mut refused = None;
+        if leaving {
+            // The goodbye is always answered; earlier answers may come first.
+            let deadline = sent_at + timeout;
             loop {
-                match channel.next().await {
-                    Some(Ok(WsMessage::Text(text))) => {
-                        return serde_json::from_str::<ChannelAnswer>(&text)
-                            .map_err(|e| ChannelError::Broken(format!("unreadable answer: {e}")))
-                    }
-                    Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => {}
-                    Some(Ok(WsMessage::Close(frame))) => {
-                        return Err(ChannelError::Broken(format!("closed: {frame:?}")))
-                    }
-                    Some(Ok(WsMessage::Binary(_))) => {
-                        return Err(ChannelError::Broken("a binary answer".into()))
-                    }
-                    Some(Err(e)) => return Err(ChannelError::Broken(e.to_string())),
-                    None => return Err(ChannelError::Broken("closed".into())),
+                let answer = tokio::time::timeout_at(deadline, next_answer(&mut open.channel))
+                    .await
+                    .map_err(|_| {
+                        ChannelError::Broken("no answer to the goodbye in time".into())
+                    })??;
+                match open.heard(answer, seq, sent_at) {
+                    Heard::Refused(e) => return Ok(Err(e)),
+                    Heard::Covers => return Ok(Ok(())),
+                    Heard::Earlier => {}
                 }
             }
-        };
-        let answer = tokio::time::timeout(self.frame_answer_timeout(), exchange)
-            .await
-            .map_err(|_| ChannelError::Broken("no answer in time".into()))??;
-        Ok(match answer {
-            ChannelAnswer {
-                error: Some(error),
-                code,
-                ..
-            } => Err(PostError::ChannelRefused {
-                code: code.unwrap_or_default(),
-                error,
-            }),
-            _ => {
-                debug!(seq, "heartbeat accepted over the channel");
-                Ok(())
+        }
+        while let Some(answer) = next_answer(&mut open.channel).now_or_never() {
+            if let Heard::Refused(e) = open.heard(answer?, seq, sent_at) {
+                refused = Some(e);
             }
-        })
+        }
+        if let Some(since) = open.unanswered_since {
+            if since.elapsed() > timeout {
+                return Err(ChannelError::Broken(format!(
+                    "no answer for {:?}",
+                    since.elapsed()
+                )));
+            }
+        }
+        Ok(refused.map_or(Ok(()), Err))
     }
 
     /// How long a frame's answer may take before the channel is given up:

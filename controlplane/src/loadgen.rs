@@ -9,6 +9,11 @@
 //!   read (the frames of many nodes arriving at once, without the load generator's round
 //!   trips setting the pace).
 //!
+//! A paced channel is opened as a backend opens its own, answered sparsely
+//! ([`crate::wire::channel`]): its heartbeats count when an answer acknowledges them, and
+//! their latency is that of the frames answered. A load as fast as answered needs an answer
+//! per frame and asks for one.
+//!
 //! Each heartbeat is signed with the cluster secret as a backend signs it and its answer is
 //! read; a refusal (a wrong secret, a replayed `seq`) fails the load rather than lowering a
 //! figure. POSTs are written and read here rather than through reqwest: the load shares the
@@ -16,11 +21,12 @@
 //! When the load stops, every node says goodbye (`leaving`), so a measured cluster shows the
 //! simulated nodes `LEFT` rather than raising alerts for them.
 
+use std::collections::VecDeque;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use shared::loadgen::{connect, timed, Connector, Load, LoadStream, Worker};
 use shared::signing::{RequestSigner, HEADER};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -28,7 +34,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::WebSocketStream;
 
-use crate::wire::channel::{frame, CHANNEL_METHOD, CHANNEL_PATH};
+use crate::wire::channel::{frame, ChannelAnswer, CHANNEL_METHOD, CHANNEL_PATH, SPARSE_PATH};
 
 /// Where heartbeats are posted.
 pub const HEARTBEAT_PATH: &str = "/heartbeat";
@@ -78,10 +84,11 @@ pub struct Nodes {
     pub in_flight: usize,
 }
 
-/// A heartbeat of node `id` (its `n` picks a distinct fake address), as a backend sends it.
+/// A heartbeat of node `id` (its `n` picks a distinct fake address), as a backend with no
+/// deployed service sends it.
 fn body(id: &str, n: usize, boot: &str, seq: u64, leaving: bool) -> String {
     format!(
-        r#"{{"instance_id":"{id}","node_type":"backend","address":{{"ip":"127.0.0.1","internal_port":{p},"http_port":{p},"mgmt_port":{p}}},"boot_id":"{boot}","seq":{seq},"metrics":{{"connections":1}},"leaving":{leaving}}}"#,
+        r#"{{"instance_id":"{id}","node_type":"backend","address":{{"ip":"127.0.0.1","internal_port":{p},"http_port":{p},"mgmt_port":{p}}},"boot_id":"{boot}","seq":{seq},"metrics":{{"connections":1,"deployed_digest":0}},"leaving":{leaving}}}"#,
         p = 10000 + n % 50000
     )
 }
@@ -161,11 +168,21 @@ impl Post {
 }
 
 /// One heartbeat channel.
-struct Channel(WebSocketStream<LoadStream>);
+struct Channel {
+    ws: WebSocketStream<LoadStream>,
+    /// Answered sparsely: frames sent and not yet acknowledged, oldest first, with their
+    /// `seq` and when they were written.
+    unacked: Option<VecDeque<(u64, Instant)>>,
+}
 
 impl Channel {
-    async fn open(addr: SocketAddr, connector: &Connector) -> std::io::Result<Channel> {
-        let url = format!("{}://{addr}{CHANNEL_PATH}", connector.ws_scheme());
+    async fn open(
+        addr: SocketAddr,
+        connector: &Connector,
+        sparse: bool,
+    ) -> std::io::Result<Channel> {
+        let path = if sparse { SPARSE_PATH } else { CHANNEL_PATH };
+        let url = format!("{}://{addr}{path}", connector.ws_scheme());
         let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);
         let (ws, _) = tokio_tungstenite::client_async_with_config(
             url,
@@ -174,35 +191,101 @@ impl Channel {
         )
         .await
         .map_err(std::io::Error::other)?;
-        Ok(Channel(ws))
+        Ok(Channel {
+            ws,
+            unacked: sparse.then(VecDeque::new),
+        })
     }
 
-    /// Sends one signed heartbeat frame per body, written together, then reads their
-    /// answers, each of which must accept its heartbeat.
-    async fn send(&mut self, signer: &RequestSigner, bodies: &[String]) -> std::io::Result<()> {
+    /// Writes one signed heartbeat frame per body, together.
+    async fn write(&mut self, signer: &RequestSigner, bodies: &[String]) -> std::io::Result<()> {
         for body in bodies {
             let signature = signer.sign(CHANNEL_METHOD, CHANNEL_PATH, body.as_bytes());
             let text = frame(&signature, body.as_bytes());
-            self.0
+            self.ws
                 .feed(WsMessage::Text(text.into()))
                 .await
                 .map_err(std::io::Error::other)?;
         }
-        self.0.flush().await.map_err(std::io::Error::other)?;
-        for _ in bodies {
-            self.answer().await?;
+        self.ws.flush().await.map_err(std::io::Error::other)
+    }
+
+    /// Sends the frames of `bodies`, the last with `seq`, then reads answers until one
+    /// acknowledges it (each frame's own answer, or on a sparse channel the one answer every
+    /// frame up to it gets).
+    async fn send(
+        &mut self,
+        signer: &RequestSigner,
+        bodies: &[String],
+        seq: u64,
+    ) -> std::io::Result<()> {
+        self.write(signer, bodies).await?;
+        if let Some(unacked) = &mut self.unacked {
+            unacked.clear();
         }
+        while self.answer().await? < seq {}
         Ok(())
     }
 
-    /// Reads the answer to the oldest frame not yet answered, which must accept it.
-    async fn answer(&mut self) -> std::io::Result<()> {
-        loop {
-            match timed(async { Ok(self.0.next().await) }).await? {
-                Some(Ok(WsMessage::Text(answer))) if answer.contains(r#""status":"#) => {
-                    return Ok(())
+    /// Sparse: sends the frames of `bodies`, the last with `seq`, then counts into `worker`
+    /// the frames that the answers already there acknowledge, without waiting for any.
+    async fn send_sparse(
+        &mut self,
+        signer: &RequestSigner,
+        bodies: &[String],
+        seq: u64,
+        worker: &mut Worker,
+    ) -> std::io::Result<()> {
+        self.write(signer, bodies).await?;
+        let sent = Instant::now();
+        let first = seq + 1 - bodies.len() as u64;
+        if let Some(unacked) = &mut self.unacked {
+            unacked.extend((first..=seq).map(|s| (s, sent)));
+        }
+        while let Some(answer) = self.answer().now_or_never() {
+            let acked = answer?;
+            let Some(unacked) = &mut self.unacked else {
+                break;
+            };
+            let mut count = 0;
+            let mut newest = None;
+            while let Some(&(s, at)) = unacked.front() {
+                if s > acked {
+                    break;
                 }
-                Some(Ok(WsMessage::Text(answer))) => return Err(refused(&answer)),
+                unacked.pop_front();
+                count += 1;
+                newest = Some(at);
+            }
+            if let Some(at) = newest {
+                worker.completed(count, at);
+            }
+        }
+        match self.unacked.as_ref().and_then(|u| u.front()) {
+            Some((_, at)) if at.elapsed() > shared::loadgen::READ_TIMEOUT => {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "a heartbeat channel acknowledged nothing in time",
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Reads the next answer, which must accept a heartbeat: the `seq` it acknowledges.
+    async fn answer(&mut self) -> std::io::Result<u64> {
+        loop {
+            match timed(async { Ok(self.ws.next().await) }).await? {
+                Some(Ok(WsMessage::Text(text))) => {
+                    return match serde_json::from_str::<ChannelAnswer>(&text) {
+                        Ok(ChannelAnswer {
+                            seq: Some(seq),
+                            error: None,
+                            ..
+                        }) => Ok(seq),
+                        _ => Err(refused(&text)),
+                    }
+                }
                 Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {}
                 other => {
                     return Err(std::io::Error::other(format!(
@@ -221,9 +304,14 @@ enum Conn {
 }
 
 impl Conn {
-    /// Sends the heartbeats of `bodies` (on a channel together, by POST one by one) and
-    /// reads every answer.
-    async fn send(&mut self, signer: &RequestSigner, bodies: &[String]) -> std::io::Result<()> {
+    /// Sends the heartbeats of `bodies`, the last with `seq` (on a channel together, by POST
+    /// one by one), and waits until they are all answered.
+    async fn send(
+        &mut self,
+        signer: &RequestSigner,
+        bodies: &[String],
+        seq: u64,
+    ) -> std::io::Result<()> {
         match self {
             Conn::Post(post) => {
                 for body in bodies {
@@ -231,7 +319,7 @@ impl Conn {
                 }
                 Ok(())
             }
-            Conn::Channel(channel) => channel.send(signer, bodies).await,
+            Conn::Channel(channel) => channel.send(signer, bodies, seq).await,
         }
     }
 }
@@ -266,6 +354,8 @@ pub async fn heartbeats(
         Transport::Channel => 1,
     };
     let connections = nodes.count.div_ceil(per).max(1);
+    // Paced channels are answered sparsely, as a backend's is.
+    let sparse = transport == Transport::Channel && nodes.pace.is_some();
     let mut carriers = Vec::with_capacity(connections);
     let starts: Vec<usize> = (0..connections).collect();
     for batch in starts.chunks(OPEN_BATCH) {
@@ -279,14 +369,14 @@ pub async fn heartbeats(
                 let mut conn = match transport {
                     Transport::Post => Conn::Post(Post::open(addr, connector).await?),
                     Transport::Channel => {
-                        Conn::Channel(Box::new(Channel::open(addr, connector).await?))
+                        Conn::Channel(Box::new(Channel::open(addr, connector, sparse).await?))
                     }
                 };
                 let mut seq = 0;
                 if let (Transport::Channel, Some(n)) = (transport, first) {
                     seq = 1;
                     let first = body(&format!("{prefix}_{n}"), n, &boot, seq, false);
-                    conn.send(&signer, &[first]).await?;
+                    conn.send(&signer, &[first], seq).await?;
                 }
                 Ok::<_, std::io::Error>(Carrier {
                     conn,
@@ -370,14 +460,23 @@ async fn drive(
             c.seq += 1;
             bodies.push(body(&format!("{prefix}_{n}"), n, &boot, c.seq, false));
         }
-        let started = Instant::now();
-        c.conn.send(&signer, &bodies).await?;
-        worker.completed(bodies.len() as u64, started);
+        match &mut c.conn {
+            Conn::Channel(channel) if channel.unacked.is_some() => {
+                channel
+                    .send_sparse(&signer, &bodies, c.seq, &mut worker)
+                    .await?;
+            }
+            conn => {
+                let started = Instant::now();
+                conn.send(&signer, &bodies, c.seq).await?;
+                worker.completed(bodies.len() as u64, started);
+            }
+        }
     }
     for &n in &c.nodes {
         c.seq += 1;
         let goodbye = body(&format!("{prefix}_{n}"), n, &boot, c.seq, true);
-        c.conn.send(&signer, &[goodbye]).await?;
+        c.conn.send(&signer, &[goodbye], c.seq).await?;
     }
     Ok(worker.into_samples())
 }

@@ -233,6 +233,23 @@ impl Services {
             .collect()
     }
 
+    /// What the heartbeat metric [`crate::wire::heartbeat::DEPLOYED_DIGEST_METRIC`]
+    /// carries: 0 with no service, otherwise a digest of the whole list, 1 to 2^52 (a metric
+    /// is an `f64`), which any change of a state, version, pid or health check changes.
+    pub fn digest(&self) -> u64 {
+        use std::hash::{Hash as _, Hasher as _};
+        let list = self.list();
+        if list.is_empty() {
+            return 0;
+        }
+        // Serialising a list of plain data cannot fail; if it ever did, the digest of
+        // nothing still differs from "no services".
+        let bytes = serde_json::to_vec(&list).unwrap_or_default();
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        bytes.hash(&mut hasher);
+        (hasher.finish() & ((1 << 52) - 1)).max(1)
+    }
+
     /// One deployed service.
     pub fn get(&self, name: &str) -> Option<ServiceEntry> {
         self.inner.slots.lock().get(name).map(|s| s.entry.clone())

@@ -15,6 +15,10 @@
 //! at once ([`HealthTracker::suspect`]: STALE now, DOWN still by threshold) — unless the node
 //! has opened a newer channel meanwhile.
 //!
+//! A channel opened with `?answers=sparse` (backends do) is answered as
+//! [`crate::wire::channel`] says: refusals, its first heartbeat, goodbyes, and otherwise one
+//! answer per [`SPARSE_ANSWER_EVERY`]; without it every frame is answered.
+//!
 //! Channels have a cap of their own ([`ChannelLimits::max_channels`], sized for 10 000+
 //! nodes), apart from `/ws`'s: neither can use up the other's slots.
 
@@ -24,7 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes, WebSocket};
-use axum::extract::{State, WebSocketUpgrade};
+use axum::extract::{RawQuery, State, WebSocketUpgrade};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -44,7 +48,9 @@ use crate::coordinator::health::tracker::HealthTracker;
 use crate::error::ApiError;
 use crate::node_auth::NodeAuth;
 use crate::state::MgmtState;
-use crate::wire::channel::{split, ChannelAnswer, CHANNEL_METHOD, CHANNEL_PATH};
+use crate::wire::channel::{
+    split, Answers, ChannelAnswer, CHANNEL_METHOD, CHANNEL_PATH, SPARSE_ANSWER_EVERY,
+};
 use crate::wire::heartbeat::{Heartbeat, HeartbeatError};
 
 /// Refusals at the channel cap, at most one line per interval.
@@ -54,10 +60,11 @@ static REFUSED_LOG: LogLimit = LogLimit::new(
 );
 
 /// Each channel's read buffer. A heartbeat frame is a few hundred bytes (a larger one, up to
-/// [`ChannelLimits::max_frame`], grows the buffer while it is read). tungstenite's default,
-/// 128 KiB, is zero-filled before every read: that memset was most of the cost of a frame,
-/// and 10 000 idle channels held over a GiB.
-const READ_BUFFER: usize = 4 * 1024;
+/// [`ChannelLimits::max_frame`], takes several reads). tungstenite zero-fills the whole
+/// buffer before every read: at its default, 128 KiB, that memset was most of the cost of a
+/// frame and 10 000 idle channels held over a GiB; at 4 KiB it was still 3% of the
+/// management thread at 10 000 nodes.
+const READ_BUFFER: usize = 1024;
 
 /// The channel's limits.
 #[derive(Debug, Clone, Copy)]
@@ -143,6 +150,7 @@ pub fn router(state: ChannelState) -> Router {
 /// upgrade.
 async fn upgrade(
     State(state): State<ChannelState>,
+    RawQuery(query): RawQuery,
     extensions: axum::http::Extensions,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
@@ -153,6 +161,10 @@ async fn upgrade(
     if let Err(refused) = core.auth.require_node(&extensions, CHANNEL_PATH) {
         return refused.into_response();
     }
+    let Some(answers) = Answers::from_query(query.as_deref()) else {
+        return ApiError::BadRequest("answers= is `every` (the default) or `sparse`".into())
+            .into_response();
+    };
     let upgrade = match upgrade {
         Ok(upgrade) => upgrade,
         Err(e) => {
@@ -183,7 +195,7 @@ async fn upgrade(
         .read_buffer_size(READ_BUFFER)
         .on_upgrade(move |socket| async move {
             let _tracked = tracked;
-            serve(socket, core, permit).await;
+            serve(socket, core, answers, permit).await;
         })
 }
 
@@ -197,11 +209,22 @@ struct Binding {
 }
 
 /// One channel, until it closes, the listener stops, or a stranger misbehaves on it.
-async fn serve(mut socket: WebSocket, core: Arc<Core>, _permit: OwnedSemaphorePermit) {
+async fn serve(
+    mut socket: WebSocket,
+    core: Arc<Core>,
+    answers: Answers,
+    _permit: OwnedSemaphorePermit,
+) {
     core.open.inc();
     let id = core.next_id.fetch_add(1, Ordering::Relaxed);
     let mut bound: Option<Binding> = None;
     let opened = Instant::now();
+    // When this channel last answered an accepted frame (sparse answering only).
+    let mut answered: Option<Instant> = None;
+    // One wait for shutdown across every frame: a fresh `cancelled()` per frame joined and
+    // left the token's waiter list (a mutex) each time.
+    let stopping = core.shutdown.clone().cancelled_owned();
+    tokio::pin!(stopping);
     // Answers fed to the socket but not yet written: they go out together once no frame is
     // waiting, so frames that arrive together cost one write between them, not one each.
     let mut unflushed = false;
@@ -223,7 +246,7 @@ async fn serve(mut socket: WebSocket, core: Arc<Core>, _permit: OwnedSemaphorePe
                 let deadline = opened + core.limits.first_frame;
                 tokio::select! {
                     biased;
-                    _ = core.shutdown.cancelled() => {
+                    _ = &mut stopping => {
                         let _ = socket.send(close(close_code::AWAY, "coordinator stopping")).await;
                         break;
                     }
@@ -253,6 +276,12 @@ async fn serve(mut socket: WebSocket, core: Arc<Core>, _permit: OwnedSemaphorePe
         };
         match accept(&core, &text, bound.as_ref()) {
             Ok(accepted) => {
+                let now = Instant::now();
+                let answer = answers == Answers::Every
+                    || accepted.binding.is_some()
+                    || accepted.state != NodeState::Active
+                    || answered
+                        .is_none_or(|at| now.saturating_duration_since(at) >= SPARSE_ANSWER_EVERY);
                 match (accepted.binding, bound.as_mut()) {
                     (Some(binding), None) => {
                         core.newest.insert(binding.node.clone(), id);
@@ -262,6 +291,10 @@ async fn serve(mut socket: WebSocket, core: Arc<Core>, _permit: OwnedSemaphorePe
                     (None, Some(old)) => old.left = accepted.left,
                     (None, None) => {}
                 }
+                if !answer {
+                    continue;
+                }
+                answered = Some(now);
                 let answer = Message::Text(accepted_text(accepted.seq, accepted.state));
                 if socket.feed(answer).await.is_err() {
                     break;

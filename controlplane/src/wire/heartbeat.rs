@@ -10,6 +10,12 @@ use serde::{Deserialize, Serialize};
 use shared::registry::RegistryError;
 use shared::NodeAddress;
 
+/// The heartbeat metric in which a backend says what its deployed services look like: 0 when
+/// it has none, otherwise a digest of their list that changes whenever the list does. The
+/// coordinator asks a backend for its services only when this changed
+/// ([`crate::deploy::remote`]).
+pub const DEPLOYED_DIGEST_METRIC: &str = "deployed_digest";
+
 /// Most metrics one heartbeat may carry.
 pub const MAX_HEARTBEAT_METRICS: usize = 64;
 /// Longest metric name.

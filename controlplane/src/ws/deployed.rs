@@ -16,6 +16,7 @@ use crate::deploy::remote::Backend;
 use crate::deploy::service::ServiceEntry;
 use crate::deploy::DeployError;
 use crate::state::MgmtState;
+use crate::wire::heartbeat::DEPLOYED_DIGEST_METRIC;
 
 /// The name a deploy may use for the coordinator's own host.
 pub const COORDINATOR_TARGET: &str = "coordinator";
@@ -46,11 +47,15 @@ pub fn get(state: &MgmtState, name: &str) -> Option<ServiceEntry> {
 /// ACTIVE or STALE (a DOWN or LEFT one is gone, and its services with it).
 pub fn live_backends(health: &HealthTracker) -> Vec<Backend> {
     health
-        .live_backends()
+        .live_backends(DEPLOYED_DIGEST_METRIC)
         .into_iter()
-        .map(|(node, address)| Backend {
+        .map(|(node, address, digest)| Backend {
             control: address.to_http_address(),
             node,
+            // A digest is a whole number below 2^53, which an f64 holds exactly.
+            digest: digest
+                .filter(|d| d.is_finite() && *d >= 0.0)
+                .map(|d| d as u64),
         })
         .collect()
 }
@@ -152,6 +157,7 @@ async fn act_remote(
     let backend = Backend {
         node: node.clone(),
         control: component.address.to_http_address(),
+        digest: None,
     };
     tracing::info!(service = %entry.name, node = %node, action = verb.as_str(), "forwarding a service action to a backend");
     let entry = remote

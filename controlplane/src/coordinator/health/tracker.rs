@@ -587,12 +587,12 @@ impl HealthTracker {
         }
     }
 
-    /// Backends ACTIVE or STALE, by node id, with their addresses: what deploy polling
-    /// follows every interval, read without building a component per node (a full
-    /// [`Self::status`] of 5 000 fake nodes every 2 s held the tracker's shards while the
-    /// management thread waited to record heartbeats).
-    pub fn live_backends(&self) -> Vec<(String, NodeAddress)> {
-        let mut live: Vec<(String, NodeAddress)> = self
+    /// Backends ACTIVE or STALE, by node id, with their addresses and the metric `metric`
+    /// of their last heartbeat: what deploy polling follows every interval, read without
+    /// building a component per node (a full [`Self::status`] of 5 000 fake nodes every 2 s
+    /// held the tracker's shards while the management thread waited to record heartbeats).
+    pub fn live_backends(&self, metric: &str) -> Vec<(String, NodeAddress, Option<f64>)> {
+        let mut live: Vec<(String, NodeAddress, Option<f64>)> = self
             .inner
             .nodes
             .iter()
@@ -600,7 +600,7 @@ impl HealthTracker {
                 e.node_type == NodeType::Backend
                     && matches!(e.state, NodeState::Active | NodeState::Stale)
             })
-            .map(|e| (e.key().clone(), e.address))
+            .map(|e| (e.key().clone(), e.address, e.metrics.get(metric).copied()))
             .collect();
         live.sort_by(|a, b| a.0.cmp(&b.0));
         live
@@ -961,7 +961,11 @@ mod tests {
             (full.active, full.stale, full.down, full.left)
         );
         assert_eq!((summary.active, summary.stale, summary.left), (2, 1, 1));
-        let live: Vec<String> = t.live_backends().into_iter().map(|(id, _)| id).collect();
+        let live: Vec<String> = t
+            .live_backends("x")
+            .into_iter()
+            .map(|(id, ..)| id)
+            .collect();
         assert_eq!(
             live,
             ["b1", "b2"],
