@@ -10,9 +10,9 @@
 //!   trips setting the pace).
 //!
 //! A paced channel is opened as a backend opens its own, answered sparsely
-//! ([`crate::wire::channel`]): its heartbeats count when an answer acknowledges them, and
-//! their latency is that of the frames answered. A load as fast as answered needs an answer
-//! per frame and asks for one.
+//! ([`crate::wire::channel`]): its heartbeats count when sent, fail the load if no answer
+//! acknowledges them in time, and have no latency of their own (the load, like a backend,
+//! reads answers only when it next sends). A load as fast as answered needs an answer per frame and asks for one.
 //!
 //! Each heartbeat is signed with the cluster secret as a backend signs it and its answer is
 //! read; a refusal (a wrong secret, a replayed `seq`) fails the load rather than lowering a
@@ -27,7 +27,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use futures::{FutureExt, SinkExt, StreamExt};
-use shared::loadgen::{connect, timed, Connector, Load, LoadStream, Worker};
+use shared::loadgen::{connect, timed, Connector, Load, LoadStream, Worker, READ_TIMEOUT};
 use shared::signing::{RequestSigner, HEADER};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -227,8 +227,9 @@ impl Channel {
         Ok(())
     }
 
-    /// Sparse: sends the frames of `bodies`, the last with `seq`, then counts into `worker`
-    /// the frames that the answers already there acknowledge, without waiting for any.
+    /// Sparse: sends the frames of `bodies`, the last with `seq`, counting them into
+    /// `worker`, then takes in the answers already there without waiting for any: `Err` when
+    /// one refuses a heartbeat or a frame has had no answer for [`READ_TIMEOUT`].
     async fn send_sparse(
         &mut self,
         signer: &RequestSigner,
@@ -237,6 +238,9 @@ impl Channel {
         worker: &mut Worker,
     ) -> std::io::Result<()> {
         self.write(signer, bodies).await?;
+        // Counted as sent: an answer covers them some seconds later, possibly after the
+        // measured window, and a frame never acknowledged fails the load below.
+        worker.counted(bodies.len() as u64);
         let sent = Instant::now();
         let first = seq + 1 - bodies.len() as u64;
         if let Some(unacked) = &mut self.unacked {
@@ -247,27 +251,15 @@ impl Channel {
             let Some(unacked) = &mut self.unacked else {
                 break;
             };
-            let mut count = 0;
-            let mut newest = None;
-            while let Some(&(s, at)) = unacked.front() {
-                if s > acked {
-                    break;
-                }
+            while unacked.front().is_some_and(|&(s, _)| s <= acked) {
                 unacked.pop_front();
-                count += 1;
-                newest = Some(at);
-            }
-            if let Some(at) = newest {
-                worker.completed(count, at);
             }
         }
         match self.unacked.as_ref().and_then(|u| u.front()) {
-            Some((_, at)) if at.elapsed() > shared::loadgen::READ_TIMEOUT => {
-                Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "a heartbeat channel acknowledged nothing in time",
-                ))
-            }
+            Some((_, at)) if at.elapsed() > READ_TIMEOUT => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "a heartbeat channel acknowledged nothing in time",
+            )),
             _ => Ok(()),
         }
     }

@@ -225,6 +225,12 @@ impl Worker {
         }
     }
 
+    /// Counts `operations` completed that have no round trip of their own to time (frames
+    /// acknowledged together, some time after they were sent).
+    pub fn counted(&mut self, operations: u64) {
+        self.shared.done.fetch_add(operations, Relaxed);
+    }
+
     /// The latencies this worker kept, handed back when its work ends.
     pub fn into_samples(self) -> Vec<Duration> {
         self.samples
