@@ -268,10 +268,14 @@ impl Connection {
             if self.lane.is_some() && self.session.peer.is_some() {
                 return End::Promote;
             }
-            let deadline = self.deadline();
-            if deadline < armed {
-                timer.get_mut().as_mut().reset(deadline);
-                armed = deadline;
+            // Only an unfinished request moves the deadline earlier: the idle one only ever
+            // moves later, and the timer catches up with that when it fires.
+            if self.partial_since.is_some() {
+                let deadline = self.deadline();
+                if deadline < armed {
+                    timer.get_mut().as_mut().reset(deadline);
+                    armed = deadline;
+                }
             }
             let Some(room) = self.read_room() else {
                 let message = Message::error(
@@ -408,8 +412,15 @@ impl Connection {
                 Ok(step) => step,
                 Err(e) => return Some(self.fail(e).await),
             };
-            if let Err(end) = self.flush().await {
-                return Some(end);
+            // Usually the socket takes every answer at once: no future for the flush.
+            match self.write_now() {
+                Ok(true) => {}
+                Ok(false) => {
+                    if let Err(end) = self.flush().await {
+                        return Some(end);
+                    }
+                }
+                Err(e) => return Some(End::Io(e)),
             }
             match step {
                 Step::Drained => return None,
@@ -478,6 +489,10 @@ impl Connection {
                 answered += pings;
                 continue;
             }
+            // Nothing buffered decodes to nothing, whatever the framing or EOF.
+            if self.read_buf.is_empty() {
+                break Ok(Step::Drained);
+            }
             let decoded = if eof {
                 self.codec.decode_eof(&mut self.read_buf)
             } else {
@@ -543,26 +558,33 @@ impl Connection {
         }
     }
 
-    async fn write_pending(&mut self, limit: std::time::Duration) -> std::io::Result<()> {
+    /// One attempt to write the pending answers that does not wait and arms no timer (and
+    /// a flush, which sends what TLS buffered; a no-op on TCP): true once all are sent.
+    fn write_now(&mut self) -> std::io::Result<bool> {
         if self.write_buf.is_empty() {
-            return Ok(());
+            return Ok(true);
         }
-        // Usually the socket takes it all at once, without arming a timer: one attempt that
-        // does not wait (and a flush, which sends what TLS buffered; a no-op on TCP).
-        {
-            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-            let mut socket = std::pin::Pin::new(&mut self.socket);
-            match socket.as_mut().poll_write(&mut cx, &self.write_buf) {
-                // `advance`, not `split_to`: no shared buffer, no reference counting.
-                std::task::Poll::Ready(Ok(n)) => self.write_buf.advance(n),
-                std::task::Poll::Ready(Err(e)) => return Err(e),
-                std::task::Poll::Pending => {}
-            }
-            if self.write_buf.is_empty() {
-                if let std::task::Poll::Ready(result) = socket.poll_flush(&mut cx) {
-                    return result;
-                }
-            }
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut socket = std::pin::Pin::new(&mut self.socket);
+        match socket.as_mut().poll_write(&mut cx, &self.write_buf) {
+            // `advance`, not `split_to`: no shared buffer, no reference counting.
+            std::task::Poll::Ready(Ok(n)) => self.write_buf.advance(n),
+            std::task::Poll::Ready(Err(e)) => return Err(e),
+            std::task::Poll::Pending => {}
+        }
+        if !self.write_buf.is_empty() {
+            return Ok(false);
+        }
+        match socket.poll_flush(&mut cx) {
+            std::task::Poll::Ready(result) => result.map(|()| true),
+            std::task::Poll::Pending => Ok(false),
+        }
+    }
+
+    async fn write_pending(&mut self, limit: std::time::Duration) -> std::io::Result<()> {
+        // Usually the socket takes it all at once.
+        if self.write_now()? {
+            return Ok(());
         }
         // A peer that stops reading must not pin this task forever.
         let rest = async {
