@@ -142,18 +142,27 @@ impl ColonyCodec {
         if self.framing != Some(Framing::Text) || self.discarding {
             return 0;
         }
-        let mut skipped = 0;
+        let (mut skipped, mut end) = (0, 0);
         while skipped < max {
-            let len = match src.get(..6) {
+            let len = match src.get(end..end + 6) {
                 Some([b'P', b'I', b'N', b'G', b'\n', ..]) => 5,
                 Some(b"PING\r\n") => 6,
                 // Fewer than 6 bytes: only a bare `PING\n` can be whole.
-                None if src[..] == *b"PING\n" => 5,
+                None if src[end..] == *b"PING\n" => 5,
                 _ => break,
             };
-            src.advance(len);
-            self.scanned = 0;
+            end += len;
             skipped += 1;
+        }
+        if end == src.len() {
+            // All of it: `clear` keeps the buffer's start where it is, so the next read
+            // needs no room made.
+            src.clear();
+        } else {
+            src.advance(end);
+        }
+        if skipped > 0 {
+            self.scanned = 0;
         }
         skipped
     }

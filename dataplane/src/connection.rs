@@ -567,7 +567,9 @@ impl Connection {
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         let mut socket = std::pin::Pin::new(&mut self.socket);
         match socket.as_mut().poll_write(&mut cx, &self.write_buf) {
-            // `advance`, not `split_to`: no shared buffer, no reference counting.
+            // All of it, as usual: `clear` keeps the buffer's start in place. Else `advance`,
+            // not `split_to`: no shared buffer, no reference counting.
+            std::task::Poll::Ready(Ok(n)) if n >= self.write_buf.len() => self.write_buf.clear(),
             std::task::Poll::Ready(Ok(n)) => self.write_buf.advance(n),
             std::task::Poll::Ready(Err(e)) => return Err(e),
             std::task::Poll::Pending => {}
