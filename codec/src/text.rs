@@ -13,6 +13,9 @@ pub const HELP_LINE: &str = "commands: PING | HELP | STATS | SHARDS | SHARD <x> 
 message {\"type\":\"ping\"|\"help\"|\"stats\"|\"shards\"|\"shard\"|\"echo\",...} \
 (one response per request line; SHARD answers a header line then one line per row)";
 
+/// The answer to a command-style `PING`, newline included.
+pub const PONG_LINE: &[u8] = b"PONG\n";
+
 /// Parses one line. `Ok(None)` means the line was blank and needs no answer.
 ///
 /// # Errors
@@ -105,7 +108,11 @@ fn parse_json(line: &str) -> Result<Message, ProtocolError> {
 /// [`CodecError::Encode`] only if serde cannot serialize the message, which would be a bug.
 pub fn write_line(message: &Message, style: Style, dst: &mut BytesMut) -> Result<(), CodecError> {
     match (style, message) {
-        (Style::Command, Message::Pong) => dst.put_slice(b"PONG"),
+        (Style::Command, Message::Pong) => {
+            // Already a whole line.
+            dst.put_slice(PONG_LINE);
+            return Ok(());
+        }
         (Style::Command, Message::TokenAccepted) => dst.put_slice(b"OK"),
         (Style::Command, Message::HelpReply { .. }) => dst.put_slice(HELP_LINE.as_bytes()),
         (

@@ -19,6 +19,17 @@ fn small_limits() -> Limits {
 
 /// Decodes everything in `bytes` (fed in the given chunk sizes), then EOF.
 fn decode_all(limits: Limits, bytes: &[u8], chunks: &[usize]) -> (Vec<Decoded>, Option<String>) {
+    decode_all_with(limits, bytes, chunks, None)
+}
+
+/// [`decode_all`], taking PINGs with `skip_pings` (at most `pings_at_once` at a time) before
+/// each `decode`, as the data plane does; each skipped one is listed as the PING it was.
+fn decode_all_with(
+    limits: Limits,
+    bytes: &[u8],
+    chunks: &[usize],
+    pings_at_once: Option<usize>,
+) -> (Vec<Decoded>, Option<String>) {
     let mut codec = ColonyCodec::new(limits);
     let mut buf = BytesMut::new();
     let mut out = Vec::new();
@@ -29,6 +40,11 @@ fn decode_all(limits: Limits, bytes: &[u8], chunks: &[usize]) -> (Vec<Decoded>, 
         buf.extend_from_slice(&rest[..n]);
         rest = &rest[n..];
         loop {
+            if let Some(max) = pings_at_once {
+                for _ in 0..codec.skip_pings(&mut buf, max) {
+                    out.push(Decoded::Message(Message::Ping, Style::Command));
+                }
+            }
             match codec.decode(&mut buf) {
                 Ok(Some(item)) => out.push(item),
                 Ok(None) => break,
@@ -296,6 +312,23 @@ proptest! {
         let whole = decode_all(small_limits(), &input, &[input.len().max(1)]);
         let split = decode_all(small_limits(), &input, &chunks);
         prop_assert_eq!(whole, split);
+    }
+
+    #[test]
+    fn skipping_pings_decodes_as_decode_does(
+            lines in proptest::collection::vec(prop_oneof![
+                Just(&b"PING\n"[..]), Just(&b"PING\r\n"[..]), Just(&b"ping\n"[..]),
+                Just(&b"PING \n"[..]), Just(&b"PING x\n"[..]), Just(&b"PINGPING\n"[..]),
+                Just(&b"PING\r\r\n"[..]), Just(&b"\n"[..]), Just(&b"PIN"[..]), Just(&b"G\n"[..]),
+                Just(&b"{\"type\":\"ping\"}\n"[..]), Just(&b"HELP\n"[..]),
+                Just(&b"0123456789012345678901234567890123456789\n"[..]),
+            ], 0..40),
+            chunks in proptest::collection::vec(1usize..20, 1..6),
+            at_once in 1usize..4) {
+        let input = lines.concat();
+        let plain = decode_all(small_limits(), &input, &chunks);
+        let skipping = decode_all_with(small_limits(), &input, &chunks, Some(at_once));
+        prop_assert_eq!(plain, skipping);
     }
 
     #[test]
