@@ -5,7 +5,9 @@
 //!
 //! Heartbeats go over the persistent heartbeat channel ([`crate::wire::channel`]) by default:
 //! one WebSocket frame each, and a channel the coordinator sees close tells it at once that
-//! this node may be gone. When the channel cannot be opened (an older coordinator, its
+//! this node may be gone. The channel is opened to be answered sparsely: the sender does not
+//! wait for each answer, it reads those that came whenever it beats, and takes the channel
+//! for broken only when frames have had no answer at all for [`CHANNEL_ANSWER_TIMEOUT`]. When the channel cannot be opened (an older coordinator, its
 //! channel cap reached) or breaks, that heartbeat is `POST`ed instead, and the channel is
 //! tried again after [`CHANNEL_RETRY`].
 //!
@@ -39,8 +41,9 @@ const HEARTBEAT_PATH: &str = "/heartbeat";
 /// After the channel could not be opened, heartbeats are `POST`ed this long before the
 /// channel is tried again.
 pub const CHANNEL_RETRY: Duration = Duration::from_secs(5);
-/// How long a heartbeat's answer may take: the coordinator's default `--down-after`. Past
-/// it the node is DOWN there anyway, so giving up the channel sooner only adds a suspicion.
+/// How long heartbeats may go unanswered: the coordinator's default `--down-after`. Past it
+/// the node is DOWN there anyway, so giving up the channel sooner only adds a suspicion. The
+/// channel is answered sparsely, about every 3 s, so a live coordinator answers well inside.
 pub const CHANNEL_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// An open heartbeat channel: a WebSocket over plain TCP, or over TLS between nodes.
