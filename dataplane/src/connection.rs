@@ -561,22 +561,25 @@ impl Connection {
     /// One attempt to write the pending answers that does not wait and arms no timer (and
     /// a flush, which sends what TLS buffered; a no-op on TCP): true once all are sent.
     fn write_now(&mut self) -> std::io::Result<bool> {
-        if self.write_buf.is_empty() {
-            return Ok(true);
-        }
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         let mut socket = std::pin::Pin::new(&mut self.socket);
-        match socket.as_mut().poll_write(&mut cx, &self.write_buf) {
-            // All of it, as usual: `clear` keeps the buffer's start in place. Else `advance`,
-            // not `split_to`: no shared buffer, no reference counting.
-            std::task::Poll::Ready(Ok(n)) if n >= self.write_buf.len() => self.write_buf.clear(),
-            std::task::Poll::Ready(Ok(n)) => self.write_buf.advance(n),
-            std::task::Poll::Ready(Err(e)) => return Err(e),
-            std::task::Poll::Pending => {}
-        }
         if !self.write_buf.is_empty() {
-            return Ok(false);
+            match socket.as_mut().poll_write(&mut cx, &self.write_buf) {
+                // All of it, as usual: `clear` keeps the buffer's start in place. Else
+                // `advance`, not `split_to`: no shared buffer, no reference counting.
+                std::task::Poll::Ready(Ok(n)) if n >= self.write_buf.len() => {
+                    self.write_buf.clear()
+                }
+                std::task::Poll::Ready(Ok(n)) => self.write_buf.advance(n),
+                std::task::Poll::Ready(Err(e)) => return Err(e),
+                std::task::Poll::Pending => {}
+            }
+            if !self.write_buf.is_empty() {
+                return Ok(false);
+            }
         }
+        // Even with nothing of ours left: TLS may hold what it took and could not send yet,
+        // and only a flush sends it (nothing else will, once the client waits for it).
         match socket.poll_flush(&mut cx) {
             std::task::Poll::Ready(result) => result.map(|()| true),
             std::task::Poll::Pending => Ok(false),
