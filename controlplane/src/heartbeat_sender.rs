@@ -121,6 +121,10 @@ struct OpenChannel {
     channel: Channel,
     /// When the oldest frame no answer has come for since was sent.
     unanswered_since: Option<tokio::time::Instant>,
+    /// When the last frame was sent.
+    last_sent: Option<tokio::time::Instant>,
+    /// Some answer came on it.
+    heard_any: bool,
 }
 
 /// What an answer on the channel says about the frame just sent.
@@ -136,6 +140,7 @@ enum Heard {
 impl OpenChannel {
     /// Takes in `answer`, read after the frame `seq` was sent at `sent_at`.
     fn heard(&mut self, answer: ChannelAnswer, seq: u64, sent_at: tokio::time::Instant) -> Heard {
+        self.heard_any = true;
         match answer {
             ChannelAnswer {
                 error: Some(error),
@@ -336,6 +341,8 @@ impl HeartbeatSender {
                     link.channel = Some(OpenChannel {
                         channel,
                         unanswered_since: None,
+                        last_sent: None,
+                        heard_any: false,
                     });
                     link.retry_at = None;
                 }
@@ -401,7 +408,8 @@ impl HeartbeatSender {
 
     /// Sends one frame, then reads the answers that have come meanwhile without waiting for
     /// more: the channel is answered sparsely ([`crate::wire::channel`]), an answer now and
-    /// then acknowledging every frame up to its `seq`. A goodbye waits for its own answer.
+    /// then acknowledging every frame up to its `seq`. A goodbye, and the first frame on a
+    /// channel, wait for their own answer.
     /// `Err` when the channel is no longer usable, including when a frame has waited longer
     /// than [`Self::frame_answer_timeout`] with no answer at all; `Ok(Err)` when the
     /// coordinator refused a heartbeat (this one or an earlier one).
@@ -415,6 +423,13 @@ impl HeartbeatSender {
         let signature = self.signer.sign(CHANNEL_METHOD, CHANNEL_PATH, &body);
         let timeout = self.frame_answer_timeout();
         let sent_at = tokio::time::Instant::now();
+        // This process's own pause (stopped, starved) is not the coordinator's silence.
+        if open
+            .last_sent
+            .is_some_and(|last| sent_at.saturating_duration_since(last) > 2 * self.interval)
+        {
+            open.unanswered_since = None;
+        }
         tokio::time::timeout(
             timeout,
             open.channel
@@ -423,19 +438,30 @@ impl HeartbeatSender {
         .await
         .map_err(|_| ChannelError::Broken("could not write a frame in time".into()))?
         .map_err(|e| ChannelError::Broken(e.to_string()))?;
+        open.last_sent = Some(sent_at);
         open.unanswered_since.get_or_insert(sent_at);
         let mut refused = None;
-        if leaving {
-            // The goodbye is always answered; earlier answers may come first.
+        let first = !open.heard_any;
+        if leaving || first {
+            // Both are always answered: the first so that a channel refused outright says
+            // so now, the goodbye so the node leaves only once it is recorded. Answers to
+            // earlier frames may come first.
             let deadline = sent_at + timeout;
             loop {
-                let answer = tokio::time::timeout_at(deadline, next_answer(&mut open.channel))
-                    .await
-                    .map_err(|_| {
-                        ChannelError::Broken("no answer to the goodbye in time".into())
-                    })??;
+                let answer =
+                    match tokio::time::timeout_at(deadline, next_answer(&mut open.channel)).await {
+                        Ok(answer) => answer?,
+                        Err(_) => {
+                            return match refused {
+                                Some(e) => Ok(Err(e)),
+                                None => Err(ChannelError::Broken("no answer in time".into())),
+                            }
+                        }
+                    };
                 match open.heard(answer, seq, sent_at) {
-                    Heard::Refused(e) => return Ok(Err(e)),
+                    // On the first frame, a refusal is of this one.
+                    Heard::Refused(e) if first => return Ok(Err(e)),
+                    Heard::Refused(e) => refused = Some(e),
                     Heard::Covers => return Ok(Ok(())),
                     Heard::Earlier => {}
                 }

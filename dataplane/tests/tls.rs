@@ -153,7 +153,7 @@ async fn every_answer_to_a_long_pipeline_over_tls_arrives() {
     socket.set_recv_buffer_size(4096).unwrap();
     let tcp = socket.connect(server.addr).await.unwrap();
     let name = rustls::pki_types::ServerName::IpAddress(server.addr.ip().into());
-    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(name, tcp)
         .await
         .unwrap();

@@ -154,6 +154,24 @@ pub struct Progress {
     pub detail: Option<String>,
 }
 
+/// The digest of a node's service list that its heartbeats carry
+/// ([`Services::digest`]): 0 for none, otherwise 1 to 2^52 (a metric is an `f64`). The
+/// coordinator takes the digest of the list a backend answered with the same function, so
+/// it knows which list it holds; a list that does not come back byte for byte (another
+/// build) only makes it ask again each interval.
+pub fn digest_of(list: &[ServiceEntry]) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    if list.is_empty() {
+        return 0;
+    }
+    // Serialising a list of plain data cannot fail; if it ever did, the digest of nothing
+    // still differs from "no services".
+    let bytes = serde_json::to_vec(list).unwrap_or_default();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut hasher);
+    (hasher.finish() & ((1 << 52) - 1)).max(1)
+}
+
 /// The deployed services of one node. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Services {
@@ -237,17 +255,7 @@ impl Services {
     /// carries: 0 with no service, otherwise a digest of the whole list, 1 to 2^52 (a metric
     /// is an `f64`), which any change of a state, version, pid or health check changes.
     pub fn digest(&self) -> u64 {
-        use std::hash::{Hash as _, Hasher as _};
-        let list = self.list();
-        if list.is_empty() {
-            return 0;
-        }
-        // Serialising a list of plain data cannot fail; if it ever did, the digest of
-        // nothing still differs from "no services".
-        let bytes = serde_json::to_vec(&list).unwrap_or_default();
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        bytes.hash(&mut hasher);
-        (hasher.finish() & ((1 << 52) - 1)).max(1)
+        digest_of(&self.list())
     }
 
     /// One deployed service.

@@ -16,7 +16,7 @@
 //!
 //! A backend whose heartbeats carry a digest of its services
 //! ([`crate::wire::heartbeat::DEPLOYED_DIGEST_METRIC`]) is asked only when the digest differs
-//! from the one it had when it last answered, and one whose digest says it has no services is
+//! from that of the list it last answered, and one whose digest says it has no services is
 //! not asked at all: at 10 000 backends, asking each every interval was thousands of
 //! connections a second, and a fifth of the coordinator's CPU. A backend whose heartbeats
 //! carry no digest (an older build) is asked every interval.
@@ -47,7 +47,7 @@ use tracing::debug;
 
 use crate::deploy::error::DeployError;
 use crate::deploy::forward::Forwarder;
-use crate::deploy::lifecycle::DeployEvent;
+use crate::deploy::lifecycle::{digest_of, DeployEvent};
 use crate::deploy::service::ServiceEntry;
 
 /// Backends asked at once in a polling round.
@@ -90,7 +90,7 @@ struct Misses {
     round: u64,
     /// By backend: rounds missed in a row, and the round it is asked again.
     by_node: HashMap<String, (u32, u64)>,
-    /// By backend: the digest it carried when its list was last taken in, or [`RECORDED`].
+    /// By backend: the digest of the list it last answered, or [`RECORDED`].
     digests: HashMap<String, u64>,
 }
 
@@ -267,9 +267,11 @@ impl RemoteServices {
                     {
                         let mut misses = self.inner.misses.lock();
                         misses.by_node.remove(&backend.node);
-                        if let Some(d) = backend.digest {
-                            misses.digests.insert(backend.node.clone(), d);
-                        }
+                        // The digest of the list answered, not of the heartbeat that made
+                        // it due: the list may have moved on (and back) since.
+                        misses
+                            .digests
+                            .insert(backend.node.clone(), digest_of(&entries));
                     }
                     self.replace(&backend.node, entries);
                 }
@@ -569,27 +571,33 @@ mod tests {
             digest,
         };
         let asks = || asked.load(std::sync::atomic::Ordering::SeqCst);
-        // Its first digest: asked once, then not while the digest stays.
-        remote.poll_once(vec![with(Some(7))]).await;
-        remote.poll_once(vec![with(Some(7))]).await;
+        // What the backend's heartbeats carry for the list it answers: the coordinator's
+        // digest of the list it received (after JSON both ways) must be the same.
+        let digest = digest_of(&[entry("web", ServiceState::Running, 10)]);
+        remote.poll_once(vec![with(Some(digest))]).await;
+        remote.poll_once(vec![with(Some(digest))]).await;
         assert_eq!(asks(), 1);
         assert_eq!(remote.find("web").len(), 1);
-        // A new digest: asked again.
-        remote.poll_once(vec![with(Some(8))]).await;
-        assert_eq!(asks(), 2);
+        // Another digest (the list changed since): asked until the answer matches it. Here
+        // the server's list stays, so the coordinator keeps asking, as it should.
+        remote.poll_once(vec![with(Some(digest + 1))]).await;
+        remote.poll_once(vec![with(Some(digest + 1))]).await;
+        assert_eq!(asks(), 3);
+        remote.poll_once(vec![with(Some(digest))]).await;
+        assert_eq!(asks(), 3);
         // A digest of no services: not asked, and its services leave the view.
         remote.poll_once(vec![with(Some(0))]).await;
-        assert_eq!(asks(), 2);
+        assert_eq!(asks(), 3);
         assert!(remote.find("web").is_empty());
         // An action's answer is newer than that digest: asked again, not emptied.
         remote.record("b1", entry("web", ServiceState::Running, 11));
         remote.poll_once(vec![with(Some(0))]).await;
-        assert_eq!(asks(), 3);
+        assert_eq!(asks(), 4);
         assert_eq!(remote.find("web").len(), 1);
         // A backend without a digest (an older build) is asked every round.
         remote.poll_once(vec![with(None)]).await;
         remote.poll_once(vec![with(None)]).await;
-        assert_eq!(asks(), 5);
+        assert_eq!(asks(), 6);
         server.abort();
     }
 }

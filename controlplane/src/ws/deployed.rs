@@ -52,9 +52,10 @@ pub fn live_backends(health: &HealthTracker) -> Vec<Backend> {
         .map(|(node, address, digest)| Backend {
             control: address.to_http_address(),
             node,
-            // A digest is a whole number below 2^53, which an f64 holds exactly.
+            // A digest is a whole number up to 2^52, which an f64 holds exactly; anything
+            // else is no digest (asked every interval).
             digest: digest
-                .filter(|d| d.is_finite() && *d >= 0.0)
+                .filter(|d| d.fract() == 0.0 && (0.0..=4_503_599_627_370_496.0).contains(d))
                 .map(|d| d as u64),
         })
         .collect()
