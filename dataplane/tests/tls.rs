@@ -66,6 +66,26 @@ async fn server() -> Server {
     }
 }
 
+/// A TLS client of `server` over `tcp` that trusts its CA and shows no certificate.
+async fn anonymous_tls(
+    server: &Server,
+    tcp: TcpStream,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let roots = shared::tls::roots(&server.dir.path().join("ca.pem")).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::IpAddress(server.addr.ip().into());
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn a_node_certificate_pings_and_authenticates_over_tls() {
     let server = server().await;
@@ -84,20 +104,8 @@ async fn a_node_certificate_pings_and_authenticates_over_tls() {
 #[tokio::test]
 async fn a_client_without_a_certificate_pings_but_may_not_hello() {
     let server = server().await;
-    let roots = shared::tls::roots(&server.dir.path().join("ca.pem")).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
     let tcp = TcpStream::connect(server.addr).await.unwrap();
-    let name = rustls::pki_types::ServerName::IpAddress(server.addr.ip().into());
-    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .unwrap();
+    let mut tls = anonymous_tls(&server, tcp).await;
     // Text framing, as a human's `openssl s_client` would send it.
     tls.write_all(b"PING\r\n").await.unwrap();
     tls.flush().await.unwrap();
@@ -140,23 +148,11 @@ async fn every_answer_to_a_long_pipeline_over_tls_arrives() {
     // flush skipped when TLS held the last answers; the kernel here buffers too much for
     // this test to catch that case reliably.)
     let server = server().await;
-    let roots = shared::tls::roots(&server.dir.path().join("ca.pem")).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     // A small receive window keeps most answers waiting on the server's side.
     socket.set_recv_buffer_size(4096).unwrap();
     let tcp = socket.connect(server.addr).await.unwrap();
-    let name = rustls::pki_types::ServerName::IpAddress(server.addr.ip().into());
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .unwrap();
+    let tls = anonymous_tls(&server, tcp).await;
     const REQUESTS: usize = 20_000;
     let (mut reader, mut writer) = tokio::io::split(tls);
     let writing = tokio::spawn(async move {
