@@ -20,18 +20,6 @@ use tokio_tungstenite::tungstenite::Message;
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn metrics(cluster: &Cluster) -> String {
-    cluster
-        .http
-        .get(cluster.mgmt_url("/metrics").await)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 /// The value of the sample line starting with `name` (labels included), 0 if absent.
 fn sample(text: &str, name: &str) -> f64 {
     text.lines()
@@ -99,7 +87,7 @@ async fn a_killed_backend_is_stale_at_once_and_a_stopped_one_says_goodbye_over_t
         cluster.backends[i].wait_for("heartbeat channel open").await;
     }
     let text = eventually(DEADLINE, "heartbeats over two channels", || async {
-        let text = metrics(&cluster).await;
+        let text = cluster.metrics_text().await;
         (sample(&text, "colony_heartbeat_channels") == 2.0
             && sample(&text, "colony_heartbeat_channel_received_total") >= 6.0)
             .then_some(text)
@@ -169,14 +157,14 @@ async fn a_killed_backend_is_stale_at_once_and_a_stopped_one_says_goodbye_over_t
     })
     .await;
     eventually(DEADLINE, "channels closed", || async {
-        (sample(&metrics(&cluster).await, "colony_heartbeat_channels") == 0.0).then_some(())
+        (sample(&cluster.metrics_text().await, "colony_heartbeat_channels") == 0.0).then_some(())
     })
     .await;
     assert_eq!(
         status_of(&cluster, &stopped_id).await.as_deref(),
         Some("LEFT")
     );
-    let text = metrics(&cluster).await;
+    let text = cluster.metrics_text().await;
     assert!(
         !text.contains(r#"route="/heartbeat",status="200""#),
         "the goodbye was posted: {text}"
@@ -278,7 +266,7 @@ async fn forged_and_replayed_frames_are_refused_counted_and_close_nothing_else()
         Some("ACTIVE")
     );
 
-    let text = metrics(&cluster).await;
+    let text = cluster.metrics_text().await;
     for (reason, count) in [
         ("unknown_key", 1.0),
         ("bad_mac", 2.0),
@@ -306,7 +294,7 @@ async fn forged_and_replayed_frames_are_refused_counted_and_close_nothing_else()
         "the backend's channel broke"
     );
     assert_eq!(
-        sample(&metrics(&cluster).await, "colony_heartbeat_channels"),
+        sample(&cluster.metrics_text().await, "colony_heartbeat_channels"),
         2.0
     );
 

@@ -274,9 +274,10 @@ async fn serve(
             // A close, an error (reset, oversized frame), or the end of the stream.
             Some(Ok(Message::Close(_)) | Err(_)) | None => break,
         };
-        match accept(&core, &text, bound.as_ref()) {
+        // One clock read per frame: when it was recorded, and when it was answered.
+        let now = Instant::now();
+        match accept(&core, &text, bound.as_ref(), now) {
             Ok(accepted) => {
-                let now = Instant::now();
                 let answer = answers == Answers::Every
                     || accepted.binding.is_some()
                     || accepted.state != NodeState::Active
@@ -335,8 +336,13 @@ struct Accepted {
     state: NodeState,
 }
 
-/// Checks and records one frame; or the answer refusing it.
-fn accept(core: &Core, text: &str, bound: Option<&Binding>) -> Result<Accepted, ChannelAnswer> {
+/// Checks and records one frame, received at `now`; or the answer refusing it.
+fn accept(
+    core: &Core,
+    text: &str,
+    bound: Option<&Binding>,
+    now: Instant,
+) -> Result<Accepted, ChannelAnswer> {
     let Some(health) = &core.health else {
         return Err(refusal(
             "not_found",
@@ -384,7 +390,7 @@ fn accept(core: &Core, text: &str, bound: Option<&Binding>) -> Result<Accepted, 
             left,
         }),
     };
-    let recorded = health.record(heartbeat, Instant::now()).map_err(|e| {
+    let recorded = health.record(heartbeat, now).map_err(|e| {
         let code = match e {
             HeartbeatError::Replayed { .. } | HeartbeatError::RetiredBoot { .. } => {
                 core.auth.count_refusal("replay");
