@@ -162,7 +162,7 @@ fn phase(
         );
         let status = health(target.0).await;
         let rss_mib = rss_bytes(pid) as f64 / f64::from(1 << 20);
-        // A worker that failed (a channel closed or unanswered for 10 s) is reported, not a
+        // A worker that failed (a channel closed or unanswered for 30 s) is reported, not a
         // panic: the figures above were measured before the stop, and are printed with it.
         if let Err(e) = load.stop().await {
             println!("the load ended with an error (figures below still measured): {e}");

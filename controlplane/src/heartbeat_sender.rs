@@ -7,9 +7,11 @@
 //! one WebSocket frame each, and a channel the coordinator sees close tells it at once that
 //! this node may be gone. The channel is opened to be answered sparsely: the sender does not
 //! wait for each answer, it reads those that came whenever it beats, and takes the channel
-//! for broken only when frames have had no answer at all for [`CHANNEL_ANSWER_TIMEOUT`]. When the channel cannot be opened (an older coordinator, its
-//! channel cap reached) or breaks, that heartbeat is `POST`ed instead, and the channel is
-//! tried again after [`CHANNEL_RETRY`].
+//! for broken only when frames have had no answer at all for [`SPARSE_ANSWER_TIMEOUT`], or
+//! when its kernel gives the connection up because the coordinator's host acknowledged
+//! nothing for [`CHANNEL_TCP_USER_TIMEOUT`] (a host or network gone). When the channel
+//! cannot be opened (an older coordinator, its channel cap reached) or breaks, that
+//! heartbeat is `POST`ed instead, and the channel is tried again after [`CHANNEL_RETRY`].
 //!
 //! Start order does not matter: until the coordinator is registered the sender waits,
 //! logging that it does. After repeated failures it looks the coordinator up again, since a
@@ -28,7 +30,10 @@ use tracing::{debug, info, warn};
 use futures::{FutureExt, SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-use crate::wire::channel::{frame, ChannelAnswer, CHANNEL_METHOD, CHANNEL_PATH, SPARSE_PATH};
+use crate::wire::channel::{
+    frame, ChannelAnswer, CHANNEL_METHOD, CHANNEL_PATH, CHANNEL_TCP_USER_TIMEOUT,
+    SPARSE_ANSWER_TIMEOUT, SPARSE_PATH,
+};
 use crate::wire::heartbeat::{new_boot_id, Heartbeat, NodeType};
 
 /// Failed posts in a row after which the coordinator is looked up again.
@@ -41,9 +46,10 @@ const HEARTBEAT_PATH: &str = "/heartbeat";
 /// After the channel could not be opened, heartbeats are `POST`ed this long before the
 /// channel is tried again.
 pub const CHANNEL_RETRY: Duration = Duration::from_secs(5);
-/// How long heartbeats may go unanswered: the coordinator's default `--down-after`. Past it
-/// the node is DOWN there anyway, so giving up the channel sooner only adds a suspicion. The
-/// channel is answered sparsely, about every 3 s, so a live coordinator answers well inside.
+/// How long opening the channel or a `POST` may take: the coordinator's default
+/// `--down-after`. Past it the node is DOWN there anyway, so giving up sooner only adds a
+/// suspicion. (Frames on an open channel wait longer, [`SPARSE_ANSWER_TIMEOUT`]: it is
+/// answered only every [`crate::wire::channel::SPARSE_ANSWER_EVERY`].)
 pub const CHANNEL_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// An open heartbeat channel: a WebSocket over plain TCP, or over TLS between nodes.
@@ -169,6 +175,15 @@ impl OpenChannel {
             }
         }
     }
+}
+
+/// Makes the kernel close `tcp` when data written on it stays unacknowledged by the peer's
+/// host for `limit` (`TCP_USER_TIMEOUT`), instead of retrying for about a quarter of an hour:
+/// a heartbeat channel to a host that vanished breaks in that long, and the node falls back
+/// and looks the coordinator up again.
+fn give_up_unacknowledged_after(tcp: &tokio::net::TcpStream, limit: Duration) -> nix::Result<()> {
+    let millis = u32::try_from(limit.as_millis()).unwrap_or(u32::MAX);
+    nix::sys::socket::setsockopt(tcp, nix::sys::socket::sockopt::TcpUserTimeout, &millis)
 }
 
 /// The next answer on `channel`: `Err` when it broke or closed.
@@ -378,6 +393,10 @@ impl HeartbeatSender {
                 .await
                 .map_err(|e| ChannelError::Broken(e.to_string()))?;
             let _ = tcp.set_nodelay(true);
+            if let Err(e) = give_up_unacknowledged_after(&tcp, CHANNEL_TCP_USER_TIMEOUT) {
+                // The channel still works; only a vanished host is noticed later.
+                debug!(error = %e, "cannot bound the channel's unacknowledged time");
+            }
             let socket: dataplane::Socket = match &self.tls {
                 Some(tls) => Box::new(
                     tls.connect(target.ip, tcp)
@@ -484,20 +503,20 @@ impl HeartbeatSender {
     }
 
     /// How long a frame's answer may take before the channel is given up:
-    /// [`CHANNEL_ANSWER_TIMEOUT`], for a slow answer is not a broken channel. Giving a
+    /// [`SPARSE_ANSWER_TIMEOUT`], for a slow answer is not a broken channel. Giving a
     /// channel up closes it, and the coordinator suspects a node whose channel closed at
     /// once (STALE), while a heartbeat that is only slow (the coordinator is behind) is
     /// forgiven there as the coordinator's own stall. A channel that really breaks says so
     /// sooner: an error or a close.
     fn frame_answer_timeout(&self) -> Duration {
-        CHANNEL_ANSWER_TIMEOUT.max(3 * self.interval)
+        SPARSE_ANSWER_TIMEOUT.max(3 * self.interval)
     }
 
-    /// How long opening the channel or a `POST` may take: as long as a frame's answer, since
-    /// both wait on the same coordinator. With a second, a coordinator that was behind
-    /// refused every fallback of a node whose channel had gone.
+    /// How long opening the channel or a `POST` may take: [`CHANNEL_ANSWER_TIMEOUT`], three
+    /// intervals if longer. With a second, a coordinator that was behind refused every
+    /// fallback of a node whose channel had gone.
     fn answer_timeout(&self) -> Duration {
-        self.frame_answer_timeout()
+        CHANNEL_ANSWER_TIMEOUT.max(3 * self.interval)
     }
 
     fn heartbeat(&self, seq: u64, leaving: bool) -> Heartbeat {
@@ -535,5 +554,25 @@ impl HeartbeatSender {
             let body = response.text().await.unwrap_or_default();
             Err(PostError::Refused { status, body })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_channel_socket_gives_up_on_a_silent_host_in_ten_seconds() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tcp = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let before =
+            nix::sys::socket::getsockopt(&tcp, nix::sys::socket::sockopt::TcpUserTimeout).unwrap();
+        assert_eq!(before, 0, "the kernel's default: no bound");
+        give_up_unacknowledged_after(&tcp, CHANNEL_TCP_USER_TIMEOUT).unwrap();
+        let after =
+            nix::sys::socket::getsockopt(&tcp, nix::sys::socket::sockopt::TcpUserTimeout).unwrap();
+        assert_eq!(after, 10_000);
     }
 }

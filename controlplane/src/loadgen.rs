@@ -27,14 +27,16 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use futures::{FutureExt, SinkExt, StreamExt};
-use shared::loadgen::{connect, timed, Connector, Load, LoadStream, Worker, READ_TIMEOUT};
+use shared::loadgen::{connect, timed, Connector, Load, LoadStream, Worker};
 use shared::signing::{RequestSigner, HEADER};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::WebSocketStream;
 
-use crate::wire::channel::{frame, ChannelAnswer, CHANNEL_METHOD, CHANNEL_PATH, SPARSE_PATH};
+use crate::wire::channel::{
+    frame, ChannelAnswer, CHANNEL_METHOD, CHANNEL_PATH, SPARSE_ANSWER_TIMEOUT, SPARSE_PATH,
+};
 
 /// Where heartbeats are posted.
 pub const HEARTBEAT_PATH: &str = "/heartbeat";
@@ -229,7 +231,8 @@ impl Channel {
 
     /// Sparse: sends the frames of `bodies`, the last with `seq`, counting them into
     /// `worker`, then takes in the answers already there without waiting for any: `Err` when
-    /// one refuses a heartbeat or a frame has had no answer for [`READ_TIMEOUT`].
+    /// one refuses a heartbeat or a frame has had no answer for [`SPARSE_ANSWER_TIMEOUT`], as
+    /// a backend's sender would give the channel up.
     async fn send_sparse(
         &mut self,
         signer: &RequestSigner,
@@ -256,7 +259,7 @@ impl Channel {
             }
         }
         match self.unacked.as_ref().and_then(|u| u.front()) {
-            Some((_, at)) if at.elapsed() > READ_TIMEOUT => Err(std::io::Error::new(
+            Some((_, at)) if at.elapsed() > SPARSE_ANSWER_TIMEOUT => Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 "a heartbeat channel acknowledged nothing in time",
             )),

@@ -14,7 +14,16 @@
 //! [`SPARSE_ANSWER_EVERY`] without an answer. An accepted answer's `seq` then acknowledges
 //! every frame up to it. A node learns as much (its heartbeats arrive, the coordinator is
 //! alive), and the coordinator writes a few answers per node a minute instead of one per
-//! heartbeat: at 10 000 nodes those writes were a third of its CPU.
+//! heartbeat: at 10 000 nodes those writes were a third of its CPU, and at one answer per
+//! 3 s still a sixth.
+//!
+//! A sender takes a sparsely answered channel for broken when frames have waited
+//! [`SPARSE_ANSWER_TIMEOUT`] with no answer. That long wait is for a coordinator that is only
+//! behind; a peer that is gone (its host down, the network cut) is noticed sooner by TCP
+//! itself, since senders bound how long sent data may stay unacknowledged
+//! ([`CHANNEL_TCP_USER_TIMEOUT`]).
+
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -23,9 +32,21 @@ pub const CHANNEL_PATH: &str = "/heartbeat/ws";
 /// The channel's path and query when it is answered sparsely.
 pub const SPARSE_PATH: &str = "/heartbeat/ws?answers=sparse";
 /// On a sparsely answered channel, an accepted heartbeat is answered at least this long after
-/// the channel's previous answer. A node's sender waits up to 10 s for an answer, so a node
-/// that beats every second still hears from a live coordinator well inside that.
-pub const SPARSE_ANSWER_EVERY: std::time::Duration = std::time::Duration::from_secs(3);
+/// the channel's previous answer: a node that beats every second hears from a live
+/// coordinator every 10–11 s, well inside [`SPARSE_ANSWER_TIMEOUT`].
+pub const SPARSE_ANSWER_EVERY: Duration = Duration::from_secs(10);
+
+/// How long a sender lets frames on a sparsely answered channel wait for an answer before it
+/// gives the channel up: three answer periods, so a coordinator that is behind (or paused
+/// for some seconds) is not taken for a broken channel, which it would suspect at once.
+pub const SPARSE_ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a heartbeat a sender wrote may stay unacknowledged by the coordinator's host
+/// before the sender's kernel closes the channel (`TCP_USER_TIMEOUT`): a coordinator whose
+/// host or network is gone is noticed in this long, not after [`SPARSE_ANSWER_TIMEOUT`] (nor
+/// after TCP's default of about a quarter of an hour). A live host acknowledges within
+/// milliseconds even when the coordinator's process is behind.
+pub const CHANNEL_TCP_USER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How a channel's accepted heartbeats are answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
