@@ -478,7 +478,17 @@ pub async fn start_coordinator(
     let mut tasks = Tasks::new();
     // The failure detector runs on the management thread, where heartbeats are read, so a
     // stall of that thread is its own and not the nodes' silence (HealthTracker::sweeper).
-    let sweeper: Beside = Box::pin(health.clone().sweeper(tasks.shutdown.clone()));
+    // Beside it, the batching of that thread's turns while heartbeats flow fast.
+    let sweeper: Beside = {
+        let sweeper = health.clone().sweeper(tasks.shutdown.clone());
+        let batching = management::batching::batch_wakeups(
+            mgmt.metrics.heartbeats.clone(),
+            tasks.shutdown.clone(),
+        );
+        Box::pin(async move {
+            tokio::join!(sweeper, batching);
+        })
+    };
     tasks.serve_planes(
         listeners,
         &data_plane,

@@ -18,6 +18,7 @@
 //! Everything but `/health`, `/heartbeat` (a node's call) and the dashboard's page and
 //! assets is a read: open unless `--protect-reads` ([`crate::operator`]).
 
+pub mod batching;
 pub mod channel;
 mod health;
 mod heartbeat;
