@@ -453,11 +453,12 @@ async fn the_channel_speaks_rfc_6455_itself_pongs_reassembles_and_closes_with_th
     use tokio::io::AsyncWriteExt;
     let mut cluster = Cluster::new();
     cluster.start_coordinator(&[]);
-    let signer = RequestSigner::new(&cluster.secret());
 
     // A ping is answered with a pong carrying its payload; a heartbeat sent in two fragments
     // (a ping between them) is reassembled and accepted; a close is answered with its code.
     let mut socket = raw_channel(&cluster).await;
+    // The coordinator is up (it answered): its secret is written.
+    let signer = RequestSigner::new(&cluster.secret());
     socket
         .write_all(&raw_frame(true, Opcode::Ping, b"are you there"))
         .await

@@ -267,8 +267,8 @@ fn decode_frames(chunks: &[&[u8]]) -> FrameReplay {
             match decoder.decode(&mut buf) {
                 Ok(Some(decoded)) => {
                     let consumed = decoded.consumed;
-                    assert!(consumed > 0 && consumed <= buf.len(), "consumed {consumed}");
                     messages.extend(decoded.message.map(owned));
+                    assert!(consumed > 0 && consumed <= buf.len(), "consumed {consumed}");
                     buf.drain(..consumed);
                 }
                 Ok(None) => break,

@@ -82,6 +82,10 @@ impl Input {
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
+            if self.buf.len() > READ_BUFFER {
+                // A large frame is answered: the channel goes back to its small buffer.
+                self.buf = vec![0; READ_BUFFER];
+            }
         } else if self.start > 0 && self.end == self.buf.len() {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
