@@ -18,7 +18,7 @@
 # ships, offline (a C compiler and make are enough). Runs outside CI, on the stable toolchain.
 set -euo pipefail
 
-ALL_TARGETS=(codec_text codec_binary http_bodies ws_request)
+ALL_TARGETS=(codec_text codec_binary http_bodies ws_request ws_channel_frames)
 minutes=10
 targets=()
 while (($#)); do

@@ -13,7 +13,7 @@ use controlplane::fuzzing::Outcome;
 type Replay = fn(&[u8]) -> Result<(), String>;
 
 /// Each target, and what replaying one input through it must come to.
-const TARGETS: [(&str, Replay); 4] = [
+const TARGETS: [(&str, Replay); 5] = [
     ("codec_text", |data| {
         decoded(codec::fuzzing::codec_text(data))
     }),
@@ -47,6 +47,11 @@ const TARGETS: [(&str, Replay); 4] = [
         } else {
             Err(format!("{} answers, not {expected}", answers.len()))
         }
+    }),
+    ("ws_channel_frames", |data| {
+        // The entry checks itself (it panics on a finding); what it returns needs no more.
+        let _ = controlplane::fuzzing::ws_channel_frames(data);
+        Ok(())
     }),
 ];
 

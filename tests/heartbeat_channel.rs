@@ -372,3 +372,154 @@ async fn forged_and_replayed_frames_are_refused_counted_and_close_nothing_else()
         (Some(6), Some("LEFT"))
     );
 }
+
+/// A channel opened by hand over TCP, as a minimal client would: the handshake checked
+/// byte for byte, then frames written and read raw.
+async fn raw_channel(cluster: &Cluster) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let url = cluster.mgmt_url("/heartbeat/ws").await;
+    let host = url
+        .strip_prefix("http://")
+        .and_then(|rest| rest.split('/').next())
+        .unwrap()
+        .to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&host).await.unwrap();
+    let request = format!(
+        "GET /heartbeat/ws HTTP/1.1\r\nHost: {host}\r\nConnection: keep-alive, Upgrade\r\n\
+         Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    // The head of the answer, byte by byte: nothing after it may be consumed.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let byte = tokio::time::timeout(DEADLINE, stream.read_u8())
+            .await
+            .unwrap()
+            .unwrap();
+        head.push(byte);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    // RFC 6455's own example key and accept value.
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{head}"
+    );
+    stream
+}
+
+/// A client frame: masked, as RFC 6455 requires.
+fn raw_frame(fin: bool, opcode: controlplane::wire::ws_frame::Opcode, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    controlplane::wire::ws_frame::encode_masked(&mut out, fin, opcode, [1, 2, 3, 4], payload);
+    out
+}
+
+/// The next server frame on `stream`: its opcode and payload (`None` at the end of the
+/// stream).
+async fn raw_read(stream: &mut tokio::net::TcpStream) -> Option<(u8, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let read = async {
+        let mut head = [0u8; 2];
+        stream.read_exact(&mut head).await.ok()?;
+        assert_eq!(head[1] & 0x80, 0, "server frames are not masked");
+        let len = match head[1] & 0x7f {
+            126 => usize::from(stream.read_u16().await.ok()?),
+            127 => usize::try_from(stream.read_u64().await.ok()?).unwrap(),
+            n => usize::from(n),
+        };
+        let mut payload = vec![0; len];
+        stream.read_exact(&mut payload).await.ok()?;
+        Some((head[0] & 0x0f, payload))
+    };
+    tokio::time::timeout(DEADLINE, read).await.unwrap()
+}
+
+/// The close code the server ends `stream` with, skipping any frame before it.
+async fn raw_close_code(stream: &mut tokio::net::TcpStream) -> u16 {
+    loop {
+        match raw_read(stream).await {
+            Some((0x8, payload)) => return u16::from_be_bytes([payload[0], payload[1]]),
+            Some(_) => {}
+            None => panic!("the channel ended without a close frame"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_channel_speaks_rfc_6455_itself_pongs_reassembles_and_closes_with_the_right_code() {
+    use controlplane::wire::ws_frame::Opcode;
+    use tokio::io::AsyncWriteExt;
+    let mut cluster = Cluster::new();
+    cluster.start_coordinator(&[]);
+
+    // A ping is answered with a pong carrying its payload; a heartbeat sent in two fragments
+    // (a ping between them) is reassembled and accepted; a close is answered with its code.
+    let mut socket = raw_channel(&cluster).await;
+    // The coordinator is up (it answered): its secret is written.
+    let signer = RequestSigner::new(&cluster.secret());
+    socket
+        .write_all(&raw_frame(true, Opcode::Ping, b"are you there"))
+        .await
+        .unwrap();
+    assert_eq!(
+        raw_read(&mut socket).await,
+        Some((0xa, b"are you there".to_vec()))
+    );
+    let body = heartbeat("node_raw", "r1", 1);
+    let text = format!(
+        "{}\n{}",
+        signer.sign("CHANNEL", "/heartbeat/ws", &body),
+        String::from_utf8(body).unwrap()
+    );
+    let (a, b) = text.as_bytes().split_at(text.len() / 2);
+    let mut bytes = raw_frame(false, Opcode::Text, a);
+    bytes.extend(raw_frame(true, Opcode::Ping, b"between"));
+    bytes.extend(raw_frame(true, Opcode::Continuation, b));
+    socket.write_all(&bytes).await.unwrap();
+    assert_eq!(
+        raw_read(&mut socket).await,
+        Some((0xa, b"between".to_vec()))
+    );
+    let (opcode, answer) = raw_read(&mut socket).await.unwrap();
+    assert_eq!(opcode, 0x1);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&answer).unwrap(),
+        json!({"seq": 1, "status": "ACTIVE"})
+    );
+    socket
+        .write_all(&raw_frame(true, Opcode::Close, &1000u16.to_be_bytes()))
+        .await
+        .unwrap();
+    assert_eq!(raw_close_code(&mut socket).await, 1000);
+
+    // An unmasked frame breaks the protocol: 1002.
+    let mut socket = raw_channel(&cluster).await;
+    socket.write_all(&[0x81, 2, b'h', b'i']).await.unwrap();
+    assert_eq!(raw_close_code(&mut socket).await, 1002);
+    // Text that is not UTF-8: 1007.
+    let mut socket = raw_channel(&cluster).await;
+    socket
+        .write_all(&raw_frame(true, Opcode::Text, &[b'a', 0xff, b'\n']))
+        .await
+        .unwrap();
+    assert_eq!(raw_close_code(&mut socket).await, 1007);
+    // A frame larger than the channel takes (16 KiB): 1009, as soon as its header says so.
+    let mut socket = raw_channel(&cluster).await;
+    let big = raw_frame(true, Opcode::Text, &vec![b'a'; 16 * 1024 + 1]);
+    socket.write_all(&big[..100]).await.unwrap();
+    assert_eq!(raw_close_code(&mut socket).await, 1009);
+
+    // The node's channel closed without a goodbye: suspected at once, as over tungstenite;
+    // and every channel above is closed and counted so.
+    eventually(DEADLINE, "node_raw STALE", || async {
+        (status_of(&cluster, "node_raw").await.as_deref() == Some("STALE")).then_some(())
+    })
+    .await;
+    eventually(DEADLINE, "channels closed", || async {
+        (sample(&cluster.metrics_text().await, "colony_heartbeat_channels") == 0.0).then_some(())
+    })
+    .await;
+}

@@ -1,5 +1,5 @@
 //! Entry points of the fuzz campaign over what the HTTP planes accept from the network (the
-//! `fuzz/` crate's targets `http_bodies` and `ws_request`) and of the test that replays its
+//! `fuzz/` crate's targets `http_bodies`, `ws_request` and `ws_channel_frames`) and of the test that replays its
 //! corpus (`tests/fuzz_corpus.rs`), so both run exactly the same code.
 //!
 //! [`http_bodies`] takes one body of a node or operator route, the route picked by the
@@ -15,6 +15,13 @@
 //! [`ws_request`] takes one `/ws` text message and answers it with the real handler of the
 //! management `/ws` ([`crate::ws`]), once as anyone and once as the operator, on a
 //! coordinator with no managed processes and no deploy root (so nothing is started).
+//!
+//! [`ws_channel_frames`] takes the bytes a client sends on the heartbeat channel after its
+//! handshake and decodes them with the channel's frame decoder
+//! ([`crate::wire::ws_frame`]), delivered whole and in chunks of a size the input's first
+//! byte picks: both must give the same messages and end the same way, every message must be
+//! within the limits, decode again the same once re-encoded, and a refusal must carry one of
+//! the close codes the decoder promises (1002, 1007, 1009).
 //!
 //! Besides not panicking, each entry checks what the client is promised: a refused body is
 //! a 4xx with a message, never a 5xx; a topology the coordinator places from an accepted
@@ -48,6 +55,7 @@ use crate::state::{MgmtState, NodeInfo};
 use crate::wire::heartbeat::{Heartbeat, NodeType};
 use crate::wire::init::InitColonyShard;
 use crate::wire::tokens::TokenReport;
+use crate::wire::ws_frame::{encode_masked, Decoder, Message, Opcode, MAX_CONTROL_PAYLOAD};
 use crate::ws::protocol::parse_request;
 use crate::ws::{Hub, WsLimits};
 
@@ -183,6 +191,116 @@ struct Fixture {
     hub: Hub,
     issuer: TokenIssuer,
     secret: ClusterSecret,
+}
+
+/// The largest message [`ws_channel_frames`] decodes: small, so the fuzzer reaches the limit.
+pub const WS_FUZZ_MAX_MESSAGE: usize = 512;
+
+/// What [`ws_channel_frames`] made of one input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameReplay {
+    /// The messages decoded, in order: each one's opcode and payload (a close's code and
+    /// reason as sent).
+    pub messages: Vec<(Opcode, Vec<u8>)>,
+    /// The close code the decoder ended the connection with, if it did.
+    pub close_code: Option<u16>,
+}
+
+/// The bytes after a channel's handshake, decoded (module docs): the first byte picks the
+/// chunk size (1 to 256) the rest is delivered in.
+///
+/// # Panics
+/// When the decodings disagree or a message breaks a limit: a bug the fuzzer found.
+pub fn ws_channel_frames(data: &[u8]) -> FrameReplay {
+    let Some((&chunk, bytes)) = data.split_first() else {
+        return FrameReplay {
+            messages: Vec::new(),
+            close_code: None,
+        };
+    };
+    let whole = decode_frames(&[bytes]);
+    let chunks: Vec<&[u8]> = bytes.chunks(usize::from(chunk) + 1).collect();
+    assert_eq!(
+        whole,
+        decode_frames(&chunks),
+        "chunks of {} decode differently",
+        usize::from(chunk) + 1
+    );
+    if let Some(code) = whole.close_code {
+        assert!(
+            matches!(code, 1002 | 1007 | 1009),
+            "close code {code} is not one the decoder promises"
+        );
+    }
+    for (opcode, payload) in &whole.messages {
+        let limit = match opcode {
+            Opcode::Ping | Opcode::Pong | Opcode::Close => MAX_CONTROL_PAYLOAD,
+            _ => WS_FUZZ_MAX_MESSAGE,
+        };
+        assert!(
+            payload.len() <= limit,
+            "a {opcode:?} of {} bytes",
+            payload.len()
+        );
+        // Re-encoded as a client would, the message decodes to itself.
+        let mut frame = Vec::new();
+        encode_masked(&mut frame, true, *opcode, [0x5a, 0, 0xff, 7], payload);
+        let again = decode_frames(&[&frame]);
+        assert_eq!(
+            (again.messages.as_slice(), again.close_code),
+            (std::slice::from_ref(&(*opcode, payload.clone())), None),
+            "a re-encoded {opcode:?} decodes differently"
+        );
+    }
+    whole
+}
+
+/// The messages `chunks` decode to, read one after the other as a connection would, and
+/// how the decoding ended.
+fn decode_frames(chunks: &[&[u8]]) -> FrameReplay {
+    let mut decoder = Decoder::new(WS_FUZZ_MAX_MESSAGE);
+    let mut buf = Vec::new();
+    let mut messages = Vec::new();
+    for chunk in chunks {
+        buf.extend_from_slice(chunk);
+        loop {
+            match decoder.decode(&mut buf) {
+                Ok(Some(decoded)) => {
+                    let consumed = decoded.consumed;
+                    messages.extend(decoded.message.map(owned));
+                    assert!(consumed > 0 && consumed <= buf.len(), "consumed {consumed}");
+                    buf.drain(..consumed);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    return FrameReplay {
+                        messages,
+                        close_code: Some(e.close_code()),
+                    }
+                }
+            }
+        }
+    }
+    FrameReplay {
+        messages,
+        close_code: None,
+    }
+}
+
+/// A message's opcode and payload, owned.
+fn owned(message: Message<'_>) -> (Opcode, Vec<u8>) {
+    match message {
+        Message::Text(t) => (Opcode::Text, t.as_bytes().to_vec()),
+        Message::Binary(b) => (Opcode::Binary, b.to_vec()),
+        Message::Ping(p) => (Opcode::Ping, p.to_vec()),
+        Message::Pong(p) => (Opcode::Pong, p.to_vec()),
+        Message::Close(None) => (Opcode::Close, Vec::new()),
+        Message::Close(Some(close)) => {
+            let mut payload = close.code.to_be_bytes().to_vec();
+            payload.extend_from_slice(close.reason.as_bytes());
+            (Opcode::Close, payload)
+        }
+    }
 }
 
 fn fixture() -> &'static Fixture {

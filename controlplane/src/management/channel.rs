@@ -21,23 +21,34 @@
 //!
 //! Channels have a cap of their own ([`ChannelLimits::max_channels`], sized for 10 000+
 //! nodes), apart from `/ws`'s: neither can use up the other's slots.
+//!
+//! The transport is the channel's own, not axum's WebSocket (tungstenite): the HTTP/1.1
+//! handshake ([`handshake`]: the same checks and answers as axum's `WebSocketUpgrade`), then
+//! RFC 6455 frames ([`crate::wire::ws_frame`]) over the upgraded stream, plain or TLS, read
+//! into one buffer per channel and answered in one write per batch ([`socket`]). Any RFC
+//! 6455 client (tungstenite, `websocat`, a browser) speaks to it unchanged: pings are
+//! answered with pongs, fragmented messages are reassembled, a close is answered with a
+//! close, and a broken frame closes the channel with the code RFC 6455 names (1002 a
+//! protocol error, 1007 text that is not UTF-8, 1009 a message over
+//! [`ChannelLimits::max_frame`]). After the coordinator closes a channel, the peer gets
+//! [`socket::CLOSE_LINGER`] to read why and hang up.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes, WebSocket};
-use axum::extract::{RawQuery, State, WebSocketUpgrade};
+use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use dashmap::DashMap;
-use futures::{FutureExt, SinkExt, StreamExt};
+use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use shared::log_limit::LogLimit;
 use shared::signing::{unix_millis, SignatureError};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -52,19 +63,18 @@ use crate::wire::channel::{
     split, Answers, ChannelAnswer, CHANNEL_METHOD, CHANNEL_PATH, SPARSE_ANSWER_EVERY,
 };
 use crate::wire::heartbeat::{Heartbeat, HeartbeatError};
+use crate::wire::ws_frame::{self, close_code, Message, Opcode};
+
+mod handshake;
+mod socket;
+
+use socket::{Next, Socket};
 
 /// Refusals at the channel cap, at most one line per interval.
 static REFUSED_LOG: LogLimit = LogLimit::new(
     "heartbeat_channel_refused",
     shared::log_limit::DEFAULT_INTERVAL,
 );
-
-/// Each channel's read buffer. A heartbeat frame is a few hundred bytes (a larger one, up to
-/// [`ChannelLimits::max_frame`], takes several reads). tungstenite zero-fills the whole
-/// buffer before every read: at its default, 128 KiB, that memset was most of the cost of a
-/// frame and 10 000 idle channels held over a GiB; at 4 KiB it was still 3% of the
-/// management thread at 10 000 nodes.
-const READ_BUFFER: usize = 1024;
 
 /// The channel's limits.
 #[derive(Debug, Clone, Copy)]
@@ -147,34 +157,37 @@ pub fn router(state: ChannelState) -> Router {
 
 /// `GET /heartbeat/ws`: anyone may open a channel (every frame is signed), except, over TLS,
 /// a caller without a node certificate for its address; the cap is checked before the
-/// upgrade.
-async fn upgrade(
-    State(state): State<ChannelState>,
-    RawQuery(query): RawQuery,
-    extensions: axum::http::Extensions,
-    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
-) -> Response {
+/// upgrade. The handshake is [`handshake`]'s; the upgraded connection is served by
+/// [`serve`] on a task of its own, tracked so shutdown waits for it.
+async fn upgrade(State(state): State<ChannelState>, mut request: Request) -> Response {
     let core = state.core;
     if core.health.is_none() {
         return ApiError::NotFound("heartbeats go to the coordinator".into()).into_response();
     }
-    if let Err(refused) = core.auth.require_node(&extensions, CHANNEL_PATH) {
+    if let Err(refused) = core.auth.require_node(request.extensions(), CHANNEL_PATH) {
         return refused.into_response();
     }
-    let Some(answers) = Answers::from_query(query.as_deref()) else {
+    let Some(answers) = Answers::from_query(request.uri().query()) else {
         return ApiError::BadRequest("answers= is `every` (the default) or `sparse`".into())
             .into_response();
     };
-    let upgrade = match upgrade {
-        Ok(upgrade) => upgrade,
+    let accept = match handshake::check(request.method(), request.version(), request.headers()) {
+        Ok(accept) => accept,
         Err(e) => {
-            return ApiError::BadRequest(format!(
-                "GET {CHANNEL_PATH} is a WebSocket endpoint: {}",
-                e.body_text()
-            ))
-            .into_response()
+            return ApiError::BadRequest(format!("GET {CHANNEL_PATH} is a WebSocket endpoint: {e}"))
+                .into_response()
         }
     };
+    if request
+        .extensions()
+        .get::<hyper::upgrade::OnUpgrade>()
+        .is_none()
+    {
+        return ApiError::BadRequest(format!(
+            "GET {CHANNEL_PATH} is a WebSocket endpoint: the connection cannot be upgraded"
+        ))
+        .into_response();
+    }
     let Ok(permit) = core.permits.clone().try_acquire_owned() else {
         shared::warn_limited!(
             REFUSED_LOG,
@@ -187,16 +200,16 @@ async fn upgrade(
         ))
         .into_response();
     };
+    let upgrading = hyper::upgrade::on(&mut request);
     let tracked = core.tasks.token();
-    let max_frame = core.limits.max_frame;
-    upgrade
-        .max_message_size(max_frame)
-        .max_frame_size(max_frame)
-        .read_buffer_size(READ_BUFFER)
-        .on_upgrade(move |socket| async move {
-            let _tracked = tracked;
-            serve(socket, core, answers, permit).await;
-        })
+    tokio::spawn(async move {
+        let _tracked = tracked;
+        match upgrading.await {
+            Ok(upgraded) => serve(TokioIo::new(upgraded), core, answers, permit).await,
+            Err(e) => tracing::debug!(error = %e, "heartbeat channel upgrade failed"),
+        }
+    });
+    handshake::switching(accept)
 }
 
 /// Which node a channel carries, once a heartbeat on it was accepted.
@@ -209,111 +222,26 @@ struct Binding {
 }
 
 /// One channel, until it closes, the listener stops, or a stranger misbehaves on it.
-async fn serve(
-    mut socket: WebSocket,
-    core: Arc<Core>,
-    answers: Answers,
-    _permit: OwnedSemaphorePermit,
-) {
+async fn serve<S>(io: S, core: Arc<Core>, answers: Answers, _permit: OwnedSemaphorePermit)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     core.open.inc();
-    let id = core.next_id.fetch_add(1, Ordering::Relaxed);
-    let mut bound: Option<Binding> = None;
-    let opened = Instant::now();
-    // When this channel last answered an accepted frame (sparse answering only).
-    let mut answered: Option<Instant> = None;
-    // One wait for shutdown across every frame: a fresh `cancelled()` per frame joined and
-    // left the token's waiter list (a mutex) each time.
-    let stopping = core.shutdown.clone().cancelled_owned();
-    tokio::pin!(stopping);
-    // Answers fed to the socket but not yet written: they go out together once no frame is
-    // waiting, so frames that arrive together cost one write between them, not one each.
-    let mut unflushed = false;
-    loop {
-        let waiting = if unflushed {
-            socket.next().now_or_never()
-        } else {
-            None
-        };
-        let message = match waiting {
-            Some(message) => message,
-            None => {
-                if unflushed {
-                    if socket.flush().await.is_err() {
-                        break;
-                    }
-                    unflushed = false;
-                }
-                let deadline = opened + core.limits.first_frame;
-                tokio::select! {
-                    biased;
-                    _ = &mut stopping => {
-                        let _ = socket.send(close(close_code::AWAY, "coordinator stopping")).await;
-                        break;
-                    }
-                    _ = tokio::time::sleep_until(deadline), if bound.is_none() => {
-                        let _ = socket.send(close(close_code::POLICY, "no accepted heartbeat in time")).await;
-                        break;
-                    }
-                    message = socket.recv() => message,
-                }
-            }
-        };
-        let text = match message {
-            Some(Ok(Message::Text(text))) => text,
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-            Some(Ok(Message::Binary(_))) => {
-                let refusal = refusal(
-                    "bad_request",
-                    "frames are text: signature, newline, heartbeat".into(),
-                );
-                if !answer_or_close(&mut socket, bound.is_some(), refusal).await {
-                    break;
-                }
-                continue;
-            }
-            // A close, an error (reset, oversized frame), or the end of the stream.
-            Some(Ok(Message::Close(_)) | Err(_)) | None => break,
-        };
-        // One clock read per frame: when it was recorded, and when it was answered.
-        let now = Instant::now();
-        match accept(&core, &text, bound.as_ref(), now) {
-            Ok(accepted) => {
-                let answer = answers == Answers::Every
-                    || accepted.binding.is_some()
-                    || accepted.state != NodeState::Active
-                    || answered
-                        .is_none_or(|at| now.saturating_duration_since(at) >= SPARSE_ANSWER_EVERY);
-                match (accepted.binding, bound.as_mut()) {
-                    (Some(binding), None) => {
-                        core.newest.insert(binding.node.clone(), id);
-                        bound = Some(binding);
-                    }
-                    (Some(binding), Some(old)) => *old = binding,
-                    (None, Some(old)) => old.left = accepted.left,
-                    (None, None) => {}
-                }
-                if !answer {
-                    continue;
-                }
-                answered = Some(now);
-                let answer = Message::Text(accepted_text(accepted.seq, accepted.state));
-                if socket.feed(answer).await.is_err() {
-                    break;
-                }
-                unflushed = true;
-            }
-            Err(refused) => {
-                if !answer_or_close(&mut socket, bound.is_some(), refused).await {
-                    break;
-                }
-            }
-        }
-    }
+    let mut channel = Channel {
+        id: core.next_id.fetch_add(1, Ordering::Relaxed),
+        core,
+        answers,
+        bound: None,
+        answered: None,
+    };
+    let mut socket = Socket::new(io, channel.core.limits.max_frame);
+    let ending = channel.run(&mut socket).await;
+    let core = &channel.core;
     core.open.dec();
-    if let Some(binding) = bound {
+    if let Some(binding) = channel.bound {
         let newest = core
             .newest
-            .remove_if(&binding.node, |_, newest| *newest == id)
+            .remove_if(&binding.node, |_, newest| *newest == channel.id)
             .is_some();
         if newest && !binding.left {
             if let Some(health) = &core.health {
@@ -321,6 +249,171 @@ async fn serve(
             }
         }
     }
+    if ending == Ending::ClosedByUs {
+        socket.linger().await;
+    }
+}
+
+/// How a channel ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// The server sent its close first: the peer gets a moment to read it.
+    ClosedByUs,
+    /// The peer closed (and was answered), the stream ended or failed, or the coordinator
+    /// is stopping.
+    Done,
+}
+
+/// What the next step of a channel's loop is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    End(Ending),
+}
+
+/// One channel's state.
+#[derive(Debug)]
+struct Channel {
+    core: Arc<Core>,
+    id: u64,
+    answers: Answers,
+    bound: Option<Binding>,
+    /// When this channel last answered an accepted frame (sparse answering only).
+    answered: Option<Instant>,
+}
+
+impl Channel {
+    /// Reads, checks and answers frames until the channel ends. Every frame read together
+    /// is answered into one buffer, written once: frames that arrive together cost one
+    /// write between them, not one each.
+    async fn run<S>(&mut self, socket: &mut Socket<S>) -> Ending
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let core = self.core.clone();
+        // One wait for shutdown across every frame: a fresh `cancelled()` per frame joined
+        // and left the token's waiter list (a mutex) each time.
+        let stopping = core.shutdown.clone().cancelled_owned();
+        tokio::pin!(stopping);
+        let first_frame = tokio::time::sleep(core.limits.first_frame);
+        tokio::pin!(first_frame);
+        loop {
+            loop {
+                let flow = match socket.input.next() {
+                    Ok(Next::Message(message)) => self.on_message(message, &mut socket.output),
+                    Ok(Next::Fragment) => Flow::Continue,
+                    Ok(Next::NeedMore) => break,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "heartbeat channel closed: bad frame");
+                        ws_frame::encode_close(&mut socket.output, e.close_code(), &e.to_string());
+                        Flow::End(Ending::ClosedByUs)
+                    }
+                };
+                if let Flow::End(ending) = flow {
+                    let _ = socket.flush().await;
+                    return ending;
+                }
+            }
+            if socket.flush().await.is_err() {
+                return Ending::Done;
+            }
+            let event = tokio::select! {
+                biased;
+                _ = &mut stopping => Event::Stopping,
+                _ = &mut first_frame, if self.bound.is_none() => Event::Silent,
+                read = socket.fill() => Event::Read(read),
+            };
+            match event {
+                Event::Stopping => {
+                    ws_frame::encode_close(
+                        &mut socket.output,
+                        close_code::AWAY,
+                        "coordinator stopping",
+                    );
+                    let _ = socket.flush().await;
+                    return Ending::Done;
+                }
+                Event::Silent => {
+                    ws_frame::encode_close(
+                        &mut socket.output,
+                        close_code::POLICY,
+                        "no accepted heartbeat in time",
+                    );
+                    let _ = socket.flush().await;
+                    return Ending::ClosedByUs;
+                }
+                Event::Read(Ok(0) | Err(_)) => return Ending::Done,
+                Event::Read(Ok(_)) => {}
+            }
+        }
+    }
+
+    /// Handles one message, appending what answers it to `output`.
+    fn on_message(&mut self, message: Message<'_>, output: &mut Vec<u8>) -> Flow {
+        match message {
+            Message::Text(text) => self.on_text(text, output),
+            Message::Binary(_) => {
+                let refusal = refusal(
+                    "bad_request",
+                    "frames are text: signature, newline, heartbeat".into(),
+                );
+                answer_or_close(output, self.bound.is_some(), &refusal)
+            }
+            Message::Ping(payload) => {
+                ws_frame::encode(output, Opcode::Pong, payload);
+                Flow::Continue
+            }
+            Message::Pong(_) => Flow::Continue,
+            Message::Close(frame) => {
+                // Answered with its own code, as RFC 6455 §5.5.1 suggests; the peer then
+                // closes the connection.
+                let code = frame.map_or(close_code::NORMAL, |f| f.code);
+                ws_frame::encode_close(output, code, "");
+                Flow::End(Ending::Done)
+            }
+        }
+    }
+
+    /// Checks and records one heartbeat frame, appending its answer (if it gets one) to
+    /// `output`.
+    fn on_text(&mut self, text: &str, output: &mut Vec<u8>) -> Flow {
+        // One clock read per frame: when it was recorded, and when it was answered.
+        let now = Instant::now();
+        let accepted = match accept(&self.core, text, self.bound.as_ref(), now) {
+            Ok(accepted) => accepted,
+            Err(refused) => return answer_or_close(output, self.bound.is_some(), &refused),
+        };
+        let answer = self.answers == Answers::Every
+            || accepted.binding.is_some()
+            || accepted.state != NodeState::Active
+            || self
+                .answered
+                .is_none_or(|at| now.saturating_duration_since(at) >= SPARSE_ANSWER_EVERY);
+        match (accepted.binding, self.bound.as_mut()) {
+            (Some(binding), None) => {
+                self.core.newest.insert(binding.node.clone(), self.id);
+                self.bound = Some(binding);
+            }
+            (Some(binding), Some(old)) => *old = binding,
+            (None, Some(old)) => old.left = accepted.left,
+            (None, None) => {}
+        }
+        if answer {
+            self.answered = Some(now);
+            let text = accepted_text(accepted.seq, accepted.state);
+            ws_frame::encode(output, Opcode::Text, text.as_bytes());
+        }
+        Flow::Continue
+    }
+}
+
+/// What woke a channel waiting for its peer.
+#[derive(Debug)]
+enum Event {
+    Stopping,
+    /// No accepted heartbeat within [`ChannelLimits::first_frame`].
+    Silent,
+    Read(std::io::Result<usize>),
 }
 
 /// A frame accepted.
@@ -410,16 +503,15 @@ fn accept(
     })
 }
 
-/// Sends `answer`; on a channel no heartbeat was accepted on yet, closes it instead (1008).
-/// False when the channel is done.
-async fn answer_or_close(socket: &mut WebSocket, bound: bool, answer: ChannelAnswer) -> bool {
-    let sent = socket.send(Message::Text(text_of(&answer))).await.is_ok();
+/// Answers `answer`; on a channel no heartbeat was accepted on yet, closes it too (1008).
+fn answer_or_close(output: &mut Vec<u8>, bound: bool, answer: &ChannelAnswer) -> Flow {
+    ws_frame::encode(output, Opcode::Text, text_of(answer).as_bytes());
     if bound {
-        return sent;
+        return Flow::Continue;
     }
     let reason = answer.code.as_deref().unwrap_or("refused");
-    let _ = socket.send(close(close_code::POLICY, reason)).await;
-    false
+    ws_frame::encode_close(output, close_code::POLICY, reason);
+    Flow::End(Ending::ClosedByUs)
 }
 
 fn refusal(code: &str, error: String) -> ChannelAnswer {
@@ -433,7 +525,7 @@ fn refusal(code: &str, error: String) -> ChannelAnswer {
 
 /// The answer to an accepted frame, `{"seq":N,"status":"<state>"}`, written directly: it is
 /// sent for every heartbeat, and is what serialising a [`ChannelAnswer`] would write.
-fn accepted_text(seq: u64, state: NodeState) -> Utf8Bytes {
+fn accepted_text(seq: u64, state: NodeState) -> String {
     let mut text = String::with_capacity(48);
     text.push_str(r#"{"seq":"#);
     // Writing to a String cannot fail.
@@ -441,20 +533,12 @@ fn accepted_text(seq: u64, state: NodeState) -> Utf8Bytes {
     text.push_str(r#","status":""#);
     text.push_str(state.as_str());
     text.push_str(r#""}"#);
-    text.into()
+    text
 }
 
-fn text_of(answer: &ChannelAnswer) -> Utf8Bytes {
+fn text_of(answer: &ChannelAnswer) -> String {
     serde_json::to_string(answer)
         .unwrap_or_else(|_| r#"{"error":"unencodable answer","code":"internal"}"#.to_owned())
-        .into()
-}
-
-fn close(code: u16, reason: &str) -> Message {
-    Message::Close(Some(CloseFrame {
-        code,
-        reason: Utf8Bytes::from(reason),
-    }))
 }
 
 #[cfg(test)]
@@ -477,7 +561,7 @@ mod tests {
                     code: None,
                 };
                 assert_eq!(
-                    accepted_text(seq, state).as_str(),
+                    accepted_text(seq, state),
                     serde_json::to_string(&answer).unwrap()
                 );
             }

@@ -7,8 +7,12 @@
 //! receiver of each body both import it from here, so neither depends on the other: what the
 //! coordinator does with a heartbeat is [`crate::coordinator::health`], what a backend does
 //! with an init is [`crate::control`].
+//!
+//! [`ws_frame`] is the RFC 6455 framing of the heartbeat channel ([`channel`]) as its server
+//! reads and writes it.
 
 pub mod channel;
 pub mod heartbeat;
 pub mod init;
 pub mod tokens;
+pub mod ws_frame;
