@@ -11,4 +11,5 @@
 pub mod channel;
 pub mod heartbeat;
 pub mod init;
+pub mod metrics;
 pub mod tokens;
