@@ -45,8 +45,9 @@ pub enum HealthEvent {
         heartbeats: u64,
         /// Milliseconds since its previous heartbeat (`None` for the first).
         interval_ms: Option<u64>,
-        /// The metrics it reported.
-        metrics: Metrics,
+        /// The metrics it reported (boxed: gauges are held inline, and every event of the
+        /// queue would be as large).
+        metrics: Box<Metrics>,
         /// When it arrived (RFC 3339).
         at: String,
     },

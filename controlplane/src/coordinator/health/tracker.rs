@@ -405,7 +405,7 @@ impl HealthTracker {
                 seq: hb.seq,
                 heartbeats,
                 interval_ms,
-                metrics: hb.metrics,
+                metrics: Box::new(hb.metrics),
                 at: rfc3339(wall),
             });
         }
