@@ -526,7 +526,7 @@ impl HeartbeatSender {
             address: self.address,
             boot_id: self.boot_id.clone(),
             seq,
-            metrics: (self.metrics)(),
+            metrics: (self.metrics)().into(),
             leaving,
         }
     }

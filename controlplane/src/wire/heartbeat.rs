@@ -3,12 +3,13 @@
 //! holds every heartbeat to. The request is signed ([`shared::signing`]); `boot_id` and `seq`
 //! are what make a captured one useless a second time.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 use shared::registry::RegistryError;
 use shared::NodeAddress;
+
+pub use super::metrics::Metrics;
 
 /// The heartbeat metric in which a backend says what its deployed services look like: 0 when
 /// it has none, otherwise a digest of their list that changes whenever the list does. The
@@ -67,7 +68,7 @@ pub struct Heartbeat {
     pub seq: u64,
     /// Numeric gauges the sender wants shown (at most [`MAX_HEARTBEAT_METRICS`]).
     #[serde(default)]
-    pub metrics: BTreeMap<String, f64>,
+    pub metrics: Metrics,
     /// True on the goodbye a node sends when it shuts down gracefully.
     #[serde(default)]
     pub leaving: bool,
@@ -144,12 +145,16 @@ impl Heartbeat {
                 count: self.metrics.len(),
             });
         }
-        for (name, value) in &self.metrics {
+        for (name, value) in self.metrics.iter() {
             if name.is_empty() || name.len() > MAX_METRIC_NAME {
-                return Err(HeartbeatError::MetricName { name: name.clone() });
+                return Err(HeartbeatError::MetricName {
+                    name: name.to_owned(),
+                });
             }
             if !value.is_finite() {
-                return Err(HeartbeatError::NotFinite { name: name.clone() });
+                return Err(HeartbeatError::NotFinite {
+                    name: name.to_owned(),
+                });
             }
         }
         Ok(())
@@ -167,7 +172,7 @@ mod tests {
             address: NodeAddress::new([127, 0, 0, 1].into(), 9000, 9001, 9002),
             boot_id: new_boot_id().unwrap(),
             seq: 1,
-            metrics: BTreeMap::new(),
+            metrics: Metrics::new(),
             leaving: false,
         }
     }
@@ -179,7 +184,7 @@ mod tests {
         assert!(matches!(e, HeartbeatError::InstanceId(_)), "{e:?}");
         assert!(e.to_string().starts_with("instance_id"));
         bad = hb("b1");
-        bad.metrics.insert("x".into(), f64::NAN);
+        bad.metrics.insert("x", f64::NAN);
         let e = bad.validate().unwrap_err();
         assert!(matches!(e, HeartbeatError::NotFinite { .. }), "{e:?}");
         assert!(e.to_string().starts_with("metrics.x"));
@@ -190,7 +195,7 @@ mod tests {
             "{e:?}"
         );
         assert!(e.to_string().starts_with("metrics"));
-        bad.metrics = [(String::new(), 1.0)].into();
+        bad.metrics = [("", 1.0)].into();
         let e = bad.validate().unwrap_err();
         assert!(matches!(e, HeartbeatError::MetricName { .. }), "{e:?}");
         bad.metrics = [("m".repeat(MAX_METRIC_NAME), 1.0)].into();

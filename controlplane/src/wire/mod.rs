@@ -14,5 +14,6 @@
 pub mod channel;
 pub mod heartbeat;
 pub mod init;
+pub mod metrics;
 pub mod tokens;
 pub mod ws_frame;

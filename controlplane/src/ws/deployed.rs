@@ -6,6 +6,8 @@
 //! when services of one name run on several nodes, `params.node` says which. The work
 //! itself is [`crate::deploy`]'s.
 
+use std::net::SocketAddr;
+
 use serde_json::{json, Value};
 
 use super::protocol::{string_param, Request, WsError};
@@ -50,7 +52,7 @@ pub fn live_backends(health: &HealthTracker) -> Vec<Backend> {
         .live_backends(DEPLOYED_DIGEST_METRIC)
         .into_iter()
         .map(|(node, address, digest)| Backend {
-            control: address.to_http_address(),
+            control: SocketAddr::new(address.ip, address.http_port),
             node,
             // A digest is a whole number up to 2^52, which an f64 holds exactly; anything
             // else is no digest (asked every interval).
@@ -157,7 +159,7 @@ async fn act_remote(
     };
     let backend = Backend {
         node: node.clone(),
-        control: component.address.to_http_address(),
+        control: SocketAddr::new(component.address.ip, component.address.http_port),
         digest: None,
     };
     tracing::info!(service = %entry.name, node = %node, action = verb.as_str(), "forwarding a service action to a backend");

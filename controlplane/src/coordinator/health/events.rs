@@ -2,13 +2,12 @@
 //! it the dashboard). A live feed: a subscriber that was not listening reads the state from
 //! the views instead.
 
-use std::collections::BTreeMap;
-
 use serde::Serialize;
 use shared::NodeAddress;
 
 use super::node_state::{NodeState, Transition};
 use crate::wire::heartbeat::NodeType;
+use crate::wire::metrics::Metrics;
 
 /// Something the health tracker tells subscribers (the WebSocket, the dashboard).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -46,8 +45,9 @@ pub enum HealthEvent {
         heartbeats: u64,
         /// Milliseconds since its previous heartbeat (`None` for the first).
         interval_ms: Option<u64>,
-        /// The metrics it reported.
-        metrics: BTreeMap<String, f64>,
+        /// The metrics it reported (boxed: gauges are held inline, and every event of the
+        /// queue would be as large).
+        metrics: Box<Metrics>,
         /// When it arrived (RFC 3339).
         at: String,
     },

@@ -2,13 +2,12 @@
 //! `/health/stale`, the `/ws` snapshot) made of one [`Component`] per node, and the
 //! [`Counts`] behind `/metrics`. Plain data: the tracker fills them in.
 
-use std::collections::BTreeMap;
-
 use serde::Serialize;
 use shared::NodeAddress;
 
 use super::node_state::{NodeState, Transition};
 use crate::wire::heartbeat::NodeType;
+use crate::wire::metrics::Metrics;
 
 /// One component of `GET /health/status`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -39,7 +38,7 @@ pub struct Component {
     /// The last state change.
     pub last_transition: Option<Transition>,
     /// Its last reported metrics.
-    pub metrics: BTreeMap<String, f64>,
+    pub metrics: Metrics,
 }
 
 /// `GET /health/status`.
@@ -140,7 +139,7 @@ mod tests {
             seq: 0,
             flaps: 0,
             last_transition: None,
-            metrics: BTreeMap::new(),
+            metrics: Metrics::new(),
         }
     }
 
