@@ -528,6 +528,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_round_with_the_same_live_backends_still_forgets_what_was_recorded_of_others() {
+        let remote = remote();
+        let live = |node: &str| Backend {
+            node: node.to_owned(),
+            control: SocketAddr::from(([127, 0, 0, 1], 9)),
+            digest: Some(0),
+        };
+        // Its digest says no services: nobody is asked.
+        remote.poll_once(vec![live("b1")]).await;
+        assert!(remote.list().is_empty());
+        // Recorded of a backend that is not live, between two rounds of the same live set.
+        remote.record("b2", entry("web", ServiceState::Running, 20));
+        assert_eq!(remote.find("web").len(), 1);
+        remote.poll_once(vec![live("b1")]).await;
+        assert!(remote.find("web").is_empty());
+        // The same live set again, nothing recorded: nothing changes.
+        remote.poll_once(vec![live("b1")]).await;
+        assert!(remote.list().is_empty());
+        // Another live set, out of order: still only asks those due.
+        remote.poll_once(vec![live("b2"), live("b1")]).await;
+        assert!(remote.list().is_empty());
+    }
+
+    #[tokio::test]
     async fn a_backend_that_cannot_be_reached_keeps_its_last_list_while_live() {
         let remote = remote();
         remote.record("b1", entry("web", ServiceState::Running, 10));

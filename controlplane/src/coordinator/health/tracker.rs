@@ -1226,6 +1226,30 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn ids_of_any_valid_length_are_kept_and_read_back_whole() {
+        let t = HealthTracker::new(config(), None);
+        let now = Instant::now();
+        // Past the key's inline bytes, and a boot id of the most bytes a heartbeat may carry.
+        let long_id = "n".repeat(INLINE_KEY + 40);
+        let long_boot = "b".repeat(MAX_BOOT_ID);
+        for id in ["b1", long_id.as_str()] {
+            t.record(booted(id, &long_boot, 1), now).unwrap();
+            let e = t.record(booted(id, &long_boot, 1), now).unwrap_err();
+            assert!(matches!(e, HeartbeatError::Replayed { .. }), "{e:?}");
+            assert_eq!(t.node(id).unwrap().node_id, id);
+            assert!(t.suspect(id, &long_boot, now));
+        }
+        assert_eq!(t.active_nodes().len(), 0);
+        assert_eq!(t.status().components.len(), 2);
+        // A longer boot id than validation lets through is refused, not cut short.
+        let e = t
+            .record(booted("b1", &"b".repeat(MAX_BOOT_ID + 1), 2), now)
+            .unwrap_err();
+        assert!(matches!(e, HeartbeatError::BootId), "{e:?}");
+        assert_eq!(t.node("b1").unwrap().seq, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn nodes_gone_longer_than_forget_after_are_forgotten() {
         let t = HealthTracker::new(
             HealthConfig {
