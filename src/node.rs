@@ -483,6 +483,7 @@ pub async fn start_coordinator(
         let sweeper = health.clone().sweeper(tasks.shutdown.clone());
         let batching = management::batching::batch_wakeups(
             mgmt.metrics.heartbeats.clone(),
+            mgmt.metrics.batched_turns.clone(),
             tasks.shutdown.clone(),
         );
         Box::pin(async move {

@@ -440,7 +440,10 @@ impl HeartbeatSender {
     ) -> Result<Result<(), PostError>, ChannelError> {
         let body = serde_json::to_vec(&self.heartbeat(seq, leaving))?;
         let signature = self.signer.sign(CHANNEL_METHOD, CHANNEL_PATH, &body);
-        let timeout = self.frame_answer_timeout();
+        // Writing a frame and waiting for an answer that is always sent (the first frame's,
+        // the goodbye's) take no longer than opening the channel; only the sparse answers
+        // get the longer [`Self::frame_answer_timeout`].
+        let timeout = self.answer_timeout();
         let sent_at = tokio::time::Instant::now();
         // This process's own pause (stopped, starved) is not the coordinator's silence.
         if open
@@ -492,7 +495,7 @@ impl HeartbeatSender {
             }
         }
         if let Some(since) = open.unanswered_since {
-            if since.elapsed() > timeout {
+            if since.elapsed() > self.frame_answer_timeout() {
                 return Err(ChannelError::Broken(format!(
                     "no answer for {:?}",
                     since.elapsed()

@@ -23,7 +23,7 @@
 //! nodes), apart from `/ws`'s: neither can use up the other's slots.
 //!
 //! The transport is the channel's own, not axum's WebSocket (tungstenite): the HTTP/1.1
-//! handshake ([`handshake`]: the same checks and answers as axum's `WebSocketUpgrade`), then
+//! handshake ([`handshake`]: the checks and status codes of axum's `WebSocketUpgrade`), then
 //! RFC 6455 frames ([`crate::wire::ws_frame`]) over the upgraded stream, plain or TLS, read
 //! into one buffer per channel and answered in one write per batch ([`socket`]). Any RFC
 //! 6455 client (tungstenite, `websocat`, a browser) speaks to it unchanged: pings are
@@ -250,7 +250,7 @@ where
         }
     }
     if ending == Ending::ClosedByUs {
-        socket.linger().await;
+        socket.linger(&core.shutdown).await;
     }
 }
 

@@ -222,6 +222,9 @@ pub struct Metrics {
     pub channel_heartbeats: Counter,
     /// Heartbeat channels open now.
     pub heartbeat_channels: Gauge,
+    /// Turns of the management thread lengthened to batch heartbeats
+    /// ([`crate::management::batching`]).
+    pub batched_turns: Counter,
     /// Requests refused for their credentials, by plane and reason.
     pub auth_refusals: AuthRefusals,
     /// Requests turned away by a rate limit, by plane.
@@ -259,6 +262,7 @@ impl Metrics {
         let heartbeats = Counter::default();
         let channel_heartbeats = Counter::default();
         let heartbeat_channels = Gauge::default();
+        let batched_turns = Counter::default();
         let auth_refusals = AuthRefusals::default();
         let rate_limited = RateLimited::default();
         let ws_connections = Gauge::default();
@@ -299,6 +303,11 @@ impl Metrics {
             heartbeat_channels.clone(),
         );
         registry.register(
+            "mgmt_batched_turns",
+            "Turns of the management thread lengthened to read heartbeats in batches",
+            batched_turns.clone(),
+        );
+        registry.register(
             "auth_refusals",
             "Requests refused for their credentials (signature, replay, token), by plane and reason",
             auth_refusals.refusals.clone(),
@@ -330,6 +339,7 @@ impl Metrics {
             heartbeats,
             channel_heartbeats,
             heartbeat_channels,
+            batched_turns,
             auth_refusals,
             rate_limited,
             ws_connections,

@@ -1,7 +1,9 @@
 //! The WebSocket opening handshake of the heartbeat channel (RFC 6455 §4.2), over HTTP/1.1:
 //! which requests may open a channel, and the `101 Switching Protocols` that opens one. The
-//! same checks, in the same order, as axum's `WebSocketUpgrade` made before the channel had
-//! its own transport, so a client sees the same answers.
+//! checks of axum's `WebSocketUpgrade`, which served the channel before it had its own
+//! transport, in the same order and with the same status codes; a little stricter in one
+//! place: `Connection` must carry `upgrade` as a whole token (RFC 7230 §6.1), where axum
+//! looked for it anywhere in the first such header.
 
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode, Version};

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::wire::ws_frame::{Decoder, FrameError, Message, MAX_HEADER};
 
@@ -25,6 +26,10 @@ pub const READ_BUFFER: usize = 1024;
 /// it still sends (rather than dropping the socket with bytes unread, which resets the
 /// connection and can destroy the close frame before the peer reads it) lets it learn why.
 pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// How long writing the answers may take: a peer that reads nothing for this long while
+/// answers (or pongs) wait for it is cut, so it cannot hold its channel's task and slot.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What [`Input::next`] found.
 #[derive(Debug)]
@@ -138,15 +143,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
     }
 
     /// Writes every frame in [`Socket::output`] and flushes the stream (TLS holds what it
-    /// was given until then).
+    /// was given until then), within [`WRITE_TIMEOUT`].
     ///
     /// # Errors
     ///
-    /// The stream's.
+    /// The stream's, or [`io::ErrorKind::TimedOut`] when the peer did not take the answers
+    /// in time.
     pub async fn flush(&mut self) -> io::Result<()> {
         if self.output.is_empty() {
             return Ok(());
         }
+        match tokio::time::timeout(WRITE_TIMEOUT, self.write_out()).await {
+            Ok(written) => written,
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the peer took no answer in time",
+            )),
+        }
+    }
+
+    async fn write_out(&mut self) -> io::Result<()> {
         self.io.write_all(&self.output).await?;
         self.output.clear();
         if self.output.capacity() > READ_BUFFER {
@@ -157,19 +173,89 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
     }
 
     /// After the server's close frame went out: ends the write side, then reads and drops
-    /// what the peer still sends until it closes too, or [`CLOSE_LINGER`] passes.
-    pub async fn linger(mut self) {
-        let _ = self.flush().await;
-        let _ = self.io.shutdown().await;
+    /// what the peer still sends until it closes too, [`CLOSE_LINGER`] passes (all of it,
+    /// the write side's end included: a TLS close is a write), or `stop` (the listener is
+    /// stopping, and its grace period is shorter).
+    pub async fn linger(mut self, stop: &CancellationToken) {
         let until = Instant::now() + CLOSE_LINGER;
-        let mut scratch = std::mem::take(&mut self.input.buf);
-        if scratch.is_empty() {
-            scratch = vec![0; READ_BUFFER];
+        let drain = async {
+            let _ = self.flush().await;
+            let _ = self.io.shutdown().await;
+            let mut scratch = std::mem::take(&mut self.input.buf);
+            if scratch.is_empty() {
+                scratch = vec![0; READ_BUFFER];
+            }
+            while let Ok(read) = self.io.read(&mut scratch).await {
+                if read == 0 {
+                    break;
+                }
+            }
+        };
+        tokio::select! {
+            () = stop.cancelled() => {}
+            _ = tokio::time::timeout_at(until, drain) => {}
         }
-        while let Ok(Ok(read)) = tokio::time::timeout_at(until, self.io.read(&mut scratch)).await {
-            if read == 0 {
-                break;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::ws_frame::{encode_masked, Opcode};
+
+    /// Copies `bytes` into `input` as reads of at most `chunk` bytes would.
+    fn read_into(input: &mut Input, bytes: &[u8], chunk: usize) -> Vec<String> {
+        let mut texts = Vec::new();
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let room = input.room();
+            let n = room.len().min(chunk).min(rest.len());
+            room[..n].copy_from_slice(&rest[..n]);
+            input.end += n;
+            rest = &rest[n..];
+            while let Next::Message(Message::Text(text)) = input.next().unwrap() {
+                texts.push(text.to_owned());
             }
         }
+        texts
+    }
+
+    #[test]
+    fn the_read_buffer_grows_for_a_large_frame_compacts_and_shrinks_back() {
+        let mut input = Input::new(8 * 1024);
+        let big = "x".repeat(3000);
+        let mut bytes = Vec::new();
+        encode_masked(&mut bytes, true, Opcode::Text, [1, 2, 3, 4], b"small");
+        encode_masked(&mut bytes, true, Opcode::Text, [5, 6, 7, 8], big.as_bytes());
+        encode_masked(&mut bytes, true, Opcode::Text, [9, 9, 9, 9], b"after");
+        // Reads that split every frame, the large one across several buffers' worth.
+        let texts = read_into(&mut input, &bytes, 700);
+        assert_eq!(texts, ["small".to_owned(), big, "after".to_owned()]);
+        assert!(input.buf.len() > READ_BUFFER, "grew for the large frame");
+        // Everything was decoded: the next read starts on a small buffer again.
+        let _ = input.room();
+        assert_eq!(input.buf.len(), READ_BUFFER);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn answers_a_peer_never_reads_end_the_channel_after_the_write_timeout() {
+        let (ours, _peer) = tokio::io::duplex(64);
+        let mut socket = Socket::new(ours, 1024);
+        socket.output.extend_from_slice(&[0; 4096]);
+        let started = Instant::now();
+        let error = socket.flush().await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert!(started.elapsed() >= WRITE_TIMEOUT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lingering_ends_when_the_listener_stops() {
+        let (ours, _peer) = tokio::io::duplex(64);
+        let socket = Socket::new(ours, 1024);
+        let stop = CancellationToken::new();
+        stop.cancel();
+        let started = Instant::now();
+        socket.linger(&stop).await;
+        assert!(started.elapsed() < CLOSE_LINGER);
     }
 }
