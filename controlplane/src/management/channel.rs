@@ -23,15 +23,15 @@
 //! nodes), apart from `/ws`'s: neither can use up the other's slots.
 //!
 //! The transport is the channel's own, not axum's WebSocket (tungstenite): the HTTP/1.1
-//! handshake ([`handshake`]: the checks and status codes of axum's `WebSocketUpgrade`), then
+//! handshake (`handshake`: the checks and status codes of axum's `WebSocketUpgrade`), then
 //! RFC 6455 frames ([`crate::wire::ws_frame`]) over the upgraded stream, plain or TLS, read
-//! into one buffer per channel and answered in one write per batch ([`socket`]). Any RFC
+//! into one buffer per channel and answered in one write per batch (`socket`). Any RFC
 //! 6455 client (tungstenite, `websocat`, a browser) speaks to it unchanged: pings are
 //! answered with pongs, fragmented messages are reassembled, a close is answered with a
 //! close, and a broken frame closes the channel with the code RFC 6455 names (1002 a
 //! protocol error, 1007 text that is not UTF-8, 1009 a message over
 //! [`ChannelLimits::max_frame`]). After the coordinator closes a channel, the peer gets
-//! [`socket::CLOSE_LINGER`] to read why and hang up.
+//! `socket::CLOSE_LINGER` to read why and hang up.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
