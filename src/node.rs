@@ -482,7 +482,10 @@ pub async fn start_coordinator(
     let sweeper: Beside = {
         let sweeper = health.clone().sweeper(tasks.shutdown.clone());
         let batching = management::batching::batch_wakeups(
-            mgmt.metrics.heartbeats.clone(),
+            management::batching::Flow {
+                heartbeats: mgmt.metrics.channel_heartbeats.clone(),
+                channels: mgmt.metrics.heartbeat_channels.clone(),
+            },
             mgmt.metrics.batched_turns.clone(),
             tasks.shutdown.clone(),
         );
