@@ -43,6 +43,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use dashmap::DashMap;
+use futures::FutureExt;
 use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -254,6 +255,10 @@ where
     }
 }
 
+/// Answers held back while more frames are read at once ([`Channel::run`]): past this they
+/// are written.
+const MAX_HELD_BACK: usize = 16 * 1024;
+
 /// How a channel ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ending {
@@ -312,6 +317,20 @@ impl Channel {
                 if let Flow::End(ending) = flow {
                     let _ = socket.flush().await;
                     return ending;
+                }
+            }
+            // Frames already waiting are read before anything is answered: a client that
+            // writes many at once gets one write back, not one per read buffer (on loopback a
+            // write costs as much as handling a frame). Bounded by the answers held back and
+            // by tokio's budget, which ends the run of ready reads.
+            if socket.output.len() < MAX_HELD_BACK {
+                match socket.fill().now_or_never() {
+                    Some(Ok(0) | Err(_)) => {
+                        let _ = socket.flush().await;
+                        return Ending::Done;
+                    }
+                    Some(Ok(_)) => continue,
+                    None => {}
                 }
             }
             if socket.flush().await.is_err() {
