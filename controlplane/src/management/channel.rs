@@ -343,23 +343,16 @@ impl Channel {
                 read = socket.fill() => Event::Read(read),
             };
             match event {
-                Event::Stopping => {
-                    ws_frame::encode_close(
-                        &mut socket.output,
-                        close_code::AWAY,
-                        "coordinator stopping",
-                    );
+                Event::Stopping | Event::Silent => {
+                    let (code, reason, ending) = if matches!(event, Event::Stopping) {
+                        (close_code::AWAY, "coordinator stopping", Ending::Done)
+                    } else {
+                        let reason = "no accepted heartbeat in time";
+                        (close_code::POLICY, reason, Ending::ClosedByUs)
+                    };
+                    ws_frame::encode_close(&mut socket.output, code, reason);
                     let _ = socket.flush().await;
-                    return Ending::Done;
-                }
-                Event::Silent => {
-                    ws_frame::encode_close(
-                        &mut socket.output,
-                        close_code::POLICY,
-                        "no accepted heartbeat in time",
-                    );
-                    let _ = socket.flush().await;
-                    return Ending::ClosedByUs;
+                    return ending;
                 }
                 Event::Read(Ok(0) | Err(_)) => return Ending::Done,
                 Event::Read(Ok(_)) => {}
