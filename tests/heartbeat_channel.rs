@@ -522,4 +522,21 @@ async fn the_channel_speaks_rfc_6455_itself_pongs_reassembles_and_closes_with_th
         (sample(&cluster.metrics_text().await, "colony_heartbeat_channels") == 0.0).then_some(())
     })
     .await;
+
+    // A bound channel open while the coordinator stops is closed with "going away" (1001).
+    let mut socket = raw_channel(&cluster).await;
+    let body = heartbeat("node_stop", "s1", 1);
+    let text = format!(
+        "{}\n{}",
+        signer.sign("CHANNEL", "/heartbeat/ws", &body),
+        String::from_utf8(body).unwrap()
+    );
+    socket
+        .write_all(&raw_frame(true, Opcode::Text, text.as_bytes()))
+        .await
+        .unwrap();
+    let (opcode, _) = raw_read(&mut socket).await.unwrap();
+    assert_eq!(opcode, 0x1, "the heartbeat is answered");
+    cluster.coordinator.as_ref().unwrap().signal("TERM");
+    assert_eq!(raw_close_code(&mut socket).await, 1001);
 }

@@ -384,9 +384,13 @@ impl Activity {
         u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX - 1)
     }
 
-    /// Bytes arrived: on an idle connection they begin the next header.
+    /// Bytes arrived: on an idle connection they begin the next header. Once a header has
+    /// begun (or the connection was upgraded and its frames keep arriving), a read only
+    /// looks: no clock, no write.
     fn on_read(&self) {
-        if self.in_flight.load(Ordering::Relaxed) == 0 {
+        if self.in_flight.load(Ordering::Relaxed) == 0
+            && self.header_since.load(Ordering::Relaxed) == NOT_READING
+        {
             let _ = self.header_since.compare_exchange(
                 NOT_READING,
                 self.now_ms(),

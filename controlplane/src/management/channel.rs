@@ -52,7 +52,7 @@ use shared::signing::{unix_millis, SignatureError};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
-use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::coordinator::health::node_state::NodeState;
@@ -68,8 +68,10 @@ use crate::wire::ws_frame::{self, close_code, Message, Opcode};
 
 mod handshake;
 mod socket;
+mod stop;
 
 use socket::{Next, Socket};
+use stop::Stop;
 
 /// Refusals at the channel cap, at most one line per interval.
 static REFUSED_LOG: LogLimit = LogLimit::new(
@@ -114,7 +116,17 @@ struct Core {
     newest: DashMap<String, u64>,
     next_id: AtomicU64,
     tasks: TaskTracker,
+    /// What every channel waits on besides its socket.
+    stop: Stop,
+    /// Cancelled with [`Core::stop`]: ends the lingering of closed channels.
     shutdown: CancellationToken,
+}
+
+impl Core {
+    fn stop(&self) {
+        self.stop.stop();
+        self.shutdown.cancel();
+    }
 }
 
 /// The channel route's state. The drop guard lives with the router, so when the listener
@@ -123,28 +135,39 @@ struct Core {
 #[derive(Debug, Clone)]
 pub struct ChannelState {
     core: Arc<Core>,
-    _alive: Arc<DropGuard>,
+    _alive: Arc<Alive>,
+}
+
+/// Stops every channel when the router that holds it is dropped.
+#[derive(Debug)]
+struct Alive(Arc<Core>);
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
 }
 
 impl ChannelState {
     /// The channel's share of the management state, under `limits`.
     pub fn new(state: &MgmtState, limits: ChannelLimits) -> Self {
-        let shutdown = CancellationToken::new();
+        let core = Arc::new(Core {
+            health: state.health.clone(),
+            auth: state.node_auth.clone(),
+            received: state.metrics.heartbeats.clone(),
+            channel_received: state.metrics.channel_heartbeats.clone(),
+            open: state.metrics.heartbeat_channels.clone(),
+            limits,
+            permits: Arc::new(Semaphore::new(limits.max_channels)),
+            newest: DashMap::new(),
+            next_id: AtomicU64::new(1),
+            tasks: state.tasks.clone(),
+            stop: Stop::default(),
+            shutdown: CancellationToken::new(),
+        });
         ChannelState {
-            core: Arc::new(Core {
-                health: state.health.clone(),
-                auth: state.node_auth.clone(),
-                received: state.metrics.heartbeats.clone(),
-                channel_received: state.metrics.channel_heartbeats.clone(),
-                open: state.metrics.heartbeat_channels.clone(),
-                limits,
-                permits: Arc::new(Semaphore::new(limits.max_channels)),
-                newest: DashMap::new(),
-                next_id: AtomicU64::new(1),
-                tasks: state.tasks.clone(),
-                shutdown: shutdown.clone(),
-            }),
-            _alive: Arc::new(shutdown.drop_guard()),
+            core: core.clone(),
+            _alive: Arc::new(Alive(core)),
         }
     }
 }
@@ -296,9 +319,8 @@ impl Channel {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let core = self.core.clone();
-        // One wait for shutdown across every frame: a fresh `cancelled()` per frame joined
-        // and left the token's waiter list (a mutex) each time.
-        let stopping = core.shutdown.clone().cancelled_owned();
+        // One wait for the stop across every frame, registered once.
+        let stopping = core.stop.stopped(self.id);
         tokio::pin!(stopping);
         let first_frame = tokio::time::sleep(core.limits.first_frame);
         tokio::pin!(first_frame);
@@ -322,8 +344,9 @@ impl Channel {
             // Frames already waiting are read before anything is answered: a client that
             // writes many at once gets one write back, not one per read buffer (on loopback a
             // write costs as much as handling a frame). Bounded by the answers held back and
-            // by tokio's budget, which ends the run of ready reads.
-            if socket.output.len() < MAX_HELD_BACK {
+            // by tokio's budget, which ends the run of ready reads. A read that did not fill
+            // the buffer emptied the socket: nothing is waiting.
+            if socket.filled_up() && socket.output.len() < MAX_HELD_BACK {
                 match socket.fill().now_or_never() {
                     Some(Ok(0) | Err(_)) => {
                         let _ = socket.flush().await;

@@ -113,6 +113,8 @@ pub struct Socket<S> {
     /// Encoded frames not yet written ([`crate::wire::ws_frame::encode`] appends here): they
     /// leave together at the next [`Socket::flush`].
     pub output: Vec<u8>,
+    /// The last read filled all the room it had: more may be waiting in the socket.
+    filled_up: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
@@ -122,6 +124,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
             io,
             input: Input::new(max_message),
             output: Vec::new(),
+            filled_up: false,
         }
     }
 
@@ -137,9 +140,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
             // fills the buffer. Ending the channel is the safe answer if it ever did.
             return Err(io::Error::other("channel read buffer full"));
         }
+        let room_len = room.len();
         let read = self.io.read(room).await?;
         self.input.end += read;
+        self.filled_up = read == room_len;
         Ok(read)
+    }
+
+    /// Whether the last read filled all the room it had, so that more bytes may be waiting
+    /// in the socket; after a shorter read it was empty.
+    pub fn filled_up(&self) -> bool {
+        self.filled_up
     }
 
     /// Writes every frame in [`Socket::output`] and flushes the stream (TLS holds what it
