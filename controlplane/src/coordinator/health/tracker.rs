@@ -8,6 +8,14 @@
 //! the node has since replaced, is refused before anything changes; a new boot id is a restart,
 //! logged, and starts a new sequence.
 //!
+//! Finding a node: [`HealthTracker::record`] looks it up in the map (adding it on its first
+//! heartbeat, atomically: of two first heartbeats racing, one adds the node and the other is
+//! applied to it, so a copy is still refused). A node's heartbeat channel records its first
+//! heartbeat with [`HealthTracker::record_and_hold`] and keeps the [`NodeHandle`] it gets;
+//! [`HealthTracker::record_through`] then records the node's later heartbeats straight into
+//! its record, with the same checks, and looks the node up again only when the handle's
+//! record was forgotten since ([`super::record`] says how that is known).
+//!
 //! All timing uses `tokio::time::Instant`, so tests drive it with paused time. Wall-clock
 //! times are kept only to show people when something happened.
 
