@@ -20,6 +20,10 @@
 //! step's pass also runs cold, so the steps do not add up to the whole exactly), recording
 //! both ways. The two whole paths run on trackers of their own, taking turns going first.
 //!
+//! `HB_PATHS=map` or `HB_PATHS=handle` runs one whole path only and skips the record step
+//! alone, so a run has one tracker's worth of records, as before the bound-channel case was
+//! added: to compare with a build of then.
+//!
 //! Run: `cargo bench -j 2 --bench hb_accept`
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -76,7 +80,8 @@ fn round(nodes: &[Node], order: &[usize], seq: u64, signer: &RequestSigner) -> V
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    // NaN: not measured in this run (`HB_PATHS`).
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 fn main() {
@@ -88,6 +93,12 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(30);
+    let paths = std::env::var("HB_PATHS").unwrap_or_default();
+    let passes: &[usize] = match paths.as_str() {
+        "map" => &[0],
+        "handle" => &[1],
+        _ => &[0, 1],
+    };
     let secret = ClusterSecret::generate().unwrap();
     let signer = RequestSigner::new(&secret);
     let verifier = SignatureVerifier::new(&secret);
@@ -126,6 +137,9 @@ fn main() {
         let frames = round(&nodes, &order, seq, &signer);
         let mut took = [std::time::Duration::ZERO; 2];
         for pass in [r % 2, 1 - r % 2] {
+            if !passes.contains(&pass) {
+                continue;
+            }
             let started = Instant::now();
             if pass == 0 {
                 for text in &frames {
@@ -169,16 +183,23 @@ fn main() {
             took[pass] = started.elapsed();
         }
         // Each step's pass over its own copy of the frames' heartbeats, not timed.
-        let parsed_twice: [Vec<Heartbeat>; 2] = std::array::from_fn(|_| {
+        let alone = passes.len() > 1;
+        let mut parsed_twice = std::array::from_fn::<Vec<Heartbeat>, 2, _>(|_| {
             frames
                 .iter()
+                .filter(|_| alone)
                 .map(|text| serde_json::from_str(split(text).unwrap().1).unwrap())
                 .collect()
         });
-        let [for_map, for_handle] = parsed_twice;
+        let (mut for_map, mut for_handle) = (
+            Some(std::mem::take(&mut parsed_twice[0])),
+            Some(std::mem::take(&mut parsed_twice[1])),
+        );
         let mut record_took = [std::time::Duration::ZERO; 2];
-        let (mut for_map, mut for_handle) = (Some(for_map), Some(for_handle));
         for pass in [r % 2, 1 - r % 2] {
+            if !alone {
+                break;
+            }
             let started = Instant::now();
             if pass == 0 {
                 for heartbeat in for_map.take().unwrap() {
@@ -212,10 +233,16 @@ fn main() {
         if r < 3 {
             continue;
         }
-        whole.push(took[0].as_nanos() as f64 / count as f64);
-        whole_bound.push(took[1].as_nanos() as f64 / count as f64);
-        record_map.push(record_took[0].as_nanos() as f64 / count as f64);
-        record_handle.push(record_took[1].as_nanos() as f64 / count as f64);
+        let per = |took: std::time::Duration| took.as_nanos() as f64 / count as f64;
+        for (pass, figures) in [&mut whole, &mut whole_bound].into_iter().enumerate() {
+            if passes.contains(&pass) {
+                figures.push(per(took[pass]));
+            }
+        }
+        if alone {
+            record_map.push(per(record_took[0]));
+            record_handle.push(per(record_took[1]));
+        }
 
         // The steps alone, each a cold pass over the same frames.
         let started = Instant::now();
