@@ -13,8 +13,16 @@
 //! at 10 000 nodes. Building a round's frames is not timed.
 //!
 //! Printed: ns per heartbeat for the whole path (median of `HB_ROUNDS` rounds, default 30,
-//! after 3 warm-up rounds), then the same for each step alone over the same frames (each
-//! step's pass also runs cold, so the steps do not add up to the whole exactly).
+//! after 3 warm-up rounds) as `POST /heartbeat` and a channel's first frame take it, finding
+//! the node in the tracker's map; the same for a bound channel's frames, which check the
+//! node id against the channel's handle and record through it
+//! ([`HealthTracker::record_through`]); then each step alone over the same frames (each
+//! step's pass also runs cold, so the steps do not add up to the whole exactly), recording
+//! both ways. The two whole paths run on trackers of their own, taking turns going first.
+//!
+//! `HB_PATHS=map` or `HB_PATHS=handle` runs one whole path only and skips the record step
+//! alone, so a run has one tracker's worth of records, as before the bound-channel case was
+//! added: to compare with a build of then.
 //!
 //! Run: `cargo bench -j 2 --bench hb_accept`
 
@@ -24,7 +32,7 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use controlplane::coordinator::health::config::HealthConfig;
-use controlplane::coordinator::health::tracker::HealthTracker;
+use controlplane::coordinator::health::tracker::{HealthTracker, NodeHandle};
 use controlplane::wire::channel::{frame, split, CHANNEL_METHOD, CHANNEL_PATH};
 use controlplane::wire::heartbeat::Heartbeat;
 use shared::secret::ClusterSecret;
@@ -72,7 +80,8 @@ fn round(nodes: &[Node], order: &[usize], seq: u64, signer: &RequestSigner) -> V
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    // NaN: not measured in this run (`HB_PATHS`).
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 fn main() {
@@ -84,6 +93,12 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(30);
+    let paths = std::env::var("HB_PATHS").unwrap_or_default();
+    let passes: &[usize] = match paths.as_str() {
+        "map" => &[0],
+        "handle" => &[1],
+        _ => &[0, 1],
+    };
     let secret = ClusterSecret::generate().unwrap();
     let signer = RequestSigner::new(&secret);
     let verifier = SignatureVerifier::new(&secret);
@@ -105,34 +120,129 @@ fn main() {
         order.swap(i, j);
     }
 
-    let tracker = HealthTracker::new(HealthConfig::default(), None);
-    let mut events = tracker.subscribe();
+    // One tracker per way of recording, each with a subscriber.
+    let trackers: [HealthTracker; 4] =
+        std::array::from_fn(|_| HealthTracker::new(HealthConfig::default(), None));
+    let [by_map, bound, map_alone, handle_alone] = &trackers;
+    let mut events: Vec<_> = trackers.iter().map(HealthTracker::subscribe).collect();
+    // Each node's channel's handle, once bound, by node.
+    let mut handles: Vec<Option<NodeHandle>> = vec![None; count];
+    let mut alone_handles: Vec<Option<NodeHandle>> = vec![None; count];
     let mut seq = 0u64;
-    let mut whole = Vec::new();
+    let (mut whole, mut whole_bound) = (Vec::new(), Vec::new());
     let (mut sig, mut parse, mut validate) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut record_map, mut record_handle) = (Vec::new(), Vec::new());
     for r in 0..rounds + 3 {
         seq += 1;
         let frames = round(&nodes, &order, seq, &signer);
-        let started = Instant::now();
-        for text in &frames {
-            let (signature, body) = split(text).unwrap();
-            verifier
-                .check_header(Some(signature.as_bytes()), unix_millis())
-                .unwrap()
-                .verify(CHANNEL_METHOD, CHANNEL_PATH, body.as_bytes())
-                .unwrap();
-            let heartbeat: Heartbeat = serde_json::from_str(body).unwrap();
-            heartbeat.validate().unwrap();
-            let recorded = tracker.record(heartbeat, tokio::time::Instant::now());
-            black_box(recorded.unwrap());
+        let mut took = [std::time::Duration::ZERO; 2];
+        for pass in [r % 2, 1 - r % 2] {
+            if !passes.contains(&pass) {
+                continue;
+            }
+            let started = Instant::now();
+            if pass == 0 {
+                for text in &frames {
+                    let (signature, body) = split(text).unwrap();
+                    verifier
+                        .check_header(Some(signature.as_bytes()), unix_millis())
+                        .unwrap()
+                        .verify(CHANNEL_METHOD, CHANNEL_PATH, body.as_bytes())
+                        .unwrap();
+                    let heartbeat: Heartbeat = serde_json::from_str(body).unwrap();
+                    heartbeat.validate().unwrap();
+                    let recorded = by_map.record(heartbeat, tokio::time::Instant::now());
+                    black_box(recorded.unwrap());
+                }
+            } else {
+                for (text, &n) in frames.iter().zip(&order) {
+                    let (signature, body) = split(text).unwrap();
+                    verifier
+                        .check_header(Some(signature.as_bytes()), unix_millis())
+                        .unwrap()
+                        .verify(CHANNEL_METHOD, CHANNEL_PATH, body.as_bytes())
+                        .unwrap();
+                    let heartbeat: Heartbeat = serde_json::from_str(body).unwrap();
+                    heartbeat.validate().unwrap();
+                    let now = tokio::time::Instant::now();
+                    let recorded = match &mut handles[n] {
+                        // The channel's check that the frame is its node's, then the record.
+                        Some(handle) => {
+                            assert!(handle.is_for(&heartbeat.instance_id));
+                            bound.record_through(handle, heartbeat, now).unwrap()
+                        }
+                        None => {
+                            let (recorded, handle) = bound.record_and_hold(heartbeat, now).unwrap();
+                            handles[n] = Some(handle);
+                            recorded
+                        }
+                    };
+                    black_box(recorded);
+                }
+            }
+            took[pass] = started.elapsed();
         }
-        let took = started.elapsed();
-        while events.try_recv().is_ok() {}
-        tracker.sweep(tokio::time::Instant::now());
+        // Each step's pass over its own copy of the frames' heartbeats, not timed.
+        let alone = passes.len() > 1;
+        let mut parsed_twice = std::array::from_fn::<Vec<Heartbeat>, 2, _>(|_| {
+            frames
+                .iter()
+                .filter(|_| alone)
+                .map(|text| serde_json::from_str(split(text).unwrap().1).unwrap())
+                .collect()
+        });
+        let (mut for_map, mut for_handle) = (
+            Some(std::mem::take(&mut parsed_twice[0])),
+            Some(std::mem::take(&mut parsed_twice[1])),
+        );
+        let mut record_took = [std::time::Duration::ZERO; 2];
+        for pass in [r % 2, 1 - r % 2] {
+            if !alone {
+                break;
+            }
+            let started = Instant::now();
+            if pass == 0 {
+                for heartbeat in for_map.take().unwrap() {
+                    black_box(
+                        map_alone
+                            .record(heartbeat, tokio::time::Instant::now())
+                            .unwrap(),
+                    );
+                }
+            } else {
+                for (heartbeat, &n) in for_handle.take().unwrap().into_iter().zip(&order) {
+                    let now = tokio::time::Instant::now();
+                    let recorded = match &mut alone_handles[n] {
+                        Some(handle) => handle_alone.record_through(handle, heartbeat, now),
+                        None => handle_alone.record_and_hold(heartbeat, now).map(
+                            |(recorded, handle)| {
+                                alone_handles[n] = Some(handle);
+                                recorded
+                            },
+                        ),
+                    };
+                    black_box(recorded.unwrap());
+                }
+            }
+            record_took[pass] = started.elapsed();
+        }
+        for (tracker, events) in trackers.iter().zip(&mut events) {
+            while events.try_recv().is_ok() {}
+            tracker.sweep(tokio::time::Instant::now());
+        }
         if r < 3 {
             continue;
         }
-        whole.push(took.as_nanos() as f64 / count as f64);
+        let per = |took: std::time::Duration| took.as_nanos() as f64 / count as f64;
+        for (pass, figures) in [&mut whole, &mut whole_bound].into_iter().enumerate() {
+            if passes.contains(&pass) {
+                figures.push(per(took[pass]));
+            }
+        }
+        if alone {
+            record_map.push(per(record_took[0]));
+            record_handle.push(per(record_took[1]));
+        }
 
         // The steps alone, each a cold pass over the same frames.
         let started = Instant::now();
@@ -166,9 +276,16 @@ fn main() {
         whole.iter().copied().fold(f64::INFINITY, f64::min)
     );
     println!(
-        "  steps alone: signature {:.0} ns, parse+drop {:.0} ns, validate {:.0} ns",
+        "  bound channel, through the handle: {:.0} ns/heartbeat (median; min {:.0})",
+        median(whole_bound.clone()),
+        whole_bound.iter().copied().fold(f64::INFINITY, f64::min)
+    );
+    println!(
+        "  steps alone: signature {:.0} ns, parse+drop {:.0} ns, validate {:.0} ns, record by the map {:.0} ns, record through the handle {:.0} ns",
         median(sig),
         median(parse),
-        median(validate)
+        median(validate),
+        median(record_map),
+        median(record_handle)
     );
 }

@@ -5,6 +5,7 @@
 //! | [`config`] | the thresholds and how often the sweeper looks |
 //! | [`node_state`] | ACTIVE, STALE, DOWN, LEFT and a recorded move between them |
 //! | [`tracker`] | the state machine: heartbeats in, silence swept, stalls forgiven |
+//! | [`record`] | a node's record, the inline ids it is found by, and the handle a channel keeps |
 //! | [`alerts`] | the alert log behind `GET /alerts` |
 //! | [`events`] | the live feed subscribers (the `/ws` hub) read |
 //! | [`views`] | `GET /health/status` and the counts behind `/metrics` |
@@ -17,6 +18,7 @@ pub mod alerts;
 pub mod config;
 pub mod events;
 pub mod node_state;
+pub mod record;
 pub mod stats;
 pub mod tracker;
 pub mod views;

@@ -8,6 +8,14 @@
 //! the node has since replaced, is refused before anything changes; a new boot id is a restart,
 //! logged, and starts a new sequence.
 //!
+//! Finding a node: [`HealthTracker::record`] looks it up in the map (adding it on its first
+//! heartbeat, atomically: of two first heartbeats racing, one adds the node and the other is
+//! applied to it, so a copy is still refused). A node's heartbeat channel records its first
+//! heartbeat with [`HealthTracker::record_and_hold`] and keeps the [`NodeHandle`] it gets;
+//! [`HealthTracker::record_through`] then records the node's later heartbeats straight into
+//! its record, with the same checks, and looks the node up again only when the handle's
+//! record was forgotten since ([`super::record`] says how that is known).
+//!
 //! All timing uses `tokio::time::Instant`, so tests drive it with paused time. Wall-clock
 //! times are kept only to show people when something happened.
 
@@ -16,11 +24,11 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use parking_lot::Mutex;
 use shared::log_limit::LogLimit;
 use shared::NodeAddress;
-use smallvec::SmallVec;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -29,10 +37,12 @@ use super::alerts::{AlertLog, AlertsView};
 use super::config::HealthConfig;
 use super::events::HealthEvent;
 use super::node_state::{NodeState, Transition};
+pub use super::record::{BootId, NodeHandle};
+use super::record::{NodeKey, NodeRecord, Slot};
 use super::stats::HealthStats;
 use super::views::{Component, Counts, HealthStatus};
 use crate::time::{millis, rfc3339};
-use crate::wire::heartbeat::{Heartbeat, HeartbeatError, NodeType, MAX_BOOT_ID};
+use crate::wire::heartbeat::{Heartbeat, HeartbeatError, NodeType};
 use crate::wire::metrics::Metrics;
 
 /// Sweeper lateness below this is scheduling noise, not a stall.
@@ -71,102 +81,27 @@ static FORGOT_LOG: LogLimit = LogLimit::new("health_node_forgotten", TRANSITION_
 /// late, four times a second.
 static STALL_LOG: LogLimit = LogLimit::new("health_sweep_late", TRANSITION_LOG_INTERVAL);
 
-#[derive(Debug)]
-struct NodeRecord {
-    node_type: NodeType,
-    address: NodeAddress,
-    state: NodeState,
-    first_seen: SystemTime,
-    first_seen_at: Instant,
-    last_seen: SystemTime,
-    /// Last heartbeat, pushed forward by the sweeper's own stalls.
-    last_heard: Instant,
-    heartbeats: u64,
-    /// The run of the node its heartbeats come from.
+/// The context of one heartbeat being recorded.
+struct Beat {
     boot_id: BootId,
-    /// Boot ids this node replaced, oldest first (at most [`RETIRED_BOOTS`]).
-    retired_boots: VecDeque<BootId>,
-    /// The last `seq` accepted from `boot_id`.
-    seq: u64,
-    flaps: u32,
-    /// When the node went DOWN or LEFT (and has not come back since), for forgetting it.
-    gone_since: Option<Instant>,
-    failed_since: Option<Instant>,
-    last_transition: Option<Transition>,
-    metrics: Metrics,
-    /// When the last [`HealthEvent::HealthCheckResult`] for this node went out.
-    last_check_event: Option<Instant>,
+    /// The state it moves the node to.
+    target: NodeState,
+    now: Instant,
+    wall: SystemTime,
+    /// How often the node may have a [`HealthEvent::HealthCheckResult`].
+    check_every: Duration,
 }
 
-/// A boot id kept in its node's record, not behind a pointer: every heartbeat compares it,
-/// and at 10 000 nodes beating once a second a heap copy of it is never in the cache when
-/// the node's next heartbeat comes.
-#[derive(Clone, Copy, PartialEq, Eq)]
-struct BootId {
-    len: u8,
-    bytes: [u8; MAX_BOOT_ID],
-}
-
-impl BootId {
-    /// `None` when `id` is longer than [`MAX_BOOT_ID`] (a heartbeat's validation refuses it).
-    fn new(id: &str) -> Option<BootId> {
-        let mut bytes = [0u8; MAX_BOOT_ID];
-        bytes.get_mut(..id.len())?.copy_from_slice(id.as_bytes());
-        Some(BootId {
-            len: u8::try_from(id.len()).ok()?,
-            bytes,
-        })
-    }
-
-    fn as_str(&self) -> &str {
-        // Made from a `&str` whole, so always UTF-8.
-        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or_default()
-    }
-}
-
-impl PartialEq<str> for BootId {
-    fn eq(&self, other: &str) -> bool {
-        self.as_str() == other
-    }
-}
-
-impl std::fmt::Debug for BootId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.as_str().fmt(f)
-    }
-}
-
-/// A node's id as the key of its record: one of up to [`INLINE_KEY`] bytes (any real
-/// instance id) is held in the map's own slot, so finding a node's record compares the id
-/// without following a pointer to a heap copy, cold in the cache at 10 000 nodes beating
-/// once a second. Looked up by the id's bytes.
-#[derive(Clone, PartialEq, Eq, Hash)]
-struct NodeKey(SmallVec<[u8; INLINE_KEY]>);
-
-/// Bytes of a [`NodeKey`] held inline.
-const INLINE_KEY: usize = 32;
-
-impl NodeKey {
-    fn new(id: &str) -> NodeKey {
-        NodeKey(SmallVec::from_slice(id.as_bytes()))
-    }
-
-    fn as_str(&self) -> &str {
-        // Made from a `&str` whole, so always UTF-8.
-        std::str::from_utf8(&self.0).unwrap_or_default()
-    }
-}
-
-impl std::borrow::Borrow<[u8]> for NodeKey {
-    fn borrow(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for NodeKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.as_str().fmt(f)
-    }
+/// What applying a heartbeat to its record did, announced once the record's lock is
+/// released (logs, alerts, events).
+struct Applied {
+    changed: Option<Transition>,
+    moved: bool,
+    flapped: bool,
+    /// The boot id replaced and its last `seq`.
+    restarted: Option<(String, u64)>,
+    /// (heartbeats so far, gap since the previous one), when a check event is due.
+    check: Option<(u64, Option<u64>)>,
 }
 
 /// The coordinator's own entry in the component list.
@@ -181,7 +116,9 @@ struct SelfComponent {
 #[derive(Debug)]
 struct Inner {
     config: HealthConfig,
-    nodes: DashMap<NodeKey, NodeRecord>,
+    /// Each record behind its own lock ([`super::record`]): the map's shard locks are
+    /// taken to add or forget a node, or to find one, never to change a record.
+    nodes: DashMap<NodeKey, Slot>,
     /// How often each node may have a [`HealthEvent::HealthCheckResult`], in milliseconds:
     /// [`HEALTH_CHECK_EVENT_EVERY`], stretched by the sweeper as the cluster grows past
     /// [`HEALTH_CHECK_EVENTS_PER_SECOND`] nodes.
@@ -240,135 +177,275 @@ impl HealthTracker {
         self.inner.events.subscribe()
     }
 
-    /// Records a (validated, authenticated) heartbeat received at `now`.
+    /// Records a (validated, authenticated) heartbeat received at `now`, finding its node
+    /// in the map (or adding it, on its first heartbeat).
     ///
     /// # Errors
     /// [`HeartbeatError::Replayed`] if its `seq` is not above the last accepted from the
     /// same boot of the node, [`HeartbeatError::RetiredBoot`] if it comes from a boot the node
-    /// has since replaced. A refused heartbeat changes nothing.
+    /// has since replaced, [`HeartbeatError::BootId`] if its boot id is longer than a valid
+    /// one. A refused heartbeat changes nothing.
     pub fn record(&self, mut hb: Heartbeat, now: Instant) -> Result<Recorded, HeartbeatError> {
-        let wall = SystemTime::now();
-        // A HealthCheckResult nobody listens to is not built: no copy of the metrics, no
-        // timestamp text. Asked only when one is due: the count is behind the channel's lock.
-        let listened = || self.inner.events.receiver_count() > 0;
-        let target = if hb.leaving {
-            NodeState::Left
-        } else {
-            NodeState::Active
+        let beat = self.beat(&hb, now)?;
+        let (_, applied) = self.apply_by_map(&mut hb, &beat);
+        Ok(self.announce(hb, applied?, &beat))
+    }
+
+    /// [`Self::record`], handing back the node's record to record its next heartbeats
+    /// through ([`Self::record_through`]).
+    ///
+    /// # Errors
+    /// As [`Self::record`].
+    pub fn record_and_hold(
+        &self,
+        mut hb: Heartbeat,
+        now: Instant,
+    ) -> Result<(Recorded, NodeHandle), HeartbeatError> {
+        let beat = self.beat(&hb, now)?;
+        let (slot, applied) = self.apply_by_map(&mut hb, &beat);
+        let applied = applied?;
+        let handle = NodeHandle {
+            key: NodeKey::new(&hb.instance_id),
+            slot,
         };
-        let mut changed = None;
-        let mut moved = false;
-        let mut flapped = false;
-        let mut restarted = None;
-        // (heartbeats so far, gap since the previous one), when a check event is due.
-        let mut check = None;
-        let check_every = Duration::from_millis(self.inner.check_every_ms.load(Relaxed));
-        let boot_id = BootId::new(&hb.boot_id).ok_or(HeartbeatError::BootId)?;
-        match self.inner.nodes.get_mut(hb.instance_id.as_bytes()) {
-            Some(mut record) => {
-                let record = &mut *record;
-                // The entry's lock is held from this check to the update, so two copies of a
-                // heartbeat racing each other cannot both pass.
-                if record.boot_id == boot_id {
-                    if hb.seq <= record.seq {
-                        return Err(HeartbeatError::Replayed {
-                            node: hb.instance_id,
-                            seq: hb.seq,
-                            last: record.seq,
-                        });
-                    }
-                } else if record.retired_boots.contains(&boot_id) {
-                    return Err(HeartbeatError::RetiredBoot {
-                        node: hb.instance_id,
-                        boot_id: hb.boot_id,
-                    });
-                } else {
-                    let old = std::mem::replace(&mut record.boot_id, boot_id);
-                    if record.retired_boots.len() == RETIRED_BOOTS {
-                        record.retired_boots.pop_front();
-                    }
-                    restarted = Some((old.as_str().to_owned(), record.seq));
-                    record.retired_boots.push_back(old);
-                }
-                if restarted.is_some()
-                    || (record.state == NodeState::Left && target == NodeState::Active)
-                {
-                    // A new run of the node: restarted, or back after a goodbye.
-                    record.first_seen = wall;
-                    record.first_seen_at = now;
-                }
-                if record.address != hb.address {
-                    record.address = hb.address;
-                    moved = true;
-                }
-                if record.state != target {
-                    if target == NodeState::Active && record.state.is_failure() {
-                        if let Some(since) = record.failed_since {
-                            if now.saturating_duration_since(since) <= self.inner.config.flap_window
-                            {
-                                record.flaps += 1;
-                                flapped = true;
-                            }
-                        }
-                    }
-                    record.failed_since = None;
-                    changed = Some(transition(record, target, wall, now));
-                }
-                let gap = now.saturating_duration_since(record.last_heard);
-                self.inner.stats.heartbeat_gap(gap);
-                record.node_type = hb.node_type;
-                record.last_seen = wall;
-                record.last_heard = now;
-                record.heartbeats += 1;
-                record.seq = hb.seq;
-                let due = record
-                    .last_check_event
-                    .is_none_or(|last| now.saturating_duration_since(last) >= check_every);
-                if due && target == NodeState::Active {
-                    record.last_check_event = Some(now);
-                    check = Some((record.heartbeats, Some(millis(gap))));
-                }
-                // The same gauges as last time, mostly: their values are copied in place.
-                record.metrics.assign(&hb.metrics);
-            }
+        Ok((self.announce(hb, applied, &beat), handle))
+    }
+
+    /// [`Self::record`] through `handle`, without finding the node in the map, while the
+    /// handle holds the record of `hb`'s node that is in the map. When it does not (the node
+    /// was forgotten since, and perhaps came back), the node is found in the map as by
+    /// [`Self::record`] and `handle` now holds its current record: a stale handle never
+    /// changes a record that is no longer in the map. A heartbeat of another node than the
+    /// handle's is recorded by the map and leaves the handle as it was.
+    ///
+    /// # Errors
+    /// As [`Self::record`].
+    pub fn record_through(
+        &self,
+        handle: &mut NodeHandle,
+        mut hb: Heartbeat,
+        now: Instant,
+    ) -> Result<Recorded, HeartbeatError> {
+        let beat = self.beat(&hb, now)?;
+        let mine = handle.is_for(&hb.instance_id);
+        let held = if mine {
+            self.apply_held(&handle.slot, &mut hb, &beat)
+        } else {
+            None
+        };
+        let applied = match held {
+            Some(applied) => applied,
             None => {
-                let first = Transition {
-                    from: None,
-                    to: target,
-                    at: rfc3339(wall),
-                };
-                self.inner.nodes.insert(
-                    NodeKey::new(&hb.instance_id),
-                    NodeRecord {
-                        node_type: hb.node_type,
-                        address: hb.address,
-                        state: target,
-                        first_seen: wall,
-                        first_seen_at: now,
-                        last_seen: wall,
-                        last_heard: now,
-                        heartbeats: 1,
-                        boot_id,
-                        retired_boots: VecDeque::new(),
-                        seq: hb.seq,
-                        flaps: 0,
-                        gone_since: (target == NodeState::Left).then_some(now),
-                        failed_since: None,
-                        last_transition: Some(first.clone()),
-                        metrics: take_metrics(
-                            &mut hb.metrics,
-                            target == NodeState::Active && listened(),
-                        ),
-                        last_check_event: (target == NodeState::Active).then_some(now),
-                    },
-                );
-                moved = true;
-                changed = Some(first);
-                if target == NodeState::Active {
-                    check = Some((1, None));
+                let (slot, applied) = self.apply_by_map(&mut hb, &beat);
+                if mine {
+                    handle.slot = slot;
                 }
+                applied
+            }
+        };
+        Ok(self.announce(hb, applied?, &beat))
+    }
+
+    /// What every way of recording `hb` needs first; refuses a boot id too long to keep.
+    fn beat(&self, hb: &Heartbeat, now: Instant) -> Result<Beat, HeartbeatError> {
+        Ok(Beat {
+            boot_id: BootId::new(&hb.boot_id).ok_or(HeartbeatError::BootId)?,
+            target: if hb.leaving {
+                NodeState::Left
+            } else {
+                NodeState::Active
+            },
+            now,
+            wall: SystemTime::now(),
+            check_every: Duration::from_millis(self.inner.check_every_ms.load(Relaxed)),
+        })
+    }
+
+    /// Applies `hb` to the record in `slot`, unless that record was forgotten (`None`).
+    fn apply_held(
+        &self,
+        slot: &Slot,
+        hb: &mut Heartbeat,
+        beat: &Beat,
+    ) -> Option<Result<Applied, HeartbeatError>> {
+        let mut record = slot.lock();
+        if record.forgotten {
+            return None;
+        }
+        Some(self.apply(&mut record, hb, beat))
+    }
+
+    /// Applies `hb` to its node's record in the map, made now if the node has none; returns
+    /// the record's slot too, for a handle.
+    fn apply_by_map(
+        &self,
+        hb: &mut Heartbeat,
+        beat: &Beat,
+    ) -> (Slot, Result<Applied, HeartbeatError>) {
+        loop {
+            let found = self
+                .inner
+                .nodes
+                .get(hb.instance_id.as_bytes())
+                .map(|entry| Arc::clone(entry.value()));
+            let slot = match found {
+                Some(slot) => slot,
+                // Under the shard's write lock: of two first heartbeats racing, one adds the
+                // node and the other is applied to it.
+                None => match self.inner.nodes.entry(NodeKey::new(&hb.instance_id)) {
+                    Entry::Occupied(entry) => Arc::clone(entry.get()),
+                    Entry::Vacant(entry) => {
+                        let (record, applied) = self.first(hb, beat);
+                        let slot = Arc::new(Mutex::new(record));
+                        entry.insert(Arc::clone(&slot));
+                        return (slot, Ok(applied));
+                    }
+                },
+            };
+            // Forgotten between the lookup and the lock: it is out of the map by now, so
+            // looking again finds the node's new record or none.
+            if let Some(applied) = self.apply_held(&slot, hb, beat) {
+                return (slot, applied);
             }
         }
+    }
+
+    /// A node's first record, from its first heartbeat (or its first since it was forgotten).
+    fn first(&self, hb: &mut Heartbeat, beat: &Beat) -> (NodeRecord, Applied) {
+        let target = beat.target;
+        let first = Transition {
+            from: None,
+            to: target,
+            at: rfc3339(beat.wall),
+        };
+        let record = NodeRecord {
+            forgotten: false,
+            node_type: hb.node_type,
+            address: hb.address,
+            state: target,
+            first_seen: beat.wall,
+            first_seen_at: beat.now,
+            last_seen: beat.wall,
+            last_heard: beat.now,
+            heartbeats: 1,
+            boot_id: beat.boot_id,
+            retired_boots: VecDeque::new(),
+            seq: hb.seq,
+            flaps: 0,
+            gone_since: (target == NodeState::Left).then_some(beat.now),
+            failed_since: None,
+            last_transition: Some(first.clone()),
+            metrics: take_metrics(
+                &mut hb.metrics,
+                target == NodeState::Active && self.listened(),
+            ),
+            last_check_event: (target == NodeState::Active).then_some(beat.now),
+        };
+        let applied = Applied {
+            changed: Some(first),
+            moved: true,
+            flapped: false,
+            restarted: None,
+            check: (target == NodeState::Active).then_some((1, None)),
+        };
+        (record, applied)
+    }
+
+    /// Applies `hb` to its node's `record`, under the record's lock: from the replay checks
+    /// to the update, so two copies of a heartbeat racing each other cannot both pass.
+    fn apply(
+        &self,
+        record: &mut NodeRecord,
+        hb: &mut Heartbeat,
+        beat: &Beat,
+    ) -> Result<Applied, HeartbeatError> {
+        let (target, now) = (beat.target, beat.now);
+        let mut applied = Applied {
+            changed: None,
+            moved: false,
+            flapped: false,
+            restarted: None,
+            check: None,
+        };
+        if record.boot_id == beat.boot_id {
+            if hb.seq <= record.seq {
+                return Err(HeartbeatError::Replayed {
+                    node: std::mem::take(&mut hb.instance_id),
+                    seq: hb.seq,
+                    last: record.seq,
+                });
+            }
+        } else if record.retired_boots.contains(&beat.boot_id) {
+            return Err(HeartbeatError::RetiredBoot {
+                node: std::mem::take(&mut hb.instance_id),
+                boot_id: std::mem::take(&mut hb.boot_id),
+            });
+        } else {
+            let old = std::mem::replace(&mut record.boot_id, beat.boot_id);
+            if record.retired_boots.len() == RETIRED_BOOTS {
+                record.retired_boots.pop_front();
+            }
+            applied.restarted = Some((old.as_str().to_owned(), record.seq));
+            record.retired_boots.push_back(old);
+        }
+        if applied.restarted.is_some()
+            || (record.state == NodeState::Left && target == NodeState::Active)
+        {
+            // A new run of the node: restarted, or back after a goodbye.
+            record.first_seen = beat.wall;
+            record.first_seen_at = now;
+        }
+        if record.address != hb.address {
+            record.address = hb.address;
+            applied.moved = true;
+        }
+        if record.state != target {
+            if target == NodeState::Active && record.state.is_failure() {
+                if let Some(since) = record.failed_since {
+                    if now.saturating_duration_since(since) <= self.inner.config.flap_window {
+                        record.flaps += 1;
+                        applied.flapped = true;
+                    }
+                }
+            }
+            record.failed_since = None;
+            applied.changed = Some(transition(record, target, beat.wall, now));
+        }
+        let gap = now.saturating_duration_since(record.last_heard);
+        self.inner.stats.heartbeat_gap(gap);
+        record.node_type = hb.node_type;
+        record.last_seen = beat.wall;
+        record.last_heard = now;
+        record.heartbeats += 1;
+        record.seq = hb.seq;
+        let due = record
+            .last_check_event
+            .is_none_or(|last| now.saturating_duration_since(last) >= beat.check_every);
+        if due && target == NodeState::Active {
+            record.last_check_event = Some(now);
+            applied.check = Some((record.heartbeats, Some(millis(gap))));
+        }
+        // The same gauges as last time, mostly: their values are copied in place.
+        record.metrics.assign(&hb.metrics);
+        Ok(applied)
+    }
+
+    /// Whether anyone listens to events. A HealthCheckResult nobody listens to is not
+    /// built: no copy of the metrics, no timestamp text. Asked only when one is due: the
+    /// count is behind the channel's lock.
+    fn listened(&self) -> bool {
+        self.inner.events.receiver_count() > 0
+    }
+
+    /// Logs, alerts and events for a heartbeat applied, once its record's lock is released.
+    fn announce(&self, hb: Heartbeat, applied: Applied, beat: &Beat) -> Recorded {
+        let Applied {
+            changed,
+            moved,
+            flapped,
+            restarted,
+            check,
+        } = applied;
         if let Some((old_boot, old_seq)) = restarted {
             shared::info_limited!(RESTARTED_LOG, node = %hb.instance_id, old_boot, old_seq, new_seq = hb.seq, "node restarted: new boot id, its heartbeat sequence starts again");
         }
@@ -397,19 +474,19 @@ impl HealthTracker {
             self.emit(&hb.instance_id, hb.node_type, t);
         }
         // After the state change, so a subscriber sees the transition first.
-        if let Some((heartbeats, interval_ms)) = check.filter(|_| listened()) {
+        if let Some((heartbeats, interval_ms)) = check.filter(|_| self.listened()) {
             let _ = self.inner.events.send(HealthEvent::HealthCheckResult {
                 node_id: hb.instance_id,
                 node_type: hb.node_type,
-                status: target,
+                status: beat.target,
                 seq: hb.seq,
                 heartbeats,
                 interval_ms,
                 metrics: Box::new(hb.metrics),
-                at: rfc3339(wall),
+                at: rfc3339(beat.wall),
             });
         }
-        Ok(Recorded { state: target })
+        Recorded { state: beat.target }
     }
 
     /// Moves every node whose silence passed a threshold, raising alerts, and forgets nodes
@@ -427,17 +504,18 @@ impl HealthTracker {
         let mut next = now
             .checked_add(config.stale_after)
             .unwrap_or_else(|| now + config.sweep_period());
-        for mut entry in self.inner.nodes.iter_mut() {
+        for entry in self.inner.nodes.iter() {
             nodes += 1;
-            if entry
+            let mut record = entry.value().lock();
+            if record
                 .gone_since
                 .is_some_and(|since| now.saturating_duration_since(since) >= config.forget_after)
             {
                 forget.push(entry.key().as_str().to_owned());
                 continue;
             }
-            let silence = now.saturating_duration_since(entry.last_heard);
-            let target = match entry.state {
+            let silence = now.saturating_duration_since(record.last_heard);
+            let target = match record.state {
                 NodeState::Active | NodeState::Stale if silence >= config.down_after => {
                     Some(NodeState::Down)
                 }
@@ -445,18 +523,22 @@ impl HealthTracker {
                 _ => None,
             };
             if let Some(target) = target {
-                let record = entry.value_mut();
                 if record.failed_since.is_none() {
                     record.failed_since = Some(now);
                 }
-                let t = transition(record, target, SystemTime::now(), now);
+                let t = transition(&mut record, target, SystemTime::now(), now);
                 self.inner.stats.transition(t.from, t.to);
-                changes.push((entry.key().as_str().to_owned(), entry.node_type, silence, t));
+                changes.push((
+                    entry.key().as_str().to_owned(),
+                    record.node_type,
+                    silence,
+                    t,
+                ));
             }
-            let due = match (entry.state, entry.gone_since) {
+            let due = match (record.state, record.gone_since) {
                 (_, Some(since)) => since.checked_add(config.forget_after),
-                (NodeState::Active, None) => entry.last_heard.checked_add(config.stale_after),
-                (_, None) => entry.last_heard.checked_add(config.down_after),
+                (NodeState::Active, None) => record.last_heard.checked_add(config.stale_after),
+                (_, None) => record.last_heard.checked_add(config.down_after),
             };
             if let Some(due) = due {
                 next = next.min(due);
@@ -498,17 +580,17 @@ impl HealthTracker {
     /// Returns whether the node moved.
     pub fn suspect(&self, node_id: &str, boot_id: &str, now: Instant) -> bool {
         let (node_type, t) = {
-            let Some(mut record) = self.inner.nodes.get_mut(node_id.as_bytes()) else {
+            let Some(entry) = self.inner.nodes.get(node_id.as_bytes()) else {
                 return false;
             };
+            let mut record = entry.value().lock();
             if record.state != NodeState::Active || record.boot_id != *boot_id {
                 return false;
             }
-            let record = &mut *record;
             record.failed_since.get_or_insert(now);
             (
                 record.node_type,
-                transition(record, NodeState::Stale, SystemTime::now(), now),
+                transition(&mut record, NodeState::Stale, SystemTime::now(), now),
             )
         };
         shared::warn_limited!(CHANNEL_LOG, node = %node_id, to = t.to.as_str(), "node's heartbeat channel closed");
@@ -526,12 +608,18 @@ impl HealthTracker {
     /// brought it back since the sweep looked).
     fn forget(&self, node_id: &str, now: Instant) {
         let forget_after = self.inner.config.forget_after;
-        let Some((_, record)) = self.inner.nodes.remove_if(node_id.as_bytes(), |_, r| {
-            r.gone_since
-                .is_some_and(|since| now.saturating_duration_since(since) >= forget_after)
+        // Marked forgotten under the shard's write lock and its own, in one go with its
+        // removal: a handle that still holds it sees that before it changes anything.
+        let Some((_, slot)) = self.inner.nodes.remove_if(node_id.as_bytes(), |_, slot| {
+            let mut record = slot.lock();
+            record.forgotten = record
+                .gone_since
+                .is_some_and(|since| now.saturating_duration_since(since) >= forget_after);
+            record.forgotten
         }) else {
             return;
         };
+        let record = slot.lock();
         shared::info_limited!(FORGOT_LOG, node = %node_id, state = record.state.as_str(), after = ?forget_after, "forgot node: gone longer than --forget-after");
         self.inner.alerts.lock().resolve_all(node_id);
         let _ = self.inner.events.send(HealthEvent::NodeForgotten {
@@ -545,8 +633,9 @@ impl HealthTracker {
     /// Forgives `stall` of silence for every node: the coordinator itself was not running
     /// (paused, starved) for that long, so it could not have heard them.
     pub fn credit_stall(&self, stall: Duration, now: Instant) {
-        for mut entry in self.inner.nodes.iter_mut() {
-            entry.last_heard = (entry.last_heard + stall).min(now);
+        for entry in self.inner.nodes.iter() {
+            let mut record = entry.value().lock();
+            record.last_heard = (record.last_heard + stall).min(now);
         }
     }
 
@@ -646,7 +735,7 @@ impl HealthTracker {
         self.inner
             .nodes
             .get(node_id.as_bytes())
-            .map(|r| self.component(node_id, &r, now))
+            .map(|entry| self.component(node_id, &entry.value().lock(), now))
     }
 
     /// `GET /health/status`.
@@ -656,7 +745,7 @@ impl HealthTracker {
             .inner
             .nodes
             .iter()
-            .map(|e| self.component(e.key().as_str(), e.value(), now))
+            .map(|e| self.component(e.key().as_str(), &e.value().lock(), now))
             .collect();
         nodes.sort_by(|a, b| a.node_id.cmp(&b.node_id));
         let mut components: Vec<Component> = self.self_component(now).into_iter().collect();
@@ -695,16 +784,17 @@ impl HealthTracker {
             .inner
             .nodes
             .iter()
-            .filter(|e| {
-                e.node_type == NodeType::Backend
-                    && matches!(e.state, NodeState::Active | NodeState::Stale)
-            })
-            .map(|e| {
-                (
-                    e.key().as_str().to_owned(),
-                    e.address,
-                    e.metrics.get(metric),
-                )
+            .filter_map(|e| {
+                let r = e.value().lock();
+                let live = r.node_type == NodeType::Backend
+                    && matches!(r.state, NodeState::Active | NodeState::Stale);
+                live.then(|| {
+                    (
+                        e.key().as_str().to_owned(),
+                        r.address,
+                        r.metrics.get(metric),
+                    )
+                })
             })
             .collect();
         live.sort_by(|a, b| a.0.cmp(&b.0));
@@ -719,8 +809,12 @@ impl HealthTracker {
             .inner
             .nodes
             .iter()
-            .filter(|e| e.state.is_failure())
-            .map(|e| self.component(e.key().as_str(), e.value(), now))
+            .filter_map(|e| {
+                let r = e.value().lock();
+                r.state
+                    .is_failure()
+                    .then(|| self.component(e.key().as_str(), &r, now))
+            })
             .collect();
         stale.sort_by(|a, b| a.node_id.cmp(&b.node_id));
         stale
@@ -731,7 +825,7 @@ impl HealthTracker {
         self.inner
             .nodes
             .iter()
-            .filter(|e| e.state == NodeState::Active)
+            .filter(|e| e.value().lock().state == NodeState::Active)
             .map(|e| e.key().as_str().to_owned())
             .collect()
     }
@@ -775,7 +869,7 @@ impl HealthTracker {
             .nodes
             .iter()
             .map(|e| {
-                let age = now.saturating_duration_since(e.last_heard);
+                let age = now.saturating_duration_since(e.value().lock().last_heard);
                 (e.key().as_str().to_owned(), age.as_secs_f64())
             })
             .collect();
@@ -787,7 +881,8 @@ impl HealthTracker {
     pub fn counts(&self) -> Counts {
         let mut counts = Counts::default();
         for e in self.inner.nodes.iter() {
-            counts.add(e.state, e.flaps);
+            let r = e.value().lock();
+            counts.add(r.state, r.flaps);
         }
         counts.open_alerts = self.inner.alerts.lock().open_count();
         counts
@@ -828,7 +923,9 @@ fn transition(
 
 #[cfg(test)]
 mod tests {
+    use super::super::record::INLINE_KEY;
     use super::*;
+    use crate::wire::heartbeat::MAX_BOOT_ID;
 
     fn hb(id: &str, seq: u64) -> Heartbeat {
         Heartbeat {
@@ -1221,6 +1318,7 @@ mod tests {
             Err(HeartbeatError::RetiredBoot { .. })
         ));
         let inner = t.inner.nodes.get(b"b1".as_slice()).unwrap();
+        let inner = inner.value().lock();
         assert_eq!(inner.retired_boots.len(), RETIRED_BOOTS);
         assert!(!inner.retired_boots.iter().any(|b| *b == *"first"));
     }
@@ -1308,5 +1406,181 @@ mod tests {
         t.record(hb("dead", 1), start + Duration::from_secs(61))
             .unwrap();
         assert_eq!(t.node("dead").unwrap().heartbeats, 1);
+    }
+
+    /// The record in the map for `id`, to tell records apart.
+    fn slot_of(t: &HealthTracker, id: &str) -> Slot {
+        Arc::clone(t.inner.nodes.get(id.as_bytes()).unwrap().value())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_handle_records_its_node_and_refuses_what_the_map_refuses() {
+        let t = HealthTracker::new(config(), None);
+        let now = Instant::now();
+        let (recorded, mut handle) = t.record_and_hold(hb("b1", 1), now).unwrap();
+        assert_eq!(recorded.state, NodeState::Active);
+        assert_eq!(handle.node_id(), "b1");
+        assert!(handle.is_for("b1") && !handle.is_for("b") && !handle.is_for("b10"));
+        assert!(Arc::ptr_eq(&handle.slot, &slot_of(&t, "b1")));
+        t.record_through(&mut handle, hb("b1", 2), now).unwrap();
+        // A replay through the handle, as by the map: refused, nothing changed.
+        let mut replay = hb("b1", 2);
+        replay.leaving = true;
+        let e = t.record_through(&mut handle, replay, now).unwrap_err();
+        assert!(
+            matches!(e, HeartbeatError::Replayed { seq: 2, last: 2, ref node } if node == "b1"),
+            "{e:?}"
+        );
+        let e = t
+            .record_through(
+                &mut handle,
+                booted("b1", &"b".repeat(MAX_BOOT_ID + 1), 3),
+                now,
+            )
+            .unwrap_err();
+        assert!(matches!(e, HeartbeatError::BootId), "{e:?}");
+        let node = t.node("b1").unwrap();
+        assert_eq!(
+            (node.status, node.heartbeats, node.seq),
+            (NodeState::Active, 2, 2)
+        );
+        // Suspected, then back through the handle: a flap, as by the map.
+        assert!(t.suspect("b1", "boot-1", now));
+        let recorded = t.record_through(&mut handle, hb("b1", 3), now).unwrap();
+        assert_eq!(recorded.state, NodeState::Active);
+        assert_eq!(t.node("b1").unwrap().flaps, 1);
+        // A goodbye through it is LEFT, and the next heartbeat is a new run.
+        let mut bye = hb("b1", 4);
+        bye.leaving = true;
+        assert_eq!(
+            t.record_through(&mut handle, bye, now).unwrap().state,
+            NodeState::Left
+        );
+        t.record_through(&mut handle, hb("b1", 5), now + Duration::from_secs(3))
+            .unwrap();
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert_eq!(t.node("b1").unwrap().uptime_seconds, 1);
+        assert!(Arc::ptr_eq(&handle.slot, &slot_of(&t, "b1")));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_handle_follows_its_node_through_a_restart() {
+        let t = HealthTracker::new(config(), None);
+        let start = Instant::now();
+        let (_, mut handle) = t.record_and_hold(booted("b1", "first", 40), start).unwrap();
+        let restart = start + Duration::from_secs(20);
+        t.record_through(&mut handle, booted("b1", "second", 1), restart)
+            .unwrap();
+        let node = t.node("b1").unwrap();
+        assert_eq!((node.seq, node.heartbeats), (1, 2));
+        let e = t
+            .record_through(&mut handle, booted("b1", "first", 99), restart)
+            .unwrap_err();
+        assert!(matches!(e, HeartbeatError::RetiredBoot { .. }), "{e:?}");
+        let e = t
+            .record_through(&mut handle, booted("b1", "second", 1), restart)
+            .unwrap_err();
+        assert!(matches!(e, HeartbeatError::Replayed { .. }), "{e:?}");
+        t.record_through(&mut handle, booted("b1", "second", 2), restart)
+            .unwrap();
+        assert_eq!(t.node("b1").unwrap().seq, 2);
+        // The channel of the first run says nothing about the second.
+        assert!(!t.suspect("b1", "first", restart));
+        assert!(Arc::ptr_eq(&handle.slot, &slot_of(&t, "b1")));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stale_handle_never_changes_a_forgotten_record() {
+        let t = HealthTracker::new(
+            HealthConfig {
+                forget_after: Duration::from_secs(5),
+                ..config()
+            },
+            None,
+        );
+        let start = Instant::now();
+        let (_, mut handle) = t.record_and_hold(hb("b1", 1), start).unwrap();
+        let (_, mut other) = t.record_and_hold(hb("b2", 1), start).unwrap();
+        // DOWN at 1 s, forgotten at 6 s.
+        t.sweep(start + Duration::from_secs(1));
+        t.sweep(start + Duration::from_secs(6));
+        assert!(t.node("b1").is_none());
+        let old = Arc::clone(&handle.slot);
+        assert!(old.lock().forgotten);
+        // Rejoined (by a POST, say) with a new run: a new record.
+        let rejoin = start + Duration::from_secs(7);
+        t.record(booted("b1", "boot-2", 1), rejoin).unwrap();
+        // The stale handle is not used: the heartbeat goes to the new record, found in
+        // the map, and the handle holds that from now on.
+        t.record_through(&mut handle, booted("b1", "boot-2", 2), rejoin)
+            .unwrap();
+        assert!(Arc::ptr_eq(&handle.slot, &slot_of(&t, "b1")));
+        assert!(!Arc::ptr_eq(&handle.slot, &old));
+        let node = t.node("b1").unwrap();
+        assert_eq!(
+            (node.status, node.heartbeats, node.seq),
+            (NodeState::Active, 2, 2)
+        );
+        let old = old.lock();
+        assert_eq!(
+            (old.state, old.heartbeats, old.seq),
+            (NodeState::Down, 1, 1)
+        );
+        drop(old);
+        // Forgotten and not back: the stale handle's heartbeat adds the node anew, as a
+        // first heartbeat, and the handle holds the new record.
+        let first = t.record_through(&mut other, hb("b2", 2), rejoin).unwrap();
+        assert_eq!(first.state, NodeState::Active);
+        assert_eq!(t.node("b2").unwrap().heartbeats, 1);
+        assert!(Arc::ptr_eq(&other.slot, &slot_of(&t, "b2")));
+        // A refusal after falling back still renews the handle, and changes nothing.
+        let (_, mut third) = t.record_and_hold(hb("b3", 5), rejoin).unwrap();
+        t.sweep(rejoin + Duration::from_secs(1));
+        t.sweep(rejoin + Duration::from_secs(6));
+        t.record(hb("b3", 9), rejoin + Duration::from_secs(7))
+            .unwrap();
+        let e = t
+            .record_through(&mut third, hb("b3", 9), rejoin + Duration::from_secs(7))
+            .unwrap_err();
+        assert!(
+            matches!(e, HeartbeatError::Replayed { last: 9, .. }),
+            "{e:?}"
+        );
+        assert!(Arc::ptr_eq(&third.slot, &slot_of(&t, "b3")));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn another_nodes_heartbeat_through_a_handle_is_recorded_by_the_map() {
+        let t = HealthTracker::new(config(), None);
+        let now = Instant::now();
+        let (_, mut handle) = t.record_and_hold(hb("b1", 1), now).unwrap();
+        t.record_through(&mut handle, hb("b2", 1), now).unwrap();
+        assert_eq!(t.node("b2").unwrap().heartbeats, 1);
+        assert_eq!(t.node("b1").unwrap().heartbeats, 1);
+        assert_eq!(handle.node_id(), "b1");
+        assert!(Arc::ptr_eq(&handle.slot, &slot_of(&t, "b1")));
+    }
+
+    #[test]
+    fn racing_first_heartbeats_add_a_node_once() {
+        let t = HealthTracker::new(config(), None);
+        for n in 0..200 {
+            let id = format!("n{n}");
+            let barrier = std::sync::Barrier::new(2);
+            let results: Vec<_> = std::thread::scope(|s| {
+                let racers: Vec<_> = (0..2)
+                    .map(|_| {
+                        s.spawn(|| {
+                            barrier.wait();
+                            t.record(hb(&id, 1), Instant::now())
+                        })
+                    })
+                    .collect();
+                racers.into_iter().map(|r| r.join().unwrap()).collect()
+            });
+            let accepted = results.iter().filter(|r| r.is_ok()).count();
+            assert_eq!(accepted, 1, "{id}: {results:?}");
+            assert_eq!(t.node(&id).unwrap().heartbeats, 1);
+        }
     }
 }
