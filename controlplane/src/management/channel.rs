@@ -226,12 +226,17 @@ async fn upgrade(State(state): State<ChannelState>, mut request: Request) -> Res
         ))
         .into_response();
     };
+    // Only the TLS listener marks its requests.
+    let plain = request
+        .extensions()
+        .get::<crate::serve::TlsPeer>()
+        .is_none();
     let upgrading = hyper::upgrade::on(&mut request);
     let tracked = core.tasks.token();
     tokio::spawn(async move {
         let _tracked = tracked;
         match upgrading.await {
-            Ok(upgraded) => serve(TokioIo::new(upgraded), core, answers, permit).await,
+            Ok(upgraded) => serve(TokioIo::new(upgraded), core, answers, permit, plain).await,
             Err(e) => tracing::debug!(error = %e, "heartbeat channel upgrade failed"),
         }
     });
@@ -253,8 +258,13 @@ struct Binding {
 }
 
 /// One channel, until it closes, the listener stops, or a stranger misbehaves on it.
-async fn serve<S>(io: S, core: Arc<Core>, answers: Answers, _permit: OwnedSemaphorePermit)
-where
+async fn serve<S>(
+    io: S,
+    core: Arc<Core>,
+    answers: Answers,
+    _permit: OwnedSemaphorePermit,
+    plain: bool,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     core.open.inc();
@@ -265,7 +275,7 @@ where
         bound: None,
         answered: None,
     };
-    let mut socket = Socket::new(io, channel.core.limits.max_frame);
+    let mut socket = Socket::new(io, channel.core.limits.max_frame, plain);
     let ending = channel.run(&mut socket).await;
     let core = &channel.core;
     core.open.dec();
@@ -352,9 +362,9 @@ impl Channel {
             // Frames already waiting are read before anything is answered: a client that
             // writes many at once gets one write back, not one per read buffer (on loopback a
             // write costs as much as handling a frame). Bounded by the answers held back and
-            // by tokio's budget, which ends the run of ready reads. A read that did not fill
-            // the buffer emptied the socket: nothing is waiting.
-            if socket.filled_up() && socket.output.len() < MAX_HELD_BACK {
+            // by tokio's budget, which ends the run of ready reads. On plain TCP a read that
+            // did not fill the buffer emptied the socket: nothing is waiting.
+            if socket.more_waiting() && socket.output.len() < MAX_HELD_BACK {
                 match socket.fill().now_or_never() {
                     Some(Ok(0) | Err(_)) => {
                         let _ = socket.flush().await;

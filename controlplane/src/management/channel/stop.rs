@@ -22,6 +22,9 @@ pub struct Stop {
     stopping: AtomicBool,
     /// The waker of each channel waiting, by channel id.
     waiting: Mutex<HashMap<u64, Waker>>,
+    /// Wakers registered so far.
+    #[cfg(test)]
+    registrations: std::sync::atomic::AtomicUsize,
 }
 
 impl Stop {
@@ -76,6 +79,8 @@ impl Future for Stopped<'_> {
         }
         let waker = cx.waker().clone();
         this.stop.waiting.lock().insert(this.id, waker.clone());
+        #[cfg(test)]
+        this.stop.registrations.fetch_add(1, Ordering::Relaxed);
         this.registered = Some(waker);
         // `stop` may have taken the waiters between the first look and the insert: then it
         // will not wake this one, but its flag is set by now.
@@ -133,7 +138,12 @@ mod tests {
             let mut wait = std::pin::pin!(stop.stopped(7));
             assert!(futures::poll!(wait.as_mut()).is_pending());
             assert!(futures::poll!(wait.as_mut()).is_pending());
-            assert_eq!(stop.waiting.lock().len(), 1, "registered once");
+            assert_eq!(stop.waiting.lock().len(), 1);
+            assert_eq!(
+                stop.registrations.load(Ordering::Relaxed),
+                1,
+                "the same task's waker is registered once"
+            );
         }
         assert!(stop.waiting.lock().is_empty(), "dropped wait unregistered");
         stop.stop();
