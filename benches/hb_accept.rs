@@ -78,6 +78,20 @@ fn round(nodes: &[Node], order: &[usize], seq: u64, signer: &RequestSigner) -> V
         .collect()
 }
 
+/// A frame's signature checked, its heartbeat parsed and validated, as the channel does
+/// before recording it.
+fn accept(verifier: &SignatureVerifier, text: &str) -> Heartbeat {
+    let (signature, body) = split(text).unwrap();
+    verifier
+        .check_header(Some(signature.as_bytes()), unix_millis())
+        .unwrap()
+        .verify(CHANNEL_METHOD, CHANNEL_PATH, body.as_bytes())
+        .unwrap();
+    let heartbeat: Heartbeat = serde_json::from_str(body).unwrap();
+    heartbeat.validate().unwrap();
+    heartbeat
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     // NaN: not measured in this run (`HB_PATHS`).
@@ -143,27 +157,13 @@ fn main() {
             let started = Instant::now();
             if pass == 0 {
                 for text in &frames {
-                    let (signature, body) = split(text).unwrap();
-                    verifier
-                        .check_header(Some(signature.as_bytes()), unix_millis())
-                        .unwrap()
-                        .verify(CHANNEL_METHOD, CHANNEL_PATH, body.as_bytes())
-                        .unwrap();
-                    let heartbeat: Heartbeat = serde_json::from_str(body).unwrap();
-                    heartbeat.validate().unwrap();
+                    let heartbeat = accept(&verifier, text);
                     let recorded = by_map.record(heartbeat, tokio::time::Instant::now());
                     black_box(recorded.unwrap());
                 }
             } else {
                 for (text, &n) in frames.iter().zip(&order) {
-                    let (signature, body) = split(text).unwrap();
-                    verifier
-                        .check_header(Some(signature.as_bytes()), unix_millis())
-                        .unwrap()
-                        .verify(CHANNEL_METHOD, CHANNEL_PATH, body.as_bytes())
-                        .unwrap();
-                    let heartbeat: Heartbeat = serde_json::from_str(body).unwrap();
-                    heartbeat.validate().unwrap();
+                    let heartbeat = accept(&verifier, text);
                     let now = tokio::time::Instant::now();
                     let recorded = match &mut handles[n] {
                         // The channel's check that the frame is its node's, then the record.
