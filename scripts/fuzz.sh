@@ -4,7 +4,8 @@
 #
 #   scripts/fuzz.sh [TARGET] [--minutes N]
 #
-# TARGET is one of codec_text, codec_binary, http_bodies, ws_request (default: all, in turn);
+# TARGET is one of codec_text, codec_binary, http_bodies, ws_request, ws_channel_frames
+# (default: all, in turn);
 # N is the minutes per target (default 10). Each target starts from fuzz/corpus/<target>/ and
 # stops by itself after N minutes. Then:
 #   - every crash is copied to fuzz/crashes/<target>/crash-<sha1> (kept: the replay test
@@ -28,7 +29,7 @@ while (($#)); do
         shift 2
         ;;
     -h | --help)
-        sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     *)
