@@ -477,15 +477,15 @@ pub async fn start_coordinator(
 
     let mut tasks = Tasks::new();
     // The failure detector runs on the management thread, where heartbeats are read, so a
-    // stall of that thread is its own and not the nodes' silence (HealthTracker::sweeper).
-    // Beside it, the batching of that thread's turns while heartbeats flow fast.
+    // stall of that thread is its own and not the nodes' silence (HealthTracker::sweeper;
+    // heartbeat channels over plain TCP have a thread of their own, which watches its own
+    // stalls). Beside it, the batching of that thread's turns while heartbeats flow fast
+    // over the channels it serves.
+    let thread_flow = management::batching::Flow::default();
     let sweeper: Beside = {
         let sweeper = health.clone().sweeper(tasks.shutdown.clone());
         let batching = management::batching::batch_wakeups(
-            management::batching::Flow {
-                heartbeats: mgmt.metrics.channel_heartbeats.clone(),
-                channels: mgmt.metrics.heartbeat_channels.clone(),
-            },
+            thread_flow.clone(),
             mgmt.metrics.batched_turns.clone(),
             tasks.shutdown.clone(),
         );
@@ -505,7 +505,11 @@ pub async fn start_coordinator(
             tls,
         ),
         (
-            management::coordinator_router(mgmt.clone()),
+            management::coordinator_router_with(
+                mgmt.clone(),
+                controlplane::ws::WsLimits::default(),
+                thread_flow,
+            ),
             mgmt.tasks,
             Some(management::packages::router(
                 deployer.clone(),

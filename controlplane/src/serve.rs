@@ -249,13 +249,16 @@ async fn serve_connection(
     shutdown: CancellationToken,
 ) {
     let activity = slot.activity.clone();
+    let handover = tls.is_none().then(Handover::default);
     let watched = Watched {
-        inner: stream,
+        inner: Some(stream),
         activity: activity.clone(),
-        _slot: slot,
+        slot: Some(slot),
+        handover: handover.as_ref().map(|h| h.0.clone()),
     };
     let Some(tls) = tls else {
-        drive(watched, peer, None, activity, router, limits, shutdown).await;
+        let peer_is = PeerIs::Plain(handover.unwrap_or_default());
+        drive(watched, peer, peer_is, activity, router, limits, shutdown).await;
         return;
     };
     match tls.accept(watched).await {
@@ -267,7 +270,7 @@ async fn serve_connection(
             drive(
                 stream,
                 peer,
-                Some(peer_tls),
+                PeerIs::Tls(peer_tls),
                 activity,
                 router,
                 limits,
@@ -282,11 +285,19 @@ async fn serve_connection(
     }
 }
 
+/// What a connection's requests learn of it besides the peer's address.
+#[derive(Debug, Clone)]
+enum PeerIs {
+    /// Plain TCP: a handler may take the socket once upgraded.
+    Plain(Handover),
+    Tls(TlsPeer),
+}
+
 /// Serves HTTP on `io` (plain or TLS) with the connection's watchdog.
 async fn drive<I>(
     io: I,
     peer: SocketAddr,
-    peer_tls: Option<TlsPeer>,
+    peer_is: PeerIs,
     activity: Arc<Activity>,
     router: Router,
     limits: ServeLimits,
@@ -300,8 +311,13 @@ async fn drive<I>(
         .map_request(
             move |mut req: axum::extract::Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(ConnectInfo(peer));
-                if let Some(peer_tls) = peer_tls {
-                    req.extensions_mut().insert(peer_tls);
+                match &peer_is {
+                    PeerIs::Plain(handover) => {
+                        req.extensions_mut().insert(handover.clone());
+                    }
+                    PeerIs::Tls(peer_tls) => {
+                        req.extensions_mut().insert(*peer_tls);
+                    }
                 }
                 req.map(axum::body::Body::new)
             },
@@ -568,15 +584,91 @@ impl Drop for Slot {
     }
 }
 
-/// The socket of a connection, noting when bytes arrive and holding the connection's slot.
-#[derive(Debug)]
-struct Watched<T> {
-    inner: T,
-    activity: Arc<Activity>,
-    _slot: Slot,
+/// A plain connection's socket, for a handler that takes it out of hyper once the
+/// connection is upgraded (the heartbeat channel does: [`Handover::take`]). Each request on a
+/// plain TCP connection carries one in its extensions; over TLS there is none.
+#[derive(Debug, Clone, Default)]
+pub struct Handover(Arc<HandoverCell>);
+
+#[derive(Debug, Default)]
+struct HandoverCell {
+    /// Set by [`Handover::take`]: the socket is kept, not closed, when dropped.
+    wanted: AtomicBool,
+    taken: Mutex<Option<Detached>>,
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+/// A connection's socket taken out of the async runtime, with its place in its listener's
+/// cap and in the descriptor budget, which it keeps until dropped.
+#[derive(Debug)]
+pub struct Detached {
+    /// The socket, non-blocking, registered with no runtime.
+    pub stream: std::net::TcpStream,
+    /// The connection's slot; dropping it gives the slot back.
+    pub slot: HeldSlot,
+}
+
+/// A detached connection's slot (see [`Detached`]).
+#[derive(Debug)]
+pub struct HeldSlot {
+    _slot: Option<Slot>,
+}
+
+impl Handover {
+    /// Takes the connection's socket out of `holder`, the upgraded connection that owns it
+    /// (hyper's `Upgraded`, or a wrapper of it): `holder` is dropped, and instead of closing
+    /// the socket, the connection hands it over. `None` if `holder` was not the socket's
+    /// last owner, or the runtime would not let the socket go; the socket is closed then.
+    pub fn take<H>(self, holder: H) -> Option<Detached> {
+        self.0.wanted.store(true, Ordering::SeqCst);
+        drop(holder);
+        self.0.taken.lock().take()
+    }
+}
+
+/// The socket of a connection, noting when bytes arrive and holding the connection's slot.
+/// Both are options only so that a [`Handover`] can move them out when it is dropped.
+#[derive(Debug)]
+struct Watched {
+    inner: Option<TcpStream>,
+    activity: Arc<Activity>,
+    slot: Option<Slot>,
+    handover: Option<Arc<HandoverCell>>,
+}
+
+impl Watched {
+    fn stream(&mut self) -> io::Result<&mut TcpStream> {
+        self.inner
+            .as_mut()
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        let Some(cell) = self.handover.take() else {
+            return;
+        };
+        if !cell.wanted.load(Ordering::SeqCst) {
+            return;
+        }
+        let Some(stream) = self.inner.take() else {
+            return;
+        };
+        match stream.into_std() {
+            Ok(stream) => {
+                *cell.taken.lock() = Some(Detached {
+                    stream,
+                    slot: HeldSlot {
+                        _slot: self.slot.take(),
+                    },
+                });
+            }
+            Err(e) => tracing::debug!(error = %e, "could not hand an upgraded connection over"),
+        }
+    }
+}
+
+impl AsyncRead for Watched {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -584,7 +676,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
-        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let polled = Pin::new(this.stream()?).poll_read(cx, buf);
         if buf.filled().len() > before {
             this.activity.on_read();
         }
@@ -592,21 +684,21 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+impl AsyncWrite for Watched {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        Pin::new(self.get_mut().stream()?).poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        Pin::new(self.get_mut().stream()?).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        Pin::new(self.get_mut().stream()?).poll_shutdown(cx)
     }
 
     fn poll_write_vectored(
@@ -614,11 +706,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        Pin::new(self.get_mut().stream()?).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        self.inner.as_ref().is_some_and(|s| s.is_write_vectored())
     }
 }
 

@@ -44,12 +44,14 @@ pub const BURST: u64 = 64;
 /// How often the rate is looked at.
 pub const WINDOW: Duration = Duration::from_secs(1);
 
-/// What the batching watches: heartbeats accepted over channels, and channels open.
+/// What the batching watches: heartbeats accepted over the channels served on the management
+/// thread, and those channels open. Channels over plain TCP are served on a thread of their
+/// own, which batches its own turns (`channel::reactor`), and are not counted here.
 #[derive(Debug, Clone, Default)]
 pub struct Flow {
-    /// Heartbeats accepted over heartbeat channels (`colony_heartbeat_channel_received`).
+    /// Heartbeats accepted over those channels.
     pub heartbeats: Counter,
-    /// Heartbeat channels open now (`colony_heartbeat_channels`).
+    /// Those channels open now.
     pub channels: Gauge,
 }
 
@@ -58,8 +60,14 @@ impl Flow {
     /// their pace.
     fn worth_batching(&self, heartbeats: u64) -> bool {
         let channels = u64::try_from(self.channels.get()).unwrap_or(0);
-        heartbeats >= MIN_RATE && heartbeats <= channels.saturating_mul(MAX_PER_CHANNEL)
+        worth_batching(heartbeats, channels)
     }
+}
+
+/// Whether `heartbeats` in one [`WINDOW`] over `channels` open channels are many nodes at
+/// their pace.
+pub fn worth_batching(heartbeats: u64, channels: u64) -> bool {
+    heartbeats >= MIN_RATE && heartbeats <= channels.saturating_mul(MAX_PER_CHANNEL)
 }
 
 /// Lengthens the management thread's short turns while `flow` says many nodes heartbeat at
@@ -120,7 +128,7 @@ async fn batch_while_busy(flow: &Flow, batched: &Counter, shutdown: &Cancellatio
 
 /// How much longer a turn that took `took` and handled `handled` heartbeats should last;
 /// `None` when it was long or busy enough.
-fn rest_of_turn(took: Duration, handled: u64) -> Option<Duration> {
+pub fn rest_of_turn(took: Duration, handled: u64) -> Option<Duration> {
     if handled >= BURST || took >= TURN {
         return None;
     }

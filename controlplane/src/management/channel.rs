@@ -37,7 +37,7 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::extract::{Request, State};
@@ -60,7 +60,9 @@ use tokio_util::task::TaskTracker;
 use crate::coordinator::health::node_state::NodeState;
 use crate::coordinator::health::tracker::{BootId, HealthTracker, NodeHandle};
 use crate::error::ApiError;
+use crate::management::batching;
 use crate::node_auth::NodeAuth;
+use crate::serve::Handover;
 use crate::state::MgmtState;
 use crate::wire::channel::{
     split, Answers, ChannelAnswer, CHANNEL_METHOD, CHANNEL_PATH, SPARSE_ANSWER_EVERY,
@@ -69,6 +71,7 @@ use crate::wire::heartbeat::{Heartbeat, HeartbeatError};
 use crate::wire::ws_frame::{self, close_code, Message, Opcode};
 
 mod handshake;
+mod reactor;
 mod socket;
 mod stop;
 
@@ -122,12 +125,22 @@ struct Core {
     stop: Stop,
     /// Cancelled with [`Core::stop`]: ends the lingering of closed channels.
     shutdown: CancellationToken,
+    /// The channels' own thread, which serves every channel over plain TCP; unset if it
+    /// could not start (they are then served on the management thread, as TLS ones are).
+    reactor: OnceLock<reactor::Handle>,
+    /// The channels served on the management thread, whose turns are batched for them.
+    thread_flow: batching::Flow,
+    /// Turns lengthened (`colony_mgmt_batched_turns_total`).
+    batched: Counter,
 }
 
 impl Core {
     fn stop(&self) {
         self.stop.stop();
         self.shutdown.cancel();
+        if let Some(reactor) = self.reactor.get() {
+            reactor.wake();
+        }
     }
 }
 
@@ -151,8 +164,11 @@ impl Drop for Alive {
 }
 
 impl ChannelState {
-    /// The channel's share of the management state, under `limits`.
-    pub fn new(state: &MgmtState, limits: ChannelLimits) -> Self {
+    /// The channel's share of the management state, under `limits`. Channels that stay on
+    /// the management thread (over TLS) count their heartbeats in `thread_flow`, for that
+    /// thread's batching; a coordinator's plain channels go to a thread of their own, started
+    /// here.
+    pub fn new(state: &MgmtState, limits: ChannelLimits, thread_flow: batching::Flow) -> Self {
         let core = Arc::new(Core {
             health: state.health.clone(),
             auth: state.node_auth.clone(),
@@ -166,7 +182,21 @@ impl ChannelState {
             tasks: state.tasks.clone(),
             stop: Stop::default(),
             shutdown: CancellationToken::new(),
+            reactor: OnceLock::new(),
+            thread_flow,
+            batched: state.metrics.batched_turns.clone(),
         });
+        if core.health.is_some() {
+            match reactor::Handle::start(core.clone(), core.tasks.token()) {
+                Ok(handle) => {
+                    let _ = core.reactor.set(handle);
+                }
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "heartbeat channels' thread did not start; they are served on the management thread"
+                ),
+            }
+        }
         ChannelState {
             core: core.clone(),
             _alive: Arc::new(Alive(core)),
@@ -226,21 +256,71 @@ async fn upgrade(State(state): State<ChannelState>, mut request: Request) -> Res
         ))
         .into_response();
     };
-    // Only the TLS listener marks its requests.
+    // Only the TLS listener marks its requests; only plain connections can be handed over.
     let plain = request
         .extensions()
         .get::<crate::serve::TlsPeer>()
         .is_none();
+    let handover = request.extensions().get::<Handover>().cloned();
     let upgrading = hyper::upgrade::on(&mut request);
     let tracked = core.tasks.token();
     tokio::spawn(async move {
         let _tracked = tracked;
-        match upgrading.await {
-            Ok(upgraded) => serve(TokioIo::new(upgraded), core, answers, permit, plain).await,
-            Err(e) => tracing::debug!(error = %e, "heartbeat channel upgrade failed"),
+        let upgraded = match upgrading.await {
+            Ok(upgraded) => TokioIo::new(upgraded),
+            Err(e) => return tracing::debug!(error = %e, "heartbeat channel upgrade failed"),
+        };
+        let reactor = core.reactor.get().filter(|_| handover.is_some());
+        let channel = Channel::new(core.clone(), answers, reactor.is_none());
+        match (reactor, handover) {
+            (Some(reactor), Some(handover)) => {
+                hand_over(reactor, handover, upgraded, channel, permit)
+            }
+            _ => serve(upgraded, channel, permit, plain).await,
         }
     });
     handshake::switching(accept)
+}
+
+/// The most bytes taken from the upgraded connection before its socket is handed over: what
+/// the HTTP server read past the request (frames sent before the `101` arrived) comes first,
+/// and is at most its read buffer's worth.
+const MAX_EARLY: usize = 512 * 1024;
+
+/// Moves a plain channel's socket to the channels' own thread ([`reactor`]), with whatever
+/// the HTTP server already read from it.
+fn hand_over<S>(
+    reactor: &reactor::Handle,
+    handover: Handover,
+    mut upgraded: S,
+    channel: Channel,
+    permit: OwnedSemaphorePermit,
+) where
+    S: AsyncRead + Unpin,
+{
+    let mut early = Vec::new();
+    let mut chunk = vec![0; socket::SCRATCH];
+    while early.len() < MAX_EARLY {
+        match tokio::io::AsyncReadExt::read(&mut upgraded, &mut chunk).now_or_never() {
+            Some(Ok(0) | Err(_)) => return,
+            Some(Ok(read)) => early.extend_from_slice(&chunk[..read]),
+            None => break,
+        }
+    }
+    let Some(detached) = handover.take(upgraded) else {
+        tracing::debug!("heartbeat channel could not be handed over; closed");
+        return;
+    };
+    let arrival = reactor::Arrival {
+        stream: detached.stream,
+        slot: detached.slot,
+        early,
+        channel,
+        permit,
+    };
+    if reactor.hand(arrival).is_err() {
+        tracing::debug!("heartbeat channel arrived as the coordinator stopped; closed");
+    }
 }
 
 /// Which node a channel carries, once a heartbeat on it was accepted.
@@ -257,42 +337,17 @@ struct Binding {
     left: bool,
 }
 
-/// One channel, until it closes, the listener stops, or a stranger misbehaves on it.
-async fn serve<S>(
-    io: S,
-    core: Arc<Core>,
-    answers: Answers,
-    _permit: OwnedSemaphorePermit,
-    plain: bool,
-) where
+/// One channel on the management thread, until it closes, the listener stops, or a stranger
+/// misbehaves on it.
+async fn serve<S>(io: S, mut channel: Channel, _permit: OwnedSemaphorePermit, plain: bool)
+where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    core.open.inc();
-    let mut channel = Channel {
-        id: core.next_id.fetch_add(1, Ordering::Relaxed),
-        core,
-        answers,
-        bound: None,
-        answered: None,
-    };
     let mut socket = Socket::new(io, channel.core.limits.max_frame, plain);
     let ending = channel.run(&mut socket).await;
-    let core = &channel.core;
-    core.open.dec();
-    if let Some(binding) = channel.bound {
-        let node = binding.node.node_id();
-        let newest = core
-            .newest
-            .remove_if(node, |_, newest| *newest == channel.id)
-            .is_some();
-        if newest && !binding.left {
-            if let Some(health) = &core.health {
-                health.suspect(node, binding.boot_id.as_str(), Instant::now());
-            }
-        }
-    }
+    channel.closed();
     if ending == Ending::ClosedByUs {
-        socket.linger(&core.shutdown).await;
+        socket.linger(&channel.core.shutdown).await;
     }
 }
 
@@ -326,9 +381,68 @@ struct Channel {
     bound: Option<Binding>,
     /// When this channel last answered an accepted frame (sparse answering only).
     answered: Option<Instant>,
+    /// Served on the management thread: counted in [`Core::thread_flow`].
+    on_mgmt_thread: bool,
+    /// [`Channel::closed`] ran.
+    closed: bool,
+}
+
+impl Drop for Channel {
+    fn drop(&mut self) {
+        self.closed();
+    }
 }
 
 impl Channel {
+    /// A new channel of `core`'s, counted open until [`Channel::closed`].
+    fn new(core: Arc<Core>, answers: Answers, on_mgmt_thread: bool) -> Channel {
+        core.open.inc();
+        if on_mgmt_thread {
+            core.thread_flow.channels.inc();
+        }
+        Channel {
+            id: core.next_id.fetch_add(1, Ordering::Relaxed),
+            core,
+            answers,
+            bound: None,
+            answered: None,
+            on_mgmt_thread,
+            closed: false,
+        }
+    }
+
+    /// Whether a heartbeat was accepted on the channel.
+    fn is_bound(&self) -> bool {
+        self.bound.is_some()
+    }
+
+    /// The channel is over (the peer left, or it was closed): it no longer counts as open,
+    /// and its node is suspected at once unless it said goodbye or opened a newer channel.
+    /// Runs once; dropping the channel runs it if nobody did.
+    fn closed(&mut self) {
+        if std::mem::replace(&mut self.closed, true) {
+            return;
+        }
+        let core = &self.core;
+        core.open.dec();
+        if self.on_mgmt_thread {
+            core.thread_flow.channels.dec();
+        }
+        let Some(binding) = &self.bound else {
+            return;
+        };
+        let node = binding.node.node_id();
+        let newest = core
+            .newest
+            .remove_if(node, |_, newest| *newest == self.id)
+            .is_some();
+        if newest && !binding.left {
+            if let Some(health) = &core.health {
+                health.suspect(node, binding.boot_id.as_str(), Instant::now());
+            }
+        }
+    }
+
     /// Reads, checks and answers frames until the channel ends. Every frame read together
     /// is answered into one buffer, written once: frames that arrive together cost one
     /// write between them, not one each.
@@ -447,6 +561,9 @@ impl Channel {
                 .newest
                 .insert(binding.node.node_id().to_owned(), self.id);
             self.bound = Some(binding);
+        }
+        if self.on_mgmt_thread {
+            self.core.thread_flow.heartbeats.inc();
         }
         if answer {
             self.answered = Some(now);

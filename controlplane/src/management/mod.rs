@@ -34,11 +34,15 @@ use crate::ws::{self, Hub, WsLimits};
 
 /// The coordinator's management routes, with `/ws` under the default [`WsLimits`].
 pub fn coordinator_router(state: MgmtState) -> Router {
-    coordinator_router_with(state, WsLimits::default())
+    coordinator_router_with(state, WsLimits::default(), batching::Flow::default())
 }
 
 /// The coordinator's management routes, with `/ws` under `limits`.
-pub fn coordinator_router_with(state: MgmtState, limits: WsLimits) -> Router {
+pub fn coordinator_router_with(
+    state: MgmtState,
+    limits: WsLimits,
+    thread_flow: batching::Flow,
+) -> Router {
     let reads = Router::new()
         .route("/metrics", get(health::metrics))
         .route("/health/status", get(health::status))
@@ -58,6 +62,7 @@ pub fn coordinator_router_with(state: MgmtState, limits: WsLimits) -> Router {
         .merge(channel::router(channel::ChannelState::new(
             &state,
             channel::ChannelLimits::default(),
+            thread_flow,
         )))
         .merge(ws::router(Hub::new(state.clone(), limits)))
         .merge(dashboard::router(state))

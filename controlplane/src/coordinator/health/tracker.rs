@@ -639,6 +639,24 @@ impl HealthTracker {
         }
     }
 
+    /// A thread that reads heartbeats woke `late` after it planned to: beyond scheduling
+    /// noise, that is its own stall, counted and credited to every node
+    /// ([`Self::credit_stall`]). The sweeper calls it, and so does any other thread reading
+    /// heartbeats (the heartbeat channels' own), since a stall of either keeps heartbeats
+    /// waiting unread.
+    pub fn forgive_lateness(&self, late: Duration, now: Instant) {
+        if late <= STALL_TOLERANCE {
+            return;
+        }
+        self.inner.stats.stall(late);
+        if late >= STALL_WARNING {
+            shared::warn_limited!(STALL_LOG, stall = ?late, "health sweep ran late; that silence is not counted against nodes");
+        } else {
+            tracing::debug!(stall = ?late, "health sweep ran late; that silence is not counted against nodes");
+        }
+        self.credit_stall(late, now);
+    }
+
     /// Runs the sweeper until `shutdown`. If a sweep wakes later than planned by more than
     /// scheduling noise, the lateness is first credited to every node (Lifeguard's idea:
     /// distrust your own timeliness before blaming others).
@@ -666,16 +684,7 @@ impl HealthTracker {
                 _ = tokio::time::sleep_until(due) => {}
             }
             let now = Instant::now();
-            let late = now.saturating_duration_since(due);
-            if late > STALL_TOLERANCE {
-                self.inner.stats.stall(late);
-                if late >= STALL_WARNING {
-                    shared::warn_limited!(STALL_LOG, stall = ?late, "health sweep ran late; that silence is not counted against nodes");
-                } else {
-                    tracing::debug!(stall = ?late, "health sweep ran late; that silence is not counted against nodes");
-                }
-                self.credit_stall(late, now);
-            }
+            self.forgive_lateness(now.saturating_duration_since(due), now);
             if now >= scan_at {
                 scan_at = self.sweep(now);
             }

@@ -87,7 +87,7 @@ pub struct Input {
 }
 
 impl Input {
-    fn new(max_message: usize) -> Self {
+    pub(super) fn new(max_message: usize) -> Self {
         let limit = max_message.saturating_add(MAX_HEADER);
         Input {
             buf: Vec::new(),
@@ -111,6 +111,39 @@ impl Input {
         };
         self.start += decoded.consumed;
         Ok(decoded.message.map_or(Next::Fragment, Next::Message))
+    }
+
+    /// A channel's input that begins with `early`, bytes read before it existed (what the
+    /// HTTP server read past the upgrade request).
+    pub(super) fn starting_with(max_message: usize, early: Vec<u8>) -> Self {
+        let mut input = Input::new(max_message);
+        input.end = early.len();
+        input.buf = early;
+        input
+    }
+
+    /// Reads once from a non-blocking `stream` into the scratch buffer (or the channel's
+    /// own, while part of a frame waits there): the bytes read, 0 at its end, and whether
+    /// the read filled all its room (so more may be waiting). Nothing is held on an error
+    /// (`WouldBlock` included); otherwise handle the bytes, then [`Input::release`].
+    pub(super) fn read_from(&mut self, stream: &mut impl io::Read) -> io::Result<(usize, bool)> {
+        self.borrow_scratch();
+        let room = self.room();
+        if room.is_empty() {
+            self.release();
+            return Err(io::Error::other("channel read buffer full"));
+        }
+        let room_len = room.len();
+        match stream.read(room) {
+            Ok(read) => {
+                self.end += read;
+                Ok((read, read == room_len))
+            }
+            Err(e) => {
+                self.release();
+                Err(e)
+            }
+        }
     }
 
     /// Reads go to the thread's scratch buffer from now on, unless part of a frame waits in
