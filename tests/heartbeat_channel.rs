@@ -376,6 +376,12 @@ async fn forged_and_replayed_frames_are_refused_counted_and_close_nothing_else()
 /// A channel opened by hand over TCP, as a minimal client would: the handshake checked
 /// byte for byte, then frames written and read raw.
 async fn raw_channel(cluster: &Cluster) -> tokio::net::TcpStream {
+    raw_channel_with(cluster, &[]).await
+}
+
+/// [`raw_channel`], with `early` written in the same write as the handshake: frames sent
+/// before the `101` came back, which the HTTP server reads along with the request.
+async fn raw_channel_with(cluster: &Cluster, early: &[u8]) -> tokio::net::TcpStream {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let url = cluster.mgmt_url("/heartbeat/ws").await;
     let host = url
@@ -389,7 +395,9 @@ async fn raw_channel(cluster: &Cluster) -> tokio::net::TcpStream {
          Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
     );
-    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut bytes = request.into_bytes();
+    bytes.extend_from_slice(early);
+    stream.write_all(&bytes).await.unwrap();
     // The head of the answer, byte by byte: nothing after it may be consumed.
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
@@ -495,6 +503,33 @@ async fn the_channel_speaks_rfc_6455_itself_pongs_reassembles_and_closes_with_th
         .unwrap();
     assert_eq!(raw_close_code(&mut socket).await, 1000);
 
+    // Frames sent along with the handshake, before its answer, are the HTTP server's to
+    // read: they still reach the channel, in order (the second one is the first's seq + 1).
+    let mut early = Vec::new();
+    for seq in [1, 2] {
+        let body = heartbeat("node_early", "e1", seq);
+        let text = format!(
+            "{}\n{}",
+            signer.sign("CHANNEL", "/heartbeat/ws", &body),
+            String::from_utf8(body).unwrap()
+        );
+        early.extend(raw_frame(true, Opcode::Text, text.as_bytes()));
+    }
+    let mut socket = raw_channel_with(&cluster, &early).await;
+    for seq in [1, 2] {
+        let (opcode, answer) = raw_read(&mut socket).await.unwrap();
+        assert_eq!(opcode, 0x1);
+        assert_eq!(
+            serde_json::from_slice::<Value>(&answer).unwrap(),
+            json!({"seq": seq, "status": "ACTIVE"})
+        );
+    }
+    socket
+        .write_all(&raw_frame(true, Opcode::Close, &1000u16.to_be_bytes()))
+        .await
+        .unwrap();
+    assert_eq!(raw_close_code(&mut socket).await, 1000);
+
     // An unmasked frame breaks the protocol: 1002.
     let mut socket = raw_channel(&cluster).await;
     socket.write_all(&[0x81, 2, b'h', b'i']).await.unwrap();
@@ -539,4 +574,66 @@ async fn the_channel_speaks_rfc_6455_itself_pongs_reassembles_and_closes_with_th
     assert_eq!(opcode, 0x1, "the heartbeat is answered");
     cluster.coordinator.as_ref().unwrap().signal("TERM");
     assert_eq!(raw_close_code(&mut socket).await, 1001);
+}
+
+#[tokio::test]
+async fn a_peer_that_keeps_sending_after_its_close_holds_no_other_channel_up() {
+    use controlplane::wire::ws_frame::Opcode;
+    use tokio::io::AsyncWriteExt;
+    let mut cluster = Cluster::new();
+    cluster.start_coordinator(&[]);
+    let mut honest = raw_channel(&cluster).await;
+    let signer = RequestSigner::new(&cluster.secret());
+
+    // A stranger's channel is refused (a binary frame on an unbound channel: 1008), and the
+    // stranger then writes as fast as it can, without ever reading.
+    let mut stranger = raw_channel(&cluster).await;
+    stranger
+        .write_all(&raw_frame(true, Opcode::Binary, b"not a heartbeat"))
+        .await
+        .unwrap();
+    let blast = tokio::spawn(async move {
+        let junk = vec![0x42u8; 64 * 1024];
+        let until = Instant::now() + Duration::from_secs(20);
+        let mut written = 0usize;
+        while Instant::now() < until {
+            if stranger.write_all(&junk).await.is_err() {
+                return Some(written);
+            }
+            written += junk.len();
+        }
+        None
+    });
+
+    // Meanwhile another node's heartbeat is answered, long before the stranger gives up.
+    let body = heartbeat("node_honest", "h1", 1);
+    let text = format!(
+        "{}\n{}",
+        signer.sign("CHANNEL", "/heartbeat/ws", &body),
+        String::from_utf8(body).unwrap()
+    );
+    honest
+        .write_all(&raw_frame(true, Opcode::Text, text.as_bytes()))
+        .await
+        .unwrap();
+    let (opcode, answer) = tokio::time::timeout(Duration::from_secs(15), raw_read(&mut honest))
+        .await
+        .expect("the honest channel is answered while the stranger still writes")
+        .unwrap();
+    assert_eq!(opcode, 0x1);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&answer).unwrap(),
+        json!({"seq": 1, "status": "ACTIVE"})
+    );
+    // The stranger is cut once it has sent more than a closed channel may still send (64 KiB
+    // read after the close; what the sockets' buffers held on top is a few MiB on loopback),
+    // not when the linger ends: by then it would have written hundreds of MiB.
+    let written = blast
+        .await
+        .unwrap()
+        .expect("the stranger's connection was never cut");
+    assert!(
+        written < 32 << 20,
+        "the stranger wrote {written} bytes before it was cut"
+    );
 }

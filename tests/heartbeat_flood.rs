@@ -350,7 +350,7 @@ async fn fake_nodes_and_ws_reconnects_cannot_make_real_backends_stale() {
     let health = patient_get(cluster.mgmt_url("/health/status").await).await;
     let alerts = patient_get(cluster.mgmt_url("/alerts").await).await;
     // How far behind the management thread fell: the sweeps it ran late (forgiven to every
-    // node, since heartbeats queued there as long).
+    // node: heartbeats POSTed or over TLS queue there as long).
     let metrics = cluster.metrics_text().await;
     let stalled = metrics
         .lines()

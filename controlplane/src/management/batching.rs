@@ -1,4 +1,6 @@
-//! Batching the management thread's wakeups while thousands of nodes heartbeat.
+//! Batching the management thread's wakeups while thousands of nodes heartbeat over channels
+//! it serves (over TLS; plain channels have a thread of their own, which batches its turns
+//! the same way with a longer turn: `channel::reactor`).
 //!
 //! At 10 000 nodes beating once a second, heartbeats arrive one by one, each on its own
 //! channel, spread over the second. Left alone, the management thread wakes for a handful of
@@ -128,7 +130,7 @@ async fn batch_while_busy(flow: &Flow, batched: &Counter, shutdown: &Cancellatio
 
 /// How much longer a turn that took `took` and handled `handled` heartbeats should last;
 /// `None` when it was long or busy enough.
-pub fn rest_of_turn(took: Duration, handled: u64) -> Option<Duration> {
+fn rest_of_turn(took: Duration, handled: u64) -> Option<Duration> {
     if handled >= BURST || took >= TURN {
         return None;
     }

@@ -26,8 +26,11 @@
 //!
 //! The transport is the channel's own, not axum's WebSocket (tungstenite): the HTTP/1.1
 //! handshake (`handshake`: the checks and status codes of axum's `WebSocketUpgrade`), then
-//! RFC 6455 frames ([`crate::wire::ws_frame`]) over the upgraded stream, plain or TLS, read
-//! into one buffer per channel and answered in one write per batch (`socket`). Any RFC
+//! RFC 6455 frames ([`crate::wire::ws_frame`]) over the upgraded stream, read into the
+//! thread's scratch buffer and answered in one write per batch. Over plain TCP the socket is
+//! taken out of the HTTP server after the handshake and served by the heartbeat channels'
+//! own thread (`reactor`); over TLS (or if that thread is not running) the channel is a task
+//! on the management thread (`socket`). Any RFC
 //! 6455 client (tungstenite, `websocat`, a browser) speaks to it unchanged: pings are
 //! answered with pongs, fragmented messages are reassembled, a close is answered with a
 //! close, and a broken frame closes the channel with the code RFC 6455 names (1002 a
@@ -121,7 +124,8 @@ struct Core {
     newest: DashMap<String, u64>,
     next_id: AtomicU64,
     tasks: TaskTracker,
-    /// What every channel waits on besides its socket.
+    /// What every channel on the management thread waits on besides its socket (the
+    /// channels' own thread looks at the flag after every turn).
     stop: Stop,
     /// Cancelled with [`Core::stop`]: ends the lingering of closed channels.
     shutdown: CancellationToken,
@@ -213,8 +217,9 @@ pub fn router(state: ChannelState) -> Router {
 
 /// `GET /heartbeat/ws`: anyone may open a channel (every frame is signed), except, over TLS,
 /// a caller without a node certificate for its address; the cap is checked before the
-/// upgrade. The handshake is [`handshake`]'s; the upgraded connection is served by
-/// [`serve`] on a task of its own, tracked so shutdown waits for it.
+/// upgrade. The handshake is [`handshake`]'s; the upgraded connection is handed to the
+/// channels' own thread over plain TCP ([`hand_over`]), else served by [`serve`] on a task of
+/// its own; either is tracked so shutdown waits for it.
 async fn upgrade(State(state): State<ChannelState>, mut request: Request) -> Response {
     let core = state.core;
     if core.health.is_none() {
@@ -270,7 +275,10 @@ async fn upgrade(State(state): State<ChannelState>, mut request: Request) -> Res
             Ok(upgraded) => TokioIo::new(upgraded),
             Err(e) => return tracing::debug!(error = %e, "heartbeat channel upgrade failed"),
         };
-        let reactor = core.reactor.get().filter(|_| handover.is_some());
+        let reactor = core
+            .reactor
+            .get()
+            .filter(|reactor| handover.is_some() && reactor.is_running());
         let channel = Channel::new(core.clone(), answers, reactor.is_none());
         match (reactor, handover) {
             (Some(reactor), Some(handover)) => {
@@ -283,9 +291,9 @@ async fn upgrade(State(state): State<ChannelState>, mut request: Request) -> Res
 }
 
 /// The most bytes taken from the upgraded connection before its socket is handed over: what
-/// the HTTP server read past the request (frames sent before the `101` arrived) comes first,
-/// and is at most its read buffer's worth.
-const MAX_EARLY: usize = 512 * 1024;
+/// the HTTP server read past the request (frames sent before the `101` arrived) comes first.
+/// A client does not send much before its channel opens: a few frames, well under this.
+const MAX_EARLY: usize = 64 * 1024;
 
 /// Moves a plain channel's socket to the channels' own thread ([`reactor`]), with whatever
 /// the HTTP server already read from it.
@@ -302,9 +310,11 @@ fn hand_over<S>(
     let mut chunk = vec![0; socket::SCRATCH];
     while early.len() < MAX_EARLY {
         match tokio::io::AsyncReadExt::read(&mut upgraded, &mut chunk).now_or_never() {
-            Some(Ok(0) | Err(_)) => return,
+            // The peer already hung up: what it sent before still counts (a goodbye, say),
+            // and the channel's thread sees the end of the stream again.
+            Some(Ok(0)) | None => break,
+            Some(Err(_)) => return,
             Some(Ok(read)) => early.extend_from_slice(&chunk[..read]),
-            None => break,
         }
     }
     let Some(detached) = handover.take(upgraded) else {

@@ -222,7 +222,7 @@ pub struct Metrics {
     pub channel_heartbeats: Counter,
     /// Heartbeat channels open now.
     pub heartbeat_channels: Gauge,
-    /// Turns of the management thread lengthened to batch heartbeats
+    /// Turns of the heartbeat and management threads lengthened to batch heartbeats
     /// ([`crate::management::batching`]).
     pub batched_turns: Counter,
     /// Requests refused for their credentials, by plane and reason.
@@ -304,7 +304,7 @@ impl Metrics {
         );
         registry.register(
             "mgmt_batched_turns",
-            "Turns of the management thread lengthened to read heartbeats in batches",
+            "Turns of the heartbeat and management threads lengthened to read heartbeats in batches",
             batched_turns.clone(),
         );
         registry.register(
@@ -491,7 +491,7 @@ impl Collector for HealthCollector {
         let stalled = ConstCounter::new(stats.stalled_seconds());
         stalled.encode(encoder.encode_descriptor(
             "health_sweep_stalled_seconds",
-            "Time the failure detector's sweeps ran late (its own thread starved or behind), forgiven to every node",
+            "Time the threads reading heartbeats ran late (starved or behind), forgiven to every node",
             None,
             stalled.metric_type(),
         )?)?;

@@ -34,6 +34,8 @@ pub mod close_code {
     pub const POLICY: u16 = 1008;
     /// A message larger than the server takes.
     pub const TOO_BIG: u16 = 1009;
+    /// The server met a condition it cannot go on with (the heartbeat thread failed).
+    pub const INTERNAL: u16 = 1011;
 }
 
 /// The largest payload of a control frame.

@@ -74,7 +74,7 @@ impl HealthStats {
         self.stalled_ms.fetch_add(ms, Relaxed);
     }
 
-    /// Seconds of late sweeps forgiven so far.
+    /// Seconds of stalls forgiven so far (the sweeper's own, or the heartbeat thread's).
     pub fn stalled_seconds(&self) -> f64 {
         self.stalled_ms.load(Relaxed) as f64 / 1000.0
     }

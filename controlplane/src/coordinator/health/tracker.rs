@@ -1,7 +1,8 @@
 //! [`HealthTracker`]: the failure detector's state machine. Heartbeats move a node to
 //! ACTIVE (or LEFT on a goodbye); a sweeper moves silent nodes to STALE and then DOWN, raising
 //! alerts, counts a quick recovery as a flap, and forgets nodes DOWN or LEFT for longer than
-//! `forget_after`. The sweeper does not blame nodes for its own stalls.
+//! `forget_after`. The sweeper does not blame nodes for its own stalls, nor for those of the
+//! heartbeat channels' thread ([`HealthTracker::report_stall`]).
 //!
 //! Replays (DESIGN §13): each node's record keeps the boot id of its current run and the last
 //! `seq` accepted from it. A heartbeat whose `seq` is not above that, or that comes from a boot
@@ -123,6 +124,9 @@ struct Inner {
     /// [`HEALTH_CHECK_EVENT_EVERY`], stretched by the sweeper as the cluster grows past
     /// [`HEALTH_CHECK_EVENTS_PER_SECOND`] nodes.
     check_every_ms: AtomicU64,
+    /// The longest stall another thread that reads heartbeats reported since the sweeper
+    /// last looked, in milliseconds ([`HealthTracker::report_stall`]).
+    stalled_elsewhere_ms: AtomicU64,
     alerts: Mutex<AlertLog>,
     events: broadcast::Sender<HealthEvent>,
     me: Option<SelfComponent>,
@@ -154,6 +158,7 @@ impl HealthTracker {
                 config,
                 nodes: DashMap::new(),
                 check_every_ms: AtomicU64::new(millis(HEALTH_CHECK_EVENT_EVERY)),
+                stalled_elsewhere_ms: AtomicU64::new(0),
                 alerts: Mutex::new(AlertLog::default()),
                 events,
                 me: me.map(|(node_id, address)| SelfComponent {
@@ -552,6 +557,17 @@ impl HealthTracker {
             self.forget(&node_id, now);
         }
         for (node_id, node_type, silence, t) in changes {
+            // Heartbeats are recorded on other threads while this scan runs: one that
+            // brought the node back since has resolved its alerts already, and this change
+            // is over. Raised and announced under the record's lock, so a heartbeat that
+            // comes after is announced after.
+            let Some(entry) = self.inner.nodes.get(node_id.as_bytes()) else {
+                continue;
+            };
+            let record = entry.value().lock();
+            if record.state != t.to {
+                continue;
+            }
             let (kind, severity) = match t.to {
                 NodeState::Down => ("node_down", "critical"),
                 _ => ("node_stale", "warning"),
@@ -568,6 +584,7 @@ impl HealthTracker {
                 ),
             );
             self.emit(&node_id, node_type, t);
+            drop(record);
         }
         next
     }
@@ -579,20 +596,18 @@ impl HealthTracker {
     /// left alone: a stale channel of a restarted node says nothing about the new run.
     /// Returns whether the node moved.
     pub fn suspect(&self, node_id: &str, boot_id: &str, now: Instant) -> bool {
-        let (node_type, t) = {
-            let Some(entry) = self.inner.nodes.get(node_id.as_bytes()) else {
-                return false;
-            };
-            let mut record = entry.value().lock();
-            if record.state != NodeState::Active || record.boot_id != *boot_id {
-                return false;
-            }
-            record.failed_since.get_or_insert(now);
-            (
-                record.node_type,
-                transition(&mut record, NodeState::Stale, SystemTime::now(), now),
-            )
+        let Some(entry) = self.inner.nodes.get(node_id.as_bytes()) else {
+            return false;
         };
+        let mut record = entry.value().lock();
+        if record.state != NodeState::Active || record.boot_id != *boot_id {
+            return false;
+        }
+        record.failed_since.get_or_insert(now);
+        let node_type = record.node_type;
+        let t = transition(&mut record, NodeState::Stale, SystemTime::now(), now);
+        // Raised and announced under the record's lock: a heartbeat recorded on another
+        // thread right after is announced (and resolves the alert) after this.
         shared::warn_limited!(CHANNEL_LOG, node = %node_id, to = t.to.as_str(), "node's heartbeat channel closed");
         self.inner.alerts.lock().raise(
             node_id,
@@ -639,20 +654,30 @@ impl HealthTracker {
         }
     }
 
-    /// A thread that reads heartbeats woke `late` after it planned to: beyond scheduling
-    /// noise, that is its own stall, counted and credited to every node
-    /// ([`Self::credit_stall`]). The sweeper calls it, and so does any other thread reading
-    /// heartbeats (the heartbeat channels' own), since a stall of either keeps heartbeats
-    /// waiting unread.
-    pub fn forgive_lateness(&self, late: Duration, now: Instant) {
+    /// Another thread that reads heartbeats (the heartbeat channels' own) woke `late` after
+    /// it planned to: the heartbeats it had to read waited as long. The sweeper's next tick
+    /// forgives the longest such stall, or its own if longer, once: a pause of the whole
+    /// process that both saw is not forgiven twice.
+    pub fn report_stall(&self, late: Duration) {
+        if late > STALL_TOLERANCE {
+            self.inner
+                .stalled_elsewhere_ms
+                .fetch_max(millis(late), Relaxed);
+        }
+    }
+
+    /// The sweeper woke late after it planned to, or another thread reported a stall since:
+    /// `elsewhere` since: the longer of the two, `late`, is counted and credited to every
+    /// node ([`Self::credit_stall`]) if it is beyond scheduling noise.
+    fn forgive_lateness(&self, late: Duration, now: Instant) {
         if late <= STALL_TOLERANCE {
             return;
         }
         self.inner.stats.stall(late);
         if late >= STALL_WARNING {
-            shared::warn_limited!(STALL_LOG, stall = ?late, "health sweep ran late; that silence is not counted against nodes");
+            shared::warn_limited!(STALL_LOG, stall = ?late, "heartbeats were read late (this node stalled); that silence is not counted against nodes");
         } else {
-            tracing::debug!(stall = ?late, "health sweep ran late; that silence is not counted against nodes");
+            tracing::debug!(stall = ?late, "heartbeats were read late (this node stalled); that silence is not counted against nodes");
         }
         self.credit_stall(late, now);
     }
@@ -684,7 +709,11 @@ impl HealthTracker {
                 _ = tokio::time::sleep_until(due) => {}
             }
             let now = Instant::now();
-            self.forgive_lateness(now.saturating_duration_since(due), now);
+            let elsewhere = self.inner.stalled_elsewhere_ms.swap(0, Relaxed);
+            let late = now
+                .saturating_duration_since(due)
+                .max(Duration::from_millis(elsewhere));
+            self.forgive_lateness(late, now);
             if now >= scan_at {
                 scan_at = self.sweep(now);
             }

@@ -1,5 +1,6 @@
-//! One heartbeat channel's connection after the handshake: the upgraded stream (TCP or TLS),
-//! what was read with the frame decoder over it ([`Input`]), and the answers not yet written
+//! One heartbeat channel's connection after the handshake: the upgraded stream of a channel
+//! served on the management thread (over TLS), what was read with the frame decoder over it
+//! ([`Input`], which the channels' own thread uses too), and the answers not yet written
 //! ([`Socket::output`]). Above this, the channel sees messages, never bytes.
 //!
 //! Why not tungstenite: at 10 000 nodes beating every second its layers (a waker registered
