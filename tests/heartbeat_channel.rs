@@ -43,6 +43,15 @@ fn heartbeat(node: &str, boot: &str, seq: u64) -> Vec<u8> {
     .into_bytes()
 }
 
+/// A channel frame's text: `body`'s signature, a newline, `body`.
+fn signed_text(signer: &RequestSigner, body: &[u8]) -> String {
+    format!(
+        "{}\n{}",
+        signer.sign("CHANNEL", "/heartbeat/ws", body),
+        String::from_utf8_lossy(body)
+    )
+}
+
 fn frame(signer: &RequestSigner, method: &str, path: &str, body: &[u8]) -> Message {
     let signature = signer.sign(method, path, body);
     Message::Text(format!("{signature}\n{}", String::from_utf8_lossy(body)).into())
@@ -477,11 +486,7 @@ async fn the_channel_speaks_rfc_6455_itself_pongs_reassembles_and_closes_with_th
         Some((0xa, b"are you there".to_vec()))
     );
     let body = heartbeat("node_raw", "r1", 1);
-    let text = format!(
-        "{}\n{}",
-        signer.sign("CHANNEL", "/heartbeat/ws", &body),
-        String::from_utf8(body).unwrap()
-    );
+    let text = signed_text(&signer, &body);
     let (a, b) = text.as_bytes().split_at(text.len() / 2);
     let mut bytes = raw_frame(false, Opcode::Text, a);
     bytes.extend(raw_frame(true, Opcode::Ping, b"between"));
@@ -508,11 +513,7 @@ async fn the_channel_speaks_rfc_6455_itself_pongs_reassembles_and_closes_with_th
     let mut early = Vec::new();
     for seq in [1, 2] {
         let body = heartbeat("node_early", "e1", seq);
-        let text = format!(
-            "{}\n{}",
-            signer.sign("CHANNEL", "/heartbeat/ws", &body),
-            String::from_utf8(body).unwrap()
-        );
+        let text = signed_text(&signer, &body);
         early.extend(raw_frame(true, Opcode::Text, text.as_bytes()));
     }
     let mut socket = raw_channel_with(&cluster, &early).await;
@@ -561,11 +562,7 @@ async fn the_channel_speaks_rfc_6455_itself_pongs_reassembles_and_closes_with_th
     // A bound channel open while the coordinator stops is closed with "going away" (1001).
     let mut socket = raw_channel(&cluster).await;
     let body = heartbeat("node_stop", "s1", 1);
-    let text = format!(
-        "{}\n{}",
-        signer.sign("CHANNEL", "/heartbeat/ws", &body),
-        String::from_utf8(body).unwrap()
-    );
+    let text = signed_text(&signer, &body);
     socket
         .write_all(&raw_frame(true, Opcode::Text, text.as_bytes()))
         .await
@@ -607,11 +604,7 @@ async fn a_peer_that_keeps_sending_after_its_close_holds_no_other_channel_up() {
 
     // Meanwhile another node's heartbeat is answered, long before the stranger gives up.
     let body = heartbeat("node_honest", "h1", 1);
-    let text = format!(
-        "{}\n{}",
-        signer.sign("CHANNEL", "/heartbeat/ws", &body),
-        String::from_utf8(body).unwrap()
-    );
+    let text = signed_text(&signer, &body);
     honest
         .write_all(&raw_frame(true, Opcode::Text, text.as_bytes()))
         .await

@@ -94,6 +94,16 @@ pub trait ClusterRegistry: Send + Sync {
     /// The store itself could not be read.
     async fn discover_backends(&self) -> Result<Vec<(String, NodeAddress)>, RegistryError>;
 
+    /// [`Self::discover_backends`], read from the store now, never from a cache of an earlier
+    /// read: for a decision an operator just asked for (a colony start), which must see every
+    /// backend registered before the request. Registries without a cache need not override it.
+    ///
+    /// # Errors
+    /// The store itself could not be read.
+    async fn discover_backends_now(&self) -> Result<Vec<(String, NodeAddress)>, RegistryError> {
+        self.discover_backends().await
+    }
+
     /// What and where this registry is, for log lines, e.g. `file registry at /srv/output/ssm`.
     fn describe(&self) -> String;
 }

@@ -22,7 +22,7 @@ pub(super) async fn live_backends(
 ) -> Result<Vec<BackendEntry>, ColonyError> {
     let registered =
         registry
-            .discover_backends()
+            .discover_backends_now()
             .await
             .map_err(|source| ColonyError::Registry {
                 registry: registry.describe(),

@@ -22,7 +22,8 @@
 //!   comes back at the same address costs one read, no write); nodes register once at startup
 //!   (and on retry), never per heartbeat;
 //! - caches discovery results for [`DEFAULT_CACHE_TTL`]; this instance's own writes invalidate
-//!   its cache at once, other nodes' writes show up within the TTL;
+//!   its cache at once, other nodes' writes show up within the TTL (a colony start reads
+//!   afresh: `discover_backends_now`, so a backend registered just before it is placed);
 //! - retries `ThrottlingException` (and 5xx answers) with capped, jittered exponential backoff.
 //!   The SDK's own retries are turned off so there is one retry policy, this one.
 //!
@@ -480,6 +481,10 @@ impl ClusterRegistry for SsmClusterRegistry {
         if let Some(cached) = self.inner.cache.backends().await {
             return Ok(cached);
         }
+        self.discover_backends_now().await
+    }
+
+    async fn discover_backends_now(&self) -> Result<Vec<(String, NodeAddress)>, RegistryError> {
         let fetch = self.inner.cache.begin();
         let (found, complete) = self.fetch_backends().await?;
         if complete {
