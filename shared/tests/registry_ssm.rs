@@ -357,6 +357,19 @@ async fn discovery_is_cached_briefly_and_own_writes_show_at_once() {
     );
     assert_eq!(reader.discover_coordinator().await.unwrap(), Some(v4(8082)));
 
+    // A read asked for now (a colony start) sees another node's write while the cache is
+    // fresh, and what it read is the cache from then on.
+    writer.register_backend("b0", v4(8990)).await.unwrap();
+    assert_eq!(reader.discover_backends().await.unwrap().len(), 1);
+    let now = reader.discover_backends_now().await.unwrap();
+    assert_eq!(
+        now,
+        vec![("b0".to_owned(), v4(8990)), ("b1".to_owned(), v4(9000))]
+    );
+    assert_eq!(reader.discover_backends().await.unwrap(), now);
+    writer.unregister_backend("b0").await.unwrap();
+    clock.advance(TTL);
+
     // The reader's own writes are seen at once, cache or not.
     reader.register_backend("b2", v4(9010)).await.unwrap();
     assert_eq!(reader.discover_backends().await.unwrap().len(), 2);
