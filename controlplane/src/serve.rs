@@ -249,15 +249,16 @@ async fn serve_connection(
     shutdown: CancellationToken,
 ) {
     let activity = slot.activity.clone();
-    let handover = tls.is_none().then(Handover::default);
+    // Only a plain connection's socket can be handed over.
+    let handover = Handover::default();
     let watched = Watched {
         inner: Some(stream),
         activity: activity.clone(),
         slot: Some(slot),
-        handover: handover.as_ref().map(|h| h.0.clone()),
+        handover: tls.is_none().then(|| handover.0.clone()),
     };
     let Some(tls) = tls else {
-        let peer_is = PeerIs::Plain(handover.unwrap_or_default());
+        let peer_is = PeerIs::Plain(handover);
         drive(watched, peer, peer_is, activity, router, limits, shutdown).await;
         return;
     };

@@ -78,7 +78,7 @@ mod reactor;
 mod socket;
 mod stop;
 
-use socket::{Next, Socket};
+use socket::{Input, Next, Socket};
 use stop::Stop;
 
 /// Refusals at the channel cap, at most one line per interval.
@@ -467,21 +467,9 @@ impl Channel {
         let first_frame = tokio::time::sleep(core.limits.first_frame);
         tokio::pin!(first_frame);
         loop {
-            loop {
-                let flow = match socket.input.next() {
-                    Ok(Next::Message(message)) => self.on_message(message, &mut socket.output),
-                    Ok(Next::Fragment) => Flow::Continue,
-                    Ok(Next::NeedMore) => break,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "heartbeat channel closed: bad frame");
-                        ws_frame::encode_close(&mut socket.output, e.close_code(), &e.to_string());
-                        Flow::End(Ending::ClosedByUs)
-                    }
-                };
-                if let Flow::End(ending) = flow {
-                    let _ = socket.flush().await;
-                    return ending;
-                }
+            if let Some(ending) = self.on_input(&mut socket.input, &mut socket.output, &mut 0) {
+                let _ = socket.flush().await;
+                return ending;
             }
             // Frames already waiting are read before anything is answered: a client that
             // writes many at once gets one write back, not one per read buffer (on loopback a
@@ -521,6 +509,36 @@ impl Channel {
                 }
                 Event::Read(Ok(0) | Err(_)) => return Ending::Done,
                 Event::Read(Ok(_)) => {}
+            }
+        }
+    }
+
+    /// Handles every complete frame in `input`, appending the answers to `output` and
+    /// counting the messages in `messages`; `Some` when the channel ends (a broken frame is
+    /// answered with its close code). Either thread serving channels reads into `input`
+    /// and calls this.
+    fn on_input(
+        &mut self,
+        input: &mut Input,
+        output: &mut Vec<u8>,
+        messages: &mut u64,
+    ) -> Option<Ending> {
+        loop {
+            let flow = match input.next() {
+                Ok(Next::Message(message)) => {
+                    *messages += 1;
+                    self.on_message(message, output)
+                }
+                Ok(Next::Fragment) => Flow::Continue,
+                Ok(Next::NeedMore) => return None,
+                Err(e) => {
+                    tracing::debug!(error = %e, "heartbeat channel closed: bad frame");
+                    ws_frame::encode_close(output, e.close_code(), &e.to_string());
+                    Flow::End(Ending::ClosedByUs)
+                }
+            };
+            if let Flow::End(ending) = flow {
+                return Some(ending);
             }
         }
     }

@@ -43,8 +43,8 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
-use super::socket::{Input, Next, CLOSE_LINGER, READ_BUFFER, WRITE_TIMEOUT};
-use super::{Channel, Core, Ending, Flow, MAX_HELD_BACK};
+use super::socket::{Input, CLOSE_LINGER, READ_BUFFER, WRITE_TIMEOUT};
+use super::{Channel, Core, Ending, MAX_HELD_BACK};
 use crate::management::batching;
 use crate::serve::HeldSlot;
 use crate::wire::ws_frame::{self, close_code};
@@ -547,29 +547,15 @@ impl Served {
 
     /// Handles every complete frame read; `Some` when the channel ends.
     fn handle_frames(&mut self, frames: &mut u64) -> Option<After> {
-        loop {
-            let flow = match self.input.next() {
-                Ok(Next::Message(message)) => {
-                    *frames += 1;
-                    self.channel.on_message(message, &mut self.output)
-                }
-                Ok(Next::Fragment) => Flow::Continue,
-                Ok(Next::NeedMore) => return None,
-                Err(e) => {
-                    tracing::debug!(error = %e, "heartbeat channel closed: bad frame");
-                    ws_frame::encode_close(&mut self.output, e.close_code(), &e.to_string());
-                    Flow::End(Ending::ClosedByUs)
-                }
-            };
-            if let Flow::End(ending) = flow {
-                self.input.release();
-                self.write_out();
-                return Some(match ending {
-                    Ending::ClosedByUs => After::Linger,
-                    Ending::Done => After::Drop,
-                });
-            }
-        }
+        let ending = self
+            .channel
+            .on_input(&mut self.input, &mut self.output, frames)?;
+        self.input.release();
+        self.write_out();
+        Some(match ending {
+            Ending::ClosedByUs => After::Linger,
+            Ending::Done => After::Drop,
+        })
     }
 
     /// Lingering: finishes writing the close and ends the write side, then reads and drops
