@@ -190,6 +190,9 @@ struct Served {
     drained: usize,
     /// The socket said it was readable and has not been read empty since.
     readable: bool,
+    /// The socket said the peer closed (or failed): a short read no longer means read
+    /// empty, since no event will come for the end that follows the data.
+    peer_closed: bool,
     /// Writable interest is registered: answers wait for room in the socket.
     waiting_to_write: bool,
     /// Set when the answers began to wait; cut after [`WRITE_TIMEOUT`].
@@ -291,6 +294,9 @@ impl Reactor {
                 if event.is_readable() || event.is_read_closed() || event.is_error() {
                     served.readable = true;
                 }
+                if event.is_read_closed() || event.is_error() {
+                    served.peer_closed = true;
+                }
                 let after = served.step(&mut frames);
                 self.settle(place, after);
             }
@@ -347,6 +353,7 @@ impl Reactor {
             // Edge-triggered: whatever is already waiting raised no event for this
             // registration, so the first step reads.
             readable: true,
+            peer_closed: false,
             waiting_to_write: false,
             stuck_since: None,
             generation,
@@ -531,7 +538,9 @@ impl Served {
                     let _ = self.write_out();
                     return After::Drop;
                 }
-                Ok((_, filled)) => self.readable = filled,
+                // A read that did not fill the buffer took all there was: more data brings
+                // another edge, but a close that came with the data brings none.
+                Ok((_, filled)) => self.readable = filled || self.peer_closed,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.readable = false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => return After::Drop,
