@@ -529,8 +529,9 @@ pub async fn start_coordinator(
     tasks.spawn(async move { restoring.services().restore().await });
     // Those deployed on backends are followed by polling them (deploy::remote says why).
     if let Some(remote) = deployer.remote() {
-        let live = health.clone();
+        let (live, changes) = (health.clone(), health.clone());
         tasks.spawn(remote.clone().poll(
+            move || changes.live_changes(),
             move || controlplane::ws::deployed::live_backends(&live),
             args.deploy.deploy_poll_interval,
             tasks.shutdown.clone(),

@@ -233,10 +233,16 @@ impl RemoteServices {
     /// A round whose live backends are those of the last round, with nothing recorded
     /// meanwhile, forgets nothing and skips looking: at 10 000 backends every 2 s, a set of
     /// their names and three passes over it were most of a round's cost, for no change.
-    pub async fn poll_once(&self, mut backends: Vec<Backend>) {
+    ///
+    /// Returns, for a round that asked nobody and had every backend's digest (idle), the
+    /// first later round in which a backend that missed is due (`u64::MAX` for none): until
+    /// then, the same backends make idle rounds too. `None` for a round that was not idle.
+    pub async fn poll_once(&self, mut backends: Vec<Backend>) -> Option<u64> {
         // Already in order from the health tracker, so this only checks it.
         backends.sort_by(|a, b| a.node.cmp(&b.node));
-        let (round, due, forget) = {
+        // A backend without a digest is asked every round: no round is ever idle.
+        let all_digests = backends.iter().all(|b| b.digest.is_some());
+        let (round, due, forget, idle) = {
             let mut misses = self.inner.misses.lock();
             misses.round += 1;
             let round = misses.round;
@@ -277,11 +283,12 @@ impl RemoteServices {
                 misses.digests.insert(node.clone(), 0);
             }
             drop(misses);
+            let idle = all_digests && due.is_empty() && empty.is_empty();
             // Their digests say they have no services: nothing to ask.
             for node in empty {
                 self.replace_live(&node, Vec::new());
             }
-            (round, due, !same)
+            (round, due, !same, idle)
         };
         let forwarder = self.inner.forwarder.clone();
         let mut answers = futures::stream::iter(due)
@@ -320,6 +327,27 @@ impl RemoteServices {
             let live = self.inner.misses.lock().live.clone();
             self.keep_only(|node| live.binary_search_by(|l| l.as_str().cmp(node)).is_ok());
         }
+        let misses = self.inner.misses.lock();
+        (idle && !misses.dirty).then(|| {
+            misses
+                .by_node
+                .values()
+                .map(|&(_, next)| next)
+                .min()
+                .unwrap_or(u64::MAX)
+        })
+    }
+
+    /// Counts a round skipped because nothing can be due in it: the last round was idle
+    /// and left the first backoff ending at round `until`, and the live backends have not
+    /// changed since (the caller checked). False, counting nothing, when a round is due.
+    fn skip_round(&self, until: u64) -> bool {
+        let mut misses = self.inner.misses.lock();
+        let skip = !misses.dirty && misses.round + 1 < until;
+        if skip {
+            misses.round += 1;
+        }
+        skip
     }
 
     /// `node` did not answer in `round`: it sits out 1, 3, 7, then [`MAX_SKIPPED_ROUNDS`].
@@ -332,24 +360,39 @@ impl RemoteServices {
     }
 
     /// Polls `backends()` every `every` until `token` is cancelled.
+    ///
+    /// `changes()` must move whenever `backends()` may answer otherwise (the health
+    /// tracker's [`crate::coordinator::health::HealthTracker::live_changes`]). After a round
+    /// that was idle (every backend's digest known and matched, nothing to ask), the rounds
+    /// are skipped without listing anyone while it stands still, up to the first round a
+    /// backend that missed is due again: at 10 000 backends, listing and sorting them every
+    /// round cost a tenth of what their heartbeats did.
     pub async fn poll(
         self,
+        changes: impl Fn() -> u64 + Send + 'static,
         backends: impl Fn() -> Vec<Backend> + Send + 'static,
         every: Duration,
         token: CancellationToken,
     ) {
         let mut ticks = tokio::time::interval(every);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The count the last idle round saw, and the round its backoffs allow skipping to.
+        let mut idle: Option<(u64, u64)> = None;
         loop {
             tokio::select! {
                 biased;
                 _ = token.cancelled() => return,
                 _ = ticks.tick() => {}
             }
+            // Read before the list: a change after it moves the count for the next round.
+            let seen = changes();
+            if idle.is_some_and(|(at, until)| at == seen && self.skip_round(until)) {
+                continue;
+            }
             tokio::select! {
                 biased;
                 _ = token.cancelled() => return,
-                () = self.poll_once(backends()) => {}
+                until = self.poll_once(backends()) => idle = until.map(|until| (seen, until)),
             }
         }
     }
@@ -606,6 +649,93 @@ mod tests {
         remote.poll_once(vec![b1]).await;
         assert!(asked.load(std::sync::atomic::Ordering::SeqCst) > before);
         server.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rounds_are_skipped_while_the_live_backends_stand_still() {
+        use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
+        let remote = remote();
+        let changes = Arc::new(AtomicU64::new(0));
+        let listings = Arc::new(AtomicUsize::new(0));
+        // A digest of no services: nobody is ever asked, so no round needs the network.
+        let live = Arc::new(parking_lot::Mutex::new(vec![Backend {
+            node: "b1".to_owned(),
+            control: "127.0.0.1:9".parse().unwrap(),
+            digest: Some(0),
+        }]));
+        let token = CancellationToken::new();
+        let (seen, listed, backends) = (changes.clone(), listings.clone(), live.clone());
+        let poller = tokio::spawn(remote.clone().poll(
+            move || seen.load(SeqCst),
+            move || {
+                listed.fetch_add(1, SeqCst);
+                backends.lock().clone()
+            },
+            Duration::from_secs(2),
+            token.clone(),
+        ));
+        // Rounds at 0, 2, 4 … s; each wait ends between two of them.
+        let rounds = |n: u64| tokio::time::sleep(Duration::from_millis(2_000 * n));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(listings.load(SeqCst), 1, "the first round lists");
+        // It took b1's list as empty, which is not idle; the second round is.
+        rounds(1).await;
+        assert_eq!(listings.load(SeqCst), 2);
+        rounds(5).await;
+        assert_eq!(
+            listings.load(SeqCst),
+            2,
+            "idle rounds with no change list nobody"
+        );
+        changes.fetch_add(1, SeqCst);
+        rounds(1).await;
+        assert_eq!(
+            listings.load(SeqCst),
+            3,
+            "a change is listed at the next round"
+        );
+        rounds(3).await;
+        assert_eq!(listings.load(SeqCst), 3);
+        // Something recorded of a backend: the next round looks, whatever the count says.
+        remote.record("b2", entry("web", ServiceState::Running, 1));
+        rounds(1).await;
+        assert_eq!(listings.load(SeqCst), 4);
+        assert!(remote.find("web").is_empty(), "b2 is not live: forgotten");
+        // A backend without a digest is asked every round, so no round is idle. (Its asks
+        // fail, and are left out 1, 3, 7 … rounds: listing it still happens every round.)
+        live.lock()[0].digest = None;
+        changes.fetch_add(1, SeqCst);
+        rounds(4).await;
+        assert_eq!(listings.load(SeqCst), 8);
+        token.cancel();
+        poller.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_idle_round_says_when_a_backend_that_missed_is_due_again() {
+        let remote = remote();
+        // Nothing listens there: every ask fails at once.
+        let control = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap()
+        };
+        let b1 = Backend {
+            node: "b1".to_owned(),
+            control,
+            digest: Some(5),
+        };
+        // Round 1 asks and misses: not idle. Round 2 leaves b1 out: idle until round 3.
+        assert_eq!(remote.poll_once(vec![b1.clone()]).await, None);
+        assert_eq!(remote.poll_once(vec![b1.clone()]).await, Some(3));
+        assert!(!remote.skip_round(3), "round 3 asks b1 again");
+        assert_eq!(remote.poll_once(vec![b1.clone()]).await, None);
+        // Missed twice in a row: left out of rounds 4 to 6.
+        assert_eq!(remote.poll_once(vec![b1.clone()]).await, Some(7));
+        assert!(remote.skip_round(7) && remote.skip_round(7));
+        assert!(!remote.skip_round(7), "round 7 is due");
+        assert_eq!(remote.poll_once(vec![b1]).await, None);
+        // No backends at all: idle for good.
+        assert_eq!(remote.poll_once(Vec::new()).await, Some(u64::MAX));
     }
 
     #[tokio::test]

@@ -92,7 +92,10 @@ impl Metrics {
     /// Takes `other`'s values when it holds the same names as this, in place: a node's
     /// heartbeats carry the same gauges every time, so its record is updated without
     /// allocating or freeing anything. Otherwise becomes a copy of `other`.
-    pub fn assign(&mut self, other: &Metrics) {
+    ///
+    /// Returns whether [`DEPLOYED_DIGEST_METRIC`] changed (came, went, or took another
+    /// value): what deploy polling follows, told on the way at no extra lookup.
+    pub fn assign(&mut self, other: &Metrics) -> bool {
         let same = self.entries.len() == other.entries.len()
             && self
                 .entries
@@ -100,11 +103,18 @@ impl Metrics {
                 .zip(&other.entries)
                 .all(|((a, _), (b, _))| a == b);
         if same {
-            for ((_, mine), (_, theirs)) in self.entries.iter_mut().zip(&other.entries) {
+            let mut digest_moved = false;
+            for ((name, mine), (_, theirs)) in self.entries.iter_mut().zip(&other.entries) {
+                if mine.to_bits() != theirs.to_bits() && name == DEPLOYED_DIGEST_METRIC {
+                    digest_moved = true;
+                }
                 *mine = *theirs;
             }
+            digest_moved
         } else {
+            let before = self.get(DEPLOYED_DIGEST_METRIC).map(f64::to_bits);
             self.clone_from(other);
+            before != self.get(DEPLOYED_DIGEST_METRIC).map(f64::to_bits)
         }
     }
 
@@ -236,6 +246,36 @@ mod tests {
         assert_eq!(kept, Metrics::from([("a", 5.0), ("c", 6.0), ("d", 7.0)]));
         kept.assign(&Metrics::new());
         assert!(kept.is_empty());
+    }
+
+    #[test]
+    fn assign_tells_when_the_deployed_digest_changed() {
+        let with =
+            |digest: f64| Metrics::from([("connections", 1.0), (DEPLOYED_DIGEST_METRIC, digest)]);
+        let mut kept = Metrics::new();
+        assert!(kept.assign(&with(7.0)), "a digest that came");
+        assert!(!kept.assign(&with(7.0)), "the same digest");
+        assert!(
+            !kept.assign(&Metrics::from([
+                ("connections", 9.0),
+                (DEPLOYED_DIGEST_METRIC, 7.0)
+            ])),
+            "another gauge moved"
+        );
+        assert!(kept.assign(&with(8.0)), "another digest, in place");
+        assert!(
+            !kept.assign(&Metrics::from([
+                ("connections", 1.0),
+                (DEPLOYED_DIGEST_METRIC, 8.0),
+                ("x", 1.0)
+            ])),
+            "other names, same digest"
+        );
+        assert!(
+            kept.assign(&Metrics::from([("connections", 1.0)])),
+            "a digest that went"
+        );
+        assert!(!kept.assign(&Metrics::new()), "still none");
     }
 
     #[test]
