@@ -630,3 +630,43 @@ async fn a_peer_that_keeps_sending_after_its_close_holds_no_other_channel_up() {
         "the stranger wrote {written} bytes before it was cut"
     );
 }
+
+#[tokio::test]
+async fn a_close_in_the_same_segment_as_the_last_heartbeat_is_seen_at_once() {
+    use controlplane::wire::ws_frame::Opcode;
+    use tokio::io::AsyncWriteExt;
+    let mut cluster = Cluster::new();
+    // Silence would take a minute: only the channel's close can make the node STALE here.
+    cluster.start_coordinator(&["--stale-after", "60s", "--down-after", "120s"]);
+    let mut channel = raw_channel(&cluster).await;
+    let signer = RequestSigner::new(&cluster.secret());
+    let beat = |seq| {
+        let text = signed_text(&signer, &heartbeat("node_corked", "c1", seq));
+        raw_frame(true, Opcode::Text, text.as_bytes())
+    };
+    channel.write_all(&beat(1)).await.unwrap();
+    let (_, answer) = raw_read(&mut channel).await.unwrap();
+    assert_eq!(
+        serde_json::from_slice::<Value>(&answer).unwrap(),
+        json!({"seq": 1, "status": "ACTIVE"})
+    );
+    // Corked, the next heartbeat waits in the socket and the FIN joins it: both arrive in
+    // one segment, so the coordinator is told of them once. A crash right after a beat can
+    // look like this from the coordinator's side.
+    socket2::SockRef::from(&channel).set_tcp_cork(true).unwrap();
+    channel.write_all(&beat(2)).await.unwrap();
+    channel.shutdown().await.unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "STALE once its channel closed",
+        || async {
+            (status_of(&cluster, "node_corked").await.as_deref() == Some("STALE")).then_some(())
+        },
+    )
+    .await;
+    let component = cluster.component("node_corked").await.unwrap();
+    assert_eq!(
+        component["seq"], 2,
+        "its last heartbeat was read too: {component}"
+    );
+}
