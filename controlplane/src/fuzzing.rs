@@ -441,7 +441,7 @@ fn heartbeat_frame(frame: &[u8]) -> Outcome {
     // is fuzzed is that the parser, which runs before any key is known, holds.
     let _ = shared::signing::SignatureHeader::parse(signature.as_bytes());
     refusal((|| {
-        let heartbeat: Heartbeat = serde_json::from_str(body)
+        let heartbeat = Heartbeat::from_json(body)
             .map_err(|e| ApiError::BadRequest(format!("malformed heartbeat: {e}")))?;
         heartbeat.validate()?;
         record(heartbeat)

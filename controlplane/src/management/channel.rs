@@ -653,7 +653,7 @@ fn accept(
         tracing::debug!(reason = e.code(), "heartbeat frame refused");
         refusal(e.code(), e.to_string())
     })?;
-    let heartbeat: Heartbeat = serde_json::from_str(body)
+    let heartbeat = Heartbeat::from_json(body)
         .map_err(|e| refusal("bad_request", format!("malformed heartbeat: {e}")))?;
     heartbeat
         .validate()

@@ -177,14 +177,46 @@ impl<'de> Visitor<'de> for MetricsVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Metrics, A::Error> {
-        let mut entries: SmallVec<[(Name, f64); INLINE]> = SmallVec::new();
-        let mut sorted = true;
+        let mut metrics = Metrics::collecting();
         // Borrowed from the input when it has no escapes: a known name costs nothing.
         while let Some(name) = access.next_key::<Cow<'de, str>>()? {
             let value: f64 = access.next_value()?;
-            sorted = sorted && entries.last().is_none_or(|(last, _)| **last < *name);
-            entries.push((name_of(&name), value));
+            metrics.collect(&name, value);
         }
+        Ok(metrics.collected())
+    }
+}
+
+/// Gauges being read, in the order they come: what both readers of a heartbeat's JSON
+/// (`serde`'s and [`super::heartbeat_json`]'s) build [`Metrics`] with.
+pub(crate) struct Collecting {
+    entries: SmallVec<[(Name, f64); INLINE]>,
+    sorted: bool,
+}
+
+impl Metrics {
+    /// Starts reading gauges one by one.
+    pub(crate) fn collecting() -> Collecting {
+        Collecting {
+            entries: SmallVec::new(),
+            sorted: true,
+        }
+    }
+}
+
+impl Collecting {
+    /// The next gauge read.
+    pub(crate) fn collect(&mut self, name: &str, value: f64) {
+        self.sorted = self.sorted && self.entries.last().is_none_or(|(last, _)| **last < *name);
+        self.entries.push((name_of(name), value));
+    }
+
+    /// The gauges, sorted by name, a repeated name with its last value.
+    pub(crate) fn collected(self) -> Metrics {
+        let Collecting {
+            mut entries,
+            sorted,
+        } = self;
         if !sorted {
             // One stable sort, however the names came: inserting each in its place was
             // quadratic, and a signed body of a megabyte of names in reverse order held the
@@ -199,7 +231,7 @@ impl<'de> Visitor<'de> for MetricsVisitor {
                 same
             });
         }
-        Ok(Metrics { entries })
+        Metrics { entries }
     }
 }
 
