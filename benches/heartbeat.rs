@@ -21,7 +21,7 @@
 //!    each on a channel of its own as a backend holds it (`HB_CHANNEL_NODES` to change the
 //!    count; the bench needs twice that many file descriptors between the two processes),
 //!    with the coordinator's RSS while they are open. That phase is measured over at least
-//!    one period of sparse answers (10 s), so its figure includes them as a steady cluster
+//!    one period of sparse answers (20 s), so its figure includes them as a steady cluster
 //!    pays them.
 //!
 //! `HB_WORKERS` sets the coordinator's `--worker-threads` (the management plane, heartbeats

@@ -319,7 +319,7 @@ async fn forged_and_replayed_frames_are_refused_counted_and_close_nothing_else()
     );
 
     // Answered sparsely, as backends ask: the first frame, refusals and the goodbye are
-    // answered, the heartbeats between them (sent within SPARSE_ANSWER_EVERY, 10 s, of the
+    // answered, the heartbeats between them (sent within SPARSE_ANSWER_EVERY, 20 s, of the
     // last answer) are not.
     let url = cluster.mgmt_url("/heartbeat/ws?answers=some").await;
     let refused = cluster.http.get(&url).send().await.unwrap();
