@@ -416,6 +416,29 @@ fn heartbeat(body: &[u8]) -> Outcome {
     })())
 }
 
+/// The channel's direct heartbeat reader must read `body` exactly as `serde_json` does:
+/// the same heartbeat (gauges bit for bit) or the same error. A difference is a finding,
+/// so it panics.
+fn same_as_serde_json(body: &str) {
+    let bits = |h: &Heartbeat| {
+        h.metrics
+            .iter()
+            .map(|(name, value)| (name.to_owned(), value.to_bits()))
+            .collect::<Vec<_>>()
+    };
+    match (
+        Heartbeat::from_json(body),
+        serde_json::from_str::<Heartbeat>(body),
+    ) {
+        (Ok(ours), Ok(theirs)) => assert!(
+            ours == theirs && bits(&ours) == bits(&theirs),
+            "the direct reader read {ours:?}, serde_json {theirs:?}"
+        ),
+        (Err(ours), Err(theirs)) => assert_eq!(ours.to_string(), theirs.to_string()),
+        (ours, theirs) => panic!("the direct reader gave {ours:?}, serde_json {theirs:?}"),
+    }
+}
+
 fn record(heartbeat: Heartbeat) -> Result<(), ApiError> {
     let tracker = HealthTracker::new(HealthConfig::default(), None);
     tracker.record(heartbeat, Instant::now())?;
@@ -440,6 +463,7 @@ fn heartbeat_frame(frame: &[u8]) -> Outcome {
     // The verdict on a fuzzer's signature is always a refusal (it cannot know the key); what
     // is fuzzed is that the parser, which runs before any key is known, holds.
     let _ = shared::signing::SignatureHeader::parse(signature.as_bytes());
+    same_as_serde_json(body);
     refusal((|| {
         let heartbeat = Heartbeat::from_json(body)
             .map_err(|e| ApiError::BadRequest(format!("malformed heartbeat: {e}")))?;

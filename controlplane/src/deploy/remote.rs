@@ -328,11 +328,14 @@ impl RemoteServices {
             self.keep_only(|node| live.binary_search_by(|l| l.as_str().cmp(node)).is_ok());
         }
         let misses = self.inner.misses.lock();
+        // A backend whose retry round is past was not due here only because its digest is
+        // the one answered last: it stays so while the live backends stand still.
         (idle && !misses.dirty).then(|| {
             misses
                 .by_node
                 .values()
                 .map(|&(_, next)| next)
+                .filter(|&next| next > round)
                 .min()
                 .unwrap_or(u64::MAX)
         })
@@ -362,7 +365,7 @@ impl RemoteServices {
     /// Polls `backends()` every `every` until `token` is cancelled.
     ///
     /// `changes()` must move whenever `backends()` may answer otherwise (the health
-    /// tracker's [`crate::coordinator::health::HealthTracker::live_changes`]). After a round
+    /// tracker's [`crate::coordinator::health::tracker::HealthTracker::live_changes`]). After a round
     /// that was idle (every backend's digest known and matched, nothing to ask), the rounds
     /// are skipped without listing anyone while it stands still, up to the first round a
     /// backend that missed is due again: at 10 000 backends, listing and sorting them every
@@ -736,6 +739,39 @@ mod tests {
         assert_eq!(remote.poll_once(vec![b1]).await, None);
         // No backends at all: idle for good.
         assert_eq!(remote.poll_once(Vec::new()).await, Some(u64::MAX));
+    }
+
+    #[tokio::test]
+    async fn a_retry_left_by_a_digest_that_came_back_does_not_stop_the_skipping() {
+        let remote = remote();
+        let listed = serde_json::json!({ "services": [entry("web", ServiceState::Running, 10)] });
+        let app = axum::Router::new().route(
+            "/deploy/services",
+            axum::routing::get(move || {
+                let listed = listed.clone();
+                async move { axum::Json(listed) }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let control = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let digest = digest_of(&[entry("web", ServiceState::Running, 10)]);
+        let with = |digest| Backend {
+            node: "b1".to_owned(),
+            control,
+            digest: Some(digest),
+        };
+        // Asked and answered, then idle.
+        assert_eq!(remote.poll_once(vec![with(digest)]).await, None);
+        assert_eq!(remote.poll_once(vec![with(digest)]).await, Some(u64::MAX));
+        // Round 3: its digest moved and the ask fails (the server is gone): retried at 5.
+        server.abort();
+        let _ = server.await;
+        assert_eq!(remote.poll_once(vec![with(digest + 1)]).await, None);
+        // The digest came back to the list answered: nothing is due, now or later.
+        assert_eq!(remote.poll_once(vec![with(digest)]).await, Some(5));
+        assert_eq!(remote.poll_once(vec![with(digest)]).await, Some(u64::MAX));
+        assert!(remote.skip_round(u64::MAX));
     }
 
     #[tokio::test]
