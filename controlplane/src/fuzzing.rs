@@ -420,18 +420,12 @@ fn heartbeat(body: &[u8]) -> Outcome {
 /// the same heartbeat (gauges bit for bit) or the same error. A difference is a finding,
 /// so it panics.
 fn same_as_serde_json(body: &str) {
-    let bits = |h: &Heartbeat| {
-        h.metrics
-            .iter()
-            .map(|(name, value)| (name.to_owned(), value.to_bits()))
-            .collect::<Vec<_>>()
-    };
     match (
         Heartbeat::from_json(body),
         serde_json::from_str::<Heartbeat>(body),
     ) {
         (Ok(ours), Ok(theirs)) => assert!(
-            ours == theirs && bits(&ours) == bits(&theirs),
+            crate::wire::heartbeat_json::same(&ours, &theirs),
             "the direct reader read {ours:?}, serde_json {theirs:?}"
         ),
         (Err(ours), Err(theirs)) => assert_eq!(ours.to_string(), theirs.to_string()),

@@ -282,21 +282,22 @@ fn plain_run(bytes: &[u8]) -> usize {
         .unwrap_or(bytes.len() - at)
 }
 
+/// Whether `a` and `b` are the same heartbeat, gauges compared bit for bit (`==` takes
+/// `0.0` for `-0.0`): what the direct reader and `serde_json` must agree on, checked by the
+/// tests below and the fuzz target.
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn same(a: &Heartbeat, b: &Heartbeat) -> bool {
+    a == b
+        && a.metrics
+            .iter()
+            .zip(b.metrics.iter())
+            .all(|((_, x), (_, y))| x.to_bits() == y.to_bits())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
-
-    /// The same heartbeat, metrics compared bit for bit.
-    fn same(a: &Heartbeat, b: &Heartbeat) -> bool {
-        let bits = |h: &Heartbeat| {
-            h.metrics
-                .iter()
-                .map(|(n, v)| (n.to_owned(), v.to_bits()))
-                .collect::<Vec<_>>()
-        };
-        a == b && bits(a) == bits(b)
-    }
 
     /// Whatever the direct reader takes, serde_json reads the same; `true` if it took it.
     fn agrees(body: &str) -> bool {

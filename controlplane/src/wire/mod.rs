@@ -13,7 +13,7 @@
 
 pub mod channel;
 pub mod heartbeat;
-mod heartbeat_json;
+pub(crate) mod heartbeat_json;
 pub mod init;
 pub mod metrics;
 pub mod tokens;
